@@ -1,0 +1,164 @@
+// The default cache level: LRU residency by bytes, bandwidth per instance or per slice.
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "arch/cache/i_cache.h"
+#include "arch/cache/lru.h"
+#include "sim/registry/registry.h"
+#include "sim/resource/server.h"
+
+namespace memwall {
+
+/// Builds the level for a device with `units` compute units (private levels get one per unit).
+std::unique_ptr<CacheLevel> make_cache_level(const std::string& name, const Config& c, int units);
+
+namespace {
+
+class LruCacheLevel : public CacheLevel {
+ public:
+  LruCacheLevel(std::string name, const Config& c, int units)
+      : name_(std::move(name)),
+        level_(static_cast<int>(c.get_int("level"))),
+        scope_(c.get_string("scope") == "private" ? CacheScope::Private : CacheScope::Shared),
+        size_(c.get_bytes("size")),
+        line_(c.get_bytes("line_size")),
+        bandwidth_(c.get_bandwidth("bandwidth")),
+        latency_(c.get_time("latency")),
+        inclusive_(c.get_bool("inclusive")) {
+    int instances = scope_ == CacheScope::Private ? units : 1;
+    int slices = scope_ == CacheScope::Private ? 1 : static_cast<int>(c.get_int("slices"));
+    for (int i = 0; i < instances; ++i) lru_.emplace_back(size_.count());
+    Bandwidth per_port = bandwidth_ / static_cast<double>(slices);
+    for (int i = 0; i < instances * slices; ++i)
+      ports_.emplace_back(fmt::format("{}.port{}", name_, i), per_port);
+    slices_ = slices;
+  }
+
+  Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate) override {
+    int inst = scope_ == CacheScope::Private ? unit : 0;
+    Bytes moved = round_up(bytes);
+    bool hit = allocate ? lru_[inst].access(key, moved.count()) : lru_[inst].contains(key);
+    if (hit) {
+      ++stats_.hits;
+      stats_.hit_bytes += moved;
+    } else {
+      ++stats_.misses;
+      stats_.miss_bytes += moved;
+    }
+    return {hit, port(inst, key).transfer(earliest, moved)};
+  }
+
+  Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) override {
+    int inst = scope_ == CacheScope::Private ? unit : 0;
+    Bytes moved = round_up(bytes);
+    double evicted = 0;
+    lru_[inst].access(key, moved.count(), true, &evicted);
+    if (evicted_dirty) *evicted_dirty += Bytes(evicted);
+    return port(inst, key).transfer(earliest, moved);
+  }
+
+  Bytes flush() override {
+    double b = 0;
+    for (auto& l : lru_) b += l.flush();
+    return Bytes(b);
+  }
+
+  void reset(Time now) override {
+    for (auto& l : lru_) l.clear();
+    for (auto& p : ports_) p.reset(now);
+    stats_ = CacheStats{};
+  }
+
+  const std::string& name() const override { return name_; }
+  int level() const override { return level_; }
+  CacheScope scope() const override { return scope_; }
+  Bytes size() const override { return size_; }
+  Bandwidth bandwidth() const override { return bandwidth_; }
+  Time latency() const override { return latency_; }
+  bool inclusive() const override { return inclusive_; }
+  const CacheStats& stats() const override { return stats_; }
+  Bytes bytes_moved() const override {
+    Bytes b(0);
+    for (const auto& p : ports_) b += p.bytes();
+    return b;
+  }
+
+ private:
+  Bytes round_up(Bytes b) const { return Bytes(std::ceil(b.count() / line_.count()) * line_.count()); }
+  Server& port(int inst, uint64_t key) {
+    size_t slice = slices_ == 1 ? 0 : static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> 40) % slices_;
+    return ports_[static_cast<size_t>(inst) * slices_ + slice];
+  }
+
+  std::string name_;
+  int level_;
+  CacheScope scope_;
+  Bytes size_, line_;
+  Bandwidth bandwidth_;
+  Time latency_;
+  bool inclusive_;
+  int slices_ = 1;
+  std::vector<LruBytes> lru_;
+  std::vector<Server> ports_;
+  CacheStats stats_;
+};
+
+}  // namespace
+
+const Schema& lru_cache_schema();
+const Schema& lru_cache_schema() {
+  static const Schema s = [] {
+    Schema x;
+    x.name = "lru";
+    x.interface = "cache";
+    x.description =
+        "A cache level with least-recently-used replacement tracked by bytes at block "
+        "granularity; private per compute unit or shared by all.";
+    ParamSpec level = required("level", ParamType::Int, "", "Position in the hierarchy; 1 is "
+                               "closest to the compute units, and levels are searched in order.");
+    level.min = 1;
+    ParamSpec scope = param("scope", ParamType::Enum, "", "shared",
+                            "private: one instance per compute unit; shared: one instance for "
+                            "the device.");
+    scope.choices = {"private", "shared"};
+    ParamSpec size = required("size", ParamType::Bytes, "B",
+                              "Capacity of one instance (per unit if private).");
+    size.positive = true;
+    ParamSpec line = param("line_size", ParamType::Bytes, "B", "128 B",
+                           "Transfer granularity; every access is rounded up to whole lines.");
+    line.positive = true;
+    ParamSpec bw = required("bandwidth", ParamType::Bandwidth, "B/s",
+                            "Bandwidth of one instance if private, of all slices together if "
+                            "shared.");
+    bw.positive = true;
+    bw.allow_infinite = true;
+    ParamSpec lat = param("latency", ParamType::Time, "s", "0 ns",
+                          "Unloaded hit latency of this level.");
+    lat.min = 0;
+    ParamSpec slices = param("slices", ParamType::Int, "count", "1",
+                             "Independently ported slices of a shared level; blocks are hashed "
+                             "across them.");
+    slices.positive = true;
+    ParamSpec incl = param("inclusive", ParamType::Bool, "", "false",
+                           "Whether this level holds a copy of everything in the levels above "
+                           "it (then it must be at least as large as all of them together).");
+    x.params = {level, scope, size, line, bw, lat, slices, incl};
+    return x;
+  }();
+  return s;
+}
+
+namespace {
+SchemaRegistration reg_lru("cache", &lru_cache_schema());
+}
+
+std::unique_ptr<CacheLevel> make_cache_level(const std::string& name, const Config& c, int units) {
+  // Cache levels need the unit count, which the registry's one-argument factory does not carry;
+  // every cache impl is constructed here by name.
+  if (c.schema().name == "lru") return std::make_unique<LruCacheLevel>(name, c, units);
+  c.fail("impl", "no factory for cache implementation '" + c.schema().name + "'");
+}
+
+}  // namespace memwall

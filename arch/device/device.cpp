@@ -1,0 +1,189 @@
+#include "arch/device/device.h"
+
+#include <algorithm>
+
+#include "sim/registry/registry.h"
+
+namespace memwall {
+
+std::unique_ptr<CacheLevel> make_cache_level(const std::string& name, const Config& c, int units);
+
+namespace {
+
+const Schema& polymorphic(const char* name, const char* interface, const char* default_impl,
+                          const char* description) {
+  auto* s = new Schema();  // lives for the program, like every schema
+  s->name = name;
+  s->interface = interface;
+  s->default_impl = default_impl;
+  s->description = description;
+  return *s;
+}
+
+}  // namespace
+
+const Schema& device_schema() {
+  static const Schema s = [] {
+    Schema x;
+    x.name = "device";
+    x.description =
+        "One accelerator or CPU socket: compute units, cache levels, on-chip network and main "
+        "memory.";
+    x.params = {
+        param("name", ParamType::String, "", "custom-device", "Name shown in reports."),
+        [] {
+          ParamSpec k = param("kind", ParamType::Enum, "", "gpu", "What sort of device this is.");
+          k.choices = {"gpu", "cpu", "accelerator"};
+          return k;
+        }(),
+        param("description", ParamType::String, "", "", "Free text: what the preset models."),
+        param("sources", ParamType::String, "", "", "Where the figures come from."),
+        [] {
+          ParamSpec l = param("launch_overhead", ParamType::Time, "s", "3 us",
+                              "Time from one kernel's end to the next kernel's first work on "
+                              "the device, for back-to-back launches.");
+          l.min = 0;
+          return l;
+        }(),
+    };
+    x.sections = {
+        {"compute", &polymorphic("compute", "compute", "simt",
+                                 "The compute units and their pipes.")},
+        {"memory", &polymorphic("memory", "memory", "hbm", "The main memory tier.")},
+        {"noc", &polymorphic("noc", "noc", "crossbar",
+                             "The network between compute units and shared caches.")},
+    };
+    x.named_sections = {{"caches", &polymorphic("cache", "cache", "lru",
+                                                "The cache levels, by name (l1, l2, ...).")}};
+    x.reserved_keys = {"preset"};
+    return x;
+  }();
+  return s;
+}
+
+Device::Device(const Config& cfg)
+    : name_(cfg.get_string("name")),
+      kind_(cfg.get_string("kind")),
+      compute_(ComputeSpec::from_config(cfg.section("compute"))),
+      launch_overhead_(cfg.get_time("launch_overhead")) {
+  Config noc = cfg.section("noc");
+  NocSpec ns = NocSpec::from_config(noc);
+  noc_ = Server("noc", ns.bandwidth);
+  noc_latency_ = ns.latency;
+  memory_ = Registry<MemoryModel>::instance().create(cfg.section("memory"));
+
+  std::vector<std::pair<std::string, Config>> levels = cfg.named("caches");
+  for (auto& [n, c] : levels) caches_.push_back(make_cache_level(n, c, compute_.units));
+  std::stable_sort(caches_.begin(), caches_.end(),
+                   [](const auto& a, const auto& b) { return a->level() < b->level(); });
+  for (size_t i = 1; i < caches_.size(); ++i) {
+    if (caches_[i]->level() == caches_[i - 1]->level()) {
+      std::string n = caches_[i]->name();
+      for (auto& [name, c] : levels)
+        if (name == n) c.fail("level", "two cache levels share level " +
+                                           std::to_string(caches_[i]->level()));
+    }
+  }
+  // Physical consistency: a private level may not follow a shared one, and an inclusive level
+  // must hold everything above it.
+  first_shared_ = caches_.size();
+  for (size_t i = 0; i < caches_.size(); ++i) {
+    const auto& c = caches_[i];
+    Config& cc = std::find_if(levels.begin(), levels.end(),
+                              [&](const auto& l) { return l.first == c->name(); })->second;
+    if (c->scope() == CacheScope::Shared && first_shared_ == caches_.size()) first_shared_ = i;
+    if (c->scope() == CacheScope::Private && first_shared_ < i)
+      cc.fail("scope", "a private level cannot sit below the shared level '" +
+                           caches_[first_shared_]->name() + "'");
+    if (c->inclusive() && i > 0) {
+      Bytes above(0);
+      for (size_t j = 0; j < i; ++j)
+        above += caches_[j]->size() *
+                 (caches_[j]->scope() == CacheScope::Private ? compute_.units : 1);
+      Bytes mine = c->size() * (c->scope() == CacheScope::Private ? 1 : 1);
+      if (c->scope() == CacheScope::Private) above = caches_[i - 1]->size();
+      if (above > mine)
+        cc.fail("size", "an inclusive level must hold the levels above it: " + to_string(mine) +
+                            " is smaller than the " + to_string(above) + " above it");
+    }
+  }
+  if (memory_->capacity() <= Bytes(0)) cfg.fail("memory", "capacity must be positive");
+
+  resolved_ = resolved(cfg.node(), device_schema());
+  YAML::Emitter e;
+  e << resolved_;
+  fingerprint_ = e.c_str();
+}
+
+Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout) {
+  Time passed = earliest;
+  Time latency = Time::zero();
+  const Bytes full = bytes;
+  for (size_t i = 0; i < caches_.size(); ++i) {
+    if (i == first_shared_) {
+      bytes = full / static_cast<double>(fanout);
+      passed = max(passed, noc_.transfer(earliest, bytes));
+      latency += noc_latency_;
+    }
+    CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true);
+    passed = max(passed, r.passed);
+    latency += caches_[i]->latency();
+    if (r.hit) return passed + latency;
+  }
+  if (first_shared_ == caches_.size()) {
+    bytes = full / static_cast<double>(fanout);
+    passed = max(passed, noc_.transfer(earliest, bytes));
+    latency += noc_latency_;
+  }
+  Time mem = memory_->access(earliest, key, bytes, false);
+  return max(passed + latency, mem + latency);
+}
+
+Time Device::write(int unit, Time earliest, uint64_t key, Bytes bytes) {
+  Time passed = max(earliest, noc_.transfer(earliest, bytes));
+  if (first_shared_ == caches_.size())
+    return max(passed, memory_->access(earliest, key, bytes, true));
+  Bytes victims(0);
+  passed = max(passed, caches_[first_shared_]->write(unit, earliest, key, bytes, &victims));
+  if (victims > Bytes(0)) memory_->access(earliest, key ^ 0x5bd1e995ULL, victims, true);
+  return passed;
+}
+
+Time Device::write_back(Time earliest) {
+  Time done = earliest;
+  uint64_t key = 1;
+  for (auto& c : caches_) {
+    Bytes dirty = c->flush();
+    // Spread the write-back over the channels in interleave-sized pieces.
+    const double piece = 64 * 1024;
+    for (double left = dirty.count(); left > 0; left -= piece, ++key)
+      done = max(done, memory_->access(earliest, key * 0x9E3779B97F4A7C15ULL,
+                                       Bytes(std::min(piece, left)), true));
+  }
+  return done;
+}
+
+void Device::reset(Time now) {
+  for (auto& c : caches_) c->reset(now);
+  noc_.reset(now);
+  memory_->reset(now);
+}
+
+std::unique_ptr<Device> load_device(const std::string& name_or_file,
+                                    const std::vector<std::string>& overrides) {
+  Document doc;
+  bool is_file = name_or_file.find(".yaml") != std::string::npos ||
+                 name_or_file.find(".yml") != std::string::npos ||
+                 name_or_file.find('/') != std::string::npos;
+  if (is_file) {
+    doc = load_yaml_file(name_or_file);
+  } else {
+    doc = load_yaml_string("preset: " + name_or_file, "command line (--device " + name_or_file + ")");
+  }
+  resolve_preset(doc, "", "devices");
+  for (const auto& o : overrides) apply_override(doc, o);
+  validate(doc.root, device_schema(), "", *doc.sources);
+  return std::make_unique<Device>(Config(doc.root, device_schema(), "", doc.sources));
+}
+
+}  // namespace memwall

@@ -1,0 +1,245 @@
+#include "arch/device/tile_executor.h"
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <systemc>
+
+#include "sim/trace/trace.h"
+
+namespace memwall {
+
+int occupancy(const ComputeSpec& c, const GroupFootprint& f) {
+  double by_smem = f.scratchpad.count() > 0 ? c.shared_memory.count() / f.scratchpad.count() : 1e9;
+  double by_regs = f.registers.count() > 0 ? c.register_file.count() / f.registers.count() : 1e9;
+  double occ = std::min({static_cast<double>(c.max_resident_groups), by_smem, by_regs});
+  return static_cast<int>(std::floor(occ));
+}
+
+namespace {
+
+// Delays below half a picosecond cannot be scheduled (SystemC's resolution); treat them as now.
+constexpr double kEpsilon = 0.5e-12;
+
+Time now_time() { return Time(sc_core::sc_time_stamp().to_seconds()); }
+
+class KernelRun {
+ public:
+  KernelRun(Device& dev, const TileProgram& prog, int occ, Time launch_at, TraceWriter* trace)
+      : dev_(dev), prog_(prog), launch_at_(launch_at), trace_(trace),
+        total_groups_(prog.groups()), stages_(std::max(1, prog.footprint().stages)) {
+    const ComputeSpec& c = dev.compute();
+    pipes_.resize(c.units);
+    for (auto& p : pipes_) {
+      for (auto& s : p) s.reset(launch_at);
+    }
+    clock_ = c.sustained_clock;
+    sync_ = clock_.cycles(c.sync_cycles);
+    int n = c.units * occ;
+    slots_.resize(n);
+    // Slot i sits on unit i % units, so the first wave spreads over all units before any unit
+    // takes a second group.
+    for (int i = 0; i < n; ++i) {
+      slots_[i].unit = i % c.units;
+      slots_[i].ready.assign(stages_, Time::zero());
+    }
+    end_ = launch_at;
+  }
+
+  void spawn() {
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      sc_core::sc_spawn_options opt;
+      opt.spawn_method();
+      handles_.push_back(sc_core::sc_spawn([this, i] { activate(i); },
+                                           fmt::format("memwall_slot_{}", i).c_str(), &opt));
+    }
+  }
+
+  void finish() {
+    for (auto& h : handles_)
+      if (h.valid() && !h.terminated()) h.kill();
+    handles_.clear();
+  }
+
+  // Watchdog: every slot must have drained, and every group must have run.
+  void check() const {
+    if (next_group_ < total_groups_ || finished_slots_ != static_cast<long>(slots_.size())) {
+      for (size_t i = 0; i < slots_.size(); ++i) {
+        const Slot& s = slots_[i];
+        if (!s.done)
+          throw std::runtime_error(fmt::format(
+              "watchdog: kernel '{}' stopped making progress: unit {} slot {} is stuck in group "
+              "{} at step {} of {} (simulated time {})",
+              prog_.name(), s.unit, i, s.group, s.s, s.nsteps, to_string(now_time())));
+      }
+      throw std::runtime_error("watchdog: kernel '" + prog_.name() + "' left groups unlaunched");
+    }
+  }
+
+  Time end() const { return end_; }
+  long events() const { return events_; }
+  std::array<Time, kPipeCount> pipe_busy() const {
+    std::array<Time, kPipeCount> b{};
+    for (const auto& u : pipes_)
+      for (int p = 0; p < kPipeCount; ++p) b[p] += u[p].busy();
+    return b;
+  }
+
+ private:
+  struct Slot {
+    int unit = 0;
+    long group = -1;
+    int nsteps = 0, s = 0, issued = 0;
+    int phase = -1;  // index of the next phase of `cur`; -1: the step has not started
+    bool epilogue = false, done = false;
+    std::vector<Time> ready;
+    Time group_start;
+    Step cur;
+  };
+
+  Time duration(const PipeWork& w) const {
+    const ComputeSpec& c = dev_.compute();
+    double per_cycle = 0;
+    switch (w.pipe) {
+      case Pipe::Matrix: per_cycle = c.matrix_macs_per_cycle(w.dtype); break;
+      case Pipe::Vector: per_cycle = c.vector_flops_per_cycle(w.dtype); break;
+      case Pipe::Sfu: per_cycle = c.sfu_ops_per_cycle; break;
+      case Pipe::Scratchpad: per_cycle = c.shared_memory_bytes_per_cycle; break;
+    }
+    if (per_cycle <= 0) return Time::infinite();
+    return clock_.cycles(w.amount / per_cycle);
+  }
+
+  void issue(Slot& sl, int step, Time now) {
+    scratch_.clear();
+    prog_.step(sl.group, step, scratch_);
+    Time ready = now;
+    for (const Block& b : scratch_.loads) ready = max(ready, dev_.read(sl.unit, now, b.key, b.bytes, b.fanout));
+    sl.ready[step % stages_] = ready;
+  }
+
+  // Schedules the next activation `until` (absolute); returns false if `until` is now.
+  bool wait_until(Time until, Time now) {
+    double d = until.sec() - now.sec();
+    if (d < kEpsilon) return false;
+    sc_core::next_trigger(sc_core::sc_time(d, sc_core::SC_SEC));
+    return true;
+  }
+
+  void activate(size_t idx) {
+    ++events_;
+    Slot& sl = slots_[idx];
+    Time now = now_time();
+    if (wait_until(launch_at_, now)) return;
+    for (int guard = 0;; ++guard) {
+      if (guard > 1000000)
+        return;  // no further trigger: the watchdog in check() names this slot
+      if (sl.group < 0) {
+        if (next_group_ >= total_groups_) {
+          sl.done = true;
+          ++finished_slots_;
+          end_ = max(end_, now);
+          return;
+        }
+        sl.group = next_group_++;
+        sl.nsteps = prog_.steps(sl.group);
+        sl.s = sl.issued = 0;
+        sl.phase = -1;
+        sl.epilogue = false;
+        sl.group_start = now;
+        while (sl.issued < std::min(sl.nsteps, stages_ - 1)) issue(sl, sl.issued++, now);
+      }
+      if (sl.phase < 0) {
+        if (sl.s < sl.nsteps) {
+          if (sl.issued <= sl.s) issue(sl, sl.issued++, now);
+          if (wait_until(sl.ready[sl.s % stages_], now)) return;
+          // The buffer of step s-1 is free: fetch `stages - 1` steps ahead.
+          if (sl.issued < sl.nsteps && sl.issued <= sl.s + stages_ - 1) issue(sl, sl.issued++, now);
+          sl.cur.clear();
+          prog_.step(sl.group, sl.s, sl.cur);
+          sl.phase = 0;
+          if (wait_until(now + sync_, now)) return;
+        } else {
+          sl.cur.clear();
+          prog_.epilogue(sl.group, sl.cur);
+          sl.epilogue = true;
+          sl.phase = 0;
+        }
+      }
+      if (sl.phase < static_cast<int>(sl.cur.phases.size())) {
+        const Phase& p = sl.cur.phases[sl.phase++];
+        Time done = now;
+        for (const PipeWork& w : p.work)
+          done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(now, duration(w)));
+        if (wait_until(done, now)) return;
+        continue;
+      }
+      for (const Block& b : sl.cur.stores) end_ = max(end_, dev_.write(sl.unit, now, b.key, b.bytes));
+      sl.phase = -1;
+      if (!sl.epilogue) {
+        ++sl.s;
+        continue;
+      }
+      if (trace_)
+        trace_->span(dev_.name(), fmt::format("unit {:03d}", sl.unit),
+                     fmt::format("{} g{}", prog_.name(), sl.group), sl.group_start, now - sl.group_start);
+      end_ = max(end_, now);
+      sl.group = -1;
+    }
+  }
+
+  Device& dev_;
+  const TileProgram& prog_;
+  Time launch_at_;
+  TraceWriter* trace_;
+  long total_groups_;
+  int stages_;
+  Frequency clock_;
+  Time sync_;
+  std::vector<std::array<Server, kPipeCount>> pipes_;
+  std::vector<Slot> slots_;
+  std::vector<sc_core::sc_process_handle> handles_;
+  Step scratch_;
+  long next_group_ = 0;
+  long finished_slots_ = 0;
+  long events_ = 0;
+  Time end_;
+};
+
+}  // namespace
+
+KernelStats TileExecutor::execute(const TileProgram& program) {
+  const ComputeSpec& c = device_.compute();
+  int occ = occupancy(c, program.footprint());
+  if (occ < 1)
+    throw std::runtime_error(fmt::format(
+        "kernel '{}' ({}): one work group needs {} of scratchpad and {} of registers, more than "
+        "a unit of '{}' has",
+        program.name(), program.mapping(), to_string(program.footprint().scratchpad),
+        to_string(program.footprint().registers), device_.name()));
+  Time t0 = now_time();
+  device_.reset(t0);
+  Time launch = t0 + device_.launch_overhead();
+  auto run = std::make_unique<KernelRun>(device_, program, occ, launch, trace_);
+  run->spawn();
+  sc_core::sc_start();
+  run->check();
+  run->finish();
+  KernelStats k;
+  k.start = launch;
+  // Dirty lines left in the caches are written back at the kernel boundary.
+  k.end = device_.write_back(run->end());
+  k.duration = k.end - t0;
+  k.events = run->events();
+  k.occupancy = occ;
+  k.groups = program.groups();
+  k.pipe_busy = run->pipe_busy();
+  // Leave the simulated clock at the kernel's end so the next kernel starts after it.
+  Time now = now_time();
+  if (k.end > now) sc_core::sc_start(sc_core::sc_time((k.end - now).sec(), sc_core::SC_SEC));
+  return k;
+}
+
+}  // namespace memwall

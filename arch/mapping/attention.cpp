@@ -1,0 +1,210 @@
+// Attention kernels.
+//
+// Fused (FlashAttention-2 structure): the forward pass runs one work group per (query block,
+// batch, head), streaming key/value blocks through the scratchpad; scores never leave the chip.
+// The backward pass runs one work group per (key/value block, batch, head), streaming query
+// blocks, recomputing the probabilities, accumulating dK and dV on chip and adding dQ into an
+// fp32 buffer in the shared cache. Per step, the work is a chain of phases on the unit's pipes:
+// matrix products (with their scratchpad operand traffic) and the softmax arithmetic on the
+// vector and special-function pipes; work groups resident on the same unit overlap these.
+//
+// Unfused: batched GEMMs around a softmax kernel, with the seq x seq scores in memory.
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "arch/mapping/mapping.h"
+
+namespace memwall {
+namespace {
+
+constexpr uint64_t kQ = 11, kK = 12, kV = 13, kO = 14, kLse = 15, kDO = 16, kDQ = 17, kDK = 18,
+                   kDV = 19, kDelta = 20;
+constexpr int kWarps = 4;  // FlashAttention-2 uses 4 warps for these kernels on sm80/sm90
+// Vector-pipe FLOP-equivalents per score element (one instruction per lane counts 2):
+// forward: row max, scale-and-subtract, row sum, convert P to 16 bit;
+// backward: scale-and-subtract, dS = P * (dP - D) (two), converts of P and dS.
+constexpr double kFwdVectorPerScore = 8;
+constexpr double kBwdVectorPerScore = 10;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct AttnTiles {
+  int bm, bn;
+};
+
+// FlashAttention-2's kernel traits: 128-row query blocks; 128-wide key blocks for head_dim <= 64,
+// 64-wide above (the register budget of the output accumulator).
+AttnTiles fwd_tiles(int64_t d) { return d <= 64 ? AttnTiles{128, 128} : AttnTiles{128, 64}; }
+AttnTiles bwd_tiles(int64_t d) { return d <= 64 ? AttnTiles{128, 128} : AttnTiles{64, 128}; }
+
+class FlashForward : public TileProgram {
+ public:
+  FlashForward(const AttentionOp& a, AttnTiles t) : a_(a), t_(t), e_(dtype_bytes(a.dtype)) {
+    mblocks_ = ceil_div(a.seq_q, t.bm);
+    nblocks_ = ceil_div(a.seq_kv, t.bn);
+  }
+  std::string name() const override { return "flash_fwd"; }
+  std::string mapping() const override {
+    return fmt::format("q block {} x kv block {}, {} warps, {} groups", t_.bm, t_.bn, kWarps,
+                       groups());
+  }
+  long groups() const override { return static_cast<long>(mblocks_ * a_.batch * a_.heads); }
+  int steps(long g) const override {
+    int64_t m = g % mblocks_;
+    if (!a_.causal) return static_cast<int>(nblocks_);
+    // Key blocks up to the diagonal (aligned to the end of the key sequence).
+    int64_t last_q = std::min<int64_t>(a_.seq_q, (m + 1) * t_.bm) + (a_.seq_kv - a_.seq_q);
+    return static_cast<int>(std::clamp<int64_t>(ceil_div(last_q, t_.bn), 1, nblocks_));
+  }
+  void step(long g, int s, Step& out) const override {
+    int64_t m = g % mblocks_, bh = g / mblocks_;
+    int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
+    double d = double(a_.head_dim);
+    if (s == 0) out.loads.push_back({block_key(kQ, b * a_.heads + h, m), Bytes(t_.bm * d * e_)});
+    out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
+    out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
+    double scores = double(t_.bm) * t_.bn;
+    double kv_smem = kWarps * t_.bn * d * e_;  // every warp reads the whole key/value block
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem}}});
+    Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + 2.0 * t_.bm * d, DType::FP32},
+                   {Pipe::Sfu, scores}}};
+    if (a_.dropout) softmax.work[0].amount += scores * 12;  // Philox per element
+    out.phases.push_back(softmax);
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem}}});
+  }
+  void epilogue(long g, Step& out) const override {
+    int64_t m = g % mblocks_, bh = g / mblocks_;
+    double d = double(a_.head_dim);
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * d, DType::FP32}}});
+    out.stores.push_back({block_key(kO, bh, m), Bytes(t_.bm * d * e_)});
+    out.stores.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
+  }
+  GroupFootprint footprint() const override {
+    GroupFootprint f;
+    double d = double(a_.head_dim);
+    f.scratchpad = Bytes((t_.bm * d + 2.0 * t_.bn * d) * e_);
+    f.registers = Bytes(kWarps * 32.0 * 255 * 4);
+    f.stages = 2;
+    return f;
+  }
+
+ private:
+  AttentionOp a_;
+  AttnTiles t_;
+  double e_;
+  int64_t mblocks_, nblocks_;
+};
+
+class FlashBackward : public TileProgram {
+ public:
+  FlashBackward(const AttentionOp& a, AttnTiles t) : a_(a), t_(t), e_(dtype_bytes(a.dtype)) {
+    mblocks_ = ceil_div(a.seq_q, t.bm);
+    nblocks_ = ceil_div(a.seq_kv, t.bn);
+  }
+  std::string name() const override { return "flash_bwd"; }
+  std::string mapping() const override {
+    return fmt::format("kv block {} x q block {}, {} warps, {} groups", t_.bn, t_.bm, kWarps,
+                       groups());
+  }
+  long groups() const override { return static_cast<long>(nblocks_ * a_.batch * a_.heads); }
+  int first_block(long g) const {
+    if (!a_.causal) return 0;
+    int64_t n = g % nblocks_;
+    int64_t first_q = n * t_.bn - (a_.seq_kv - a_.seq_q);
+    return static_cast<int>(std::clamp<int64_t>(first_q / t_.bm, 0, mblocks_ - 1));
+  }
+  int steps(long g) const override { return static_cast<int>(mblocks_ - first_block(g)); }
+  void step(long g, int s, Step& out) const override {
+    int64_t bh = g / nblocks_, n = g % nblocks_;
+    int64_t m = first_block(g) + s;
+    double d = double(a_.head_dim);
+    int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
+    if (s == 0) {
+      out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_)});
+      out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_)});
+    }
+    out.loads.push_back({block_key(kQ, bh, m), Bytes(t_.bm * d * e_)});
+    out.loads.push_back({block_key(kDO, bh, m), Bytes(t_.bm * d * e_)});
+    out.loads.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
+    out.loads.push_back({block_key(kDelta, bh, m), Bytes(t_.bm * 4.0)});
+    double scores = double(t_.bm) * t_.bn;
+    double q_smem = kWarps * t_.bm * d * e_;
+    // S = Q K^T; P = exp(S - LSE); dV += P^T dO and dP = dO V^T; dS = P (dP - D);
+    // dK += dS^T Q and dQ = dS K.
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, q_smem}}});
+    out.phases.push_back({{{Pipe::Vector, scores * 4, DType::FP32}, {Pipe::Sfu, scores}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, 2 * q_smem}}});
+    out.phases.push_back({{{Pipe::Vector, scores * (kBwdVectorPerScore - 4), DType::FP32}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, 2 * q_smem}}});
+    // dQ accumulates in fp32 in memory (atomic adds resolved in the shared cache).
+    out.stores.push_back({block_key(kDQ, bh, m), Bytes(t_.bm * d * 4.0)});
+  }
+  void epilogue(long g, Step& out) const override {
+    int64_t bh = g / nblocks_, n = g % nblocks_;
+    double d = double(a_.head_dim);
+    out.phases.push_back({{{Pipe::Vector, 4.0 * t_.bn * d, DType::FP32}}});
+    out.stores.push_back({block_key(kDK, bh, n), Bytes(t_.bn * d * e_)});
+    out.stores.push_back({block_key(kDV, bh, n), Bytes(t_.bn * d * e_)});
+  }
+  GroupFootprint footprint() const override {
+    GroupFootprint f;
+    double d = double(a_.head_dim);
+    f.scratchpad = Bytes((2.0 * t_.bn * d + 2.0 * 2 * t_.bm * d) * e_);
+    f.registers = Bytes(2 * kWarps * 32.0 * 255 * 4);  // 8 warps
+    f.stages = 2;
+    return f;
+  }
+
+ private:
+  AttentionOp a_;
+  AttnTiles t_;
+  double e_;
+  int64_t mblocks_, nblocks_;
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& dev) {
+  std::vector<std::unique_ptr<TileProgram>> out;
+  bool fwd = a.pass != AttentionPass::Backward, bwd = a.pass != AttentionPass::Forward;
+  if (a.fused) {
+    if (fwd) out.push_back(std::make_unique<FlashForward>(a, fwd_tiles(a.head_dim)));
+    if (bwd) {
+      // Preprocessing: D = rowsum(dO * O), read dO and O, write D; then the main kernel; then
+      // the fp32 dQ accumulator is converted to the output type.
+      int64_t rows = a.batch * a.heads * a.seq_q;
+      double e = dtype_bytes(a.dtype);
+      StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim}, 4, 0, 0,
+                   DType::FP32, 0};
+      out.push_back(map_stream(pre, dev));
+      out.push_back(std::make_unique<FlashBackward>(a, bwd_tiles(a.head_dim)));
+      StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32, 0};
+      out.push_back(map_stream(post, dev));
+    }
+    return out;
+  }
+  // Unfused: per (batch, head) batched GEMMs with the scores in memory.
+  int64_t bh = a.batch * a.heads;
+  int64_t rows = bh * a.seq_q;
+  if (fwd) {
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // S = QK^T
+    out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, false).body), dev));
+    if (a.dropout)
+      out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout", rows * a.seq_kv, a.dtype).body), dev));
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.head_dim, a.seq_kv, bh, a.dtype}, dev));  // O = PV
+  }
+  if (bwd) {
+    out.push_back(map_gemm(GemmOp{a.seq_kv, a.head_dim, a.seq_q, bh, a.dtype}, dev));  // dV = P^T dO
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // dP = dO V^T
+    if (a.dropout)
+      out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout_bwd", rows * a.seq_kv, a.dtype).body), dev));
+    out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, true).body), dev));
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.head_dim, a.seq_kv, bh, a.dtype}, dev));  // dQ = dS K
+    out.push_back(map_gemm(GemmOp{a.seq_kv, a.head_dim, a.seq_q, bh, a.dtype}, dev));  // dK = dS^T Q
+  }
+  return out;
+}
+
+}  // namespace memwall

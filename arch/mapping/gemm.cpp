@@ -1,0 +1,154 @@
+// GEMM tiling: output tiles of BM x BN, a K loop of BK-deep steps, multi-stage buffering, and a
+// grouped rasterisation (CUTLASS "threadblock swizzle") so that neighbouring work groups share
+// operand panels in the shared cache.
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "arch/device/tile_executor.h"
+#include "arch/mapping/mapping.h"
+
+namespace memwall {
+namespace {
+
+constexpr uint64_t kA = 1, kB = 2, kC = 3;
+// Each consumer warp group computes a 64 x 128 slice of the output tile and reads its A rows and
+// B columns from the scratchpad once per step.
+constexpr int kWarpM = 64, kWarpN = 128;
+// Tile rows grouped together in the launch order (CUTLASS's swizzle width).
+constexpr int kSwizzle = 8;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Tiling {
+  int bm, bn, bk, stages;
+};
+
+class GemmProgram : public TileProgram {
+ public:
+  GemmProgram(const GemmOp& g, Tiling t, int cluster) : g_(g), t_(t), cluster_(cluster) {
+    tm_ = ceil_div(g.m, t.bm);
+    tn_ = ceil_div(g.n, t.bn);
+    ksteps_ = static_cast<int>(ceil_div(g.k, t.bk));
+    e_ = dtype_bytes(g.dtype);
+    warps_m_ = std::max(1, t.bm / kWarpM);
+    warps_n_ = std::max(1, t.bn / kWarpN);
+  }
+  std::string name() const override { return "gemm"; }
+  std::string mapping() const override {
+    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}", t_.bm,
+                       t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_);
+  }
+  long groups() const override { return static_cast<long>(tm_ * tn_ * g_.batch); }
+  int steps(long) const override { return ksteps_; }
+
+  void step(long g, int s, Step& out) const override {
+    auto [b, im, in] = coords(g);
+    int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
+    int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
+    int64_t depth = std::min<int64_t>(t_.bk, g_.k - int64_t(s) * t_.bk);
+    out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_)});
+    // A cluster of work groups along M receives each B block by one multicast read.
+    out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * e_),
+                         static_cast<int>(std::min<int64_t>(cluster_, tm_))});
+    // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs.
+    double macs = double(t_.bm) * t_.bn * depth;
+    double smem = (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;
+    out.phases.push_back(
+        {{{Pipe::Matrix, macs, g_.dtype}, {Pipe::Scratchpad, smem, g_.dtype}}});
+  }
+
+  void epilogue(long g, Step& out) const override {
+    auto [b, im, in] = coords(g);
+    int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
+    int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
+    // Convert fp32 accumulators and stage them through the scratchpad to the output.
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * t_.bn, DType::FP32},
+                           {Pipe::Scratchpad, 2.0 * rows * cols * e_, g_.dtype}}});
+    out.stores.push_back({block_key(kC, b, im, in), Bytes(rows * cols * e_)});
+  }
+
+  GroupFootprint footprint() const override {
+    GroupFootprint f;
+    f.scratchpad = Bytes(double(t_.stages) * (t_.bm + t_.bn) * t_.bk * e_);
+    // fp32 accumulators plus operand fragments and addressing (about a third more).
+    f.registers = Bytes(double(t_.bm) * t_.bn * 4 * 4.0 / 3.0);
+    f.stages = t_.stages;
+    return f;
+  }
+
+ private:
+  // Launch order: within a batch, bands of kSwizzle tile rows; inside a band, column-major, so
+  // consecutive groups reuse the same B panel and a band's A panels.
+  std::tuple<int64_t, int64_t, int64_t> coords(long g) const {
+    int64_t per_batch = tm_ * tn_;
+    int64_t b = g / per_batch, r = g % per_batch;
+    int64_t band_rows = kSwizzle;
+    int64_t band = r / (band_rows * tn_);
+    int64_t first_row = band * band_rows;
+    int64_t rows_in_band = std::min<int64_t>(band_rows, tm_ - first_row);
+    int64_t within = r - band * band_rows * tn_;
+    return {b, first_row + within % rows_in_band, within / rows_in_band};
+  }
+
+  GemmOp g_;
+  Tiling t_;
+  int cluster_;
+  int64_t tm_, tn_;
+  int ksteps_;
+  double e_;
+  int warps_m_, warps_n_;
+};
+
+// Library-style heuristic: among tilings that fit the unit, pick the one with the least estimated
+// time, counting wave quantisation on the units, the matrix pipe at the sustained clock and the
+// operand traffic the tile shape implies.
+Tiling choose_tiling(const GemmOp& g, const Device& dev) {
+  const ComputeSpec& c = dev.compute();
+  double e = dtype_bytes(g.dtype);
+  double rate = c.matrix_macs_per_cycle(g.dtype);
+  if (rate <= 0) rate = c.vector_flops_per_cycle(g.dtype) / 2;
+  rate *= c.sustained_clock.hz();
+  Bandwidth shared_bw = Bandwidth::infinite();
+  for (const auto& l : dev.caches())
+    if (l->scope() == CacheScope::Shared) { shared_bw = l->bandwidth(); break; }
+  if (shared_bw.is_infinite()) shared_bw = dev.sustained_memory_bandwidth();
+
+  Tiling best{64, 64, 32, 2};
+  double best_t = std::numeric_limits<double>::infinity();
+  for (int bm : {32, 64, 128, 256})
+    for (int bn : {32, 64, 128, 256})
+      for (int bk_bytes : {64, 128})
+        for (int stages : {2, 3, 4}) {
+          int bk = std::max(8, static_cast<int>(bk_bytes / e));
+          Tiling t{bm, bn, bk, stages};
+          GemmProgram p(g, t, c.multicast_cluster);
+          int occ = occupancy(c, p.footprint());
+          if (occ < 1) continue;
+          double tiles = double(p.groups());
+          double per_unit_tiles = std::ceil(tiles / c.units);
+          double kpad = std::ceil(double(g.k) / bk) * bk;
+          double t_compute = per_unit_tiles * double(bm) * bn * kpad / rate;
+          double traffic = g.batch * (double(g.m) * g.k * std::ceil(double(g.n) / bn) +
+                                      double(g.n) * g.k * std::ceil(double(g.m) / bm) /
+                                          c.multicast_cluster) * e;
+          double t_mem = traffic / shared_bw.bps();
+          // Shallow pipelines expose latency: prefer more stages when they fit.
+          double est = std::max(t_compute, t_mem) * (1.0 + 0.02 / stages);
+          if (est < best_t * 0.999) {
+            best_t = est;
+            best = t;
+          }
+        }
+  return best;
+}
+
+}  // namespace
+
+std::unique_ptr<TileProgram> map_gemm(const GemmOp& g, const Device& device) {
+  return std::make_unique<GemmProgram>(g, choose_tiling(g, device),
+                                       device.compute().multicast_cluster);
+}
+
+}  // namespace memwall

@@ -1,0 +1,25 @@
+// The mapping layer: tiles an operator onto one device as one or more kernels.
+//
+// Role: choose tile shapes that fit the unit's scratchpad and registers, the launch order
+// (rasterisation), the pipelining depth, and the per-step work on each pipe; produce TilePrograms
+// the executor runs. Choices depend on the device description only (never on measured results),
+// the way a library heuristic (cuBLAS, CUTLASS, FlashAttention's kernel traits) picks a kernel.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "arch/device/device.h"
+#include "arch/mapping/tile_program.h"
+#include "arch/ops/op.h"
+
+namespace memwall {
+
+/// The kernels that implement `op` on `device`, in execution order.
+std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device);
+
+std::unique_ptr<TileProgram> map_gemm(const GemmOp& g, const Device& device);
+std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& device);
+std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device);
+
+}  // namespace memwall

@@ -1,0 +1,86 @@
+// What one kernel does, expressed as work groups of pipelined steps: the contract between the
+// mapping layer (which tiles an operator for a device) and the tile executor (which runs it).
+//
+// A kernel is `groups()` work groups (CTAs), launched in index order onto free slots. Group g runs
+// `steps(g)` main-loop steps. Each step names:
+//   - loads: blocks to bring to the unit, issued `stages - 1` steps ahead (multi-buffering), and
+//     required before the step's first phase starts;
+//   - phases: executed in order; each phase occupies one or more of the unit's pipes at once
+//     (e.g. the matrix pipe and the scratchpad together) and ends when all of them are done;
+//   - stores: blocks written when the phases are done; the kernel ends when they are accepted.
+// An epilogue (phases and stores, no loads) follows the last step. Block keys must identify the
+// data, not the request: two groups loading the same operand block use the same key, which is how
+// cache reuse arises.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/units/dtype.h"
+#include "sim/units/units.h"
+
+namespace memwall {
+
+enum class Pipe { Matrix, Vector, Sfu, Scratchpad };
+constexpr int kPipeCount = 4;
+
+struct PipeWork {
+  Pipe pipe;
+  double amount;  ///< MACs (Matrix), FLOPs (Vector), ops (Sfu), bytes (Scratchpad)
+  DType dtype = DType::FP32;  ///< for Matrix and Vector rates
+};
+
+struct Phase {
+  std::vector<PipeWork> work;  ///< concurrent work on distinct pipes
+};
+
+struct Block {
+  uint64_t key;
+  Bytes bytes;
+  /// Units that receive this one read by multicast (Hopper TMA multicast within a cluster):
+  /// the shared levels and memory move bytes / fanout for each requester.
+  int fanout = 1;
+};
+
+struct Step {
+  std::vector<Block> loads;
+  std::vector<Phase> phases;
+  std::vector<Block> stores;
+  void clear() {
+    loads.clear();
+    phases.clear();
+    stores.clear();
+  }
+};
+
+/// On-chip resources one work group holds while resident.
+struct GroupFootprint {
+  Bytes scratchpad{0};
+  Bytes registers{0};
+  int stages = 2;  ///< buffers per operand: 2 is double buffering
+};
+
+class TileProgram {
+ public:
+  virtual ~TileProgram() = default;
+  virtual std::string name() const = 0;
+  /// Short description of the mapping (tile shape, order), for reports.
+  virtual std::string mapping() const = 0;
+  virtual long groups() const = 0;
+  virtual int steps(long group) const = 0;
+  virtual void step(long group, int s, Step& out) const = 0;
+  virtual void epilogue(long group, Step& out) const = 0;
+  virtual GroupFootprint footprint() const = 0;
+};
+
+/// Key for block (a, b, c) of tensor `tensor`: stable and well spread.
+inline uint64_t block_key(uint64_t tensor, uint64_t a, uint64_t b = 0, uint64_t c = 0) {
+  uint64_t h = tensor * 0x9E3779B97F4A7C15ULL;
+  h ^= a + 0x7F4A7C159E3779B9ULL + (h << 6) + (h >> 2);
+  h ^= b + 0x94D049BB133111EBULL + (h << 6) + (h >> 2);
+  h ^= c + 0xBF58476D1CE4E5B9ULL + (h << 6) + (h >> 2);
+  return h;
+}
+
+}  // namespace memwall

@@ -1,0 +1,357 @@
+#include "arch/ops/op.h"
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+namespace {
+template <class... Ts>
+struct overloaded : Ts... {
+  using Ts::operator()...;
+};
+template <class... Ts>
+overloaded(Ts...) -> overloaded<Ts...>;
+
+double attention_pass_units(AttentionPass p) {
+  switch (p) {
+    case AttentionPass::Forward: return 1.0;
+    case AttentionPass::Backward: return 2.5;
+    case AttentionPass::ForwardBackward: return 3.5;
+  }
+  return 1.0;
+}
+const char* pass_name(AttentionPass p) {
+  switch (p) {
+    case AttentionPass::Forward: return "fwd";
+    case AttentionPass::Backward: return "bwd";
+    case AttentionPass::ForwardBackward: return "fwd_bwd";
+  }
+  return "?";
+}
+
+Op stream(const std::string& kind, int64_t elements, std::vector<double> in,
+          std::vector<double> out, double vflops, double sfu, double useful, DType dt) {
+  StreamOp s;
+  s.kind = kind;
+  s.elements = elements;
+  s.in_bytes = std::move(in);
+  s.out_bytes = std::move(out);
+  s.vector_flops = vflops;
+  s.sfu_ops = sfu;
+  s.useful_flops = useful;
+  s.dtype = dt == DType::BF16 || dt == DType::FP16 || dt == DType::FP8 ? DType::FP32 : dt;
+  return Op{kind, s};
+}
+}  // namespace
+
+std::string Op::kind() const {
+  return std::visit(overloaded{[](const GemmOp&) { return std::string("gemm"); },
+                               [](const AttentionOp&) { return std::string("attention"); },
+                               [](const StreamOp& s) { return s.kind; }},
+                    body);
+}
+
+double Op::flops() const {
+  return std::visit(
+      overloaded{[](const GemmOp& g) { return 2.0 * g.m * g.n * g.k * g.batch; },
+                 [](const AttentionOp& a) {
+                   double f = 4.0 * a.batch * a.heads * a.seq_q * a.seq_kv * a.head_dim;
+                   if (a.causal) f *= 0.5;
+                   return f * attention_pass_units(a.pass);
+                 },
+                 [](const StreamOp& s) { return s.useful_flops * s.elements; }},
+      body);
+}
+
+Bytes Op::min_bytes() const {
+  return std::visit(
+      overloaded{
+          [](const GemmOp& g) {
+            double e = dtype_bytes(g.dtype);
+            return Bytes(e * g.batch * (double(g.m) * g.k + double(g.k) * g.n + double(g.m) * g.n));
+          },
+          [](const AttentionOp& a) {
+            double e = dtype_bytes(a.dtype);
+            double q = double(a.batch) * a.heads * a.seq_q * a.head_dim * e;
+            double kv = double(a.batch) * a.kv_heads * a.seq_kv * a.head_dim * e;
+            double fwd = 2 * q + 2 * kv;           // Q, K, V in; O out
+            double bwd = 4 * q + 4 * kv;           // Q, K, V, O, dO in; dQ, dK, dV out
+            switch (a.pass) {
+              case AttentionPass::Forward: return Bytes(fwd);
+              case AttentionPass::Backward: return Bytes(bwd);
+              case AttentionPass::ForwardBackward: return Bytes(fwd + bwd);
+            }
+            return Bytes(fwd);
+          },
+          [](const StreamOp& s) {
+            double per = 0;
+            for (double b : s.in_bytes) per += b;
+            for (double b : s.out_bytes) per += b;
+            return Bytes(per * s.elements);
+          }},
+      body);
+}
+
+DType Op::dtype() const {
+  return std::visit(overloaded{[](const GemmOp& g) { return g.dtype; },
+                               [](const AttentionOp& a) { return a.dtype; },
+                               [](const StreamOp& s) { return s.dtype; }},
+                    body);
+}
+
+std::string Op::signature() const {
+  return std::visit(
+      overloaded{[](const GemmOp& g) {
+                   return fmt::format("gemm m={} n={} k={} batch={} {}", g.m, g.n, g.k, g.batch,
+                                      dtype_name(g.dtype));
+                 },
+                 [](const AttentionOp& a) {
+                   return fmt::format(
+                       "attention b={} h={} kvh={} sq={} skv={} d={} causal={} fused={} "
+                       "dropout={} {} {}",
+                       a.batch, a.heads, a.kv_heads, a.seq_q, a.seq_kv, a.head_dim, a.causal,
+                       a.fused, a.dropout, pass_name(a.pass), dtype_name(a.dtype));
+                 },
+                 [](const StreamOp& s) {
+                   std::string in, out;
+                   for (double b : s.in_bytes) in += fmt::format("{},", b);
+                   for (double b : s.out_bytes) out += fmt::format("{},", b);
+                   return fmt::format("{} n={} in={} out={} vf={} sfu={} {}", s.kind, s.elements,
+                                      in, out, s.vector_flops, s.sfu_ops, dtype_name(s.dtype));
+                 }},
+      body);
+}
+
+// Per-element costs below count vector-pipe FLOP-equivalents (one simple instruction per lane
+// counts 2, like an FMA) from the kernels' arithmetic; they are properties of the operation,
+// the same on every device.
+Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
+  double e = dtype_bytes(dt);
+  if (kind == "gelu") return stream(kind, n, {e}, {e}, 16, 1, 8, dt);  // tanh form
+  if (kind == "gelu_bwd") return stream(kind, n, {e, e}, {e}, 24, 1, 12, dt);
+  if (kind == "swiglu") return stream(kind, n, {e, e}, {e}, 10, 1, 5, dt);  // silu(a) * b
+  if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
+  if (kind == "dropout") return stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt);  // Philox + mask
+  if (kind == "dropout_bwd") return stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt);
+  if (kind == "add") return stream(kind, n, {e, e}, {e}, 2, 0, 1, dt);
+  if (kind == "cast") return stream(kind, n, {e}, {e}, 2, 0, 0, dt);
+  throw std::invalid_argument("unknown elementwise kind '" + kind + "'");
+}
+
+Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
+  double e = dtype_bytes(dt);
+  bool rms = kind == "rmsnorm";
+  Op op = backward ? stream(kind + "_bwd", rows * cols, {e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt)
+                   : stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
+  std::get<StreamOp>(op.body).gather_rows = 0;
+  return op;
+}
+
+Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
+  double e = dtype_bytes(dt);
+  return backward ? stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt)
+                  : stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt);
+}
+
+Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {
+  double e = dtype_bytes(dt);
+  Op op = stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
+  std::get<StreamOp>(op.body).gather_rows = tokens;
+  return op;
+}
+
+Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt) {
+  double e = dtype_bytes(dt);
+  // Fused forward and backward (Megatron's vocab-parallel cross-entropy): read the logits, write
+  // their gradient.
+  return stream("cross_entropy", tokens * vocab, {e}, {e}, 12, 1, 6, dt);
+}
+
+Op make_adam(int64_t params, DType grad) {
+  // Reads fp32 master weight, both moments and the gradient; writes master, moments and the
+  // low-precision weight copy.
+  double g = dtype_bytes(grad);
+  return stream("adam", params, {4, 4, 4, g}, {4, 4, 4, 2}, 24, 1, 12, DType::FP32);
+}
+
+Op make_memcopy(Bytes bytes) {
+  return stream("memcopy", static_cast<int64_t>(bytes.count()), {1}, {1}, 0, 0, 0, DType::FP32);
+}
+
+Op make_stream_triad(Bytes bytes_per_array, DType dt) {
+  double e = dtype_bytes(dt);
+  int64_t n = static_cast<int64_t>(bytes_per_array.count() / e);
+  return stream("stream_triad", n, {e, e}, {e}, 2, 0, 2, dt);
+}
+
+// ---- schemas -------------------------------------------------------------------------------
+
+namespace {
+
+ParamSpec count(const char* name, const char* desc, const char* def = nullptr) {
+  ParamSpec p = def ? param(name, ParamType::Int, "count", def, desc)
+                    : required(name, ParamType::Int, "count", desc);
+  p.positive = true;
+  return p;
+}
+ParamSpec dtype_param(const char* def) {
+  ParamSpec p = param("dtype", ParamType::Enum, "", def, "Data type of the operands.");
+  p.choices = dtype_names();
+  return p;
+}
+ParamSpec name_param() {
+  return param("name", ParamType::String, "", "", "Label shown in reports (default: the op kind).");
+}
+ParamSpec flag(const char* name, const char* def, const char* desc) {
+  return param(name, ParamType::Bool, "", def, desc);
+}
+
+Schema op_impl(const char* name, const char* desc, std::vector<ParamSpec> params) {
+  Schema s;
+  s.name = name;
+  s.interface = "op";
+  s.impl_key = "op";
+  s.description = desc;
+  s.params = std::move(params);
+  s.params.push_back(name_param());
+  return s;
+}
+
+const std::vector<Schema>& op_schemas() {
+  static const std::vector<Schema> all = [] {
+    std::vector<Schema> v;
+    v.push_back(op_impl("gemm", "Matrix product C[m,n] = A[m,k] B[k,n], optionally batched.",
+                        {count("m", "Rows of A and C."), count("n", "Columns of B and C."),
+                         count("k", "Inner dimension."), count("batch", "Independent products.", "1"),
+                         dtype_param("bf16")}));
+    ParamSpec pass = param("pass", ParamType::Enum, "", "fwd_bwd",
+                           "Which passes run: fwd, bwd or fwd_bwd.");
+    pass.choices = {"fwd", "bwd", "fwd_bwd"};
+    v.push_back(op_impl(
+        "attention", "Scaled dot-product attention, fused (flash) or unfused.",
+        {count("batch", "Sequences."), count("heads", "Query heads."),
+         [] {
+           ParamSpec p = optional_param("kv_heads", ParamType::Int, "count",
+                                        "Key/value heads (grouped-query attention); absent: heads.");
+           p.positive = true;
+           return p;
+         }(),
+         count("seq_len", "Query sequence length."),
+         [] {
+           ParamSpec p = optional_param("kv_seq_len", ParamType::Int, "count",
+                                        "Key/value sequence length; absent: seq_len.");
+           p.positive = true;
+           return p;
+         }(),
+         count("head_dim", "Head size."), flag("causal", "false", "Causal mask."),
+         flag("fused", "true", "Flash-attention style kernel that keeps scores on chip."),
+         flag("dropout", "false", "Attention dropout on the probabilities."), pass,
+         dtype_param("bf16")}));
+    ParamSpec ew = required("kind", ParamType::Enum, "", "Which elementwise kernel.");
+    ew.choices = {"gelu", "gelu_bwd", "swiglu", "swiglu_bwd", "dropout", "dropout_bwd", "add", "cast"};
+    v.push_back(op_impl("elementwise", "A memory-bound elementwise kernel.",
+                        {ew, count("elements", "Elements of the primary tensor."), dtype_param("bf16")}));
+    for (const char* norm : {"layernorm", "rmsnorm"})
+      v.push_back(op_impl(norm, "Row normalisation over the last dimension.",
+                          {count("rows", "Rows (tokens)."), count("cols", "Row length (hidden)."),
+                           dtype_param("bf16"), flag("backward", "false", "Backward pass.")}));
+    v.push_back(op_impl("softmax", "Row softmax (unfused attention).",
+                        {count("rows", "Rows."), count("cols", "Row length."), dtype_param("bf16"),
+                         flag("backward", "false", "Backward pass.")}));
+    v.push_back(op_impl("embedding", "Embedding lookup: gathers one row per token.",
+                        {count("tokens", "Tokens looked up."), count("hidden", "Row size."),
+                         dtype_param("bf16")}));
+    v.push_back(op_impl("cross_entropy", "Fused softmax cross-entropy forward and backward over "
+                        "the logits.",
+                        {count("tokens", "Tokens."), count("vocab", "Vocabulary size."),
+                         dtype_param("bf16")}));
+    ParamSpec gd = param("grad_dtype", ParamType::Enum, "", "bf16", "Gradient data type.");
+    gd.choices = dtype_names();
+    v.push_back(op_impl("adam", "Adam update with fp32 master weights and two moments.",
+                        {count("params", "Parameters updated."), gd}));
+    ParamSpec bytes = required("bytes", ParamType::Bytes, "B", "Bytes copied.");
+    bytes.positive = true;
+    v.push_back(op_impl("memcopy", "Device-to-device copy (reads and writes `bytes`).", {bytes}));
+    ParamSpec arr = required("bytes", ParamType::Bytes, "B", "Size of one of the three arrays.");
+    arr.positive = true;
+    v.push_back(op_impl("stream_triad", "STREAM triad a = b + s * c.", {arr, dtype_param("fp64")}));
+    return v;
+  }();
+  return all;
+}
+
+struct RegisterOps {
+  RegisterOps() {
+    for (const auto& s : op_schemas()) SchemaRegistry::instance().add("op", &s);
+  }
+} register_ops;
+
+DType dtype_of(const Config& c, const std::string& key) { return *parse_dtype(c.get_string(key)); }
+
+}  // namespace
+
+const Schema& op_schema() {
+  static const Schema s = [] {
+    Schema x;
+    x.name = "op";
+    x.interface = "op";
+    x.impl_key = "op";
+    x.description = "One operator to simulate; `op:` names its kind.";
+    return x;
+  }();
+  return s;
+}
+
+Op op_from_config(const Config& c) {
+  const std::string kind = c.schema().name;
+  Op op;
+  if (kind == "gemm") {
+    GemmOp g{c.get_int("m"), c.get_int("n"), c.get_int("k"), c.get_int("batch"), dtype_of(c, "dtype")};
+    op = Op{"gemm", g};
+  } else if (kind == "attention") {
+    AttentionOp a;
+    a.batch = c.get_int("batch");
+    a.heads = c.get_int("heads");
+    a.kv_heads = c.node()["kv_heads"] ? c.get_int("kv_heads") : a.heads;
+    a.seq_q = c.get_int("seq_len");
+    a.seq_kv = c.node()["kv_seq_len"] ? c.get_int("kv_seq_len") : a.seq_q;
+    a.head_dim = c.get_int("head_dim");
+    a.causal = c.get_bool("causal");
+    a.fused = c.get_bool("fused");
+    a.dropout = c.get_bool("dropout");
+    std::string p = c.get_string("pass");
+    a.pass = p == "fwd" ? AttentionPass::Forward
+             : p == "bwd" ? AttentionPass::Backward
+                          : AttentionPass::ForwardBackward;
+    a.dtype = dtype_of(c, "dtype");
+    if (a.heads % a.kv_heads != 0)
+      c.fail("kv_heads", fmt::format("heads ({}) must be a multiple of kv_heads ({})", a.heads,
+                                     a.kv_heads));
+    op = Op{"attention", a};
+  } else if (kind == "elementwise") {
+    op = make_elementwise(c.get_string("kind"), c.get_int("elements"), dtype_of(c, "dtype"));
+  } else if (kind == "layernorm" || kind == "rmsnorm") {
+    op = make_norm(kind, c.get_int("rows"), c.get_int("cols"), dtype_of(c, "dtype"),
+                   c.get_bool("backward"));
+  } else if (kind == "softmax") {
+    op = make_softmax(c.get_int("rows"), c.get_int("cols"), dtype_of(c, "dtype"),
+                      c.get_bool("backward"));
+  } else if (kind == "embedding") {
+    op = make_embedding(c.get_int("tokens"), c.get_int("hidden"), dtype_of(c, "dtype"));
+  } else if (kind == "cross_entropy") {
+    op = make_cross_entropy(c.get_int("tokens"), c.get_int("vocab"), dtype_of(c, "dtype"));
+  } else if (kind == "adam") {
+    op = make_adam(c.get_int("params"), dtype_of(c, "grad_dtype"));
+  } else if (kind == "memcopy") {
+    op = make_memcopy(c.get_bytes("bytes"));
+  } else if (kind == "stream_triad") {
+    op = make_stream_triad(c.get_bytes("bytes"), dtype_of(c, "dtype"));
+  } else {
+    c.fail("op", "no builder for op kind '" + kind + "'");
+  }
+  std::string label = c.get_string("name");
+  if (!label.empty()) op.name = label;
+  return op;
+}
+
+}  // namespace memwall

@@ -1,0 +1,91 @@
+// The operations a device executes: the small vocabulary between workloads and hardware.
+//
+// arch/ knows no transformer. It runs matrix products, attention blocks and streaming (memory-
+// bound) kernels of given shapes and data types. A workload builds these; an experiment file can
+// list them directly. Every op knows its useful FLOPs (the algorithmic count, which reports and
+// MFU use) and its compulsory memory traffic (each input read once, each output written once),
+// which bounds it from below in the roofline.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "sim/config/config.h"
+#include "sim/units/dtype.h"
+#include "sim/units/units.h"
+
+namespace memwall {
+
+/// C[batch][m][n] = A[batch][m][k] x B[batch][k][n]; fp32 accumulation, output in `dtype`.
+struct GemmOp {
+  int64_t m = 1, n = 1, k = 1, batch = 1;
+  DType dtype = DType::BF16;
+};
+
+enum class AttentionPass { Forward, Backward, ForwardBackward };
+
+/// Scaled dot-product attention over `heads` query heads sharing `kv_heads` key/value heads.
+/// Fused: flash-attention style, scores stay on chip. Unfused: scores and probabilities are
+/// written to memory between a batched GEMM, a softmax and a second batched GEMM.
+struct AttentionOp {
+  int64_t batch = 1, heads = 1, kv_heads = 1, seq_q = 1, seq_kv = 1, head_dim = 64;
+  bool causal = false;
+  bool fused = true;
+  bool dropout = false;
+  AttentionPass pass = AttentionPass::Forward;
+  DType dtype = DType::BF16;
+};
+
+/// A memory-bound kernel that streams arrays: elementwise, normalisation, softmax, embedding,
+/// cross-entropy, optimizer update, copy, STREAM triad. Per element, it reads `in_bytes` from
+/// each input array, writes `out_bytes` to each output array, and does `vector_flops` vector
+/// FLOPs and `sfu_ops` special-function operations.
+struct StreamOp {
+  std::string kind;  ///< e.g. "gelu", "layernorm", "adam", "stream_triad"
+  int64_t elements = 0;
+  std::vector<double> in_bytes;   ///< bytes per element, one entry per input array
+  std::vector<double> out_bytes;  ///< bytes per element, one entry per output array
+  double vector_flops = 0;        ///< per element, on the vector pipe (FMA = 2)
+  double sfu_ops = 0;             ///< per element
+  double useful_flops = 0;        ///< per element, as reported (may differ from pipe work)
+  DType dtype = DType::FP32;      ///< vector pipe data type
+  int64_t gather_rows = 0;        ///< >0: inputs are gathered rows (embedding); affects reuse
+};
+
+struct Op {
+  std::string name;
+  std::variant<GemmOp, AttentionOp, StreamOp> body;
+
+  /// "gemm", "attention" or the stream kind.
+  std::string kind() const;
+  /// Algorithmic FLOPs (2 per MAC for matrix products; attention: 4 b h sq skv d per pass unit,
+  /// halved for causal, backward = 2.5 x forward as in the FlashAttention benchmark).
+  double flops() const;
+  /// Compulsory memory traffic: inputs read once, outputs written once.
+  Bytes min_bytes() const;
+  /// Matrix data type (for peak lookups).
+  DType dtype() const;
+  /// Canonical text of the shape; identical ops have identical signatures (memoisation key).
+  std::string signature() const;
+};
+
+// Named constructors for the streaming kernels; `elements` counts the op's primary tensor.
+Op make_elementwise(const std::string& kind, int64_t elements, DType dtype);
+Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dtype, bool backward);
+Op make_softmax(int64_t rows, int64_t cols, DType dtype, bool backward);
+Op make_embedding(int64_t tokens, int64_t hidden, DType dtype);
+Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dtype);
+/// Adam over `params` parameters: fp32 master weights and two moments, gradients in `grad`.
+Op make_adam(int64_t params, DType grad);
+Op make_memcopy(Bytes bytes);
+/// STREAM triad a = b + s*c over three arrays of `bytes_per_array` in `dtype`.
+Op make_stream_triad(Bytes bytes_per_array, DType dtype);
+
+/// Schema of an `ops:` list entry (polymorphic on the `op:` key).
+const Schema& op_schema();
+/// Builds an op from a validated `ops:` entry; throws ConfigError on inconsistent shapes.
+Op op_from_config(const Config& c);
+
+}  // namespace memwall

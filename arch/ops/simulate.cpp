@@ -1,0 +1,153 @@
+#include "arch/ops/simulate.h"
+
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <systemc>
+
+#include "arch/device/tile_executor.h"
+#include "arch/mapping/mapping.h"
+#include "sim/trace/trace.h"
+
+namespace memwall {
+
+const char* fidelity_name(Fidelity f) { return f == Fidelity::Analytical ? "analytical" : "tile"; }
+
+Fidelity parse_fidelity(const std::string& s) {
+  if (s == "analytical") return Fidelity::Analytical;
+  if (s == "tile") return Fidelity::Tile;
+  throw std::invalid_argument("fidelity '" + s + "' is not one of analytical, tile");
+}
+
+namespace {
+
+void check_supported(const Op& op, const Device& d) {
+  DType t = op.dtype();
+  bool matrix = op.kind() == "gemm" || op.kind() == "attention";
+  if (matrix && !d.compute().supports(t))
+    throw std::runtime_error(fmt::format("device '{}' has no {} arithmetic for {}", d.name(),
+                                         dtype_name(t), op.kind()));
+}
+
+// Matrix ops run on the matrix pipe when the device has one for the type, else on the vector pipe.
+double compute_rate(const Op& op, const ComputeSpec& c, Frequency clock) {
+  bool matrix = op.kind() == "gemm" || op.kind() == "attention";
+  DType t = op.dtype();
+  double per_cycle = matrix && c.matrix_macs_per_cycle(t) > 0 ? 2 * c.matrix_macs_per_cycle(t)
+                                                               : c.vector_flops_per_cycle(t);
+  if (!matrix) per_cycle = c.vector_flops_per_cycle(DType::FP32);
+  return per_cycle * c.units * clock.hz();
+}
+
+std::string classify(double compute_util, double mem_util) {
+  if (compute_util < 0.5 && mem_util < 0.5) return "latency";
+  return compute_util >= mem_util ? "compute" : "memory";
+}
+
+}  // namespace
+
+Time roofline_bound(const Op& op, const Device& d) {
+  const ComputeSpec& c = d.compute();
+  bool matrix = op.kind() == "gemm" || op.kind() == "attention";
+  double peak = matrix ? c.peak(op.dtype()).per_s() : c.peak_vector(DType::FP32).per_s();
+  double t_compute = peak > 0 ? op.flops() / peak : 0;
+  double t_mem = op.min_bytes().count() / d.memory().peak_bandwidth().bps();
+  return Time(std::max(t_compute, t_mem));
+}
+
+OpResult OpSimulator::run(const Op& op) {
+  std::string key = op.signature() + "|" + fidelity_name(fidelity_);
+  auto it = memo_.find(key);
+  if (it != memo_.end()) {
+    ++hits_;
+    OpResult r = it->second;
+    r.name = op.name;
+    r.memoised = true;
+    return r;
+  }
+  check_supported(op, device_);
+  OpResult r = fidelity_ == Fidelity::Tile ? simulate_tile(op) : simulate_analytical(op);
+  memo_[key] = r;
+  return r;
+}
+
+OpResult OpSimulator::simulate_analytical(const Op& op) const {
+  const ComputeSpec& c = device_.compute();
+  OpResult r;
+  r.name = op.name;
+  r.kind = op.kind();
+  r.signature = op.signature();
+  r.fidelity = Fidelity::Analytical;
+  r.dtype_for_peak = op.dtype();
+  r.flops = op.flops();
+  r.min_bytes = op.min_bytes();
+  r.mapping = "roofline";
+  double rate = compute_rate(op, c, c.sustained_clock);
+  double t_compute = rate > 0 ? r.flops / rate : 0;
+  double t_mem = r.min_bytes.count() / device_.sustained_memory_bandwidth().bps();
+  int kernels = static_cast<int>(map_op(op, device_).size());
+  r.kernels = kernels;
+  r.time = Time(std::max(t_compute, t_mem)) + device_.launch_overhead() * kernels;
+  r.memory_read = r.min_bytes;  // the roofline does not split reads from writes
+  r.memory_utilisation = r.min_bytes.count() / (r.time.sec() * device_.memory().peak_bandwidth().bps());
+  r.matrix_utilisation = t_compute / r.time.sec();
+  r.bound = classify(r.matrix_utilisation, t_mem / r.time.sec());
+  return r;
+}
+
+OpResult OpSimulator::simulate_tile(const Op& op) {
+  OpResult r;
+  r.name = op.name;
+  r.kind = op.kind();
+  r.signature = op.signature();
+  r.fidelity = Fidelity::Tile;
+  r.dtype_for_peak = op.dtype();
+  r.flops = op.flops();
+  r.min_bytes = op.min_bytes();
+  auto kernels = map_op(op, device_);
+  r.kernels = static_cast<int>(kernels.size());
+  TileExecutor exec(device_, trace_);
+  const ComputeSpec& c = device_.compute();
+  std::vector<double> level_hits(device_.caches().size()), level_total(device_.caches().size());
+  std::vector<Bytes> level_bytes(device_.caches().size(), Bytes(0));
+  Time matrix_busy, vector_busy, sfu_busy;
+  Time op_start(sc_core::sc_time_stamp().to_seconds());
+  for (const auto& k : kernels) {
+    KernelStats ks = exec.execute(*k);
+    r.time += ks.duration;
+    r.events += ks.events;
+    matrix_busy += ks.pipe_busy[static_cast<int>(Pipe::Matrix)];
+    vector_busy += ks.pipe_busy[static_cast<int>(Pipe::Vector)];
+    sfu_busy += ks.pipe_busy[static_cast<int>(Pipe::Sfu)];
+    r.memory_read += device_.memory().bytes_read();
+    r.memory_written += device_.memory().bytes_written();
+    for (size_t i = 0; i < device_.caches().size(); ++i) {
+      const CacheStats& s = device_.caches()[i]->stats();
+      level_hits[i] += s.hits;
+      level_total[i] += s.hits + s.misses;
+      level_bytes[i] += device_.caches()[i]->bytes_moved();
+    }
+    if (!r.mapping.empty()) r.mapping += "; ";
+    r.mapping += k->name() + ": " + k->mapping() + fmt::format(", occupancy {}", ks.occupancy);
+    if (trace_)
+      trace_->span(device_.name(), "stream", op.name + " / " + k->name(), ks.start, ks.end - ks.start,
+                   {{"mapping", k->mapping()}});
+  }
+  for (size_t i = 0; i < device_.caches().size(); ++i)
+    r.levels.push_back({device_.caches()[i]->name(),
+                        level_total[i] > 0 ? level_hits[i] / level_total[i] : 0, level_bytes[i]});
+  double t = r.time.sec();
+  r.memory_utilisation =
+      (r.memory_read + r.memory_written).count() / (t * device_.memory().peak_bandwidth().bps());
+  r.matrix_utilisation = matrix_busy.sec() / (t * c.units);
+  r.vector_utilisation = std::max(vector_busy.sec(), sfu_busy.sec()) / (t * c.units);
+  double compute_util = std::max(r.matrix_utilisation, r.vector_utilisation);
+  double mem_util = r.memory_utilisation / device_.memory().efficiency();
+  r.bound = classify(compute_util, mem_util);
+  if (trace_)
+    trace_->counter(device_.name(), "memory GB/s", op_start,
+                    (r.memory_read + r.memory_written).count() / t * 1e-9);
+  return r;
+}
+
+}  // namespace memwall

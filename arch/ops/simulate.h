@@ -1,0 +1,80 @@
+// Simulating operators on a device at a chosen fidelity, with memoisation.
+//
+// Role: the single entry point that run, validate and (later) the training-step replay use to
+// time an operator. `analytical` is a roofline from the same device description (peak matrix or
+// vector rate at the sustained clock, memory at peak x efficiency, plus launch overhead):
+// microseconds of wall time per op, for wide sweeps. `tile` maps the op to kernels and runs them
+// on the discrete-event engine. An op's figures depend only on (op signature, device, fidelity),
+// so identical ops are simulated once per OpSimulator and reused.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "arch/device/device.h"
+#include "arch/ops/op.h"
+
+namespace memwall {
+
+class TraceWriter;
+
+enum class Fidelity { Analytical, Tile };
+const char* fidelity_name(Fidelity f);
+Fidelity parse_fidelity(const std::string& s);  // throws std::invalid_argument
+
+struct LevelResult {
+  std::string name;
+  double hit_rate = 0;  ///< block hit rate of lookups at this level
+  Bytes bytes{0};       ///< bytes its ports moved
+};
+
+struct OpResult {
+  std::string name, kind, signature, mapping;
+  Fidelity fidelity = Fidelity::Tile;
+  Time time;                 ///< wall time on the device, launch overheads included
+  double flops = 0;          ///< algorithmic FLOPs
+  Bytes min_bytes{0};        ///< compulsory traffic
+  Bytes memory_read{0}, memory_written{0};
+  std::vector<LevelResult> levels;
+  double memory_utilisation = 0;  ///< memory bytes / (time x peak bandwidth)
+  double matrix_utilisation = 0;  ///< matrix-pipe busy time / (time x units)
+  double vector_utilisation = 0;  ///< vector and SFU pipes, the busier of the two
+  std::string bound;              ///< "compute", "memory" or "latency"
+  DType dtype_for_peak = DType::BF16;  ///< the type whose peak the op is compared against
+  int kernels = 0;
+  long events = 0;
+  bool memoised = false;
+
+  FlopRate achieved() const { return FlopRate(flops / time.sec()); }
+  Bandwidth memory_bandwidth() const {
+    return (memory_read + memory_written) / time;
+  }
+};
+
+class OpSimulator {
+ public:
+  OpSimulator(Device& device, Fidelity fidelity, TraceWriter* trace = nullptr)
+      : device_(device), fidelity_(fidelity), trace_(trace) {}
+
+  /// Times `op`; identical ops are simulated once. Throws std::runtime_error when the device
+  /// cannot run the op (a data type it lacks, a tile that does not fit).
+  OpResult run(const Op& op);
+  long cache_hits() const { return hits_; }
+
+ private:
+  OpResult simulate_tile(const Op& op);
+  OpResult simulate_analytical(const Op& op) const;
+
+  Device& device_;
+  Fidelity fidelity_;
+  TraceWriter* trace_;
+  std::map<std::string, OpResult> memo_;
+  long hits_ = 0;
+};
+
+/// The roofline lower bound at datasheet peaks (boost clock, peak bandwidth, no latency): no
+/// simulated time may be shorter.
+Time roofline_bound(const Op& op, const Device& device);
+
+}  // namespace memwall

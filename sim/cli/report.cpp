@@ -1,0 +1,88 @@
+#include "sim/cli/report.h"
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+std::string device_line(const Device& d, Fidelity f) {
+  const ComputeSpec& c = d.compute();
+  return fmt::format(
+      "memwall · {} · {} units at {:.3g} GHz sustained · {:.0f} TFLOP/s bf16 peak · {} {} · "
+      "fidelity {}\n",
+      d.name(), c.units, c.sustained_clock.hz() * 1e-9, c.peak(DType::BF16).tflops_value(),
+      to_string(d.memory().capacity()), to_string(d.memory().peak_bandwidth()),
+      fidelity_name(f));
+}
+
+std::string op_table(const std::vector<OpResult>& results, const Device& d) {
+  std::string out;
+  size_t w = 4;
+  for (const auto& r : results) w = std::max(w, r.name.size());
+  std::string levels;
+  for (const auto& l : d.caches()) levels += fmt::format(" {:>7}", l->name() + " hit");
+  out += fmt::format("{:<{}}  {:>10}  {:>9} {:>6}  {:>9} {:>6}  {:<8}{}\n", "op", w, "time",
+                     "TFLOP/s", "%peak", "mem GB/s", "%peak", "bound", levels);
+  Time total;
+  double flops = 0;
+  Bytes bytes(0);
+  for (const auto& r : results) {
+    double peak = d.compute().peak(r.dtype_for_peak).per_s();
+    std::string lv;
+    for (const auto& l : r.levels) lv += fmt::format(" {:>6.1f}%", 100 * l.hit_rate);
+    if (r.levels.empty())
+      for (size_t i = 0; i < d.caches().size(); ++i) lv += fmt::format(" {:>7}", "-");
+    out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>5.1f}%  {:>9.0f} {:>5.1f}%  {:<8}{}\n", r.name,
+                       w, to_string(r.time), r.achieved().tflops_value(),
+                       peak > 0 ? 100 * r.flops / r.time.sec() / peak : 0.0,
+                       r.memory_bandwidth().gbps(), 100 * r.memory_utilisation, r.bound, lv);
+    total += r.time;
+    flops += r.flops;
+    bytes += r.memory_read + r.memory_written;
+  }
+  if (results.size() > 1)
+    out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>6}  {:>9.0f} {:>5.1f}%\n", "total", w,
+                       to_string(total), flops / total.sec() * 1e-12, "", bytes.count() / total.sec() * 1e-9,
+                       100 * bytes.count() / total.sec() / d.memory().peak_bandwidth().bps());
+  return out;
+}
+
+nlohmann::json op_json(const OpResult& r, const Device& d) {
+  nlohmann::json levels = nlohmann::json::array();
+  for (const auto& l : r.levels)
+    levels.push_back({{"name", l.name}, {"hit_rate", l.hit_rate}, {"bytes", l.bytes.count()}});
+  double peak = d.compute().peak(r.dtype_for_peak).per_s();
+  return {{"name", r.name},
+          {"kind", r.kind},
+          {"signature", r.signature},
+          {"fidelity", fidelity_name(r.fidelity)},
+          {"mapping", r.mapping},
+          {"time_s", r.time.sec()},
+          {"flops", r.flops},
+          {"achieved_flops_per_s", r.achieved().per_s()},
+          {"fraction_of_peak_flops", peak > 0 ? r.flops / r.time.sec() / peak : 0.0},
+          {"min_bytes", r.min_bytes.count()},
+          {"memory_read_bytes", r.memory_read.count()},
+          {"memory_written_bytes", r.memory_written.count()},
+          {"memory_bandwidth_bytes_per_s", r.memory_bandwidth().bps()},
+          {"memory_utilisation", r.memory_utilisation},
+          {"matrix_utilisation", r.matrix_utilisation},
+          {"vector_utilisation", r.vector_utilisation},
+          {"bound", r.bound},
+          {"cache_levels", levels},
+          {"kernels", r.kernels},
+          {"events", r.events},
+          {"memoised", r.memoised}};
+}
+
+nlohmann::json device_json(const Device& d) {
+  const ComputeSpec& c = d.compute();
+  return {{"name", d.name()},
+          {"units", c.units},
+          {"sustained_clock_hz", c.sustained_clock.hz()},
+          {"peak_bf16_flops_per_s", c.peak(DType::BF16).per_s()},
+          {"memory_capacity_bytes", d.memory().capacity().count()},
+          {"memory_peak_bandwidth_bytes_per_s", d.memory().peak_bandwidth().bps()},
+          {"memory_efficiency", d.memory().efficiency()}};
+}
+
+}  // namespace memwall
