@@ -29,9 +29,11 @@ class KernelRun {
  public:
   KernelRun(Device& dev, const TileProgram& prog, int occ, Time launch_at, TraceWriter* trace)
       : dev_(dev), prog_(prog), launch_at_(launch_at), trace_(trace),
-        total_groups_(prog.groups()), stages_(std::max(1, prog.footprint().stages)) {
+        total_groups_(prog.groups()), stages_(std::max(1, prog.footprint().stages)),
+        lockstep_(prog.footprint().lockstep) {
     const ComputeSpec& c = dev.compute();
     pipes_.resize(c.units);
+    unit_free_.assign(c.units, launch_at);
     for (auto& p : pipes_) {
       for (auto& s : p) s.reset(launch_at);
     }
@@ -171,8 +173,17 @@ class KernelRun {
       if (sl.phase < static_cast<int>(sl.cur.phases.size())) {
         const Phase& p = sl.cur.phases[sl.phase++];
         Time done = now;
-        for (const PipeWork& w : p.work)
-          done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(now, duration(w)));
+        if (lockstep_) {
+          // The whole unit is one in-order resource for this kernel: the phase starts when the
+          // unit's previous phase (of any resident group) has finished.
+          Time start = max(now, unit_free_[sl.unit]);
+          for (const PipeWork& w : p.work)
+            done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(start, duration(w)));
+          unit_free_[sl.unit] = done;
+        } else {
+          for (const PipeWork& w : p.work)
+            done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(now, duration(w)));
+        }
         if (wait_until(done, now)) return;
         continue;
       }
@@ -196,6 +207,8 @@ class KernelRun {
   TraceWriter* trace_;
   long total_groups_;
   int stages_;
+  bool lockstep_;
+  std::vector<Time> unit_free_;
   Frequency clock_;
   Time sync_;
   std::vector<std::array<Server, kPipeCount>> pipes_;

@@ -30,6 +30,12 @@ constexpr double kBwdVectorPerScore = 10;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Scratchpad-to-register operand traffic of C[M,N] += A[M,K] B[K,N] computed by a wm x wn grid of
+// warps: each warp reads its rows of A and its columns of B.
+double smem_bytes(double m, double n, double k, int wm, int wn, double e) {
+  return (m * k * wn + k * n * wm) * e;
+}
+
 struct AttnTiles {
   int bm, bn;
 };
@@ -66,13 +72,16 @@ class FlashForward : public TileProgram {
     out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
     out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
     double scores = double(t_.bm) * t_.bn;
-    double kv_smem = kWarps * t_.bn * d * e_;  // every warp reads the whole key/value block
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem}}});
+    // Warps split the query rows: S = Q K^T reads Q and all of K per warp; O += P V keeps P in
+    // registers and reads all of V per warp.
+    double qk_smem = smem_bytes(t_.bm, t_.bn, d, kWarps, 1, e_);
+    double pv_smem = kWarps * t_.bn * d * e_;
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, qk_smem}}});
     Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + 2.0 * t_.bm * d, DType::FP32},
                    {Pipe::Sfu, scores}}};
     if (a_.dropout) softmax.work[0].amount += scores * 12;  // Philox per element
     out.phases.push_back(softmax);
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, pv_smem}}});
   }
   void epilogue(long g, Step& out) const override {
     int64_t m = g % mblocks_, bh = g / mblocks_;
@@ -87,6 +96,7 @@ class FlashForward : public TileProgram {
     f.scratchpad = Bytes((t_.bm * d + 2.0 * t_.bn * d) * e_);
     f.registers = Bytes(kWarps * 32.0 * 255 * 4);
     f.stages = 2;
+    f.lockstep = true;
     return f;
   }
 
@@ -130,14 +140,23 @@ class FlashBackward : public TileProgram {
     out.loads.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
     out.loads.push_back({block_key(kDelta, bh, m), Bytes(t_.bm * 4.0)});
     double scores = double(t_.bm) * t_.bn;
-    double q_smem = kWarps * t_.bm * d * e_;
+    double bm = t_.bm, bn = t_.bn;
+    // FlashAttention-2's backward warp layouts (8 warps): S and dP as 2 (hd 128) or 4 (hd 64)
+    // warps along the query rows; dK/dV with 4 along the key rows; dQ like S.
+    int w_sdp = a_.head_dim <= 64 ? 4 : 2;
+    int w_dkv = 4;
+    int warps = 2 * kWarps;
+    double s_smem = smem_bytes(bm, bn, d, w_sdp, warps / w_sdp, e_);     // S = Q K^T, dP = dO V^T
+    double kv_smem = smem_bytes(bn, d, bm, w_dkv, warps / w_dkv, e_);    // dV = P^T dO, dK = dS^T Q
+    double dq_smem = smem_bytes(bm, d, bn, w_sdp, warps / w_sdp, e_);    // dQ = dS K
+    double p_store = bm * bn * e_;  // P and dS go through the scratchpad for the transposed products
     // S = Q K^T; P = exp(S - LSE); dV += P^T dO and dP = dO V^T; dS = P (dP - D);
     // dK += dS^T Q and dQ = dS K.
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, q_smem}}});
-    out.phases.push_back({{{Pipe::Vector, scores * 4, DType::FP32}, {Pipe::Sfu, scores}}});
-    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, 2 * q_smem}}});
-    out.phases.push_back({{{Pipe::Vector, scores * (kBwdVectorPerScore - 4), DType::FP32}}});
-    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, 2 * q_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, s_smem}}});
+    out.phases.push_back({{{Pipe::Vector, scores * 4, DType::FP32}, {Pipe::Sfu, scores}, {Pipe::Scratchpad, p_store}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem + s_smem}}});
+    out.phases.push_back({{{Pipe::Vector, scores * (kBwdVectorPerScore - 4), DType::FP32}, {Pipe::Scratchpad, p_store}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem + dq_smem}}});
     // dQ accumulates in fp32 in memory (atomic adds resolved in the shared cache).
     out.stores.push_back({block_key(kDQ, bh, m), Bytes(t_.bm * d * 4.0)});
   }
@@ -154,6 +173,7 @@ class FlashBackward : public TileProgram {
     f.scratchpad = Bytes((2.0 * t_.bn * d + 2.0 * 2 * t_.bm * d) * e_);
     f.registers = Bytes(2 * kWarps * 32.0 * 255 * 4);  // 8 warps
     f.stages = 2;
+    f.lockstep = true;
     return f;
   }
 

@@ -59,6 +59,11 @@ struct GroupFootprint {
   Bytes scratchpad{0};
   Bytes registers{0};
   int stages = 2;  ///< buffers per operand: 2 is double buffering
+  /// True when the groups resident on a unit advance in lockstep, so one group's phase on one
+  /// pipe does not overlap another group's phase on a different pipe. FlashAttention-2 behaves so:
+  /// its warps synchronise per block and nothing staggers them (FlashAttention-3 adds explicit
+  /// "ping-pong" scheduling between warp groups precisely to obtain that overlap).
+  bool lockstep = false;
 };
 
 class TileProgram {
