@@ -1,0 +1,587 @@
+// `memwall validate`: predicts published measurements of real GPUs and reports the error.
+//
+// Role: reads a cases file in the format of validation/README.md (one workload and its measured
+// figure per row), simulates every row it can, and reports predicted beside measured, the signed
+// error per case and the mean absolute percentage error (MAPE) per source and kind.
+//
+// Contract:
+// - The file is parsed and checked as a whole before anything is simulated. A structural mistake
+//   (a required column missing, an unterminated quote, a row with the wrong number of cells, a
+//   number that is not a number, a flag that is not 0 or 1, an unknown precision, a duplicate id)
+//   is a ConfigError naming the file, line and column: exit status 2.
+// - A case that cannot be simulated is a result, not a failure: `unsupported` (a kind that is not
+//   modelled yet) or `error` (an unknown device preset, a blank shape cell, an op the device cannot
+//   run), each with its reason. Large errors do not fail the run either.
+// - Each device preset is loaded once, and each has one OpSimulator, so identical ops are
+//   simulated once. Simulated ops are spawned processes on the one SystemC kernel; no module is
+//   built, so any number of devices can be loaded after the kernel has started.
+// - Predicted values use exactly the README's metric definitions, applied to the simulated time.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "arch/device/device.h"
+#include "arch/ops/op.h"
+#include "arch/ops/simulate.h"
+#include "sim/cli/commands.h"
+#include "sim/config/error.h"
+
+namespace memwall {
+
+// ---- CSV --------------------------------------------------------------------------------------
+
+/// Splits RFC 4180 CSV text into records of fields. Quoted fields may hold commas, doubled quotes
+/// and line breaks; CRLF and LF both end a record; a UTF-8 byte-order mark is skipped. Unquoted
+/// fields keep their text as is (callers trim). Records whose every field is empty (blank lines)
+/// are dropped. `record_lines`, when given, receives the 1-based line each record starts on.
+/// Throws ConfigError (file and line) on an unterminated quote or text after a closing quote.
+std::vector<std::vector<std::string>> parse_csv(const std::string& text, const std::string& file,
+                                                std::vector<int>* record_lines) {
+  std::vector<std::vector<std::string>> records;
+  if (record_lines) record_lines->clear();
+  size_t i = 0, n = text.size();
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) i = 3;
+  int line = 1;
+  while (i < n) {
+    int record_line = line;
+    std::vector<std::string> fields;
+    std::string field;
+    bool end_of_record = false;
+    while (!end_of_record) {
+      field.clear();
+      // Leading blanks before an opening quote are tolerated: ` "a,b"` is the quoted field a,b.
+      size_t j = i;
+      while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
+      if (j < n && text[j] == '"') {
+        int quote_line = line;
+        i = j + 1;
+        bool closed = false;
+        while (i < n) {
+          char c = text[i];
+          if (c == '"') {
+            if (i + 1 < n && text[i + 1] == '"') {
+              field += '"';
+              i += 2;
+              continue;
+            }
+            closed = true;
+            ++i;
+            break;
+          }
+          if (c == '\n') ++line;
+          field += c;
+          ++i;
+        }
+        if (!closed)
+          throw ConfigError({file, quote_line}, "",
+                            fmt::format("field {} has an opening quote that is never closed",
+                                        fields.size() + 1));
+        while (i < n && (text[i] == ' ' || text[i] == '\t')) ++i;
+        if (i < n && text[i] != ',' && text[i] != '\n' && text[i] != '\r')
+          throw ConfigError({file, line}, "",
+                            fmt::format("field {}: text after the closing quote", fields.size() + 1));
+      } else {
+        while (i < n && text[i] != ',' && text[i] != '\n' && text[i] != '\r') field += text[i++];
+      }
+      fields.push_back(field);
+      if (i >= n) {
+        end_of_record = true;
+      } else if (text[i] == ',') {
+        ++i;
+      } else {  // \n, \r\n or a lone \r
+        if (text[i] == '\r' && i + 1 < n && text[i + 1] == '\n') ++i;
+        ++i;
+        ++line;
+        end_of_record = true;
+      }
+    }
+    bool blank = std::all_of(fields.begin(), fields.end(), [](const std::string& f) {
+      return f.find_first_not_of(" \t") == std::string::npos;
+    });
+    if (blank) continue;
+    records.push_back(std::move(fields));
+    if (record_lines) record_lines->push_back(record_line);
+  }
+  return records;
+}
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t");
+  return s.substr(b, e - b + 1);
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string csv_quote(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) {
+    if (c == '"') q += '"';
+    q += c;
+  }
+  return q + "\"";
+}
+
+// ---- cases ------------------------------------------------------------------------------------
+
+const std::vector<std::string> kRequired = {"id", "kind", "device", "metric", "measured"};
+
+// Column checks applied to every row, whatever its kind: a cell is blank or well formed.
+enum class CellType { Count, Flag, Real, Stage };
+const std::map<std::string, CellType>& checked_columns() {
+  static const std::map<std::string, CellType> m = {
+      {"num_gpus", CellType::Count},      {"gpus_per_node", CellType::Count},
+      {"node_nic_gbps", CellType::Real},  {"layers", CellType::Count},
+      {"hidden", CellType::Count},        {"ffn_hidden", CellType::Count},
+      {"heads", CellType::Count},         {"kv_heads", CellType::Count},
+      {"seq_len", CellType::Count},       {"vocab", CellType::Count},
+      {"dropout", CellType::Flag},        {"global_batch", CellType::Count},
+      {"micro_batch", CellType::Count},   {"tp", CellType::Count},
+      {"pp", CellType::Count},            {"dp", CellType::Count},
+      {"vpp", CellType::Count},           {"cp", CellType::Count},
+      {"ep", CellType::Count},            {"sequence_parallel", CellType::Flag},
+      {"zero_stage", CellType::Stage},    {"flash_attention", CellType::Flag},
+      {"m", CellType::Count},             {"n", CellType::Count},
+      {"k", CellType::Count},             {"batch", CellType::Count},
+      {"head_dim", CellType::Count},      {"causal", CellType::Flag},
+      {"bytes", CellType::Count},         {"measured", CellType::Real},
+  };
+  return m;
+}
+
+// The metric each simulated kind is measured in (README, "Metrics and their conventions").
+const std::map<std::string, std::string>& simulated_metrics() {
+  static const std::map<std::string, std::string> m = {
+      {"gemm", "tflops"}, {"attention", "fwd_bwd_tflops"}, {"memcopy", "gbps"}, {"stream_triad", "gbps"}};
+  return m;
+}
+const std::set<std::string>& documented_kinds() {
+  static const std::set<std::string> k = {"training", "gemm",    "attention",
+                                          "allreduce", "memcopy", "stream_triad"};
+  return k;
+}
+
+struct Case {
+  int line = 0;
+  std::map<std::string, std::string> cells;  // lower-case column name -> trimmed text
+
+  const std::string& get(const std::string& col) const {
+    static const std::string empty;
+    auto it = cells.find(col);
+    return it == cells.end() ? empty : it->second;
+  }
+  bool blank(const std::string& col) const { return get(col).empty(); }
+  // Cells were checked when the file was read, so these conversions cannot fail.
+  double real(const std::string& col) const { return std::stod(get(col)); }
+  int64_t count(const std::string& col) const { return static_cast<int64_t>(std::llround(real(col))); }
+  std::string id() const { return get("id"); }
+  std::string kind() const { return lower(get("kind")); }
+};
+
+/// A case that cannot be simulated, with its reason (not a malformed file).
+struct CaseError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+int64_t need_count(const Case& c, const std::string& col) {
+  if (c.blank(col)) throw CaseError(fmt::format("column '{}' is blank; {} needs it", col, c.kind()));
+  return c.count(col);
+}
+bool flag(const Case& c, const std::string& col, bool fallback) {
+  return c.blank(col) ? fallback : c.count(col) == 1;
+}
+DType precision(const Case& c, DType fallback) {
+  return c.blank("precision") ? fallback : *parse_dtype(lower(c.get("precision")));
+}
+
+void check_cell(const std::string& file, int line, const std::string& col, int col_index,
+                const std::string& text, CellType type) {
+  auto fail = [&](const std::string& what) {
+    throw ConfigError({file, line}, "",
+                      fmt::format("column '{}' (column {}): '{}' {}", col, col_index, text, what));
+  };
+  double v = 0;
+  size_t used = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    fail("is not a number");
+  }
+  if (used != text.size() || !std::isfinite(v)) fail("is not a number");
+  switch (type) {
+    case CellType::Real:
+      if (v <= 0) fail("must be positive");
+      break;
+    case CellType::Count:
+      if (v != std::floor(v)) fail("is not a whole number");
+      if (v < 1) fail("must be at least 1");
+      if (v > 9.0e18) fail("is too large");
+      break;
+    case CellType::Flag:
+      if (v != 0 && v != 1) fail("must be 0 or 1");
+      break;
+    case CellType::Stage:
+      if (v != 0 && v != 1 && v != 2 && v != 3) fail("must be 0, 1, 2 or 3");
+      break;
+  }
+}
+
+/// Reads and checks a cases file; throws ConfigError naming the file, line and column.
+std::vector<Case> read_cases(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ConfigError({file, 0}, "", "cannot open the cases file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<int> lines;
+  auto records = parse_csv(ss.str(), file, &lines);
+  if (records.empty()) throw ConfigError({file, 1}, "", "the file is empty; expected a header row");
+
+  std::vector<std::string> header;
+  std::map<std::string, size_t> index;
+  for (size_t j = 0; j < records[0].size(); ++j) {
+    std::string name = lower(trim(records[0][j]));
+    header.push_back(name);
+    if (name.empty()) continue;
+    if (index.count(name))
+      throw ConfigError({file, lines[0]}, "",
+                        fmt::format("column '{}' appears twice (columns {} and {})", name,
+                                    index[name] + 1, j + 1));
+    index[name] = j;
+  }
+  for (const auto& col : kRequired)
+    if (!index.count(col))
+      throw ConfigError({file, lines[0]}, "",
+                        fmt::format("the header has no column '{}' (required: id, kind, device, "
+                                    "metric, measured)",
+                                    col));
+
+  std::vector<Case> cases;
+  std::map<std::string, int> seen;
+  for (size_t r = 1; r < records.size(); ++r) {
+    const auto& rec = records[r];
+    int line = lines[r];
+    if (rec.size() != header.size())
+      throw ConfigError({file, line}, "",
+                        fmt::format("the row has {} cells but the header has {} columns", rec.size(),
+                                    header.size()));
+    Case c;
+    c.line = line;
+    for (size_t j = 0; j < rec.size(); ++j)
+      if (!header[j].empty()) c.cells[header[j]] = trim(rec[j]);
+    for (const auto& col : kRequired)
+      if (c.blank(col))
+        throw ConfigError({file, line}, "",
+                          fmt::format("column '{}' (column {}) is blank; every case needs it", col,
+                                      index[col] + 1));
+    for (const auto& [col, type] : checked_columns()) {
+      auto it = index.find(col);
+      if (it == index.end() || c.blank(col)) continue;
+      check_cell(file, line, col, static_cast<int>(it->second + 1), c.get(col), type);
+    }
+    if (!c.blank("precision") && !parse_dtype(lower(c.get("precision"))))
+      throw ConfigError({file, line}, "",
+                        fmt::format("column 'precision' (column {}): '{}' is not one of fp32, tf32, "
+                                    "fp16, bf16, fp8, fp64",
+                                    index["precision"] + 1, c.get("precision")));
+    auto [it, fresh] = seen.emplace(c.id(), line);
+    if (!fresh)
+      throw ConfigError({file, line}, "",
+                        fmt::format("column 'id': '{}' was already used on line {}", c.id(), it->second));
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+// ---- simulation -------------------------------------------------------------------------------
+
+struct Prediction {
+  std::string id, kind, metric, measured_text, status, reason;
+  int line = 0;
+  double measured = 0, predicted = 0;
+  double error() const { return predicted / measured - 1; }  // signed, a fraction
+};
+
+/// The op a case describes and the metric's numerator: predicted = numerator / time.
+struct CaseOp {
+  Op op;
+  double per_second_scale;  // metric = per_second_scale / time_s
+};
+
+CaseOp build_op(const Case& c) {
+  const std::string kind = c.kind();
+  if (kind == "gemm") {
+    GemmOp g;
+    g.m = need_count(c, "m");
+    g.n = need_count(c, "n");
+    g.k = need_count(c, "k");
+    g.dtype = precision(c, DType::BF16);
+    double flops = 2.0 * double(g.m) * double(g.n) * double(g.k);
+    return {Op{c.id(), g}, flops / 1e12};
+  }
+  if (kind == "attention") {
+    AttentionOp a;
+    a.batch = need_count(c, "batch");
+    a.heads = need_count(c, "heads");
+    a.kv_heads = c.blank("kv_heads") ? a.heads : c.count("kv_heads");
+    a.seq_q = a.seq_kv = need_count(c, "seq_len");
+    a.head_dim = need_count(c, "head_dim");
+    a.causal = flag(c, "causal", false);
+    a.fused = flag(c, "flash_attention", true);
+    a.dropout = flag(c, "dropout", false);
+    a.pass = AttentionPass::ForwardBackward;
+    a.dtype = precision(c, DType::BF16);
+    if (a.kv_heads > a.heads || a.heads % a.kv_heads != 0)
+      throw CaseError(fmt::format("heads {} is not a multiple of kv_heads {}", a.heads, a.kv_heads));
+    double s = double(a.seq_q);
+    double flops = 3.5 * 4.0 * double(a.batch) * double(a.heads) * s * s * double(a.head_dim) /
+                   (a.causal ? 2.0 : 1.0);
+    return {Op{c.id(), a}, flops / 1e12};
+  }
+  if (kind == "memcopy") {
+    double bytes = double(need_count(c, "bytes"));
+    Op op = make_memcopy(Bytes(bytes));
+    op.name = c.id();
+    return {op, 2.0 * bytes / 1e9};
+  }
+  if (kind == "stream_triad") {
+    double bytes = double(need_count(c, "bytes"));
+    Op op = make_stream_triad(Bytes(bytes), precision(c, DType::FP64));
+    op.name = c.id();
+    return {op, 3.0 * bytes / 1e9};
+  }
+  throw CaseError("kind '" + kind + "' has no op builder");  // unreachable: kinds checked first
+}
+
+/// Devices loaded once per name, each with one OpSimulator (which memoises identical ops).
+class DevicePool {
+ public:
+  explicit DevicePool(Fidelity f) : fidelity_(f) {}
+  OpSimulator& simulator(const std::string& name) {
+    auto it = entries_.find(name);
+    if (it == entries_.end()) {
+      Entry e;
+      try {
+        e.device = load_device(name);
+        e.sim = std::make_unique<OpSimulator>(*e.device, fidelity_);
+      } catch (const std::exception& ex) {
+        e.error = fmt::format("device '{}' cannot be loaded: {}", name, ex.what());
+      }
+      it = entries_.emplace(name, std::move(e)).first;
+    }
+    if (!it->second.error.empty()) throw CaseError(it->second.error);
+    return *it->second.sim;
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<Device> device;
+    std::unique_ptr<OpSimulator> sim;
+    std::string error;
+  };
+  Fidelity fidelity_;
+  std::map<std::string, Entry> entries_;
+};
+
+Prediction predict(const Case& c, DevicePool& pool) {
+  Prediction p;
+  p.id = c.id();
+  p.kind = c.kind();
+  p.metric = c.get("metric");
+  p.measured_text = c.get("measured");
+  p.measured = c.real("measured");
+  p.line = c.line;
+  if (!documented_kinds().count(p.kind)) {
+    p.status = "error";
+    p.reason = fmt::format("unknown kind '{}' (expected training, gemm, attention, allreduce, "
+                           "memcopy or stream_triad)",
+                           p.kind);
+    return p;
+  }
+  auto m = simulated_metrics().find(p.kind);
+  if (m == simulated_metrics().end()) {
+    p.status = "unsupported";
+    p.reason = fmt::format("kind '{}' is not simulated yet", p.kind);
+    return p;
+  }
+  try {
+    if (lower(p.metric) != m->second)
+      throw CaseError(fmt::format("metric '{}' is not defined for kind '{}' (expected '{}')",
+                                  p.metric, p.kind, m->second));
+    CaseOp co = build_op(c);
+    OpSimulator& sim = pool.simulator(c.get("device"));
+    OpResult r = sim.run(co.op);
+    double t = r.time.sec();
+    if (!(t > 0) || !std::isfinite(t))
+      throw CaseError(fmt::format("the simulated time {} s is not positive", t));
+    p.predicted = co.per_second_scale / t;
+    p.status = "ok";
+  } catch (const std::exception& e) {
+    p.status = "error";
+    p.reason = e.what();
+  }
+  return p;
+}
+
+// ---- report -----------------------------------------------------------------------------------
+
+std::string source_of(const std::string& id) { return id.substr(0, id.find('_')); }
+
+std::string fmt_value(double v) { return fmt::format("{:.6g}", v); }
+
+std::string predictions_csv(const std::vector<Prediction>& ps) {
+  std::string out = "id,kind,metric,measured,predicted,error_pct,status,reason\n";
+  for (const auto& p : ps) {
+    bool ok = p.status == "ok";
+    out += fmt::format("{},{},{},{},{},{},{},{}\n", csv_quote(p.id), csv_quote(p.kind),
+                       csv_quote(p.metric), csv_quote(p.measured_text),
+                       ok ? fmt_value(p.predicted) : "", ok ? fmt::format("{:.3f}", 100 * p.error()) : "",
+                       p.status, csv_quote(p.reason));
+  }
+  return out;
+}
+
+std::string report(const std::vector<Prediction>& ps, const std::string& file, Fidelity f,
+                   double wall_s) {
+  std::string out;
+  size_t idw = 4;
+  for (const auto& p : ps)
+    if (p.status != "unsupported") idw = std::max(idw, p.id.size());
+  int n_ok = 0, n_unsupported = 0, n_error = 0;
+  for (const auto& p : ps)
+    (p.status == "ok" ? n_ok : p.status == "unsupported" ? n_unsupported : n_error)++;
+
+  out += fmt::format("memwall validate · {} · {} cases · fidelity {}\n", file, ps.size(),
+                     fidelity_name(f));
+  if (n_ok + n_error > 0) {
+    out += fmt::format("\n{:<{}}  {:<16} {:>12} {:>12} {:>9}  {}\n", "case", idw, "metric",
+                       "measured", "predicted", "error", "status");
+    for (const auto& p : ps) {
+      if (p.status == "unsupported") continue;
+      bool ok = p.status == "ok";
+      out += fmt::format("{:<{}}  {:<16} {:>12} {:>12} {:>9}  {}\n", p.id, idw, p.metric,
+                         p.measured_text, ok ? fmt_value(p.predicted) : "-",
+                         ok ? fmt::format("{:+.1f}%", 100 * p.error()) : "-", p.status);
+    }
+  }
+
+  // MAPE per (source prefix, kind), in order of first appearance.
+  struct Group {
+    std::string source, kind;
+    int n = 0;
+    double sum_abs = 0, sum_signed = 0, max_abs = 0;
+    std::string worst;
+  };
+  std::vector<Group> groups;
+  Group all{"all", "", 0, 0, 0, 0, ""};
+  for (const auto& p : ps) {
+    if (p.status != "ok") continue;
+    std::string src = source_of(p.id);
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const Group& x) { return x.source == src && x.kind == p.kind; });
+    if (g == groups.end()) {
+      groups.push_back({src, p.kind, 0, 0, 0, 0, ""});
+      g = groups.end() - 1;
+    }
+    double e = 100 * p.error();
+    for (Group* x : {&*g, &all}) {
+      x->n++;
+      x->sum_abs += std::fabs(e);
+      x->sum_signed += e;
+      if (std::fabs(e) >= x->max_abs) {
+        x->max_abs = std::fabs(e);
+        x->worst = p.id;
+      }
+    }
+  }
+  if (!groups.empty()) {
+    size_t sw = 6, kw = 4;
+    for (const auto& g : groups) {
+      sw = std::max(sw, g.source.size());
+      kw = std::max(kw, g.kind.size());
+    }
+    out += fmt::format("\n{:<{}}  {:<{}} {:>5} {:>8} {:>9} {:>9}  {}\n", "source", sw, "kind", kw, "cases",
+                       "MAPE", "bias", "max|err|", "worst case");
+    auto row = [&](const Group& g) {
+      out += fmt::format("{:<{}}  {:<{}} {:>5} {:>7.1f}% {:>+8.1f}% {:>8.1f}%  {}\n", g.source, sw,
+                         g.kind, kw, g.n, g.sum_abs / g.n, g.sum_signed / g.n, g.max_abs, g.worst);
+    };
+    for (const auto& g : groups) row(g);
+    if (groups.size() > 1) row(all);
+  }
+
+  if (n_unsupported > 0) {
+    std::map<std::string, std::pair<int, std::string>> by_kind;
+    for (const auto& p : ps)
+      if (p.status == "unsupported") {
+        auto& e = by_kind[p.kind];
+        e.first++;
+        e.second = p.reason;
+      }
+    out += fmt::format("\nunsupported: {} cases\n", n_unsupported);
+    for (const auto& [kind, e] : by_kind)
+      out += fmt::format("  {:<14} {:>5}  {}\n", kind, e.first, e.second);
+  }
+  if (n_error > 0) {
+    out += fmt::format("\nerrors: {} cases\n", n_error);
+    for (const auto& p : ps)
+      if (p.status == "error") out += fmt::format("  {} (line {}): {}\n", p.id, p.line, p.reason);
+  }
+  out += fmt::format("\n{} ok, {} unsupported, {} error; simulated in {:.2f} s\n", n_ok,
+                     n_unsupported, n_error, wall_s);
+  return out;
+}
+
+struct ValidateOptions {
+  std::string cases, out, fidelity = "tile";
+};
+
+int validate(const ValidateOptions& o) {
+  Fidelity f = parse_fidelity(o.fidelity);
+  std::vector<Case> cases = read_cases(o.cases);
+  auto t0 = std::chrono::steady_clock::now();
+  DevicePool pool(f);
+  std::vector<Prediction> ps;
+  ps.reserve(cases.size());
+  for (const auto& c : cases) ps.push_back(predict(c, pool));
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cout << report(ps, o.cases, f, wall);
+  if (!o.out.empty()) {
+    write_file(o.out, predictions_csv(ps));
+    std::cout << "wrote " << o.out << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_validate_command(CLI::App& app) {
+  auto o = std::make_shared<ValidateOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "validate", "Predict published measurements (validation/README.md format) and report the error");
+  cmd->add_option("--cases", o->cases, "Cases CSV file")->required();
+  cmd->add_option("--out", o->out, "Write predictions as CSV: id,kind,metric,measured,predicted,error_pct,status,reason");
+  cmd->add_option("--fidelity", o->fidelity, "tile (default) or analytical")
+      ->check(CLI::IsMember({"analytical", "tile"}));
+  cmd->callback([o] {
+    int rc = validate(*o);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace memwall
