@@ -1,0 +1,272 @@
+// The real `memwall` binary on bad and good input. Every user mistake must end in one clear message
+// on stderr that names the file, the line and the key, and exit status 2: never a crash, a hang or
+// a silent success. A good run writes its JSON, its trace and the resolved configuration beside
+// them.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "sim/cli/experiment.h"
+
+namespace memwall {
+namespace {
+namespace fs = std::filesystem;
+
+const std::string kBinary = MEMWALL_BINARY;
+const fs::path kSource = MEMWALL_SOURCE_DIR;
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Result {
+  int status = -1;  ///< exit status, or -1 if the process did not exit normally
+  std::string out, err;
+};
+
+// A scratch directory per test, removed afterwards.
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("memwall_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  fs::path write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  // Runs `memwall ARGS` in the scratch directory with stdout and stderr captured.
+  Result run(const std::string& args) {
+    fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    std::string cmd = "cd " + quote(dir_.string()) + " && timeout 120 " + quote(kBinary) + " " +
+                      args + " >" + quote(out.string()) + " 2>" + quote(err.string());
+    int raw = std::system(cmd.c_str());
+    Result r;
+    if (raw != -1 && WIFEXITED(raw)) r.status = WEXITSTATUS(raw);
+    r.out = read_file(out);
+    r.err = read_file(err);
+    return r;
+  }
+
+  // A run on `text` must fail with status 2 and a message naming `file:line` and `key`.
+  Result expect_bad_input(const std::string& text, int line, const std::string& key,
+                          const std::string& also = "") {
+    fs::path f = write("bad.yaml", text);
+    Result r = run("run " + quote(f.string()));
+    EXPECT_EQ(r.status, 2) << "stderr: " << r.err;
+    std::string where = f.string() + ":" + std::to_string(line) + ":";
+    EXPECT_NE(r.err.find(where), std::string::npos) << "expected '" << where << "' in: " << r.err;
+    if (!key.empty()) {
+      EXPECT_NE(r.err.find("'" + key + "'"), std::string::npos)
+          << "expected key " << key << " in: " << r.err;
+    }
+    if (!also.empty()) {
+      EXPECT_NE(r.err.find(also), std::string::npos) << "expected '" << also << "' in: " << r.err;
+    }
+    EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+const char* kGemm = "  - {op: gemm, m: 64, n: 64, k: 64}\n";
+
+TEST_F(Cli, UnclosedBracketIsASyntaxError) {
+  // The flow map opened on line 3 is still open at the end of the file.
+  expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: gemm, m: 1\n", 4, "",
+                   "YAML syntax error");
+}
+
+TEST_F(Cli, BadIndentationIsASyntaxError) {
+  expect_bad_input("name: x\n  device: h100-sxm5-80gb\nops:\n" + std::string(kGemm), 2, "",
+                   "YAML syntax error");
+}
+
+TEST_F(Cli, UnknownKeySuggestsTheNearOne) {
+  expect_bad_input(
+      "device: h100-sxm5-80gb\nops:\n  - {op: gemm, m: 64, n: 64, k: 64, dtpye: bf16}\n", 3,
+      "ops[0].dtpye", "did you mean 'dtype'");
+}
+
+TEST_F(Cli, UnknownDeviceKeySuggestsTheNearOne) {
+  expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwith: 4 TB/s\nops:\n" +
+                       std::string(kGemm),
+                   4, "device.memory.bandwith", "did you mean 'bandwidth'");
+}
+
+TEST_F(Cli, WordForABandwidthIsRejected) {
+  expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwidth: fast\nops:\n" +
+                       std::string(kGemm),
+                   4, "device.memory.bandwidth", "fast");
+}
+
+TEST_F(Cli, FrequencyForABandwidthIsRejected) {
+  expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwidth: 3 GHz\nops:\n" +
+                       std::string(kGemm),
+                   4, "device.memory.bandwidth", "GHz");
+}
+
+TEST_F(Cli, ZeroCacheSizeIsRejected) {
+  expect_bad_input(
+      "device:\n  preset: h100-sxm5-80gb\n  caches:\n    l2:\n      size: 0 MiB\nops:\n" +
+          std::string(kGemm),
+      5, "device.caches.l2.size", "greater than zero");
+}
+
+TEST_F(Cli, NegativeDimensionIsRejected) {
+  expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: gemm, m: -4, n: 64, k: 64}\n", 3,
+                   "ops[0].m");
+}
+
+TEST_F(Cli, MissingRequiredKeyIsNamed) {
+  expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: gemm, m: 64, n: 64}\n", 3, "ops[0].k",
+                   "required");
+}
+
+TEST_F(Cli, InclusiveL2SmallerThanTheL1sIsRejected) {
+  // 132 SMs x 256 KiB of L1 cannot be held by a 1 MiB inclusive L2.
+  expect_bad_input(
+      "device:\n  preset: h100-sxm5-80gb\n  caches:\n    l2:\n      size: 1 MiB\n      inclusive: "
+      "true\n"
+      "ops:\n" +
+          std::string(kGemm),
+      5, "device.caches.l2.size", "inclusive");
+}
+
+TEST_F(Cli, MissingPresetSuggestsTheNearName) {
+  expect_bad_input("device: h100-sxm5-80g\nops:\n" + std::string(kGemm), 1, "device.preset",
+                   "did you mean 'h100-sxm5-80gb'");
+}
+
+TEST_F(Cli, UnknownOpKindSuggestsTheNearOne) {
+  expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: gemn, m: 64, n: 64, k: 64}\n", 3,
+                   "ops[0].op", "did you mean 'gemm'");
+}
+
+TEST_F(Cli, HeadsNotDivisibleByKvHeadsIsRejected) {
+  expect_bad_input(
+      "device: h100-sxm5-80gb\nops:\n  - op: attention\n    batch: 1\n    heads: 32\n"
+      "    kv_heads: 5\n    seq_len: 128\n    head_dim: 64\n",
+      6, "ops[0].kv_heads", "multiple");
+}
+
+TEST_F(Cli, NoOpsIsRejected) {
+  fs::path f = write("empty.yaml", "device: h100-sxm5-80gb\nops: []\n");
+  Result r = run("run " + quote(f.string()));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("'ops'"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, BadOverrideValueNamesTheCommandLine) {
+  fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
+  Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth=fast");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("command line"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("'device.memory.bandwidth'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("fast"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, OverrideWithoutAValueIsRejected) {
+  fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
+  Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("key.path=value"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, MissingFileIsRejected) {
+  Result r = run("run no-such-file.yaml");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("no-such-file.yaml"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, UnknownFlagIsRejected) {
+  Result r = run("run --no-such-flag x.yaml");
+  EXPECT_EQ(r.status, 2) << r.err;
+}
+
+TEST_F(Cli, QuickstartWritesJsonTraceAndResolvedConfig) {
+  fs::path quickstart = kSource / "configs" / "experiments" / "quickstart.yaml";
+  Result r = run("run " + quote(quickstart.string()) + " --json out.json --trace t.json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("gemm-8192"), std::string::npos) << r.out;
+
+  nlohmann::json doc = nlohmann::json::parse(read_file(dir_ / "out.json"));
+  ASSERT_TRUE(doc.contains("ops"));
+  ASSERT_TRUE(doc["ops"].is_array());
+  Experiment source = load_experiment(quickstart.string(), {});
+  EXPECT_EQ(doc["ops"].size(), source.ops.size());
+  for (const auto& op : doc["ops"]) {
+    SCOPED_TRACE(op.dump());
+    EXPECT_GT(op["time_s"].get<double>(), 0);
+    EXPECT_LE(op["fraction_of_peak_flops"].get<double>(), 1.0);
+  }
+  EXPECT_GT(doc["total_time_s"].get<double>(), 0);
+
+  // The resolved configuration beside the result loads and describes the same run.
+  fs::path resolved = dir_ / "out.config.yaml";
+  ASSERT_TRUE(fs::exists(resolved));
+  Experiment again = load_experiment(resolved.string(), {});
+  EXPECT_EQ(again.device->fingerprint(), source.device->fingerprint());
+  ASSERT_EQ(again.ops.size(), source.ops.size());
+  for (size_t i = 0; i < again.ops.size(); ++i)
+    EXPECT_EQ(again.ops[i].signature(), source.ops[i].signature());
+  EXPECT_EQ(again.fidelity, source.fidelity);
+
+  nlohmann::json trace = nlohmann::json::parse(read_file(dir_ / "t.json"));
+  ASSERT_TRUE(trace.contains("traceEvents"));
+  EXPECT_FALSE(trace["traceEvents"].empty());
+  EXPECT_TRUE(fs::exists(dir_ / "t.config.yaml"));
+}
+
+TEST_F(Cli, DescribeKnownComponent) {
+  Result r = run("describe hbm");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("bandwidth"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("capacity"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, DescribeUnknownComponent) {
+  Result r = run("describe nosuch");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, ComponentsDocIsUpToDate) {
+  fs::path doc = kSource / "docs" / "components.md";
+  ASSERT_TRUE(fs::exists(doc)) << doc << " is missing; run `build/memwall describe --markdown > "
+                               << "docs/components.md` and commit it";
+  Result r = run("describe --markdown");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(read_file(doc) == r.out)
+      << "docs/components.md is out of date with the schemas; run `build/memwall describe "
+         "--markdown > docs/components.md` and commit it";
+}
+
+}  // namespace
+}  // namespace memwall

@@ -1,0 +1,123 @@
+// Every configuration shipped in configs/ loads (ChampSim's CI builds every config in its tree).
+// The directories are listed when the test runs, so a YAML file added later is checked without
+// touching this file.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "arch/device/device.h"
+#include "sim/cli/experiment.h"
+#include "sim/config/config.h"
+
+namespace memwall {
+namespace {
+namespace fs = std::filesystem;
+
+const fs::path kConfigs = fs::path(MEMWALL_SOURCE_DIR) / "configs";
+
+bool is_yaml(const fs::path& p) { return p.extension() == ".yaml" || p.extension() == ".yml"; }
+
+std::vector<fs::path> yaml_files(const fs::path& dir, bool recursive) {
+  std::vector<fs::path> out;
+  if (!fs::is_directory(dir)) return out;
+  if (recursive) {
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+      if (e.is_regular_file() && is_yaml(e.path())) out.push_back(e.path());
+  } else {
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file() && is_yaml(e.path())) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(Configs, EveryYamlUnderConfigsParses) {
+  auto files = yaml_files(kConfigs, true);
+  ASSERT_FALSE(files.empty()) << "no YAML under " << kConfigs;
+  for (const auto& f : files) {
+    SCOPED_TRACE(f.string());
+    try {
+      Document d = load_yaml_file(f.string());
+      EXPECT_TRUE(d.root.IsMap()) << "a configuration file is a map of keys";
+    } catch (const ConfigError& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+}
+
+TEST(Configs, EveryDevicePresetLoads) {
+  auto files = yaml_files(kConfigs / "devices", false);
+  ASSERT_GE(files.size(), 1u) << "no device presets under " << kConfigs / "devices";
+  for (const auto& f : files) {
+    SCOPED_TRACE(f.string());
+    std::unique_ptr<Device> d;
+    try {
+      d = load_device(f.string());
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+      continue;
+    }
+    // The preset is reachable by its name, and its name is its file's.
+    EXPECT_EQ(d->name(), f.stem().string());
+    EXPECT_NO_THROW(load_device(f.stem().string()));
+
+    const ComputeSpec& c = d->compute();
+    EXPECT_GT(c.units, 0);
+    // Every preset can run a 16-bit matrix product at some positive rate...
+    double bf16 = c.peak(DType::BF16).per_s(), fp16 = c.peak(DType::FP16).per_s();
+    EXPECT_GT(std::max(bf16, fp16), 0) << "no bf16 or fp16 arithmetic";
+    EXPECT_TRUE(std::isfinite(bf16) && std::isfinite(fp16));
+    // ...and a GPU has a dense matrix path for one of them.
+    if (d->kind() == "gpu") {
+      EXPECT_GT(std::max(c.peak_matrix(DType::BF16).per_s(), c.peak_matrix(DType::FP16).per_s()), 0)
+          << "a GPU preset without a bf16/fp16 matrix unit";
+    }
+    EXPECT_LE(c.sustained_clock, c.boost_clock);
+    EXPECT_LE(c.matrix_boost_clock, c.boost_clock);
+    EXPECT_GT(c.sustained_clock.hz(), 0);
+
+    Bandwidth bw = d->memory().peak_bandwidth();
+    EXPECT_GT(bw.bps(), 0);
+    EXPECT_FALSE(bw.is_infinite()) << "a real device has finite memory bandwidth";
+    EXPECT_GT(d->memory().capacity().count(), 0);
+    EXPECT_GT(d->memory().efficiency(), 0);
+    EXPECT_LE(d->memory().efficiency(), 1);
+    for (const auto& level : d->caches()) {
+      SCOPED_TRACE(level->name());
+      EXPECT_GT(level->size().count(), 0);
+      EXPECT_FALSE(level->bandwidth().is_infinite());
+    }
+  }
+}
+
+TEST(Configs, PresetListMatchesTheDirectory) {
+  auto files = yaml_files(kConfigs / "devices", false);
+  auto names = list_presets("devices");
+  for (const auto& f : files)
+    EXPECT_NE(std::find(names.begin(), names.end(), f.stem().string()), names.end()) << f;
+}
+
+TEST(Configs, EveryExperimentLoads) {
+  auto files = yaml_files(kConfigs / "experiments", false);
+  ASSERT_GE(files.size(), 1u) << "no experiments under " << kConfigs / "experiments";
+  for (const auto& f : files) {
+    SCOPED_TRACE(f.string());
+    try {
+      Experiment e = load_experiment(f.string(), {});
+      EXPECT_NE(e.device, nullptr);
+      EXPECT_FALSE(e.ops.empty());
+      for (const Op& op : e.ops) {
+        EXPECT_GT(op.flops() + op.min_bytes().count(), 0) << op.name;
+      }
+      EXPECT_TRUE(e.resolved.IsMap());
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace memwall
