@@ -35,6 +35,7 @@ class CacheLevel {
   struct Result {
     bool hit;
     Time passed;  ///< when the level's port has moved the bytes
+    Bytes evicted_dirty{0};  ///< dirty bytes pushed out by the allocation, to write below
   };
   /// Looks up (and on a miss allocates) `key` for `unit`; charges bandwidth from `earliest`.
   virtual Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate) = 0;

@@ -126,6 +126,9 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
       latency += noc_latency_;
     }
     CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true);
+    // A dirty victim of this fill is written back below it (only shared levels hold dirty data).
+    if (r.evicted_dirty > Bytes(0))
+      memory_->access(earliest, key ^ 0x5bd1e995ULL, r.evicted_dirty, true);
     passed = max(passed, r.passed);
     latency += caches_[i]->latency();
     if (r.hit) return passed + latency;

@@ -105,7 +105,12 @@ class KernelRun {
     const ComputeSpec& c = dev_.compute();
     double per_cycle = 0;
     switch (w.pipe) {
-      case Pipe::Matrix: per_cycle = c.matrix_macs_per_cycle(w.dtype); break;
+      case Pipe::Matrix:
+        // Without a matrix path for the type, MACs run as FMAs on the vector pipe.
+        per_cycle = c.matrix_macs_per_cycle(w.dtype);
+        if (per_cycle <= 0) per_cycle = c.vector_flops_per_cycle(w.dtype) / 2;
+        if (per_cycle <= 0) per_cycle = c.vector_flops_per_cycle(DType::FP32) / 2;
+        break;
       case Pipe::Vector: per_cycle = c.vector_flops_per_cycle(w.dtype); break;
       case Pipe::Sfu: per_cycle = c.sfu_ops_per_cycle; break;
       case Pipe::Scratchpad: per_cycle = c.shared_memory_bytes_per_cycle; break;

@@ -117,8 +117,8 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
 
   Tiling best{64, 64, 32, 2};
   double best_t = std::numeric_limits<double>::infinity();
-  for (int bm : {32, 64, 128, 256})
-    for (int bn : {32, 64, 128, 256})
+  for (int bm : {8, 16, 32, 64, 128, 256})
+    for (int bn : {8, 16, 32, 64, 128, 256})
       for (int bk_bytes : {64, 128})
         for (int stages : {2, 3, 4}) {
           int bk = std::max(8, static_cast<int>(bk_bytes / e));

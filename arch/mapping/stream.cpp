@@ -19,7 +19,7 @@ constexpr int kThreads = 256, kRegsPerThread = 32;
 
 class StreamProgram : public TileProgram {
  public:
-  explicit StreamProgram(const StreamOp& s) : s_(s) {
+  StreamProgram(const StreamOp& s, Bytes group_registers) : s_(s), registers_(group_registers) {
     double widest = 1;
     for (double b : s.in_bytes) widest = std::max(widest, b);
     for (double b : s.out_bytes) widest = std::max(widest, b);
@@ -53,20 +53,25 @@ class StreamProgram : public TileProgram {
   void epilogue(long, Step&) const override {}
   GroupFootprint footprint() const override {
     GroupFootprint f;
-    f.registers = Bytes(double(kThreads) * kRegsPerThread * 4);
+    f.registers = registers_;
     f.stages = 2;
     return f;
   }
 
  private:
   StreamOp s_;
+  Bytes registers_;
   int64_t step_elems_, total_steps_;
 };
 
 }  // namespace
 
-std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device&) {
-  return std::make_unique<StreamProgram>(s);
+std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device) {
+  // A GPU group is a 256-thread block; a CPU core's register file holds far less, and there the
+  // group is one core's thread: it takes what the unit has.
+  Bytes regs(double(kThreads) * kRegsPerThread * 4);
+  if (device.compute().register_file < regs) regs = device.compute().register_file;
+  return std::make_unique<StreamProgram>(s, regs);
 }
 
 std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device) {

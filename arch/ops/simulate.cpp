@@ -141,7 +141,9 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
       (r.memory_read + r.memory_written).count() / (t * device_.memory().peak_bandwidth().bps());
   r.matrix_utilisation = matrix_busy.sec() / (t * c.units);
   r.vector_utilisation = std::max(vector_busy.sec(), sfu_busy.sec()) / (t * c.units);
-  double compute_util = std::max(r.matrix_utilisation, r.vector_utilisation);
+  // Phases on different pipes of one unit mostly follow each other (softmax between two matrix
+  // products), so the unit's compute occupancy is their sum, capped at one.
+  double compute_util = std::min(1.0, r.matrix_utilisation + r.vector_utilisation);
   double mem_util = r.memory_utilisation / device_.memory().efficiency();
   r.bound = classify(compute_util, mem_util);
   if (trace_)

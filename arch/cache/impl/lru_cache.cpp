@@ -39,7 +39,9 @@ class LruCacheLevel : public CacheLevel {
   Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate) override {
     int inst = scope_ == CacheScope::Private ? unit : 0;
     Bytes moved = round_up(bytes);
-    bool hit = allocate ? lru_[inst].access(key, moved.count()) : lru_[inst].contains(key);
+    double evicted = 0;
+    bool hit = allocate ? lru_[inst].access(key, moved.count(), false, &evicted)
+                        : lru_[inst].contains(key);
     if (hit) {
       ++stats_.hits;
       stats_.hit_bytes += moved;
@@ -47,7 +49,7 @@ class LruCacheLevel : public CacheLevel {
       ++stats_.misses;
       stats_.miss_bytes += moved;
     }
-    return {hit, port(inst, key).transfer(earliest, moved)};
+    return {hit, port(inst, key).transfer(earliest, moved), Bytes(evicted)};
   }
 
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) override {
