@@ -23,21 +23,6 @@
 namespace memwall {
 namespace {
 
-// Known simulator bugs these tests expose. A test that would fail because of one is skipped with
-// this text; delete the skip when the bug is fixed.
-const char* kDirtyVictimBug =
-    "known bug: dirty blocks evicted from the shared level by a read fill are dropped "
-    "(LruCacheLevel::lookup calls LruBytes::access without evicted_dirty, and Device::read never "
-    "writes victims back), so written bytes vanish and streaming kernels beat the roofline";
-const char* kBlockKeyBug =
-    "known bug: block_key() (arch/mapping/tile_program.h) maps distinct small index tuples to the "
-    "same key (e.g. block_key(1,0,3,0) == block_key(1,0,4,63)), so distinct operand blocks alias "
-    "in the caches and GEMM/attention read less than their compulsory bytes";
-const char* kMulticastBug =
-    "known bug: a multicast read (fanout > 1) allocates the block in the shared level at "
-    "bytes / fanout and charges memory only that share; the other requesters then hit, so memory "
-    "moves half the block (Device::read divides bytes before the shared-level lookup)";
-
 // Builds a device from YAML text, the way the loader does: parse, expand presets, validate, build.
 std::unique_ptr<Device> device_from_yaml(const std::string& yaml,
                                          const std::vector<std::string>& overrides = {}) {
@@ -137,7 +122,6 @@ TEST(Conservation, WritesWithoutCachesReachMemory) {
 }
 
 TEST(Conservation, DirtyBlocksEvictedByReadsReachMemory) {
-  GTEST_SKIP() << kDirtyVictimBug;
   // Fill a 1 MiB shared level with 1 MiB of written (dirty) blocks, then read 1 MiB of other data
   // through it: the dirty blocks are evicted and must be written to memory, now or at write-back.
   Ideal p;
@@ -153,7 +137,6 @@ TEST(Conservation, DirtyBlocksEvictedByReadsReachMemory) {
 }
 
 TEST(Conservation, MulticastReadFetchesTheWholeBlockOnce) {
-  GTEST_SKIP() << kMulticastBug;
   // Two units of a cluster receive one 64 KiB block by multicast: memory must deliver 64 KiB.
   Ideal p;
   p.memory_bw = "1 TB/s";
@@ -178,7 +161,6 @@ TEST(Conservation, MulticastWithoutCachesFetchesTheWholeBlock) {
 }
 
 TEST(BlockKeys, DistinctBlocksHaveDistinctKeys) {
-  GTEST_SKIP() << kBlockKeyBug;
   // A 256 x 256 grid of operand blocks (a 16384 x 16384 bf16 matrix in 64 x 64 tiles).
   std::set<uint64_t> two;
   for (uint64_t a = 0; a < 256; ++a)
@@ -230,15 +212,6 @@ std::string case_name(const ::testing::TestParamInfo<PeakCase>& info) {
   return n;
 }
 
-// The known bug, if any, that makes `op` on `device` move less than its compulsory traffic.
-const char* traffic_bug(const std::string& device, const Op& op) {
-  if (is_stream(op)) return kDirtyVictimBug;
-  if (op.name.rfind("gemm 16384x64x8192", 0) == 0) return kBlockKeyBug;
-  if (device == "h100-sxm5-80gb" && op.name.rfind("gemm 4096x4096x4096", 0) == 0)
-    return kMulticastBug;
-  return nullptr;
-}
-
 class NoOpBeatsPeak : public ::testing::TestWithParam<PeakCase> {};
 
 TEST_P(NoOpBeatsPeak, FlopsBandwidthRooflineAndTraffic) {
@@ -254,13 +227,11 @@ TEST_P(NoOpBeatsPeak, FlopsBandwidthRooflineAndTraffic) {
   EXPECT_LE(r.memory_bandwidth().bps(), peak_bw)
       << "moved " << r.memory_bandwidth().gbps() << " GB/s of " << peak_bw * 1e-9;
 
-  if (is_stream(op)) GTEST_SKIP() << kDirtyVictimBug;
   Time bound = roofline_bound(op, *dev);
   EXPECT_GE(r.time, bound) << "simulated " << to_string(r.time) << ", roofline "
                            << to_string(bound);
 
   // Every input must come from memory at least once and every output must reach it.
-  if (const char* bug = traffic_bug(GetParam().device, op)) GTEST_SKIP() << bug;
   EXPECT_GE((r.memory_read + r.memory_written).count(), 0.99 * r.min_bytes.count())
       << "read " << r.memory_read.count() << " B, wrote " << r.memory_written.count()
       << " B, compulsory " << r.min_bytes.count() << " B";
@@ -313,7 +284,6 @@ TEST(Roofline, MemcopyOnIdealDeviceMatchesMemoryBandwidth) {
 }
 
 TEST(Roofline, MemcopyThroughUnlimitedL2MatchesMemoryBandwidth) {
-  GTEST_SKIP() << kDirtyVictimBug;
   auto dev = device_from_yaml(ideal_yaml(copy_device("16 MiB")));
   expect_copy_at_memory_bandwidth(*dev);
 }

@@ -37,8 +37,10 @@ class CacheLevel {
     Time passed;  ///< when the level's port has moved the bytes
     Bytes evicted_dirty{0};  ///< dirty bytes pushed out by the allocation, to write below
   };
-  /// Looks up (and on a miss allocates) `key` for `unit`; charges bandwidth from `earliest`.
-  virtual Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate) = 0;
+  /// Looks up (and on a miss allocates) the whole block `key` for `unit`; charges the port
+  /// `bytes x port_share` from `earliest` (a multicast read shares one transfer among units).
+  virtual Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate,
+                        double port_share = 1.0) = 0;
   /// Writes a block into this level (write-back: it is marked dirty and allocated). Dirty bytes
   /// evicted to make room are added to `*evicted_dirty`, for the caller to write below.
   virtual Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) = 0;

@@ -118,14 +118,17 @@ Device::Device(const Config& cfg)
 Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout) {
   Time passed = earliest;
   Time latency = Time::zero();
-  const Bytes full = bytes;
+  // A multicast read is one transfer from the shared levels to `fanout` units: each requester
+  // is charged its share of the network and shared ports. Residency and memory traffic are of
+  // the whole block: the first requester misses and fetches it, the others hit.
+  double share = 1.0;
   for (size_t i = 0; i < caches_.size(); ++i) {
     if (i == first_shared_) {
-      bytes = full / static_cast<double>(fanout);
-      passed = max(passed, noc_.transfer(earliest, bytes));
+      share = 1.0 / fanout;
+      passed = max(passed, noc_.transfer(earliest, bytes * share));
       latency += noc_latency_;
     }
-    CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true);
+    CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true, share);
     // A dirty victim of this fill is written back below it (only shared levels hold dirty data).
     if (r.evicted_dirty > Bytes(0))
       memory_->access(earliest, key ^ 0x5bd1e995ULL, r.evicted_dirty, true);
@@ -134,11 +137,13 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
     if (r.hit) return passed + latency;
   }
   if (first_shared_ == caches_.size()) {
-    bytes = full / static_cast<double>(fanout);
-    passed = max(passed, noc_.transfer(earliest, bytes));
+    passed = max(passed, noc_.transfer(earliest, bytes / static_cast<double>(fanout)));
     latency += noc_latency_;
   }
-  Time mem = memory_->access(earliest, key, bytes, false);
+  // With a shared level the first requester of a multicast fetched the whole block and the
+  // others hit; with none, each requester is charged its share of the one memory read.
+  Bytes fetched = first_shared_ == caches_.size() ? bytes / static_cast<double>(fanout) : bytes;
+  Time mem = memory_->access(earliest, key, fetched, false);
   return max(passed + latency, mem + latency);
 }
 

@@ -136,7 +136,10 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
           double t_mem = traffic / shared_bw.bps();
           // Shallow pipelines expose latency: prefer more stages when they fit.
           double est = std::max(t_compute, t_mem) * (1.0 + 0.02 / stages);
-          if (est < best_t * 0.999) {
+          // On a tie prefer the larger tile: fewer groups, less operand traffic.
+          bool better = est < best_t * 0.999 ||
+                        (est <= best_t * 1.001 && bm * bn > best.bm * best.bn);
+          if (better) {
             best_t = est;
             best = t;
           }

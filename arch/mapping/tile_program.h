@@ -79,13 +79,21 @@ class TileProgram {
   virtual GroupFootprint footprint() const = 0;
 };
 
-/// Key for block (a, b, c) of tensor `tensor`: stable and well spread.
+/// splitmix64's finaliser: a bijection on 64-bit values with full avalanche.
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+/// Key for block (a, b, c) of tensor `tensor`: each component is mixed in turn, so distinct
+/// tuples collide only with 64-bit-hash probability.
 inline uint64_t block_key(uint64_t tensor, uint64_t a, uint64_t b = 0, uint64_t c = 0) {
-  uint64_t h = tensor * 0x9E3779B97F4A7C15ULL;
-  h ^= a + 0x7F4A7C159E3779B9ULL + (h << 6) + (h >> 2);
-  h ^= b + 0x94D049BB133111EBULL + (h << 6) + (h >> 2);
-  h ^= c + 0xBF58476D1CE4E5B9ULL + (h << 6) + (h >> 2);
-  return h;
+  uint64_t h = mix64(tensor);
+  h = mix64(h ^ a);
+  h = mix64(h ^ b);
+  return mix64(h ^ c);
 }
 
 }  // namespace memwall

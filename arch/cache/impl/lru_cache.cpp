@@ -36,7 +36,8 @@ class LruCacheLevel : public CacheLevel {
     slices_ = slices;
   }
 
-  Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate) override {
+  Result lookup(int unit, Time earliest, uint64_t key, Bytes bytes, bool allocate,
+                double port_share) override {
     int inst = scope_ == CacheScope::Private ? unit : 0;
     Bytes moved = round_up(bytes);
     double evicted = 0;
@@ -49,7 +50,7 @@ class LruCacheLevel : public CacheLevel {
       ++stats_.misses;
       stats_.miss_bytes += moved;
     }
-    return {hit, port(inst, key).transfer(earliest, moved), Bytes(evicted)};
+    return {hit, port(inst, key).transfer(earliest, moved * port_share), Bytes(evicted)};
   }
 
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) override {
