@@ -96,18 +96,18 @@ Device::Device(const Config& cfg)
       cc.fail("scope", "a private level cannot sit below the shared level '" +
                            caches_[first_shared_]->name() + "'");
     if (c->inclusive() && i > 0) {
+      // A private level holds what its own unit's levels above hold; a shared level holds what
+      // every unit's levels above hold.
+      const double copies = c->scope() == CacheScope::Private ? 1 : compute_.units;
       Bytes above(0);
       for (size_t j = 0; j < i; ++j)
-        above += caches_[j]->size() *
-                 (caches_[j]->scope() == CacheScope::Private ? compute_.units : 1);
-      Bytes mine = c->size() * (c->scope() == CacheScope::Private ? 1 : 1);
-      if (c->scope() == CacheScope::Private) above = caches_[i - 1]->size();
-      if (above > mine)
-        cc.fail("size", "an inclusive level must hold the levels above it: " + to_string(mine) +
-                            " is smaller than the " + to_string(above) + " above it");
+        above += caches_[j]->size() * (caches_[j]->scope() == CacheScope::Private ? copies : 1);
+      if (above > c->size())
+        cc.fail("size", "an inclusive level must hold the levels above it: " +
+                            to_string(c->size()) + " is smaller than the " + to_string(above) +
+                            " above it");
     }
   }
-  if (memory_->capacity() <= Bytes(0)) cfg.fail("memory", "capacity must be positive");
 
   resolved_ = resolved(cfg.node(), device_schema());
   YAML::Emitter e;

@@ -197,10 +197,10 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
       int64_t rows = a.batch * a.heads * a.seq_q;
       double e = dtype_bytes(a.dtype);
       StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim}, 4, 0, 0,
-                   DType::FP32, 0};
+                   DType::FP32};
       out.push_back(map_stream(pre, dev));
       out.push_back(std::make_unique<FlashBackward>(a, bwd_tiles(a.head_dim)));
-      StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32, 0};
+      StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32};
       out.push_back(map_stream(post, dev));
     }
     return out;

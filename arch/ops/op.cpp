@@ -141,10 +141,8 @@ Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
   bool rms = kind == "rmsnorm";
-  Op op = backward ? stream(kind + "_bwd", rows * cols, {e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt)
-                   : stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
-  std::get<StreamOp>(op.body).gather_rows = 0;
-  return op;
+  return backward ? stream(kind + "_bwd", rows * cols, {e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt)
+                  : stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
 }
 
 Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
@@ -155,9 +153,8 @@ Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
 
 Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {
   double e = dtype_bytes(dt);
-  Op op = stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
-  std::get<StreamOp>(op.body).gather_rows = tokens;
-  return op;
+  // Gathered rows are contiguous hidden-sized runs: the traffic of a stream of the same size.
+  return stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
 }
 
 Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt) {

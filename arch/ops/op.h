@@ -51,7 +51,6 @@ struct StreamOp {
   double sfu_ops = 0;             ///< per element
   double useful_flops = 0;        ///< per element, as reported (may differ from pipe work)
   DType dtype = DType::FP32;      ///< vector pipe data type
-  int64_t gather_rows = 0;        ///< >0: inputs are gathered rows (embedding); affects reuse
 };
 
 struct Op {
