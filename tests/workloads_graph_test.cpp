@@ -1,0 +1,201 @@
+// The training-step graph: FLOP totals against the 6 N T rule, backward = 2 x forward,
+// recomputation adds exactly the forward it repeats, real transposed shapes, no cycles.
+#include <gtest/gtest.h>
+
+#include <boost/graph/topological_sort.hpp>
+
+#include <cmath>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+namespace {
+
+TrainingSetup setup(const std::string& yaml) { return load_training_string(yaml, "training.yaml"); }
+
+const StepNode* find(const StepGraph& g, const std::string& name) {
+  for (std::size_t v = 0; v < g.size(); ++v)
+    if (g.dag[v].name == name) return &g.dag[v];
+  return nullptr;
+}
+
+// Attention FLOPs of one micro-batch, forward + backward, as counted by AttentionOp: the forward
+// is 4 b a s^2 d (QK^T and PV), halved for a causal mask; the backward is 2.5 x the forward
+// (the FlashAttention count). So A = L x 3.5 x 4 b a s^2 d x (1/2 if causal).
+double attention_flops(const TransformerModel& m, int64_t b) {
+  double fwd = 4.0 * b * m.heads * double(m.seq_len) * m.seq_len * m.head_dim;
+  if (m.causal()) fwd *= 0.5;
+  return m.layers * 3.5 * fwd;
+}
+
+TEST(WorkloadGraph, FlopsAreSixNTPlusAttention) {
+  for (const char* name : {"gpt2-124m", "gpt3-1.3b", "gpt3-175b", "llama2-7b", "llama2-70b",
+                           "llama3-8b", "bert-large"}) {
+    SCOPED_TRACE(name);
+    TransformerModel m = load_model(name);
+    for (bool flash : {true, false}) {
+      StepGraph g = build_step_graph(
+          m, setup(std::string("micro_batch: 2\nflash_attention: ") + (flash ? "true" : "false")));
+      // N: every parameter a matrix product multiplies (lookup-only tables excluded).
+      double n = double(m.parameter_count() - m.lookup_parameter_count());
+      double expect = 6.0 * n * g.tokens + attention_flops(m, 2);
+      double err = g.micro_batch_flops() / expect - 1.0;
+      EXPECT_LT(std::abs(err), 0.02) << g.micro_batch_flops() << " vs " << expect;
+      if (flash)
+        std::printf("  %-11s FLOPs %.4e  6NT+A %.4e  error %+.3f%%\n", name, g.micro_batch_flops(),
+                    expect, 100 * err);
+    }
+  }
+}
+
+TEST(WorkloadGraph, BackwardIsAboutTwiceForward) {
+  for (const char* name : {"gpt3-1.3b", "llama3-8b"}) {
+    SCOPED_TRACE(name);
+    StepGraph g = build_step_graph(load_model(name), setup("micro_batch: 1"));
+    double fwd = g.flops(Pass::Forward);
+    double bwd = g.flops(Pass::BackwardInput) + g.flops(Pass::BackwardWeight);
+    EXPECT_GT(bwd / fwd, 1.95);
+    EXPECT_LT(bwd / fwd, 2.10);
+    // Input and weight gradients each repeat the forward's matrix products exactly.
+    double gemm_fwd = 0, gemm_bwd_input = 0;
+    for (std::size_t v = 0; v < g.size(); ++v) {
+      const StepNode& n = g.dag[v];
+      if (!n.op || n.op->kind() != "gemm") continue;
+      if (n.pass == Pass::Forward) gemm_fwd += n.op->flops();
+      if (n.pass == Pass::BackwardInput) gemm_bwd_input += n.op->flops();
+    }
+    EXPECT_DOUBLE_EQ(g.flops(Pass::BackwardWeight), gemm_fwd);
+    EXPECT_DOUBLE_EQ(gemm_bwd_input, gemm_fwd);
+    std::printf("  %-10s backward / forward = %.4f\n", name, bwd / fwd);
+    EXPECT_EQ(g.flops(Pass::Recompute), 0);
+  }
+}
+
+TEST(WorkloadGraph, RecomputeAddsExactlyTheRecomputedForward) {
+  TransformerModel m = load_model("gpt3-1.3b");
+  m.layers = 4;
+  for (bool flash : {true, false}) {
+    std::string f = flash ? "true" : "false";
+    StepGraph none = build_step_graph(m, setup("recompute: none\nflash_attention: " + f));
+    StepGraph full = build_step_graph(m, setup("recompute: full\nflash_attention: " + f));
+    StepGraph sel = build_step_graph(m, setup("recompute: selective\nflash_attention: " + f));
+    double layer_fwd = 0, attn_fwd = 0;
+    for (std::size_t v = 0; v < none.size(); ++v) {
+      const StepNode& n = none.dag[v];
+      if (n.pass != Pass::Forward || n.layer < 0 || !n.op) continue;
+      layer_fwd += n.op->flops();
+      if (n.op->kind() == "attention") attn_fwd += n.op->flops();
+    }
+    EXPECT_DOUBLE_EQ(full.flops(Pass::Recompute), layer_fwd);
+    EXPECT_NEAR(full.micro_batch_flops() - none.micro_batch_flops(), layer_fwd, 1e-9 * layer_fwd);
+    EXPECT_DOUBLE_EQ(full.flops(Pass::Forward), none.flops(Pass::Forward));
+    // Selective: the attention core again, unless the fused kernel already recomputes it inside
+    // its backward (FlashAttention keeps no probabilities to drop).
+    EXPECT_DOUBLE_EQ(sel.flops(Pass::Recompute), flash ? 0.0 : attn_fwd);
+    EXPECT_NEAR(sel.micro_batch_flops() - none.micro_batch_flops(), flash ? 0.0 : attn_fwd,
+                1e-9 * attn_fwd);
+    // Every recomputed node repeats a forward node of the same name.
+    for (std::size_t v = 0; v < full.size(); ++v) {
+      const StepNode& n = full.dag[v];
+      if (n.pass != Pass::Recompute) continue;
+      std::string fwd = n.name.substr(0, n.name.size() - std::string("recompute").size()) + "fwd";
+      const StepNode* orig = find(none, fwd);
+      ASSERT_NE(orig, nullptr) << n.name;
+      EXPECT_EQ(orig->op->signature(), n.op->signature());
+    }
+  }
+}
+
+TEST(WorkloadGraph, HasNoCyclesAndEdgesFollowTheData) {
+  for (const char* rc : {"none", "selective", "full"}) {
+    SCOPED_TRACE(rc);
+    StepGraph g = build_step_graph(load_model("llama3-8b"),
+                                   setup(std::string("recompute: ") + rc +
+                                         "\nflash_attention: false\nprecision: fp16"));
+    std::vector<StepVertex> topo;
+    EXPECT_NO_THROW(boost::topological_sort(g.dag, std::back_inserter(topo)));
+    EXPECT_EQ(topo.size(), g.size());
+    // The generation order is topological: every edge runs forward in it.
+    for (auto [e, end] = boost::edges(g.dag); e != end; ++e)
+      EXPECT_LT(boost::source(*e, g.dag), boost::target(*e, g.dag));
+    // Each GEMM's weight-gradient twin depends on its input-gradient's upstream, not on it.
+    const StepNode* w = find(g, "layer0.mlp.fc1.bwd_weight");
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(w->pass, Pass::BackwardWeight);
+    EXPECT_EQ(w->layer, 0);
+  }
+}
+
+TEST(WorkloadGraph, BackwardGemmsHaveTheTransposedShapes) {
+  TransformerModel m = load_model("llama2-70b");
+  m.layers = 2;
+  StepGraph g = build_step_graph(m, setup("micro_batch: 2\nprecision: fp8"));
+  const int64_t T = 2 * m.seq_len, h = m.hidden, f = m.ffn_hidden, q = m.qkv_width();
+  auto shape = [&](const std::string& n) {
+    const StepNode* x = find(g, n);
+    EXPECT_NE(x, nullptr) << n;
+    return x ? std::get<GemmOp>(x->op->body) : GemmOp{};
+  };
+  auto expect = [](GemmOp g, int64_t m, int64_t n, int64_t k) {
+    EXPECT_EQ(g.m, m);
+    EXPECT_EQ(g.n, n);
+    EXPECT_EQ(g.k, k);
+  };
+  expect(shape("layer1.attn.qkv.fwd"), T, q, h);
+  expect(shape("layer1.attn.qkv.bwd_input"), T, h, q);
+  expect(shape("layer1.attn.qkv.bwd_weight"), h, q, T);
+  expect(shape("layer1.mlp.fc1.fwd"), T, 2 * f, h);  // SwiGLU gate and up, fused
+  expect(shape("layer1.mlp.fc1.bwd_input"), T, h, 2 * f);
+  expect(shape("layer1.mlp.fc1.bwd_weight"), h, 2 * f, T);
+  expect(shape("layer1.mlp.fc2.fwd"), T, h, f);
+  expect(shape("layer1.mlp.fc2.bwd_input"), T, f, h);
+  expect(shape("layer1.mlp.fc2.bwd_weight"), f, h, T);
+  expect(shape("lm_head.bwd_weight"), m.vocab, h, T);
+  EXPECT_EQ(shape("layer0.attn.proj.fwd").dtype, DType::FP8);
+  const StepNode* attn = find(g, "layer0.attn.core.fwd");
+  ASSERT_NE(attn, nullptr);
+  const auto& a = std::get<AttentionOp>(attn->op->body);
+  EXPECT_EQ(a.kv_heads, 8);
+  EXPECT_TRUE(a.causal && a.fused);
+  EXPECT_EQ(a.dtype, DType::BF16);
+  EXPECT_EQ(g.accumulation_steps, 1);
+}
+
+TEST(WorkloadGraph, DropoutAddsNodesForGptButNotLlama) {
+  auto count = [](const StepGraph& g, const std::string& kind) {
+    int n = 0;
+    for (std::size_t v = 0; v < g.size(); ++v)
+      if (g.dag[v].op && g.dag[v].op->kind() == kind) ++n;
+    return n;
+  };
+  TransformerModel gpt = load_model("gpt3-1.3b");
+  StepGraph with = build_step_graph(gpt, setup(""));
+  EXPECT_EQ(count(with, "dropout"), 2 * gpt.layers + 1);  // two per layer, one after embedding
+  EXPECT_EQ(count(with, "dropout_bwd"), 2 * gpt.layers + 1);
+  gpt.dropout = false;
+  StepGraph without = build_step_graph(gpt, setup(""));
+  EXPECT_EQ(count(without, "dropout"), 0);
+  EXPECT_EQ(without.size(), with.size() - 2 * (2 * gpt.layers + 1));
+  EXPECT_EQ(count(build_step_graph(load_model("llama2-7b"), setup("")), "dropout"), 0);
+}
+
+TEST(WorkloadGraph, MicroBatchesAndOptimizer) {
+  TransformerModel m = load_model("gpt2-124m");
+  StepGraph g = build_step_graph(m, setup("global_batch: 512\nmicro_batch: 8"));
+  EXPECT_EQ(g.accumulation_steps, 64);
+  EXPECT_EQ(g.tokens, 8 * 1024);
+  const StepNode* adam = find(g, "optimizer.adam");
+  ASSERT_NE(adam, nullptr);
+  EXPECT_EQ(std::get<StreamOp>(adam->op->body).elements, m.parameter_count());
+  EXPECT_DOUBLE_EQ(g.step_flops(), 64 * g.micro_batch_flops() + g.flops(Pass::Optimizer));
+  EXPECT_EQ(find(g, "optimizer.unscale"), nullptr);
+  EXPECT_NE(find(build_step_graph(m, setup("precision: fp16")), "optimizer.unscale"), nullptr);
+  EXPECT_THROW(setup("global_batch: 10\nmicro_batch: 4"), ConfigError);
+  EXPECT_THROW(setup("recompute: some"), ConfigError);
+}
+
+}  // namespace
+}  // namespace memwall

@@ -1,0 +1,179 @@
+#include "workloads/model/transformer.h"
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+int64_t TransformerModel::layer_parameter_count() const {
+  const int64_t h = hidden;
+  int64_t attn = h * qkv_width() + attn_width() * h;
+  int64_t mlp_w = h * fc1_width() + ffn_hidden * h;
+  int64_t norms = 2 * (norm == NormType::LayerNorm ? 2 * h : h);
+  int64_t biases = bias ? qkv_width() + h + fc1_width() + h : 0;
+  return attn + mlp_w + norms + biases;
+}
+
+int64_t TransformerModel::embedding_parameter_count() const {
+  const int64_t h = hidden;
+  int64_t tables = vocab * h + type_vocab * h;
+  if (positions == PositionType::Learned) tables += max_position * h;
+  int64_t head = tied_embeddings ? 0 : vocab * h;
+  int64_t final_norm = norm == NormType::LayerNorm ? 2 * h : h;
+  return tables + head + final_norm;
+}
+
+int64_t TransformerModel::parameter_count() const {
+  return layers * layer_parameter_count() + embedding_parameter_count();
+}
+
+int64_t TransformerModel::lookup_parameter_count() const {
+  int64_t n = type_vocab * hidden;
+  if (positions == PositionType::Learned) n += max_position * hidden;
+  if (!tied_embeddings) n += vocab * hidden;
+  return n;
+}
+
+namespace {
+
+ParamSpec count(const char* name, const char* desc, const char* def = nullptr) {
+  ParamSpec p = def ? param(name, ParamType::Int, "count", def, desc)
+                    : required(name, ParamType::Int, "count", desc);
+  p.positive = true;
+  return p;
+}
+ParamSpec optional_count(const char* name, const char* desc) {
+  ParamSpec p = optional_param(name, ParamType::Int, "count", desc);
+  p.positive = true;
+  return p;
+}
+ParamSpec choice(const char* name, const char* def, std::vector<std::string> choices,
+                 const char* desc) {
+  ParamSpec p = param(name, ParamType::Enum, "", def, desc);
+  p.choices = std::move(choices);
+  return p;
+}
+ParamSpec flag(const char* name, const char* def, const char* desc) {
+  return param(name, ParamType::Bool, "", def, desc);
+}
+
+}  // namespace
+
+const Schema& model_schema() {
+  static const Schema s = [] {
+    Schema x;
+    x.name = "model";
+    x.description = "A transformer's shape: layers, widths, attention layout, vocabulary and the "
+                    "kernel choices (MLP, norm, dropout) that training runs.";
+    x.params = {
+        param("name", ParamType::String, "", "custom-model", "Name shown in reports."),
+        param("description", ParamType::String, "", "", "Free text: what the preset models."),
+        param("source", ParamType::String, "", "", "Where the shape was published."),
+        count("layers", "Transformer layers."),
+        count("hidden", "Model width h."),
+        optional_count("ffn_hidden", "MLP inner width f; absent: 4 x hidden."),
+        count("heads", "Query heads."),
+        optional_count("kv_heads", "Key/value heads (grouped-query attention); absent: heads."),
+        optional_count("head_dim", "Head size; absent: hidden / heads."),
+        count("seq_len", "Training sequence length."),
+        count("vocab", "Vocabulary size (default: GPT-2's BPE, 50257).", "50257"),
+        optional_count("max_position",
+                       "Rows of the learned position table; absent: seq_len. Ignored with rotary "
+                       "positions."),
+        [] {
+          ParamSpec p = param("type_vocab", ParamType::Int, "count", "0",
+                              "Token-type (segment) embeddings; BERT has 2.");
+          p.min = 0;
+          return p;
+        }(),
+        choice("mlp", "gelu", {"gelu", "swiglu"},
+               "gelu: two matrices (h to f, f to h); swiglu: three (gate, up, down)."),
+        choice("norm", "layernorm", {"layernorm", "rmsnorm"}, "Normalisation layer."),
+        choice("positions", "learned", {"learned", "rotary"},
+               "Learned absolute position table, or rotary embeddings (no parameters)."),
+        flag("tied_embeddings", "true", "The LM head shares the token embedding matrix."),
+        flag("bias", "true", "Linear layers carry biases (GPT, BERT); Llama has none."),
+        flag("dropout", "true",
+             "Hidden and attention dropout in training (Megatron GPT, BERT); off in Llama."),
+        flag("encoder", "false", "Bidirectional attention (BERT): no causal mask."),
+    };
+    x.reserved_keys = {"preset"};
+    return x;
+  }();
+  return s;
+}
+
+TransformerModel model_from_config(const Config& c) {
+  TransformerModel m;
+  auto present = [&](const char* k) { return bool(c.node()[k]); };
+  m.name = c.get_string("name");
+  m.source = c.get_string("source");
+  m.layers = c.get_int("layers");
+  m.hidden = c.get_int("hidden");
+  m.ffn_hidden = present("ffn_hidden") ? c.get_int("ffn_hidden") : 4 * m.hidden;
+  m.heads = c.get_int("heads");
+  m.kv_heads = present("kv_heads") ? c.get_int("kv_heads") : m.heads;
+  if (m.heads % m.kv_heads != 0)
+    c.fail("kv_heads", fmt::format("heads ({}) must be a multiple of kv_heads ({}): each key/value "
+                                   "head serves a whole group of query heads",
+                                   m.heads, m.kv_heads));
+  if (present("head_dim")) {
+    m.head_dim = c.get_int("head_dim");
+  } else {
+    if (m.hidden % m.heads != 0)
+      c.fail("heads", fmt::format("hidden ({}) is not a multiple of heads ({}); give head_dim "
+                                  "explicitly",
+                                  m.hidden, m.heads));
+    m.head_dim = m.hidden / m.heads;
+  }
+  m.seq_len = c.get_int("seq_len");
+  m.vocab = c.get_int("vocab");
+  m.type_vocab = c.get_int("type_vocab");
+  std::string mlp = c.get_string("mlp");
+  m.mlp = mlp == "swiglu" ? MlpType::SwiGlu : MlpType::Gelu;
+  m.norm = c.get_string("norm") == "rmsnorm" ? NormType::RmsNorm : NormType::LayerNorm;
+  m.positions = c.get_string("positions") == "rotary" ? PositionType::Rotary : PositionType::Learned;
+  if (m.positions == PositionType::Learned) {
+    m.max_position = present("max_position") ? c.get_int("max_position") : m.seq_len;
+    if (m.seq_len > m.max_position)
+      c.fail("seq_len", fmt::format("seq_len ({}) exceeds the learned position table "
+                                    "(max_position {}); shorten seq_len or raise max_position",
+                                    m.seq_len, m.max_position));
+  } else {
+    m.max_position = 0;
+  }
+  m.tied_embeddings = c.get_bool("tied_embeddings");
+  m.bias = c.get_bool("bias");
+  m.dropout = c.get_bool("dropout");
+  m.encoder = c.get_bool("encoder");
+  return m;
+}
+
+namespace {
+TransformerModel finish(Document& doc, const std::vector<std::string>& overrides) {
+  resolve_preset(doc, "", "models");
+  for (const auto& o : overrides) apply_override(doc, o);
+  validate(doc.root, model_schema(), "", *doc.sources);
+  return model_from_config(Config(doc.root, model_schema(), "", doc.sources));
+}
+}  // namespace
+
+TransformerModel load_model(const std::string& name_or_file,
+                            const std::vector<std::string>& overrides) {
+  Document doc;
+  bool is_file = name_or_file.find(".yaml") != std::string::npos ||
+                 name_or_file.find(".yml") != std::string::npos ||
+                 name_or_file.find('/') != std::string::npos;
+  if (is_file)
+    doc = load_yaml_file(name_or_file);
+  else
+    doc = load_yaml_string("preset: " + name_or_file,
+                           "command line (--model " + name_or_file + ")");
+  return finish(doc, overrides);
+}
+
+TransformerModel load_model_string(const std::string& yaml, const std::string& name) {
+  Document doc = load_yaml_string(yaml, name);
+  return finish(doc, {});
+}
+
+}  // namespace memwall

@@ -1,0 +1,78 @@
+// The shape of a transformer: what a model preset says, and the parameter count that follows.
+//
+// A TransformerModel is plain data: the layer count and widths, the attention layout (heads and
+// grouped key/value heads), the vocabulary and positions, and the choices that change the kernels
+// a layer runs (MLP type, norm type, dropout, biases, causal or not). It knows no training setup
+// and no hardware; the step-graph generator (workloads/training/) turns it into operators.
+//
+// Presets live in configs/models/<name>.yaml and are loaded with load_model(), which resolves
+// `preset:` chains, applies `-p key=value` overrides and validates against model_schema(); every
+// inconsistency (heads not a multiple of kv_heads, a zero length) is a ConfigError at file:line.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/config/config.h"
+
+namespace memwall {
+
+enum class MlpType { Gelu, SwiGlu };
+enum class NormType { LayerNorm, RmsNorm };
+enum class PositionType { Learned, Rotary };
+
+struct TransformerModel {
+  std::string name = "custom-model";
+  std::string source;  ///< where the shape was published
+  int64_t layers = 1;
+  int64_t hidden = 64;      ///< model width h
+  int64_t ffn_hidden = 256; ///< MLP inner width f (per matrix; SwiGLU has gate and up of this width)
+  int64_t heads = 1;        ///< query heads a
+  int64_t kv_heads = 1;     ///< key/value heads (== heads: multi-head; < heads: grouped-query)
+  int64_t head_dim = 64;    ///< d; heads * head_dim is the attention width (usually == hidden)
+  int64_t seq_len = 128;    ///< training sequence length s
+  int64_t vocab = 50257;    ///< V
+  int64_t max_position = 0; ///< rows of the learned position table (0 with rotary positions)
+  int64_t type_vocab = 0;   ///< token-type (segment) embeddings, BERT: 2
+  MlpType mlp = MlpType::Gelu;
+  NormType norm = NormType::LayerNorm;
+  PositionType positions = PositionType::Learned;
+  bool tied_embeddings = true;  ///< the LM head reuses the input embedding matrix
+  bool bias = true;             ///< linear layers carry biases (GPT, BERT; not Llama)
+  bool dropout = true;          ///< hidden and attention dropout during training (GPT, BERT)
+  bool encoder = false;         ///< bidirectional (non-causal) attention, as in BERT
+
+  bool causal() const { return !encoder; }
+  /// Attention width: heads * head_dim.
+  int64_t attn_width() const { return heads * head_dim; }
+  /// Width of the fused QKV projection's output: (heads + 2 kv_heads) * head_dim.
+  int64_t qkv_width() const { return (heads + 2 * kv_heads) * head_dim; }
+  /// Output width of the first MLP matrix: f (GELU) or 2f (SwiGLU gate and up, fused).
+  int64_t fc1_width() const { return mlp == MlpType::SwiGlu ? 2 * ffn_hidden : ffn_hidden; }
+
+  /// Parameters of one transformer layer: attention, MLP, two norms, biases.
+  int64_t layer_parameter_count() const;
+  /// Parameters of the embedding tables (token, position, token type) and, when untied, the LM
+  /// head; plus the final norm.
+  int64_t embedding_parameter_count() const;
+  /// Every trainable parameter.
+  int64_t parameter_count() const;
+  /// Parameters used only as lookup tables, which no matrix product multiplies: position and
+  /// token-type tables, and the token table when the LM head does not share it. The "6 N T"
+  /// FLOP rule holds for N = parameter_count() - lookup_parameter_count().
+  int64_t lookup_parameter_count() const;
+};
+
+/// Schema of a model file (configs/models/*.yaml, or a `model:` section).
+const Schema& model_schema();
+/// Builds a model from a validated section; throws ConfigError on inconsistent shapes.
+TransformerModel model_from_config(const Config& c);
+/// Loads a preset by name (configs/models/NAME.yaml) or a YAML file by path, applies
+/// `key.path=value` overrides and validates.
+TransformerModel load_model(const std::string& name_or_file,
+                            const std::vector<std::string>& overrides = {});
+/// Loads a model from YAML text (tests, inline experiment sections); `name` stands in for a file.
+TransformerModel load_model_string(const std::string& yaml, const std::string& name);
+
+}  // namespace memwall

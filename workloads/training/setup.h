@@ -1,0 +1,49 @@
+// How a model is trained: batch sizes, precision, optimizer, recomputation, attention kernel.
+//
+// A TrainingSetup is plain data read from a `training:` section (training_schema()). It says
+// nothing about the hardware; with a TransformerModel it is all the step-graph generator needs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "sim/config/config.h"
+#include "sim/units/dtype.h"
+
+namespace memwall {
+
+/// bf16/fp16: mixed precision (16-bit weights, gradients and activations; fp32 master weights
+/// and Adam moments). fp32: everything in fp32, no master copy. fp8: matrix products in fp8,
+/// everything else as bf16.
+enum class Precision { BF16, FP16, FP32, FP8 };
+enum class Recompute { None, Selective, Full };
+
+struct TrainingSetup {
+  int64_t global_batch = 1;  ///< sequences per optimizer step
+  int64_t micro_batch = 1;   ///< sequences per forward/backward pass
+  Precision precision = Precision::BF16;
+  std::string optimizer = "adam";
+  Recompute recompute = Recompute::None;
+  bool flash_attention = true;
+
+  /// Forward/backward passes per optimizer step (gradient accumulation).
+  int64_t accumulation_steps() const { return global_batch / micro_batch; }
+  bool mixed_precision() const { return precision != Precision::FP32; }
+  /// Data type of the matrix products.
+  DType matmul_dtype() const;
+  /// Data type of activations, weights and gradients (everything but master and moments).
+  DType activation_dtype() const;
+};
+
+const char* precision_name(Precision p);
+const char* recompute_name(Recompute r);
+
+/// Schema of a `training:` section.
+const Schema& training_schema();
+/// Builds a setup from a validated section; throws ConfigError when global_batch is not a
+/// multiple of micro_batch.
+TrainingSetup training_from_config(const Config& c);
+/// Parses, validates and builds a setup from YAML text (tests, flags turned into YAML).
+TrainingSetup load_training_string(const std::string& yaml, const std::string& name);
+
+}  // namespace memwall

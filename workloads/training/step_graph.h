@@ -1,0 +1,90 @@
+// One training step as an operator DAG: forward, backward (input and weight gradients as
+// separate operators), recomputation and the optimizer, with every tensor it allocates and frees.
+//
+// The generator needs only a TransformerModel and a TrainingSetup: no device, no trace. Each
+// vertex holds an arch Op (the vocabulary in arch/ops/op.h) or nothing (a pure memory event such
+// as the model state coming into existence or a batch of token ids arriving). Vertices are added
+// in an execution order that is itself topological; edges run from the producer (or last
+// in-place writer) of every tensor a node reads to that node, so any topological order is a legal
+// schedule.
+//
+// The graph covers one micro-batch's forward and backward and one optimizer update;
+// `accumulation_steps` says how many times the micro-batch part runs per step (its gradients
+// accumulate in place into the persistent gradient buffers). Names follow
+// "layer3.mlp.fc1.fwd" / ".bwd_input" / ".bwd_weight" / ".bwd" / ".recompute"; layers count from 0.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/graph/adjacency_list.hpp>
+
+#include "arch/ops/op.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
+
+namespace memwall {
+
+enum class Pass { Forward, BackwardInput, BackwardWeight, Recompute, Optimizer, Memory };
+const char* pass_name(Pass p);
+
+/// What a tensor is, for the memory breakdown.
+enum class TensorClass { Weights, Gradients, Optimizer, Activations, Workspace };
+constexpr int kTensorClasses = 5;
+const char* tensor_class_name(TensorClass c);
+
+using TensorId = int;
+
+/// A buffer in device memory. Model state (weights, gradients, optimizer) is `persistent`: it
+/// lives for the whole step. Everything else is freed after its last reader.
+struct Tensor {
+  std::string name;
+  double bytes = 0;
+  TensorClass cls = TensorClass::Activations;
+  bool persistent = false;
+};
+
+struct StepNode {
+  std::string name;
+  std::optional<Op> op;  ///< empty: a pure memory event
+  Pass pass = Pass::Forward;
+  int layer = -1;        ///< transformer layer, -1 outside the layers
+  std::vector<TensorId> allocs;  ///< tensors this node produces (allocated when it starts)
+  std::vector<TensorId> reads;   ///< tensors it reads
+  std::vector<TensorId> writes;  ///< persistent tensors it updates in place
+  double workspace_bytes = 0;    ///< scratch held only while it runs
+  std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
+};
+
+using StepDag = boost::adjacency_list<boost::setS, boost::vecS, boost::bidirectionalS, StepNode>;
+using StepVertex = boost::graph_traits<StepDag>::vertex_descriptor;
+
+struct StepGraph {
+  StepDag dag;
+  std::vector<Tensor> tensors;
+  TransformerModel model;
+  TrainingSetup setup;
+  int64_t tokens = 0;              ///< tokens in one micro-batch: micro_batch x seq_len
+  int64_t accumulation_steps = 1;  ///< micro-batches per optimizer step
+
+  std::size_t size() const { return boost::num_vertices(dag); }
+  const StepNode& node(StepVertex v) const { return dag[v]; }
+  /// The order the generator emitted: a topological order of the DAG.
+  std::vector<StepVertex> generation_order() const;
+  /// Algorithmic FLOPs of one micro-batch's nodes of `pass` (or of the optimizer, once).
+  double flops(Pass pass) const;
+  /// FLOPs of one micro-batch: forward + backward + recompute.
+  double micro_batch_flops() const;
+  /// FLOPs of a whole optimizer step: every micro-batch plus the optimizer.
+  double step_flops() const;
+  /// Bytes of persistent tensors of a class (model state before any sharding).
+  double state_bytes(TensorClass c) const;
+};
+
+/// Generates the step graph. Throws std::invalid_argument for an unsupported optimizer.
+StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup);
+
+}  // namespace memwall
