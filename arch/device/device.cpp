@@ -115,14 +115,15 @@ Device::Device(const Config& cfg)
   fingerprint_ = e.c_str();
 }
 
-Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout) {
+Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout,
+                  bool through_private) {
   Time passed = earliest;
   Time latency = Time::zero();
   // A multicast read is one transfer from the shared levels to `fanout` units: each requester
   // is charged its share of the network and shared ports. Residency and memory traffic are of
   // the whole block: the first requester misses and fetches it, the others hit.
   double share = 1.0;
-  for (size_t i = 0; i < caches_.size(); ++i) {
+  for (size_t i = through_private ? 0 : first_shared_; i < caches_.size(); ++i) {
     if (i == first_shared_) {
       share = 1.0 / fanout;
       passed = max(passed, noc_.transfer(earliest, bytes * share));

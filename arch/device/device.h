@@ -45,7 +45,9 @@ class Device {
   /// Moves a block from wherever it lives to `unit`; returns when it has arrived.
   /// `fanout` > 1: the read is multicast to that many units, each charged its share of the
   /// shared levels' and memory's bandwidth.
-  Time read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout = 1);
+  /// `through_private` false: the read skips the private levels (copies into the scratchpad).
+  Time read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout = 1,
+            bool through_private = true);
   /// Writes a block from `unit` into the first shared level (write-back; dirty victims go to
   /// memory), or straight to memory when there is no shared level. Returns when accepted.
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes);

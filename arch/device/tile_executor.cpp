@@ -46,6 +46,7 @@ class KernelRun {
     for (int i = 0; i < n; ++i) {
       slots_[i].unit = i % c.units;
       slots_[i].ready.assign(stages_, Time::zero());
+      slots_[i].ring.resize(stages_);
     }
     end_ = launch_at;
   }
@@ -98,7 +99,9 @@ class KernelRun {
     bool epilogue = false, done = false;
     std::vector<Time> ready;
     Time group_start;
-    Step cur;
+    std::vector<Step> ring;  // steps issued and not yet computed, by step % stages
+    Step epilogue_step;
+    const Step* cur = nullptr;
   };
 
   Time duration(const PipeWork& w) const {
@@ -119,11 +122,13 @@ class KernelRun {
     return clock_.cycles(w.amount / per_cycle);
   }
 
+  // Builds step `step` once (kept until it is computed) and issues its loads.
   void issue(Slot& sl, int step, Time now) {
-    scratch_.clear();
-    prog_.step(sl.group, step, scratch_);
+    Step& st = sl.ring[step % stages_];
+    st.clear();
+    prog_.step(sl.group, step, st);
     Time ready = now;
-    for (const Block& b : scratch_.loads) ready = max(ready, dev_.read(sl.unit, now, b.key, b.bytes, b.fanout));
+    for (const Block& b : st.loads) ready = max(ready, dev_.read(sl.unit, now, b.key, b.bytes, b.fanout, b.through_private));
     sl.ready[step % stages_] = ready;
   }
 
@@ -164,19 +169,19 @@ class KernelRun {
           if (wait_until(sl.ready[sl.s % stages_], now)) return;
           // The buffer of step s-1 is free: fetch `stages - 1` steps ahead.
           if (sl.issued < sl.nsteps && sl.issued <= sl.s + stages_ - 1) issue(sl, sl.issued++, now);
-          sl.cur.clear();
-          prog_.step(sl.group, sl.s, sl.cur);
+          sl.cur = &sl.ring[sl.s % stages_];
           sl.phase = 0;
           if (wait_until(now + sync_, now)) return;
         } else {
-          sl.cur.clear();
-          prog_.epilogue(sl.group, sl.cur);
+          sl.epilogue_step.clear();
+          prog_.epilogue(sl.group, sl.epilogue_step);
+          sl.cur = &sl.epilogue_step;
           sl.epilogue = true;
           sl.phase = 0;
         }
       }
-      if (sl.phase < static_cast<int>(sl.cur.phases.size())) {
-        const Phase& p = sl.cur.phases[sl.phase++];
+      if (sl.phase < static_cast<int>(sl.cur->phases.size())) {
+        const Phase& p = sl.cur->phases[sl.phase++];
         Time done = now;
         if (lockstep_) {
           // The whole unit is one in-order resource for this kernel: the phase starts when the
@@ -192,7 +197,7 @@ class KernelRun {
         if (wait_until(done, now)) return;
         continue;
       }
-      for (const Block& b : sl.cur.stores) end_ = max(end_, dev_.write(sl.unit, now, b.key, b.bytes));
+      for (const Block& b : sl.cur->stores) end_ = max(end_, dev_.write(sl.unit, now, b.key, b.bytes));
       sl.phase = -1;
       if (!sl.epilogue) {
         ++sl.s;
@@ -219,7 +224,6 @@ class KernelRun {
   std::vector<std::array<Server, kPipeCount>> pipes_;
   std::vector<Slot> slots_;
   std::vector<sc_core::sc_process_handle> handles_;
-  Step scratch_;
   long next_group_ = 0;
   long finished_slots_ = 0;
   long events_ = 0;

@@ -68,9 +68,9 @@ class FlashForward : public TileProgram {
     int64_t m = g % mblocks_, bh = g / mblocks_;
     int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
     double d = double(a_.head_dim);
-    if (s == 0) out.loads.push_back({block_key(kQ, b * a_.heads + h, m), Bytes(t_.bm * d * e_)});
-    out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
-    out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_)});
+    if (s == 0) out.loads.push_back({block_key(kQ, b * a_.heads + h, m), Bytes(t_.bm * d * e_), 1, false});
+    out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_), 1, false});
+    out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_), 1, false});
     double scores = double(t_.bm) * t_.bn;
     // Warps split the query rows: S = Q K^T reads Q and all of K per warp; O += P V keeps P in
     // registers and reads all of V per warp.
@@ -132,13 +132,13 @@ class FlashBackward : public TileProgram {
     double d = double(a_.head_dim);
     int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
     if (s == 0) {
-      out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_)});
-      out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_)});
+      out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_), 1, false});
+      out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_), 1, false});
     }
-    out.loads.push_back({block_key(kQ, bh, m), Bytes(t_.bm * d * e_)});
-    out.loads.push_back({block_key(kDO, bh, m), Bytes(t_.bm * d * e_)});
-    out.loads.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
-    out.loads.push_back({block_key(kDelta, bh, m), Bytes(t_.bm * 4.0)});
+    out.loads.push_back({block_key(kQ, bh, m), Bytes(t_.bm * d * e_), 1, false});
+    out.loads.push_back({block_key(kDO, bh, m), Bytes(t_.bm * d * e_), 1, false});
+    out.loads.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0), 1, false});
+    out.loads.push_back({block_key(kDelta, bh, m), Bytes(t_.bm * 4.0), 1, false});
     double scores = double(t_.bm) * t_.bn;
     double bm = t_.bm, bn = t_.bn;
     // FlashAttention-2's backward warp layouts (8 warps): S and dP as 2 (hd 128) or 4 (hd 64)

@@ -48,10 +48,11 @@ class GemmProgram : public TileProgram {
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
     int64_t depth = std::min<int64_t>(t_.bk, g_.k - int64_t(s) * t_.bk);
-    out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_)});
+    // Operand tiles go straight to the scratchpad (cp.async.cg / TMA), bypassing L1.
+    out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_), 1, false});
     // A cluster of work groups along M receives each B block by one multicast read.
     out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * e_),
-                         static_cast<int>(std::min<int64_t>(cluster_, tm_))});
+                         static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
     // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs.
     double macs = double(t_.bm) * t_.bn * depth;
     double smem = (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;

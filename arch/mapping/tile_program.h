@@ -13,7 +13,10 @@
 // cache reuse arises.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,13 +29,35 @@ enum class Pipe { Matrix, Vector, Sfu, Scratchpad };
 constexpr int kPipeCount = 4;
 
 struct PipeWork {
-  Pipe pipe;
-  double amount;  ///< MACs (Matrix), FLOPs (Vector), ops (Sfu), bytes (Scratchpad)
+  Pipe pipe = Pipe::Vector;
+  double amount = 0;  ///< MACs (Matrix), FLOPs (Vector), ops (Sfu), bytes (Scratchpad)
   DType dtype = DType::FP32;  ///< for Matrix and Vector rates
 };
 
+/// At most one entry per pipe, stored inline: steps are built on the hot path, once per
+/// simulated main-loop step, and must not allocate.
+class PipeList {
+ public:
+  PipeList() = default;
+  PipeList(std::initializer_list<PipeWork> w) {
+    for (const PipeWork& x : w) push_back(x);
+  }
+  void push_back(const PipeWork& w) {
+    if (n_ == kPipeCount) throw std::logic_error("a phase lists more pipes than a unit has");
+    items_[n_++] = w;
+  }
+  bool empty() const { return n_ == 0; }
+  PipeWork& operator[](int i) { return items_[i]; }
+  const PipeWork* begin() const { return items_.data(); }
+  const PipeWork* end() const { return items_.data() + n_; }
+
+ private:
+  std::array<PipeWork, kPipeCount> items_{};
+  int n_ = 0;
+};
+
 struct Phase {
-  std::vector<PipeWork> work;  ///< concurrent work on distinct pipes
+  PipeList work;  ///< concurrent work on distinct pipes
 };
 
 struct Block {
@@ -41,6 +66,9 @@ struct Block {
   /// Units that receive this one read by multicast (Hopper TMA multicast within a cluster):
   /// the shared levels and memory move bytes / fanout for each requester.
   int fanout = 1;
+  /// False for operand tiles copied straight into the scratchpad (Ampere cp.async.cg, Hopper
+  /// TMA): they bypass the private cache levels.
+  bool through_private = true;
 };
 
 struct Step {

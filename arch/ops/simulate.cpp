@@ -135,7 +135,8 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   }
   for (size_t i = 0; i < device_.caches().size(); ++i)
     r.levels.push_back({device_.caches()[i]->name(),
-                        level_total[i] > 0 ? level_hits[i] / level_total[i] : 0, level_bytes[i]});
+                        level_total[i] > 0 ? level_hits[i] / level_total[i] : 0, level_total[i],
+                        level_bytes[i]});
   double t = r.time.sec();
   r.memory_utilisation =
       (r.memory_read + r.memory_written).count() / (t * device_.memory().peak_bandwidth().bps());

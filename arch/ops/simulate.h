@@ -26,6 +26,7 @@ Fidelity parse_fidelity(const std::string& s);  // throws std::invalid_argument
 struct LevelResult {
   std::string name;
   double hit_rate = 0;  ///< block hit rate of lookups at this level
+  double lookups = 0;   ///< block lookups; 0 when every access bypassed the level
   Bytes bytes{0};       ///< bytes its ports moved
 };
 

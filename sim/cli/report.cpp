@@ -28,7 +28,8 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
   for (const auto& r : results) {
     double peak = d.compute().peak(r.dtype_for_peak).per_s();
     std::string lv;
-    for (const auto& l : r.levels) lv += fmt::format(" {:>6.1f}%", 100 * l.hit_rate);
+    for (const auto& l : r.levels)
+      lv += l.lookups > 0 ? fmt::format(" {:>6.1f}%", 100 * l.hit_rate) : fmt::format(" {:>7}", "-");
     if (r.levels.empty())
       for (size_t i = 0; i < d.caches().size(); ++i) lv += fmt::format(" {:>7}", "-");
     out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>5.1f}%  {:>9.0f} {:>5.1f}%  {:<8}{}\n", r.name,
@@ -49,7 +50,8 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
 nlohmann::json op_json(const OpResult& r, const Device& d) {
   nlohmann::json levels = nlohmann::json::array();
   for (const auto& l : r.levels)
-    levels.push_back({{"name", l.name}, {"hit_rate", l.hit_rate}, {"bytes", l.bytes.count()}});
+    levels.push_back({{"name", l.name}, {"hit_rate", l.hit_rate}, {"lookups", l.lookups},
+                      {"bytes", l.bytes.count()}});
   double peak = d.compute().peak(r.dtype_for_peak).per_s();
   return {{"name", r.name},
           {"kind", r.kind},
