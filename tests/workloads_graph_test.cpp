@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <boost/graph/topological_sort.hpp>
-
 #include <cmath>
 #include <iterator>
 #include <string>
@@ -112,9 +111,9 @@ TEST(WorkloadGraph, RecomputeAddsExactlyTheRecomputedForward) {
 TEST(WorkloadGraph, HasNoCyclesAndEdgesFollowTheData) {
   for (const char* rc : {"none", "selective", "full"}) {
     SCOPED_TRACE(rc);
-    StepGraph g = build_step_graph(load_model("llama3-8b"),
-                                   setup(std::string("recompute: ") + rc +
-                                         "\nflash_attention: false\nprecision: fp16"));
+    StepGraph g = build_step_graph(
+        load_model("llama3-8b"),
+        setup(std::string("recompute: ") + rc + "\nflash_attention: false\nprecision: fp16"));
     std::vector<StepVertex> topo;
     EXPECT_NO_THROW(boost::topological_sort(g.dag, std::back_inserter(topo)));
     EXPECT_EQ(topo.size(), g.size());

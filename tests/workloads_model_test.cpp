@@ -91,7 +91,8 @@ TEST(ModelPresets, ShapesFollowTheFamily) {
 }
 
 TEST(ModelConfig, DefaultsFillAMinimalModel) {
-  TransformerModel m = load_model_string("layers: 2\nhidden: 256\nheads: 4\nseq_len: 128\n", "t.yaml");
+  TransformerModel m =
+      load_model_string("layers: 2\nhidden: 256\nheads: 4\nseq_len: 128\n", "t.yaml");
   EXPECT_EQ(m.ffn_hidden, 1024);
   EXPECT_EQ(m.kv_heads, 4);
   EXPECT_EQ(m.head_dim, 64);
@@ -122,7 +123,8 @@ TEST(ModelConfig, BadShapesAreConfigErrorsAtFileLineKey) {
   expect_error("layers: 2\nhidden: 256\nheads: 8\nkv_heads: 3\nseq_len: 128\n", "kv_heads", 4);
   expect_error("layers: 2\nhidden: 256\nheads: 4\nseq_len: 0\n", "seq_len", 4);
   expect_error("layers: 2\nhidden: 250\nheads: 4\nseq_len: 16\n", "heads", 3);
-  expect_error("layers: 2\nhidden: 256\nheads: 4\nseq_len: 4096\nmax_position: 1024\n", "seq_len", 4);
+  expect_error("layers: 2\nhidden: 256\nheads: 4\nseq_len: 4096\nmax_position: 1024\n", "seq_len",
+               4);
   expect_error("layers: 2\nhidden: 256\nheads: 4\nseq_len: 16\nmlp: relu\n", "mlp", 5);
   expect_error("layers: 2\nhiden: 256\nheads: 4\nseq_len: 16\n", "hiden", 2);
   EXPECT_THROW(load_model("gpt3-1.3B"), ConfigError);

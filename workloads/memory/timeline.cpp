@@ -11,9 +11,8 @@ MemoryTimeline memory_timeline(const StepGraph& g) {
 MemoryTimeline memory_timeline(const StepGraph& g, const std::vector<StepVertex>& order) {
   const std::size_t n = g.size();
   if (order.size() != n)
-    throw std::invalid_argument("memory timeline: the order lists " +
-                                std::to_string(order.size()) + " of " + std::to_string(n) +
-                                " nodes");
+    throw std::invalid_argument("memory timeline: the order lists " + std::to_string(order.size()) +
+                                " of " + std::to_string(n) + " nodes");
   std::vector<int> pos(n, -1);
   for (std::size_t i = 0; i < n; ++i) {
     if (order[i] >= n || pos[order[i]] >= 0)

@@ -30,11 +30,11 @@ struct MemoryTimeline {
   /// Bytes live, by class, while order[i] runs: everything allocated so far and not yet freed,
   /// plus its outputs and workspace.
   std::vector<ClassBytes> during;
-  std::size_t peak_index = 0;     ///< position in `order` of the peak
+  std::size_t peak_index = 0;  ///< position in `order` of the peak
   StepVertex peak_vertex = 0;
   double peak_bytes = 0;
-  ClassBytes peak_breakdown{};    ///< by class, at the peak
-  ClassBytes class_peak{};        ///< each class's own maximum over the step
+  ClassBytes peak_breakdown{};  ///< by class, at the peak
+  ClassBytes class_peak{};      ///< each class's own maximum over the step
 
   double class_bytes_at_peak(TensorClass c) const { return peak_breakdown[int(c)]; }
   double max_of(TensorClass c) const { return class_peak[int(c)]; }

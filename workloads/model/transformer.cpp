@@ -62,8 +62,9 @@ const Schema& model_schema() {
   static const Schema s = [] {
     Schema x;
     x.name = "model";
-    x.description = "A transformer's shape: layers, widths, attention layout, vocabulary and the "
-                    "kernel choices (MLP, norm, dropout) that training runs.";
+    x.description =
+        "A transformer's shape: layers, widths, attention layout, vocabulary and the "
+        "kernel choices (MLP, norm, dropout) that training runs.";
     x.params = {
         param("name", ParamType::String, "", "custom-model", "Name shown in reports."),
         param("description", ParamType::String, "", "", "Free text: what the preset models."),
@@ -131,7 +132,8 @@ TransformerModel model_from_config(const Config& c) {
   std::string mlp = c.get_string("mlp");
   m.mlp = mlp == "swiglu" ? MlpType::SwiGlu : MlpType::Gelu;
   m.norm = c.get_string("norm") == "rmsnorm" ? NormType::RmsNorm : NormType::LayerNorm;
-  m.positions = c.get_string("positions") == "rotary" ? PositionType::Rotary : PositionType::Learned;
+  m.positions =
+      c.get_string("positions") == "rotary" ? PositionType::Rotary : PositionType::Learned;
   if (m.positions == PositionType::Learned) {
     m.max_position = present("max_position") ? c.get_int("max_position") : m.seq_len;
     if (m.seq_len > m.max_position)
@@ -166,8 +168,8 @@ TransformerModel load_model(const std::string& name_or_file,
   if (is_file)
     doc = load_yaml_file(name_or_file);
   else
-    doc = load_yaml_string("preset: " + name_or_file,
-                           "command line (--model " + name_or_file + ")");
+    doc =
+        load_yaml_string("preset: " + name_or_file, "command line (--model " + name_or_file + ")");
   return finish(doc, overrides);
 }
 

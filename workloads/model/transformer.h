@@ -26,15 +26,16 @@ struct TransformerModel {
   std::string name = "custom-model";
   std::string source;  ///< where the shape was published
   int64_t layers = 1;
-  int64_t hidden = 64;      ///< model width h
-  int64_t ffn_hidden = 256; ///< MLP inner width f (per matrix; SwiGLU has gate and up of this width)
-  int64_t heads = 1;        ///< query heads a
-  int64_t kv_heads = 1;     ///< key/value heads (== heads: multi-head; < heads: grouped-query)
-  int64_t head_dim = 64;    ///< d; heads * head_dim is the attention width (usually == hidden)
-  int64_t seq_len = 128;    ///< training sequence length s
-  int64_t vocab = 50257;    ///< V
-  int64_t max_position = 0; ///< rows of the learned position table (0 with rotary positions)
-  int64_t type_vocab = 0;   ///< token-type (segment) embeddings, BERT: 2
+  int64_t hidden = 64;  ///< model width h
+  int64_t ffn_hidden =
+      256;                ///< MLP inner width f (per matrix; SwiGLU has gate and up of this width)
+  int64_t heads = 1;      ///< query heads a
+  int64_t kv_heads = 1;   ///< key/value heads (== heads: multi-head; < heads: grouped-query)
+  int64_t head_dim = 64;  ///< d; heads * head_dim is the attention width (usually == hidden)
+  int64_t seq_len = 128;  ///< training sequence length s
+  int64_t vocab = 50257;  ///< V
+  int64_t max_position = 0;  ///< rows of the learned position table (0 with rotary positions)
+  int64_t type_vocab = 0;    ///< token-type (segment) embeddings, BERT: 2
   MlpType mlp = MlpType::Gelu;
   NormType norm = NormType::LayerNorm;
   PositionType positions = PositionType::Learned;

@@ -6,37 +6,51 @@ namespace memwall {
 
 DType TrainingSetup::matmul_dtype() const {
   switch (precision) {
-    case Precision::BF16: return DType::BF16;
-    case Precision::FP16: return DType::FP16;
-    case Precision::FP32: return DType::FP32;
-    case Precision::FP8: return DType::FP8;
+    case Precision::BF16:
+      return DType::BF16;
+    case Precision::FP16:
+      return DType::FP16;
+    case Precision::FP32:
+      return DType::FP32;
+    case Precision::FP8:
+      return DType::FP8;
   }
   return DType::BF16;
 }
 
 DType TrainingSetup::activation_dtype() const {
   switch (precision) {
-    case Precision::FP16: return DType::FP16;
-    case Precision::FP32: return DType::FP32;
-    default: return DType::BF16;
+    case Precision::FP16:
+      return DType::FP16;
+    case Precision::FP32:
+      return DType::FP32;
+    default:
+      return DType::BF16;
   }
 }
 
 const char* precision_name(Precision p) {
   switch (p) {
-    case Precision::BF16: return "bf16";
-    case Precision::FP16: return "fp16";
-    case Precision::FP32: return "fp32";
-    case Precision::FP8: return "fp8";
+    case Precision::BF16:
+      return "bf16";
+    case Precision::FP16:
+      return "fp16";
+    case Precision::FP32:
+      return "fp32";
+    case Precision::FP8:
+      return "fp8";
   }
   return "?";
 }
 
 const char* recompute_name(Recompute r) {
   switch (r) {
-    case Recompute::None: return "none";
-    case Recompute::Selective: return "selective";
-    case Recompute::Full: return "full";
+    case Recompute::None:
+      return "none";
+    case Recompute::Selective:
+      return "selective";
+    case Recompute::Full:
+      return "full";
   }
   return "?";
 }
@@ -45,8 +59,9 @@ const Schema& training_schema() {
   static const Schema s = [] {
     Schema x;
     x.name = "training";
-    x.description = "How the model is trained: batches, precision, optimizer, recomputation and "
-                    "the attention kernel.";
+    x.description =
+        "How the model is trained: batches, precision, optimizer, recomputation and "
+        "the attention kernel.";
     ParamSpec mb = param("micro_batch", ParamType::Int, "sequences", "1",
                          "Sequences per forward/backward pass.");
     mb.positive = true;
@@ -65,7 +80,11 @@ const Schema& training_schema() {
                          "Activation recomputation: none, selective (attention core) or full "
                          "(each layer's forward again before its backward).");
     rc.choices = {"none", "selective", "full"};
-    x.params = {gb, mb, prec, opt, rc,
+    x.params = {gb,
+                mb,
+                prec,
+                opt,
+                rc,
                 param("flash_attention", ParamType::Bool, "", "true",
                       "Fused attention that never writes the seq x seq scores to memory.")};
     return x;
@@ -87,7 +106,9 @@ TrainingSetup training_from_config(const Config& c) {
                               : Precision::BF16;
   t.optimizer = c.get_string("optimizer");
   std::string r = c.get_string("recompute");
-  t.recompute = r == "full" ? Recompute::Full : r == "selective" ? Recompute::Selective : Recompute::None;
+  t.recompute = r == "full"        ? Recompute::Full
+                : r == "selective" ? Recompute::Selective
+                                   : Recompute::None;
   t.flash_attention = c.get_bool("flash_attention");
   return t;
 }

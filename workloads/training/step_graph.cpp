@@ -1,30 +1,41 @@
 #include "workloads/training/step_graph.h"
 
-#include <stdexcept>
-
 #include <fmt/format.h>
+
+#include <stdexcept>
 
 namespace memwall {
 
 const char* pass_name(Pass p) {
   switch (p) {
-    case Pass::Forward: return "fwd";
-    case Pass::BackwardInput: return "bwd_input";
-    case Pass::BackwardWeight: return "bwd_weight";
-    case Pass::Recompute: return "recompute";
-    case Pass::Optimizer: return "optimizer";
-    case Pass::Memory: return "memory";
+    case Pass::Forward:
+      return "fwd";
+    case Pass::BackwardInput:
+      return "bwd_input";
+    case Pass::BackwardWeight:
+      return "bwd_weight";
+    case Pass::Recompute:
+      return "recompute";
+    case Pass::Optimizer:
+      return "optimizer";
+    case Pass::Memory:
+      return "memory";
   }
   return "?";
 }
 
 const char* tensor_class_name(TensorClass c) {
   switch (c) {
-    case TensorClass::Weights: return "weights";
-    case TensorClass::Gradients: return "gradients";
-    case TensorClass::Optimizer: return "optimizer";
-    case TensorClass::Activations: return "activations";
-    case TensorClass::Workspace: return "workspace";
+    case TensorClass::Weights:
+      return "weights";
+    case TensorClass::Gradients:
+      return "gradients";
+    case TensorClass::Optimizer:
+      return "optimizer";
+    case TensorClass::Activations:
+      return "activations";
+    case TensorClass::Workspace:
+      return "workspace";
   }
   return "?";
 }
@@ -341,8 +352,8 @@ class Builder {
     weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, m_.ffn_hidden, h, a.act_out, d_fc2, G);
     TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * m_.fc1_width());
     node(nm(l, "mlp.act", "bwd"),
-         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd",
-                          T_ * m_.ffn_hidden, ad_),
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * m_.ffn_hidden,
+                          ad_),
          BI, l, {d_act, a.fc1_out}, {d_fc1});
     TensorId d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", Th);
     node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, m_.fc1_width(), md_), BI, l, {d_fc1, W},
@@ -352,8 +363,8 @@ class Builder {
     node(nm(l, "ln2", "bwd"), norm_op(true), BI, l, {d_ln2, a.x_mid, a.ln2_stats, W}, {d_ln2_in},
          {G});
     TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Th);
-    node(nm(l, "mlp.residual", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l,
-         {dy, d_ln2_in}, {d_mid});
+    node(nm(l, "mlp.residual", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l, {dy, d_ln2_in},
+         {d_mid});
 
     TensorId d_proj = d_mid;
     if (m_.dropout) {

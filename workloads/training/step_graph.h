@@ -15,12 +15,11 @@
 #pragma once
 
 #include <array>
+#include <boost/graph/adjacency_list.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <boost/graph/adjacency_list.hpp>
 
 #include "arch/ops/op.h"
 #include "workloads/model/transformer.h"
@@ -51,7 +50,7 @@ struct StepNode {
   std::string name;
   std::optional<Op> op;  ///< empty: a pure memory event
   Pass pass = Pass::Forward;
-  int layer = -1;        ///< transformer layer, -1 outside the layers
+  int layer = -1;                ///< transformer layer, -1 outside the layers
   std::vector<TensorId> allocs;  ///< tensors this node produces (allocated when it starts)
   std::vector<TensorId> reads;   ///< tensors it reads
   std::vector<TensorId> writes;  ///< persistent tensors it updates in place
