@@ -1,6 +1,7 @@
 #include "arch/device/tile_executor.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <stdexcept>
 
@@ -74,8 +75,8 @@ class KernelRun {
         if (!s.done)
           throw std::runtime_error(fmt::format(
               "watchdog: kernel '{}' stopped making progress: unit {} slot {} is stuck in group "
-              "{} at step {} of {} (simulated time {})",
-              prog_.name(), s.unit, i, s.group, s.s, s.nsteps, to_string(now_time())));
+              "{} at step {} of {} ({}; simulated time {})",
+              prog_.name(), s.unit, i, s.group, s.s, s.nsteps, s.stall, to_string(now_time())));
       }
       throw std::runtime_error("watchdog: kernel '" + prog_.name() + "' left groups unlaunched");
     }
@@ -97,6 +98,7 @@ class KernelRun {
     int nsteps = 0, s = 0, issued = 0;
     int phase = -1;  // index of the next phase of `cur`; -1: the step has not started
     bool epilogue = false, done = false;
+    const char* stall = "no further event";
     std::vector<Time> ready;
     Time group_start;
     std::vector<Step> ring;  // steps issued and not yet computed, by step % stages
@@ -123,6 +125,19 @@ class KernelRun {
   }
 
   // Builds step `step` once (kept until it is computed) and issues its loads.
+  const char* stall_reason(const Phase& p) const {
+    for (const PipeWork& w : p.work)
+      if (!std::isfinite(duration(w).sec())) {
+        switch (w.pipe) {
+          case Pipe::Matrix: return "work on a matrix pipe with no rate for its data type";
+          case Pipe::Vector: return "work on a vector pipe with no rate for its data type";
+          case Pipe::Sfu: return "work on a special-function pipe with no rate";
+          case Pipe::Scratchpad: return "work on a scratchpad with no bandwidth";
+        }
+      }
+    return "a phase that never ends";
+  }
+
   void issue(Slot& sl, int step, Time now) {
     Step& st = sl.ring[step % stages_];
     st.clear();
@@ -133,9 +148,15 @@ class KernelRun {
   }
 
   // Schedules the next activation `until` (absolute); returns false if `until` is now.
-  bool wait_until(Time until, Time now) {
+  // A wait that can never end (work on a pipe the unit lacks) leaves the slot without a trigger:
+  // the simulation drains and the watchdog in check() names the slot and the reason.
+  bool wait_until(Slot& sl, Time until, Time now, const char* what) {
     double d = until.sec() - now.sec();
     if (d < kEpsilon) return false;
+    if (!std::isfinite(d)) {
+      sl.stall = what;
+      return true;
+    }
     sc_core::next_trigger(sc_core::sc_time(d, sc_core::SC_SEC));
     return true;
   }
@@ -144,7 +165,7 @@ class KernelRun {
     ++events_;
     Slot& sl = slots_[idx];
     Time now = now_time();
-    if (wait_until(launch_at_, now)) return;
+    if (wait_until(sl, launch_at_, now, "launch")) return;
     for (int guard = 0;; ++guard) {
       if (guard > 1000000)
         return;  // no further trigger: the watchdog in check() names this slot
@@ -166,12 +187,12 @@ class KernelRun {
       if (sl.phase < 0) {
         if (sl.s < sl.nsteps) {
           if (sl.issued <= sl.s) issue(sl, sl.issued++, now);
-          if (wait_until(sl.ready[sl.s % stages_], now)) return;
+          if (wait_until(sl, sl.ready[sl.s % stages_], now, "waiting for data that never arrives")) return;
           // The buffer of step s-1 is free: fetch `stages - 1` steps ahead.
           if (sl.issued < sl.nsteps && sl.issued <= sl.s + stages_ - 1) issue(sl, sl.issued++, now);
           sl.cur = &sl.ring[sl.s % stages_];
           sl.phase = 0;
-          if (wait_until(now + sync_, now)) return;
+          if (wait_until(sl, now + sync_, now, "barrier")) return;
         } else {
           sl.epilogue_step.clear();
           prog_.epilogue(sl.group, sl.epilogue_step);
@@ -194,7 +215,7 @@ class KernelRun {
           for (const PipeWork& w : p.work)
             done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(now, duration(w)));
         }
-        if (wait_until(done, now)) return;
+        if (wait_until(sl, done, now, stall_reason(p))) return;
         continue;
       }
       for (const Block& b : sl.cur->stores) end_ = max(end_, dev_.write(sl.unit, now, b.key, b.bytes));
@@ -247,8 +268,8 @@ KernelStats TileExecutor::execute(const TileProgram& program) {
   auto run = std::make_unique<KernelRun>(device_, program, occ, launch, trace_);
   run->spawn();
   sc_core::sc_start();
+  run->finish();  // kill the slot processes first, so a watchdog error leaves none behind
   run->check();
-  run->finish();
   KernelStats k;
   k.start = launch;
   // Dirty lines left in the caches are written back at the kernel boundary.
