@@ -39,8 +39,11 @@ double compute_rate(const Op& op, const ComputeSpec& c, Frequency clock) {
   return per_cycle * c.units * clock.hz();
 }
 
-std::string classify(double compute_util, double mem_util) {
-  if (compute_util < 0.5 && mem_util < 0.5) return "latency";
+// The busiest resource class names the bound; when none is at least half busy, latency (launch,
+// pipeline fill, dependencies) dominates.
+std::string classify(double compute_util, double mem_util, double cache_util = 0) {
+  if (compute_util < 0.5 && mem_util < 0.5 && cache_util < 0.5) return "latency";
+  if (cache_util > compute_util && cache_util > mem_util) return "cache";
   return compute_util >= mem_util ? "compute" : "memory";
 }
 
@@ -146,7 +149,15 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   // products), so the unit's compute occupancy is their sum, capped at one.
   double compute_util = std::min(1.0, r.matrix_utilisation + r.vector_utilisation);
   double mem_util = r.memory_utilisation / device_.memory().efficiency();
-  r.bound = classify(compute_util, mem_util);
+  // Shared cache levels: bytes their ports moved over their bandwidth.
+  double cache_util = 0;
+  for (size_t i = 0; i < device_.caches().size(); ++i) {
+    const auto& level = device_.caches()[i];
+    if (level->scope() != CacheScope::Shared || level->bandwidth().is_infinite()) continue;
+    cache_util = std::max(cache_util, r.levels[i].bytes.count() / (t * level->bandwidth().bps()));
+  }
+  r.cache_utilisation = cache_util;
+  r.bound = classify(compute_util, mem_util, cache_util);
   if (trace_)
     trace_->counter(device_.name(), "memory GB/s", op_start,
                     (r.memory_read + r.memory_written).count() / t * 1e-9);

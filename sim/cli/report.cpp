@@ -69,6 +69,7 @@ nlohmann::json op_json(const OpResult& r, const Device& d) {
           {"memory_utilisation", r.memory_utilisation},
           {"matrix_utilisation", r.matrix_utilisation},
           {"vector_utilisation", r.vector_utilisation},
+          {"cache_utilisation", r.cache_utilisation},
           {"bound", r.bound},
           {"cache_levels", levels},
           {"kernels", r.kernels},

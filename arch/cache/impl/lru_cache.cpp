@@ -1,4 +1,5 @@
 // The default cache level: LRU residency by bytes, bandwidth per instance or per slice.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -50,7 +51,7 @@ class LruCacheLevel : public CacheLevel {
       ++stats_.misses;
       stats_.miss_bytes += moved;
     }
-    return {hit, port(inst, key).transfer(earliest, moved * port_share), Bytes(evicted)};
+    return {hit, transfer(inst, key, earliest, moved * port_share), Bytes(evicted)};
   }
 
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) override {
@@ -59,7 +60,7 @@ class LruCacheLevel : public CacheLevel {
     double evicted = 0;
     lru_[inst].access(key, moved.count(), true, &evicted);
     if (evicted_dirty) *evicted_dirty += Bytes(evicted);
-    return port(inst, key).transfer(earliest, moved);
+    return transfer(inst, key, earliest, moved);
   }
 
   Bytes flush() override {
@@ -90,9 +91,18 @@ class LruCacheLevel : public CacheLevel {
 
  private:
   Bytes round_up(Bytes b) const { return Bytes(std::ceil(b.count() / line_.count()) * line_.count()); }
-  Server& port(int inst, uint64_t key) {
-    size_t slice = slices_ == 1 ? 0 : static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> 40) % slices_;
-    return ports_[static_cast<size_t>(inst) * slices_ + slice];
+  // Addresses interleave across slices at a few lines' granularity, so a block is striped over
+  // consecutive slices starting at one its key picks; it has passed when its last piece has.
+  Time transfer(int inst, uint64_t key, Time earliest, Bytes bytes) {
+    Server* base = &ports_[static_cast<size_t>(inst) * slices_];
+    if (slices_ == 1) return base[0].transfer(earliest, bytes);
+    const double stripe = 4 * line_.count();
+    size_t pieces = static_cast<size_t>(std::min<double>(slices_, std::max(1.0, std::ceil(bytes.count() / stripe))));
+    size_t first = static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> 40) % slices_;
+    Bytes per = bytes / static_cast<double>(pieces);
+    Time done = earliest;
+    for (size_t i = 0; i < pieces; ++i) done = max(done, base[(first + i) % slices_].transfer(earliest, per));
+    return done;
   }
 
   std::string name_;
