@@ -3,12 +3,15 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "arch/device/device.h"
 #include "arch/ops/op.h"
 #include "arch/ops/simulate.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
 
 namespace memwall {
 
@@ -20,10 +23,15 @@ struct Experiment {
   Fidelity fidelity = Fidelity::Tile;
   std::unique_ptr<Device> device;
   std::vector<Op> ops;
+  /// A training experiment names a model (and optionally a training setup) instead of ops.
+  std::optional<TransformerModel> model;
+  TrainingSetup training;
   YAML::Node resolved;  ///< every key with defaults filled in, written beside results
 };
 
 /// Loads, merges presets and overrides, validates and builds. Throws ConfigError.
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides);
+/// The same from an already parsed document (an experiment assembled from command-line flags).
+Experiment load_experiment(Document doc, const std::vector<std::string>& overrides);
 
 }  // namespace memwall

@@ -6,6 +6,8 @@
 #include "sim/cli/commands.h"
 #include "sim/cli/experiment.h"
 #include "sim/cli/report.h"
+#include "sim/cli/training_report.h"
+#include "sim/run/training_run.h"
 #include "sim/trace/trace.h"
 
 namespace memwall {
@@ -30,15 +32,87 @@ struct RunOptions {
   std::string file;
   std::vector<std::string> overrides;
   std::string fidelity;
-  std::string json_out, trace_out;
+  std::string json_out, trace_out, csv_dir;
+  // A training run from flags alone.
+  std::string device, model, precision, recompute;
+  int64_t micro_batch = 0, global_batch = 0, seq_len = 0;
+  std::string flash_attention;
 };
 
+// Flags become an experiment document (no file) or overrides of the file's keys.
+Experiment load_from_options(const RunOptions& o) {
+  std::vector<std::string> overrides;
+  auto flag = [&](const char* key, const std::string& v) {
+    if (!v.empty()) overrides.push_back(std::string(key) + "=" + v);
+  };
+  auto count = [&](const char* key, int64_t v) {
+    if (v > 0) overrides.push_back(std::string(key) + "=" + std::to_string(v));
+  };
+  count("training.micro_batch", o.micro_batch);
+  count("training.global_batch", o.global_batch);
+  flag("training.precision", o.precision);
+  flag("training.recompute", o.recompute);
+  flag("training.flash_attention", o.flash_attention);
+  count("model.seq_len", o.seq_len);
+  for (const auto& x : o.overrides) overrides.push_back(x);
+  if (!o.file.empty()) {
+    if (!o.device.empty() || !o.model.empty())
+      throw ConfigError(SourceLoc{"command line", 0}, "",
+                        "--device and --model build an experiment without a file; with a file, "
+                        "write them in it or override keys with -p");
+    return load_experiment(o.file, overrides);
+  }
+  if (o.device.empty() || o.model.empty())
+    throw ConfigError(SourceLoc{"command line", 0}, "",
+                      "give an experiment file, or both --device and --model (e.g. memwall run "
+                      "--device h100-sxm5-80gb --model gpt3-1.3b)");
+  std::string yaml = "device: " + o.device + "\nmodel: " + o.model + "\ntraining: {}\n";
+  return load_experiment(load_yaml_string(yaml, "command line"), overrides);
+}
+
+void write_resolved(const Experiment& e, const std::string& result_path) {
+  YAML::Emitter em;
+  em << e.resolved;
+  write_file(config_path_beside(result_path),
+             std::string("# resolved configuration written by memwall ") + MEMWALL_VERSION + "\n" +
+                 em.c_str() + "\n");
+}
+
+int run_training(const RunOptions& o, Experiment& e) {
+  StepGraph g = build_step_graph(*e.model, e.training);
+  std::unique_ptr<TraceWriter> trace;
+  if (!o.trace_out.empty()) trace = std::make_unique<TraceWriter>();
+  TrainingResult r = simulate_training(g, *e.device, e.fidelity, trace.get());
+  std::cout << training_summary(r, g, *e.device);
+  if (!o.json_out.empty()) {
+    nlohmann::json doc = training_json(r, g);
+    doc["memwall_version"] = MEMWALL_VERSION;
+    doc["experiment"] = e.file;
+    doc["resolved_config"] = YAML::Dump(e.resolved);
+    write_file(o.json_out, doc.dump(2) + "\n");
+    write_resolved(e, o.json_out);
+    std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
+  }
+  if (!o.csv_dir.empty()) {
+    write_training_csv(r, o.csv_dir);
+    write_resolved(e, o.csv_dir + "/run");
+    std::cout << "wrote " << o.csv_dir << "/ops.csv and " << o.csv_dir << "/layers.csv\n";
+  }
+  if (trace) {
+    trace->write(o.trace_out);
+    write_resolved(e, o.trace_out);
+    std::cout << "wrote " << o.trace_out << " (open in ui.perfetto.dev)\n";
+  }
+  return 0;
+}
+
 int run(const RunOptions& o) {
-  Experiment e = load_experiment(o.file, o.overrides);
+  Experiment e = load_from_options(o);
   if (!o.fidelity.empty()) {
     e.fidelity = parse_fidelity(o.fidelity);
     e.resolved["fidelity"] = o.fidelity;
   }
+  if (e.model) return run_training(o, e);
   std::unique_ptr<TraceWriter> trace;
   if (!o.trace_out.empty()) trace = std::make_unique<TraceWriter>();
   OpSimulator sim(*e.device, e.fidelity, trace.get());
@@ -82,8 +156,18 @@ int run(const RunOptions& o) {
 
 void add_run_command(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
-  CLI::App* cmd = app.add_subcommand("run", "Simulate the device and operators an experiment file describes");
-  cmd->add_option("file", o->file, "Experiment YAML (device + ops)")->required();
+  CLI::App* cmd = app.add_subcommand(
+      "run", "Simulate an experiment: operators on a device, or a training step of a model");
+  cmd->add_option("file", o->file, "Experiment YAML (device + ops, or device + model + training)");
+  cmd->add_option("--device", o->device, "Device preset or file (training run without a file)");
+  cmd->add_option("--model", o->model, "Model preset or file, e.g. gpt3-1.3b");
+  cmd->add_option("--micro-batch", o->micro_batch, "Sequences per forward/backward pass");
+  cmd->add_option("--global-batch", o->global_batch, "Sequences per optimizer step");
+  cmd->add_option("--precision", o->precision, "bf16, fp16, fp32 or fp8");
+  cmd->add_option("--recompute", o->recompute, "none, selective or full");
+  cmd->add_option("--seq-len", o->seq_len, "Override the model's sequence length");
+  cmd->add_option("--flash-attention", o->flash_attention, "true or false");
+  cmd->add_option("--csv", o->csv_dir, "Write per-op and per-layer tables into this directory");
   cmd->add_option("-p,--param", o->overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the file's)")
       ->check(CLI::IsMember({"analytical", "tile"}));

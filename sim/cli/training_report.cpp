@@ -1,0 +1,152 @@
+#include "sim/cli/training_report.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024 * 1024;
+
+std::string pct(double x) { return fmt::format("{:.0f}%", 100 * x); }
+
+// Groups node timings by the operator's role, dropping layer and pass: "layerN.mlp.fc1.fwd"
+// and its backward both count toward "mlp.fc1".
+std::string role(const std::string& name) {
+  std::string s = name;
+  if (s.rfind("layer", 0) == 0) {
+    auto dot = s.find('.');
+    if (dot != std::string::npos) s = s.substr(dot + 1);
+  }
+  for (const char* suffix : {".fwd", ".bwd_input", ".bwd_weight", ".bwd", ".recompute"}) {
+    std::string suf = suffix;
+    if (s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0) {
+      s.resize(s.size() - suf.size());
+      break;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string training_summary(const TrainingResult& r, const StepGraph& g, const Device& d) {
+  const TrainingSetup& t = g.setup;
+  std::string out;
+  out += fmt::format(
+      "memwall · {} on 1 x {} · {} params · seq {} · micro-batch {} x {} = global {} · {} · "
+      "recompute {} · {} attention · fidelity {}\n",
+      g.model.name, d.name(), fmt::format("{:.3g}B", g.model.parameter_count() * 1e-9),
+      g.model.seq_len, t.micro_batch, g.accumulation_steps, t.global_batch,
+      precision_name(t.precision), recompute_name(t.recompute),
+      t.flash_attention ? "flash" : "unfused", fidelity_name(r.fidelity));
+  double step = r.step_time.sec();
+  out += fmt::format("step      {}    {:.3g}k tokens/s    MFU {}   HFU {}\n", to_string(r.step_time),
+                     r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));
+  auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
+  out += fmt::format(
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}   |  compute-bound {}  "
+      "memory-bound {}  latency-bound {}\n",
+      pct(share(OpClass::Matrix)), pct(share(OpClass::Attention)), pct(share(OpClass::MemoryBound)),
+      pct(share(OpClass::Optimizer)), pct(r.compute_bound_time.sec() / step),
+      pct(r.memory_bound_time.sec() / step), pct(r.latency_bound_time.sec() / step));
+  const auto& b = r.memory.peak_breakdown;
+  out += fmt::format(
+      "memory    {:.1f} of {:.1f} GiB, {}   weights {:.1f}  grads {:.1f}  optimizer {:.1f}  "
+      "activations {:.1f}  workspace {:.1f}   (peak at {} into the step)\n",
+      r.memory.peak_bytes / kGiB, r.capacity.count() / kGiB, r.fits() ? "fits" : "DOES NOT FIT",
+      b[int(TensorClass::Weights)] / kGiB, b[int(TensorClass::Gradients)] / kGiB,
+      b[int(TensorClass::Optimizer)] / kGiB, b[int(TensorClass::Activations)] / kGiB,
+      b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time));
+
+  std::map<std::string, double> by_role;
+  for (const auto& n : r.nodes) by_role[role(n.name)] += n.time.sec() * n.executions;
+  std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
+  std::sort(top.begin(), top.end(), [](const auto& a, const auto& c) { return a.second > c.second; });
+  out += "top ops  ";
+  for (size_t i = 0; i < std::min<size_t>(10, top.size()); ++i)
+    out += fmt::format(" {} {}", top[i].first, pct(top[i].second / step)) +
+           (i + 1 < std::min<size_t>(10, top.size()) ? "," : "");
+  out += "\n";
+  out += fmt::format("hardware  L2 hit {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   {} distinct ops simulated\n",
+                     pct(r.l2_hit_rate),
+                     r.memory_utilisation * d.memory().peak_bandwidth().bps() * 1e-12,
+                     d.memory().peak_bandwidth().bps() * 1e-12, pct(r.memory_utilisation),
+                     r.distinct_ops);
+  return out;
+}
+
+nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
+  const auto& b = r.memory.peak_breakdown;
+  nlohmann::json ops = nlohmann::json::array();
+  for (const auto& n : r.nodes)
+    ops.push_back({{"name", n.name},
+                   {"class", op_class_name(n.cls)},
+                   {"pass", pass_name(n.pass)},
+                   {"layer", n.layer},
+                   {"flops", n.flops},
+                   {"bytes", n.bytes.count()},
+                   {"time_s", n.time.sec()},
+                   {"executions", n.executions},
+                   {"bound", n.bound}});
+  nlohmann::json time_by_class;
+  for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
+    time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
+  return {{"model", g.model.name},
+          {"parameters", g.model.parameter_count()},
+          {"device", r.device},
+          {"num_gpus", 1},
+          {"fidelity", fidelity_name(r.fidelity)},
+          {"step_time_s", r.step_time.sec()},
+          {"tokens_per_step", r.tokens_per_step},
+          {"tokens_per_s", r.tokens_per_s()},
+          {"tokens_per_s_per_gpu", r.tokens_per_s()},
+          {"mfu", r.mfu()},
+          {"hfu", r.hfu()},
+          {"model_flops", r.model_flops},
+          {"hardware_flops", r.hardware_flops},
+          {"time_by_class_s", time_by_class},
+          {"time_by_bound_s",
+           {{"compute", r.compute_bound_time.sec()},
+            {"memory", r.memory_bound_time.sec()},
+            {"latency", r.latency_bound_time.sec()}}},
+          {"memory",
+           {{"capacity_gib", r.capacity.count() / kGiB},
+            {"peak_gib", r.memory.peak_bytes / kGiB},
+            {"weights_gib", b[int(TensorClass::Weights)] / kGiB},
+            {"gradients_gib", b[int(TensorClass::Gradients)] / kGiB},
+            {"optimizer_gib", b[int(TensorClass::Optimizer)] / kGiB},
+            {"activations_gib", b[int(TensorClass::Activations)] / kGiB},
+            {"workspace_gib", b[int(TensorClass::Workspace)] / kGiB},
+            {"activations_max_gib", r.memory.max_of(TensorClass::Activations) / kGiB},
+            {"peak_time_s", r.peak_memory_time.sec()},
+            {"peak_node", g.node(r.memory.peak_vertex).name},
+            {"fits", r.fits()}}},
+          {"l2_hit_rate", r.l2_hit_rate},
+          {"memory_utilisation", r.memory_utilisation},
+          {"ops", ops}};
+}
+
+void write_training_csv(const TrainingResult& r, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  std::ofstream ops(dir + "/ops.csv");
+  if (!ops) throw std::runtime_error("cannot write '" + dir + "/ops.csv'");
+  ops << "name,class,pass,layer,flops,bytes,time_s,executions,bound\n";
+  for (const auto& n : r.nodes)
+    ops << fmt::format("{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
+                       pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
+                       n.executions, n.bound);
+  std::map<std::pair<int, std::string>, double> layer_time;
+  for (const auto& n : r.nodes) layer_time[{n.layer, pass_name(n.pass)}] += n.time.sec() * n.executions;
+  std::ofstream layers(dir + "/layers.csv");
+  if (!layers) throw std::runtime_error("cannot write '" + dir + "/layers.csv'");
+  layers << "layer,pass,time_s\n";
+  for (const auto& [k, t] : layer_time) layers << fmt::format("{},{},{}\n", k.first, k.second, t);
+}
+
+}  // namespace memwall

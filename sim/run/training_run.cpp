@@ -1,0 +1,86 @@
+#include "sim/run/training_run.h"
+
+#include <fmt/format.h>
+
+#include "sim/trace/trace.h"
+
+namespace memwall {
+
+const char* op_class_name(OpClass c) {
+  switch (c) {
+    case OpClass::Matrix: return "matrix";
+    case OpClass::Attention: return "attention";
+    case OpClass::MemoryBound: return "memory-bound";
+    case OpClass::Optimizer: return "optimizer";
+  }
+  return "?";
+}
+
+namespace {
+
+OpClass classify(const StepNode& n) {
+  if (n.pass == Pass::Optimizer) return OpClass::Optimizer;
+  std::string k = n.op->kind();
+  if (k == "gemm") return OpClass::Matrix;
+  if (k == "attention") return OpClass::Attention;
+  return OpClass::MemoryBound;
+}
+
+}  // namespace
+
+TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fidelity,
+                                 TraceWriter* trace) {
+  TrainingResult r;
+  r.device = device.name();
+  r.model = g.model.name;
+  r.fidelity = fidelity;
+  r.capacity = device.memory().capacity();
+  r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
+  r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
+  r.memory = memory_timeline(g);
+
+  OpSimulator sim(device, fidelity);
+  const double accum = double(g.accumulation_steps);
+  double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
+  Time micro_batch_time, optimizer_time, clock;
+  for (std::size_t i = 0; i < r.memory.order.size(); ++i) {
+    StepVertex v = r.memory.order[i];
+    const StepNode& n = g.node(v);
+    if (i == r.memory.peak_index) r.peak_memory_time = clock;
+    if (!n.op) continue;
+    OpResult o = sim.run(*n.op);
+    NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops,
+                 o.memory_read + o.memory_written, o.time, o.bound, 1};
+    bool per_micro_batch = n.pass != Pass::Optimizer;
+    t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) : 1;
+    double runs = t.executions;
+    (per_micro_batch ? micro_batch_time : optimizer_time) += o.time;
+    r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
+    if (o.bound == "compute") r.compute_bound_time += o.time * runs;
+    else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
+    else r.latency_bound_time += o.time * runs;
+    r.hardware_flops += o.flops * runs;
+    if (n.pass != Pass::Recompute && n.pass != Pass::Optimizer) r.model_flops += o.flops * runs;
+    mem_bytes += t.bytes.count() * runs;
+    if (!o.levels.empty()) {
+      const LevelResult& last = o.levels.back();
+      l2_hits += last.hit_rate * last.lookups * runs;
+      l2_lookups += last.lookups * runs;
+    }
+    if (trace) {
+      trace->span(device.name(), "stream 0", n.name, clock, o.time,
+                  {{"pass", pass_name(n.pass)}, {"bound", o.bound}});
+      trace->counter(device.name(), "memory GiB", clock,
+                     total_bytes(r.memory.during[i]) / (1024.0 * 1024 * 1024));
+    }
+    clock += o.time;
+    r.nodes.push_back(std::move(t));
+  }
+  r.step_time = micro_batch_time * accum + optimizer_time;
+  r.l2_hit_rate = l2_lookups > 0 ? l2_hits / l2_lookups : 0;
+  r.memory_utilisation = mem_bytes / (r.step_time.sec() * device.memory().peak_bandwidth().bps());
+  r.distinct_ops = static_cast<int>(r.nodes.size()) - static_cast<int>(sim.cache_hits());
+  return r;
+}
+
+}  // namespace memwall

@@ -1,0 +1,69 @@
+// Run orchestration: replays a training step's operator graph on a device.
+//
+// This is where the two halves meet: workloads/ builds the StepGraph from a model and a training
+// setup (knowing no hardware), arch/ times each operator on a device (knowing no transformer).
+// The step runs on one stream in the generator's order: each micro-batch's forward, backward and
+// recompute nodes, `accumulation_steps` times, then the optimizer. Identical operators (every
+// layer's QKV GEMM, say) are simulated once per run through OpSimulator's memoisation. Memory
+// over the step comes from the same graph and schedule (workloads/memory), so time and memory
+// describe one run.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "arch/device/device.h"
+#include "arch/ops/simulate.h"
+#include "workloads/memory/timeline.h"
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+
+class TraceWriter;
+
+/// What an operator node is, for the time split.
+enum class OpClass { Matrix, Attention, MemoryBound, Optimizer };
+const char* op_class_name(OpClass c);
+
+/// One graph node with its simulated figures (for one execution).
+struct NodeTiming {
+  std::string name;
+  Pass pass;
+  int layer;
+  OpClass cls;
+  double flops = 0;
+  Bytes bytes{0};       ///< memory bytes moved (read + written)
+  Time time;            ///< one execution
+  std::string bound;
+  int executions = 1;   ///< per optimizer step (micro-batch nodes run accumulation_steps times)
+};
+
+struct TrainingResult {
+  std::string device, model;
+  Fidelity fidelity = Fidelity::Tile;
+  Time step_time;
+  double tokens_per_step = 0;
+  double model_flops = 0;     ///< per step, without recomputation (MFU numerator)
+  double hardware_flops = 0;  ///< per step, with recomputation (HFU numerator)
+  double peak_flops = 0;      ///< device peak for the matmul type, datasheet convention
+  std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
+  Time compute_bound_time, memory_bound_time, latency_bound_time;
+  MemoryTimeline memory;
+  Bytes capacity{0};
+  Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)
+  std::vector<NodeTiming> nodes;  ///< in execution order (one micro-batch, then the optimizer)
+  double l2_hit_rate = 0;         ///< of the last shared cache level, weighted by lookups
+  double memory_utilisation = 0;  ///< memory bytes / (step time x peak bandwidth)
+  int distinct_ops = 0;           ///< operators actually simulated (after memoisation)
+
+  double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
+  double mfu() const { return model_flops / (step_time.sec() * peak_flops); }
+  double hfu() const { return hardware_flops / (step_time.sec() * peak_flops); }
+  bool fits() const { return memory.peak_bytes <= capacity.count(); }
+};
+
+/// Replays `graph` on `device`. Throws std::runtime_error if the device cannot run an operator.
+TrainingResult simulate_training(const StepGraph& graph, Device& device, Fidelity fidelity,
+                                 TraceWriter* trace = nullptr);
+
+}  // namespace memwall
