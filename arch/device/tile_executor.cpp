@@ -39,7 +39,7 @@ class KernelRun {
       for (auto& s : p) s.reset(launch_at);
     }
     clock_ = c.sustained_clock;
-    sync_ = clock_.cycles(c.sync_cycles);
+    sync_ = clock_.cycles(c.sync_cycles * prog.footprint().iterations_per_step);
     int n = c.units * occ;
     slots_.resize(n);
     // Slot i sits on unit i % units, so the first wave spreads over all units before any unit

@@ -18,6 +18,8 @@ constexpr uint64_t kA = 1, kB = 2, kC = 3;
 constexpr int kWarpM = 64, kWarpN = 128;
 // Tile rows grouped together in the launch order (CUTLASS's swizzle width).
 constexpr int kSwizzle = 8;
+// Simulated main-loop events per output tile at most (see GemmProgram's constructor).
+constexpr int64_t kMaxEventsPerTile = 16;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -30,7 +32,11 @@ class GemmProgram : public TileProgram {
   GemmProgram(const GemmOp& g, Tiling t, int cluster) : g_(g), t_(t), cluster_(cluster) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
-    ksteps_ = static_cast<int>(ceil_div(g.k, t.bk));
+    // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
+    // and MACs are the same, and a long K loop costs a bounded number of events.
+    int64_t ksteps = ceil_div(g.k, t.bk);
+    chunk_ = static_cast<int>(ceil_div(ksteps, kMaxEventsPerTile));
+    ksteps_ = static_cast<int>(ceil_div(ksteps, chunk_));
     e_ = dtype_bytes(g.dtype);
     warps_m_ = std::max(1, t.bm / kWarpM);
     warps_n_ = std::max(1, t.bn / kWarpN);
@@ -47,7 +53,8 @@ class GemmProgram : public TileProgram {
     auto [b, im, in] = coords(g);
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
-    int64_t depth = std::min<int64_t>(t_.bk, g_.k - int64_t(s) * t_.bk);
+    int64_t span = int64_t(t_.bk) * chunk_;
+    int64_t depth = std::min<int64_t>(span, g_.k - int64_t(s) * span);
     // Operand tiles go straight to the scratchpad (cp.async.cg / TMA), bypassing L1.
     out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_), 1, false});
     // A cluster of work groups along M receives each B block by one multicast read.
@@ -75,7 +82,9 @@ class GemmProgram : public TileProgram {
     f.scratchpad = Bytes(double(t_.stages) * (t_.bm + t_.bn) * t_.bk * e_);
     // fp32 accumulators plus operand fragments and addressing (about a third more).
     f.registers = Bytes(double(t_.bm) * t_.bn * 4 * 4.0 / 3.0);
-    f.stages = t_.stages;
+    // In chunks, double buffering; the barrier count follows the real K loop.
+    f.stages = chunk_ > 1 ? 2 : t_.stages;
+    f.iterations_per_step = chunk_;
     return f;
   }
 
@@ -97,7 +106,7 @@ class GemmProgram : public TileProgram {
   Tiling t_;
   int cluster_;
   int64_t tm_, tn_;
-  int ksteps_;
+  int ksteps_, chunk_;
   double e_;
   int warps_m_, warps_n_;
 };

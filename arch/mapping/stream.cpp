@@ -12,18 +12,26 @@
 namespace memwall {
 namespace {
 
-// One step moves this many bytes of the widest array: 256 threads x 16-byte vectors x 4 unrolled.
+// One step moves at least this many bytes of the widest array: 256 threads x 16-byte vectors x 4
+// unrolled. Very large streams (an optimizer over billions of parameters) use coarser steps, up
+// to kMaxStepBytes, so that each unit still sees about kStepsPerUnit steps: the bandwidth is
+// then set by the memory system either way, and the event count stays bounded.
 constexpr double kStepBytes = 256 * 16 * 4;
+constexpr double kMaxStepBytes = 1024 * 1024;
+constexpr double kStepsPerUnit = 256;
 constexpr int kStepsPerGroup = 4;
 constexpr int kThreads = 256, kRegsPerThread = 32;
 
 class StreamProgram : public TileProgram {
  public:
-  StreamProgram(const StreamOp& s, Bytes group_registers) : s_(s), registers_(group_registers) {
+  StreamProgram(const StreamOp& s, Bytes group_registers, int units)
+      : s_(s), registers_(group_registers) {
     double widest = 1;
     for (double b : s.in_bytes) widest = std::max(widest, b);
     for (double b : s.out_bytes) widest = std::max(widest, b);
-    step_elems_ = std::max<int64_t>(1, static_cast<int64_t>(kStepBytes / widest));
+    double total = widest * double(s.elements);
+    double step_bytes = std::clamp(total / (units * kStepsPerUnit), kStepBytes, kMaxStepBytes);
+    step_elems_ = std::max<int64_t>(1, static_cast<int64_t>(step_bytes / widest));
     total_steps_ = (s.elements + step_elems_ - 1) / step_elems_;
   }
   std::string name() const override { return s_.kind; }
@@ -71,7 +79,7 @@ std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device)
   // group is one core's thread: it takes what the unit has.
   Bytes regs(double(kThreads) * kRegsPerThread * 4);
   if (device.compute().register_file < regs) regs = device.compute().register_file;
-  return std::make_unique<StreamProgram>(s, regs);
+  return std::make_unique<StreamProgram>(s, regs, device.compute().units);
 }
 
 std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device) {

@@ -92,6 +92,8 @@ struct GroupFootprint {
   /// its warps synchronise per block and nothing staggers them (FlashAttention-3 adds explicit
   /// "ping-pong" scheduling between warp groups precisely to obtain that overlap).
   bool lockstep = false;
+  /// Real main-loop iterations one simulated step stands for (each pays a barrier).
+  int iterations_per_step = 1;
 };
 
 class TileProgram {

@@ -50,11 +50,12 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
                      r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));
   auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
   out += fmt::format(
-      "time      matrix {}  attention {}  memory-bound {}  optimizer {}   |  compute-bound {}  "
-      "memory-bound {}  latency-bound {}\n",
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}   |  bound by compute {}  "
+      "HBM {}  cache {}  latency {}\n",
       pct(share(OpClass::Matrix)), pct(share(OpClass::Attention)), pct(share(OpClass::MemoryBound)),
       pct(share(OpClass::Optimizer)), pct(r.compute_bound_time.sec() / step),
-      pct(r.memory_bound_time.sec() / step), pct(r.latency_bound_time.sec() / step));
+      pct(r.memory_bound_time.sec() / step), pct(r.cache_bound_time.sec() / step),
+      pct(r.latency_bound_time.sec() / step));
   const auto& b = r.memory.peak_breakdown;
   out += fmt::format(
       "memory    {:.1f} of {:.1f} GiB, {}   weights {:.1f}  grads {:.1f}  optimizer {:.1f}  "
@@ -114,6 +115,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"time_by_bound_s",
            {{"compute", r.compute_bound_time.sec()},
             {"memory", r.memory_bound_time.sec()},
+            {"cache", r.cache_bound_time.sec()},
             {"latency", r.latency_bound_time.sec()}}},
           {"memory",
            {{"capacity_gib", r.capacity.count() / kGiB},

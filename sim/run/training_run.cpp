@@ -58,6 +58,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
+    else if (o.bound == "cache") r.cache_bound_time += o.time * runs;
     else r.latency_bound_time += o.time * runs;
     r.hardware_flops += o.flops * runs;
     if (n.pass != Pass::Recompute && n.pass != Pass::Optimizer) r.model_flops += o.flops * runs;

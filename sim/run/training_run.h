@@ -47,7 +47,7 @@ struct TrainingResult {
   double hardware_flops = 0;  ///< per step, with recomputation (HFU numerator)
   double peak_flops = 0;      ///< device peak for the matmul type, datasheet convention
   std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
-  Time compute_bound_time, memory_bound_time, latency_bound_time;
+  Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
   MemoryTimeline memory;
   Bytes capacity{0};
   Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)
