@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -141,7 +142,7 @@ TEST(ValidateCommand, PredictsSupportedCasesAndReportsTheRest) {
   // Cases that were not simulated carry a reason and no figures.
   EXPECT_EQ(rows[3][4], "");
   EXPECT_EQ(rows[3][5], "");
-  EXPECT_NE(rows[3][7].find("kind 'training' is not simulated yet"), std::string::npos);
+  EXPECT_NE(rows[3][7].find("multi-GPU training needs the cluster model"), std::string::npos);
   EXPECT_EQ(rows[4][4], "");
   EXPECT_NE(rows[4][7].find("no-such-gpu"), std::string::npos);
 
@@ -173,6 +174,78 @@ TEST(ValidateCommand, MissingRequiredColumnExitsTwo) {
   EXPECT_EQ(r.status, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("no_measured.csv:1"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("'measured'"), std::string::npos) << r.err;
+}
+
+// Training cases on one GPU run simulate_training (the code path of `memwall run`); on several
+// GPUs they wait for the cluster model. A case that does not fit is `oom` and still predicted.
+const char* kTrainingHeader =
+    "id,kind,device,num_gpus,layers,hidden,ffn_hidden,heads,kv_heads,seq_len,vocab,mlp,dropout,"
+    "global_batch,micro_batch,tp,pp,dp,precision,recompute,flash_attention,metric,measured\n";
+
+TEST(ValidateCommand, OneGpuTrainingCasesAreSimulatedAndMultiGpuOnesWait) {
+  TempDir d;
+  // A two-layer GPT (blank vocab: 50257) with gradient accumulation 2, each training metric once;
+  // then a Llama-style row (swiglu, GQA) and a 64-GPU row.
+  const std::string gpt = "training,a100-sxm4-80gb,1,2,256,,4,,256,,gelu,1,4,2,1,1,1,bf16,none,1,";
+  write(d.file("train.csv"),
+        std::string(kTrainingHeader) + "t_time," + gpt + "iteration_time_s,0.01\n" +
+            "t_tps," + gpt + "tokens_per_s_per_gpu,100000\n" +
+            "t_act," + gpt + "activation_memory_gib,0.1\n" +
+            "t_state," + gpt + "model_state_memory_gib,0.2\n" +
+            "t_llama,training,h100-sxm5-80gb,1,2,256,512,4,2,256,1000,swiglu,,2,,,,,,full,,"
+            "iteration_time_s,0.01\n"
+            "m_multi,training,a100-sxm4-80gb,64,24,2048,,16,,2048,,gelu,1,512,1,2,1,32,fp16,full,0,"
+            "iteration_time_s,3.5\n");
+  CommandRun r = run_memwall(d, "validate --cases '" + d.file("train.csv") + "' --out '" +
+                                    d.file("pred.csv") + "'");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  Rows rows = parse_csv(read(d.file("pred.csv")), "pred.csv", nullptr);
+  ASSERT_EQ(rows.size(), 7u) << read(d.file("pred.csv"));
+  std::map<std::string, std::vector<std::string>> by_id;
+  for (size_t i = 1; i < rows.size(); ++i) by_id[rows[i][0]] = rows[i];
+  for (const char* id : {"t_time", "t_tps", "t_act", "t_state", "t_llama"}) {
+    SCOPED_TRACE(id);
+    ASSERT_EQ(by_id[id].size(), 8u);
+    EXPECT_EQ(by_id[id][6], "ok") << by_id[id][7];
+    EXPECT_GT(std::stod(by_id[id][4]), 0);
+  }
+  double step = std::stod(by_id["t_time"][4]);
+  // tokens/s per GPU = global_batch x seq_len / iteration time on one GPU.
+  EXPECT_NEAR(std::stod(by_id["t_tps"][4]), 4 * 256 / step, 1e-4 * 4 * 256 / step);
+  // Model state: 16 bytes per parameter of mixed-precision Adam. Two GPT layers of width 256
+  // (12 h^2 + 13 h each), the tied 50257-row embedding, 256 learned positions and the final norm.
+  double h = 256, params = 2 * (12 * h * h + 13 * h) + 50257 * h + 256 * h + 2 * h;
+  EXPECT_NEAR(std::stod(by_id["t_state"][4]), 16 * params / (1024.0 * 1024 * 1024), 1e-5);
+  EXPECT_GT(std::stod(by_id["t_act"][4]), 0);
+  EXPECT_LT(std::stod(by_id["t_act"][4]), 1.0);
+  EXPECT_EQ(by_id["m_multi"][6], "unsupported");
+  EXPECT_EQ(by_id["m_multi"][4], "");
+  EXPECT_NE(by_id["m_multi"][7].find("multi-GPU training needs the cluster model (issue 4)"),
+            std::string::npos);
+  EXPECT_NE(r.out.find("5 ok, 1 unsupported, 0 error"), std::string::npos) << r.out;
+}
+
+TEST(ValidateCommand, TrainingCaseThatDoesNotFitIsOomWithItsPrediction) {
+  TempDir d;
+  // One layer of width 32768: 12.9 billion parameters, 16 bytes each, on a 40 GB A100.
+  write(d.file("oom.csv"),
+        std::string(kTrainingHeader) +
+            "big_state,training,a100-sxm4-40gb,1,1,32768,,64,,128,,gelu,0,1,,,,,bf16,,,"
+            "model_state_memory_gib,200\n"
+            "no_seq,training,a100-sxm4-40gb,1,1,256,,4,2,,,,,1,,,,,,,,iteration_time_s,1\n");
+  CommandRun r = run_memwall(d, "validate --fidelity analytical --cases '" + d.file("oom.csv") +
+                                    "' --out '" + d.file("pred.csv") + "'");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  Rows rows = parse_csv(read(d.file("pred.csv")), "pred.csv", nullptr);
+  ASSERT_EQ(rows.size(), 3u) << read(d.file("pred.csv"));
+  EXPECT_EQ(rows[1][6], "oom") << rows[1][7];
+  EXPECT_GT(std::stod(rows[1][4]), 150) << "the prediction of a case that does not fit is kept";
+  EXPECT_NE(rows[1][5], "");
+  EXPECT_NE(rows[1][7].find("exceeds"), std::string::npos) << rows[1][7];
+  // A blank seq_len is a case error naming the column, not a malformed file.
+  EXPECT_EQ(rows[2][6], "error");
+  EXPECT_NE(rows[2][7].find("'seq_len'"), std::string::npos) << rows[2][7];
+  EXPECT_NE(r.out.find("oom"), std::string::npos) << r.out;
 }
 
 }  // namespace

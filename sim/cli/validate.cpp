@@ -16,6 +16,10 @@
 //   simulated once. Simulated ops are spawned processes on the one SystemC kernel; no module is
 //   built, so any number of devices can be loaded after the kernel has started.
 // - Predicted values use exactly the README's metric definitions, applied to the simulated time.
+// - A `training` case on one GPU builds a model and a training setup from the row and runs
+//   simulate_training, the code path of `memwall run`. One that does not fit in the device's
+//   memory is `oom`, with its prediction still given. Multi-GPU training is `unsupported` until
+//   the cluster model exists.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,6 +38,10 @@
 #include "arch/ops/simulate.h"
 #include "sim/cli/commands.h"
 #include "sim/config/error.h"
+#include "sim/run/training_run.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
+#include "workloads/training/step_graph.h"
 
 namespace memwall {
 
@@ -169,6 +177,11 @@ const std::map<std::string, CellType>& checked_columns() {
 const std::map<std::string, std::string>& simulated_metrics() {
   static const std::map<std::string, std::string> m = {
       {"gemm", "tflops"}, {"attention", "fwd_bwd_tflops"}, {"memcopy", "gbps"}, {"stream_triad", "gbps"}};
+  return m;
+}
+const std::set<std::string>& training_metrics() {
+  static const std::set<std::string> m = {"iteration_time_s", "tokens_per_s_per_gpu",
+                                          "activation_memory_gib", "model_state_memory_gib"};
   return m;
 }
 const std::set<std::string>& documented_kinds() {
@@ -315,6 +328,8 @@ struct Prediction {
   int line = 0;
   double measured = 0, predicted = 0;
   double error() const { return predicted / measured - 1; }  // signed, a fraction
+  /// ok, or oom (a training case that does not fit: its figures are still predicted).
+  bool has_prediction() const { return status == "ok" || status == "oom"; }
 };
 
 /// The op a case describes and the metric's numerator: predicted = numerator / time.
@@ -387,6 +402,11 @@ class DevicePool {
     if (!it->second.error.empty()) throw CaseError(it->second.error);
     return *it->second.sim;
   }
+  Device& device(const std::string& name) {
+    simulator(name);
+    return *entries_.at(name).device;
+  }
+  Fidelity fidelity() const { return fidelity_; }
 
  private:
   struct Entry {
@@ -397,6 +417,107 @@ class DevicePool {
   Fidelity fidelity_;
   std::map<std::string, Entry> entries_;
 };
+
+// ---- training cases ---------------------------------------------------------------------------
+
+constexpr double kGiB = 1024.0 * 1024 * 1024;
+
+/// The decoder a training row describes. Blank cells: ffn_hidden 4 x hidden, kv_heads = heads,
+/// vocab 50257, mlp gelu; the rest follows the MLP type: gelu is a GPT/Megatron layer (LayerNorm,
+/// biases, learned positions, tied embeddings, dropout on unless the row says 0), swiglu a Llama
+/// layer (RMSNorm, no biases, rotary positions, untied embeddings, dropout off unless 1).
+TransformerModel training_model(const Case& c) {
+  TransformerModel m;
+  m.name = c.id();
+  m.layers = need_count(c, "layers");
+  m.hidden = need_count(c, "hidden");
+  m.ffn_hidden = c.blank("ffn_hidden") ? 4 * m.hidden : c.count("ffn_hidden");
+  m.heads = need_count(c, "heads");
+  m.kv_heads = c.blank("kv_heads") ? m.heads : c.count("kv_heads");
+  if (m.kv_heads > m.heads || m.heads % m.kv_heads != 0)
+    throw CaseError(fmt::format("heads {} is not a multiple of kv_heads {}", m.heads, m.kv_heads));
+  if (m.hidden % m.heads != 0)
+    throw CaseError(fmt::format("hidden {} is not a multiple of heads {}", m.hidden, m.heads));
+  m.head_dim = m.hidden / m.heads;
+  m.seq_len = need_count(c, "seq_len");
+  m.vocab = c.blank("vocab") ? 50257 : c.count("vocab");
+  std::string mlp = c.blank("mlp") ? "gelu" : lower(c.get("mlp"));
+  if (mlp != "gelu" && mlp != "swiglu")
+    throw CaseError(fmt::format("mlp '{}' is not gelu or swiglu", c.get("mlp")));
+  bool gpt = mlp == "gelu";
+  m.mlp = gpt ? MlpType::Gelu : MlpType::SwiGlu;
+  m.norm = gpt ? NormType::LayerNorm : NormType::RmsNorm;
+  m.positions = gpt ? PositionType::Learned : PositionType::Rotary;
+  m.max_position = gpt ? m.seq_len : 0;
+  m.tied_embeddings = gpt;
+  m.bias = gpt;
+  m.dropout = flag(c, "dropout", gpt);
+  return m;
+}
+
+/// The training setup of a row. Blank cells: micro_batch 1, precision bf16, recompute none,
+/// flash_attention 1.
+TrainingSetup training_setup(const Case& c) {
+  TrainingSetup t;
+  t.global_batch = need_count(c, "global_batch");
+  t.micro_batch = c.blank("micro_batch") ? 1 : c.count("micro_batch");
+  if (t.global_batch % t.micro_batch != 0)
+    throw CaseError(fmt::format("global_batch {} is not a multiple of micro_batch {}",
+                                t.global_batch, t.micro_batch));
+  std::string p = c.blank("precision") ? "bf16" : lower(c.get("precision"));
+  if (p == "bf16") t.precision = Precision::BF16;
+  else if (p == "fp16") t.precision = Precision::FP16;
+  else if (p == "fp32") t.precision = Precision::FP32;
+  else if (p == "fp8") t.precision = Precision::FP8;
+  else throw CaseError(fmt::format("precision '{}' is not a training precision (bf16, fp16, fp32 "
+                                   "or fp8)", p));
+  std::string r = c.blank("recompute") ? "none" : lower(c.get("recompute"));
+  if (r == "none") t.recompute = Recompute::None;
+  else if (r == "selective") t.recompute = Recompute::Selective;
+  else if (r == "full") t.recompute = Recompute::Full;
+  else throw CaseError(fmt::format("recompute '{}' is not none, selective or full", c.get("recompute")));
+  t.flash_attention = flag(c, "flash_attention", true);
+  return t;
+}
+
+/// Simulates a one-GPU training case; sets predicted and status (ok or oom).
+void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
+  std::string metric = lower(p.metric);
+  if (!training_metrics().count(metric))
+    throw CaseError(fmt::format("metric '{}' is not defined for kind 'training' (expected "
+                                "iteration_time_s, tokens_per_s_per_gpu, activation_memory_gib "
+                                "or model_state_memory_gib)",
+                                p.metric));
+  for (const char* col : {"tp", "pp", "dp", "cp", "ep"})
+    if (!c.blank(col) && c.count(col) != 1)
+      throw CaseError(fmt::format("column '{}' is {} but num_gpus is 1", col, c.get(col)));
+  TransformerModel m = training_model(c);
+  TrainingSetup t = training_setup(c);
+  Device& device = pool.device(c.get("device"));
+  DType mm = t.matmul_dtype();
+  if (!device.compute().supports(mm))
+    throw CaseError(fmt::format("the device '{}' has no {} arithmetic", device.name(),
+                                dtype_name(mm)));
+  StepGraph g = build_step_graph(m, t);
+  TrainingResult r = simulate_training(g, device, pool.fidelity());
+  double step = r.step_time.sec();
+  if (!(step > 0) || !std::isfinite(step))
+    throw CaseError(fmt::format("the simulated step time {} s is not positive", step));
+  if (metric == "iteration_time_s") p.predicted = step;
+  else if (metric == "tokens_per_s_per_gpu") p.predicted = r.tokens_per_s();
+  else if (metric == "activation_memory_gib")
+    p.predicted = r.memory.max_of(TensorClass::Activations) / kGiB;
+  else
+    p.predicted = (g.state_bytes(TensorClass::Weights) + g.state_bytes(TensorClass::Gradients) +
+                   g.state_bytes(TensorClass::Optimizer)) / kGiB;
+  if (r.fits()) {
+    p.status = "ok";
+  } else {
+    p.status = "oom";
+    p.reason = fmt::format("peak memory {:.1f} GiB exceeds the device's {:.1f} GiB",
+                           r.memory.peak_bytes / kGiB, r.capacity.count() / kGiB);
+  }
+}
 
 Prediction predict(const Case& c, DevicePool& pool) {
   Prediction p;
@@ -411,6 +532,20 @@ Prediction predict(const Case& c, DevicePool& pool) {
     p.reason = fmt::format("unknown kind '{}' (expected training, gemm, attention, allreduce, "
                            "memcopy or stream_triad)",
                            p.kind);
+    return p;
+  }
+  if (p.kind == "training") {
+    if (!c.blank("num_gpus") && c.count("num_gpus") > 1) {
+      p.status = "unsupported";
+      p.reason = "multi-GPU training needs the cluster model (issue 4)";
+      return p;
+    }
+    try {
+      predict_training(c, pool, p);
+    } catch (const std::exception& e) {
+      p.status = "error";
+      p.reason = e.what();
+    }
     return p;
   }
   auto m = simulated_metrics().find(p.kind);
@@ -447,7 +582,7 @@ std::string fmt_value(double v) { return fmt::format("{:.6g}", v); }
 std::string predictions_csv(const std::vector<Prediction>& ps) {
   std::string out = "id,kind,metric,measured,predicted,error_pct,status,reason\n";
   for (const auto& p : ps) {
-    bool ok = p.status == "ok";
+    bool ok = p.has_prediction();
     out += fmt::format("{},{},{},{},{},{},{},{}\n", csv_quote(p.id), csv_quote(p.kind),
                        csv_quote(p.metric), csv_quote(p.measured_text),
                        ok ? fmt_value(p.predicted) : "", ok ? fmt::format("{:.3f}", 100 * p.error()) : "",
@@ -462,18 +597,21 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
   size_t idw = 4;
   for (const auto& p : ps)
     if (p.status != "unsupported") idw = std::max(idw, p.id.size());
-  int n_ok = 0, n_unsupported = 0, n_error = 0;
+  int n_ok = 0, n_oom = 0, n_unsupported = 0, n_error = 0;
   for (const auto& p : ps)
-    (p.status == "ok" ? n_ok : p.status == "unsupported" ? n_unsupported : n_error)++;
+    (p.status == "ok"            ? n_ok
+     : p.status == "oom"         ? n_oom
+     : p.status == "unsupported" ? n_unsupported
+                                 : n_error)++;
 
   out += fmt::format("memwall validate · {} · {} cases · fidelity {}\n", file, ps.size(),
                      fidelity_name(f));
-  if (n_ok + n_error > 0) {
+  if (n_ok + n_oom + n_error > 0) {
     out += fmt::format("\n{:<{}}  {:<16} {:>12} {:>12} {:>9}  {}\n", "case", idw, "metric",
                        "measured", "predicted", "error", "status");
     for (const auto& p : ps) {
       if (p.status == "unsupported") continue;
-      bool ok = p.status == "ok";
+      bool ok = p.has_prediction();
       out += fmt::format("{:<{}}  {:<16} {:>12} {:>12} {:>9}  {}\n", p.id, idw, p.metric,
                          p.measured_text, ok ? fmt_value(p.predicted) : "-",
                          ok ? fmt::format("{:+.1f}%", 100 * p.error()) : "-", p.status);
@@ -490,7 +628,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
   std::vector<Group> groups;
   Group all{"all", "", 0, 0, 0, 0, ""};
   for (const auto& p : ps) {
-    if (p.status != "ok") continue;
+    if (!p.has_prediction()) continue;
     std::string src = source_of(p.id);
     auto g = std::find_if(groups.begin(), groups.end(),
                           [&](const Group& x) { return x.source == src && x.kind == p.kind; });
@@ -537,13 +675,19 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
     for (const auto& [kind, e] : by_kind)
       out += fmt::format("  {:<14} {:>5}  {}\n", kind, e.first, e.second);
   }
+  if (n_oom > 0) {
+    out += fmt::format("\ndoes not fit in memory (oom, still predicted): {} cases\n", n_oom);
+    for (const auto& p : ps)
+      if (p.status == "oom") out += fmt::format("  {} (line {}): {}\n", p.id, p.line, p.reason);
+  }
   if (n_error > 0) {
     out += fmt::format("\nerrors: {} cases\n", n_error);
     for (const auto& p : ps)
       if (p.status == "error") out += fmt::format("  {} (line {}): {}\n", p.id, p.line, p.reason);
   }
-  out += fmt::format("\n{} ok, {} unsupported, {} error; simulated in {:.2f} s\n", n_ok,
-                     n_unsupported, n_error, wall_s);
+  out += fmt::format("\n{} ok, {}{} unsupported, {} error; simulated in {:.2f} s\n", n_ok,
+                     n_oom > 0 ? fmt::format("{} oom, ", n_oom) : "", n_unsupported, n_error,
+                     wall_s);
   return out;
 }
 
