@@ -16,6 +16,7 @@
 
 #include "arch/device/device.h"
 #include "arch/ops/simulate.h"
+#include "sim/cli/experiment.h"
 #include "sim/run/training_run.h"
 #include "sim/trace/trace.h"
 #include "workloads/memory/timeline.h"
@@ -245,6 +246,32 @@ TEST(TrainingRun, TraceHasSpansAndAMemoryCounter) {
   EXPECT_GT(max_gib, 0);
   EXPECT_LE(max_gib, run.result.memory.peak_bytes / kGiB * (1 + 1e-9));
   EXPECT_GT(max_gib, 0.5 * run.result.memory.peak_bytes / kGiB);
+}
+
+// The training experiments shipped in configs/experiments/training/ load as training runs (a
+// model, a setup the device supports) and build their step graphs. (configs_test.cpp checks the
+// operator experiments one directory up.)
+TEST(TrainingRun, ShippedTrainingExperimentsLoad) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(MEMWALL_SOURCE_DIR) / "configs" / "experiments" / "training";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    ++n;
+    try {
+      Experiment x = load_experiment(e.path().string(), {});
+      ASSERT_TRUE(x.model.has_value());
+      EXPECT_TRUE(x.ops.empty());
+      EXPECT_EQ(x.name, e.path().stem().string());
+      EXPECT_EQ(x.training.global_batch % x.training.micro_batch, 0);
+      StepGraph g = build_step_graph(*x.model, x.training);
+      EXPECT_GT(g.step_flops(), 0);
+    } catch (const std::exception& ex) {
+      ADD_FAILURE() << ex.what();
+    }
+  }
+  EXPECT_GE(n, 6);
 }
 
 }  // namespace
