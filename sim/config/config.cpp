@@ -457,8 +457,15 @@ YAML::Node resolved(const YAML::Node& node, const Schema& schema_in) {
     if (node[p.name]) out[p.name] = YAML::Clone(node[p.name]);
     else if (p.default_value) out[p.name] = *p.default_value;
   }
-  for (const auto& [k, sub] : schema.sections)
+  for (const auto& [k, sub] : schema.sections) {
+    // An absent section whose schema has required keys stays absent (e.g. no `model:` in an
+    // operator experiment); otherwise its defaults are written out.
+    bool has_required = std::any_of(sub->params.begin(), sub->params.end(), [](const ParamSpec& p) {
+      return !p.default_value && !p.optional;
+    });
+    if (!node[k] && (has_required || !sub->interface.empty() && sub->default_impl.empty())) continue;
     out[k] = resolved(node[k] ? node[k] : YAML::Node(YAML::NodeType::Map), *sub);
+  }
   for (const auto& [k, sub] : schema.named_sections) {
     if (!node[k]) continue;
     YAML::Node m(YAML::NodeType::Map);
