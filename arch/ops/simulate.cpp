@@ -7,6 +7,7 @@
 
 #include "arch/device/tile_executor.h"
 #include "arch/mapping/mapping.h"
+#include "sim/stats/stats.h"
 #include "sim/trace/trace.h"
 
 namespace memwall {
@@ -113,7 +114,8 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   const ComputeSpec& c = device_.compute();
   std::vector<double> level_hits(device_.caches().size()), level_total(device_.caches().size());
   std::vector<Bytes> level_bytes(device_.caches().size(), Bytes(0));
-  Time matrix_busy, vector_busy, sfu_busy;
+  Time matrix_busy, vector_busy, sfu_busy, smem_busy;
+  Bytes noc_bytes(0);
   Time op_start(sc_core::sc_time_stamp().to_seconds());
   for (const auto& k : kernels) {
     KernelStats ks = exec.execute(*k);
@@ -122,6 +124,8 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
     matrix_busy += ks.pipe_busy[static_cast<int>(Pipe::Matrix)];
     vector_busy += ks.pipe_busy[static_cast<int>(Pipe::Vector)];
     sfu_busy += ks.pipe_busy[static_cast<int>(Pipe::Sfu)];
+    smem_busy += ks.pipe_busy[static_cast<int>(Pipe::Scratchpad)];
+    noc_bytes += device_.noc().bytes();
     r.memory_read += device_.memory().bytes_read();
     r.memory_written += device_.memory().bytes_written();
     for (size_t i = 0; i < device_.caches().size(); ++i) {
@@ -158,6 +162,39 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   }
   r.cache_utilisation = cache_util;
   r.bound = classify(compute_util, mem_util, cache_util);
+
+  StatGroup& dev = r.stats;
+  dev = StatGroup(device_.name());
+  dev.add("time", t, "s", "wall time of the op on the device, launch overheads included")
+      .add("kernels", r.kernels, "count", "kernels the op was mapped to")
+      .add("events", double(r.events), "count", "work-group process activations simulated");
+  dev.group("compute")
+      .add("matrix_busy", matrix_busy.sec(), "s", "matrix-pipe busy time summed over units")
+      .add("vector_busy", vector_busy.sec(), "s", "vector-pipe busy time summed over units")
+      .add("sfu_busy", sfu_busy.sec(), "s", "special-function busy time summed over units")
+      .add("scratchpad_busy", smem_busy.sec(), "s", "scratchpad busy time summed over units")
+      .add("matrix_utilisation", r.matrix_utilisation, "fraction", "matrix busy / (time x units)");
+  StatGroup& caches = dev.group("caches");
+  for (size_t i = 0; i < device_.caches().size(); ++i) {
+    const auto& level = device_.caches()[i];
+    caches.group(level->name())
+        .add("lookups", level_total[i], "count", "block lookups")
+        .add("hits", level_hits[i], "count", "block lookups that hit")
+        .add("hit_rate", r.levels[i].hit_rate, "fraction", "hits / lookups")
+        .add("bytes", level_bytes[i].count(), "B", "bytes the level's ports moved")
+        .add("port_utilisation",
+             level->bandwidth().is_infinite()
+                 ? 0.0
+                 : level_bytes[i].count() /
+                       (t * level->bandwidth().bps() *
+                        (level->scope() == CacheScope::Private ? c.units : 1)),
+             "fraction", "bytes / (time x bandwidth of all instances)");
+  }
+  dev.group("noc").add("bytes", noc_bytes.count(), "B", "bytes across the on-chip network");
+  dev.group("memory")
+      .add("read", r.memory_read.count(), "B", "bytes read from the memory tier")
+      .add("written", r.memory_written.count(), "B", "bytes written to the memory tier")
+      .add("utilisation", r.memory_utilisation, "fraction", "bytes / (time x peak bandwidth)");
   if (trace_)
     trace_->counter(device_.name(), "memory GB/s", op_start,
                     (r.memory_read + r.memory_written).count() / t * 1e-9);

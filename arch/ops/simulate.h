@@ -14,6 +14,7 @@
 
 #include "arch/device/device.h"
 #include "arch/ops/op.h"
+#include "sim/stats/stats.h"
 
 namespace memwall {
 
@@ -47,6 +48,7 @@ struct OpResult {
   int kernels = 0;
   long events = 0;
   bool memoised = false;
+  StatGroup stats;  ///< the device's statistics tree for this op (tile fidelity)
 
   FlopRate achieved() const { return FlopRate(flops / time.sec()); }
   Bandwidth memory_bandwidth() const {

@@ -74,7 +74,8 @@ nlohmann::json op_json(const OpResult& r, const Device& d) {
           {"cache_levels", levels},
           {"kernels", r.kernels},
           {"events", r.events},
-          {"memoised", r.memoised}};
+          {"memoised", r.memoised},
+          {"stats", r.stats.to_json()}};
 }
 
 nlohmann::json device_json(const Device& d) {
