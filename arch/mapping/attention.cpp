@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "arch/device/tile_executor.h"
 #include "arch/mapping/mapping.h"
 
 namespace memwall {
@@ -184,13 +185,28 @@ class FlashBackward : public TileProgram {
   int64_t mblocks_, nblocks_;
 };
 
+// FlashAttention-2's tiles for the head size, halved (the larger side first) until a work group
+// fits the unit's scratchpad and registers, as ports to 64 KiB-LDS GPUs do. When even 16 x 16
+// does not fit, the largest tile is returned and the executor reports what does not fit.
+template <class Kernel>
+std::unique_ptr<TileProgram> fitting(const AttentionOp& a, AttnTiles t, const Device& dev) {
+  auto k = std::make_unique<Kernel>(a, t);
+  auto first = std::make_unique<Kernel>(a, t);
+  while (occupancy(dev.compute(), k->footprint()) < 1 && (t.bm > 16 || t.bn > 16)) {
+    if (t.bn >= t.bm && t.bn > 16) t.bn /= 2;
+    else t.bm /= 2;
+    k = std::make_unique<Kernel>(a, t);
+  }
+  return occupancy(dev.compute(), k->footprint()) >= 1 ? std::move(k) : std::move(first);
+}
+
 }  // namespace
 
 std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& dev) {
   std::vector<std::unique_ptr<TileProgram>> out;
   bool fwd = a.pass != AttentionPass::Backward, bwd = a.pass != AttentionPass::Forward;
   if (a.fused) {
-    if (fwd) out.push_back(std::make_unique<FlashForward>(a, fwd_tiles(a.head_dim)));
+    if (fwd) out.push_back(fitting<FlashForward>(a, fwd_tiles(a.head_dim), dev));
     if (bwd) {
       // Preprocessing: D = rowsum(dO * O), read dO and O, write D; then the main kernel; then
       // the fp32 dQ accumulator is converted to the output type.
@@ -199,7 +215,7 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
       StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim}, 4, 0, 0,
                    DType::FP32};
       out.push_back(map_stream(pre, dev));
-      out.push_back(std::make_unique<FlashBackward>(a, bwd_tiles(a.head_dim)));
+      out.push_back(fitting<FlashBackward>(a, bwd_tiles(a.head_dim), dev));
       StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32};
       out.push_back(map_stream(post, dev));
     }
