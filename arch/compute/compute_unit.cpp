@@ -83,7 +83,15 @@ const Schema& simt_schema() {
                          "together (Hopper thread-block clusters with TMA multicast: 2 or more); "
                          "1 means no multicast.");
     mc.positive = true;
-    x.params = {units, boost, sus, mboost, sfu, rf, smem, smem_bw, groups, sync, mc};
+    ParamSpec acc = param("accumulator_memory", ParamType::Bytes, "B", "0 B",
+                          "Dedicated accumulator storage for matrix products per unit (Blackwell's "
+                          "tensor memory); 0 B: accumulators live in the register file.");
+    acc.min = 0;
+    ParamSpec direct = param("matrix_operands_from_scratchpad", ParamType::Bool, "", "false",
+                             "The matrix unit reads operand tiles straight from the scratchpad, "
+                             "once per work group (Blackwell tcgen05), instead of each warp "
+                             "loading its fragments into registers (mma.sync, Ampere).");
+    x.params = {units, boost, sus, mboost, sfu, rf, smem, smem_bw, groups, sync, mc, acc, direct};
     x.sections = {{"matrix", &matrix_schema()}, {"vector", &vector_schema()}};
     return x;
   }();
@@ -114,6 +122,8 @@ ComputeSpec ComputeSpec::from_config(const Config& c) {
   s.max_resident_groups = static_cast<int>(c.get_int("max_resident_groups"));
   s.sync_cycles = c.get_real("sync_cycles");
   s.multicast_cluster = static_cast<int>(c.get_int("multicast_cluster"));
+  s.accumulator_memory = c.get_bytes("accumulator_memory");
+  s.matrix_operands_from_scratchpad = c.get_bool("matrix_operands_from_scratchpad");
   Config m = c.section("matrix"), v = c.section("vector");
   const auto& names = dtype_names();
   for (size_t i = 0; i < names.size(); ++i) {

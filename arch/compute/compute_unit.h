@@ -35,6 +35,10 @@ struct ComputeSpec {
   int max_resident_groups = 1;    ///< work groups (CTAs) resident per unit at most
   double sync_cycles = 0;         ///< barrier and loop bookkeeping per main-loop step
   int multicast_cluster = 1;      ///< units that can share one shared-level read (TMA multicast)
+  Bytes accumulator_memory{0};    ///< dedicated matrix accumulator storage per unit (TMEM); 0: none
+  /// True when the matrix unit reads its operands straight from the scratchpad, once per
+  /// group (Blackwell tcgen05); false when warps load fragments into registers (mma.sync).
+  bool matrix_operands_from_scratchpad = false;
 
   static ComputeSpec from_config(const Config& c);
 

@@ -15,7 +15,10 @@ namespace memwall {
 int occupancy(const ComputeSpec& c, const GroupFootprint& f) {
   double by_smem = f.scratchpad.count() > 0 ? c.shared_memory.count() / f.scratchpad.count() : 1e9;
   double by_regs = f.registers.count() > 0 ? c.register_file.count() / f.registers.count() : 1e9;
-  double occ = std::min({static_cast<double>(c.max_resident_groups), by_smem, by_regs});
+  double by_acc = f.accumulators.count() > 0
+                      ? c.accumulator_memory.count() / f.accumulators.count()
+                      : 1e9;
+  double occ = std::min({static_cast<double>(c.max_resident_groups), by_smem, by_regs, by_acc});
   return static_cast<int>(std::floor(occ));
 }
 

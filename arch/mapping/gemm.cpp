@@ -29,7 +29,9 @@ struct Tiling {
 
 class GemmProgram : public TileProgram {
  public:
-  GemmProgram(const GemmOp& g, Tiling t, int cluster) : g_(g), t_(t), cluster_(cluster) {
+  GemmProgram(const GemmOp& g, Tiling t, const ComputeSpec& c)
+      : g_(g), t_(t), cluster_(c.multicast_cluster), acc_mem_(c.accumulator_memory),
+        direct_(c.matrix_operands_from_scratchpad) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
     // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
@@ -62,7 +64,8 @@ class GemmProgram : public TileProgram {
                          static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
     // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs.
     double macs = double(t_.bm) * t_.bn * depth;
-    double smem = (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;
+    double smem = direct_ ? (double(t_.bm) + t_.bn) * depth * e_
+                          : (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;
     out.phases.push_back(
         {{{Pipe::Matrix, macs, g_.dtype}, {Pipe::Scratchpad, smem, g_.dtype}}});
   }
@@ -80,8 +83,15 @@ class GemmProgram : public TileProgram {
   GroupFootprint footprint() const override {
     GroupFootprint f;
     f.scratchpad = Bytes(double(t_.stages) * (t_.bm + t_.bn) * t_.bk * e_);
-    // fp32 accumulators plus operand fragments and addressing (about a third more).
-    f.registers = Bytes(double(t_.bm) * t_.bn * 4 * 4.0 / 3.0);
+    // fp32 accumulators, in registers or in dedicated accumulator memory when the unit has
+    // enough, plus operand fragments and addressing (about a third of the accumulator size).
+    Bytes acc(double(t_.bm) * t_.bn * 4);
+    if (acc_mem_ >= acc) {
+      f.accumulators = acc;
+      f.registers = acc / 3.0;
+    } else {
+      f.registers = acc * (4.0 / 3.0);
+    }
     // In chunks, double buffering; the barrier count follows the real K loop.
     f.stages = chunk_ > 1 ? 2 : t_.stages;
     f.iterations_per_step = chunk_;
@@ -105,6 +115,8 @@ class GemmProgram : public TileProgram {
   GemmOp g_;
   Tiling t_;
   int cluster_;
+  Bytes acc_mem_;
+  bool direct_;
   int64_t tm_, tn_;
   int ksteps_, chunk_;
   double e_;
@@ -133,7 +145,7 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
         for (int stages : {2, 3, 4}) {
           int bk = std::max(8, static_cast<int>(bk_bytes / e));
           Tiling t{bm, bn, bk, stages};
-          GemmProgram p(g, t, c.multicast_cluster);
+          GemmProgram p(g, t, c);
           int occ = occupancy(c, p.footprint());
           if (occ < 1) continue;
           double tiles = double(p.groups());
@@ -160,8 +172,7 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
 }  // namespace
 
 std::unique_ptr<TileProgram> map_gemm(const GemmOp& g, const Device& device) {
-  return std::make_unique<GemmProgram>(g, choose_tiling(g, device),
-                                       device.compute().multicast_cluster);
+  return std::make_unique<GemmProgram>(g, choose_tiling(g, device), device.compute());
 }
 
 }  // namespace memwall

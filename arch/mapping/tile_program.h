@@ -86,6 +86,7 @@ struct Step {
 struct GroupFootprint {
   Bytes scratchpad{0};
   Bytes registers{0};
+  Bytes accumulators{0};  ///< held in the unit's dedicated accumulator memory, if it has one
   int stages = 2;  ///< buffers per operand: 2 is double buffering
   /// True when the groups resident on a unit advance in lockstep, so one group's phase on one
   /// pipe does not overlap another group's phase on a different pipe. FlashAttention-2 behaves so:
