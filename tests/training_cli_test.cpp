@@ -27,7 +27,8 @@ const std::string kBinary = MEMWALL_BINARY;
 const fs::path kSource = MEMWALL_SOURCE_DIR;
 const fs::path kGolden = kSource / "tests" / "data" / "golden_gpt2_124m_a100.txt";
 // The small fixed configuration of the golden summary and of most tests here.
-const std::string kSmall = "--device a100-sxm4-80gb --model gpt2-124m --micro-batch 2 --seq-len 256";
+const std::string kSmall =
+    "--device a100-sxm4-80gb --model gpt2-124m --micro-batch 2 --seq-len 256";
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);
@@ -89,7 +90,9 @@ class TrainingCli : public ::testing::Test {
     Result r = run(args);
     EXPECT_EQ(r.status, 2) << "stdout: " << r.out << "\nstderr: " << r.err;
     EXPECT_TRUE(has(r.err, "'" + key + "'")) << "expected key '" << key << "' in: " << r.err;
-    if (!also.empty()) EXPECT_TRUE(has(r.err, also)) << "expected '" << also << "' in: " << r.err;
+    if (!also.empty()) {
+      EXPECT_TRUE(has(r.err, also)) << "expected '" << also << "' in: " << r.err;
+    }
     EXPECT_FALSE(has(r.err, "terminate")) << r.err;
     EXPECT_FALSE(has(r.out, "step ")) << "a summary was printed for bad input: " << r.out;
   }
@@ -121,8 +124,8 @@ TEST_F(TrainingCli, JsonHasTheDocumentedKeysAndCsvWritesTwoTables) {
   EXPECT_NEAR(j["tokens_per_s"].get<double>() * j["step_time_s"].get<double>(), 2 * 256, 1e-6);
   ASSERT_TRUE(j.contains("memory"));
   const auto& m = j["memory"];
-  for (const char* k : {"capacity_gib", "peak_gib", "weights_gib", "gradients_gib",
-                        "optimizer_gib", "activations_gib"}) {
+  for (const char* k : {"capacity_gib", "peak_gib", "weights_gib", "gradients_gib", "optimizer_gib",
+                        "activations_gib"}) {
     ASSERT_TRUE(m.contains(k)) << "memory." << k;
     EXPECT_GT(m[k].get<double>(), 0) << "memory." << k;
   }
@@ -231,7 +234,8 @@ std::string normalise(const std::string& text) {
     bool in_name = std::isalnum(static_cast<unsigned char>(prev)) || prev == '-' || prev == '_';
     if (std::isdigit(static_cast<unsigned char>(c)) && !in_name) {
       while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
-      if (i + 1 < text.size() && text[i] == '.' && std::isdigit(static_cast<unsigned char>(text[i + 1]))) {
+      if (i + 1 < text.size() && text[i] == '.' &&
+          std::isdigit(static_cast<unsigned char>(text[i + 1]))) {
         ++i;
         while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
       }
@@ -263,9 +267,9 @@ std::string normalise(const std::string& text) {
       while (std::getline(items, item, ',')) {
         size_t start = item.find_first_not_of(' ');
         size_t sp = item.rfind(' ');
-        entries += (entries.empty() ? "" : ", ") +
-                   (sp == std::string::npos || sp < start ? item.substr(start)
-                                                          : "OP" + item.substr(sp));
+        entries +=
+            (entries.empty() ? "" : ", ") +
+            (sp == std::string::npos || sp < start ? item.substr(start) : "OP" + item.substr(sp));
       }
       line = head + entries;
     }
@@ -291,7 +295,8 @@ TEST_F(TrainingCli, SummaryMatchesTheGolden) {
     std::printf("[ golden   ] rewrote %s\n", kGolden.c_str());
     return;
   }
-  ASSERT_TRUE(fs::exists(kGolden)) << kGolden << " is missing; create it with MEMWALL_UPDATE_GOLDEN=1";
+  ASSERT_TRUE(fs::exists(kGolden))
+      << kGolden << " is missing; create it with MEMWALL_UPDATE_GOLDEN=1";
   std::string want = read_file(kGolden);
   EXPECT_EQ(got, want) << "the summary's layout changed. Raw output:\n"
                        << r.out

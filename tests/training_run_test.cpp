@@ -3,6 +3,8 @@
 // under 1, gradient accumulation repeats the micro-batch and not the optimizer, recomputation
 // trades activation memory for time, a design that does not fit is still a result, and more
 // memory bandwidth helps a memory-heavy step. Small models (GPT-2 124M at seq 256) keep it fast.
+#include "sim/run/training_run.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -17,7 +19,6 @@
 #include "arch/device/device.h"
 #include "arch/ops/simulate.h"
 #include "sim/cli/experiment.h"
-#include "sim/run/training_run.h"
 #include "sim/trace/trace.h"
 #include "workloads/memory/timeline.h"
 #include "workloads/model/transformer.h"
@@ -32,9 +33,7 @@ constexpr double kGiB = 1024.0 * 1024 * 1024;
 // GPT-2 124M with a short sequence: the whole shape, a tenth of the work.
 TransformerModel small_gpt2() { return load_model("gpt2-124m", {"seq_len=256"}); }
 
-TrainingSetup setup(const std::string& yaml) {
-  return load_training_string(yaml, "training.yaml");
-}
+TrainingSetup setup(const std::string& yaml) { return load_training_string(yaml, "training.yaml"); }
 
 struct SimRun {
   StepGraph graph;
@@ -43,8 +42,8 @@ struct SimRun {
 };
 
 SimRun simulate(const TransformerModel& m, const TrainingSetup& t, Fidelity f,
-             const std::vector<std::string>& device_overrides = {},
-             const std::string& device = "a100-sxm4-80gb", TraceWriter* trace = nullptr) {
+                const std::vector<std::string>& device_overrides = {},
+                const std::string& device = "a100-sxm4-80gb", TraceWriter* trace = nullptr) {
   SimRun r{build_step_graph(m, t), load_device(device, device_overrides), {}};
   r.result = simulate_training(r.graph, *r.device, f, trace);
   return r;
@@ -82,9 +81,10 @@ TEST(TrainingRun, StepTimeIsTheSumOfItsOperatorsAndNoLessThanTheirRoofline) {
   }
   EXPECT_GT(bound, 0);
   EXPECT_GE(r.step_time.sec(), bound) << "a step beat the roofline of its own operators";
-  std::printf("[ figures  ] gpt2-124m seq 256, micro 2 x 2, a100: step %.3f ms, roofline %.3f ms "
-              "(%.2fx)\n",
-              r.step_time.sec() * 1e3, bound * 1e3, r.step_time.sec() / bound);
+  std::printf(
+      "[ figures  ] gpt2-124m seq 256, micro 2 x 2, a100: step %.3f ms, roofline %.3f ms "
+      "(%.2fx)\n",
+      r.step_time.sec() * 1e3, bound * 1e3, r.step_time.sec() / bound);
 
   // Time splits add up to the step.
   double by_class = 0;
@@ -112,7 +112,8 @@ TEST(TrainingRun, StepTimeIsTheSumOfItsOperatorsAndNoLessThanTheirRoofline) {
 }
 
 TEST(TrainingRun, RecomputationAddsFlopsSoHfuExceedsMfu) {
-  SimRun run = simulate(small_gpt2(), setup("micro_batch: 2\nrecompute: full"), Fidelity::Analytical);
+  SimRun run =
+      simulate(small_gpt2(), setup("micro_batch: 2\nrecompute: full"), Fidelity::Analytical);
   const TrainingResult& r = run.result;
   double recompute = flops_of(r, Pass::Recompute);
   EXPECT_GT(recompute, 0);
@@ -133,9 +134,10 @@ TEST(TrainingRun, FullRecomputationCutsActivationsFiveFoldOnAGpt3ClassModel) {
                     .max_of(TensorClass::Activations);
   double full = memory_timeline(build_step_graph(m, setup(base + "recompute: full")))
                     .max_of(TensorClass::Activations);
-  std::printf("[ figures  ] gpt3-2.7b seq 2048 micro 4, fp16, unfused: activations %.2f GiB "
-              "(none) vs %.2f GiB (full) = %.1fx\n",
-              none / kGiB, full / kGiB, none / full);
+  std::printf(
+      "[ figures  ] gpt3-2.7b seq 2048 micro 4, fp16, unfused: activations %.2f GiB "
+      "(none) vs %.2f GiB (full) = %.1fx\n",
+      none / kGiB, full / kGiB, none / full);
   ::testing::Test::RecordProperty("activation_ratio", std::to_string(none / full));
   EXPECT_GE(none / full, 5.0);
 }
@@ -149,11 +151,11 @@ TEST(TrainingRun, FullRecomputationCostsStepTime) {
   double act_none = none.result.memory.max_of(TensorClass::Activations);
   double act_full = full.result.memory.max_of(TensorClass::Activations);
   double slowdown = full.result.step_time.sec() / none.result.step_time.sec() - 1;
-  std::printf("[ figures  ] gpt2-124m seq 256 micro 2, a100, fp16, unfused: activations %.1f MiB "
-              "(none) vs %.1f MiB (full) = %.1fx; step %.3f ms vs %.3f ms = %+.1f%%\n",
-              act_none / 1048576, act_full / 1048576, act_none / act_full,
-              none.result.step_time.sec() * 1e3, full.result.step_time.sec() * 1e3,
-              100 * slowdown);
+  std::printf(
+      "[ figures  ] gpt2-124m seq 256 micro 2, a100, fp16, unfused: activations %.1f MiB "
+      "(none) vs %.1f MiB (full) = %.1fx; step %.3f ms vs %.3f ms = %+.1f%%\n",
+      act_none / 1048576, act_full / 1048576, act_none / act_full,
+      none.result.step_time.sec() * 1e3, full.result.step_time.sec() * 1e3, 100 * slowdown);
   ::testing::Test::RecordProperty("step_time_increase_pct", std::to_string(100 * slowdown));
   // At this short sequence the 50257-wide logits are a large share, so the cut is smaller than
   // on GPT-3 (above); it must still be a cut.
@@ -195,7 +197,8 @@ TEST(TrainingRun, GradientAccumulationRepeatsTheMicroBatchNotTheOptimizer) {
   EXPECT_DOUBLE_EQ(four.result.tokens_per_step, 4 * one.result.tokens_per_step);
   // Memory is per micro-batch: accumulation does not raise the peak.
   EXPECT_DOUBLE_EQ(four.result.memory.peak_bytes, one.result.memory.peak_bytes);
-  for (const auto& n : four.result.nodes) EXPECT_EQ(n.executions, n.pass == Pass::Optimizer ? 1 : 4);
+  for (const auto& n : four.result.nodes)
+    EXPECT_EQ(n.executions, n.pass == Pass::Optimizer ? 1 : 4);
 }
 
 // Memory-bound operators (norms, residuals, dropout, softmax of unfused attention, Adam) get
@@ -210,10 +213,10 @@ TEST(TrainingRun, DoublingMemoryBandwidthSpeedsAMemoryHeavyStep) {
     return r.time_by_class[int(OpClass::MemoryBound)].sec() +
            r.time_by_class[int(OpClass::Optimizer)].sec();
   };
-  std::printf("[ figures  ] gpt2-124m seq 256 micro 2, unfused, a100: step %.3f ms at 2039 GB/s, "
-              "%.3f ms at 4078 GB/s (%.2fx); memory-bound+optimizer %.3f -> %.3f ms\n",
-              base_s * 1e3, fast_s * 1e3, base_s / fast_s, mem(base.result) * 1e3,
-              mem(fast.result) * 1e3);
+  std::printf(
+      "[ figures  ] gpt2-124m seq 256 micro 2, unfused, a100: step %.3f ms at 2039 GB/s, "
+      "%.3f ms at 4078 GB/s (%.2fx); memory-bound+optimizer %.3f -> %.3f ms\n",
+      base_s * 1e3, fast_s * 1e3, base_s / fast_s, mem(base.result) * 1e3, mem(fast.result) * 1e3);
   EXPECT_LT(fast_s, 0.95 * base_s);
   EXPECT_LT(mem(fast.result), 0.8 * mem(base.result));
   EXPECT_GT(fast_s, 0.5 * base_s) << "no step gets more than 2x faster from 2x bandwidth";
@@ -224,7 +227,7 @@ TEST(TrainingRun, DoublingMemoryBandwidthSpeedsAMemoryHeavyStep) {
 TEST(TrainingRun, TraceHasSpansAndAMemoryCounter) {
   TraceWriter trace;
   SimRun run = simulate(small_gpt2(), setup("micro_batch: 2"), Fidelity::Analytical, {},
-                     "a100-sxm4-80gb", &trace);
+                        "a100-sxm4-80gb", &trace);
   std::string path = (std::filesystem::temp_directory_path() /
                       ("memwall_training_trace_" + std::to_string(::getpid()) + ".json"))
                          .string();
