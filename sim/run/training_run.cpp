@@ -61,6 +61,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     else if (o.bound == "cache") r.cache_bound_time += o.time * runs;
     else r.latency_bound_time += o.time * runs;
     r.hardware_flops += o.flops * runs;
+    r.launch_time += device.launch_overhead() * (o.kernels * runs);
     if (n.pass != Pass::Recompute && n.pass != Pass::Optimizer) r.model_flops += o.flops * runs;
     mem_bytes += t.bytes.count() * runs;
     if (!o.levels.empty()) {

@@ -48,6 +48,7 @@ struct TrainingResult {
   double peak_flops = 0;      ///< device peak for the matmul type, datasheet convention
   std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
+  Time launch_time;  ///< kernel launch gaps inside the step (part of the op times above)
   MemoryTimeline memory;
   Bytes capacity{0};
   Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)
