@@ -211,6 +211,11 @@ TEST_F(TrainingCli, PrecisionTheDeviceLacks) {
 
 TEST_F(TrainingCli, ZeroSequenceLength) {
   expect_bad("run " + kSmall + " -p model.seq_len=0", "model.seq_len", "greater than zero");
+  // The flag form too: a zero must reach the schema, not be taken as "not given".
+  expect_bad("run --device a100-sxm4-80gb --model gpt2-124m --seq-len 0", "model.seq_len",
+             "greater than zero");
+  expect_bad("run --device a100-sxm4-80gb --model gpt2-124m --micro-batch 0",
+             "training.micro_batch", "greater than zero");
   fs::path f = write("zero.yaml",
                      "device: a100-sxm4-80gb\nmodel: {preset: gpt2-124m, seq_len: 0}\n"
                      "training: {micro_batch: 2}\n");

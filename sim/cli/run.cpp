@@ -35,7 +35,8 @@ struct RunOptions {
   std::string json_out, trace_out, csv_dir;
   // A training run from flags alone.
   std::string device, model, precision, recompute;
-  int64_t micro_batch = 0, global_batch = 0, seq_len = 0;
+  // -1: not given. Any given value, zero included, goes to the schema, which rejects zero.
+  int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
   std::string flash_attention;
 };
 
@@ -46,7 +47,7 @@ Experiment load_from_options(const RunOptions& o) {
     if (!v.empty()) overrides.push_back(std::string(key) + "=" + v);
   };
   auto count = [&](const char* key, int64_t v) {
-    if (v > 0) overrides.push_back(std::string(key) + "=" + std::to_string(v));
+    if (v >= 0) overrides.push_back(std::string(key) + "=" + std::to_string(v));
   };
   count("training.micro_batch", o.micro_batch);
   count("training.global_batch", o.global_batch);
