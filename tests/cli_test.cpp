@@ -2,6 +2,8 @@
 // on stderr that names the file, the line and the key, and exit status 2: never a crash, a hang or
 // a silent success. A good run writes its JSON, its trace and the resolved configuration beside
 // them.
+#include "tests/binary_fixture.h"
+
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,60 +20,11 @@
 namespace memwall {
 namespace {
 namespace fs = std::filesystem;
+using namespace testing_support;
 
-const std::string kBinary = MEMWALL_BINARY;
-const fs::path kSource = MEMWALL_SOURCE_DIR;
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Result {
-  int status = -1;  ///< exit status, or -1 if the process did not exit normally
-  std::string out, err;
-};
-
-// A scratch directory per test, removed afterwards.
-class Cli : public ::testing::Test {
+class Cli : public testing_support::BinaryTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("memwall_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  fs::path write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
-  // Runs `memwall ARGS` in the scratch directory with stdout and stderr captured.
-  Result run(const std::string& args) {
-    fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    std::string cmd = "cd " + quote(dir_.string()) + " && timeout 120 " + quote(kBinary) + " " +
-                      args + " >" + quote(out.string()) + " 2>" + quote(err.string());
-    int raw = std::system(cmd.c_str());
-    Result r;
-    if (raw != -1 && WIFEXITED(raw)) r.status = WEXITSTATUS(raw);
-    r.out = read_file(out);
-    r.err = read_file(err);
-    return r;
-  }
 
   // A run on `text` must fail with status 2 and a message naming `file:line` and `key`.
   Result expect_bad_input(const std::string& text, int line, const std::string& key,
@@ -92,7 +45,6 @@ class Cli : public ::testing::Test {
     return r;
   }
 
-  fs::path dir_;
 };
 
 const char* kGemm = "  - {op: gemm, m: 64, n: 64, k: 64}\n";

@@ -7,6 +7,8 @@
 // and the labels while calibration moves the figures; the figures' sanity is checked by
 // training_run_test.cpp. After an intended change of the layout, rewrite it with
 //   MEMWALL_UPDATE_GOLDEN=1 ./memwall_tests --gtest_filter='TrainingCli.SummaryMatchesTheGolden*'
+#include "tests/binary_fixture.h"
+
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,67 +24,15 @@
 namespace memwall {
 namespace {
 namespace fs = std::filesystem;
+using namespace testing_support;
 
-const std::string kBinary = MEMWALL_BINARY;
-const fs::path kSource = MEMWALL_SOURCE_DIR;
 const fs::path kGolden = kSource / "tests" / "data" / "golden_gpt2_124m_a100.txt";
 // The small fixed configuration of the golden summary and of most tests here.
 const std::string kSmall =
     "--device a100-sxm4-80gb --model gpt2-124m --micro-batch 2 --seq-len 256";
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-bool has(const std::string& text, const std::string& what) {
-  return text.find(what) != std::string::npos;
-}
-
-struct Result {
-  int status = -1;
-  std::string out, err;
-};
-
-class TrainingCli : public ::testing::Test {
+class TrainingCli : public testing_support::BinaryTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("memwall_trcli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  fs::path write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
-  Result run(const std::string& args) {
-    fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    std::string cmd = "cd " + quote(dir_.string()) +
-                      " && SYSTEMC_DISABLE_COPYRIGHT_MESSAGE=1 timeout 120 " + quote(kBinary) +
-                      " " + args + " >" + quote(out.string()) + " 2>" + quote(err.string());
-    int raw = std::system(cmd.c_str());
-    Result r;
-    if (raw != -1 && WIFEXITED(raw)) r.status = WEXITSTATUS(raw);
-    r.out = read_file(out);
-    r.err = read_file(err);
-    return r;
-  }
 
   // Bad input: exit status 2, one message on stderr that names the key, no crash, no summary.
   void expect_bad(const std::string& args, const std::string& key, const std::string& also = "") {
@@ -97,7 +47,6 @@ class TrainingCli : public ::testing::Test {
     EXPECT_FALSE(has(r.out, "step ")) << "a summary was printed for bad input: " << r.out;
   }
 
-  fs::path dir_;
 };
 
 TEST_F(TrainingCli, RunFromFlagsPrintsTheSummary) {
