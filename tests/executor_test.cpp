@@ -28,3 +28,46 @@ TEST(Watchdog, NamesTheStuckSlotInsteadOfHanging) {
 
 }  // namespace
 }  // namespace memwall
+
+#include "arch/mapping/chunked.h"
+
+namespace memwall {
+namespace {
+
+// Ten steps, each loading one block and doing 100 MACs then 10 vector FLOPs.
+class TenSteps : public TileProgram {
+ public:
+  std::string name() const override { return "ten"; }
+  std::string mapping() const override { return "test"; }
+  long groups() const override { return 2; }
+  int steps(long) const override { return 10; }
+  void step(long g, int s, Step& out) const override {
+    out.loads.push_back({block_key(1, g, s), Bytes(64)});
+    out.phases.push_back({{{Pipe::Matrix, 100, DType::BF16}}});
+    out.phases.push_back({{{Pipe::Vector, 10, DType::FP32}}});
+  }
+  void epilogue(long, Step&) const override {}
+  GroupFootprint footprint() const override { return {}; }
+};
+
+TEST(Chunked, MergesStepsAndConservesWork) {
+  ChunkedProgram p(std::make_unique<TenSteps>(), 3);
+  EXPECT_EQ(p.steps(0), 4);
+  EXPECT_EQ(p.footprint().iterations_per_step, 3);
+  double macs = 0, flops = 0;
+  size_t loads = 0;
+  for (int s = 0; s < p.steps(0); ++s) {
+    Step st;
+    p.step(0, s, st);
+    ASSERT_EQ(st.phases.size(), 2u) << "phases of consecutive steps merge pipe for pipe";
+    macs += st.phases[0].work.begin()->amount;
+    flops += st.phases[1].work.begin()->amount;
+    loads += st.loads.size();
+  }
+  EXPECT_DOUBLE_EQ(macs, 1000);
+  EXPECT_DOUBLE_EQ(flops, 100);
+  EXPECT_EQ(loads, 10u);
+}
+
+}  // namespace
+}  // namespace memwall

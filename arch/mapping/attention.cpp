@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "arch/device/tile_executor.h"
+#include "arch/mapping/chunked.h"
 #include "arch/mapping/mapping.h"
 
 namespace memwall {
@@ -22,7 +23,9 @@ namespace {
 
 constexpr uint64_t kQ = 11, kK = 12, kV = 13, kO = 14, kLse = 15, kDO = 16, kDQ = 17, kDK = 18,
                    kDV = 19, kDelta = 20;
-constexpr int kWarps = 4;  // FlashAttention-2 uses 4 warps for these kernels on sm80/sm90
+constexpr int kWarps = 4;
+// Longer key/query loops are simulated in chunks of blocks (see ChunkedProgram).
+constexpr int64_t kMaxEventsPerGroup = 16;  // FlashAttention-2 uses 4 warps for these kernels on sm80/sm90
 // Vector-pipe FLOP-equivalents per score element (one instruction per lane counts 2):
 // forward: row max, scale-and-subtract, row sum, convert P to 16 bit;
 // backward: scale-and-subtract, dS = P * (dP - D) (two), converts of P and dS.
@@ -53,6 +56,7 @@ class FlashForward : public TileProgram {
     nblocks_ = ceil_div(a.seq_kv, t.bn);
   }
   std::string name() const override { return "flash_fwd"; }
+  int64_t max_steps() const { return nblocks_; }
   std::string mapping() const override {
     return fmt::format("q block {} x kv block {}, {} warps, {} groups", t_.bm, t_.bn, kWarps,
                        groups());
@@ -115,6 +119,7 @@ class FlashBackward : public TileProgram {
     nblocks_ = ceil_div(a.seq_kv, t.bn);
   }
   std::string name() const override { return "flash_bwd"; }
+  int64_t max_steps() const { return mblocks_; }
   std::string mapping() const override {
     return fmt::format("kv block {} x q block {}, {} warps, {} groups", t_.bn, t_.bm, kWarps,
                        groups());
@@ -197,7 +202,12 @@ std::unique_ptr<TileProgram> fitting(const AttentionOp& a, AttnTiles t, const De
     else t.bm /= 2;
     k = std::make_unique<Kernel>(a, t);
   }
-  return occupancy(dev.compute(), k->footprint()) >= 1 ? std::move(k) : std::move(first);
+  std::unique_ptr<Kernel> chosen =
+      occupancy(dev.compute(), k->footprint()) >= 1 ? std::move(k) : std::move(first);
+  // Long sequences: at most kMaxEventsPerGroup simulated steps per work group.
+  int chunk = static_cast<int>(ceil_div(chosen->max_steps(), kMaxEventsPerGroup));
+  if (chunk <= 1) return chosen;
+  return std::make_unique<ChunkedProgram>(std::move(chosen), chunk);
 }
 
 }  // namespace

@@ -13,11 +13,10 @@ namespace memwall {
 namespace {
 
 // One step moves at least this many bytes of the widest array: 256 threads x 16-byte vectors x 4
-// unrolled. Very large streams (an optimizer over billions of parameters) use coarser steps, up
-// to kMaxStepBytes, so that each unit still sees about kStepsPerUnit steps: the bandwidth is
-// then set by the memory system either way, and the event count stays bounded.
+// unrolled. Very large streams (an optimizer over billions of parameters) use coarser steps, so
+// that each unit sees about kStepsPerUnit steps: the bandwidth is then set by the memory system
+// either way, and the event count stays bounded whatever the size.
 constexpr double kStepBytes = 256 * 16 * 4;
-constexpr double kMaxStepBytes = 1024 * 1024;
 constexpr double kStepsPerUnit = 256;
 constexpr int kStepsPerGroup = 4;
 constexpr int kThreads = 256, kRegsPerThread = 32;
@@ -30,7 +29,7 @@ class StreamProgram : public TileProgram {
     for (double b : s.in_bytes) widest = std::max(widest, b);
     for (double b : s.out_bytes) widest = std::max(widest, b);
     double total = widest * double(s.elements);
-    double step_bytes = std::clamp(total / (units * kStepsPerUnit), kStepBytes, kMaxStepBytes);
+    double step_bytes = std::max(total / (units * kStepsPerUnit), kStepBytes);
     step_elems_ = std::max<int64_t>(1, static_cast<int64_t>(step_bytes / widest));
     total_steps_ = (s.elements + step_elems_ - 1) / step_elems_;
   }
