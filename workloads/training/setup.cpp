@@ -87,6 +87,36 @@ const Schema& training_schema() {
                 rc,
                 param("flash_attention", ParamType::Bool, "", "true",
                       "Fused attention that never writes the seq x seq scores to memory.")};
+    auto degree = [](const char* k, const char* what) {
+      ParamSpec d = param(k, ParamType::Int, "ranks", "1", what);
+      d.positive = true;
+      return d;
+    };
+    x.params.push_back(degree("tp", "Tensor-parallel degree (Megatron column/row-parallel GEMMs)."));
+    x.params.push_back(degree("pp", "Pipeline-parallel stages."));
+    x.params.push_back(degree("dp", "Data-parallel replicas."));
+    x.params.push_back(
+        degree("vpp", "Virtual pipeline stages per rank; above 1 selects interleaved 1F1B."));
+    x.params.push_back(degree("cp", "Context-parallel degree (ring attention over the sequence)."));
+    x.params.push_back(degree("ep", "Expert-parallel degree (MoE experts over the dp ranks)."));
+    x.params.push_back(param("sequence_parallel", ParamType::Bool, "", "false",
+                             "Megatron sequence parallelism: norms and dropout sharded over tp."));
+    ParamSpec zero = param("zero_stage", ParamType::Int, "", "0",
+                           "ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also "
+                           "weights (FSDP).");
+    zero.min = 0;
+    zero.max = 3;
+    x.params.push_back(zero);
+    ParamSpec sched = param("schedule", ParamType::Enum, "", "1f1b",
+                            "Pipeline schedule; interleaved needs vpp > 1.");
+    sched.choices = {"gpipe", "1f1b", "interleaved"};
+    x.params.push_back(sched);
+    ParamSpec bucket = param("dp_bucket", ParamType::Bytes, "B", "25 MiB",
+                             "Gradient bucket of the data-parallel reduction (PyTorch DDP: 25 MiB).");
+    bucket.positive = true;
+    x.params.push_back(bucket);
+    x.params.push_back(param("overlap_grad_reduce", ParamType::Bool, "", "true",
+                             "Reduce gradient buckets during backward, as DDP and Megatron do."));
     return x;
   }();
   return s;
@@ -110,6 +140,29 @@ TrainingSetup training_from_config(const Config& c) {
                 : r == "selective" ? Recompute::Selective
                                    : Recompute::None;
   t.flash_attention = c.get_bool("flash_attention");
+  Parallelism& par = t.parallel;
+  par.tp = int(c.get_int("tp"));
+  par.pp = int(c.get_int("pp"));
+  par.dp = int(c.get_int("dp"));
+  par.vpp = int(c.get_int("vpp"));
+  par.cp = int(c.get_int("cp"));
+  par.ep = int(c.get_int("ep"));
+  par.sequence_parallel = c.get_bool("sequence_parallel");
+  par.zero_stage = int(c.get_int("zero_stage"));
+  std::string sc = c.get_string("schedule");
+  par.schedule = sc == "gpipe" ? PipelineSchedule::GPipe : PipelineSchedule::OneFOneB;
+  if (par.vpp > 1) {
+    if (sc == "gpipe") c.fail("schedule", "gpipe has no virtual stages; vpp must be 1");
+    par.schedule = PipelineSchedule::Interleaved;
+  } else if (sc == "interleaved") {
+    c.fail("schedule", "the interleaved schedule needs vpp > 1");
+  }
+  par.dp_bucket_bytes = c.get_bytes("dp_bucket").count();
+  par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
+  if (par.sequence_parallel && par.tp == 1) par.sequence_parallel = false;  // nothing to shard over
+  if (t.global_batch % (t.micro_batch * par.dp) != 0)
+    c.fail("global_batch", fmt::format("global_batch ({}) must be a multiple of micro_batch x dp "
+                                       "({} x {})", t.global_batch, t.micro_batch, par.dp));
   return t;
 }
 

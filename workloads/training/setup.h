@@ -9,6 +9,7 @@
 
 #include "sim/config/config.h"
 #include "sim/units/dtype.h"
+#include "workloads/parallel/parallel.h"
 
 namespace memwall {
 
@@ -25,9 +26,11 @@ struct TrainingSetup {
   std::string optimizer = "adam";
   Recompute recompute = Recompute::None;
   bool flash_attention = true;
+  Parallelism parallel;  ///< how the job is split over devices (default: one device)
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
-  int64_t accumulation_steps() const { return global_batch / micro_batch; }
+  /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).
+  int64_t accumulation_steps() const { return global_batch / (micro_batch * parallel.dp); }
   bool mixed_precision() const { return precision != Precision::FP32; }
   /// Data type of the matrix products.
   DType matmul_dtype() const;

@@ -24,6 +24,22 @@ const char* pass_name(Pass p) {
   return "?";
 }
 
+const char* parallel_group_name(ParallelGroup g) {
+  switch (g) {
+    case ParallelGroup::TP:
+      return "tp";
+    case ParallelGroup::CP:
+      return "cp";
+    case ParallelGroup::DP:
+      return "dp";
+    case ParallelGroup::EP:
+      return "ep";
+    case ParallelGroup::PP:
+      return "pp";
+  }
+  return "?";
+}
+
 const char* tensor_class_name(TensorClass c) {
   switch (c) {
     case TensorClass::Weights:

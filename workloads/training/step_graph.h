@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/collective/kind.h"
 #include "arch/ops/op.h"
 #include "workloads/model/transformer.h"
 #include "workloads/training/setup.h"
@@ -46,9 +47,29 @@ struct Tensor {
   bool persistent = false;
 };
 
+/// The ranks a collective runs among (Megatron's process groups).
+enum class ParallelGroup { TP, CP, DP, EP, PP };
+const char* parallel_group_name(ParallelGroup g);
+
+/// A collective a parallel layout implies. `bytes` follows nccl-tests' size convention: the
+/// whole buffer of an all-reduce; the gathered output of an all-gather; the unreduced input of a
+/// reduce-scatter; the per-rank send buffer of an all-to-all; the message of a send-recv.
+struct CommSpec {
+  CollectiveKind kind = CollectiveKind::AllReduce;
+  ParallelGroup group = ParallelGroup::TP;
+  double bytes = 0;
+  /// true: issued on the compute stream, which waits for it (Megatron's TP/SP/EP collectives).
+  /// false: its own stream; only nodes with a DAG edge from it wait (DP buckets, ZeRO-3 gathers
+  /// issued one layer ahead, ring-attention exchanges).
+  bool blocking = true;
+  /// Only on the optimizer step's last micro-batch (the DP gradient sync), not every one.
+  bool once_per_step = false;
+};
+
 struct StepNode {
   std::string name;
-  std::optional<Op> op;  ///< empty: a pure memory event
+  std::optional<Op> op;  ///< empty with no comm: a pure memory event
+  std::optional<CommSpec> comm;  ///< a collective (then `op` is empty)
   Pass pass = Pass::Forward;
   int layer = -1;                ///< transformer layer, -1 outside the layers
   std::vector<TensorId> allocs;  ///< tensors this node produces (allocated when it starts)

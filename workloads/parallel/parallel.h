@@ -1,0 +1,46 @@
+// How a training job is split over devices: the parallel degrees and the schedule.
+//
+// Plain data, read from the `training:` section (keys mirror the validation case columns: tp,
+// pp, dp, vpp, cp, ep, sequence_parallel, zero_stage) or from `memwall run` flags. Megatron's
+// rank order is assumed: tp varies fastest, then cp, then dp (ep subdivides dp), then pp, so a
+// tensor-parallel group sits inside one node whenever tp <= gpus per node.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace memwall {
+
+enum class PipelineSchedule { GPipe, OneFOneB, Interleaved };
+const char* pipeline_schedule_name(PipelineSchedule s);
+
+struct Parallelism {
+  int tp = 1;   ///< tensor parallel (Megatron column/row-parallel GEMMs)
+  int pp = 1;   ///< pipeline stages
+  int dp = 1;   ///< data-parallel replicas (ZeRO shards over these)
+  int vpp = 1;  ///< virtual stages (model chunks) per pipeline rank; > 1: interleaved 1F1B
+  int cp = 1;   ///< context parallel (ring attention over sequence shards)
+  int ep = 1;   ///< expert parallel (MoE experts spread over ep ranks of the dp group)
+  bool sequence_parallel = false;  ///< Megatron SP: norms/dropout sharded over tp
+  int zero_stage = 0;  ///< 0 none, 1 optimizer states, 2 + gradients, 3 + weights (FSDP)
+  PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
+  double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
+  bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
+
+  /// Devices the job needs: tp x cp x dp x pp (ep divides dp, it adds none).
+  int64_t devices() const { return int64_t(tp) * cp * dp * pp; }
+  /// Pipeline model chunks in total: pp x vpp.
+  int chunks() const { return pp * vpp; }
+};
+
+/// A contiguous slice of the model that one pipeline rank runs as one model chunk: layers
+/// [first_layer, last_layer), plus the embedding on the first chunk and the final norm, LM head
+/// and loss on the last. The default is the whole model.
+struct ModelChunk {
+  int64_t first_layer = 0;
+  int64_t last_layer = -1;  ///< exclusive; -1: the model's layer count
+  bool embedding = true;
+  bool head = true;
+};
+
+}  // namespace memwall
