@@ -44,6 +44,7 @@ const std::map<std::string, Published>& published() {
       // 335M is the count of the released bert-large-uncased weights; the paper's "340M" is a
       // rounded figure whose counting is not stated (this model is 1.7% under it).
       {"bert-large", {335.14e6, 0.01, "HF bert-large-uncased: 335,141,888 incl. 1M pooler"}},
+      {"mixtral-8x7b", {46.7e9, 0.01, "Mixtral paper / HF card: 46.7B total (12.9B active)"}},
   };
   return p;
 }
@@ -74,6 +75,28 @@ TEST(ModelPresets, ExactCountsOfKnownCheckpoints) {
   EXPECT_EQ(load_model("gpt2-774m").parameter_count(), 774030080);
   EXPECT_EQ(load_model("llama2-7b").parameter_count(), 6738415616);
   EXPECT_EQ(load_model("llama3-8b").parameter_count(), 8030261248);
+}
+
+TEST(ModelPresets, MixtralActiveParameters) {
+  TransformerModel m = load_model("mixtral-8x7b");
+  EXPECT_TRUE(m.moe());
+  EXPECT_EQ(m.experts, 8);
+  EXPECT_EQ(m.top_k, 2);
+  EXPECT_NEAR(double(m.parameter_count()) / 46.7e9, 1.0, 0.01);
+  EXPECT_NEAR(double(m.active_parameter_count()) / 12.9e9, 1.0, 0.01);
+  // Each expert is a whole SwiGLU MLP; the router is h x experts.
+  EXPECT_EQ(m.expert_parameter_count(), 3 * 4096LL * 14336);
+  EXPECT_EQ(m.layer_parameter_count(0) - m.layer_parameter_count(),
+            7 * m.expert_parameter_count() + 4096 * 8);
+  std::printf("  mixtral-8x7b: %lld total, %lld active\n", (long long)m.parameter_count(),
+              (long long)m.active_parameter_count());
+  // Every other layer: half the layers dense.
+  m.moe_layer_frequency = 2;
+  EXPECT_TRUE(m.moe_layer(0));
+  EXPECT_FALSE(m.moe_layer(1));
+  EXPECT_THROW(load_model("mixtral-8x7b", {"top_k=9"}), ConfigError);
+  EXPECT_EQ(load_model("llama3-8b").active_parameter_count(),
+            load_model("llama3-8b").parameter_count());
 }
 
 TEST(ModelPresets, ShapesFollowTheFamily) {

@@ -13,6 +13,25 @@ int64_t TransformerModel::layer_parameter_count() const {
   return attn + mlp_w + norms + biases;
 }
 
+int64_t TransformerModel::expert_parameter_count() const {
+  const int64_t h = hidden;
+  return h * expert_fc1_width() + expert_ffn() * h + (bias ? expert_fc1_width() + h : 0);
+}
+
+int64_t TransformerModel::layer_parameter_count(int64_t l) const {
+  if (!moe_layer(l)) return layer_parameter_count();
+  const int64_t h = hidden;
+  int64_t dense_mlp = h * fc1_width() + ffn_hidden * h + (bias ? fc1_width() + h : 0);
+  return layer_parameter_count() - dense_mlp + h * experts + experts * expert_parameter_count();
+}
+
+int64_t TransformerModel::active_parameter_count() const {
+  int64_t n = parameter_count();
+  for (int64_t l = 0; l < layers; ++l)
+    if (moe_layer(l)) n -= (experts - top_k) * expert_parameter_count();
+  return n;
+}
+
 int64_t TransformerModel::embedding_parameter_count() const {
   const int64_t h = hidden;
   int64_t tables = vocab * h + type_vocab * h;
@@ -23,7 +42,9 @@ int64_t TransformerModel::embedding_parameter_count() const {
 }
 
 int64_t TransformerModel::parameter_count() const {
-  return layers * layer_parameter_count() + embedding_parameter_count();
+  int64_t n = embedding_parameter_count();
+  for (int64_t l = 0; l < layers; ++l) n += layer_parameter_count(l);
+  return n;
 }
 
 int64_t TransformerModel::lookup_parameter_count() const {
@@ -96,6 +117,18 @@ const Schema& model_schema() {
         flag("dropout", "true",
              "Hidden and attention dropout in training (Megatron GPT, BERT); off in Llama."),
         flag("encoder", "false", "Bidirectional attention (BERT): no causal mask."),
+        [] {
+          ParamSpec p = param("experts", ParamType::Int, "count", "0",
+                              "Experts per MoE layer, each a full MLP; 0: a dense model.");
+          p.min = 0;
+          return p;
+        }(),
+        count("top_k", "Experts each token is routed to (MoE only).", "2"),
+        count("moe_layer_frequency",
+              "Every this many layers is an MoE layer, from layer 0 (Megatron's moe_layer_freq); "
+              "1: all.",
+              "1"),
+        optional_count("expert_ffn_hidden", "Inner width of one expert; absent: ffn_hidden."),
     };
     x.reserved_keys = {"preset"};
     return x;
@@ -147,6 +180,14 @@ TransformerModel model_from_config(const Config& c) {
   m.bias = c.get_bool("bias");
   m.dropout = c.get_bool("dropout");
   m.encoder = c.get_bool("encoder");
+  m.experts = c.get_int("experts");
+  m.top_k = c.get_int("top_k");
+  m.moe_layer_frequency = c.get_int("moe_layer_frequency");
+  m.expert_ffn_hidden = present("expert_ffn_hidden") ? c.get_int("expert_ffn_hidden") : 0;
+  if (m.experts > 0 && m.top_k > m.experts)
+    c.fail("top_k", fmt::format("top_k ({}) exceeds experts ({}): a token cannot be routed to more "
+                                "experts than a layer has",
+                                m.top_k, m.experts));
   return m;
 }
 

@@ -43,6 +43,11 @@ struct TransformerModel {
   bool bias = true;             ///< linear layers carry biases (GPT, BERT; not Llama)
   bool dropout = true;          ///< hidden and attention dropout during training (GPT, BERT)
   bool encoder = false;         ///< bidirectional (non-causal) attention, as in BERT
+  // Mixture of experts (Shazeer et al. 2017; GShard; Switch; Mixtral). 0 experts: dense.
+  int64_t experts = 0;              ///< experts per MoE layer; each is a full MLP
+  int64_t top_k = 2;                ///< experts each token is routed to
+  int64_t moe_layer_frequency = 1;  ///< layer l is MoE when l % frequency == 0 (Megatron)
+  int64_t expert_ffn_hidden = 0;    ///< inner width of one expert; 0: ffn_hidden
 
   bool causal() const { return !encoder; }
   /// Attention width: heads * head_dim.
@@ -52,8 +57,23 @@ struct TransformerModel {
   /// Output width of the first MLP matrix: f (GELU) or 2f (SwiGLU gate and up, fused).
   int64_t fc1_width() const { return mlp == MlpType::SwiGlu ? 2 * ffn_hidden : ffn_hidden; }
 
-  /// Parameters of one transformer layer: attention, MLP, two norms, biases.
+  bool moe() const { return experts > 0; }
+  /// Whether layer `l` (from 0) replaces its MLP with experts.
+  bool moe_layer(int64_t l) const { return experts > 0 && l % moe_layer_frequency == 0; }
+  /// Inner width of one expert.
+  int64_t expert_ffn() const { return expert_ffn_hidden > 0 ? expert_ffn_hidden : ffn_hidden; }
+  /// Output width of an expert's first matrix: f_e (GELU) or 2 f_e (SwiGLU).
+  int64_t expert_fc1_width() const { return mlp == MlpType::SwiGlu ? 2 * expert_ffn() : expert_ffn(); }
+
+  /// Parameters of one dense transformer layer: attention, MLP, two norms, biases.
   int64_t layer_parameter_count() const;
+  /// Parameters of layer `l`: dense, or attention + norms + router (h x experts) + every expert.
+  int64_t layer_parameter_count(int64_t l) const;
+  /// Parameters of one expert's MLP (weights and biases).
+  int64_t expert_parameter_count() const;
+  /// Parameters a token passes through: as parameter_count(), with top_k experts per MoE layer
+  /// instead of all (Mixtral 8x7B: 12.9B active of 46.7B).
+  int64_t active_parameter_count() const;
   /// Parameters of the embedding tables (token, position, token type) and, when untied, the LM
   /// head; plus the final norm.
   int64_t embedding_parameter_count() const;

@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
+
+#include "workloads/parallel/check.h"
 
 namespace memwall {
 
@@ -36,6 +39,8 @@ const char* parallel_group_name(ParallelGroup g) {
       return "ep";
     case ParallelGroup::PP:
       return "pp";
+    case ParallelGroup::EDP:
+      return "edp";
   }
   return "?";
 }
@@ -78,6 +83,13 @@ double StepGraph::step_flops() const {
   return micro_batch_flops() * double(accumulation_steps) + flops(Pass::Optimizer);
 }
 
+std::vector<StepVertex> StepGraph::comm_nodes() const {
+  std::vector<StepVertex> v;
+  for (std::size_t i = 0; i < size(); ++i)
+    if (dag[i].comm) v.push_back(i);
+  return v;
+}
+
 double StepGraph::state_bytes(TensorClass c) const {
   double b = 0;
   for (const auto& t : tensors)
@@ -102,7 +114,9 @@ Op stream_op(const std::string& kind, int64_t n, std::vector<double> in, std::ve
   return Op{kind, s};
 }
 
-Op gemm(int64_t m, int64_t n, int64_t k, DType dt) { return Op{"gemm", GemmOp{m, n, k, 1, dt}}; }
+Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1) {
+  return Op{"gemm", GemmOp{m, n, k, batch, dt}};
+}
 
 // Tensors a layer's forward leaves for its backward.
 struct LayerActs {
@@ -111,29 +125,83 @@ struct LayerActs {
   TensorId probs = -1, attn_mask = -1, probs_dropped = -1;  // unfused attention
   TensorId mask1 = -1, x_mid = -1, ln2_out = -1, ln2_stats = -1, fc1_out = -1, act_out = -1,
            mask2 = -1;
+  // MoE layers: router logits, routing (probabilities and expert ids), tokens as the experts
+  // received them, and the experts' outputs back at their tokens.
+  TensorId router_logits = -1, routing = -1, dispatched = -1, moe_back = -1;
   TensorId y = -1;  // layer output
 };
 
-// Persistent state of one parameter group (a layer, the embedding, ...).
-struct StateGroup {
-  TensorId weights, grads, optimizer;
+// Persistent state of one parameter group (a layer, its experts, the embedding, ...).
+struct Group {
+  std::string name;
+  int layer = -1;
+  int64_t params = 0;  // on this rank, after tensor/expert parallelism, before ZeRO
+  int64_t shard = 1;   // ranks ZeRO shards it over (the group that sums its gradients)
+  bool expert = false;
+  TensorId weights = -1, grads = -1, optimizer = -1;
+  TensorId full_grads = -1;  // ZeRO >= 2: this micro-batch's unsharded gradients
+  TensorId gathered = -1;    // ZeRO 3: the weights gathered for the current phase
+  int gathered_phase = -1;
+  int64_t done = 0;  // parameters whose gradient this backward has completed
+};
+
+// A data-parallel gradient bucket: parameters in the order their gradients complete.
+struct Bucket {
+  std::vector<int> groups;
+  int64_t params = 0;
+  int layer = -1;
 };
 
 class Builder {
  public:
-  Builder(const TransformerModel& m, const TrainingSetup& t) : m_(m), t_(t) {
+  Builder(const TransformerModel& m, const TrainingSetup& t, const ModelChunk& c)
+      : m_(m), t_(t), p_(t.parallel), c_(c) {
+    if (c_.last_layer < 0) c_.last_layer = m.layers;
+    if (c_.first_layer < 0 || c_.first_layer >= c_.last_layer || c_.last_layer > m.layers)
+      throw std::invalid_argument(fmt::format(
+          "model chunk: layers [{}, {}) are not a non-empty range of the model's {} layers",
+          c_.first_layer, c_.last_layer, m.layers));
+    check_parallel_layout(m, t);
     g_.model = m;
     g_.setup = t;
+    g_.chunk = c_;
+    tp_ = p_.tp;
+    cp_ = p_.cp;
+    ep_ = p_.ep;
+    zero_ = p_.zero_stage;
+    sp_ = p_.sequence_parallel && tp_ > 1;
+    dpcp_ = int64_t(p_.dp) * cp_;
+    edp_ = dpcp_ / ep_;
     b_ = t.micro_batch;
     s_ = m.seq_len;
-    T_ = b_ * s_;
-    g_.tokens = T_;
+    sq_ = s_ / cp_;
+    T_ = b_ * sq_;
+    Tn_ = sp_ ? T_ / tp_ : T_;
+    g_.tokens = b_ * s_;
+    g_.rank_tokens = T_;
     g_.accumulation_steps = t.accumulation_steps();
     ad_ = t.activation_dtype();
     md_ = t.matmul_dtype();
     e_ = dtype_bytes(ad_);
     // The attention kernels run in 16 bits even when the matrix products use fp8.
     attn_dt_ = ad_;
+    wb_ = t.mixed_precision() ? 2 : 4;
+    ob_ = t.mixed_precision() ? 12 : 8;
+    // Widths on this rank (Megatron: column-parallel QKV and fc1, row-parallel proj and fc2;
+    // key/value heads replicated when there are fewer than tp; the vocabulary padded to tp).
+    heads_r_ = m.heads / tp_;
+    kv_r_ = m.kv_heads >= tp_ ? m.kv_heads / tp_ : 1;
+    qkvw_r_ = (heads_r_ + 2 * kv_r_) * m.head_dim;
+    attnw_r_ = heads_r_ * m.head_dim;
+    ffn_r_ = m.ffn_hidden / tp_;
+    fc1w_r_ = m.fc1_width() / tp_;
+    vocab_r_ = (m.vocab + tp_ - 1) / tp_;
+    if (m.moe()) {
+      effn_r_ = m.expert_ffn() / tp_;
+      efc1w_r_ = m.expert_fc1_width() / tp_;
+      experts_local_ = m.experts / ep_;
+    }
+    g_.boundary_bytes = double(Tn_) * m.hidden * e_;
   }
 
   StepGraph build() {
@@ -151,6 +219,7 @@ class Builder {
     g_.tensors.push_back(Tensor{name, bytes, c, persistent});
     producer_.push_back(-1);
     writers_.emplace_back();
+    late_writers_.emplace_back();
     return TensorId(g_.tensors.size() - 1);
   }
   TensorId act(const std::string& name, double elements, double bytes_per = -1) {
@@ -173,9 +242,14 @@ class Builder {
     n.writes = std::move(writes);
     n.workspace_bytes = workspace;
     StepVertex v = boost::add_vertex(n, g_.dag);
+    // Gradient collectives are "late" writers: the optimizer waits for them, but the backward's
+    // own later writers of the same gradients do not (the bucket holds other parameters).
+    const bool late = pass == Pass::Optimizer;
     auto depend = [&](TensorId t) {
       if (producer_[t] >= 0) boost::add_edge(StepVertex(producer_[t]), v, g_.dag);
       for (int w : writers_[t]) boost::add_edge(StepVertex(w), v, g_.dag);
+      if (late)
+        for (int w : late_writers_[t]) boost::add_edge(StepVertex(w), v, g_.dag);
     };
     for (TensorId t : g_.dag[v].reads) {
       if (t < 0) throw std::logic_error("step graph: " + name + " reads an unset tensor");
@@ -187,31 +261,215 @@ class Builder {
     return v;
   }
 
+  StepVertex comm(const std::string& name, CollectiveKind kind, ParallelGroup group, double bytes,
+                  bool blocking, bool once, Pass pass, int layer, std::vector<TensorId> reads,
+                  std::vector<TensorId> allocs, std::vector<TensorId> writes = {}) {
+    StepVertex v = node(name, std::nullopt, pass, layer, std::move(reads), std::move(allocs),
+                        std::move(writes));
+    g_.dag[v].comm = CommSpec{kind, group, bytes, blocking, once};
+    return v;
+  }
+
+  // ---- tensor-parallel collectives ------------------------------------------------------------
+
+  // Before a column-parallel GEMM `op` (a full name such as "layer3.attn.qkv.fwd"): with sequence
+  // parallelism, all-gathers the T/tp-token input into all T tokens (Megatron's g); otherwise the
+  // input is already whole. `blocking` false: the backward's re-gather for the weight gradient,
+  // overlapped with the input-gradient GEMM as Megatron does.
+  TensorId tp_gather(const std::string& op, Pass pass, int layer, TensorId x,
+                     bool blocking = true) {
+    if (!sp_) return x;
+    const double Th = double(T_) * m_.hidden;
+    TensorId out = act(op + ".tp_allgather.out", Th);
+    comm(op + ".tp_allgather", CollectiveKind::AllGather, ParallelGroup::TP, Th * e_, blocking,
+         false, pass, layer, {x}, {out});
+    return out;
+  }
+
+  // After a row-parallel GEMM (or a vocab-parallel embedding) `op` whose output holds partial
+  // sums over the tp ranks: an all-reduce in place, or with sequence parallelism a
+  // reduce-scatter into T/tp tokens.
+  TensorId tp_reduce(const std::string& op, Pass pass, int layer, TensorId partial) {
+    if (tp_ == 1) return partial;
+    const double Th = double(T_) * m_.hidden;
+    if (!sp_) {
+      comm(op + ".tp_allreduce", CollectiveKind::AllReduce, ParallelGroup::TP, Th * e_, true,
+           false, pass, layer, {partial}, {}, {partial});
+      return partial;
+    }
+    TensorId out = act(op + ".tp_reduce_scatter.out", double(Tn_) * m_.hidden);
+    comm(op + ".tp_reduce_scatter", CollectiveKind::ReduceScatter, ParallelGroup::TP, Th * e_,
+         true, false, pass, layer, {partial}, {out});
+    return out;
+  }
+
   // ---- model state ---------------------------------------------------------------------------
 
-  StateGroup state(const std::string& group, int64_t params) {
+  int group(const std::string& name, int64_t params, int layer, bool expert = false) {
     // Mixed precision: 16-bit weights and gradients, fp32 master copy + two fp32 moments (12 B).
-    // fp32: 4-byte weights and gradients, two moments (8 B), no master copy.
-    double w = t_.mixed_precision() ? 2 : 4;
-    double opt = t_.mixed_precision() ? 12 : 8;
-    StateGroup s;
-    s.weights = tensor(group + ".weights", w * params, TensorClass::Weights, true);
-    s.grads = tensor(group + ".grads", w * params, TensorClass::Gradients, true);
-    s.optimizer = tensor(group + ".optimizer", opt * params, TensorClass::Optimizer, true);
-    state_tensors_.insert(state_tensors_.end(), {s.weights, s.grads, s.optimizer});
-    return s;
+    // fp32: 4-byte weights and gradients, two moments (8 B), no master copy. ZeRO divides the
+    // optimizer states (stage >= 1), gradients (>= 2) and weights (3) by the shard group.
+    Group g;
+    g.name = name;
+    g.layer = layer;
+    g.params = params;
+    g.expert = expert;
+    g.shard = expert ? edp_ : dpcp_;
+    const double n = double(params), k = double(g.shard);
+    g.weights = tensor(name + ".weights", wb_ * n / (zero_ >= 3 ? k : 1), TensorClass::Weights, true);
+    g.grads = tensor(name + ".grads", wb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
+    g.optimizer =
+        tensor(name + ".optimizer", ob_ * n / (zero_ >= 1 ? k : 1), TensorClass::Optimizer, true);
+    state_tensors_.insert(state_tensors_.end(), {g.weights, g.grads, g.optimizer});
+    groups_.push_back(g);
+    return int(groups_.size() - 1);
+  }
+
+  int64_t norm_params() const { return m_.norm == NormType::LayerNorm ? 2 * m_.hidden : m_.hidden; }
+  // Parameters of each piece of a layer on this rank: the weight and its bias. Column-parallel
+  // biases are split; row-parallel biases (proj, fc2) and norms are replicated.
+  int64_t qkv_params() const { return m_.hidden * qkvw_r_ + (m_.bias ? qkvw_r_ : 0); }
+  int64_t proj_params() const { return attnw_r_ * m_.hidden + (m_.bias ? m_.hidden : 0); }
+  int64_t fc1_params() const { return m_.hidden * fc1w_r_ + (m_.bias ? fc1w_r_ : 0); }
+  int64_t fc2_params() const { return ffn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0); }
+  int64_t router_params() const { return m_.hidden * m_.experts; }
+  int64_t efc1_params() const {
+    return experts_local_ * (m_.hidden * efc1w_r_ + (m_.bias ? efc1w_r_ : 0));
+  }
+  int64_t efc2_params() const {
+    return experts_local_ * (effn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0));
   }
 
   void make_state() {
     const int64_t h = m_.hidden;
-    int64_t emb = m_.vocab * h + m_.type_vocab * h +
-                  (m_.positions == PositionType::Learned ? m_.max_position * h : 0);
-    embed_ = state("embedding", emb);
-    for (int64_t l = 0; l < m_.layers; ++l)
-      layer_state_.push_back(state(fmt::format("layer{}", l), m_.layer_parameter_count()));
-    final_norm_ = state("final_norm", m_.norm == NormType::LayerNorm ? 2 * h : h);
-    head_ = m_.tied_embeddings ? embed_ : state("lm_head", m_.vocab * h);
+    if (c_.embedding) {
+      // Vocab-parallel token table; position and token-type tables are replicated.
+      int64_t emb = vocab_r_ * h + m_.type_vocab * h +
+                    (m_.positions == PositionType::Learned ? m_.max_position * h : 0);
+      embed_ = group("embedding", emb, -1);
+    }
+    for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
+      const bool moe = m_.moe_layer(l);
+      int64_t dense = qkv_params() + proj_params() + 2 * norm_params() +
+                      (moe ? router_params() : fc1_params() + fc2_params());
+      layer_group_.push_back(group(fmt::format("layer{}", l), dense, int(l)));
+      expert_group_.push_back(
+          moe ? group(fmt::format("layer{}.experts", l), efc1_params() + efc2_params(), int(l),
+                      true)
+              : -1);
+    }
+    if (c_.head) {
+      final_norm_ = group("final_norm", norm_params(), -1);
+      // Tied embeddings share the table when one chunk holds both ends; a last pipeline stage
+      // keeps its own copy of the table for the head (Megatron), summed with the first's.
+      head_ = m_.tied_embeddings && c_.embedding ? embed_ : group("lm_head", vocab_r_ * h, -1);
+    }
     node("model_state", std::nullopt, Pass::Memory, -1, {}, state_tensors_);
+  }
+
+  Group& lg(int l) { return groups_[layer_group_[l - c_.first_layer]]; }
+  int lgi(int l) const { return layer_group_[l - c_.first_layer]; }
+  int egi(int l) const { return expert_group_[l - c_.first_layer]; }
+
+  bool gathers(int gi) const { return zero_ >= 3 && groups_[gi].shard > 1; }
+  // ZeRO 3: all-gathers a group's weights for a phase (0 forward, 1 backward, 2 and 3 the head's
+  // forward and backward), non-blocking: the layers that read the gathered copy wait for it.
+  void gather(int gi, int phase, Pass pass) {
+    Group& g = groups_[gi];
+    if (!gathers(gi) || g.gathered_phase == phase) return;
+    const char* ph = pass == Pass::Forward ? "fwd" : "bwd";
+    const double bytes = wb_ * double(g.params);
+    TensorId out = tensor(g.name + ".weights.gathered." + ph, bytes, TensorClass::Weights);
+    comm(g.name + ".weights.gather." + ph, CollectiveKind::AllGather,
+         g.expert ? ParallelGroup::EDP : ParallelGroup::DP, bytes, false, false, pass, g.layer,
+         {g.weights}, {out});
+    g.gathered = out;
+    g.gathered_phase = phase;
+  }
+  void gather_layer(int l, int phase, Pass pass) {
+    if (zero_ < 3 || l < c_.first_layer || l >= c_.last_layer) return;
+    gather(lgi(l), phase, pass);
+    if (egi(l) >= 0) gather(egi(l), phase, pass);
+  }
+  TensorId W(int gi) const { return gathers(gi) ? groups_[gi].gathered : groups_[gi].weights; }
+
+  // ---- gradients and the data-parallel sync ---------------------------------------------------
+
+  // Where a gradient-writing node writes: the persistent gradients, or with ZeRO >= 2 the
+  // group's unsharded buffer for this micro-batch (allocated by its first writer).
+  void grad_target(int gi, std::vector<TensorId>& allocs, std::vector<TensorId>& writes) {
+    Group& g = groups_[gi];
+    if (zero_ < 2 || g.shard == 1) {
+      writes.push_back(g.grads);
+      return;
+    }
+    if (g.full_grads < 0) {
+      g.full_grads = tensor(g.name + ".grads.unsharded", wb_ * double(g.params),
+                            TensorClass::Gradients);
+      allocs.push_back(g.full_grads);
+    } else {
+      writes.push_back(g.full_grads);
+    }
+  }
+
+  int64_t sync_ranks(bool expert) const { return expert ? edp_ : dpcp_; }
+
+  // `piece` parameters of group `gi` have their gradient complete: add them to the open bucket
+  // and close it when it holds dp_bucket_bytes (ZeRO 3: when the group is complete).
+  void grad_done(int gi, int64_t piece, int layer) {
+    Group& g = groups_[gi];
+    g.done += piece;
+    const int k = g.expert ? 1 : 0;
+    if (sync_ranks(g.expert) == 1) return;
+    Bucket& b = open_[k];
+    if (b.groups.empty() || b.groups.back() != gi) b.groups.push_back(gi);
+    b.params += piece;
+    b.layer = layer;
+    bool full = zero_ >= 3 ? g.done >= g.params : double(b.params) * wb_ >= p_.dp_bucket_bytes;
+    if (full) close_bucket(k);
+  }
+
+  void close_bucket(int k) {
+    if (open_[k].groups.empty()) return;
+    if (p_.overlap_grad_reduce)
+      emit_bucket(k, open_[k], false);
+    else
+      deferred_.push_back({k, open_[k]});
+    open_[k] = Bucket{};
+  }
+
+  // ZeRO 0: all-reduce in place, once per step (gradients accumulate over the micro-batches).
+  // ZeRO 1: reduce-scatter (Megatron's distributed optimizer), once per step. ZeRO >= 2:
+  // reduce-scatter of each micro-batch's unsharded buffer into the sharded gradients.
+  void emit_bucket(int k, const Bucket& b, bool blocking) {
+    std::vector<TensorId> reads, writes;
+    for (int gi : b.groups) {
+      const Group& g = groups_[gi];
+      if (zero_ >= 2) {
+        reads.push_back(g.full_grads);
+        writes.push_back(g.grads);
+      } else {
+        reads.push_back(g.grads);
+      }
+    }
+    std::string name =
+        fmt::format("dp.{}grads.bucket{}", k ? "expert_" : "", buckets_[k].size());
+    StepVertex v = comm(name, zero_ == 0 ? CollectiveKind::AllReduce : CollectiveKind::ReduceScatter,
+                        k ? ParallelGroup::EDP : ParallelGroup::DP, double(b.params) * wb_,
+                        blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, {}, writes);
+    if (zero_ < 2)
+      for (int gi : b.groups) {
+        late_writers_[groups_[gi].grads].push_back(int(v));
+        g_.dag[v].writes.push_back(groups_[gi].grads);
+      }
+    buckets_[k].push_back(b);
+  }
+
+  void finish_grad_sync() {
+    close_bucket(0);
+    close_bucket(1);
+    for (auto& [k, b] : deferred_) emit_bucket(k, b, true);
+    deferred_.clear();
   }
 
   // ---- forward -------------------------------------------------------------------------------
@@ -220,18 +478,21 @@ class Builder {
     return fmt::format("layer{}.{}.{}", l, what, suffix);
   }
 
+  // Norms, dropout and residual adds run on this rank's Tn tokens (T / tp with SP).
   Op norm_op(bool backward) {
-    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", T_, m_.hidden, ad_,
+    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", Tn_, m_.hidden, ad_,
                      backward);
   }
-  double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * T_; }
+  double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * Tn_; }
 
   AttentionOp attention(AttentionPass pass) const {
     AttentionOp a;
     a.batch = b_;
-    a.heads = m_.heads;
-    a.kv_heads = m_.kv_heads;
-    a.seq_q = a.seq_kv = s_;
+    a.heads = heads_r_;
+    a.kv_heads = kv_r_;
+    // Context parallelism (ring attention): this rank's queries attend to every key.
+    a.seq_q = sq_;
+    a.seq_kv = s_;
     a.head_dim = m_.head_dim;
     a.causal = m_.causal();
     a.fused = t_.flash_attention;
@@ -240,20 +501,44 @@ class Builder {
     a.dtype = attn_dt_;
     return a;
   }
-  double scores() const { return double(b_) * m_.heads * s_ * s_; }  // elements of b a s s
+  // Elements of b a s_q s_kv (this rank's heads and queries).
+  double scores() const { return double(b_) * heads_r_ * sq_ * s_; }
+  // Bytes of this rank's keys and values.
+  double kv_bytes() const { return 2.0 * b_ * sq_ * kv_r_ * m_.head_dim * e_; }
+
+  // Context parallelism: the ring exchange of keys and values (and in the backward their
+  // gradients) runs on its own stream beside the attention kernel; returns its receive buffer
+  // (double-buffered blocks), which the join after the kernel reads.
+  TensorId cp_exchange(const std::string& name, Pass pass, int l, TensorId qkv, bool backward) {
+    if (cp_ == 1) return -1;
+    const double msg = (backward ? 2 : 1) * kv_bytes();
+    TensorId recv = tensor(name + ".cp_recv", 2 * msg, TensorClass::Workspace);
+    comm(name + ".cp_exchange", CollectiveKind::SendRecv, ParallelGroup::CP, (cp_ - 1) * msg,
+         false, false, pass, l, {qkv}, {recv});
+    return recv;
+  }
+  // A zero-cost node after the attention that waits for the exchange too: later readers of
+  // `outs` depend on it.
+  void cp_join(const std::string& name, Pass pass, int l, TensorId recv,
+               std::vector<TensorId> outs) {
+    if (recv < 0) return;
+    node(name + ".cp_join", std::nullopt, pass, l, {recv}, {}, std::move(outs));
+  }
 
   // The unfused attention core's saved tensors: softmax output, and with dropout its mask and
   // the dropped probabilities (Korthikanti et al.: 2 + 1 + 2 bytes per score in 16 bits).
   void attention_core(int l, const char* suffix, Pass pass, LayerActs& a) {
     AttentionOp op = attention(AttentionPass::Forward);
     std::string name = nm(l, "attn.core", suffix);
+    TensorId recv = cp_exchange(name, pass, l, a.qkv, false);
     if (t_.flash_attention) {
-      a.attn_out = act(name + ".out", double(T_) * m_.attn_width());
-      a.lse = act(name + ".lse", double(b_) * m_.heads * s_, 4);
+      a.attn_out = act(name + ".out", double(T_) * attnw_r_);
+      a.lse = act(name + ".lse", double(b_) * heads_r_ * sq_, 4);
       node(name, Op{"attention", op}, pass, l, {a.qkv}, {a.attn_out, a.lse});
+      cp_join(name, pass, l, recv, {a.attn_out});
       return;
     }
-    a.attn_out = act(name + ".out", double(T_) * m_.attn_width());
+    a.attn_out = act(name + ".out", double(T_) * attnw_r_);
     a.probs = act(name + ".probs", scores());
     std::vector<TensorId> out = {a.attn_out, a.probs};
     if (m_.dropout) {
@@ -264,6 +549,7 @@ class Builder {
     }
     // The raw scores QK^T exist only inside the kernel chain, before the softmax.
     node(name, Op{"attention", op}, pass, l, {a.qkv}, out, {}, scores() * e_);
+    cp_join(name, pass, l, recv, {a.attn_out});
   }
 
   // One layer's forward, as run first (Pass::Forward) or again before its backward
@@ -271,21 +557,22 @@ class Builder {
   LayerActs layer_forward(int l, TensorId x, Pass pass) {
     const char* sfx = pass == Pass::Recompute ? "recompute" : "fwd";
     const int64_t h = m_.hidden;
-    const double Th = double(T_) * h;
-    const TensorId W = layer_state_[l].weights;
+    const double Tnh = double(Tn_) * h;
+    const TensorId Wt = W(lgi(l));
     LayerActs a;
     a.x = x;
 
-    a.ln1_out = act(nm(l, "ln1", sfx) + ".out", Th);
+    a.ln1_out = act(nm(l, "ln1", sfx) + ".out", Tnh);
     a.ln1_stats = act(nm(l, "ln1", sfx) + ".stats", stats_bytes(), 1);
-    node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, W}, {a.ln1_out, a.ln1_stats});
+    node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, Wt}, {a.ln1_out, a.ln1_stats});
 
-    TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * m_.qkv_width());
-    node(nm(l, "attn.qkv", sfx), gemm(T_, m_.qkv_width(), h, md_), pass, l, {a.ln1_out, W}, {qkv});
+    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", sfx), pass, l, a.ln1_out);
+    TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
+    node(nm(l, "attn.qkv", sfx), gemm(T_, qkvw_r_, h, md_), pass, l, {ln1_full, Wt}, {qkv});
     if (m_.positions == PositionType::Rotary) {
       // Rotates queries and keys (x cos + rot(x) sin); values pass through.
-      int64_t n = T_ * (m_.heads + m_.kv_heads) * m_.head_dim;
-      a.qkv = act(nm(l, "attn.rope", sfx) + ".out", double(T_) * m_.qkv_width());
+      int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
+      a.qkv = act(nm(l, "attn.rope", sfx) + ".out", double(T_) * qkvw_r_);
       node(nm(l, "attn.rope", sfx), stream_op("rope", n, {e_}, {e_}, 6, 3, ad_), pass, l, {qkv},
            {a.qkv});
     } else {
@@ -296,31 +583,92 @@ class Builder {
     attention_core(l, sfx, pass, a);
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
-    TensorId proj = act(nm(l, "attn.proj", sfx) + ".out", Th);
-    node(nm(l, "attn.proj", sfx), gemm(T_, h, m_.attn_width(), md_), pass, l, {a.attn_out, W},
-         {proj});
+    TensorId proj = act(nm(l, "attn.proj", sfx) + ".out", double(T_) * h);
+    node(nm(l, "attn.proj", sfx), gemm(T_, h, attnw_r_, md_), pass, l, {a.attn_out, Wt}, {proj});
+    proj = tp_reduce(nm(l, "attn.proj", sfx), pass, l, proj);
     TensorId branch = dropout(l, "attn.dropout", sfx, pass, proj, a.mask1);
-    a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Th);
-    node(nm(l, "attn.residual", sfx), make_elementwise("add", T_ * h, ad_), pass, l, {x, branch},
+    a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh);
+    node(nm(l, "attn.residual", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l, {x, branch},
          {a.x_mid});
 
-    a.ln2_out = act(nm(l, "ln2", sfx) + ".out", Th);
+    a.ln2_out = act(nm(l, "ln2", sfx) + ".out", Tnh);
     a.ln2_stats = act(nm(l, "ln2", sfx) + ".stats", stats_bytes(), 1);
-    node(nm(l, "ln2", sfx), norm_op(false), pass, l, {a.x_mid, W}, {a.ln2_out, a.ln2_stats});
-    a.fc1_out = act(nm(l, "mlp.fc1", sfx) + ".out", double(T_) * m_.fc1_width());
-    node(nm(l, "mlp.fc1", sfx), gemm(T_, m_.fc1_width(), h, md_), pass, l, {a.ln2_out, W},
-         {a.fc1_out});
-    a.act_out = act(nm(l, "mlp.act", sfx) + ".out", double(T_) * m_.ffn_hidden);
-    node(nm(l, "mlp.act", sfx),
-         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * m_.ffn_hidden, ad_),
-         pass, l, {a.fc1_out}, {a.act_out});
-    TensorId fc2 = act(nm(l, "mlp.fc2", sfx) + ".out", Th);
-    node(nm(l, "mlp.fc2", sfx), gemm(T_, h, m_.ffn_hidden, md_), pass, l, {a.act_out, W}, {fc2});
-    TensorId branch2 = dropout(l, "mlp.dropout", sfx, pass, fc2, a.mask2);
-    a.y = act(nm(l, "mlp.residual", sfx) + ".out", Th);
-    node(nm(l, "mlp.residual", sfx), make_elementwise("add", T_ * h, ad_), pass, l,
+    node(nm(l, "ln2", sfx), norm_op(false), pass, l, {a.x_mid, Wt}, {a.ln2_out, a.ln2_stats});
+    TensorId mlp_out;
+    if (m_.moe_layer(l)) {
+      TensorId ln2_full = tp_gather(nm(l, "moe.router", sfx), pass, l, a.ln2_out);
+      mlp_out = moe_forward(l, sfx, pass, ln2_full, a);
+    } else {
+      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", sfx), pass, l, a.ln2_out);
+      a.fc1_out = act(nm(l, "mlp.fc1", sfx) + ".out", double(T_) * fc1w_r_);
+      node(nm(l, "mlp.fc1", sfx), gemm(T_, fc1w_r_, h, md_), pass, l, {ln2_full, Wt},
+           {a.fc1_out});
+      a.act_out = act(nm(l, "mlp.act", sfx) + ".out", double(T_) * ffn_r_);
+      node(nm(l, "mlp.act", sfx),
+           make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * ffn_r_, ad_), pass,
+           l, {a.fc1_out}, {a.act_out});
+      mlp_out = act(nm(l, "mlp.fc2", sfx) + ".out", double(T_) * h);
+      node(nm(l, "mlp.fc2", sfx), gemm(T_, h, ffn_r_, md_), pass, l, {a.act_out, Wt}, {mlp_out});
+      mlp_out = tp_reduce(nm(l, "mlp.fc2", sfx), pass, l, mlp_out);
+    }
+    TensorId branch2 = dropout(l, "mlp.dropout", sfx, pass, mlp_out, a.mask2);
+    a.y = act(nm(l, "mlp.residual", sfx) + ".out", Tnh);
+    node(nm(l, "mlp.residual", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l,
          {a.x_mid, branch2}, {a.y});
     return a;
+  }
+
+  // Tokens each local expert receives with balanced routing: the rank's T x top_k routed copies
+  // from each of the ep ranks, spread over the experts.
+  int64_t expert_tokens() const {
+    return (T_ * m_.top_k * ep_ + m_.experts - 1) / m_.experts;
+  }
+  int64_t routed() const { return T_ * m_.top_k; }
+
+  // An all-to-all over the expert-parallel group (none with ep 1).
+  TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in) {
+    if (ep_ == 1) return in;
+    const double bytes = double(routed()) * m_.hidden * e_;
+    TensorId out = act(name + ".out", double(routed()) * m_.hidden);
+    comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, true, false, pass, l, {in},
+         {out});
+    return out;
+  }
+
+  // The MoE block in place of the MLP: router, top-k, permute, dispatch (all-to-all), the local
+  // experts' GEMMs (grouped: one batch entry per expert), combine (all-to-all), unpermute with
+  // the routing weights. Returns the block output, partial over tp (the experts' fc2 is
+  // row-parallel like the dense one).
+  TensorId moe_forward(int l, const char* sfx, Pass pass, TensorId in, LayerActs& a) {
+    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), te = expert_tokens();
+    const TensorId Wt = W(lgi(l)), We = W(egi(l));
+    a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(T_) * E);
+    node(nm(l, "moe.router", sfx), gemm(T_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
+    // Softmax over the experts and top-k: fp32 probability and int32 expert id per choice.
+    a.routing = act(nm(l, "moe.topk", sfx) + ".out", double(Tk), 8);
+    node(nm(l, "moe.topk", sfx),
+         stream_op("moe_topk", T_ * E, {e_}, {8.0 * m_.top_k / E}, 8, 5, ad_), pass, l,
+         {a.router_logits}, {a.routing});
+    TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
+    node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_), pass,
+         l, {in, a.routing}, {perm});
+    a.dispatched = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm);
+    a.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Tk) * efc1w_r_);
+    node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
+         {a.dispatched, We}, {a.fc1_out});
+    a.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Tk) * effn_r_);
+    node(nm(l, "moe.experts.act", sfx),
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Tk * effn_r_, ad_), pass,
+         l, {a.fc1_out}, {a.act_out});
+    TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Tk) * h);
+    node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
+         {a.act_out, We}, {out});
+    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, out);
+    TensorId y = act(nm(l, "moe.unpermute", sfx) + ".out", double(T_) * h);
+    node(nm(l, "moe.unpermute", sfx),
+         stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
+         {a.moe_back, a.routing}, {y});
+    return tp_reduce(nm(l, "moe.unpermute", sfx), pass, l, y);
   }
 
   // Dropout on a residual branch: returns the dropped tensor (or `in` when the model has none)
@@ -328,10 +676,10 @@ class Builder {
   TensorId dropout(int l, const std::string& what, const char* sfx, Pass pass, TensorId in,
                    TensorId& mask) {
     if (!m_.dropout) return in;
-    const double Th = double(T_) * m_.hidden;
-    TensorId out = act(l >= 0 ? nm(l, what, sfx) + ".out" : what + ".out", Th);
-    mask = act(l >= 0 ? nm(l, what, sfx) + ".mask" : what + ".mask", Th, 1);
-    node(l >= 0 ? nm(l, what, sfx) : what, make_elementwise("dropout", T_ * m_.hidden, ad_), pass,
+    const double Tnh = double(Tn_) * m_.hidden;
+    TensorId out = act(l >= 0 ? nm(l, what, sfx) + ".out" : what + ".out", Tnh);
+    mask = act(l >= 0 ? nm(l, what, sfx) + ".mask" : what + ".mask", Tnh, 1);
+    node(l >= 0 ? nm(l, what, sfx) : what, make_elementwise("dropout", Tn_ * m_.hidden, ad_), pass,
          l, {in}, {out, mask});
     return out;
   }
@@ -342,56 +690,79 @@ class Builder {
 
   // ---- backward ------------------------------------------------------------------------------
 
-  // Weight-gradient GEMM dW[m x n] = X^T dY over the micro-batch's tokens, accumulated into the
-  // persistent gradient buffer.
-  void weight_grad(const std::string& name, int l, int64_t m, int64_t n, TensorId x, TensorId dy,
-                   TensorId grads) {
-    node(name, gemm(m, n, T_, md_), Pass::BackwardWeight, l, {x, dy}, {}, {grads});
+  // Weight-gradient GEMM dW[m x n] = X^T dY over k tokens, accumulated into the group's gradient
+  // buffer; `piece` parameters of group `gi` are then complete.
+  void weight_grad(const std::string& name, int l, int64_t m, int64_t n, int64_t k, TensorId x,
+                   TensorId dy, int gi, int64_t piece, int64_t batch = 1) {
+    std::vector<TensorId> allocs, writes;
+    grad_target(gi, allocs, writes);
+    node(name, gemm(m, n, k, md_, batch), Pass::BackwardWeight, l, {x, dy}, allocs, writes);
+    grad_done(gi, piece, l);
+  }
+  // A norm's backward: input gradient and its own (replicated) weight gradient.
+  TensorId norm_backward(const std::string& name, int l, TensorId dy, TensorId x, TensorId stats,
+                         int gi, TensorId Wt) {
+    TensorId d = act(name + ".grad", double(Tn_) * m_.hidden);
+    std::vector<TensorId> allocs = {d}, writes;
+    grad_target(gi, allocs, writes);
+    node(name, norm_op(true), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
+    grad_done(gi, norm_params(), l);
+    return d;
   }
 
   // Returns the gradient of the layer input.
   TensorId layer_backward(int l, const LayerActs& a, TensorId dy) {
     const int64_t h = m_.hidden;
-    const double Th = double(T_) * h;
-    const TensorId W = layer_state_[l].weights, G = layer_state_[l].grads;
+    const double Tnh = double(Tn_) * h;
+    const int gi = lgi(l);
+    const TensorId Wt = W(gi);
     const Pass BI = Pass::BackwardInput;
 
     TensorId d_fc2 = dy;
     if (m_.dropout) {
-      d_fc2 = act(nm(l, "mlp.dropout", "bwd") + ".grad", Th);
-      node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", T_ * h, ad_), BI, l,
+      d_fc2 = act(nm(l, "mlp.dropout", "bwd") + ".grad", Tnh);
+      node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
            {dy, a.mask2}, {d_fc2});
     }
-    TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * m_.ffn_hidden);
-    node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, m_.ffn_hidden, h, md_), BI, l, {d_fc2, W},
-         {d_act});
-    weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, m_.ffn_hidden, h, a.act_out, d_fc2, G);
-    TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * m_.fc1_width());
-    node(nm(l, "mlp.act", "bwd"),
-         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * m_.ffn_hidden,
-                          ad_),
-         BI, l, {d_act, a.fc1_out}, {d_fc1});
-    TensorId d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", Th);
-    node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, m_.fc1_width(), md_), BI, l, {d_fc1, W},
-         {d_ln2});
-    weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, m_.fc1_width(), a.ln2_out, d_fc1, G);
-    TensorId d_ln2_in = act(nm(l, "ln2", "bwd") + ".grad", Th);
-    node(nm(l, "ln2", "bwd"), norm_op(true), BI, l, {d_ln2, a.x_mid, a.ln2_stats, W}, {d_ln2_in},
-         {G});
-    TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Th);
-    node(nm(l, "mlp.residual", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l, {dy, d_ln2_in},
-         {d_mid});
+    TensorId d_ln2;
+    if (m_.moe_layer(l)) {
+      d_fc2 = tp_gather(nm(l, "moe.unpermute", "bwd"), BI, l, d_fc2);
+      d_ln2 = moe_backward(l, a, d_fc2);
+    } else {
+      d_fc2 = tp_gather(nm(l, "mlp.fc2", "bwd_input"), BI, l, d_fc2);
+      TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
+      node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, ffn_r_, h, md_), BI, l, {d_fc2, Wt}, {d_act});
+      weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2, gi,
+                  fc2_params());
+      TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * fc1w_r_);
+      node(nm(l, "mlp.act", "bwd"),
+           make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * ffn_r_,
+                            ad_),
+           BI, l, {d_act, a.fc1_out}, {d_fc1});
+      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", "bwd_weight"), BI, l, a.ln2_out, false);
+      d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", double(T_) * h);
+      node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l, {d_fc1, Wt}, {d_ln2});
+      d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2);
+      weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, d_fc1, gi,
+                  fc1_params());
+    }
+    TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
+    TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh);
+    node(nm(l, "mlp.residual", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
+         {dy, d_ln2_in}, {d_mid});
 
     TensorId d_proj = d_mid;
     if (m_.dropout) {
-      d_proj = act(nm(l, "attn.dropout", "bwd") + ".grad", Th);
-      node(nm(l, "attn.dropout", "bwd"), make_elementwise("dropout_bwd", T_ * h, ad_), BI, l,
+      d_proj = act(nm(l, "attn.dropout", "bwd") + ".grad", Tnh);
+      node(nm(l, "attn.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
            {d_mid, a.mask1}, {d_proj});
     }
-    TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * m_.attn_width());
-    node(nm(l, "attn.proj", "bwd_input"), gemm(T_, m_.attn_width(), h, md_), BI, l, {d_proj, W},
+    d_proj = tp_gather(nm(l, "attn.proj", "bwd_input"), BI, l, d_proj);
+    TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
+    node(nm(l, "attn.proj", "bwd_input"), gemm(T_, attnw_r_, h, md_), BI, l, {d_proj, Wt},
          {d_attn});
-    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, m_.attn_width(), h, a.attn_out, d_proj, G);
+    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj, gi,
+                proj_params());
 
     LayerActs core = a;
     if (selective_unfused()) {
@@ -399,6 +770,7 @@ class Builder {
       // before its backward needs the probabilities.
       AttentionOp op = attention(AttentionPass::Forward);
       std::string name = nm(l, "attn.core", "recompute");
+      TensorId recv = cp_exchange(name, Pass::Recompute, l, a.qkv, false);
       core.probs = act(name + ".probs", scores());
       std::vector<TensorId> out = {core.probs};
       if (m_.dropout) {
@@ -408,8 +780,9 @@ class Builder {
         out.push_back(core.probs_dropped);
       }
       node(name, Op{"attention", op}, Pass::Recompute, l, {a.qkv}, out, {}, scores() * e_);
+      cp_join(name, Pass::Recompute, l, recv, {core.probs});
     }
-    TensorId d_qkv = act(nm(l, "attn.core", "bwd") + ".grad", double(T_) * m_.qkv_width());
+    TensorId d_qkv = act(nm(l, "attn.core", "bwd") + ".grad", double(T_) * qkvw_r_);
     {
       std::vector<TensorId> in = {core.qkv, core.attn_out, d_attn};
       double ws = 0;
@@ -423,43 +796,110 @@ class Builder {
         }
         ws = scores() * e_;  // dP, then dS in place
       }
+      TensorId recv = cp_exchange(nm(l, "attn.core", "bwd"), BI, l, core.qkv, true);
       node(nm(l, "attn.core", "bwd"), Op{"attention", attention(AttentionPass::Backward)}, BI, l,
            in, {d_qkv}, {}, ws);
+      cp_join(nm(l, "attn.core", "bwd"), BI, l, recv, {d_qkv});
     }
     if (m_.positions == PositionType::Rotary) {
-      int64_t n = T_ * (m_.heads + m_.kv_heads) * m_.head_dim;
-      TensorId d = act(nm(l, "attn.rope", "bwd") + ".grad", double(T_) * m_.qkv_width());
+      int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
+      TensorId d = act(nm(l, "attn.rope", "bwd") + ".grad", double(T_) * qkvw_r_);
       node(nm(l, "attn.rope", "bwd"), stream_op("rope_bwd", n, {e_}, {e_}, 6, 3, ad_), BI, l,
            {d_qkv}, {d});
       d_qkv = d;
     }
-    TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", Th);
-    node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, m_.qkv_width(), md_), BI, l, {d_qkv, W},
-         {d_ln1});
-    weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, m_.qkv_width(), a.ln1_out, d_qkv, G);
-    TensorId d_ln1_in = act(nm(l, "ln1", "bwd") + ".grad", Th);
-    node(nm(l, "ln1", "bwd"), norm_op(true), BI, l, {d_ln1, a.x, a.ln1_stats, W}, {d_ln1_in}, {G});
-    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Th);
-    node(nm(l, "attn.residual", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l,
+    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, a.ln1_out, false);
+    TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
+    node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l, {d_qkv, Wt}, {d_ln1});
+    d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1);
+    weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, qkvw_r_, T_, ln1_full, d_qkv, gi,
+                qkv_params());
+    TensorId d_ln1_in = norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, Wt);
+    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh);
+    node(nm(l, "attn.residual", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
          {d_mid, d_ln1_in}, {dx});
     return dx;
   }
 
+  // The MoE block's backward, the mirror of moe_forward; returns the gradient of its input
+  // (all T tokens, partial over tp).
+  TensorId moe_backward(int l, const LayerActs& a, TensorId dy) {
+    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), te = expert_tokens();
+    const Pass BI = Pass::BackwardInput;
+    const int gi = lgi(l), ge = egi(l);
+    const TensorId Wt = W(gi), We = W(ge);
+    TensorId d_back = act(nm(l, "moe.unpermute", "bwd") + ".grad", double(Tk) * h);
+    TensorId d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Tk), 4);
+    node(nm(l, "moe.unpermute", "bwd"),
+         stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
+         {dy, a.moe_back, a.routing}, {d_back, d_probs});
+    TensorId d_out = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back);
+    TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Tk) * effn_r_);
+    node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
+         {d_out, We}, {d_act});
+    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, d_out, ge,
+                efc2_params(), experts_local_);
+    TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Tk) * efc1w_r_);
+    node(nm(l, "moe.experts.act", "bwd"),
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Tk * effn_r_,
+                          ad_),
+         BI, l, {d_act, a.fc1_out}, {d_fc1});
+    TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Tk) * h);
+    node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
+         {d_fc1, We}, {d_disp});
+    weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, d_fc1,
+                ge, efc1_params(), experts_local_);
+    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp);
+    TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(T_) * h);
+    node(nm(l, "moe.permute", "bwd"),
+         stream_op("moe_permute_bwd", Tk * h, {e_}, {e_ / m_.top_k}, 1, 1, ad_), BI, l, {d_perm},
+         {d_in});
+    TensorId d_logits = act(nm(l, "moe.topk", "bwd") + ".grad", double(T_) * E);
+    node(nm(l, "moe.topk", "bwd"), stream_op("moe_topk_bwd", T_ * E, {e_, e_}, {e_}, 4, 4, ad_),
+         BI, l, {d_probs, a.router_logits}, {d_logits});
+    TensorId d_router = act(nm(l, "moe.router", "bwd_input") + ".grad", double(T_) * h);
+    node(nm(l, "moe.router", "bwd_input"), gemm(T_, h, E, md_), BI, l, {d_logits, Wt},
+         {d_router});
+    TensorId ln2_full = tp_gather(nm(l, "moe.router", "bwd_weight"), BI, l, a.ln2_out, false);
+    weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, T_, ln2_full, d_logits, gi,
+                router_params());
+    TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(T_) * h);
+    node(nm(l, "moe.router", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l, {d_in, d_router},
+         {d});
+    return tp_reduce(nm(l, "moe.router", "bwd"), BI, l, d);
+  }
+
   void forward_and_backward() {
     const int64_t h = m_.hidden;
-    const double Th = double(T_) * h;
+    const double Th = double(T_) * h, Tnh = double(Tn_) * h;
     const Pass F = Pass::Forward, BI = Pass::BackwardInput;
-    // Token ids and labels (int64) arrive with the micro-batch.
-    TensorId tokens = act("input.tokens", 2.0 * T_, 8);
-    node("input", std::nullopt, Pass::Memory, -1, {}, {tokens});
+    const int first = int(c_.first_layer), last = int(c_.last_layer);
+    // Token ids (for the embedding) and labels (for the loss), int64, arrive with the
+    // micro-batch.
+    TensorId tokens = -1;
+    int streams = int(c_.embedding) + int(c_.head);
+    if (streams > 0) {
+      tokens = act("input.tokens", double(streams) * T_, 8);
+      node("input", std::nullopt, Pass::Memory, -1, {}, {tokens});
+    }
 
-    TensorId emb = act("embedding.fwd.out", Th);
-    node("embedding.fwd", make_embedding(T_, h, ad_), F, -1, {tokens, embed_.weights}, {emb});
-    TensorId emb_mask = -1;
-    TensorId x = dropout(-1, "embedding.dropout.fwd", "", F, emb, emb_mask);
+    TensorId x, emb_mask = -1;
+    if (c_.embedding) {
+      gather(embed_, 0, F);
+      TensorId emb = act("embedding.fwd.out", Th);
+      node("embedding.fwd", make_embedding(T_, h, ad_), F, -1, {tokens, W(embed_)}, {emb});
+      // Vocab-parallel: each rank looks up its share of the table, zeros elsewhere.
+      emb = tp_reduce("embedding.fwd", F, -1, emb);
+      x = dropout(-1, "embedding.dropout.fwd", "", F, emb, emb_mask);
+    } else {
+      x = act("pp.recv.fwd.activation", Tnh);
+      g_.pp_recv_forward = int(node("pp.recv.fwd", std::nullopt, F, first, {}, {x}));
+    }
 
     std::vector<LayerActs> acts;
-    for (int l = 0; l < int(m_.layers); ++l) {
+    for (int l = first; l < last; ++l) {
+      gather_layer(l, 0, F);
+      gather_layer(l + 1, 0, F);  // ZeRO 3: prefetch one layer ahead
       LayerActs a = layer_forward(l, x, F);
       x = a.y;
       acts.push_back(a);
@@ -468,64 +908,130 @@ class Builder {
     // reader after the forward and are freed there.
     const bool full = t_.recompute == Recompute::Full;
 
-    TensorId xf = act("final_norm.fwd.out", Th);
-    TensorId xf_stats = act("final_norm.fwd.stats", stats_bytes(), 1);
-    node("final_norm.fwd", norm_op(false), F, -1, {x, final_norm_.weights}, {xf, xf_stats});
-    TensorId logits = act("lm_head.fwd.out", double(T_) * m_.vocab);
-    node("lm_head.fwd", gemm(T_, m_.vocab, h, md_), F, -1, {xf, head_.weights}, {logits});
-    // Fused softmax cross-entropy: loss and the logits' gradient in one pass, in fp32.
-    TensorId d_logits = act("loss.cross_entropy.grad", double(T_) * m_.vocab);
-    node("loss.cross_entropy", make_cross_entropy(T_, m_.vocab, ad_), F, -1, {logits, tokens},
-         {d_logits}, {}, 4.0 * T_ * m_.vocab);
+    TensorId dy;
+    if (c_.head) {
+      gather(final_norm_, 2, F);
+      TensorId xf = act("final_norm.fwd.out", Tnh);
+      TensorId xf_stats = act("final_norm.fwd.stats", stats_bytes(), 1);
+      node("final_norm.fwd", norm_op(false), F, -1, {x, W(final_norm_)}, {xf, xf_stats});
+      gather(head_, 2, F);
+      TensorId xf_full = tp_gather("lm_head.fwd", F, -1, xf);
+      TensorId logits = act("lm_head.fwd.out", double(T_) * vocab_r_);
+      node("lm_head.fwd", gemm(T_, vocab_r_, h, md_), F, -1, {xf_full, W(head_)}, {logits});
+      // Fused softmax cross-entropy: loss and the logits' gradient in one pass, in fp32.
+      TensorId d_logits = act("loss.cross_entropy.grad", double(T_) * vocab_r_);
+      node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_), F, -1, {logits, tokens},
+           {d_logits}, {}, 4.0 * T_ * vocab_r_);
+      if (tp_ > 1) {
+        // Vocab-parallel cross-entropy: the max and the sum of exponentials over the vocabulary
+        // shards, one fp32 per token each.
+        for (const char* what : {"max", "sum"})
+          comm(fmt::format("loss.cross_entropy.tp_allreduce_{}", what), CollectiveKind::AllReduce,
+               ParallelGroup::TP, 4.0 * T_, true, false, F, -1, {d_logits}, {}, {d_logits});
+      }
 
-    TensorId d_xf = act("lm_head.bwd_input.grad", Th);
-    node("lm_head.bwd_input", gemm(T_, h, m_.vocab, md_), BI, -1, {d_logits, head_.weights},
-         {d_xf});
-    weight_grad("lm_head.bwd_weight", -1, m_.vocab, h, xf, d_logits, head_.grads);
-    TensorId dy = act("final_norm.bwd.grad", Th);
-    node("final_norm.bwd", norm_op(true), BI, -1, {d_xf, x, xf_stats, final_norm_.weights}, {dy},
-         {final_norm_.grads});
+      TensorId d_xf = act("lm_head.bwd_input.grad", Th);
+      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, md_), BI, -1, {d_logits, W(head_)}, {d_xf});
+      d_xf = tp_reduce("lm_head.bwd_input", BI, -1, d_xf);
+      TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
+      weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, d_logits, head_,
+                  head_ == embed_ ? 0 : vocab_r_ * h);
+      gather(final_norm_, 3, BI);
+      dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));
+    } else {
+      g_.pp_send_forward = int(node("pp.send.fwd", std::nullopt, F, last - 1, {x}, {}));
+      dy = act("pp.recv.bwd.grad", Tnh);
+      g_.pp_recv_backward = int(node("pp.recv.bwd", std::nullopt, BI, last - 1, {}, {dy}));
+    }
 
-    for (int l = int(m_.layers) - 1; l >= 0; --l) {
-      LayerActs a = full ? layer_forward(l, acts[l].x, Pass::Recompute) : acts[l];
+    for (int l = last - 1; l >= first; --l) {
+      gather_layer(l, 1, BI);
+      gather_layer(l - 1, 1, BI);  // ZeRO 3: prefetch one layer ahead, in reverse
+      LayerActs a = full ? layer_forward(l, acts[l - first].x, Pass::Recompute) : acts[l - first];
       dy = layer_backward(l, a, dy);
     }
 
-    if (m_.dropout) {
-      TensorId d = act("embedding.dropout.bwd.grad", Th);
-      node("embedding.dropout.bwd", make_elementwise("dropout_bwd", T_ * h, ad_), BI, -1,
-           {dy, emb_mask}, {d});
-      dy = d;
+    if (c_.embedding) {
+      if (m_.dropout) {
+        TensorId d = act("embedding.dropout.bwd.grad", Tnh);
+        node("embedding.dropout.bwd", make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, -1,
+             {dy, emb_mask}, {d});
+        dy = d;
+      }
+      dy = tp_gather("embedding.bwd_weight", BI, -1, dy);
+      // Scatter-add of the token rows' gradients into the embedding table.
+      Op scatter = make_embedding(T_, h, ad_);
+      std::vector<TensorId> allocs, writes;
+      grad_target(embed_, allocs, writes);
+      node("embedding.bwd_weight", scatter, Pass::BackwardWeight, -1, {dy, tokens}, allocs, writes);
+      grad_done(embed_, groups_[embed_].params, -1);
+    } else {
+      g_.pp_send_backward = int(node("pp.send.bwd", std::nullopt, BI, first, {dy}, {}));
     }
-    // Scatter-add of the token rows' gradients into the embedding table.
-    Op scatter = make_embedding(T_, h, ad_);
-    node("embedding.bwd_weight", scatter, Pass::BackwardWeight, -1, {dy, tokens}, {},
-         {embed_.grads});
+    finish_grad_sync();
   }
 
   // ---- optimizer -----------------------------------------------------------------------------
 
   void optimizer() {
-    const int64_t n = g_.model.parameter_count();
+    const Pass O = Pass::Optimizer;
+    // Tied embeddings split over pipeline stages: the first and last stage sum their copies'
+    // gradients (Megatron's embedding group) before the update.
+    const bool tied_split = m_.tied_embeddings && p_.pp > 1 && c_.embedding != c_.head;
+    if (tied_split) {
+      const Group& g = groups_[c_.embedding ? embed_ : head_];
+      comm(c_.embedding ? "embedding.grads.tied_allreduce" : "lm_head.grads.tied_allreduce",
+           CollectiveKind::AllReduce, ParallelGroup::PP, g_.tensors[g.grads].bytes, true, true, O,
+           -1, {g.grads}, {}, {g.grads});
+    }
+    // This rank's parameters: its shard with ZeRO >= 1.
+    int64_t n = 0;
+    for (const Group& g : groups_) n += zero_ >= 1 ? (g.params + g.shard - 1) / g.shard : g.params;
     std::vector<TensorId> grads, all;
     for (TensorId t : state_tensors_) {
       all.push_back(t);
       if (g_.tensors[t].cls == TensorClass::Gradients) grads.push_back(t);
     }
-    const double gb = t_.mixed_precision() ? 2 : 4;
+    const double gb = wb_;
     if (t_.precision == Precision::FP16) {
       // Loss scaling: unscale the fp16 gradients and check them for inf/nan.
-      node("optimizer.unscale", stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32),
-           Pass::Optimizer, -1, grads, {}, grads);
+      node("optimizer.unscale", stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32), O, -1,
+           grads, {}, grads);
     }
-    // Global gradient norm, for clipping.
-    node("optimizer.grad_norm", stream_op("grad_norm", n, {gb}, {}, 2, 2, DType::FP32),
-         Pass::Optimizer, -1, grads, {});
+    // Global gradient norm, for clipping: each rank's share, summed over the model-parallel
+    // ranks (tp, pp) and, when ZeRO shards the gradients' reduction, the data-parallel ones.
+    struct NormSum {
+      ParallelGroup g;
+      const char* name;
+    };
+    std::vector<NormSum> sums;
+    if (tp_ > 1) sums.push_back({ParallelGroup::TP, "tp"});
+    if (p_.pp > 1) sums.push_back({ParallelGroup::PP, "pp"});
+    if (zero_ >= 1 && dpcp_ > 1) sums.push_back({ParallelGroup::DP, "dp"});
+    TensorId norm = sums.empty() ? -1 : tensor("optimizer.grad_norm.out", 4, TensorClass::Workspace);
+    node("optimizer.grad_norm", stream_op("grad_norm", n, {gb}, {}, 2, 2, DType::FP32), O, -1,
+         grads, norm >= 0 ? std::vector<TensorId>{norm} : std::vector<TensorId>{});
+    for (const NormSum& s : sums)
+      comm(fmt::format("optimizer.grad_norm.{}_allreduce", s.name), CollectiveKind::AllReduce, s.g,
+           4, true, true, O, -1, {norm}, {}, {norm});
+    std::vector<TensorId> adam_reads = grads;
+    if (norm >= 0) adam_reads.push_back(norm);
     Op adam = t_.mixed_precision()
                   ? make_adam(n, t_.activation_dtype())
                   // fp32 training: no master copy; weights, moments and gradient in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
-    node("optimizer.adam", adam, Pass::Optimizer, -1, grads, {}, all);
+    node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
+    // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket.
+    if (zero_ == 1 || zero_ == 2)
+      for (int k = 0; k < 2; ++k)
+        for (std::size_t i = 0; i < buckets_[k].size(); ++i) {
+          const Bucket& b = buckets_[k][i];
+          std::vector<TensorId> w;
+          for (int gi : b.groups) w.push_back(groups_[gi].weights);
+          comm(fmt::format("dp.{}weights.bucket{}.allgather", k ? "expert_" : "", i),
+               CollectiveKind::AllGather, k ? ParallelGroup::EDP : ParallelGroup::DP,
+               double(b.params) * wb_, false, true, O, b.layer, {}, {}, w);
+        }
   }
 
   void compute_frees() {
@@ -533,6 +1039,7 @@ class Builder {
     for (std::size_t v = 0; v < g_.size(); ++v) {
       for (TensorId t : g_.dag[v].allocs) last[t] = std::max(last[t], int(v));
       for (TensorId t : g_.dag[v].reads) last[t] = std::max(last[t], int(v));
+      for (TensorId t : g_.dag[v].writes) last[t] = std::max(last[t], int(v));
     }
     for (std::size_t t = 0; t < last.size(); ++t)
       if (!g_.tensors[t].persistent && last[t] >= 0) g_.dag[last[t]].frees.push_back(TensorId(t));
@@ -540,21 +1047,33 @@ class Builder {
 
   const TransformerModel& m_;
   const TrainingSetup& t_;
+  const Parallelism& p_;
+  ModelChunk c_;
   StepGraph g_;
-  int64_t b_, s_, T_;
+  int tp_ = 1, cp_ = 1, ep_ = 1, zero_ = 0;
+  bool sp_ = false;
+  int64_t dpcp_ = 1, edp_ = 1;
+  int64_t b_, s_, sq_, T_, Tn_;
+  int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
+  int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   DType ad_, md_, attn_dt_;
-  double e_;
+  double e_, wb_, ob_;
   std::vector<int> producer_;
-  std::vector<std::vector<int>> writers_;
+  std::vector<std::vector<int>> writers_, late_writers_;
   std::vector<TensorId> state_tensors_;
-  StateGroup embed_, final_norm_, head_;
-  std::vector<StateGroup> layer_state_;
+  std::vector<Group> groups_;
+  int embed_ = -1, final_norm_ = -1, head_ = -1;
+  std::vector<int> layer_group_, expert_group_;
+  Bucket open_[2];
+  std::vector<Bucket> buckets_[2];
+  std::vector<std::pair<int, Bucket>> deferred_;
 };
 
 }  // namespace
 
-StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup) {
-  return Builder(model, setup).build();
+StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup,
+                           const ModelChunk& chunk) {
+  return Builder(model, setup, chunk).build();
 }
 
 }  // namespace memwall

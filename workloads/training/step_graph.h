@@ -48,7 +48,11 @@ struct Tensor {
 };
 
 /// The ranks a collective runs among (Megatron's process groups).
-enum class ParallelGroup { TP, CP, DP, EP, PP };
+/// DP: the data-parallel group of dense parameters; the run makes it dp x cp ranks (Megatron's
+/// dp-cp group: context-parallel ranks hold the same parameters and sum their gradients).
+/// EDP: the expert-data-parallel group, the ranks holding the same experts: dp x cp / ep.
+/// PP: for the tied-embedding gradient all-reduce, the first and last pipeline stage only.
+enum class ParallelGroup { TP, CP, DP, EP, PP, EDP };
 const char* parallel_group_name(ParallelGroup g);
 
 /// A collective a parallel layout implies. `bytes` follows nccl-tests' size convention: the
@@ -74,7 +78,8 @@ struct StepNode {
   int layer = -1;                ///< transformer layer, -1 outside the layers
   std::vector<TensorId> allocs;  ///< tensors this node produces (allocated when it starts)
   std::vector<TensorId> reads;   ///< tensors it reads
-  std::vector<TensorId> writes;  ///< persistent tensors it updates in place
+  std::vector<TensorId> writes;  ///< tensors it updates in place (model state, in-place
+                                 ///< all-reduces, gradient buckets)
   double workspace_bytes = 0;    ///< scratch held only while it runs
   std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
 };
@@ -87,8 +92,19 @@ struct StepGraph {
   std::vector<Tensor> tensors;
   TransformerModel model;
   TrainingSetup setup;
+  ModelChunk chunk;                ///< the layers this graph runs (last_layer resolved)
   int64_t tokens = 0;              ///< tokens in one micro-batch: micro_batch x seq_len
+  int64_t rank_tokens = 0;         ///< of those, on this rank: micro_batch x seq_len / cp
   int64_t accumulation_steps = 1;  ///< micro-batches per optimizer step
+  /// Bytes of the activation a pipeline stage sends the next one per micro-batch (and of the
+  /// gradient sent back): micro_batch x seq/cp x hidden (/ tp with sequence parallelism).
+  double boundary_bytes = 0;
+  /// Pipeline boundary nodes (pure memory events), -1 when the chunk has none:
+  /// "pp.recv.fwd" allocates the input activation (chunks without the embedding);
+  /// "pp.send.fwd" reads the output activation (chunks without the head);
+  /// "pp.recv.bwd" allocates the output gradient (chunks without the head);
+  /// "pp.send.bwd" reads the input gradient (chunks without the embedding).
+  int pp_recv_forward = -1, pp_send_forward = -1, pp_recv_backward = -1, pp_send_backward = -1;
 
   std::size_t size() const { return boost::num_vertices(dag); }
   const StepNode& node(StepVertex v) const { return dag[v]; }
@@ -100,11 +116,21 @@ struct StepGraph {
   double micro_batch_flops() const;
   /// FLOPs of a whole optimizer step: every micro-batch plus the optimizer.
   double step_flops() const;
-  /// Bytes of persistent tensors of a class (model state before any sharding).
+  /// Bytes of persistent tensors of a class: this rank's model state (after TP/PP/EP and ZeRO).
   double state_bytes(TensorClass c) const;
+  /// Collective nodes, in generation order.
+  std::vector<StepVertex> comm_nodes() const;
 };
 
-/// Generates the step graph. Throws std::invalid_argument for an unsupported optimizer.
-StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup);
+/// Generates the graph of one rank running `chunk` of the model for one micro-batch, plus the
+/// optimizer update of that chunk's parameters, sharded by setup.parallel (Megatron-LM
+/// semantics; see docs/training.md, "Parallelism"). With every degree 1 and the default chunk it
+/// is the one-device step graph.
+///
+/// Throws ConfigError (key "training.tp", "training.cp", "training.ep", ...) when the layout does
+/// not divide the model (heads not divisible by tp, experts not by ep, ...), and
+/// std::invalid_argument for an unsupported optimizer or a chunk outside the model.
+StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup,
+                           const ModelChunk& chunk = ModelChunk{});
 
 }  // namespace memwall

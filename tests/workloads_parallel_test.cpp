@@ -1,0 +1,576 @@
+// The per-rank step graph under tensor, sequence, pipeline, data (ZeRO), context and expert
+// parallelism: what the ranks hold and compute adds up to the unsharded model, activations follow
+// Korthikanti et al. 2022 Table 2, state follows the ZeRO paper, and the collectives come with the
+// kinds, groups, counts and sizes of Megatron-LM.
+#include <gtest/gtest.h>
+
+#include <boost/graph/topological_sort.hpp>
+#include <chrono>
+#include <cmath>
+#include <iterator>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "workloads/memory/timeline.h"
+#include "workloads/parallel/check.h"
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+namespace {
+
+TrainingSetup setup(const std::string& yaml) { return load_training_string(yaml, "training.yaml"); }
+
+const StepNode* find(const StepGraph& g, const std::string& name) {
+  for (std::size_t v = 0; v < g.size(); ++v)
+    if (g.dag[v].name == name) return &g.dag[v];
+  return nullptr;
+}
+int index_of(const StepGraph& g, const std::string& name) {
+  for (std::size_t v = 0; v < g.size(); ++v)
+    if (g.dag[v].name == name) return int(v);
+  return -1;
+}
+
+// FLOPs of the matrix units: GEMMs and attention, one micro-batch.
+double matrix_flops(const StepGraph& g) {
+  double f = 0;
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.dag[v];
+    if (!n.op || n.pass == Pass::Optimizer) continue;
+    std::string k = n.op->kind();
+    if (k == "gemm" || k == "attention") f += n.op->flops();
+  }
+  return f;
+}
+
+// Equal pipeline chunks: the first holds the embedding, the last the head.
+std::vector<ModelChunk> chunks(const TransformerModel& m, int pp) {
+  std::vector<ModelChunk> c;
+  for (int i = 0; i < pp; ++i)
+    c.push_back(ModelChunk{m.layers * i / pp, m.layers * (i + 1) / pp, i == 0, i == pp - 1});
+  return c;
+}
+
+std::string par(int tp, int pp = 1, bool sp = false, int dp = 1, int mb = 1) {
+  return "tp: " + std::to_string(tp) + "\npp: " + std::to_string(pp) +
+         "\ndp: " + std::to_string(dp) + "\nmicro_batch: " + std::to_string(mb) +
+         "\nglobal_batch: " + std::to_string(dp * mb) +
+         "\nsequence_parallel: " + (sp ? "true" : "false") + "\n";
+}
+
+struct CommCount {
+  int n = 0;
+  double bytes = 0;
+};
+// Collectives by (pass, kind, group) among the layers' nodes (layer >= 0) or all.
+std::map<std::string, CommCount> comms(const StepGraph& g, bool layers_only = true) {
+  std::map<std::string, CommCount> c;
+  for (StepVertex v : g.comm_nodes()) {
+    const StepNode& n = g.dag[v];
+    if (layers_only && n.layer < 0) continue;
+    std::string key = std::string(pass_name(n.pass)) + " " + collective_kind_name(n.comm->kind) +
+                      " " + parallel_group_name(n.comm->group) +
+                      (n.comm->blocking ? "" : " async");
+    c[key].n++;
+    c[key].bytes += n.comm->bytes;
+  }
+  return c;
+}
+
+// Every edge runs forward in the generation order, the DAG sorts, and the memory timeline
+// accepts the order and ends with no activations.
+void expect_well_formed(const StepGraph& g) {
+  std::vector<StepVertex> topo;
+  EXPECT_NO_THROW(boost::topological_sort(g.dag, std::back_inserter(topo)));
+  for (auto [e, end] = boost::edges(g.dag); e != end; ++e)
+    ASSERT_LT(boost::source(*e, g.dag), boost::target(*e, g.dag));
+  MemoryTimeline t = memory_timeline(g);
+  EXPECT_NEAR(t.during.back()[int(TensorClass::Activations)], 0, 1e-6);
+  for (StepVertex v : g.comm_nodes()) {
+    EXPECT_FALSE(g.dag[v].op) << g.dag[v].name;
+    EXPECT_GT(g.dag[v].comm->bytes, 0) << g.dag[v].name;
+  }
+}
+
+TEST(WorkloadParallel, AllDegreesOneIsTheOneDeviceGraph) {
+  TransformerModel m = load_model("gpt2-124m");
+  StepGraph a = build_step_graph(m, setup("micro_batch: 4"));
+  StepGraph b = build_step_graph(m, setup(par(1, 1, false, 1, 4)), ModelChunk{});
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_TRUE(a.comm_nodes().empty());
+  EXPECT_EQ(a.rank_tokens, a.tokens);
+  EXPECT_EQ(a.chunk.last_layer, m.layers);
+  EXPECT_DOUBLE_EQ(a.boundary_bytes, 4.0 * 1024 * 768 * 2);
+  EXPECT_EQ(a.pp_recv_forward, -1);
+  EXPECT_EQ(a.pp_send_backward, -1);
+}
+
+// Summed over the tp x pp ranks of one pipeline, the matrix FLOPs are the unsharded graph's:
+// the vocabulary is padded to a multiple of tp (at most tp - 1 rows of the LM head).
+TEST(WorkloadParallel, TensorAndPipelineShardsConserveMatrixFlops) {
+  for (const char* name : {"gpt3-1.3b", "llama2-70b", "bert-large"}) {
+    TransformerModel m = load_model(name);
+    m.layers = 8;
+    const double whole = matrix_flops(build_step_graph(m, setup("micro_batch: 2")));
+    for (int tp : {2, 4, 8})
+      for (int pp : {1, 2, 4})
+        for (bool sp : {false, true}) {
+          SCOPED_TRACE(std::string(name) + " tp " + std::to_string(tp) + " pp " +
+                       std::to_string(pp) + (sp ? " sp" : ""));
+          TrainingSetup t = setup(par(tp, pp, sp, 1, 2));
+          double sum = 0;
+          for (const ModelChunk& c : chunks(m, pp))
+            sum += tp * matrix_flops(build_step_graph(m, t, c));
+          EXPECT_NEAR(sum / whole, 1.0, 1e-3);
+        }
+  }
+}
+
+TEST(WorkloadParallel, ContextParallelShardsConserveMatrixFlops) {
+  TransformerModel m = load_model("llama3-8b");
+  m.layers = 2;
+  const double whole = matrix_flops(build_step_graph(m, setup("")));
+  for (int cp : {2, 4, 8}) {
+    StepGraph g = build_step_graph(m, setup("cp: " + std::to_string(cp)));
+    EXPECT_EQ(g.rank_tokens, m.seq_len / cp);
+    EXPECT_NEAR(cp * matrix_flops(g) / whole, 1.0, 1e-9);
+    const StepNode* core = find(g, "layer0.attn.core.fwd");
+    ASSERT_NE(core, nullptr);
+    const auto& a = std::get<AttentionOp>(core->op->body);
+    EXPECT_EQ(a.seq_q, m.seq_len / cp);
+    EXPECT_EQ(a.seq_kv, m.seq_len);
+  }
+}
+
+// Weights per rank x tp, summed over the pipeline's chunks, give the model's weights, plus what
+// Megatron replicates on every tensor-parallel rank (norms, row-parallel biases, the position and
+// token-type tables) and the last stage's copy of a tied embedding; with ZeRO 3 also x dp.
+TEST(WorkloadParallel, WeightsPerRankAddUpToTheModel) {
+  for (const char* name : {"gpt3-1.3b", "llama2-70b"}) {
+    TransformerModel m = load_model(name);
+    const int64_t h = m.hidden;
+    const int64_t norm = m.norm == NormType::LayerNorm ? 2 * h : h;
+    for (int tp : {1, 2, 8})
+      for (int pp : {1, 4})
+        for (int zero3 : {0, 1}) {
+          SCOPED_TRACE(std::string(name) + " tp " + std::to_string(tp) + " pp " +
+                       std::to_string(pp) + (zero3 ? " zero 3" : ""));
+          const int dp = zero3 ? 4 : 1;
+          TrainingSetup t = setup(par(tp, pp, false, dp) + "zero_stage: " + (zero3 ? "3" : "0"));
+          double sum = 0;
+          for (const ModelChunk& c : chunks(m, pp))
+            sum += double(tp) * dp * build_step_graph(m, t, c).state_bytes(TensorClass::Weights);
+          int64_t replicated = m.layers * (2 * norm + (m.bias ? 2 * h : 0)) + norm +
+                               m.type_vocab * h +
+                               (m.positions == PositionType::Learned ? m.max_position * h : 0);
+          int64_t vocab_r = (m.vocab + tp - 1) / tp;
+          double expect = 2.0 * (double(m.parameter_count()) + double(tp - 1) * replicated +
+                                 double(vocab_r * tp - m.vocab) * h *
+                                     (m.tied_embeddings ? 1 : 2) +
+                                 (m.tied_embeddings && pp > 1 ? double(vocab_r) * tp * h : 0));
+          EXPECT_NEAR(sum / expect, 1.0, 1e-9);
+          if (tp == 1 && pp == 1) EXPECT_DOUBLE_EQ(sum, 2.0 * m.parameter_count());
+        }
+  }
+}
+
+// ZeRO (Rajbhandari et al. 2020, Figure 1): bytes per parameter with K = 12 (fp32 master
+// weights and two moments): 2 + 2 + K/N, 2 + (2 + K)/N, (2 + 2 + K)/N.
+TEST(WorkloadParallel, ZeroStagesShardStateAsTheZeroPaper) {
+  TransformerModel m = load_model("gpt3-1.3b");
+  const double p = double(m.parameter_count());
+  for (int dp : {2, 8, 64}) {
+    const double N = dp;
+    const double expect[4] = {16, 4 + 12 / N, 2 + 14 / N, 16 / N};
+    for (int z = 0; z <= 3; ++z) {
+      SCOPED_TRACE("dp " + std::to_string(dp) + " zero " + std::to_string(z));
+      StepGraph g = build_step_graph(m, setup(par(1, 1, false, dp) + "zero_stage: " +
+                                              std::to_string(z)));
+      double state = g.state_bytes(TensorClass::Weights) + g.state_bytes(TensorClass::Gradients) +
+                     g.state_bytes(TensorClass::Optimizer);
+      EXPECT_NEAR(state / p, expect[z], 1e-9);
+      // The optimizer updates this rank's shard.
+      const auto& adam = std::get<StreamOp>(find(g, "optimizer.adam")->op->body);
+      EXPECT_NEAR(double(adam.elements), z >= 1 ? p / dp : p, double(g.tensors.size()));
+    }
+  }
+}
+
+// Per-layer activations (the difference of 3- and 2-layer models) against Korthikanti et al.
+// 2022, Table 2: sbh (10 + 24/t + 5as/(ht)) with tensor parallelism, sbh/t (34 + 5as/h) with
+// sequence parallelism too. Their setting: fp16, dropout, unfused attention.
+TEST(WorkloadParallel, ActivationsPerLayerMatchKorthikantiTable2) {
+  TransformerModel m = load_model("gpt3-1.3b");
+  const int64_t h = 4096, a = 32, s = 2048;
+  m.hidden = h;
+  m.ffn_hidden = 4 * h;
+  m.heads = m.kv_heads = a;
+  m.head_dim = h / a;
+  m.seq_len = m.max_position = s;
+  auto per_layer = [&](const TrainingSetup& t) {
+    TransformerModel x = m;
+    x.layers = 3;
+    double a3 = memory_timeline(build_step_graph(x, t)).max_of(TensorClass::Activations);
+    x.layers = 2;
+    return a3 - memory_timeline(build_step_graph(x, t)).max_of(TensorClass::Activations);
+  };
+  const double sbh = double(s) * h;
+  for (int tp : {2, 4, 8}) {
+    const double t = tp;
+    for (bool sp : {false, true}) {
+      TrainingSetup st = setup("precision: fp16\nflash_attention: false\n" + par(tp, 1, sp));
+      double got = per_layer(st);
+      double closed = sp ? sbh / t * (34 + 5.0 * a * s / h)
+                         : sbh * (10 + 24 / t + 5.0 * a * s / (h * t));
+      EXPECT_NEAR(got / closed, 1.0, 0.03) << "tp " << tp << (sp ? " sp" : "");
+      std::printf("  tp %d%s: %.4g B per layer, Table 2 %+.2f%%\n", tp, sp ? " sp" : "   ", got,
+                  100 * (got / closed - 1));
+    }
+  }
+}
+
+TEST(WorkloadParallel, TensorParallelCollectives) {
+  TransformerModel m = load_model("gpt3-1.3b");
+  m.layers = 4;
+  const int64_t T = 2 * m.seq_len;
+  const double Th2 = double(T) * m.hidden * 2;
+  EXPECT_TRUE(build_step_graph(m, setup("micro_batch: 2")).comm_nodes().empty());
+  {
+    StepGraph g = build_step_graph(m, setup(par(4, 1, false, 1, 2)));
+    auto c = comms(g);
+    ASSERT_EQ(c.size(), 2u);
+    EXPECT_EQ(c["fwd all-reduce tp"].n, 2 * m.layers);
+    EXPECT_EQ(c["bwd_input all-reduce tp"].n, 2 * m.layers);
+    EXPECT_DOUBLE_EQ(c["fwd all-reduce tp"].bytes, 2 * m.layers * Th2);
+    // The all-reduces sit after proj and fc2 forward, after qkv and fc1 input gradients.
+    for (const char* n : {"layer2.attn.proj.fwd.tp_allreduce", "layer2.mlp.fc2.fwd.tp_allreduce",
+                          "layer2.attn.qkv.bwd_input.tp_allreduce",
+                          "layer2.mlp.fc1.bwd_input.tp_allreduce"}) {
+      const StepNode* x = find(g, n);
+      ASSERT_NE(x, nullptr) << n;
+      EXPECT_TRUE(x->comm->blocking);
+      EXPECT_FALSE(x->comm->once_per_step);
+    }
+    // The GEMMs are split: column-parallel qkv and fc1, row-parallel proj and fc2.
+    auto shape = [&](const char* n) { return std::get<GemmOp>(find(g, n)->op->body); };
+    EXPECT_EQ(shape("layer0.attn.qkv.fwd").n, m.qkv_width() / 4);
+    EXPECT_EQ(shape("layer0.attn.proj.fwd").k, m.attn_width() / 4);
+    EXPECT_EQ(shape("layer0.mlp.fc1.fwd").n, m.ffn_hidden / 4);
+    EXPECT_EQ(shape("layer0.mlp.fc2.fwd").k, m.ffn_hidden / 4);
+    EXPECT_EQ(shape("lm_head.fwd").n, (m.vocab + 3) / 4);
+    // Embedding all-reduce and the vocab-parallel cross-entropy's two small all-reduces.
+    EXPECT_NE(find(g, "embedding.fwd.tp_allreduce"), nullptr);
+    const StepNode* mx = find(g, "loss.cross_entropy.tp_allreduce_max");
+    ASSERT_NE(mx, nullptr);
+    EXPECT_DOUBLE_EQ(mx->comm->bytes, 4.0 * T);
+    EXPECT_NE(find(g, "loss.cross_entropy.tp_allreduce_sum"), nullptr);
+    expect_well_formed(g);
+  }
+  for (const char* rc : {"none", "full"}) {
+    StepGraph g = build_step_graph(
+        m, setup("recompute: " + std::string(rc) + "\n" + par(4, 1, true, 1, 2)));
+    auto c = comms(g);
+    const int L = int(m.layers);
+    EXPECT_EQ(c["fwd all-gather tp"].n, 2 * L);
+    EXPECT_EQ(c["fwd reduce-scatter tp"].n, 2 * L);
+    EXPECT_DOUBLE_EQ(c["fwd all-gather tp"].bytes, 2 * L * Th2);
+    EXPECT_DOUBLE_EQ(c["fwd reduce-scatter tp"].bytes, 2 * L * Th2);
+    EXPECT_EQ(c["bwd_input all-gather tp"].n, 2 * L);
+    EXPECT_EQ(c["bwd_input reduce-scatter tp"].n, 2 * L);
+    // Megatron re-gathers the saved T/t-token inputs for the weight gradients, overlapped.
+    EXPECT_EQ(c["bwd_input all-gather tp async"].n, 2 * L);
+    EXPECT_EQ(c["recompute all-gather tp"].n, std::string(rc) == "full" ? 2 * L : 0);
+    EXPECT_EQ(c.count("fwd all-reduce tp"), 0u);
+    EXPECT_EQ(std::get<StreamOp>(find(g, "layer1.ln1.fwd")->op->body).elements % (T / 4), 0);
+    EXPECT_DOUBLE_EQ(g.boundary_bytes, double(T) / 4 * m.hidden * 2);
+    expect_well_formed(g);
+  }
+}
+
+TEST(WorkloadParallel, PipelineChunksHaveBoundaryNodes) {
+  TransformerModel m = load_model("gpt3-1.3b");  // 24 layers
+  TrainingSetup t = setup(par(2, 4, true, 1, 2));
+  auto cs = chunks(m, 4);
+  for (int i = 0; i < 4; ++i) {
+    SCOPED_TRACE(i);
+    StepGraph g = build_step_graph(m, t, cs[i]);
+    expect_well_formed(g);
+    EXPECT_EQ(find(g, "embedding.fwd") != nullptr, i == 0);
+    EXPECT_EQ(find(g, "lm_head.fwd") != nullptr, i == 3);
+    EXPECT_EQ(g.pp_recv_forward >= 0, i > 0);
+    EXPECT_EQ(g.pp_send_backward >= 0, i > 0);
+    EXPECT_EQ(g.pp_send_forward >= 0, i < 3);
+    EXPECT_EQ(g.pp_recv_backward >= 0, i < 3);
+    EXPECT_EQ(find(g, "layer" + std::to_string(6 * i) + ".ln1.fwd") != nullptr, true);
+    EXPECT_EQ(find(g, "layer" + std::to_string(6 * i + 6) + ".ln1.fwd"), nullptr);
+    // The boundary activation: micro_batch x seq x hidden / tp (sequence parallel), 16 bits.
+    EXPECT_DOUBLE_EQ(g.boundary_bytes, 2.0 * m.seq_len * m.hidden / 2 * 2);
+    if (i > 0) {
+      const StepNode& r = g.dag[g.pp_recv_forward];
+      EXPECT_EQ(r.name, "pp.recv.fwd");
+      ASSERT_EQ(r.allocs.size(), 1u);
+      EXPECT_DOUBLE_EQ(g.tensors[r.allocs[0]].bytes, g.boundary_bytes);
+      EXPECT_EQ(r.layer, 6 * i);
+    }
+    if (i < 3) {
+      EXPECT_EQ(g.dag[g.pp_recv_backward].name, "pp.recv.bwd");
+      EXPECT_LT(g.pp_send_forward, g.pp_recv_backward);
+    }
+    // Tied embeddings: the first and last stages sum their copies' gradients.
+    bool tied = find(g, "embedding.grads.tied_allreduce") || find(g, "lm_head.grads.tied_allreduce");
+    EXPECT_EQ(tied, i == 0 || i == 3);
+    // Gradient-norm partial sums over tp and pp.
+    EXPECT_NE(find(g, "optimizer.grad_norm.pp_allreduce"), nullptr);
+    EXPECT_NE(find(g, "optimizer.grad_norm.tp_allreduce"), nullptr);
+  }
+  EXPECT_THROW(build_step_graph(m, t, ModelChunk{4, 2, false, false}), std::invalid_argument);
+  EXPECT_THROW(build_step_graph(m, t, ModelChunk{0, 25, true, false}), std::invalid_argument);
+}
+
+// Is `to` reachable from `from` over the DAG's edges?
+bool reaches(const StepGraph& g, StepVertex from, StepVertex to) {
+  std::vector<char> seen(g.size(), 0);
+  std::vector<StepVertex> stack = {from};
+  while (!stack.empty()) {
+    StepVertex v = stack.back();
+    stack.pop_back();
+    if (v == to) return true;
+    for (auto [e, end] = boost::out_edges(v, g.dag); e != end; ++e) {
+      StepVertex w = boost::target(*e, g.dag);
+      if (!seen[w]) {
+        seen[w] = 1;
+        stack.push_back(w);
+      }
+    }
+  }
+  return false;
+}
+
+TEST(WorkloadParallel, DataParallelGradientBuckets) {
+  TransformerModel m = load_model("gpt3-1.3b");
+  m.layers = 6;
+  const double bucket = 25.0 * 1024 * 1024;
+  EXPECT_TRUE(build_step_graph(m, setup("zero_stage: 1")).comm_nodes().empty());
+  for (int z = 0; z <= 3; ++z) {
+    SCOPED_TRACE("zero " + std::to_string(z));
+    StepGraph g = build_step_graph(m, setup(par(1, 1, false, 8) + "zero_stage: " +
+                                            std::to_string(z)));
+    expect_well_formed(g);
+    const int adam = index_of(g, "optimizer.adam");
+    double grad_bytes = 0;
+    int buckets = 0;
+    for (StepVertex v : g.comm_nodes()) {
+      const StepNode& n = g.dag[v];
+      if (n.name.rfind("dp.grads.bucket", 0) != 0) continue;
+      ++buckets;
+      grad_bytes += n.comm->bytes;
+      EXPECT_EQ(n.comm->kind, z == 0 ? CollectiveKind::AllReduce : CollectiveKind::ReduceScatter);
+      EXPECT_EQ(n.comm->group, ParallelGroup::DP);
+      EXPECT_FALSE(n.comm->blocking);
+      // Stages 0 and 1 reduce the accumulated gradients once; 2 and 3 every micro-batch.
+      EXPECT_EQ(n.comm->once_per_step, z < 2);
+      EXPECT_EQ(n.pass, Pass::BackwardWeight);
+      // About a bucket each; a parameter larger than a bucket (the embedding) gets its own.
+      if (z < 3) EXPECT_LT(n.comm->bytes, bucket + 2.0 * m.vocab * m.hidden + 1);
+      // The optimizer waits for every bucket.
+      EXPECT_TRUE(boost::edge(v, StepVertex(adam), g.dag).second) << n.name;
+      ASSERT_FALSE(n.writes.empty());
+      EXPECT_EQ(g.tensors[n.writes[0]].cls, TensorClass::Gradients);
+    }
+    // The buckets cover every gradient once (unsharded bytes).
+    EXPECT_NEAR(grad_bytes, 2.0 * m.parameter_count(), 1);
+    if (z < 3)
+      EXPECT_GE(buckets, int(2.0 * m.layers * m.layer_parameter_count() / (2 * bucket)));
+    if (z == 3) EXPECT_GE(buckets, int(m.layers));
+    // Buckets are emitted during the backward, not after it: the first comes before layer 0's
+    // backward.
+    int first_bucket = -1;
+    for (StepVertex v : g.comm_nodes())
+      if (g.dag[v].name.rfind("dp.grads", 0) == 0) {
+        first_bucket = int(v);
+        break;
+      }
+    EXPECT_LT(first_bucket, index_of(g, "layer0.attn.qkv.bwd_input"));
+    // The next layer's backward does not wait for a bucket.
+    StepVertex b0 = StepVertex(first_bucket);
+    EXPECT_FALSE(reaches(g, b0, StepVertex(index_of(g, "layer0.attn.qkv.bwd_weight"))));
+    auto c = comms(g, false);
+    EXPECT_EQ(c["optimizer all-gather dp async"].n > 0, z == 1 || z == 2);
+    if (z == 1 || z == 2)
+      EXPECT_NEAR(c["optimizer all-gather dp async"].bytes, 2.0 * m.parameter_count(), 1);
+    EXPECT_EQ(find(g, "optimizer.grad_norm.dp_allreduce") != nullptr, z >= 1);
+    if (z == 3) {
+      // Weights gathered one layer ahead, in forward and again in backward.
+      // (and the embedding, final norm and tied head, gathered where they are used).
+      EXPECT_EQ(comms(g)["fwd all-gather dp async"].n, int(m.layers));
+      EXPECT_EQ(comms(g)["bwd_input all-gather dp async"].n, int(m.layers));
+      EXPECT_EQ(c["fwd all-gather dp async"].n, int(m.layers) + 3);
+      EXPECT_EQ(c["bwd_input all-gather dp async"].n, int(m.layers) + 1);
+      const StepNode* ag = find(g, "layer3.weights.gather.fwd");
+      ASSERT_NE(ag, nullptr);
+      EXPECT_LT(index_of(g, "layer3.weights.gather.fwd"), index_of(g, "layer2.ln1.fwd"));
+      // At most about two layers of gathered weights live at once (plus the embedding's).
+      MemoryTimeline t = memory_timeline(g);
+      double gathered = t.max_of(TensorClass::Weights) - g.state_bytes(TensorClass::Weights);
+      double layer = 2.0 * m.layer_parameter_count();
+      double emb = 2.0 * (m.vocab + m.max_position) * m.hidden;
+      EXPECT_LE(gathered, 2 * layer + emb + 1);
+      EXPECT_GE(gathered, 2 * layer);
+    }
+  }
+  // Without overlap the buckets come after the backward, on the compute stream.
+  StepGraph late = build_step_graph(m, setup(par(1, 1, false, 8) + "overlap_grad_reduce: false"));
+  const StepNode* b = find(late, "dp.grads.bucket0");
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(b->comm->blocking);
+  EXPECT_GT(index_of(late, "dp.grads.bucket0"), index_of(late, "embedding.bwd_weight"));
+}
+
+TEST(WorkloadParallel, ContextParallelRingExchangeOverlapsTheAttention) {
+  TransformerModel m = load_model("llama3-8b");
+  m.layers = 2;
+  StepGraph g = build_step_graph(m, setup("micro_batch: 1\ncp: 4"));
+  expect_well_formed(g);
+  const double kv = 2.0 * (m.seq_len / 4) * m.kv_heads * m.head_dim * 2;
+  auto c = comms(g);
+  EXPECT_EQ(c["fwd send-recv cp async"].n, 2);
+  EXPECT_DOUBLE_EQ(c["fwd send-recv cp async"].bytes, 2 * 3 * kv);
+  EXPECT_EQ(c["bwd_input send-recv cp async"].n, 2);
+  EXPECT_DOUBLE_EQ(c["bwd_input send-recv cp async"].bytes, 2 * 2 * 3 * kv);
+  int x = index_of(g, "layer1.attn.core.fwd.cp_exchange"), a = index_of(g, "layer1.attn.core.fwd"),
+      j = index_of(g, "layer1.attn.core.fwd.cp_join"), p = index_of(g, "layer1.attn.proj.fwd");
+  ASSERT_GE(x, 0);
+  ASSERT_GE(j, 0);
+  EXPECT_FALSE(reaches(g, x, a));  // the attention does not wait for the exchange
+  EXPECT_TRUE(boost::edge(x, j, g.dag).second);
+  EXPECT_TRUE(boost::edge(a, j, g.dag).second);
+  EXPECT_TRUE(boost::edge(j, p, g.dag).second);  // the projection waits for both
+  // Gradients sum over the dp x cp ranks even with dp 1.
+  EXPECT_NE(find(g, "dp.grads.bucket0"), nullptr);
+  EXPECT_THROW(build_step_graph(m, setup("cp: 3")), ConfigError);
+}
+
+TEST(WorkloadParallel, MixtureOfExpertsLayers) {
+  TransformerModel m = load_model("mixtral-8x7b");
+  // The whole model on one device: 6 x active (non-lookup) parameters x tokens + attention.
+  {
+    TransformerModel x = m;
+    x.layers = 2;
+    StepGraph g = build_step_graph(x, setup(""));
+    expect_well_formed(g);
+    double n = double(x.active_parameter_count() - x.lookup_parameter_count());
+    double attn = x.layers * 3.5 * 4.0 * x.heads * double(x.seq_len) * x.seq_len * x.head_dim / 2;
+    EXPECT_NEAR(matrix_flops(g) / (6 * n * g.tokens + attn), 1.0, 0.01);
+    EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Weights), 2.0 * x.parameter_count());
+    EXPECT_TRUE(g.comm_nodes().empty());
+  }
+  m.layers = 4;
+  for (int ep : {2, 8}) {
+    SCOPED_TRACE("ep " + std::to_string(ep));
+    StepGraph g = build_step_graph(
+        m, setup(par(2, 1, true, 8) + "ep: " + std::to_string(ep) + "\nzero_stage: 1"));
+    expect_well_formed(g);
+    const int64_t T = m.seq_len;
+    auto c = comms(g);
+    EXPECT_EQ(c["fwd all-to-all ep"].n, 2 * m.layers);
+    EXPECT_EQ(c["bwd_input all-to-all ep"].n, 2 * m.layers);
+    EXPECT_DOUBLE_EQ(c["fwd all-to-all ep"].bytes, 2 * m.layers * double(T) * 2 * m.hidden * 2);
+    // The local experts, each with T x top_k x ep / experts tokens, as one grouped GEMM.
+    const auto& fc1 = std::get<GemmOp>(find(g, "layer1.moe.experts.fc1.fwd")->op->body);
+    EXPECT_EQ(fc1.batch, 8 / ep);
+    EXPECT_EQ(fc1.m, T * 2 * ep / 8);
+    EXPECT_EQ(fc1.n, 2 * m.expert_ffn() / 2);  // SwiGLU gate and up, split over tp 2
+    // Expert gradients sum over the ranks that hold the same experts: dp x cp / ep.
+    EXPECT_EQ(find(g, "dp.expert_grads.bucket0") != nullptr, ep < 8);
+    if (ep < 8) EXPECT_EQ(find(g, "dp.expert_grads.bucket0")->comm->group, ParallelGroup::EDP);
+    // Expert weights per rank: experts / ep experts, each split over tp.
+    double experts = 0;
+    for (const Tensor& t : g.tensors)
+      if (t.persistent && t.cls == TensorClass::Weights &&
+          t.name.find(".experts.") != std::string::npos)
+        experts += t.bytes;
+    EXPECT_DOUBLE_EQ(experts, 2.0 * m.layers * (8 / ep) * m.expert_parameter_count() / 2);
+  }
+  EXPECT_THROW(build_step_graph(m, setup(par(1, 1, false, 6) + "ep: 3")), ConfigError);
+  EXPECT_THROW(build_step_graph(load_model("llama3-8b"), setup(par(1, 1, false, 2) + "ep: 2")),
+               ConfigError);
+}
+
+TEST(WorkloadParallel, BadLayoutsNameTheKey) {
+  TransformerModel m = load_model("gpt3-1.3b");  // 16 heads
+  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
+    try {
+      build_step_graph(x, setup(yaml));
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message(m, "tp: 3").find("training.tp"), std::string::npos);
+  EXPECT_NE(message(m, "tp: 3").find("heads (16)"), std::string::npos);
+  EXPECT_NE(message(m, "tp: 32").find("training.tp"), std::string::npos);
+  EXPECT_NE(message(m, "cp: 3").find("training.cp"), std::string::npos);
+  TransformerModel moe = load_model("mixtral-8x7b");
+  std::string ep = message(moe, "dp: 3\nglobal_batch: 3\nep: 3");
+  EXPECT_NE(ep.find("training.ep"), std::string::npos) << ep;
+  EXPECT_NE(ep.find("experts (8)"), std::string::npos) << ep;
+  // Llama 2 70B has 8 key/value heads: tp 16 replicates them, one per rank.
+  TransformerModel l = load_model("llama2-70b");
+  l.layers = 1;
+  StepGraph g = build_step_graph(l, setup("tp: 16"));
+  EXPECT_EQ(std::get<AttentionOp>(find(g, "layer0.attn.core.fwd")->op->body).kv_heads, 1);
+  EXPECT_NO_THROW(check_parallel_layout(l, setup("tp: 8")));
+}
+
+TEST(WorkloadParallel, EveryLayoutIsWellFormed) {
+  TransformerModel m = load_model("llama3-8b");
+  m.layers = 4;
+  for (const char* extra :
+       {"tp: 2\ncp: 2\nsequence_parallel: true\ndp: 2\nglobal_batch: 2\nzero_stage: 3",
+        "tp: 4\nrecompute: full\nsequence_parallel: true\nprecision: fp16",
+        "cp: 2\nflash_attention: false\nrecompute: selective\ndp: 4\nglobal_batch: 8",
+        "dp: 4\nglobal_batch: 4\nzero_stage: 2\nrecompute: full",
+        "tp: 2\npp: 2\ndp: 2\nglobal_batch: 4\nzero_stage: 1"}) {
+    SCOPED_TRACE(extra);
+    TrainingSetup t = setup(extra);
+    for (const ModelChunk& c : chunks(m, t.parallel.pp)) expect_well_formed(build_step_graph(m, t, c));
+  }
+  TransformerModel moe = load_model("mixtral-8x7b");
+  moe.layers = 2;
+  moe.moe_layer_frequency = 2;
+  expect_well_formed(build_step_graph(
+      moe, setup("tp: 2\nsequence_parallel: true\ndp: 4\nglobal_batch: 4\nep: 2\nzero_stage: 3\n"
+                 "recompute: full")));
+}
+
+// GPT-3 175B on 16 pipeline stages (6 layers each) with tp 8, sp and the distributed optimizer:
+// every chunk's graph builds in milliseconds.
+TEST(WorkloadParallel, Gpt3ChunksBuildInMilliseconds) {
+  TransformerModel m = load_model("gpt3-175b");
+  TrainingSetup t = setup(
+      "micro_batch: 1\nglobal_batch: 1536\ntp: 8\npp: 16\ndp: 8\nsequence_parallel: true\n"
+      "zero_stage: 1\nrecompute: selective");
+  double worst = 0, total = 0;
+  std::size_t nodes = 0;
+  for (const ModelChunk& c : chunks(m, 16)) {
+    auto t0 = std::chrono::steady_clock::now();
+    StepGraph g = build_step_graph(m, t, c);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                    .count();
+    worst = std::max(worst, ms);
+    total += ms;
+    nodes += g.size();
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  StepGraph whole = build_step_graph(m, setup("tp: 8\nsequence_parallel: true"));
+  double whole_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  gpt3-175b tp 8 pp 16: 16 chunks in %.2f ms (slowest %.2f ms, %zu nodes); all 96 "
+              "layers in %.2f ms (%zu nodes)\n",
+              total, worst, nodes, whole_ms, whole.size());
+  EXPECT_LT(worst, 250.0);
+}
+
+}  // namespace
+}  // namespace memwall

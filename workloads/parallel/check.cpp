@@ -1,0 +1,55 @@
+#include "workloads/parallel/check.h"
+
+#include <fmt/format.h>
+
+#include "sim/config/error.h"
+
+namespace memwall {
+
+void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
+  const Parallelism& p = t.parallel;
+  auto fail = [&](const char* key, const std::string& msg) {
+    throw ConfigError(SourceLoc{fmt::format("model '{}' with its training setup", m.name), 0},
+                      std::string("training.") + key, msg);
+  };
+  for (auto [key, v] : {std::pair<const char*, int>{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp},
+                        {"cp", p.cp}, {"ep", p.ep}, {"vpp", p.vpp}})
+    if (v < 1) fail(key, fmt::format("{} must be at least 1, not {}", key, v));
+  if (p.zero_stage < 0 || p.zero_stage > 3)
+    fail("zero_stage", fmt::format("zero_stage must be 0, 1, 2 or 3, not {}", p.zero_stage));
+  if (m.heads % p.tp != 0)
+    fail("tp", fmt::format("heads ({}) must be divisible by tp ({}): tensor parallelism gives each "
+                           "rank whole attention heads",
+                           m.heads, p.tp));
+  if (m.kv_heads % p.tp != 0 && p.tp % m.kv_heads != 0)
+    fail("tp", fmt::format("kv_heads ({}) must be a multiple or a divisor of tp ({}): each rank "
+                           "holds whole key/value heads, replicated when there are fewer than tp",
+                           m.kv_heads, p.tp));
+  if (m.ffn_hidden % p.tp != 0)
+    fail("tp", fmt::format("ffn_hidden ({}) must be divisible by tp ({})", m.ffn_hidden, p.tp));
+  if (m.moe() && m.expert_ffn() % p.tp != 0)
+    fail("tp", fmt::format("the experts' ffn width ({}) must be divisible by tp ({})",
+                           m.expert_ffn(), p.tp));
+  if (m.seq_len % p.cp != 0)
+    fail("cp", fmt::format("seq_len ({}) must be divisible by cp ({}): each context-parallel rank "
+                           "holds an equal share of the sequence",
+                           m.seq_len, p.cp));
+  if (p.sequence_parallel && p.tp > 1 && (t.micro_batch * m.seq_len / p.cp) % p.tp != 0)
+    fail("sequence_parallel",
+         fmt::format("the rank's tokens (micro_batch {} x seq_len {} / cp {}) must be divisible "
+                     "by tp ({}) with sequence parallelism",
+                     t.micro_batch, m.seq_len, p.cp, p.tp));
+  if (p.ep > 1 && !m.moe())
+    fail("ep", fmt::format("ep ({}) needs a mixture-of-experts model; '{}' has no experts", p.ep,
+                           m.name));
+  if (m.moe() && m.experts % p.ep != 0)
+    fail("ep", fmt::format("experts ({}) must be divisible by ep ({}): each expert-parallel rank "
+                           "holds the same number of experts",
+                           m.experts, p.ep));
+  if ((int64_t(p.dp) * p.cp) % p.ep != 0)
+    fail("ep", fmt::format("dp x cp ({} x {}) must be divisible by ep ({}): expert parallelism "
+                           "splits the data-parallel ranks",
+                           p.dp, p.cp, p.ep));
+}
+
+}  // namespace memwall
