@@ -39,7 +39,10 @@ MemoryTimeline memory_timeline(const StepGraph& g, const std::vector<StepVertex>
       check(t);
       last[t] = std::max(last[t], int(i));
     }
-    for (TensorId t : v.writes) check(t);
+    for (TensorId t : v.writes) {
+      check(t);
+      last[t] = std::max(last[t], int(i));  // in-place collectives, gradient buckets
+    }
   }
   std::vector<std::vector<TensorId>> frees(n);
   for (std::size_t t = 0; t < g.tensors.size(); ++t)

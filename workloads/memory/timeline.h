@@ -5,8 +5,8 @@
 // Model state (weights, gradients, optimizer states) is allocated by the graph's first node and
 // kept; activations and activation gradients live from production to last use, which already
 // follows the recompute schedule because recomputed tensors are distinct tensors with their own
-// readers; a node's workspace lives only while it runs. The byte counts are per device, before
-// any sharding (one device holds the whole model).
+// readers (or in-place writers); a node's workspace lives only while it runs. The byte counts are
+// those of the graph's rank: per device, after the sharding the graph was built with.
 #pragma once
 
 #include <array>
