@@ -1,0 +1,914 @@
+#include "arch/collective/collective.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <queue>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace memwall {
+
+double bus_bandwidth_factor(CollectiveKind kind, int n) {
+  if (n <= 1) return 1.0;
+  switch (kind) {
+    case CollectiveKind::AllReduce: return 2.0 * (n - 1) / n;
+    case CollectiveKind::ReduceScatter:
+    case CollectiveKind::AllGather:
+    case CollectiveKind::AllToAll: return double(n - 1) / n;
+    case CollectiveKind::Broadcast:
+    case CollectiveKind::SendRecv: return 1.0;
+  }
+  return 1.0;
+}
+
+double CollectiveResult::algorithm_bandwidth_gbps() const {
+  double t = duration().sec();
+  return t > 0 ? bytes / t / 1e9 : 0.0;
+}
+
+double CollectiveResult::bus_bandwidth_gbps() const {
+  return algorithm_bandwidth_gbps() * bus_bandwidth_factor(kind, ranks);
+}
+
+namespace {
+
+constexpr int kMaxRingSteps = 64;  // longer rings merge steps into macro-steps
+constexpr int kMaxChunks = 32;      // pipeline depth of in-switch reductions
+constexpr int kMaxTreeChunks = 32;  // messages per tree edge; each streams at NCCL's chunk grain
+constexpr long kChunkMessageBudget = 200000;  // bounds tree messages per request
+
+/// Pipeline chunk of a protocol: NCCL's per-channel buffer over its NCCL_STEPS=8 slots
+/// (Simple 4 MiB / 8; LL128 and LL buffers are smaller).
+double chunk_bytes(Protocol p) {
+  switch (p) {
+    case Protocol::LL: return 32.0 * 1024;
+    case Protocol::LL128: return 128.0 * 1024;
+    default: return 512.0 * 1024;
+  }
+}
+
+std::string group_text(const std::vector<int>& g) {
+  std::string s = "{";
+  for (size_t i = 0; i < g.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(g[i]);
+  if (g.size() > 8) s += fmt::format(", ... ({} devices)", g.size());
+  return s + "}";
+}
+
+int log2i(int v) {
+  int l = 0;
+  while ((1 << (l + 1)) <= v) ++l;
+  return l;
+}
+
+/// Members of a group by node, each node's members in local-rank order; nodes in order.
+struct GroupShape {
+  std::vector<std::vector<int>> by_node;
+  int nodes = 0;
+  int max_per_node = 0;
+  bool uniform = true;  ///< every node holds the same number of members
+};
+
+GroupShape shape_of(const Topology& topo, const std::vector<int>& group) {
+  std::vector<int> sorted = group;
+  std::sort(sorted.begin(), sorted.end());
+  GroupShape s;
+  int last = -1;
+  for (int d : sorted) {
+    if (topo.node_of(d) != last) {
+      s.by_node.emplace_back();
+      last = topo.node_of(d);
+    }
+    s.by_node.back().push_back(d);
+  }
+  s.nodes = int(s.by_node.size());
+  for (const auto& v : s.by_node) {
+    s.max_per_node = std::max(s.max_per_node, int(v.size()));
+    if (v.size() != s.by_node.front().size()) s.uniform = false;
+  }
+  return s;
+}
+
+}  // namespace
+
+struct Network::Impl {
+  struct LinkState {
+    Time free_at = Time::zero();
+    Time busy = Time::zero();
+    double bytes = 0;
+  };
+  struct Delta {
+    int link;
+    Time free_offset;
+    Time busy;
+    double bytes;
+  };
+  struct Memo {
+    CollectiveResult result;  // start = 0
+    std::vector<Delta> deltas;
+  };
+  /// Per-run context of one message class.
+  struct SendCtx {
+    LatencyTable table = LatencyTable::Ring;
+    Protocol proto = Protocol::Simple;
+    double factor = 1.0;
+    Bandwidth cap = Bandwidth::infinite();
+    double alpha_scale = 1.0;
+    bool per_message_alpha = true;
+  };
+
+  const Topology& topo;
+  std::vector<LinkState> links;
+  std::unordered_map<std::string, Memo> memo;
+  // Per-run bookkeeping.
+  std::vector<int> touched;
+  std::vector<char> touched_flag;
+  std::vector<LinkState> before;
+  CollectiveResult* res = nullptr;
+  long events = 0;
+
+  explicit Impl(const Topology& t)
+      : topo(t), links(t.link_count()), touched_flag(t.link_count(), 0) {}
+
+  void touch(int id) {
+    if (touched_flag[id]) return;
+    touched_flag[id] = 1;
+    touched.push_back(id);
+    before.push_back(links[id]);
+  }
+
+  /// Occupies the links of the route src -> dst with one message; returns its arrival time.
+  /// Where a message is when it arrives: the first `grain` bytes (head) and the last (tail).
+  struct Arrival {
+    Time head, tail;
+  };
+
+  /// Occupies the links of the route src -> dst with one message; returns its arrival time.
+  /// `first_end`, when given, receives the time the message has left its first link.
+  Time send(int src, int dst, double bytes, Time ready, const SendCtx& c,
+            Time* first_end = nullptr) {
+    return stream(src, dst, bytes, ready, ready, 0, c, first_end).tail;
+  }
+
+  /// A message whose data becomes available progressively: its first bytes at `head_ready`,
+  /// its last at `tail_ready`. The receiver may forward once `grain` bytes have arrived (NCCL
+  /// forwards chunk by chunk), so trees and chains pipeline without an event per NCCL chunk.
+  Arrival stream(int src, int dst, double bytes, Time head_ready, Time tail_ready, double grain,
+                 const SendCtx& c, Time* first_end = nullptr) {
+    if (src == dst || bytes <= 0) {
+      if (first_end) *first_end = head_ready;
+      return {head_ready, max(head_ready, tail_ready)};
+    }
+    return send_path(topo.route(src, dst), bytes, head_ready, tail_ready, grain, c, first_end);
+  }
+
+  Arrival send_path(const std::vector<int>& path, double bytes, Time ready, Time tail_ready,
+                    double grain, const SendCtx& c, Time* first_end = nullptr) {
+    Time head = ready, tail = max(ready, tail_ready), wire_latency = Time::zero();
+    Time head_out = ready;
+    LinkFamily family = LinkFamily::ScaleUp;
+    for (int id : path) {
+      const Link& l = topo.link(id);
+      LinkFamily f = link_family(l.cls);
+      if (int(f) > int(family)) family = f;
+      Bandwidth rate = l.bandwidth * c.factor;
+      if (!c.cap.is_infinite() && c.cap < rate) rate = c.cap;
+      Time wire = Bytes(bytes) / rate;
+      LinkState& s = links[id];
+      touch(id);
+      Time start = max(head, s.free_at);
+      Time end = max(start + wire, tail);
+      s.free_at = end;
+      if (first_end && id == path.front()) *first_end = end;
+      s.busy += wire;
+      s.bytes += bytes;
+      auto& u = res->per_class[int(l.cls)];
+      u.busy += wire;
+      u.bytes += bytes;
+      ++events;
+      ++res->events;
+      head = start + l.latency;
+      tail = end + l.latency;
+      head_out = start + l.latency + (grain > 0 ? min(wire, Bytes(grain) / rate) : wire);
+      wire_latency += l.latency;
+    }
+    if (!c.per_message_alpha) return {head_out, tail};
+    Time alpha = protocol_step_latency(family, c.table, c.proto) * c.alpha_scale;
+    Time extra = max(Time::zero(), alpha - wire_latency);
+    return {head_out + extra, tail + extra};
+  }
+
+  // ---- rings ---------------------------------------------------------------------------------
+
+  /// Channel rings of one group (each a permutation of the group), the way NCCL builds them: on
+  /// several nodes one ring per NIC rail, each entering every node at a different member; on a
+  /// full mesh one ring per stride coprime with the group size; otherwise one ring.
+  std::vector<std::vector<int>> rings_of(const std::vector<int>& group) const {
+    GroupShape sh = shape_of(topo, group);
+    const SystemSpec& sys = topo.system();
+    std::vector<std::vector<int>> rings;
+    if (sh.nodes > 1) {
+      int nics = std::max(1, sys.scale_out.nics_per_node);
+      int k = sh.max_per_node;
+      int channels = std::max(1, std::min(nics, k));
+      if (!sh.uniform) channels = 1;
+      for (int c = 0; c < channels; ++c) {
+        std::vector<int> r;
+        for (const auto& members : sh.by_node)
+          for (size_t i = 0; i < members.size(); ++i)
+            r.push_back(members[(i + c) % members.size()]);
+        rings.push_back(std::move(r));
+      }
+      return rings;
+    }
+    std::vector<int> base = sh.by_node.front();
+    int n = int(base.size());
+    if (sys.scale_up.kind == ScaleUpKind::FullMesh && n > 2) {
+      for (int stride = 1; stride < n; ++stride) {
+        if (std::gcd(stride, n) != 1) continue;
+        std::vector<int> r;
+        for (int i = 0, p = 0; i < n; ++i, p = (p + stride) % n) r.push_back(base[p]);
+        rings.push_back(std::move(r));
+      }
+      return rings;
+    }
+    rings.push_back(base);
+    return rings;
+  }
+
+  /// `steps` ring steps over every ring; each member sends `bytes` to its successor per step.
+  /// `ready[r][i]` is when member i of ring r may start; on return, when it has its last data.
+  /// Within a step, messages are issued in the order they become ready, so channels sharing a
+  /// link are served first come, first served.
+  void ring_steps(const std::vector<std::vector<int>>& rings, int steps, double bytes,
+                  SendCtx c, std::vector<std::vector<Time>>& ready) {
+    if (steps <= 0) return;
+    int merge = (steps + kMaxRingSteps - 1) / kMaxRingSteps;
+    std::vector<std::vector<Time>> next = ready;
+    std::vector<std::pair<int, int>> order;  // (ring, member)
+    for (size_t r = 0; r < rings.size(); ++r)
+      for (size_t i = 0; i < rings[r].size(); ++i) order.emplace_back(int(r), int(i));
+    for (int s = 0; s < steps; s += merge) {
+      int m = std::min(merge, steps - s);
+      c.alpha_scale = m;
+      std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) {
+        return ready[a.first][a.second] < ready[b.first][b.second];
+      });
+      for (auto [r, i] : order) {
+        const auto& ring = rings[r];
+        int n = int(ring.size());
+        next[r][(i + 1) % n] = send(ring[i], ring[(i + 1) % n], bytes * m, ready[r][i], c);
+      }
+      std::swap(ready, next);
+    }
+  }
+
+  // ---- trees and chains ----------------------------------------------------------------------
+
+  struct Tree {
+    std::vector<int> members;              // device ids
+    std::vector<int> parent;               // index into members, -1 for the root
+    std::vector<std::vector<int>> children;
+    std::vector<int> pre_order;            // root first
+    int depth = 0;
+  };
+
+  /// NCCL's binary tree over ranks 0..n-1 (src/graph/trees.cc, ncclGetBtree): rank 0 is the
+  /// root, odd ranks are leaves. Returns the parent of `rank` (-1 for the root).
+  static int btree_parent(int n, int rank) {
+    if (rank == 0) return -1;
+    int bit = 1;
+    while (bit < n && !(bit & rank)) bit <<= 1;
+    int up = (rank ^ bit) | (bit << 1);
+    if (up >= n) up = rank ^ bit;
+    return up;
+  }
+
+  /// The second tree of NCCL's double binary tree (ncclGetDtree): the first mirrored when n is
+  /// even, shifted by one when n is odd, so that the leaves of one are inner vertices of the other.
+  static int dtree_parent(int n, int rank, bool second) {
+    if (!second) return btree_parent(n, rank);
+    if (n % 2 == 1) {
+      int u = btree_parent(n, (rank - 1 + n) % n);
+      return u < 0 ? -1 : (u + 1) % n;
+    }
+    int u = btree_parent(n, n - 1 - rank);
+    return u < 0 ? -1 : n - 1 - u;
+  }
+
+  /// One tree of a double binary tree: node heads form NCCL's binary tree over the nodes (first
+  /// or second of the pair), and the members of a node hang below their head as a chain.
+  /// `channel` rotates the chain so that each channel's head uses another NIC rail.
+  Tree tree_of(const GroupShape& sh, int channel, bool second) const {
+    Tree t;
+    int m = sh.nodes;
+    std::vector<int> head(m);
+    for (int nd = 0; nd < m; ++nd) {
+      const auto& mem = sh.by_node[nd];
+      int base = int(t.members.size());
+      int k = int(mem.size());
+      for (int i = 0; i < k; ++i) {
+        t.members.push_back(mem[(i + channel) % k]);
+        t.parent.push_back(i == 0 ? -1 : base + i - 1);
+      }
+      head[nd] = base;
+    }
+    for (int nd = 0; nd < m; ++nd) {
+      int up = dtree_parent(m, nd, second);
+      if (up >= 0) t.parent[head[nd]] = head[up];
+    }
+    t.children.assign(t.members.size(), {});
+    int root = -1;
+    for (size_t v = 0; v < t.members.size(); ++v) {
+      if (t.parent[v] >= 0)
+        t.children[t.parent[v]].push_back(int(v));
+      else
+        root = int(v);
+    }
+    std::vector<int> level(t.members.size(), 0);
+    t.pre_order.push_back(root);
+    for (size_t i = 0; i < t.pre_order.size(); ++i)
+      for (int ch : t.children[t.pre_order[i]]) {
+        level[ch] = level[t.pre_order[i]] + 1;
+        t.depth = std::max(t.depth, level[ch]);
+        t.pre_order.push_back(ch);
+      }
+    return t;
+  }
+
+  /// Pipelined reduce up each tree then broadcast down, `chunks` chunks of `bytes` each, all
+  /// trees at once. Messages are issued in time order from an event queue, so a link serves
+  /// chunks in the order they become ready (a busy-until server cannot go back in time), and a
+  /// vertex issues its next message only once the previous one has left its first link (NCCL's
+  /// flow control: a sender never runs far ahead of its link).
+  struct TreeRun {
+    Tree tree;
+    Time ready = Time::zero();
+    Time finish = Time::zero();
+  };
+
+  void run_trees(std::vector<TreeRun>& runs, int chunks, double bytes, double grain,
+                 const SendCtx& c, bool reduce) {
+    struct Event {
+      Time t, tail;  // the chunk's head and tail are at the vertex
+      long seq;
+      int run, vertex, chunk;
+      bool down;
+      bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
+    };
+    std::priority_queue<Event, std::vector<Event>, std::greater<Event>> q;
+    long seq = 0;
+    // Per run, vertex and chunk: children still to arrive, and the latest head and tail so far.
+    std::vector<std::vector<int>> pending(runs.size());
+    std::vector<std::vector<Arrival>> have(runs.size());
+    std::vector<std::vector<Time>> egress(runs.size());  // per vertex: first link free again
+    for (size_t r = 0; r < runs.size(); ++r) {
+      const Tree& t = runs[r].tree;
+      size_t n = t.members.size();
+      Time t0 = runs[r].ready;
+      egress[r].assign(n, t0);
+      pending[r].assign(n * chunks, 0);
+      have[r].assign(n * chunks, Arrival{t0, t0});
+      for (int j = 0; j < chunks; ++j)
+        for (size_t v = 0; v < n; ++v) {
+          pending[r][v * chunks + j] = reduce ? int(t.children[v].size()) : 0;
+          bool start = reduce ? t.children[v].empty() : t.parent[v] < 0;
+          if (start) q.push({t0, t0, seq++, int(r), int(v), j, !reduce});
+        }
+    }
+    while (!q.empty()) {
+      Event e = q.top();
+      q.pop();
+      TreeRun& tr = runs[e.run];
+      const Tree& t = tr.tree;
+      Time& out = egress[e.run][e.vertex];
+      bool sends = e.down ? !t.children[e.vertex].empty() : t.parent[e.vertex] >= 0;
+      if (sends && e.t < out) {  // the previous message has not left yet
+        e.t = out;
+        e.tail = max(e.tail, out);
+        e.seq = seq++;
+        q.push(e);
+        continue;
+      }
+      if (!e.down) {
+        int p = t.parent[e.vertex];
+        if (p < 0) {  // the root holds the reduced chunk: broadcast it
+          q.push({e.t, e.tail, seq++, e.run, e.vertex, e.chunk, true});
+          continue;
+        }
+        Arrival at = stream(t.members[e.vertex], t.members[p], bytes, e.t, e.tail, grain, c, &out);
+        size_t slot = size_t(p) * chunks + e.chunk;
+        Arrival& h = have[e.run][slot];
+        h.head = max(h.head, at.head);
+        h.tail = max(h.tail, at.tail);
+        if (--pending[e.run][slot] == 0)
+          q.push({h.head, h.tail, seq++, e.run, p, e.chunk, false});
+        continue;
+      }
+      tr.finish = max(tr.finish, e.tail);
+      for (int ch : t.children[e.vertex]) {
+        Time left;
+        Arrival at = stream(t.members[e.vertex], t.members[ch], bytes, e.t, e.tail, grain, c,
+                            &left);
+        out = max(out, left);
+        q.push({at.head, at.tail, seq++, e.run, ch, e.chunk, true});
+      }
+    }
+  }
+};
+
+Network::Network(const SystemSpec& system, int devices)
+    : topo_(system, devices), impl_(std::make_unique<Impl>(topo_)) {}
+
+Network::~Network() = default;
+
+void Network::reset() {
+  for (auto& l : impl_->links) l = Impl::LinkState{};
+}
+
+Time Network::link_free_at(int id) const { return impl_->links.at(id).free_at; }
+
+std::vector<LinkClassUtilisation> Network::utilisation(Time horizon) const {
+  std::vector<LinkClassUtilisation> out;
+  for (int c = 0; c < kLinkClassCount; ++c) {
+    LinkClassUtilisation u;
+    u.cls = LinkClass(c);
+    for (int id = 0; id < topo_.link_count(); ++id) {
+      if (topo_.link(id).cls != u.cls) continue;
+      ++u.links;
+      u.busy += impl_->links[id].busy;
+      u.bytes += impl_->links[id].bytes;
+    }
+    if (u.links == 0) continue;
+    u.utilisation = horizon.sec() > 0 ? u.busy.sec() / (u.links * horizon.sec()) : 0.0;
+    out.push_back(u);
+  }
+  return out;
+}
+
+// ---- the alpha-beta estimate (NCCL's tuner) ------------------------------------------------
+
+namespace {
+
+Bandwidth scale_up_rate(const SystemSpec& s, int members_in_node) {
+  const LinkSpec& l = s.scale_up.link;
+  switch (s.scale_up.kind) {
+    case ScaleUpKind::Switch: return l.effective_bandwidth();
+    case ScaleUpKind::FullMesh: {
+      int rings = 0;
+      for (int st = 1; st < members_in_node; ++st)
+        if (std::gcd(st, members_in_node) == 1) ++rings;
+      return l.effective_bandwidth() * double(std::max(1, rings));
+    }
+    case ScaleUpKind::Torus: return l.effective_bandwidth();
+    case ScaleUpKind::None: return Bandwidth::infinite();
+  }
+  return l.effective_bandwidth();
+}
+
+Bandwidth nic_rate(const SystemSpec& s) {
+  if (s.scale_out.nics_per_node == 0) return Bandwidth::infinite();
+  Bandwidth a = s.scale_out.nic.effective_bandwidth();
+  Bandwidth b = s.scale_out.host_link.effective_bandwidth();
+  return a < b ? a : b;
+}
+
+LinkFamily up_family(const SystemSpec& s) {
+  return s.scale_up.kind == ScaleUpKind::None ? LinkFamily::Net : link_family(s.scale_up.link.cls);
+}
+
+}  // namespace
+
+Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, double bytes,
+                       CollectiveAlgorithm a, Protocol p) const {
+  const Time inf = Time::infinite();
+  const SystemSpec& sys = topo_.system();
+  if (p == Protocol::LL128 && !sys.tuning.ll128) return inf;
+  if (p == Protocol::Auto) return inf;
+  int n = int(group.size());
+  if (n <= 1) return Time::zero();
+  GroupShape sh = shape_of(topo_, group);
+  bool multi = sh.nodes > 1;
+  bool torus = sys.scale_up.kind == ScaleUpKind::Torus;
+  bool net = multi && !torus;
+  LatencyTable table = latency_table(a);
+  double factor = protocol_bandwidth_factor(table, p, kind, multi);
+  auto capped = [&](Bandwidth bw) {
+    Bandwidth r = bw * factor;
+    if (p == Protocol::LL && sys.tuning.ll_max_bandwidth < r) r = sys.tuning.ll_max_bandwidth;
+    if (p == Protocol::LL128 && sys.tuning.ll128_max_bandwidth < r)
+      r = sys.tuning.ll128_max_bandwidth;
+    return r;
+  };
+  Time alpha_up = protocol_step_latency(up_family(sys), table, p);
+  Time alpha_net = protocol_step_latency(LinkFamily::Net, table, p);
+  Time base = protocol_base_latency(table, p);
+  int k = sh.max_per_node;
+  int channels = net ? std::max(1, std::min(std::max(1, sys.scale_out.nics_per_node), k)) : 1;
+  Bandwidth up = scale_up_rate(sys, k);
+  Bandwidth bus = up;
+  if (net) {
+    Bandwidth across = nic_rate(sys) * double(channels);
+    if (across < bus) bus = across;
+  }
+  auto ring_time = [&](int ranks, int nodes, int steps, double step_bytes, Bandwidth b) {
+    double inter = nodes > 1 && net ? double(nodes) / ranks : 0.0;
+    Time lat = (alpha_up * (1 - inter) + alpha_net * inter) * double(steps);
+    return lat + Bytes(step_bytes * steps) / capped(b);
+  };
+
+  switch (a) {
+    case CollectiveAlgorithm::Ring:
+      switch (kind) {
+        case CollectiveKind::AllReduce:
+          return base + ring_time(n, sh.nodes, 2 * (n - 1), bytes / n, bus);
+        case CollectiveKind::ReduceScatter:
+        case CollectiveKind::AllGather:
+          return base + ring_time(n, sh.nodes, n - 1, bytes / n, bus);
+        case CollectiveKind::Broadcast: {
+          // A pipelined chain: n - 1 hops of one NCCL chunk, then the whole buffer.
+          double grain = std::min(bytes, chunk_bytes(p));
+          return base + ring_time(n, sh.nodes, n - 1, grain, bus) + Bytes(bytes) / capped(bus);
+        }
+        default: return inf;
+      }
+    case CollectiveAlgorithm::Tree: {
+      if (kind != CollectiveKind::AllReduce) return inf;
+      Time lat = 2.0 * ((alpha_up * double(k - 1)) + alpha_net * double(log2i(sh.nodes)));
+      return base + lat + Bytes(2 * bytes) / capped(bus);
+    }
+    case CollectiveAlgorithm::InSwitch: {
+      if (kind != CollectiveKind::AllReduce || multi || sys.scale_up.kind != ScaleUpKind::Switch ||
+          !sys.scale_up.in_switch_reduction || p != Protocol::Simple)
+        return inf;
+      return protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, p) +
+             Bytes(bytes) / (up * sys.scale_up.in_switch_efficiency);
+    }
+    case CollectiveAlgorithm::Hierarchical: {
+      if (kind != CollectiveKind::AllReduce || !multi || !sh.uniform || k < 2) return inf;
+      Time intra = ring_time(k, 1, k - 1, bytes / k, up);
+      Time inter = ring_time(sh.nodes, sh.nodes, 2 * (sh.nodes - 1), bytes / k / sh.nodes,
+                             torus ? up : nic_rate(sys));
+      return base + 2.0 * intra + inter;
+    }
+    case CollectiveAlgorithm::Direct: {
+      if (kind == CollectiveKind::SendRecv) {
+        LinkFamily f = topo_.node_of(group[0]) == topo_.node_of(group[1]) || torus
+                           ? up_family(sys)
+                           : LinkFamily::Net;
+        Bandwidth b = f == LinkFamily::Net ? nic_rate(sys) : up;
+        return base + protocol_step_latency(f, table, p) + Bytes(bytes) / capped(b);
+      }
+      if (kind == CollectiveKind::AllToAll) {
+        Bandwidth b = net ? nic_rate(sys) * double(channels) / double(k) * double(n) /
+                                double(std::max(1, n - k))
+                          : up;
+        if (up < b) b = up;
+        return base + (net ? alpha_net : alpha_up) + Bytes(bytes * (n - 1) / n) / capped(b);
+      }
+      return inf;
+    }
+    case CollectiveAlgorithm::Auto: return inf;
+  }
+  return inf;
+}
+
+Network::Choice Network::choose(CollectiveKind kind, const std::vector<int>& group, double bytes,
+                                CollectiveAlgorithm algorithm, Protocol protocol) const {
+  std::vector<CollectiveAlgorithm> algs;
+  if (algorithm != CollectiveAlgorithm::Auto)
+    algs = {algorithm};
+  else if (kind == CollectiveKind::AllToAll || kind == CollectiveKind::SendRecv)
+    algs = {CollectiveAlgorithm::Direct};
+  else
+    algs = {CollectiveAlgorithm::InSwitch, CollectiveAlgorithm::Tree, CollectiveAlgorithm::Ring,
+            CollectiveAlgorithm::Hierarchical};
+  std::vector<Protocol> protos;
+  if (protocol != Protocol::Auto)
+    protos = {protocol};
+  else
+    protos = {Protocol::LL, Protocol::LL128, Protocol::Simple};
+  Choice best{algs.front(), protos.back(), Time::infinite()};
+  for (auto a : algs)
+    for (auto p : protos) {
+      Time t = estimate(kind, group, bytes, a, p);
+      if (t < best.estimate) best = {a, p, t};
+    }
+  return best;
+}
+
+// ---- running a request ---------------------------------------------------------------------
+
+namespace {
+
+std::string signature(const CollectiveRequest& r) {
+  std::string s = fmt::format("{}|{}|{}|{:a}|", int(r.kind), int(r.algorithm), int(r.protocol),
+                              r.bytes);
+  for (const auto& g : r.groups) {
+    for (int d : g) s += std::to_string(d) + ",";
+    s += ";";
+  }
+  return s;
+}
+
+}  // namespace
+
+CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
+  const std::string who =
+      fmt::format("collective '{}' ({})", req.label.empty() ? "unnamed" : req.label,
+                  collective_kind_name(req.kind));
+  if (req.groups.empty()) throw std::invalid_argument(who + ": no groups given");
+  if (!(req.bytes >= 0) || std::isinf(req.bytes))
+    throw std::invalid_argument(who + fmt::format(": bytes must be a finite size >= 0, got {}",
+                                                  req.bytes));
+  const size_t n0 = req.groups.front().size();
+  for (size_t gi = 0; gi < req.groups.size(); ++gi) {
+    const auto& g = req.groups[gi];
+    std::string gname = fmt::format("{}, group {} {}", who, gi, group_text(g));
+    if (g.empty()) throw std::invalid_argument(gname + ": the group is empty");
+    if (req.kind == CollectiveKind::SendRecv && g.size() != 2)
+      throw std::invalid_argument(gname + ": a send-recv group is {source, destination}");
+    if (g.size() != n0)
+      throw std::invalid_argument(
+          gname + fmt::format(": has {} devices but group 0 has {}; concurrent groups of one "
+                              "request must be the same size",
+                              g.size(), n0));
+    std::vector<int> sorted = g;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      if (sorted[i] < 0 || sorted[i] >= topo_.devices())
+        throw std::invalid_argument(gname + fmt::format(": device {} is out of range (the "
+                                                        "network has devices 0..{})",
+                                                        sorted[i], topo_.devices() - 1));
+      if (i > 0 && sorted[i] == sorted[i - 1])
+        throw std::invalid_argument(gname + fmt::format(": device {} appears twice", sorted[i]));
+    }
+    for (size_t i = 1; i < g.size(); ++i)
+      if (!topo_.reachable(g[0], g[i]) || !topo_.reachable(g[i], g[0])) {
+        std::string why;
+        try {
+          topo_.route(g[i], g[0]);
+          topo_.route(g[0], g[i]);
+        } catch (const std::invalid_argument& e) {
+          why = e.what();
+        }
+        throw std::invalid_argument(gname + ": members cannot reach each other: " + why);
+      }
+  }
+
+  // Memo: a request whose links are idle at `start` is a time-shifted copy of an earlier run.
+  std::string key = signature(req);
+  auto hit = impl_->memo.find(key);
+  if (hit != impl_->memo.end()) {
+    bool idle = true;
+    for (const auto& d : hit->second.deltas)
+      if (impl_->links[d.link].free_at > start) {
+        idle = false;
+        break;
+      }
+    if (idle) {
+      for (const auto& d : hit->second.deltas) {
+        auto& l = impl_->links[d.link];
+        l.free_at = start + d.free_offset;
+        l.busy += d.busy;
+        l.bytes += d.bytes;
+      }
+      CollectiveResult r = hit->second.result;
+      r.start = start;
+      r.end = start + hit->second.result.end;
+      r.memoised = true;
+      r.events = 0;
+      r.label = req.label;
+      return r;
+    }
+  }
+
+  CollectiveResult res;
+  res.label = req.label;
+  res.kind = req.kind;
+  res.ranks = int(n0);
+  res.groups = int(req.groups.size());
+  res.bytes = req.bytes;
+  res.start = start;
+  res.end = start;
+  Impl& im = *impl_;
+  im.res = &res;
+  im.touched.clear();
+  im.before.clear();
+  bool all_idle = true;
+
+  const std::vector<int>& g0 = req.groups.front();
+  Choice choice = choose(req.kind, g0, req.bytes, req.algorithm, req.protocol);
+  if (n0 <= 1 || req.bytes <= 0) {
+    res.algorithm = choice.algorithm;
+    res.protocol = protocol_name(choice.protocol == Protocol::Auto ? Protocol::Simple
+                                                                   : choice.protocol);
+    return res;
+  }
+  if (choice.estimate.is_infinite())
+    throw std::invalid_argument(
+        fmt::format("{}, group 0 {}: algorithm {} cannot run {} here{}", who, group_text(g0),
+                    collective_algorithm_name(req.algorithm), collective_kind_name(req.kind),
+                    req.algorithm == CollectiveAlgorithm::InSwitch
+                        ? " (in-switch reduction needs one node whose switch can reduce: "
+                          "scale_up.in_switch_reduction)"
+                        : req.algorithm == CollectiveAlgorithm::Hierarchical
+                              ? " (hierarchical needs several nodes with equal members each)"
+                              : ""));
+  res.algorithm = choice.algorithm;
+  res.estimate = choice.estimate;
+  const Protocol proto = choice.protocol;
+  res.protocol = protocol_name(proto);
+  const SystemSpec& sys = topo_.system();
+  const int n = int(n0);
+  GroupShape sh0 = shape_of(topo_, g0);
+  const bool multi = sh0.nodes > 1;
+
+  Impl::SendCtx ctx;
+  ctx.table = latency_table(choice.algorithm);
+  ctx.proto = proto;
+  ctx.factor = protocol_bandwidth_factor(ctx.table, proto, req.kind, multi);
+  if (proto == Protocol::LL) ctx.cap = sys.tuning.ll_max_bandwidth;
+  if (proto == Protocol::LL128) ctx.cap = sys.tuning.ll128_max_bandwidth;
+  const Time base = start + protocol_base_latency(ctx.table, proto);
+
+  try {
+    switch (choice.algorithm) {
+      case CollectiveAlgorithm::Ring: {
+        std::vector<std::vector<int>> rings;
+        for (const auto& g : req.groups)
+          for (auto& r : im.rings_of(g)) rings.push_back(std::move(r));
+        int channels = int(rings.size() / req.groups.size());
+        res.channels = channels;
+        if (req.kind == CollectiveKind::Broadcast) {
+          double chunks =
+              std::clamp(std::ceil(req.bytes / chunk_bytes(proto)), 1.0, double(kMaxTreeChunks));
+          res.steps = n - 1;
+          std::vector<Impl::TreeRun> chains;
+          for (const auto& g : req.groups) {
+            Impl::TreeRun tr;
+            tr.tree.members = g;
+            tr.tree.parent.resize(n);
+            tr.tree.children.assign(n, {});
+            for (int i = 0; i < n; ++i) {
+              tr.tree.parent[i] = i - 1;
+              if (i + 1 < n) tr.tree.children[i].push_back(i + 1);
+              tr.tree.pre_order.push_back(i);
+            }
+            tr.ready = base;
+            chains.push_back(std::move(tr));
+          }
+          im.run_trees(chains, int(chunks), req.bytes / chunks, chunk_bytes(proto), ctx, false);
+          for (const auto& tr : chains) res.end = max(res.end, tr.finish);
+          break;
+        }
+        int steps = req.kind == CollectiveKind::AllReduce ? 2 * (n - 1) : n - 1;
+        res.steps = steps;
+        std::vector<std::vector<Time>> ready(rings.size(), std::vector<Time>(n, base));
+        im.ring_steps(rings, steps, req.bytes / n / channels, ctx, ready);
+        for (const auto& r : ready)
+          for (Time t : r) res.end = max(res.end, t);
+        break;
+      }
+      case CollectiveAlgorithm::Tree: {
+        std::vector<Impl::TreeRun> runs;
+        int channels = 1;
+        for (const auto& g : req.groups) {
+          GroupShape sh = shape_of(topo_, g);
+          channels = sh.nodes > 1 ? std::max(1, std::min(std::max(1, sys.scale_out.nics_per_node),
+                                                         sh.max_per_node))
+                                  : 1;
+          for (int c = 0; c < channels; ++c)
+            for (int mirror = 0; mirror < 2; ++mirror) {
+              Impl::TreeRun tr;
+              tr.tree = im.tree_of(sh, c, mirror == 1);
+              tr.ready = base;
+              runs.push_back(std::move(tr));
+            }
+        }
+        res.channels = channels;
+        double per_tree = req.bytes / (2.0 * channels);
+        long budget = kChunkMessageBudget / std::max<long>(1, long(runs.size()) * 2 * n);
+        int chunks = int(std::clamp(std::ceil(per_tree / chunk_bytes(proto)), 1.0,
+                                    double(std::max<long>(1, std::min<long>(kMaxTreeChunks, budget)))));
+        res.steps = 2 * (runs.front().tree.depth);
+        im.run_trees(runs, chunks, per_tree / chunks, chunk_bytes(proto), ctx, true);
+        for (const auto& tr : runs) res.end = max(res.end, tr.finish);
+        break;
+      }
+      case CollectiveAlgorithm::InSwitch: {
+        // Each rank pushes its buffer into the switch, which reduces and multicasts the result
+        // back: every device link carries the buffer once each way (NVLS).
+        Impl::SendCtx c = ctx;
+        c.factor = sys.scale_up.in_switch_efficiency;
+        c.per_message_alpha = false;
+        Time t0 = base + protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, proto);
+        int chunks = int(std::clamp(std::ceil(req.bytes / chunk_bytes(proto)), 1.0,
+                                    double(kMaxChunks)));
+        double cb = req.bytes / chunks;
+        res.steps = 2;
+        for (int j = 0; j < chunks; ++j)
+          for (const auto& g : req.groups) {
+            // Device -> switch is the first hop of any route out of a device, switch ->
+            // device the last hop of any route into one.
+            Time reduced = t0;
+            for (size_t i = 0; i < g.size(); ++i) {
+              const auto& path = topo_.route(g[i], g[(i + 1) % g.size()]);
+              reduced = max(reduced, im.send_path({path.front()}, cb, t0, t0, 0, c).tail);
+            }
+            for (size_t i = 0; i < g.size(); ++i) {
+              const auto& path = topo_.route(g[(i + 1) % g.size()], g[i]);
+              res.end = max(res.end, im.send_path({path.back()}, cb, reduced, reduced, 0, c).tail);
+            }
+          }
+        break;
+      }
+      case CollectiveAlgorithm::Hierarchical: {
+        res.steps = 0;
+        std::unordered_map<int, Time> ready;
+        for (const auto& g : req.groups)
+          for (int d : g) ready[d] = base;
+        auto phase = [&](std::vector<std::vector<int>> rings, int steps, double bytes) {
+          std::vector<std::vector<Time>> rd(rings.size());
+          for (size_t r = 0; r < rings.size(); ++r)
+            for (int d : rings[r]) rd[r].push_back(ready[d]);
+          im.ring_steps(rings, steps, bytes, ctx, rd);
+          for (size_t r = 0; r < rings.size(); ++r)
+            for (size_t i = 0; i < rings[r].size(); ++i) ready[rings[r][i]] = rd[r][i];
+        };
+        int k = sh0.max_per_node, m = sh0.nodes;
+        std::vector<std::vector<int>> intra, inter;
+        for (const auto& g : req.groups) {
+          GroupShape sh = shape_of(topo_, g);
+          for (const auto& mem : sh.by_node) intra.push_back(mem);
+          for (int l = 0; l < k; ++l) {
+            std::vector<int> r;
+            for (const auto& mem : sh.by_node) r.push_back(mem[l]);
+            inter.push_back(r);
+          }
+        }
+        phase(intra, k - 1, req.bytes / k);
+        phase(inter, 2 * (m - 1), req.bytes / k / m);
+        phase(intra, k - 1, req.bytes / k);
+        res.steps = 2 * (k - 1) + 2 * (m - 1);
+        for (const auto& [d, t] : ready) res.end = max(res.end, t);
+        break;
+      }
+      case CollectiveAlgorithm::Direct: {
+        res.steps = 1;
+        if (req.kind == CollectiveKind::SendRecv) {
+          for (const auto& g : req.groups)
+            res.end = max(res.end, im.send(g[0], g[1], req.bytes, base, ctx));
+          break;
+        }
+        double piece = req.bytes / n;
+        res.steps = n - 1;
+        for (int o = 1; o < n; ++o)
+          for (const auto& g : req.groups)
+            for (int i = 0; i < n; ++i)
+              res.end = max(res.end, im.send(g[i], g[(i + o) % n], piece, base, ctx));
+        break;
+      }
+      case CollectiveAlgorithm::Auto: break;
+    }
+  } catch (const std::invalid_argument& e) {
+    for (int id : im.touched) im.touched_flag[id] = 0;
+    throw std::invalid_argument(who + ": " + e.what());
+  }
+  events_ += res.events;
+
+  // Record for replay only when every link was idle at `start` (the result is then a pure
+  // function of the request).
+  Impl::Memo memo;
+  for (size_t i = 0; i < im.touched.size(); ++i) {
+    int id = im.touched[i];
+    const auto& b = im.before[i];
+    if (b.free_at > start) all_idle = false;
+    const auto& a = im.links[id];
+    memo.deltas.push_back({id, a.free_at - start, a.busy - b.busy, a.bytes - b.bytes});
+    im.touched_flag[id] = 0;
+  }
+  if (all_idle) {
+    memo.result = res;
+    memo.result.start = Time::zero();
+    memo.result.end = res.end - start;
+    im.memo[key] = std::move(memo);
+  }
+  return res;
+}
+
+double predict_allreduce_busbw_gbps(const SystemSpec& system, int num_gpus, double bytes) {
+  Network net(system, num_gpus);
+  CollectiveRequest r;
+  r.kind = CollectiveKind::AllReduce;
+  r.bytes = bytes;
+  r.label = "allreduce";
+  r.groups.emplace_back(num_gpus);
+  std::iota(r.groups[0].begin(), r.groups[0].end(), 0);
+  return net.run(r, Time::zero()).bus_bandwidth_gbps();
+}
+
+}  // namespace memwall

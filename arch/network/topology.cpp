@@ -1,0 +1,375 @@
+#include "arch/network/topology.h"
+
+#include <fmt/format.h>
+
+#include <deque>
+#include <stdexcept>
+
+namespace memwall {
+
+namespace {
+uint64_t pair_key(int a, int b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+
+int product(const std::vector<int>& dims) {
+  long p = 1;
+  for (int d : dims) p *= d;
+  return int(std::min<long>(p, 1L << 30));
+}
+
+std::vector<int> coords(int index, const std::vector<int>& dims) {
+  std::vector<int> c(dims.size());
+  for (size_t k = 0; k < dims.size(); ++k) {
+    c[k] = index % dims[k];
+    index /= dims[k];
+  }
+  return c;
+}
+
+int index_of(const std::vector<int>& c, const std::vector<int>& dims) {
+  int idx = 0, stride = 1;
+  for (size_t k = 0; k < dims.size(); ++k) {
+    idx += c[k] * stride;
+    stride *= dims[k];
+  }
+  return idx;
+}
+
+std::string dims_text(const std::vector<int>& dims) {
+  std::string s;
+  for (size_t k = 0; k < dims.size(); ++k) s += (k ? "x" : "") + std::to_string(dims[k]);
+  return s;
+}
+}  // namespace
+
+Topology::Topology(const SystemSpec& system, int devices)
+    : system_(system), devices_(devices) {
+  if (devices <= 0)
+    throw std::invalid_argument(fmt::format("system '{}': a topology needs at least one device, "
+                                            "got {}", system.name, devices));
+  if (system.gpus_per_node <= 0)
+    throw std::invalid_argument(fmt::format("system '{}': gpus_per_node must be positive",
+                                            system.name));
+  const int gpn = system_.gpus_per_node;
+  nodes_ = system_.nodes_for(devices_);
+  links_.reserve(size_t(devices_) * 8);
+  link_by_pair_.reserve(size_t(devices_) * 8);
+
+  for (int d = 0; d < devices_; ++d) add_vertex(VertexKind::Device, node_of(d), d);
+
+  // Scale-up fabric.
+  const ScaleUpSpec& up = system_.scale_up;
+  node_switch_.assign(nodes_, -1);
+  if (up.kind == ScaleUpKind::Switch) {
+    for (int n = 0; n < nodes_; ++n) {
+      int sw = add_vertex(VertexKind::Switch, n, n);
+      node_switch_[n] = sw;
+      for (int d = n * gpn; d < std::min(devices_, (n + 1) * gpn); ++d)
+        add_pair(d, sw, up.link, Time::zero(), up.switch_latency);
+    }
+  } else if (up.kind == ScaleUpKind::FullMesh) {
+    for (int n = 0; n < nodes_; ++n) {
+      int hi = std::min(devices_, (n + 1) * gpn);
+      for (int a = n * gpn; a < hi; ++a)
+        for (int b = a + 1; b < hi; ++b) add_pair(a, b, up.link);
+    }
+  } else if (up.kind == ScaleUpKind::Torus) {
+    const auto& dims = up.dims;
+    int chips = std::min(devices_, product(dims));
+    for (int d = 0; d < chips; ++d) {
+      auto c = coords(d, dims);
+      for (size_t k = 0; k < dims.size(); ++k) {
+        if (dims[k] < 2) continue;
+        auto nc = c;
+        nc[k] = (c[k] + 1) % dims[k];
+        int nb = index_of(nc, dims);
+        if (nb < chips && find_link(d, nb) < 0) add_pair(d, nb, up.link);
+      }
+    }
+  }
+
+  // Scale-out network.
+  const ScaleOutSpec& out = system_.scale_out;
+  bool has_out = out.topology != ScaleOutTopology::None && out.nics_per_node > 0;
+  nic_base_.assign(nodes_, -1);
+  if (!has_out) return;
+  nics_ = out.nics_per_node;
+  first_nic_vertex_ = vertex_count();
+  for (int n = 0; n < nodes_; ++n) {
+    nic_base_[n] = vertex_count();
+    for (int r = 0; r < nics_; ++r) add_vertex(VertexKind::Nic, n, r);
+  }
+  for (int d = 0; d < devices_; ++d)
+    add_pair(d, nic_vertex_of_node(node_of(d), rail_of(d)), out.host_link);
+
+  if (out.topology == ScaleOutTopology::Torus2D || out.topology == ScaleOutTopology::Torus3D) {
+    const auto& dims = out.dims;
+    int placed = std::min(nodes_, product(dims));
+    for (int r = 0; r < nics_; ++r)
+      for (int n = 0; n < placed; ++n) {
+        auto c = coords(n, dims);
+        for (size_t k = 0; k < dims.size(); ++k) {
+          if (dims[k] < 2) continue;
+          auto nc = c;
+          nc[k] = (c[k] + 1) % dims[k];
+          int nb = index_of(nc, dims);
+          int a = nic_vertex_of_node(n, r), b = nic_vertex_of_node(nb, r);
+          if (nb < placed && find_link(a, b) < 0) add_pair(a, b, out.nic);
+        }
+      }
+    return;
+  }
+
+  // Leaves and the merged core.
+  const int down = std::max(1, out.switch_radix / 2);
+  const bool rail = out.topology == ScaleOutTopology::RailOptimized;
+  const int leaves_per_rail = (nodes_ + down - 1) / down;
+  const int leaves = rail ? leaves_per_rail * nics_ : (nodes_ * nics_ + down - 1) / down;
+  int first_leaf = vertex_count();
+  for (int l = 0; l < leaves; ++l) add_vertex(VertexKind::Switch, -1, l);
+  nic_leaf_.assign(size_t(nodes_) * nics_, -1);
+  for (int n = 0; n < nodes_; ++n)
+    for (int r = 0; r < nics_; ++r) {
+      int leaf = first_leaf + (rail ? r * leaves_per_rail + n / down : (n * nics_ + r) / down);
+      int nic = nic_vertex_of_node(n, r);
+      nic_leaf_[nic - first_nic_vertex_] = leaf;
+      add_pair(nic, leaf, out.nic, Time::zero(), out.switch_latency);
+    }
+  if (leaves > 1) {
+    core_ = add_vertex(VertexKind::Switch, -1, leaves);
+    Bandwidth up_bw = out.nic.effective_bandwidth() * double(down) / out.oversubscription;
+    for (int l = 0; l < leaves; ++l) {
+      int leaf = first_leaf + l;
+      Time lat = out.nic.latency + out.switch_latency;
+      add_aggregate_pair(leaf, core_, out.nic.cls, up_bw, lat);
+    }
+  }
+}
+
+int Topology::add_vertex(VertexKind kind, int node, int index) {
+  return int(boost::add_vertex(TopoVertex{kind, node, index}, g_));
+}
+
+int Topology::add_link(int from, int to, const LinkSpec& spec, Time extra_latency) {
+  Link l;
+  l.from = from;
+  l.to = to;
+  l.cls = spec.cls;
+  l.bandwidth = spec.effective_bandwidth();
+  l.latency = spec.latency + extra_latency;
+  int id = int(links_.size());
+  links_.push_back(l);
+  boost::add_edge(from, to, TopoEdge{id}, g_);
+  link_by_pair_[pair_key(from, to)] = id;
+  return id;
+}
+
+void Topology::add_pair(int a, int b, const LinkSpec& spec, Time extra_a_out, Time extra_b_out) {
+  add_link(a, b, spec, extra_a_out);
+  add_link(b, a, spec, extra_b_out);
+}
+
+void Topology::add_aggregate_pair(int a, int b, LinkClass cls, Bandwidth bw, Time latency) {
+  LinkSpec s{cls, bw, 1, latency, 1.0};
+  add_pair(a, b, s);
+}
+
+int Topology::find_link(int from, int to) const {
+  auto it = link_by_pair_.find(pair_key(from, to));
+  return it == link_by_pair_.end() ? -1 : it->second;
+}
+
+int Topology::rail_of(int device) const {
+  if (nics_ == 0) return -1;
+  int gpn = system_.gpus_per_node, r = local_rank(device);
+  return nics_ >= gpn ? r : r * nics_ / gpn;
+}
+
+int Topology::nic_vertex_of_node(int node, int rail) const { return nic_base_[node] + rail; }
+
+std::string Topology::vertex_name(int v) const {
+  const TopoVertex& x = g_[v];
+  switch (x.kind) {
+    case VertexKind::Device: return fmt::format("device {}", x.index);
+    case VertexKind::Nic: return fmt::format("nic {}.{}", x.node, x.index);
+    case VertexKind::Switch:
+      if (x.node >= 0) return fmt::format("node {} switch", x.node);
+      return v == core_ ? "core" : fmt::format("leaf {}", x.index);
+  }
+  return "?";
+}
+
+std::string Topology::link_name(int id) const {
+  const Link& l = links_[id];
+  return vertex_name(l.from) + " -> " + vertex_name(l.to) + " (" + link_class_name(l.cls) + ")";
+}
+
+bool Topology::append(int from, int to, std::vector<int>& out) const {
+  int id = find_link(from, to);
+  if (id < 0) return false;
+  out.push_back(id);
+  return true;
+}
+
+bool Topology::route_torus(const std::vector<int>& dims, int from_index, int to_index, int limit,
+                           int (Topology::*vertex_of)(int, int) const, int rail,
+                           std::vector<int>& out) const {
+  int chips = std::min(limit, product(dims));
+  if (from_index >= chips || to_index >= chips) return false;
+  auto c = coords(from_index, dims);
+  auto t = coords(to_index, dims);
+  int cur = from_index;
+  for (size_t k = 0; k < dims.size(); ++k) {
+    int n = dims[k];
+    int fwd = ((t[k] - c[k]) % n + n) % n;
+    int step = fwd <= n - fwd ? 1 : -1;
+    int hops = step == 1 ? fwd : n - fwd;
+    for (int h = 0; h < hops; ++h) {
+      c[k] = ((c[k] + step) % n + n) % n;
+      int next = index_of(c, dims);
+      if (next >= chips) return false;
+      if (!append((this->*vertex_of)(cur, rail), (this->*vertex_of)(next, rail), out))
+        return false;
+      cur = next;
+    }
+  }
+  return true;
+}
+
+bool Topology::route_scale_up(int src, int dst, std::vector<int>& out) const {
+  const ScaleUpSpec& up = system_.scale_up;
+  switch (up.kind) {
+    case ScaleUpKind::Switch: {
+      if (node_of(src) != node_of(dst)) return false;
+      int sw = node_switch_[node_of(src)];
+      return append(src, sw, out) && append(sw, dst, out);
+    }
+    case ScaleUpKind::FullMesh:
+      return node_of(src) == node_of(dst) && append(src, dst, out);
+    case ScaleUpKind::Torus:
+      return route_torus(up.dims, src, dst, devices_, &Topology::device_vertex, 0, out);
+    case ScaleUpKind::None: return false;
+  }
+  return false;
+}
+
+bool Topology::route_scale_out(int src, int dst, std::vector<int>& out) const {
+  if (nics_ == 0) return false;
+  const ScaleOutTopology topo = system_.scale_out.topology;
+  const bool torus = topo == ScaleOutTopology::Torus2D || topo == ScaleOutTopology::Torus3D;
+  int rs = rail_of(src), rd = rail_of(dst);
+  if (rs != rd && topo != ScaleOutTopology::FatTree) {
+    // PXN: cross the scale-up fabric to the local device on the destination's rail.
+    int gpn = system_.gpus_per_node;
+    for (int lr = 0; lr < gpn; ++lr) {
+      int proxy = node_of(src) * gpn + lr;
+      if (proxy >= devices_ || rail_of(proxy) != rd) continue;
+      std::vector<int> prefix;
+      if (proxy == src || route_scale_up(src, proxy, prefix)) {
+        std::vector<int> rest;
+        if (route_scale_out(proxy, dst, rest)) {
+          out.insert(out.end(), prefix.begin(), prefix.end());
+          out.insert(out.end(), rest.begin(), rest.end());
+          return true;
+        }
+      }
+      break;
+    }
+    if (torus) return false;
+  }
+  int ns = nic_vertex_of_node(node_of(src), rs);
+  int nd = nic_vertex_of_node(node_of(dst), rd);
+  if (!append(src, ns, out)) return false;
+  if (ns != nd) {
+    if (torus) {
+      if (!route_torus(system_.scale_out.dims, node_of(src), node_of(dst), nodes_,
+                       &Topology::nic_vertex_of_node, rs, out))
+        return false;
+    } else {
+      int ls = nic_leaf_[ns - first_nic_vertex_], ld = nic_leaf_[nd - first_nic_vertex_];
+      if (!append(ns, ls, out)) return false;
+      if (ls != ld && !(append(ls, core_, out) && append(core_, ld, out))) return false;
+      if (!append(ld, nd, out)) return false;
+    }
+  }
+  return append(nd, dst, out);
+}
+
+const std::vector<int>& Topology::route(int src, int dst) const {
+  if (src < 0 || src >= devices_ || dst < 0 || dst >= devices_)
+    throw std::invalid_argument(fmt::format("route from device {} to device {}: devices are 0..{}",
+                                            src, dst, devices_ - 1));
+  uint64_t key = pair_key(src, dst);
+  auto it = routes_.find(key);
+  if (it != routes_.end()) return it->second;
+  std::vector<int> path;
+  if (src != dst) {
+    bool same_node = node_of(src) == node_of(dst);
+    bool torus = system_.scale_up.kind == ScaleUpKind::Torus;
+    bool ok = false;
+    if (same_node || torus) ok = route_scale_up(src, dst, path);
+    if (!ok) {
+      path.clear();
+      ok = route_scale_out(src, dst, path);
+    }
+    if (!ok)
+      throw std::invalid_argument(fmt::format("system '{}': device {} cannot reach device {}: {}",
+                                              system_.name, src, dst, why_disconnected(dst)));
+  }
+  return routes_.emplace(key, std::move(path)).first->second;
+}
+
+bool Topology::reachable(int src, int dst) const {
+  try {
+    route(src, dst);
+    return true;
+  } catch (const std::invalid_argument&) {
+    return false;
+  }
+}
+
+std::string Topology::why_disconnected(int device) const {
+  const ScaleUpSpec& up = system_.scale_up;
+  if (up.kind == ScaleUpKind::Torus && device >= product(up.dims) && nics_ == 0)
+    return fmt::format("device {} lies outside the {} torus ({} chips) and there is no "
+                       "scale-out network; give scale_up.dims covering {} devices",
+                       device, dims_text(up.dims), product(up.dims), devices_);
+  const ScaleOutTopology t = system_.scale_out.topology;
+  if ((t == ScaleOutTopology::Torus2D || t == ScaleOutTopology::Torus3D) &&
+      node_of(device) >= product(system_.scale_out.dims))
+    return fmt::format("node {} of device {} lies outside the {} node torus; give "
+                       "scale_out.dims covering {} nodes",
+                       node_of(device), device, dims_text(system_.scale_out.dims), nodes_);
+  if (nodes_ > 1 && nics_ == 0)
+    return fmt::format("device {} is in node {} and the system has no scale-out network "
+                       "(scale_out.nics_per_node is 0 or topology none); add NICs or use at "
+                       "most {} devices",
+                       device, node_of(device), system_.gpus_per_node);
+  if (up.kind == ScaleUpKind::None && nics_ == 0)
+    return "the system has neither a scale-up fabric nor a scale-out network";
+  return fmt::format("no route to device {} in the topology graph", device);
+}
+
+void Topology::check_connected() const {
+  std::vector<char> seen(vertex_count(), 0);
+  std::deque<int> q{0};
+  seen[0] = 1;
+  while (!q.empty()) {
+    int v = q.front();
+    q.pop_front();
+    for (auto [e, end] = boost::out_edges(v, g_); e != end; ++e) {
+      int w = int(boost::target(*e, g_));
+      if (!seen[w]) {
+        seen[w] = 1;
+        q.push_back(w);
+      }
+    }
+  }
+  for (int d = 1; d < devices_; ++d)
+    if (!seen[d])
+      throw std::invalid_argument(fmt::format(
+          "system '{}' with {} devices is not connected: device {} (node {}, local rank {}) "
+          "cannot reach device 0: {}",
+          system_.name, devices_, d, node_of(d), local_rank(d), why_disconnected(d)));
+}
+
+}  // namespace memwall

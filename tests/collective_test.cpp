@@ -1,0 +1,340 @@
+// Collectives on the links: alpha-beta physics, contention, algorithm choice, bad input, and
+// the nccl-tests all-reduce cases of validation/cases.csv.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "arch/collective/collective.h"
+
+using namespace memwall;
+
+namespace {
+
+CollectiveRequest request(CollectiveKind kind, std::vector<std::vector<int>> groups, double bytes,
+                          CollectiveAlgorithm a = CollectiveAlgorithm::Auto,
+                          Protocol p = Protocol::Auto) {
+  CollectiveRequest r;
+  r.kind = kind;
+  r.groups = std::move(groups);
+  r.bytes = bytes;
+  r.algorithm = a;
+  r.protocol = p;
+  r.label = "test";
+  return r;
+}
+
+std::vector<int> iota_group(int n, int first = 0) {
+  std::vector<int> g(n);
+  std::iota(g.begin(), g.end(), first);
+  return g;
+}
+
+// A ring of n chips joined by direct links: a one-dimensional torus.
+SystemSpec ring_system(int n, const char* bw = "50 GB/s", const char* lat = "1 us") {
+  return load_system_string(
+      fmt::format("name: ring\ndevice: test\ngpus_per_node: {}\nscale_up:\n  kind: torus\n"
+                  "  dims: \"{}\"\n  link: {{class: ici, bandwidth: {}, latency: {}}}\n"
+                  "scale_out: {{topology: none}}\n",
+                  n, n, bw, lat),
+      "ring.yaml");
+}
+
+}  // namespace
+
+TEST(CollectiveRing, MatchesAlphaBetaOnADirectRing) {
+  for (int n : {2, 4, 8}) {
+    for (double bytes : {64.0 * 1024, 16.0 * 1024 * 1024, 1024.0 * 1024 * 1024}) {
+      SCOPED_TRACE(fmt::format("n={} bytes={}", n, bytes));
+      SystemSpec s = ring_system(n);
+      Network net(s, n);
+      auto r = net.run(request(CollectiveKind::AllReduce, {iota_group(n)}, bytes,
+                               CollectiveAlgorithm::Ring, Protocol::Simple),
+                       Time::zero());
+      double B = 50e9;
+      double alpha = std::max(1e-6, protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Ring,
+                                                          Protocol::Simple)
+                                        .sec());
+      double base = protocol_base_latency(LatencyTable::Ring, Protocol::Simple).sec();
+      double expect = base + 2.0 * (n - 1) / n * bytes / B + 2.0 * (n - 1) * alpha;
+      EXPECT_NEAR(r.duration().sec(), expect, 0.01 * expect);
+      EXPECT_EQ(r.algorithm, CollectiveAlgorithm::Ring);
+      EXPECT_EQ(r.protocol, "Simple");
+      EXPECT_EQ(r.steps, 2 * (n - 1));
+    }
+  }
+}
+
+TEST(CollectiveRing, BusBandwidthNeverExceedsTheLinks) {
+  struct Case {
+    const char* system;
+    int gpus;
+  };
+  for (Case c : {Case{"dgx-a100", 8}, Case{"dgx-h100", 8}, Case{"dgx-h100", 32},
+                 Case{"mi300x-node", 8}, Case{"dgx-b200", 16}, Case{"tpu-v4-torus", 64}}) {
+    SystemSpec s = load_system(c.system);
+    Network probe(s, c.gpus);
+    // Per device and direction: all its scale-up links, and across nodes also all its NICs.
+    double up = s.scale_up.link.raw_bandwidth().bps();
+    if (s.scale_up.kind == ScaleUpKind::FullMesh) up *= s.gpus_per_node - 1;
+    if (s.scale_up.kind == ScaleUpKind::Torus) up *= 2 * s.scale_up.dims.size();
+    double limit = up;
+    if (probe.topology().nodes() > 1 && s.scale_up.kind != ScaleUpKind::Torus)
+      limit = std::min(limit, s.node_nic_bandwidth().bps() / s.gpus_per_node *
+                                  std::min(s.gpus_per_node, s.scale_out.nics_per_node));
+    for (double bytes = 1024; bytes <= 4.0 * (1 << 30); bytes *= 16) {
+      SCOPED_TRACE(fmt::format("{} x{} bytes={}", c.system, c.gpus, bytes));
+      Network net(s, c.gpus);
+      auto r = net.run(request(CollectiveKind::AllReduce, {iota_group(c.gpus)}, bytes),
+                       Time::zero());
+      EXPECT_GT(r.duration().sec(), 0);
+      if (r.algorithm == CollectiveAlgorithm::InSwitch)
+        EXPECT_LE(r.algorithm_bandwidth_gbps() * 1e9, up * 1.0001);  // buffer once each way
+      else
+        EXPECT_LE(r.bus_bandwidth_gbps() * 1e9, limit * 1.0001);
+    }
+  }
+}
+
+TEST(CollectiveRing, HalvingLinkBandwidthDoublesALargeAllReduce) {
+  double bytes = 4.0 * (1 << 30);
+  auto time_on = [&](const SystemSpec& s) {
+    Network net(s, 8);
+    return net
+        .run(request(CollectiveKind::AllReduce, {iota_group(8)}, bytes, CollectiveAlgorithm::Ring,
+                     Protocol::Simple),
+             Time::zero())
+        .duration()
+        .sec();
+  };
+  double full = time_on(load_system("dgx-a100"));
+  double half = time_on(load_system("dgx-a100", {"scale_up.link.bandwidth=12.5 GB/s"}));
+  EXPECT_NEAR(half / full, 2.0, 0.06);
+}
+
+TEST(CollectiveContention, SharedLinksSlowGroupsDisjointOnesDoNot) {
+  const double bytes = 256.0 * 1024 * 1024;
+  auto run = [&](const SystemSpec& s, std::vector<std::vector<int>> groups) {
+    Network net(s, 16);
+    return net
+        .run(request(CollectiveKind::AllReduce, std::move(groups), bytes,
+                     CollectiveAlgorithm::Ring, Protocol::Simple),
+             Time::zero())
+        .duration()
+        .sec();
+  };
+  SystemSpec rails = load_system("dgx-h100");
+  double alone = run(rails, {{0, 8}});
+  // Device 1 and 9 use rail 1: disjoint NICs, disjoint leaf ports.
+  EXPECT_NEAR(run(rails, {{0, 8}, {1, 9}}), alone, 1e-9 * alone);
+  // Inside a node, pairs on separate switch ports do not interfere either.
+  EXPECT_NEAR(run(rails, {{0, 1}, {2, 3}}), run(rails, {{0, 1}}), 1e-9);
+  // One NIC per node: both groups cross the same NIC and take about twice as long.
+  SystemSpec one_nic = load_system("dgx-h100", {"scale_out.nics_per_node=1"});
+  double shared_alone = run(one_nic, {{0, 8}});
+  double shared_both = run(one_nic, {{0, 8}, {1, 9}});
+  EXPECT_GT(shared_both, 1.8 * shared_alone);
+  EXPECT_LT(shared_both, 2.2 * shared_alone);
+}
+
+TEST(CollectiveContention, OverlappingRequestsContendAcrossRuns) {
+  SystemSpec s = load_system("dgx-a100");
+  Network net(s, 8);
+  auto req = request(CollectiveKind::AllReduce, {iota_group(8)}, 64.0 * 1024 * 1024);
+  auto first = net.run(req, Time::zero());
+  EXPECT_FALSE(first.memoised);
+  EXPECT_GT(first.events, 0);
+  // Starting while the first still holds the links: it waits, so it lasts longer.
+  auto overlapped = net.run(req, first.start + first.duration() * 0.5);
+  EXPECT_FALSE(overlapped.memoised);
+  EXPECT_GT(overlapped.duration().sec(), first.duration().sec() * 1.2);
+  // Once everything is idle again the memo replays it exactly, shifted in time.
+  Time later = overlapped.end + Time::us(10);
+  auto replay = net.run(req, later);
+  EXPECT_TRUE(replay.memoised);
+  EXPECT_EQ(replay.events, 0);
+  EXPECT_NEAR(replay.duration().sec(), first.duration().sec(), 1e-15);
+  EXPECT_EQ(replay.start, later);
+  // The replay occupies the links as a real run would.
+  auto after = net.run(req, later);
+  EXPECT_GT(after.duration().sec(), first.duration().sec());
+  net.reset();
+  EXPECT_NEAR(net.run(req, Time::zero()).duration().sec(), first.duration().sec(), 1e-15);
+  double nvlink_util = 0;
+  for (const auto& u : net.utilisation(first.end))
+    if (u.cls == LinkClass::NVLink) nvlink_util = u.utilisation;
+  EXPECT_GT(nvlink_util, 0.3);
+  EXPECT_LE(nvlink_util, 1.0);
+}
+
+TEST(CollectiveKinds, GatherAndScatterTakeHalfAnAllReduce) {
+  SystemSpec s = load_system("dgx-a100");
+  const double bytes = 2.0 * (1 << 30);
+  auto time_of = [&](CollectiveKind k) {
+    Network net(s, 8);
+    return net.run(request(k, {iota_group(8)}, bytes, CollectiveAlgorithm::Ring, Protocol::Simple),
+                   Time::zero())
+        .duration()
+        .sec();
+  };
+  double ar = time_of(CollectiveKind::AllReduce);
+  EXPECT_NEAR(time_of(CollectiveKind::AllGather) / ar, 0.5, 0.02);
+  EXPECT_NEAR(time_of(CollectiveKind::ReduceScatter) / ar, 0.5, 0.02);
+}
+
+TEST(CollectiveKinds, SendRecvIsLatencyPlusBytesOverBandwidth) {
+  SystemSpec s = load_system("dgx-a100");
+  Network net(s, 8);
+  const double bytes = 1024.0 * 1024 * 1024;
+  auto r = net.run(request(CollectiveKind::SendRecv, {{0, 5}}, bytes, CollectiveAlgorithm::Auto,
+                           Protocol::Simple),
+                   Time::zero());
+  EXPECT_EQ(r.algorithm, CollectiveAlgorithm::Direct);
+  double bw = s.scale_up.link.effective_bandwidth().bps();
+  double alpha = protocol_base_latency(LatencyTable::Ring, Protocol::Simple).sec() +
+                 protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Ring, Protocol::Simple)
+                     .sec();
+  EXPECT_NEAR(r.duration().sec(), alpha + bytes / bw, 1e-3 * r.duration().sec());
+  EXPECT_NEAR(r.bus_bandwidth_gbps() * 1e9, bw, 0.02 * bw);
+}
+
+TEST(CollectiveKinds, EveryKindRunsOnEverySystem) {
+  for (const char* name : {"dgx-a100", "dgx-h100", "mi300x-node", "tpu-v4-torus", "pcie-node"}) {
+    SystemSpec s = load_system(name);
+    int n = 2 * s.gpus_per_node;
+    if (s.scale_up.kind == ScaleUpKind::Torus) n = 64;
+    Network net(s, n);
+    for (auto k : {CollectiveKind::AllReduce, CollectiveKind::ReduceScatter,
+                   CollectiveKind::AllGather, CollectiveKind::AllToAll,
+                   CollectiveKind::Broadcast}) {
+      SCOPED_TRACE(fmt::format("{} {}", name, collective_kind_name(k)));
+      auto r = net.run(request(k, {iota_group(n)}, 8.0 * 1024 * 1024), Time::zero());
+      EXPECT_GT(r.duration().sec(), 0);
+      EXPECT_NE(r.algorithm, CollectiveAlgorithm::Auto);
+      EXPECT_GT(r.bus_bandwidth_gbps(), 0);
+      net.reset();
+    }
+  }
+}
+
+TEST(CollectiveAuto, LatencyFriendlyWhenSmallBandwidthOptimalWhenLarge) {
+  SystemSpec s = load_system("dgx-h100");
+  Network net(s, 32);
+  auto small = net.run(request(CollectiveKind::AllReduce, {iota_group(32)}, 4096), Time::zero());
+  EXPECT_EQ(small.protocol, "LL");
+  auto large = net.run(request(CollectiveKind::AllReduce, {iota_group(32)}, 4.0 * (1 << 30)),
+                       Time::zero());
+  EXPECT_EQ(large.protocol, "Simple");
+  EXPECT_NE(large.algorithm, CollectiveAlgorithm::Tree);
+  // The choice is the cheapest estimate of all candidates.
+  for (auto a : {CollectiveAlgorithm::Ring, CollectiveAlgorithm::Tree,
+                 CollectiveAlgorithm::Hierarchical})
+    for (auto p : {Protocol::LL, Protocol::LL128, Protocol::Simple})
+      EXPECT_LE(small.estimate.sec(),
+                net.estimate(CollectiveKind::AllReduce, iota_group(32), 4096, a, p).sec());
+  // Many nodes, mid-size message: the tree's log-depth latency wins over the ring's 2(n-1)
+  // steps, as in NCCL.
+  Network big(s, 512);
+  auto mid = big.choose(CollectiveKind::AllReduce, iota_group(512), 1 << 20);
+  EXPECT_EQ(mid.algorithm, CollectiveAlgorithm::Tree);
+  // One DGX H100 node, large buffer: NVLS (in-switch reduction) where the switch can.
+  Network node(s, 8);
+  auto nvls = node.run(request(CollectiveKind::AllReduce, {iota_group(8)}, 1.0 * (1 << 30)),
+                       Time::zero());
+  EXPECT_EQ(nvls.algorithm, CollectiveAlgorithm::InSwitch);
+  Network a100(load_system("dgx-a100"), 8);
+  auto ring = a100.run(request(CollectiveKind::AllReduce, {iota_group(8)}, 1.0 * (1 << 30)),
+                       Time::zero());
+  EXPECT_EQ(ring.algorithm, CollectiveAlgorithm::Ring);
+  EXPECT_THROW(a100.run(request(CollectiveKind::AllReduce, {iota_group(8)}, 1 << 20,
+                                CollectiveAlgorithm::InSwitch),
+                        Time::zero()),
+               std::invalid_argument);
+}
+
+TEST(CollectiveErrors, BadGroupsThrowNamingTheGroup) {
+  SystemSpec s = load_system("dgx-h100", {"scale_out.nics_per_node=0"});
+  Network net(s, 16);
+  auto expect_error = [&](CollectiveRequest r, const char* needle) {
+    try {
+      net.run(r, Time::zero());
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(request(CollectiveKind::AllReduce, {}, 1024), "no groups");
+  expect_error(request(CollectiveKind::AllReduce, {{0, 1}, {}}, 1024), "group 1");
+  expect_error(request(CollectiveKind::AllReduce, {{0, 1}, {2, 3, 4}}, 1024), "group 1");
+  expect_error(request(CollectiveKind::AllReduce, {{0, 1}, {2, 99}}, 1024), "out of range");
+  expect_error(request(CollectiveKind::AllReduce, {{0, 1}, {3, 3}}, 1024), "appears twice");
+  expect_error(request(CollectiveKind::SendRecv, {{0, 1, 2}}, 1024), "group 0");
+  // Two nodes and no scale-out network: the members cannot reach each other.
+  expect_error(request(CollectiveKind::AllReduce, {{0, 1}, {2, 10}}, 1024), "group 1");
+  expect_error(request(CollectiveKind::AllReduce, {{0, 8}}, 1024), "cannot reach");
+  // Inside a node it still works.
+  EXPECT_GT(net.run(request(CollectiveKind::AllReduce, {iota_group(8)}, 1024), Time::zero())
+                .duration()
+                .sec(),
+            0);
+}
+
+// nccl-tests all_reduce_perf on 8x A100 (validation/cases.csv, source: ml-engineering). The
+// model is not fitted to these rows; the test reports the error and checks physical bands only.
+TEST(CollectiveValidation, NcclAllReduceOnDgxA100) {
+  struct Row {
+    double bytes, measured;
+  };
+  const Row rows[] = {{1048576, 18.0},
+                      {8388608, 109.93},
+                      {134217728, 176.92},
+                      {1073741824, 229.04},
+                      {17179869184.0, 234.89}};
+  SystemSpec s = system_for_case("a100-sxm4-80gb", 8, 0);
+  double sum = 0, last = 0;
+  std::printf("  %14s %10s %10s %8s\n", "bytes", "predicted", "measured", "error");
+  for (const Row& r : rows) {
+    double p = predict_allreduce_busbw_gbps(s, 8, r.bytes);
+    double err = p / r.measured - 1;
+    sum += std::fabs(err);
+    std::printf("  %14.0f %10.1f %10.1f %+7.1f%%\n", r.bytes, p, r.measured, 100 * err);
+    EXPECT_GT(p, last) << "bus bandwidth grows with size";
+    last = p;
+  }
+  std::printf("  MAPE %.1f%%\n", 100 * sum / 5);
+  RecordProperty("mape_percent", std::to_string(100 * sum / 5));
+  // Large messages: between 60% and 100% of NVLink's 300 GB/s per direction.
+  EXPECT_GT(last, 0.6 * 300);
+  EXPECT_LT(last, 300);
+}
+
+TEST(CollectiveScale, LargeAllReduceStaysBounded) {
+  // 4 concurrent data-parallel groups of 336 ranks over 168 DGX H100 nodes (2 ranks per node
+  // per group), the shape of a tp=4 x dp=336 job.
+  SystemSpec s = load_system("dgx-h100");
+  Network net(s, 168 * 8);
+  std::vector<std::vector<int>> groups(4);
+  for (int g = 0; g < 4; ++g)
+    for (int node = 0; node < 168; ++node) {
+      groups[g].push_back(node * 8 + 2 * g);
+      groups[g].push_back(node * 8 + 2 * g + 1);
+    }
+  for (auto a : {CollectiveAlgorithm::Auto, CollectiveAlgorithm::Ring, CollectiveAlgorithm::Tree}) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = net.run(request(CollectiveKind::AllReduce, groups, 1.0 * (1 << 30), a), Time::zero());
+    double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("  336 ranks x 4 groups, 1 GiB, %s/%s: %.3f ms simulated, busbw %.1f GB/s, "
+                "%ld events, %.3f s wall\n",
+                collective_algorithm_name(r.algorithm), r.protocol.c_str(),
+                r.duration().sec() * 1e3, r.bus_bandwidth_gbps(), r.events, wall);
+    EXPECT_LT(r.events, 3000000);
+    EXPECT_GT(r.bus_bandwidth_gbps(), 1.0);
+    // Two ranks of a group share a node's 8 NICs with the other 3 groups: 2 NICs each.
+    EXPECT_LT(r.bus_bandwidth_gbps() * 1e9, 2 * s.scale_out.nic.raw_bandwidth().bps() * 1.0001);
+    net.reset();
+  }
+}
