@@ -65,6 +65,10 @@ class OpSimulator {
   /// cannot run the op (a data type it lacks, a tile that does not fit).
   OpResult run(const Op& op);
   long cache_hits() const { return hits_; }
+  Device& device() const { return device_; }
+  Fidelity fidelity() const { return fidelity_; }
+  /// Distinct operators simulated so far.
+  std::size_t memo_size() const { return memo_.size(); }
 
  private:
   OpResult simulate_tile(const Op& op);

@@ -1,5 +1,7 @@
 #include "sim/cli/experiment.h"
 
+#include <fmt/format.h>
+
 namespace memwall {
 
 const Schema& experiment_schema() {
@@ -15,10 +17,26 @@ const Schema& experiment_schema() {
                                       "analytical (roofline) or tile (discrete-event).");
                   f.choices = {"analytical", "tile"};
                   return f;
+                }(),
+                [] {
+                  ParamSpec g = optional_param("gpus", ParamType::Int, "devices",
+                                               "Devices of a training run; absent: tp x pp x dp "
+                                               "x cp (1 without parallelism).");
+                  g.positive = true;
+                  return g;
+                }(),
+                [] {
+                  ParamSpec n = optional_param(
+                      "node_nic_gbps", ParamType::Real, "Gb/s",
+                      "Total scale-out bandwidth of one node per direction, split evenly over "
+                      "its NICs (DGX H100: 8 x 400 = 3200); absent: the system's.");
+                  n.positive = true;
+                  return n;
                 }()};
     x.sections = {{"device", &device_schema()},
                   {"model", &model_schema()},
-                  {"training", &training_schema()}};
+                  {"training", &training_schema()},
+                  {"system", &system_schema()}};
     x.lists = {{"ops", &op_schema()}};
     return x;
   }();
@@ -30,15 +48,56 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
   return load_experiment(std::move(doc), overrides);
 }
 
+namespace {
+
+int64_t int_at(const YAML::Node& n, const char* key, int64_t fallback) {
+  if (!n || !n[key]) return fallback;
+  try {
+    return n[key].as<int64_t>();
+  } catch (const YAML::Exception&) {
+    return fallback;  // validation reports the bad value with its location
+  }
+}
+
+// `gpus` and `training.dp` each follow from the other: dp = gpus / (tp x pp x cp) when only the
+// GPU count is given, gpus = tp x pp x dp x cp otherwise. A system preset named by string
+// resolves like the device and model.
+void derive_layout(Document& doc, const std::string& device_preset) {
+  YAML::Node sys = doc.root["system"];
+  // `-p system.gpus_per_node=4` (or --gpus-per-node) with no system written: the device's node.
+  if (sys && sys.IsMap() && !sys["preset"] && !sys["scale_up"] && !device_preset.empty())
+    doc.root["system"]["preset"] = standard_system_for_device(device_preset);
+  if (doc.root["system"]) resolve_preset(doc, "system", "systems");
+  YAML::Node t = doc.root["training"];
+  int64_t tp = int_at(t, "tp", 1), pp = int_at(t, "pp", 1), cp = int_at(t, "cp", 1);
+  bool has_dp = t && t["dp"];
+  if (doc.root["gpus"] && !has_dp) {
+    int64_t gpus = int_at(doc.root, "gpus", 1);
+    int64_t per = tp * pp * cp;
+    if (per > 0 && gpus % per == 0) {
+      if (!t) doc.root["training"] = YAML::Node(YAML::NodeType::Map);
+      doc.root["training"]["dp"] = gpus / per;
+    }
+  } else if (!doc.root["gpus"]) {
+    doc.root["gpus"] = tp * pp * cp * int_at(t, "dp", 1);
+  }
+}
+
+}  // namespace
+
 Experiment load_experiment(Document doc, const std::vector<std::string>& overrides) {
   const std::string file = doc.file;
   if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "an experiment is a map of keys");
   if (!doc.root["device"])
     throw ConfigError(SourceLoc{file, 1}, "device",
                       "is required: a preset name (e.g. h100-sxm5-80gb) or a device section");
+  std::string device_preset;
+  if (doc.root["device"].IsScalar()) device_preset = doc.root["device"].as<std::string>();
+  else if (doc.root["device"]["preset"]) device_preset = doc.root["device"]["preset"].as<std::string>();
   resolve_preset(doc, "device", "devices");
   if (doc.root["model"]) resolve_preset(doc, "model", "models");
   for (const auto& o : overrides) apply_override(doc, o);
+  if (doc.root["model"]) derive_layout(doc, device_preset);
   validate(doc.root, experiment_schema(), "", *doc.sources);
   Config root(doc.root, experiment_schema(), "", doc.sources);
   Experiment e;
@@ -58,6 +117,28 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     if (!e.ops.empty())
       throw ConfigError(doc.sources->find("ops"), "ops",
                         "an experiment runs either `ops` or a `model`, not both");
+    e.gpus = int(root.get_int("gpus"));
+    if (e.training.parallel.devices() != e.gpus)
+      t.fail("dp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count "
+                               "{}",
+                               e.training.parallel.tp, e.training.parallel.pp,
+                               e.training.parallel.dp, e.training.parallel.cp,
+                               e.training.parallel.devices(), e.gpus));
+    if (doc.root["system"]) e.system = system_from_config(root.section("system"));
+    else if (e.gpus > 1) e.system = load_system(standard_system_for_device(device_preset));
+    if (e.system && doc.root["node_nic_gbps"]) {
+      double gbps = root.get_real("node_nic_gbps");
+      SystemSpec& sys = *e.system;
+      if (sys.scale_out.nics_per_node == 0) {
+        sys.scale_out.nics_per_node = sys.gpus_per_node;
+        sys.scale_out.nic.cls = LinkClass::InfiniBand;
+        if (sys.scale_out.topology == ScaleOutTopology::None)
+          sys.scale_out.topology = ScaleOutTopology::RailOptimized;
+      }
+      sys.scale_out.nic.count = 1;
+      sys.scale_out.nic.bandwidth =
+          Bandwidth::bytes_per_s(gbps * 1e9 / 8 / sys.scale_out.nics_per_node);
+    }
   } else if (e.ops.empty()) {
     throw ConfigError(doc.sources->find("ops"), "ops",
                       "lists no operators and there is no model; add e.g. `- {op: gemm, m: 4096, "

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "arch/device/device.h"
+#include "arch/network/system.h"
 #include "arch/ops/op.h"
 #include "arch/ops/simulate.h"
 #include "workloads/model/transformer.h"
@@ -26,6 +27,10 @@ struct Experiment {
   /// A training experiment names a model (and optionally a training setup) instead of ops.
   std::optional<TransformerModel> model;
   TrainingSetup training;
+  /// Devices of a training run (tp x pp x dp x cp) and the system they sit in: the `system:`
+  /// section, or the device's standard node (DGX H100 for an H100 SXM, ...).
+  int gpus = 1;
+  std::optional<SystemSpec> system;
   YAML::Node resolved;  ///< every key with defaults filled in, written beside results
 };
 

@@ -5,8 +5,10 @@
 
 #include "sim/cli/commands.h"
 #include "sim/cli/experiment.h"
+#include "sim/cli/cluster_report.h"
 #include "sim/cli/report.h"
 #include "sim/cli/training_report.h"
+#include "sim/run/cluster_run.h"
 #include "sim/run/training_run.h"
 #include "sim/trace/trace.h"
 
@@ -38,6 +40,11 @@ struct RunOptions {
   // -1: not given. Any given value, zero included, goes to the schema, which rejects zero.
   int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
   std::string flash_attention;
+  // A cluster run: the validation case columns as flags.
+  std::string system, sequence_parallel, schedule;
+  int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
+          zero = -1;
+  double node_nic_gbps = -1;
 };
 
 // Flags become an experiment document (no file) or overrides of the file's keys.
@@ -55,6 +62,19 @@ Experiment load_from_options(const RunOptions& o) {
   flag("training.recompute", o.recompute);
   flag("training.flash_attention", o.flash_attention);
   count("model.seq_len", o.seq_len);
+  count("gpus", o.gpus);
+  count("training.tp", o.tp);
+  count("training.pp", o.pp);
+  count("training.dp", o.dp);
+  count("training.vpp", o.vpp);
+  count("training.cp", o.cp);
+  count("training.ep", o.ep);
+  count("training.zero_stage", o.zero);
+  flag("training.sequence_parallel", o.sequence_parallel);
+  flag("training.schedule", o.schedule);
+  flag("system.preset", o.system);
+  count("system.gpus_per_node", o.gpus_per_node);
+  if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
   for (const auto& x : o.overrides) overrides.push_back(x);
   if (!o.file.empty()) {
     if (!o.device.empty() || !o.model.empty())
@@ -79,7 +99,39 @@ void write_resolved(const Experiment& e, const std::string& result_path) {
                  em.c_str() + "\n");
 }
 
+int run_cluster(const RunOptions& o, Experiment& e) {
+  OpSimulator ops(*e.device, e.fidelity);
+  ClusterResult r = simulate_cluster(*e.model, e.training, ops, *e.system, e.gpus,
+                                     !o.trace_out.empty());
+  std::cout << cluster_summary(r, *e.model, e.training);
+  if (!o.json_out.empty()) {
+    nlohmann::json doc = cluster_json(r, *e.model, e.training);
+    doc["memwall_version"] = MEMWALL_VERSION;
+    doc["experiment"] = e.file;
+    doc["resolved_config"] = YAML::Dump(e.resolved);
+    write_file(o.json_out, doc.dump(2) + "\n");
+    write_resolved(e, o.json_out);
+    std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
+  }
+  if (!o.csv_dir.empty()) {
+    write_cluster_csv(r, o.csv_dir);
+    write_resolved(e, o.csv_dir + "/run");
+    std::cout << "wrote " << o.csv_dir << "/ops.csv, stages.csv and comm.csv\n";
+  }
+  if (!o.trace_out.empty()) {
+    TraceWriter trace(2000000);
+    write_cluster_trace(r, trace);
+    trace.write(o.trace_out);
+    write_resolved(e, o.trace_out);
+    std::cout << "wrote " << o.trace_out << " (" << trace.spans() << " spans"
+              << (trace.dropped() ? fmt::format(", {} dropped over the cap", trace.dropped()) : "")
+              << "; open in ui.perfetto.dev)\n";
+  }
+  return 0;
+}
+
 int run_training(const RunOptions& o, Experiment& e) {
+  if (e.system) return run_cluster(o, e);
   StepGraph g = build_step_graph(*e.model, e.training);
   std::unique_ptr<TraceWriter> trace;
   if (!o.trace_out.empty()) trace = std::make_unique<TraceWriter>();
@@ -168,6 +220,20 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--recompute", o->recompute, "none, selective or full");
   cmd->add_option("--seq-len", o->seq_len, "Override the model's sequence length");
   cmd->add_option("--flash-attention", o->flash_attention, "true or false");
+  cmd->add_option("--gpus", o->gpus, "Devices in the run (default tp x pp x dp x cp)");
+  cmd->add_option("--system", o->system, "System preset, e.g. dgx-h100 (default: the device's node)");
+  cmd->add_option("--gpus-per-node", o->gpus_per_node, "Devices per node");
+  cmd->add_option("--node-nic-gbps", o->node_nic_gbps,
+                  "Scale-out bandwidth per node, Gb/s per direction (DGX H100: 3200)");
+  cmd->add_option("--tp", o->tp, "Tensor-parallel degree");
+  cmd->add_option("--pp", o->pp, "Pipeline-parallel stages");
+  cmd->add_option("--dp", o->dp, "Data-parallel degree (default: gpus / (tp x pp x cp))");
+  cmd->add_option("--vpp", o->vpp, "Virtual stages per pipeline rank (interleaved 1F1B)");
+  cmd->add_option("--cp", o->cp, "Context-parallel degree");
+  cmd->add_option("--ep", o->ep, "Expert-parallel degree");
+  cmd->add_option("--sequence-parallel", o->sequence_parallel, "true or false");
+  cmd->add_option("--zero", o->zero, "ZeRO stage 0-3");
+  cmd->add_option("--schedule", o->schedule, "gpipe, 1f1b or interleaved");
   cmd->add_option("--csv", o->csv_dir, "Write per-op and per-layer tables into this directory");
   cmd->add_option("-p,--param", o->overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the file's)")

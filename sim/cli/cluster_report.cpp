@@ -1,0 +1,239 @@
+#include "sim/cli/cluster_report.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024 * 1024;
+constexpr ParallelGroup kGroups[] = {ParallelGroup::TP, ParallelGroup::CP, ParallelGroup::DP,
+                                     ParallelGroup::EP, ParallelGroup::PP, ParallelGroup::EDP};
+
+std::string pct(double x) { return fmt::format("{:.0f}%", 100 * x); }
+
+std::string layout(const Parallelism& p) {
+  std::string s = fmt::format("tp {} pp {} dp {}", p.tp, p.pp, p.dp);
+  if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
+  if (p.cp > 1) s += fmt::format(" cp {}", p.cp);
+  if (p.ep > 1) s += fmt::format(" ep {}", p.ep);
+  if (p.sequence_parallel) s += " sp";
+  if (p.zero_stage > 0) s += fmt::format(" zero {}", p.zero_stage);
+  return s;
+}
+
+std::string role(const std::string& name) {
+  std::string s = name;
+  if (s.rfind("layer", 0) == 0) {
+    auto dot = s.find('.');
+    if (dot != std::string::npos) s = s.substr(dot + 1);
+  }
+  for (const char* suffix : {".fwd", ".bwd_input", ".bwd_weight", ".bwd", ".recompute"}) {
+    std::string suf = suffix;
+    if (s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0) {
+      s.resize(s.size() - suf.size());
+      break;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
+                            const TrainingSetup& t) {
+  const Parallelism& p = r.parallel;
+  std::string out;
+  out += fmt::format(
+      "memwall · {} on {} x {} ({}: {} per node) · {} · {} · recompute {} · {} · micro-batch {} "
+      "x {} per pipeline = global {} · {} attention · fidelity {}\n",
+      m.name, r.gpus, r.device, r.system, r.gpus_per_node, layout(p), precision_name(t.precision),
+      recompute_name(t.recompute), pipeline_schedule_name(p.schedule), t.micro_batch,
+      r.micro_batches, t.global_batch, t.flash_attention ? "flash" : "unfused",
+      fidelity_name(r.fidelity));
+  const double step = r.step_time.sec();
+  out += fmt::format("step      {}    {:.4g}k tokens/s ({:.4g} per GPU)    MFU {}   HFU {}\n",
+                     to_string(r.step_time), r.tokens_per_s() * 1e-3,
+                     r.tokens_per_s() / r.gpus, pct(r.mfu()), pct(r.hfu()));
+  // Stage 0's compute split, then what the average rank lost to communication and the bubble.
+  auto cls = [&](OpClass c) { return r.time_by_class[int(c)].sec() / step; };
+  std::string exposed;
+  for (ParallelGroup g : kGroups) {
+    const GroupComm& c = r.comm[int(g)];
+    if (c.count == 0) continue;
+    exposed += fmt::format("{}{} {:.1f}", exposed.empty() ? "" : ", ", parallel_group_name(g),
+                           100 * c.exposed.sec() / step);
+  }
+  out += fmt::format(
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  exposed comm {} ({})  "
+      "bubble {}   (stage 0 compute; comm and bubble averaged over stages)\n",
+      pct(cls(OpClass::Matrix)), pct(cls(OpClass::Attention)), pct(cls(OpClass::MemoryBound)),
+      pct(cls(OpClass::Optimizer)), pct(r.exposed_comm().sec() / step),
+      exposed.empty() ? "none" : exposed, pct(r.bubble_fraction()));
+  out += "comm     ";
+  for (ParallelGroup g : kGroups) {
+    const GroupComm& c = r.comm[int(g)];
+    if (c.count == 0) continue;
+    std::string algos;
+    for (const auto& [a, n] : c.algorithms) algos += fmt::format("{}{}", algos.empty() ? "" : "/", a);
+    out += fmt::format(" {} {} ({} exposed, {} overlapped; {} x {}) ", parallel_group_name(g),
+                       to_string(c.total), to_string(c.exposed), to_string(c.overlapped()),
+                       c.count, algos);
+  }
+  if (r.collectives == 0) out += " none (one device per replica, nothing to exchange)";
+  out += "\n";
+  auto worst = std::max_element(r.stages.begin(), r.stages.end(),
+                                [](const auto& a, const auto& b) { return a.peak_memory < b.peak_memory; });
+  const auto& b = worst->memory;
+  out += fmt::format(
+      "memory    per GPU {:.1f} of {:.1f} GiB on stage {}, {}   weights {:.1f}  grads {:.1f}  "
+      "optimizer {:.1f}  activations {:.1f} ({} micro-batches in flight)  workspace {:.1f}\n",
+      worst->peak_memory / kGiB, r.capacity.count() / kGiB, worst->stage,
+      r.fits() ? "fits" : "DOES NOT FIT", b[int(TensorClass::Weights)] / kGiB,
+      b[int(TensorClass::Gradients)] / kGiB, b[int(TensorClass::Optimizer)] / kGiB,
+      b[int(TensorClass::Activations)] / kGiB, worst->max_in_flight,
+      b[int(TensorClass::Workspace)] / kGiB);
+  std::map<std::string, double> by_role;
+  for (const auto& n : r.nodes) by_role[role(n.name)] += n.time.sec() * n.executions;
+  std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
+  std::sort(top.begin(), top.end(), [](const auto& a, const auto& c) { return a.second > c.second; });
+  out += "top ops  ";
+  for (size_t i = 0; i < std::min<size_t>(8, top.size()); ++i)
+    out += fmt::format(" {} {}", top[i].first, pct(top[i].second / step)) +
+           (i + 1 < std::min<size_t>(8, top.size()) ? "," : "");
+  out += "   (stage 0, share of the step)\nlinks    ";
+  for (const auto& [cls_name, u] : r.link_utilisation)
+    out += fmt::format(" {} busy {}", cls_name, pct(u));
+  out += fmt::format("   {} collectives timed, {} distinct ops simulated\n", r.collectives,
+                     r.distinct_ops);
+  if (r.stages.size() > 1) {
+    out += "stage  layers     compute   bubble   exposed comm   peak memory   in flight\n";
+    std::size_t shown = 0;
+    for (const auto& s : r.stages) {
+      if (r.stages.size() > 12 && shown >= 4 && s.stage < int(r.stages.size()) - 4) {
+        if (shown == 4) out += "  ...\n";
+        ++shown;
+        continue;
+      }
+      ++shown;
+      Time ex;
+      for (Time e : s.exposed) ex += e;
+      out += fmt::format("{:>5}  {:>3}-{:<4}  {:>8}  {:>7}  {:>12}  {:>8.1f} GiB  {:>9}\n", s.stage,
+                         s.first_layer, s.last_layer - 1, to_string(s.compute_busy),
+                         to_string(s.bubble), to_string(ex), s.peak_memory / kGiB,
+                         s.max_in_flight);
+    }
+  }
+  return out;
+}
+
+nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
+                            const TrainingSetup& t) {
+  const Parallelism& p = r.parallel;
+  nlohmann::json by_kind;
+  for (ParallelGroup g : kGroups) {
+    const GroupComm& c = r.comm[int(g)];
+    by_kind[parallel_group_name(g)] = {{"total_s", c.total.sec()},
+                                       {"exposed_s", c.exposed.sec()},
+                                       {"overlapped_s", c.overlapped().sec()},
+                                       {"collectives", c.count},
+                                       {"bytes", c.bytes},
+                                       {"algorithms", c.algorithms}};
+  }
+  nlohmann::json stages = nlohmann::json::array();
+  for (const auto& s : r.stages) {
+    nlohmann::json ex;
+    for (ParallelGroup g : kGroups) ex[parallel_group_name(g)] = s.exposed[int(g)].sec();
+    const auto& b = s.memory;
+    stages.push_back({{"stage", s.stage},
+                      {"chunks", s.chunks},
+                      {"first_layer", s.first_layer},
+                      {"last_layer", s.last_layer - 1},
+                      {"finish_s", s.finish.sec()},
+                      {"compute_s", s.compute_busy.sec()},
+                      {"bubble_s", s.bubble.sec()},
+                      {"exposed_comm_s", ex},
+                      {"max_in_flight", s.max_in_flight},
+                      {"memory",
+                       {{"peak_gib", s.peak_memory / kGiB},
+                        {"weights_gib", b[int(TensorClass::Weights)] / kGiB},
+                        {"gradients_gib", b[int(TensorClass::Gradients)] / kGiB},
+                        {"optimizer_gib", b[int(TensorClass::Optimizer)] / kGiB},
+                        {"activations_gib", b[int(TensorClass::Activations)] / kGiB},
+                        {"workspace_gib", b[int(TensorClass::Workspace)] / kGiB}}}});
+  }
+  nlohmann::json time_by_class;
+  for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
+    time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
+  return {{"model", m.name},
+          {"parameters", m.parameter_count()},
+          {"device", r.device},
+          {"system", r.system},
+          {"num_gpus", r.gpus},
+          {"gpus_per_node", r.gpus_per_node},
+          {"parallel",
+           {{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp}, {"vpp", p.vpp}, {"cp", p.cp}, {"ep", p.ep},
+            {"sequence_parallel", p.sequence_parallel}, {"zero_stage", p.zero_stage},
+            {"schedule", pipeline_schedule_name(p.schedule)}}},
+          {"fidelity", fidelity_name(r.fidelity)},
+          {"micro_batches_per_pipeline", r.micro_batches},
+          {"step_time_s", r.step_time.sec()},
+          {"tokens_per_step", r.tokens_per_step},
+          {"tokens_per_s", r.tokens_per_s()},
+          {"tokens_per_s_per_gpu", r.tokens_per_s() / r.gpus},
+          {"mfu", r.mfu()},
+          {"hfu", r.hfu()},
+          {"model_flops", r.model_flops},
+          {"hardware_flops", r.hardware_flops},
+          {"time_by_class_s", time_by_class},
+          {"comm",
+           {{"exposed_s", r.exposed_comm().sec()},
+            {"overlapped_s", r.overlapped_comm().sec()},
+            {"by_kind", by_kind}}},
+          {"pipeline", {{"bubble_fraction", r.bubble_fraction()}, {"stages", stages}}},
+          {"links", r.link_utilisation},
+          {"memory",
+           {{"capacity_gib", r.capacity.count() / kGiB},
+            {"peak_gib", r.peak_memory() / kGiB},
+            {"fits", r.fits()}}},
+          {"collectives_timed", r.collectives}};
+}
+
+void write_cluster_csv(const ClusterResult& r, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  auto open = [&](const std::string& name) {
+    std::ofstream f(dir + "/" + name);
+    if (!f) throw std::runtime_error("cannot write '" + dir + "/" + name + "'");
+    return f;
+  };
+  std::ofstream ops = open("ops.csv");
+  ops << "name,class,pass,layer,flops,bytes,time_s,executions,bound\n";
+  for (const auto& n : r.nodes)
+    ops << fmt::format("{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
+                       pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
+                       n.executions, n.bound);
+  std::ofstream st = open("stages.csv");
+  st << "stage,first_layer,last_layer,compute_s,bubble_s";
+  for (ParallelGroup g : kGroups) st << "," << parallel_group_name(g) << "_exposed_s";
+  st << ",peak_memory_gib,max_in_flight,finish_s\n";
+  for (const auto& s : r.stages) {
+    st << fmt::format("{},{},{},{},{}", s.stage, s.first_layer, s.last_layer - 1,
+                      s.compute_busy.sec(), s.bubble.sec());
+    for (ParallelGroup g : kGroups) st << "," << s.exposed[int(g)].sec();
+    st << fmt::format(",{},{},{}\n", s.peak_memory / kGiB, s.max_in_flight, s.finish.sec());
+  }
+  std::ofstream cm = open("comm.csv");
+  cm << "group,total_s,exposed_s,overlapped_s,collectives,bytes\n";
+  for (ParallelGroup g : kGroups) {
+    const GroupComm& c = r.comm[int(g)];
+    cm << fmt::format("{},{},{},{},{},{}\n", parallel_group_name(g), c.total.sec(),
+                      c.exposed.sec(), c.overlapped().sec(), c.count, c.bytes);
+  }
+}
+
+}  // namespace memwall

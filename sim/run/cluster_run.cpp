@@ -1,0 +1,811 @@
+#include "sim/run/cluster_run.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <set>
+#include <stdexcept>
+
+#include "arch/collective/collective.h"
+#include "sim/trace/trace.h"
+#include "workloads/memory/timeline.h"
+#include "workloads/parallel/schedule.h"
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+
+double ClusterResult::peak_memory() const {
+  double p = 0;
+  for (const auto& s : stages) p = std::max(p, s.peak_memory);
+  return p;
+}
+
+double ClusterResult::bubble_fraction() const {
+  if (stages.empty() || step_time.sec() <= 0) return 0;
+  double b = 0;
+  for (const auto& s : stages) b += s.bubble.sec();
+  return b / stages.size() / step_time.sec();
+}
+
+Time ClusterResult::exposed_comm() const {
+  Time t;
+  for (const auto& g : comm) t += g.exposed;
+  return t;
+}
+
+Time ClusterResult::overlapped_comm() const {
+  Time t;
+  for (const auto& g : comm) t += g.overlapped();
+  return t;
+}
+
+void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
+                  int gpus) {
+  const Parallelism& p = t.parallel;
+  auto fail = [](const std::string& key, const std::string& msg) {
+    throw std::invalid_argument(key + ": " + msg);
+  };
+  if (p.devices() != gpus)
+    fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
+                           p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));
+  if (m.layers % p.chunks() != 0)
+    fail("pp", fmt::format("{} layers do not divide into pp x vpp = {} x {} model chunks",
+                           m.layers, p.pp, p.vpp));
+  int domain = sys.scale_up.kind == ScaleUpKind::None    ? 1
+               : sys.scale_up.kind == ScaleUpKind::Torus ? gpus
+                                                         : sys.gpus_per_node;
+  if (p.tp > domain)
+    fail("tp", fmt::format("tp {} is larger than the scale-up domain of '{}' ({} devices per "
+                           "node joined by {}): tensor-parallel traffic would cross the scale-out "
+                           "network",
+                           p.tp, sys.name, domain, scale_up_kind_name(sys.scale_up.kind)));
+  if (m.heads % p.tp != 0)
+    fail("tp", fmt::format("{} attention heads do not divide over tp {}", m.heads, p.tp));
+  if (m.seq_len % p.cp != 0)
+    fail("cp", fmt::format("sequence length {} does not divide over cp {}", m.seq_len, p.cp));
+  if (p.dp % p.ep != 0)
+    fail("ep", fmt::format("ep {} must divide dp {}", p.ep, p.dp));
+  if (p.ep > 1 && m.experts == 0)
+    fail("ep", "expert parallelism needs a mixture-of-experts model (experts > 0)");
+  if (m.experts > 0 && m.experts % p.ep != 0)
+    fail("ep", fmt::format("{} experts do not divide over ep {}", m.experts, p.ep));
+  int64_t mbs = t.accumulation_steps();
+  if (p.schedule == PipelineSchedule::Interleaved && mbs % p.pp != 0)
+    fail("vpp", fmt::format("interleaved 1F1B needs the micro-batches per pipeline ({}) to be a "
+                            "multiple of pp ({})",
+                            mbs, p.pp));
+}
+
+namespace {
+
+// ---- programs: one model chunk's operators and collectives in issue order ---------------------
+
+struct Task {
+  enum Kind { Compute, Comm, Join } kind = Compute;
+  Time duration;               // Compute: merged operator time
+  CommSpec comm;               // Comm
+  std::vector<int> waits;      // async Comm tasks (indices) this task waits for
+  std::string name;            // first node's name
+  int ops = 0;                 // operators merged into a Compute task
+};
+
+struct Program {
+  std::vector<Task> tasks;
+  Time compute;  // sum of compute
+  std::array<Time, 4> by_class{};
+  double flops = 0;           // algorithmic FLOPs of its operators (one execution)
+  double model_flops = 0;     // without recompute
+};
+
+struct ChunkModel {
+  StepGraph graph;
+  Program fwd, bwd, opt;
+  double boundary_bytes = 0;
+  ClassBytes state{};          // persistent bytes by class
+  double saved = 0;            // activation bytes kept from forward to backward
+  double pass_peak = 0;        // peak non-persistent bytes during one micro-batch
+  double workspace_at_peak = 0;
+  std::vector<NodeTiming> nodes;
+};
+
+OpClass classify(const StepNode& n) {
+  if (n.pass == Pass::Optimizer) return OpClass::Optimizer;
+  std::string k = n.op->kind();
+  if (k == "gemm") return OpClass::Matrix;
+  if (k == "attention") return OpClass::Attention;
+  return OpClass::MemoryBound;
+}
+
+Program* program_for(ChunkModel& c, Pass p) {
+  switch (p) {
+    case Pass::Forward: return &c.fwd;
+    case Pass::BackwardInput:
+    case Pass::BackwardWeight:
+    case Pass::Recompute: return &c.bwd;
+    case Pass::Optimizer: return &c.opt;
+    case Pass::Memory: return nullptr;
+  }
+  return nullptr;
+}
+
+void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
+  const StepGraph& g = c.graph;
+  std::vector<int> task_of(g.size(), -1);
+  std::vector<Program*> prog_of(g.size(), nullptr);
+  for (StepVertex v : g.generation_order()) {
+    const StepNode& n = g.node(v);
+    Program* P = program_for(c, n.pass);
+    // Pipeline-group collectives (the tied-embedding gradient sum) run once the backward of every
+    // micro-batch is done, with the optimizer, as Megatron's finalize_model_grads does.
+    if (n.comm && n.comm->group == ParallelGroup::PP) P = &c.opt;
+    if (!P) continue;
+    std::vector<int> waits;
+    for (auto [e, end] = boost::in_edges(v, g.dag); e != end; ++e) {
+      StepVertex u = boost::source(*e, g.dag);
+      int ti = task_of[u];
+      if (ti >= 0 && prog_of[u] == P && P->tasks[ti].kind == Task::Comm &&
+          !P->tasks[ti].comm.blocking)
+        waits.push_back(ti);
+    }
+    if (n.op) {
+      OpResult o = sim.run(*n.op);
+      OpClass cls = classify(n);
+      P->compute += o.time;
+      P->by_class[int(cls)] += o.time;
+      P->flops += o.flops;
+      if (n.pass != Pass::Recompute) P->model_flops += o.flops;
+      NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
+                   o.time, o.bound, n.pass == Pass::Optimizer ? 1 : int(micro_batches)};
+      c.nodes.push_back(std::move(t));
+      // Consecutive operators with nothing to wait for run back to back: one task.
+      if (waits.empty() && !P->tasks.empty() && P->tasks.back().kind == Task::Compute) {
+        P->tasks.back().duration += o.time;
+        P->tasks.back().ops++;
+      } else {
+        Task t2;
+        t2.kind = Task::Compute;
+        t2.duration = o.time;
+        t2.waits = waits;
+        t2.name = n.name;
+        t2.ops = 1;
+        P->tasks.push_back(std::move(t2));
+      }
+      task_of[v] = int(P->tasks.size()) - 1;
+      prog_of[v] = P;
+    } else if (n.comm) {
+      Task t;
+      t.kind = Task::Comm;
+      t.comm = *n.comm;
+      t.name = n.name;
+      P->tasks.push_back(t);
+      task_of[v] = int(P->tasks.size()) - 1;
+      prog_of[v] = P;
+    } else if (!waits.empty()) {
+      Task t;
+      t.kind = Task::Join;
+      t.waits = waits;
+      t.name = n.name;
+      P->tasks.push_back(t);
+      task_of[v] = int(P->tasks.size()) - 1;
+      prog_of[v] = P;
+    }
+  }
+}
+
+void measure_memory(ChunkModel& c) {
+  const StepGraph& g = c.graph;
+  MemoryTimeline tl = memory_timeline(g);
+  double persistent = 0;
+  for (int k = 0; k < kTensorClasses; ++k) {
+    c.state[k] = g.state_bytes(TensorClass(k));
+    persistent += c.state[k];
+  }
+  // Activations kept for the backward: what is live when the forward ends.
+  std::size_t last_fwd = 0;
+  bool any = false;
+  for (std::size_t i = 0; i < tl.order.size(); ++i) {
+    Pass p = g.node(tl.order[i]).pass;
+    if (p == Pass::Forward) {
+      last_fwd = i;
+      any = true;
+    } else if (p != Pass::Memory && any) {
+      break;
+    }
+  }
+  if (any) c.saved = tl.during[last_fwd][int(TensorClass::Activations)];
+  c.pass_peak = std::max(0.0, tl.peak_bytes - persistent);
+  c.workspace_at_peak = tl.peak_breakdown[int(TensorClass::Workspace)];
+}
+
+// ---- the layout: which devices a group spans --------------------------------------------------
+
+class Layout {
+ public:
+  Layout(const Parallelism& p, int gpus_per_node) : p_(p), gpn_(gpus_per_node) {}
+
+  int rank(int tp_i, int cp_i, int dp_i, int pp_i) const {
+    return tp_i + p_.tp * (cp_i + p_.cp * (dp_i + p_.dp * pp_i));
+  }
+
+  /// Every group of `g` on stage `s` (for PP: pairs from stage s to stage `to`).
+  std::vector<std::vector<int>> all_groups(ParallelGroup g, int s, int to) const {
+    std::vector<std::vector<int>> out;
+    switch (g) {
+      case ParallelGroup::TP:
+        for (int d = 0; d < p_.dp; ++d)
+          for (int c = 0; c < p_.cp; ++c) {
+            std::vector<int> grp;
+            for (int t = 0; t < p_.tp; ++t) grp.push_back(rank(t, c, d, s));
+            out.push_back(grp);
+          }
+        break;
+      case ParallelGroup::CP:
+        for (int d = 0; d < p_.dp; ++d)
+          for (int t = 0; t < p_.tp; ++t) {
+            std::vector<int> grp;
+            for (int c = 0; c < p_.cp; ++c) grp.push_back(rank(t, c, d, s));
+            out.push_back(grp);
+          }
+        break;
+      case ParallelGroup::DP:  // Megatron's data-parallel group with context parallel: dp x cp
+        for (int t = 0; t < p_.tp; ++t) {
+          std::vector<int> grp;
+          for (int d = 0; d < p_.dp; ++d)
+            for (int c = 0; c < p_.cp; ++c) grp.push_back(rank(t, c, d, s));
+          out.push_back(grp);
+        }
+        break;
+      case ParallelGroup::EP:
+        for (int t = 0; t < p_.tp; ++t)
+          for (int c = 0; c < p_.cp; ++c)
+            for (int d0 = 0; d0 < p_.dp; d0 += p_.ep) {
+              std::vector<int> grp;
+              for (int d = d0; d < d0 + p_.ep; ++d) grp.push_back(rank(t, c, d, s));
+              out.push_back(grp);
+            }
+        break;
+      case ParallelGroup::EDP:  // expert data-parallel: the dp x cp ranks holding the same experts
+        for (int t = 0; t < p_.tp; ++t)
+          for (int e = 0; e < p_.ep; ++e) {
+            std::vector<int> grp;
+            for (int d = e; d < p_.dp; d += p_.ep)
+              for (int c = 0; c < p_.cp; ++c) grp.push_back(rank(t, c, d, s));
+            out.push_back(grp);
+          }
+        break;
+      case ParallelGroup::PP:  // pairs s -> to; with to < 0, one group over every stage
+        for (int d = 0; d < p_.dp; ++d)
+          for (int c = 0; c < p_.cp; ++c)
+            for (int t = 0; t < p_.tp; ++t) {
+              if (to >= 0) {
+                out.push_back({rank(t, c, d, s), rank(t, c, d, to)});
+                continue;
+              }
+              std::vector<int> grp;
+              for (int q = 0; q < p_.pp; ++q) grp.push_back(rank(t, c, d, q));
+              out.push_back(grp);
+            }
+        break;
+    }
+    return out;
+  }
+
+  /// The groups that run at the same time as the first one and may share its links: those
+  /// with a member in one of its nodes. The rest are copies on other nodes (symmetry).
+  std::vector<std::vector<int>> concurrent(ParallelGroup g, int s, int to) const {
+    auto all = all_groups(g, s, to);
+    std::set<int> nodes;
+    for (int d : all.front()) nodes.insert(d / gpn_);
+    std::vector<std::vector<int>> out;
+    for (auto& grp : all) {
+      bool share = false;
+      for (int d : grp) share = share || nodes.count(d / gpn_);
+      if (share) out.push_back(std::move(grp));
+    }
+    return out;
+  }
+
+ private:
+  Parallelism p_;
+  int gpn_;
+};
+
+// ---- the event run ----------------------------------------------------------------------------
+
+struct RankState {
+  Time compute_free;
+  std::array<Time, kParallelGroups> stream_free{};
+  Time async_end;  // latest end of any non-blocking collective issued so far
+  std::size_t cursor = 0;
+  std::vector<PipelineItem> items;
+  std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
+};
+
+class ClusterSim {
+ public:
+  ClusterSim(const TransformerModel& m, const TrainingSetup& t, OpSimulator& ops,
+             const SystemSpec& sys, int gpus, bool spans)
+      : m_(m), t_(t), p_(t.parallel), device_(ops.device()), sys_(sys), gpus_(gpus),
+        fidelity_(ops.fidelity()), spans_(spans), layout_(t.parallel, sys.gpus_per_node),
+        net_(sys, gpus), sim_(ops) {}
+
+  ClusterResult run() {
+    ClusterResult r;
+    r.device = device_.name();
+    r.model = m_.name;
+    r.system = sys_.name;
+    r.fidelity = fidelity_;
+    r.parallel = p_;
+    r.gpus = gpus_;
+    r.gpus_per_node = sys_.gpus_per_node;
+    r.capacity = device_.memory().capacity();
+    r.peak_flops = device_.compute().peak(t_.matmul_dtype()).per_s();
+    mbs_ = t_.accumulation_steps();
+    r.micro_batches = mbs_;
+    r.tokens_per_step = double(t_.global_batch) * m_.seq_len;
+
+    const int C = p_.chunks();
+    const int64_t per_chunk = m_.layers / C;
+    chunk_of_.resize(C);
+    for (int gc = 0; gc < C; ++gc) {
+      ModelChunk ch;
+      ch.first_layer = gc * per_chunk;
+      ch.last_layer = (gc + 1) * per_chunk;
+      ch.embedding = gc == 0;
+      ch.head = gc == C - 1;
+      chunk_of_[gc] = model_for(ch);
+    }
+
+    states_.resize(p_.pp);
+    r.stages.resize(p_.pp);
+    for (int s = 0; s < p_.pp; ++s) {
+      states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_);
+      StageResult& st = r.stages[s];
+      st.stage = s;
+      for (int v = 0; v < p_.vpp; ++v) st.chunks.push_back(v * p_.pp + s);
+      st.first_layer = s * per_chunk;
+      st.last_layer = (s + 1) * per_chunk;
+    }
+    arrival_.assign(std::size_t(mbs_) * C * 2, Time(-1));
+    transfer_start_.assign(arrival_.size(), Time(-1));
+    result_ = &r;
+
+    // Run items in order of their start times, one stage at a time.
+    std::size_t remaining = 0;
+    for (auto& s : states_) remaining += s.items.size();
+    while (remaining > 0) {
+      int best = -1;
+      Time best_start = Time::infinite();
+      for (int s = 0; s < p_.pp; ++s) {
+        RankState& rs = states_[s];
+        if (rs.cursor >= rs.items.size()) continue;
+        Time need = dependency(s, rs.items[rs.cursor]);
+        if (need < Time::zero()) continue;  // not sent yet
+        Time start = max(rs.compute_free, need);
+        if (start < best_start) {
+          best_start = start;
+          best = s;
+        }
+      }
+      if (best < 0)
+        throw std::runtime_error(
+            "pipeline schedule deadlocked: no stage can start its next item (schedule " +
+            std::string(pipeline_schedule_name(p_.schedule)) + ")");
+      execute_item(best);
+      --remaining;
+    }
+    optimizer_phase();
+
+    for (const auto& s : r.stages) r.step_time = max(r.step_time, s.finish);
+    // Whatever a rank's compute stream spends neither computing nor waiting on a collective is
+    // pipeline bubble: waiting for another stage at the start, between passes, and at the end.
+    for (auto& s : r.stages) {
+      Time accounted = s.compute_busy;
+      for (Time e : s.exposed) accounted += e;
+      s.bubble = r.step_time > accounted ? r.step_time - accounted : Time::zero();
+    }
+    memory(r);
+    flops(r);
+    const ChunkModel& c0 = *chunk_of_[0];
+    for (int k = 0; k < 4; ++k) {
+      Time t;
+      for (int v = 0; v < p_.vpp; ++v) {
+        const ChunkModel& c = *chunk_of_[v * p_.pp];
+        t += (c.fwd.by_class[k] + c.bwd.by_class[k]) * double(mbs_) + c.opt.by_class[k];
+      }
+      r.time_by_class[k] = t;
+    }
+    r.nodes = c0.nodes;
+    r.distinct_ops = int(sim_.memo_size());
+    r.collectives = collectives_;
+    for (const auto& u : net_.utilisation(r.step_time))
+      if (u.links > 0) r.link_utilisation[link_class_name(u.cls)] = u.utilisation;
+    return r;
+  }
+
+ private:
+  std::shared_ptr<ChunkModel> model_for(const ModelChunk& ch) {
+    auto key = std::make_tuple(ch.last_layer - ch.first_layer, ch.embedding, ch.head);
+    auto it = models_.find(key);
+    if (it != models_.end()) return it->second;
+    auto c = std::make_shared<ChunkModel>();
+    c->graph = build_step_graph(m_, t_, ch);
+    c->boundary_bytes = c->graph.boundary_bytes;
+    build_programs(*c, sim_, mbs_);
+    measure_memory(*c);
+    models_[key] = c;
+    return c;
+  }
+
+  std::size_t slot(int64_t mb, int gc, bool fwd) const {
+    return (std::size_t(mb) * p_.chunks() + gc) * 2 + (fwd ? 0 : 1);
+  }
+
+  /// When the item's input has arrived; zero if it needs none; negative if not sent yet.
+  Time dependency(int s, const PipelineItem& it) const {
+    int gc = it.chunk * p_.pp + s;
+    if (it.forward && gc == 0) return Time::zero();
+    if (!it.forward && gc == p_.chunks() - 1) return Time::zero();
+    return arrival_[slot(it.micro_batch, gc, it.forward)];
+  }
+
+  const CollectiveResult& collective(ParallelGroup g, CollectiveKind kind, double bytes, int s,
+                                     int to, Time start) {
+    auto key = std::make_tuple(int(g), s, to);
+    auto it = groups_.find(key);
+    if (it == groups_.end()) it = groups_.emplace(key, layout_.concurrent(g, s, to)).first;
+    CollectiveRequest req;
+    req.kind = kind;
+    req.groups = it->second;
+    req.bytes = bytes;
+    req.label = parallel_group_name(g);
+    last_ = net_.run(req, start);
+    ++collectives_;
+    GroupComm& gc = result_->comm[int(g)];
+    gc.count++;
+    gc.bytes += bytes;
+    gc.algorithms[collective_algorithm_name(last_.algorithm)]++;
+    return last_;
+  }
+
+  void span(int s, const std::string& track, const std::string& name, Time start, Time dur) {
+    if (spans_) result_->stages[s].spans.push_back({track, name, start, dur});
+  }
+
+  /// Runs a program from `t` on stage s; returns when its compute stream is free.
+  Time run_program(int s, const Program& P, Time t, bool last_micro_batch, const char* what) {
+    RankState& rs = states_[s];
+    StageResult& st = result_->stages[s];
+    std::vector<Time> ends(P.tasks.size(), Time::zero());
+    std::vector<int> end_group(P.tasks.size(), 0);
+    for (std::size_t i = 0; i < P.tasks.size(); ++i) {
+      const Task& k = P.tasks[i];
+      if (k.kind != Task::Comm) {
+        Time w = t;
+        int wg = 0;
+        for (int j : k.waits)
+          if (ends[j] > w) {
+            w = ends[j];
+            wg = end_group[j];
+          }
+        if (w > t) {
+          st.exposed[wg] += w - t;
+          result_->comm[wg].exposed += (w - t) / double(p_.pp);
+          t = w;
+        }
+        if (k.kind == Task::Compute) {
+          span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name, t,
+               k.duration);
+          t += k.duration;
+          st.compute_busy += k.duration;
+        }
+        continue;
+      }
+      const CommSpec& c = k.comm;
+      int g = int(c.group);
+      end_group[i] = g;
+      if (c.once_per_step && !last_micro_batch) {
+        ends[i] = t;
+        continue;
+      }
+      if (c.group == ParallelGroup::DP && c.once_per_step && !c.blocking &&
+          !p_.overlap_grad_reduce && std::string(what) == "bwd") {
+        rs.deferred.push_back(c);
+        ends[i] = t;
+        continue;
+      }
+      // A PP collective inside a chunk is the tied-embedding gradient sync between the first and
+      // the last pipeline stage (Megatron's embedding group).
+      int peer = c.group == ParallelGroup::PP ? (s == 0 ? p_.pp - 1 : 0) : s;
+      if (c.blocking) {
+        const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, peer, t);
+        Time d = cr.end - t;
+        span(s, parallel_group_name(c.group), k.name, t, d);
+        st.exposed[g] += d;
+        result_->comm[g].exposed += d / double(p_.pp);
+        result_->comm[g].total += d / double(p_.pp);
+        t = cr.end;
+        ends[i] = t;
+      } else {
+        Time start = max(t, rs.stream_free[g]);
+        const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, peer, start);
+        span(s, parallel_group_name(c.group), k.name, start, cr.end - start);
+        result_->comm[g].total += (cr.end - start) / double(p_.pp);
+        rs.stream_free[g] = cr.end;
+        rs.async_end = max(rs.async_end, cr.end);
+        ends[i] = cr.end;
+      }
+    }
+    return t;
+  }
+
+  void execute_item(int s) {
+    RankState& rs = states_[s];
+    StageResult& st = result_->stages[s];
+    const PipelineItem it = rs.items[rs.cursor++];
+    const int gc = it.chunk * p_.pp + s;
+    const ChunkModel& c = *chunk_of_[gc];
+    Time need = dependency(s, it);
+    Time start = max(rs.compute_free, need);
+    if (need > rs.compute_free) {
+      // The wait splits into the sender still computing (bubble) and the transfer (pp comm).
+      Time wait = need - rs.compute_free;
+      Time sent = transfer_start_[slot(it.micro_batch, gc, it.forward)];
+      Time in_flight = min(wait, need - max(sent, rs.compute_free));
+      st.exposed[int(ParallelGroup::PP)] += in_flight;
+      result_->comm[int(ParallelGroup::PP)].exposed += in_flight / double(p_.pp);
+    }
+    bool last = it.micro_batch == mbs_ - 1;
+    Time end = run_program(s, it.forward ? c.fwd : c.bwd, start, last, it.forward ? "fwd" : "bwd");
+    rs.compute_free = end;
+    // Send the activation forward, or the gradient back, to the rank of the next chunk.
+    int next = it.forward ? gc + 1 : gc - 1;
+    if (next < 0 || next >= p_.chunks()) return;
+    int to = next % p_.pp;
+    Time t0 = max(end, rs.stream_free[int(ParallelGroup::PP)]);
+    const CollectiveResult& cr =
+        collective(ParallelGroup::PP, CollectiveKind::SendRecv, c.boundary_bytes, s, to, t0);
+    span(s, "pp", fmt::format("{} mb{} chunk{}", it.forward ? "send act" : "send grad",
+                              it.micro_batch, gc),
+         t0, cr.end - t0);
+    result_->comm[int(ParallelGroup::PP)].total += (cr.end - t0) / double(p_.pp);
+    result_->pipeline_transfers++;
+    rs.stream_free[int(ParallelGroup::PP)] = cr.end;
+    arrival_[slot(it.micro_batch, next, it.forward)] = cr.end;
+    transfer_start_[slot(it.micro_batch, next, it.forward)] = t0;
+  }
+
+  // After its last backward each rank waits for its gradient buckets, then runs the optimizer
+  // of its chunks. The optimizer's pipeline-group collectives (the tied-embedding gradient sum
+  // between the first and last stage, the global gradient norm) join several simulated ranks:
+  // each starts when the last participant reaches it, so the ranks advance in lockstep there.
+  // Ranks meet at a pipeline-group collective of the same kind and name (the first stage calls
+  // its half of the tied-embedding sum "embedding...tied...", the last stage "lm_head...tied...").
+  static std::string meet_id(const Task& k) {
+    bool tied = k.name.find("tied") != std::string::npos;
+    return fmt::format("{}:{}", collective_kind_name(k.comm.kind), tied ? "tied" : k.name);
+  }
+
+  void optimizer_phase() {
+    struct Cursor {
+      std::vector<std::pair<const Program*, std::size_t>> tasks;
+      std::size_t next = 0;
+      Time t;
+      std::map<std::string, int> seen;  // PP collectives passed, by name
+    };
+    std::vector<Cursor> cur(p_.pp);
+    std::map<std::pair<std::string, int>, std::vector<int>> members;  // (name, occurrence) -> stages
+    for (int s = 0; s < p_.pp; ++s) {
+      RankState& rs = states_[s];
+      StageResult& st = result_->stages[s];
+      Time t = rs.compute_free;
+      if (rs.async_end > t) {
+        st.exposed[int(ParallelGroup::DP)] += rs.async_end - t;
+        result_->comm[int(ParallelGroup::DP)].exposed += (rs.async_end - t) / double(p_.pp);
+        t = rs.async_end;
+      }
+      for (const CommSpec& c : rs.deferred) {
+        const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, s, t);
+        Time d = cr.end - t;
+        span(s, "dp", "gradient sync", t, d);
+        st.exposed[int(c.group)] += d;
+        result_->comm[int(c.group)].exposed += d / double(p_.pp);
+        result_->comm[int(c.group)].total += d / double(p_.pp);
+        t = cr.end;
+      }
+      cur[s].t = t;
+      // One optimizer step per rank over all its chunks, as Megatron's: the tied-embedding sums
+      // first, then each chunk's work, with one pipeline-wide gradient-norm sum (the last chunk's).
+      std::vector<std::pair<const Program*, std::size_t>> tied, rest;
+      std::map<std::string, std::size_t> last_sum;
+      for (int v = 0; v < p_.vpp; ++v) {
+        const Program& P = chunk_of_[v * p_.pp + s]->opt;
+        for (std::size_t i = 0; i < P.tasks.size(); ++i) {
+          const Task& k = P.tasks[i];
+          bool pp = k.kind == Task::Comm && k.comm.group == ParallelGroup::PP;
+          if (pp && meet_id(k).find("tied") != std::string::npos) {
+            tied.push_back({&P, i});
+            continue;
+          }
+          if (pp) last_sum[meet_id(k)] = rest.size();
+          rest.push_back({&P, i});
+        }
+      }
+      auto& list = cur[s].tasks;
+      list = tied;
+      for (std::size_t i = 0; i < rest.size(); ++i) {
+        const Task& k = rest[i].first->tasks[rest[i].second];
+        bool pp = k.kind == Task::Comm && k.comm.group == ParallelGroup::PP;
+        if (pp && last_sum[meet_id(k)] != i) continue;
+        list.push_back(rest[i]);
+      }
+      std::map<std::string, int> count;
+      for (const auto& [P, i] : list) {
+        const Task& k = P->tasks[i];
+        if (k.kind == Task::Comm && k.comm.group == ParallelGroup::PP) {
+          std::string id = meet_id(k);
+          members[{id, count[id]++}].push_back(s);
+        }
+      }
+    }
+    auto blocked_at = [&](int s) -> const Task* {
+      Cursor& c = cur[s];
+      if (c.next >= c.tasks.size()) return nullptr;
+      const Task& k = c.tasks[c.next].first->tasks[c.tasks[c.next].second];
+      return k.kind == Task::Comm && k.comm.group == ParallelGroup::PP ? &k : nullptr;
+    };
+    for (;;) {
+      bool moved = false;
+      // Run every rank up to its next pipeline-group collective.
+      for (int s = 0; s < p_.pp; ++s) {
+        Cursor& c = cur[s];
+        while (c.next < c.tasks.size() && !blocked_at(s)) {
+          auto [P, i] = c.tasks[c.next++];
+          Program one;
+          one.tasks.push_back(P->tasks[i]);
+          one.tasks.back().waits.clear();
+          c.t = run_program(s, one, c.t, true, "opt");
+          moved = true;
+        }
+      }
+      // Release a collective whose participants have all arrived.
+      bool released = false;
+      for (int s = 0; s < p_.pp && !released; ++s) {
+        const Task* k = blocked_at(s);
+        if (!k) continue;
+        const std::string id = meet_id(*k);
+        auto key = std::make_pair(id, cur[s].seen[id]);
+        const std::vector<int>& who = members[key];
+        bool all = true;
+        Time start;
+        for (int w : who) {
+          const Task* kw = blocked_at(w);
+          all = all && kw && meet_id(*kw) == id && cur[w].seen[id] == key.second;
+          start = max(start, cur[w].t);
+        }
+        if (!all) continue;
+        int peer = who.size() == 2 ? who[1] : -1;
+        const CollectiveResult& cr = collective(ParallelGroup::PP, k->comm.kind, k->comm.bytes,
+                                                who.front(), peer, start);
+        Time d = cr.end - start;
+        result_->comm[int(ParallelGroup::PP)].total += d * (double(who.size()) / p_.pp);
+        result_->comm[int(ParallelGroup::PP)].exposed += d * (double(who.size()) / p_.pp);
+        for (int w : who) {
+          result_->stages[w].exposed[int(ParallelGroup::PP)] += d;
+          span(w, "pp", k->name, start, d);
+          cur[w].t = cr.end;
+          cur[w].seen[id]++;
+          cur[w].next++;
+        }
+        released = true;
+      }
+      bool done = true;
+      for (int s = 0; s < p_.pp; ++s) done = done && cur[s].next >= cur[s].tasks.size();
+      if (done) break;
+      if (!moved && !released)
+        throw std::runtime_error("optimizer step deadlocked: pipeline ranks disagree on their "
+                                 "pipeline-group collectives");
+    }
+    for (int s = 0; s < p_.pp; ++s) result_->stages[s].finish = max(cur[s].t, states_[s].async_end);
+  }
+
+  void memory(ClusterResult& r) {
+    for (int s = 0; s < p_.pp; ++s) {
+      StageResult& st = r.stages[s];
+      ClassBytes state{};
+      double persistent = 0;
+      for (int v = 0; v < p_.vpp; ++v) {
+        const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+        for (int k = 0; k < kTensorClasses; ++k) state[k] += c.state[k];
+      }
+      for (double b : state) persistent += b;
+      // Walk the schedule: during each item the rank holds every other in-flight micro-batch's
+      // saved activations plus this item's own working set.
+      std::vector<int64_t> live(p_.vpp, 0);
+      double best = -1, best_saved = 0, best_ws = 0;
+      int64_t in_flight = 0, max_flight = 0;
+      for (const auto& it : states_[s].items) {
+        const ChunkModel& c = *chunk_of_[it.chunk * p_.pp + s];
+        if (it.forward) {
+          live[it.chunk]++;
+          in_flight++;
+        }
+        max_flight = std::max(max_flight, in_flight);
+        double others = 0;
+        for (int v = 0; v < p_.vpp; ++v)
+          others += double(live[v] - (v == it.chunk ? 1 : 0)) * chunk_of_[v * p_.pp + s]->saved;
+        double here = others + c.pass_peak;
+        if (here > best) {
+          best = here;
+          best_saved = others + c.pass_peak - c.workspace_at_peak;
+          best_ws = c.workspace_at_peak;
+        }
+        if (!it.forward) {
+          live[it.chunk]--;
+          in_flight--;
+        }
+      }
+      st.max_in_flight = max_flight;
+      st.memory = state;
+      st.memory[int(TensorClass::Activations)] += best_saved;
+      st.memory[int(TensorClass::Workspace)] += best_ws;
+      st.peak_memory = persistent + std::max(0.0, best);
+    }
+  }
+
+  void flops(ClusterResult& r) {
+    // MFU counts the model's algorithmic FLOPs (the unsharded graph), as Megatron reports.
+    TrainingSetup one = t_;
+    one.parallel = Parallelism{};
+    one.global_batch = t_.micro_batch;
+    StepGraph full = build_step_graph(m_, one);
+    double per_mb_model = full.flops(Pass::Forward) + full.flops(Pass::BackwardInput) +
+                          full.flops(Pass::BackwardWeight);
+    double micro_batches_global = double(t_.global_batch) / double(t_.micro_batch);
+    r.model_flops = per_mb_model * micro_batches_global;
+    r.hardware_flops = (per_mb_model + full.flops(Pass::Recompute)) * micro_batches_global;
+  }
+
+  const TransformerModel& m_;
+  const TrainingSetup& t_;
+  Parallelism p_;
+  Device& device_;
+  const SystemSpec& sys_;
+  int gpus_;
+  Fidelity fidelity_;
+  bool spans_;
+  Layout layout_;
+  Network net_;
+  OpSimulator& sim_;
+  int64_t mbs_ = 1;
+  std::map<std::tuple<int64_t, bool, bool>, std::shared_ptr<ChunkModel>> models_;
+  std::vector<std::shared_ptr<ChunkModel>> chunk_of_;
+  std::vector<RankState> states_;
+  std::vector<Time> arrival_, transfer_start_;
+  std::map<std::tuple<int, int, int>, std::vector<std::vector<int>>> groups_;
+  CollectiveResult last_;
+  long collectives_ = 0;
+  ClusterResult* result_ = nullptr;
+};
+
+}  // namespace
+
+ClusterResult simulate_cluster(const TransformerModel& model, const TrainingSetup& setup,
+                               OpSimulator& ops, const SystemSpec& system, int gpus,
+                               bool keep_spans) {
+  check_layout(model, setup, system, gpus);
+  ClusterSim sim(model, setup, ops, system, gpus, keep_spans);
+  return sim.run();
+}
+
+void write_cluster_trace(const ClusterResult& r, TraceWriter& trace) {
+  for (const auto& s : r.stages) {
+    std::string proc = fmt::format("pp rank {} (chunks", s.stage);
+    for (int c : s.chunks) proc += fmt::format(" {}", c);
+    proc += ")";
+    for (const auto& sp : s.spans) trace.span(proc, sp.track, sp.name, sp.start, sp.duration);
+    trace.counter(proc, "memory GiB (peak)", Time::zero(), s.peak_memory / (1024.0 * 1024 * 1024));
+  }
+}
+
+}  // namespace memwall

@@ -1,0 +1,114 @@
+// Run orchestration for a training job on many devices: pipeline ranks, streams and collectives.
+//
+// The job is split as Megatron splits it (tp fastest, then cp, dp, pp). Replicas that behave
+// alike are simulated once: one rank per pipeline stage runs its schedule (workloads/parallel/
+// schedule.h) as events, and every collective it issues is timed by the network model on the full
+// topology, with all the concurrent groups that share links with it (arch/collective). So a
+// 10,000-GPU job costs about what its pipeline depth costs.
+//
+// Each simulated rank has one compute stream and one communication stream per parallel group.
+// Operators run on the compute stream in program order; a blocking collective (TP, SP, EP)
+// holds the compute stream; a non-blocking one (DP gradient buckets, ZeRO-3 prefetch, ring-
+// attention exchanges, pipeline sends) runs on its own stream from the moment the program issues
+// it, and only the nodes with a DAG edge from it wait. A forward of a model chunk waits for the
+// activation sent by the previous chunk's rank; a backward waits for the gradient sent back. The
+// pipeline bubble, exposed communication and in-flight activations are what these events give.
+#pragma once
+
+#include <array>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "arch/device/device.h"
+#include "arch/network/system.h"
+#include "arch/ops/simulate.h"
+#include "sim/run/training_run.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
+
+namespace memwall {
+
+class TraceWriter;
+
+constexpr int kParallelGroups = 6;  ///< indexed by ParallelGroup (tp cp dp ep pp edp)
+
+/// Communication of one parallel group over the step, as the simulated ranks saw it.
+struct GroupComm {
+  Time total;     ///< summed duration of its collectives (per simulated rank, averaged)
+  Time exposed;   ///< time the compute stream waited for them
+  long count = 0; ///< collectives issued (all simulated ranks)
+  double bytes = 0;
+  std::map<std::string, long> algorithms;  ///< algorithm name -> times chosen
+  Time overlapped() const { return total > exposed ? total - exposed : Time::zero(); }
+};
+
+/// One pipeline rank (standing for every tp/cp/dp replica of its stage).
+struct StageResult {
+  int stage = 0;
+  std::vector<int> chunks;  ///< global model chunks it holds
+  int64_t first_layer = 0, last_layer = 0;  ///< layer range over its chunks (first chunk)
+  Time finish;              ///< when its optimizer step ended
+  Time compute_busy;        ///< operator time on the compute stream
+  Time bubble;  ///< step time neither computing nor waiting on a collective (pipeline idle)
+  std::array<Time, kParallelGroups> exposed{};  ///< compute waits per group
+  int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak
+  ClassBytes memory{};        ///< per-rank peak breakdown (TensorClass order)
+  double peak_memory = 0;     ///< bytes
+  struct Span {
+    std::string track, name;
+    Time start, duration;
+  };
+  std::vector<Span> spans;  ///< for the trace (filled only when tracing)
+};
+
+struct ClusterResult {
+  std::string device, model, system;
+  Fidelity fidelity = Fidelity::Tile;
+  Parallelism parallel;
+  int gpus = 1, gpus_per_node = 1;
+  int64_t micro_batches = 1;  ///< per pipeline per step
+  Time step_time;
+  double tokens_per_step = 0;  ///< global
+  double model_flops = 0;      ///< per step, whole job, without recomputation
+  double hardware_flops = 0;   ///< per step, whole job, with recomputation
+  double peak_flops = 0;       ///< per device, for the matmul type
+  std::array<Time, 4> time_by_class{};  ///< compute time by OpClass on stage 0, per step
+  std::array<GroupComm, kParallelGroups> comm{};
+  std::vector<StageResult> stages;
+  std::map<std::string, double> link_utilisation;  ///< link class -> busy fraction of the step
+  Bytes capacity{0};
+  std::vector<NodeTiming> nodes;  ///< stage 0's operators, one micro-batch (top-ops table)
+  int distinct_ops = 0;
+  long collectives = 0;  ///< collective requests timed
+  long pipeline_transfers = 0;  ///< activation and gradient sends between pipeline ranks
+
+  double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
+  double mfu() const { return model_flops / (step_time.sec() * peak_flops * gpus); }
+  double hfu() const { return hardware_flops / (step_time.sec() * peak_flops * gpus); }
+  double peak_memory() const;  ///< the largest rank's
+  bool fits() const { return peak_memory() <= capacity.count(); }
+  /// Mean over stages of the compute stream's pipeline-wait time, as a fraction of the step.
+  double bubble_fraction() const;
+  Time exposed_comm() const;
+  Time overlapped_comm() const;
+};
+
+/// Checks a layout against the model and the system; throws ConfigError-free
+/// std::invalid_argument with a message naming the offending key (tp, pp, ...).
+void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
+                  int gpus);
+
+/// Simulates one optimizer step of `model` trained with `setup` on `gpus` devices of `system`.
+/// `ops` times operators on the per-GPU device model at its fidelity; sharing one across runs
+/// (a sweep, a validation file) reuses its memo.
+ClusterResult simulate_cluster(const TransformerModel& model, const TrainingSetup& setup,
+                               OpSimulator& ops, const SystemSpec& system, int gpus,
+                               bool keep_spans = false);
+
+/// Writes a Perfetto trace: one process per simulated rank with compute, per-group
+/// communication and memory tracks.
+void write_cluster_trace(const ClusterResult& r, TraceWriter& trace);
+
+}  // namespace memwall

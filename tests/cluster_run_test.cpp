@@ -1,0 +1,172 @@
+// simulate_cluster: a training step over many devices, checked against what must hold whatever
+// the calibration. The pipeline bubble of 1F1B comes out of the schedule's events close to
+// (p-1)/(m+p-1); interleaving shrinks it; GPipe holds every micro-batch; DP buckets overlap with
+// backward unless told not to; TP collectives sit on the critical path; a slower network is
+// never faster; one device matches the single-device run. Analytical fidelity keeps it fast.
+#include "sim/run/cluster_run.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "arch/network/system.h"
+#include "arch/ops/simulate.h"
+#include "sim/config/error.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+namespace {
+
+struct Job {
+  TransformerModel model;
+  TrainingSetup setup;
+  std::unique_ptr<Device> device = load_device("a100-sxm4-80gb");
+  SystemSpec system = load_system("dgx-a100");
+  int gpus = 1;
+
+  ClusterResult run(Fidelity f = Fidelity::Analytical) {
+    OpSimulator ops(*device, f);
+    return simulate_cluster(model, setup, ops, system, gpus);
+  }
+};
+
+// A GPT-style model whose embedding and head are small next to its layers, so pipeline stages
+// are nearly equal and the 1F1B bubble is close to its textbook value.
+Job uniform_pipeline(int pp, int vpp, int64_t micro_batches, const std::string& schedule) {
+  Job j;
+  j.model = load_model("gpt3-1.3b", {"layers=16", "vocab=512", "seq_len=1024"});
+  j.setup = load_training_string(
+      fmt::format("micro_batch: 1\nglobal_batch: {}\npp: {}\nvpp: {}\nschedule: {}\n",
+                  micro_batches, pp, vpp, schedule),
+      "training.yaml");
+  j.gpus = pp;
+  return j;
+}
+
+TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
+  Job j;
+  j.model = load_model("gpt2-124m", {"seq_len=256"});
+  j.setup = load_training_string("micro_batch: 4\nglobal_batch: 8\n", "training.yaml");
+  ClusterResult c = j.run();
+  OpSimulator ops(*j.device, Fidelity::Analytical);
+  StepGraph g = build_step_graph(j.model, j.setup);
+  TrainingResult t = simulate_training(g, *j.device, Fidelity::Analytical);
+  EXPECT_NEAR(c.step_time.sec(), t.step_time.sec(), 0.01 * t.step_time.sec());
+  EXPECT_NEAR(c.model_flops, t.model_flops, 1e-6 * t.model_flops);
+  EXPECT_EQ(c.collectives, 0);
+  EXPECT_NEAR(c.bubble_fraction(), 0.0, 1e-9);
+}
+
+TEST(ClusterRun, OneFOneBBubbleEmergesNearTheTextbookValue) {
+  const int p = 4;
+  const int64_t m = 8;
+  Job j = uniform_pipeline(p, 1, m, "1f1b");
+  ClusterResult r = j.run();
+  double textbook = double(p - 1) / double(m + p - 1);
+  EXPECT_NEAR(r.bubble_fraction(), textbook, 0.05) << "bubble " << r.bubble_fraction();
+  // Stage 0 holds p micro-batches of activations at its peak, the last stage one.
+  EXPECT_EQ(r.stages.front().max_in_flight, p);
+  EXPECT_EQ(r.stages.back().max_in_flight, 1);
+  EXPECT_GT(r.stages.front().peak_memory, r.stages.back().peak_memory * 0.9);
+  // Pipeline transfers happened, one per micro-batch per stage boundary and direction.
+  EXPECT_EQ(r.pipeline_transfers, 2 * m * (p - 1));
+}
+
+TEST(ClusterRun, MoreMicroBatchesShrinkTheBubble) {
+  double small = uniform_pipeline(4, 1, 4, "1f1b").run().bubble_fraction();
+  double large = uniform_pipeline(4, 1, 16, "1f1b").run().bubble_fraction();
+  EXPECT_LT(large, small);
+}
+
+TEST(ClusterRun, InterleavingShrinksTheBubble) {
+  ClusterResult plain = uniform_pipeline(4, 1, 8, "1f1b").run();
+  ClusterResult inter = uniform_pipeline(4, 2, 8, "interleaved").run();
+  EXPECT_LT(inter.bubble_fraction(), plain.bubble_fraction());
+  EXPECT_LT(inter.step_time.sec(), plain.step_time.sec());
+  // Twice the stage boundaries, so twice the pipeline transfers.
+  EXPECT_EQ(inter.pipeline_transfers, 2 * plain.pipeline_transfers + 2 * 8);
+}
+
+TEST(ClusterRun, GPipeHoldsEveryMicroBatch) {
+  ClusterResult gpipe = uniform_pipeline(4, 1, 8, "gpipe").run();
+  ClusterResult ofob = uniform_pipeline(4, 1, 8, "1f1b").run();
+  EXPECT_EQ(gpipe.stages.front().max_in_flight, 8);
+  EXPECT_GT(gpipe.stages.front().peak_memory, ofob.stages.front().peak_memory);
+  // Same work, same bubble length for uniform stages: the two step times agree closely.
+  EXPECT_NEAR(gpipe.step_time.sec(), ofob.step_time.sec(), 0.05 * ofob.step_time.sec());
+}
+
+Job data_parallel(bool overlap) {
+  Job j;
+  j.model = load_model("gpt2-124m", {"seq_len=512"});
+  j.setup = load_training_string(fmt::format("micro_batch: 4\nglobal_batch: 64\ndp: 16\n"
+                                             "overlap_grad_reduce: {}\n",
+                                             overlap ? "true" : "false"),
+                                 "training.yaml");
+  j.gpus = 16;  // two DGX nodes: the gradient all-reduce crosses InfiniBand
+  return j;
+}
+
+TEST(ClusterRun, GradientBucketsOverlapWithBackward) {
+  ClusterResult on = data_parallel(true).run();
+  ClusterResult off = data_parallel(false).run();
+  const GroupComm& a = on.comm[int(ParallelGroup::DP)];
+  const GroupComm& b = off.comm[int(ParallelGroup::DP)];
+  ASSERT_GT(a.count, 0);
+  EXPECT_GT(a.total.sec(), 0);
+  EXPECT_LT(a.exposed.sec(), a.total.sec());  // something hid behind backward
+  EXPECT_NEAR(b.exposed.sec(), b.total.sec(), 1e-3 * b.total.sec());  // nothing hid
+  EXPECT_LT(on.step_time.sec(), off.step_time.sec());
+}
+
+TEST(ClusterRun, TensorParallelCollectivesAreOnTheCriticalPath) {
+  Job j;
+  j.model = load_model("gpt3-1.3b", {"seq_len=1024"});
+  j.setup = load_training_string("micro_batch: 2\nglobal_batch: 4\ntp: 8\n", "training.yaml");
+  j.gpus = 8;
+  ClusterResult r = j.run();
+  const GroupComm& tp = r.comm[int(ParallelGroup::TP)];
+  ASSERT_GT(tp.count, 0);
+  EXPECT_NEAR(tp.exposed.sec(), tp.total.sec(), 1e-9 + 1e-6 * tp.total.sec());
+  // No step beats its compute: model FLOPs over the GPUs at peak.
+  EXPECT_GT(r.step_time.sec(), r.model_flops / (r.gpus * r.peak_flops));
+  EXPECT_LE(r.mfu(), 1.0);
+}
+
+TEST(ClusterRun, ASlowerNetworkIsNeverFaster) {
+  Job fast = data_parallel(true);
+  Job slow = data_parallel(true);
+  slow.system = system_for_case("a100-sxm4-80gb", 8, 400);  // a quarter of 8 x 200 Gb/s
+  ClusterResult a = fast.run(), b = slow.run();
+  EXPECT_GE(b.step_time.sec(), a.step_time.sec());
+  EXPECT_GT(b.comm[int(ParallelGroup::DP)].total.sec(), a.comm[int(ParallelGroup::DP)].total.sec());
+}
+
+TEST(ClusterRun, BadLayoutsAreRefusedWithTheKeyNamed) {
+  auto message = [](Job& j) {
+    try {
+      j.run();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  Job a = uniform_pipeline(4, 1, 8, "1f1b");
+  a.gpus = 8;  // tp x pp x dp x cp = 4
+  EXPECT_NE(message(a).find("GPU count"), std::string::npos) << message(a);
+  Job b = uniform_pipeline(4, 1, 8, "1f1b");
+  b.model.layers = 18;  // 18 layers over 4 stages
+  EXPECT_NE(message(b).find("pp"), std::string::npos) << message(b);
+  Job c;
+  c.model = load_model("gpt3-1.3b");
+  c.setup = load_training_string("tp: 16\n", "training.yaml");
+  c.gpus = 16;
+  EXPECT_NE(message(c).find("scale-up domain"), std::string::npos) << message(c);
+}
+
+}  // namespace
+}  // namespace memwall

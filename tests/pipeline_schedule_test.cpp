@@ -1,0 +1,76 @@
+// Pipeline schedules: every pass once, forward before backward, the in-flight counts the papers
+// state, and the interleaved order that Megatron-LM uses.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "workloads/parallel/schedule.h"
+
+using namespace memwall;
+
+namespace {
+
+void expect_complete(const std::vector<PipelineItem>& items, int64_t m, int vpp) {
+  std::set<std::tuple<int64_t, int, bool>> seen;
+  std::map<std::pair<int64_t, int>, int> fwd_pos;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const auto& it = items[i];
+    EXPECT_TRUE(seen.insert({it.micro_batch, it.chunk, it.forward}).second)
+        << "duplicate item mb " << it.micro_batch << " chunk " << it.chunk;
+    if (it.forward) fwd_pos[{it.micro_batch, it.chunk}] = int(i);
+    else EXPECT_TRUE(fwd_pos.count({it.micro_batch, it.chunk})) << "backward before forward";
+  }
+  EXPECT_EQ(seen.size(), std::size_t(m * vpp * 2));
+}
+
+}  // namespace
+
+TEST(PipelineSchedule, EveryPassOnceForwardBeforeBackward) {
+  for (auto s : {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB})
+    for (int pp : {1, 2, 4, 8})
+      for (int64_t m : {1, 3, 8, 16})
+        for (int r = 0; r < pp; ++r) expect_complete(pipeline_schedule(s, pp, 1, r, m), m, 1);
+  for (int pp : {2, 4})
+    for (int vpp : {2, 3})
+      for (int64_t m : {int64_t(pp), int64_t(2 * pp), int64_t(4 * pp)})
+        for (int r = 0; r < pp; ++r)
+          expect_complete(pipeline_schedule(PipelineSchedule::Interleaved, pp, vpp, r, m), m, vpp);
+}
+
+TEST(PipelineSchedule, InFlightMicroBatchesMatchThePapers) {
+  // GPipe keeps every micro-batch; 1F1B keeps pp - rank on rank `rank` (Narayanan et al. 2021).
+  EXPECT_EQ(max_in_flight(pipeline_schedule(PipelineSchedule::GPipe, 4, 1, 0, 16)), 16);
+  for (int r = 0; r < 4; ++r)
+    EXPECT_EQ(max_in_flight(pipeline_schedule(PipelineSchedule::OneFOneB, 4, 1, r, 16)), 4 - r);
+  // Interleaving: the first rank warms up with 2(pp-1) + (vpp-1)pp chunk passes and holds one
+  // more, each a 1/vpp share of its layers: 11 x 1/2 = 5.5 micro-batches' worth against 1F1B's
+  // 4, Korthikanti et al.'s factor 1 + (p-1)/(p v) = 1.375.
+  int64_t il = max_in_flight(pipeline_schedule(PipelineSchedule::Interleaved, 4, 2, 0, 16));
+  EXPECT_EQ(il, 2 * 3 + 1 * 4 + 1);
+  EXPECT_DOUBLE_EQ(il / 2.0 / 4.0, 1.0 + 3.0 / 8.0);
+}
+
+TEST(PipelineSchedule, OneFOneBWarmsUpThenAlternates) {
+  auto v = pipeline_schedule(PipelineSchedule::OneFOneB, 4, 1, 1, 8);
+  // Rank 1 of 4: two warm-up forwards, then F B F B ..., then the remaining backwards.
+  ASSERT_EQ(v.size(), 16u);
+  EXPECT_TRUE(v[0].forward && v[1].forward && v[2].forward);
+  EXPECT_FALSE(v[3].forward);
+  EXPECT_EQ(v[3].micro_batch, 0);
+  EXPECT_TRUE(v[4].forward);
+  EXPECT_FALSE(v[15].forward);
+  EXPECT_EQ(v[15].micro_batch, 7);
+}
+
+TEST(PipelineSchedule, InterleavedVisitsChunksInGroupsOfPp) {
+  // Megatron: virtual micro-batch k runs chunk (k / pp) % vpp in forward.
+  auto v = pipeline_schedule(PipelineSchedule::Interleaved, 2, 2, 0, 4);
+  ASSERT_GE(v.size(), 4u);
+  EXPECT_EQ(v[0].chunk, 0);
+  EXPECT_EQ(v[1].chunk, 0);
+  EXPECT_EQ(v[2].chunk, 1);
+  EXPECT_EQ(v[2].micro_batch, 0);
+  EXPECT_THROW(pipeline_schedule(PipelineSchedule::Interleaved, 4, 2, 0, 6), std::invalid_argument);
+}

@@ -1,0 +1,39 @@
+// Pipeline schedules: the order in which one pipeline rank runs its forward and backward passes.
+//
+// A schedule is a list, per pipeline rank, of work items (micro-batch, model chunk, forward or
+// backward). It says nothing about time: the cluster run executes the lists as events, and the
+// bubble, the in-flight activations and the exposed pipeline communication are what the events
+// produce. No bubble formula is used anywhere.
+//
+// - GPipe: every forward, then every backward (Huang et al. 2019).
+// - 1F1B (PipeDream-Flush, Megatron's default): pp - rank - 1 warm-up forwards, then alternate
+//   one forward and one backward, then drain the backwards (Narayanan et al. 2021, fig. 4 top).
+// - Interleaved 1F1B: each rank holds vpp model chunks (chunk v of rank r is global chunk
+//   v x pp + r); micro-batches advance through the chunks in groups of pp (Narayanan et al.
+//   2021, fig. 4 bottom; Megatron-LM's forward_backward_pipelining_with_interleaving).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "workloads/parallel/parallel.h"
+
+namespace memwall {
+
+struct PipelineItem {
+  int64_t micro_batch = 0;
+  int chunk = 0;  ///< model chunk on this rank, 0 .. vpp-1 (global chunk = chunk x pp + rank)
+  bool forward = true;
+};
+
+/// Items of pipeline rank `rank` (0 .. pp-1) for `micro_batches` micro-batches. Throws
+/// std::invalid_argument for an interleaved schedule whose micro-batch count is not a multiple
+/// of pp (Megatron's requirement).
+std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
+                                            int64_t micro_batches);
+
+/// The most forward passes whose backward has not run yet, over the rank's item list: the
+/// number of micro-batches of activations the rank holds at its peak (per chunk summed).
+int64_t max_in_flight(const std::vector<PipelineItem>& items);
+
+}  // namespace memwall
