@@ -97,6 +97,8 @@ GroupShape shape_of(const Topology& topo, const std::vector<int>& group) {
 struct Network::Impl {
   struct LinkState {
     Time free_at = Time::zero();
+    Time ext = Time::zero();  ///< during a request: when earlier requests' work on it ends
+    Time own = Time::zero();  ///< during a request: when this request's queued messages end
     Time busy = Time::zero();
     double bytes = 0;
   };
@@ -138,6 +140,8 @@ struct Network::Impl {
     touched_flag[id] = 1;
     touched.push_back(id);
     before.push_back(links[id]);
+    links[id].ext = links[id].free_at;
+    links[id].own = Time::zero();
   }
 
   /// Occupies the links of the route src -> dst with one message; returns its arrival time.
@@ -179,9 +183,19 @@ struct Network::Impl {
       Time wire = Bytes(bytes) / rate;
       LinkState& s = links[id];
       touch(id);
-      Time start = max(head, s.free_at);
-      Time end = max(start + wire, tail);
-      s.free_at = end;
+      // A link is shared fairly (processor sharing) between this request and the work earlier
+      // requests left on it, not first-come first-served: while that backlog lasts a message
+      // gets half the link (it takes up to 2 x wire) and the backlog ends that much later (work
+      // is conserved). So a pipeline send is not held up for the whole of a gradient all-reduce
+      // reserved on the same NIC before it, as NCCL's channels interleave on the wire.
+      // Messages of this request queue behind each other (`own`); work committed by earlier
+      // requests (`ext`) is shared with.
+      Time start = max(head, s.own);
+      Time backlog = s.ext > start ? s.ext - start : Time::zero();
+      Time shared = min(wire, backlog);
+      Time end = max(start + wire + shared, tail);
+      s.ext = s.ext + shared;
+      s.own = end;
       if (first_end && id == path.front()) *first_end = end;
       s.busy += wire;
       s.bytes += bytes;
@@ -882,6 +896,7 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
 
   // Record for replay only when every link was idle at `start` (the result is then a pure
   // function of the request).
+  for (int id : im.touched) im.links[id].free_at = max(im.links[id].ext, im.links[id].own);
   Impl::Memo memo;
   for (size_t i = 0; i < im.touched.size(); ++i) {
     int id = im.touched[i];
