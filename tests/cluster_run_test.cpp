@@ -50,7 +50,8 @@ Job uniform_pipeline(int pp, int vpp, int64_t micro_batches, const std::string& 
 TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
   Job j;
   j.model = load_model("gpt2-124m", {"seq_len=256"});
-  j.setup = load_training_string("micro_batch: 4\nglobal_batch: 8\n", "training.yaml");
+  j.setup = load_training_string("micro_batch: 4\nglobal_batch: 8\nhost_overhead: 0 s\n",
+                                 "training.yaml");
   ClusterResult c = j.run();
   OpSimulator ops(*j.device, Fidelity::Analytical);
   StepGraph g = build_step_graph(j.model, j.setup);

@@ -69,10 +69,12 @@ TEST(TrainingRun, StepTimeIsTheSumOfItsOperatorsAndNoLessThanTheirRoofline) {
   ASSERT_GT(r.step_time.sec(), 0);
   ASSERT_FALSE(r.nodes.empty());
 
-  // One stream: the step is every micro-batch node accumulation_steps times, plus the optimizer.
+  // One stream: the step is every micro-batch node accumulation_steps times, plus the optimizer,
+  // plus whatever the device idled waiting for the host to issue operators.
   double sum = 0, bound = 0;
   for (const auto& n : r.nodes) sum += n.time.sec() * n.executions;
-  EXPECT_NEAR(r.step_time.sec(), sum, 1e-9 * sum);
+  EXPECT_NEAR(r.step_time.sec(), sum + r.host_stall.sec(), 1e-9 * sum);
+  EXPECT_GE(r.host_stall.sec(), 0);
   for (StepVertex v : run.graph.generation_order()) {
     const StepNode& n = run.graph.node(v);
     if (!n.op) continue;
@@ -86,12 +88,12 @@ TEST(TrainingRun, StepTimeIsTheSumOfItsOperatorsAndNoLessThanTheirRoofline) {
       "(%.2fx)\n",
       r.step_time.sec() * 1e3, bound * 1e3, r.step_time.sec() / bound);
 
-  // Time splits add up to the step.
-  double by_class = 0;
+  // Time splits add up to the step (with the host stall).
+  double by_class = r.host_stall.sec();
   for (const Time& t : r.time_by_class) by_class += t.sec();
   EXPECT_NEAR(by_class, r.step_time.sec(), 1e-9 * sum);
   double by_bound = r.compute_bound_time.sec() + r.memory_bound_time.sec() +
-                    r.cache_bound_time.sec() + r.latency_bound_time.sec();
+                    r.cache_bound_time.sec() + r.latency_bound_time.sec() + r.host_stall.sec();
   EXPECT_NEAR(by_bound, r.step_time.sec(), 1e-9 * sum);
 
   // Tokens per step and per second follow from the setup and the step time.
@@ -184,11 +186,25 @@ TEST(TrainingRun, OutOfMemoryIsAResultWithFigures) {
   EXPECT_GT(tight.result.mfu(), 0);
 }
 
+// A host slower than the device's kernels leaves the device idle: a step of tiny kernels takes
+// at least one host_overhead per operator, and none of it when issuing is free.
+TEST(TrainingRun, SmallKernelsBecomeHostBound) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=64", "layers=2"});
+  SimRun slow = simulate(m, setup("micro_batch: 1\nhost_overhead: 200 us"), Fidelity::Analytical);
+  SimRun free = simulate(m, setup("micro_batch: 1\nhost_overhead: 0 s"), Fidelity::Analytical);
+  std::size_t ops = slow.result.nodes.size();
+  EXPECT_GE(slow.result.step_time.sec(), (ops - 1) * 200e-6);
+  EXPECT_GT(slow.result.host_stall.sec(), 0);
+  EXPECT_EQ(free.result.host_stall.sec(), 0);
+  EXPECT_LT(free.result.step_time.sec(), slow.result.step_time.sec());
+}
+
 // global_batch 8 in micro-batches of 2: four forward/backward passes and one optimizer update.
 TEST(TrainingRun, GradientAccumulationRepeatsTheMicroBatchNotTheOptimizer) {
   TransformerModel m = small_gpt2();
-  SimRun one = simulate(m, setup("micro_batch: 2\nglobal_batch: 2"), Fidelity::Tile);
-  SimRun four = simulate(m, setup("micro_batch: 2\nglobal_batch: 8"), Fidelity::Tile);
+  // No host cost, so the step is exactly the device's work.
+  SimRun one = simulate(m, setup("micro_batch: 2\nglobal_batch: 2\nhost_overhead: 0 s"), Fidelity::Tile);
+  SimRun four = simulate(m, setup("micro_batch: 2\nglobal_batch: 8\nhost_overhead: 0 s"), Fidelity::Tile);
   ASSERT_EQ(four.graph.accumulation_steps, 4);
   double micro = node_time(one.result, false), opt = node_time(one.result, true);
   EXPECT_GT(opt, 0);

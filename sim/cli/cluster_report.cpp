@@ -69,11 +69,14 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     exposed += fmt::format("{}{} {:.1f}", exposed.empty() ? "" : ", ", parallel_group_name(g),
                            100 * c.exposed.sec() / step);
   }
+  double host = 0;
+  for (const auto& s : r.stages) host += s.host_stall.sec();
+  host /= std::max<std::size_t>(1, r.stages.size());
   out += fmt::format(
-      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  exposed comm {} ({})  "
-      "bubble {}   (stage 0 compute; comm and bubble averaged over stages)\n",
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  exposed "
+      "comm {} ({})  bubble {}   (stage 0 compute; the rest averaged over stages)\n",
       pct(cls(OpClass::Matrix)), pct(cls(OpClass::Attention)), pct(cls(OpClass::MemoryBound)),
-      pct(cls(OpClass::Optimizer)), pct(r.exposed_comm().sec() / step),
+      pct(cls(OpClass::Optimizer)), pct(host / step), pct(r.exposed_comm().sec() / step),
       exposed.empty() ? "none" : exposed, pct(r.bubble_fraction()));
   out += "comm     ";
   for (ParallelGroup g : kGroups) {
@@ -157,6 +160,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
                       {"finish_s", s.finish.sec()},
                       {"compute_s", s.compute_busy.sec()},
                       {"bubble_s", s.bubble.sec()},
+                      {"host_stall_s", s.host_stall.sec()},
                       {"exposed_comm_s", ex},
                       {"max_in_flight", s.max_in_flight},
                       {"memory",

@@ -50,10 +50,10 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
                      r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));
   auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
   out += fmt::format(
-      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  (launch gaps {})   |  bound by compute {}  "
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  (launch gaps {})   |  bound by compute {}  "
       "HBM {}  cache {}  latency {}\n",
       pct(share(OpClass::Matrix)), pct(share(OpClass::Attention)), pct(share(OpClass::MemoryBound)),
-      pct(share(OpClass::Optimizer)), pct(r.launch_time.sec() / step),
+      pct(share(OpClass::Optimizer)), pct(r.host_stall.sec() / step), pct(r.launch_time.sec() / step),
       pct(r.compute_bound_time.sec() / step),
       pct(r.memory_bound_time.sec() / step), pct(r.cache_bound_time.sec() / step),
       pct(r.latency_bound_time.sec() / step));
@@ -98,6 +98,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
                    {"bound", n.bound}});
   nlohmann::json time_by_class;
   time_by_class["launch_gaps"] = r.launch_time.sec();
+  time_by_class["host_stall"] = r.host_stall.sec();
   for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
     time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
   return {{"model", g.model.name},

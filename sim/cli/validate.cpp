@@ -38,6 +38,9 @@
 #include "arch/ops/simulate.h"
 #include "sim/cli/commands.h"
 #include "sim/config/error.h"
+#include "arch/collective/collective.h"
+#include "arch/network/system.h"
+#include "sim/run/cluster_run.h"
 #include "sim/run/training_run.h"
 #include "workloads/model/transformer.h"
 #include "workloads/training/setup.h"
@@ -519,6 +522,87 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
   }
 }
 
+/// The parallel layout of a row. Blank cells: tp, pp, cp, ep, vpp 1; dp = num_gpus / (tp pp cp);
+/// sequence parallel off; ZeRO stage 0.
+Parallelism case_parallelism(const Case& c, int gpus) {
+  Parallelism par;
+  auto degree = [&](const char* col) { return c.blank(col) ? 1 : int(c.count(col)); };
+  par.tp = degree("tp");
+  par.pp = degree("pp");
+  par.cp = degree("cp");
+  par.ep = degree("ep");
+  par.vpp = degree("vpp");
+  int per = par.tp * par.pp * par.cp;
+  par.dp = c.blank("dp") ? (per > 0 ? gpus / per : 1) : int(c.count("dp"));
+  par.sequence_parallel = flag(c, "sequence_parallel", false) && par.tp > 1;
+  par.zero_stage = c.blank("zero_stage") ? 0 : int(c.count("zero_stage"));
+  if (par.zero_stage < 0 || par.zero_stage > 3)
+    throw CaseError(fmt::format("zero_stage {} is not 0, 1, 2 or 3", par.zero_stage));
+  par.schedule = par.vpp > 1 ? PipelineSchedule::Interleaved : PipelineSchedule::OneFOneB;
+  return par;
+}
+
+/// Simulates a multi-GPU training case on the device's standard node (gpus_per_node and
+/// node_nic_gbps override it) through simulate_cluster, the code path of `memwall run --gpus`.
+void predict_cluster_training(const Case& c, DevicePool& pool, Prediction& p) {
+  std::string metric = lower(p.metric);
+  if (!training_metrics().count(metric))
+    throw CaseError(fmt::format("metric '{}' is not defined for kind 'training'", p.metric));
+  int gpus = int(c.count("num_gpus"));
+  TransformerModel m = training_model(c);
+  TrainingSetup t = training_setup(c);
+  t.parallel = case_parallelism(c, gpus);
+  if (t.global_batch % (t.micro_batch * t.parallel.dp) != 0)
+    throw CaseError(fmt::format("global_batch {} is not a multiple of micro_batch x dp ({} x {})",
+                                t.global_batch, t.micro_batch, t.parallel.dp));
+  OpSimulator& ops = pool.simulator(c.get("device"));
+  DType mm = t.matmul_dtype();
+  if (!ops.device().compute().supports(mm))
+    throw CaseError(fmt::format("the device '{}' has no {} arithmetic", ops.device().name(),
+                                dtype_name(mm)));
+  SystemSpec sys = system_for_case(c.get("device"),
+                                   c.blank("gpus_per_node") ? 0 : int(c.count("gpus_per_node")),
+                                   c.blank("node_nic_gbps") ? 0 : c.real("node_nic_gbps"));
+  ClusterResult r = simulate_cluster(m, t, ops, sys, gpus);
+  double step = r.step_time.sec();
+  if (!(step > 0) || !std::isfinite(step))
+    throw CaseError(fmt::format("the simulated step time {} s is not positive", step));
+  const StageResult* worst = &r.stages.front();
+  for (const auto& s : r.stages)
+    if (s.peak_memory > worst->peak_memory) worst = &s;
+  if (metric == "iteration_time_s") p.predicted = step;
+  else if (metric == "tokens_per_s_per_gpu") p.predicted = r.tokens_per_s() / gpus;
+  else if (metric == "activation_memory_gib")
+    p.predicted = worst->memory[int(TensorClass::Activations)] / kGiB;
+  else
+    p.predicted = (worst->memory[int(TensorClass::Weights)] +
+                   worst->memory[int(TensorClass::Gradients)] +
+                   worst->memory[int(TensorClass::Optimizer)]) / kGiB;
+  if (r.fits()) {
+    p.status = "ok";
+  } else {
+    p.status = "oom";
+    p.reason = fmt::format("peak memory {:.1f} GiB on pipeline stage {} exceeds the device's "
+                           "{:.1f} GiB",
+                           worst->peak_memory / kGiB, worst->stage, r.capacity.count() / kGiB);
+  }
+}
+
+/// nccl-tests bus bandwidth of an all-reduce over num_gpus devices of the case's system.
+void predict_allreduce(const Case& c, Prediction& p) {
+  if (lower(p.metric) != "busbw_gbps")
+    throw CaseError(fmt::format("metric '{}' is not defined for kind 'allreduce' (expected "
+                                "'busbw_gbps')", p.metric));
+  int gpus = int(need_count(c, "num_gpus"));
+  double bytes = c.real("bytes");
+  if (!(bytes > 0)) throw CaseError("bytes must be a positive message size");
+  SystemSpec sys = system_for_case(c.get("device"),
+                                   c.blank("gpus_per_node") ? 0 : int(c.count("gpus_per_node")),
+                                   c.blank("node_nic_gbps") ? 0 : c.real("node_nic_gbps"));
+  p.predicted = predict_allreduce_busbw_gbps(sys, gpus, bytes);
+  p.status = "ok";
+}
+
 Prediction predict(const Case& c, DevicePool& pool) {
   Prediction p;
   p.id = c.id();
@@ -534,14 +618,19 @@ Prediction predict(const Case& c, DevicePool& pool) {
                            p.kind);
     return p;
   }
-  if (p.kind == "training") {
-    if (!c.blank("num_gpus") && c.count("num_gpus") > 1) {
-      p.status = "unsupported";
-      p.reason = "multi-GPU training needs the cluster model (issue 4)";
-      return p;
-    }
+  if (p.kind == "allreduce") {
     try {
-      predict_training(c, pool, p);
+      predict_allreduce(c, p);
+    } catch (const std::exception& e) {
+      p.status = "error";
+      p.reason = e.what();
+    }
+    return p;
+  }
+  if (p.kind == "training") {
+    try {
+      if (!c.blank("num_gpus") && c.count("num_gpus") > 1) predict_cluster_training(c, pool, p);
+      else predict_training(c, pool, p);
     } catch (const std::exception& e) {
       p.status = "error";
       p.reason = e.what();

@@ -314,6 +314,7 @@ class Layout {
 
 struct RankState {
   Time compute_free;
+  Time cpu;  // when the host has issued everything so far
   std::array<Time, kParallelGroups> stream_free{};
   Time async_end;  // latest end of any non-blocking collective issued so far
   std::size_t cursor = 0;
@@ -326,7 +327,7 @@ class ClusterSim {
   ClusterSim(const TransformerModel& m, const TrainingSetup& t, OpSimulator& ops,
              const SystemSpec& sys, int gpus, bool spans)
       : m_(m), t_(t), p_(t.parallel), device_(ops.device()), sys_(sys), gpus_(gpus),
-        fidelity_(ops.fidelity()), spans_(spans), layout_(t.parallel, sys.gpus_per_node),
+        fidelity_(ops.fidelity()), spans_(spans), h_(t.host_overhead), layout_(t.parallel, sys.gpus_per_node),
         net_(sys, gpus), sim_(ops) {}
 
   ClusterResult run() {
@@ -400,7 +401,7 @@ class ClusterSim {
     // Whatever a rank's compute stream spends neither computing nor waiting on a collective is
     // pipeline bubble: waiting for another stage at the start, between passes, and at the end.
     for (auto& s : r.stages) {
-      Time accounted = s.compute_busy;
+      Time accounted = s.compute_busy + s.host_stall;
       for (Time e : s.exposed) accounted += e;
       s.bubble = r.step_time > accounted ? r.step_time - accounted : Time::zero();
     }
@@ -494,9 +495,15 @@ class ClusterSim {
           t = w;
         }
         if (k.kind == Task::Compute) {
-          span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name, t,
-               k.duration);
-          t += k.duration;
+          // The host issues the task's operators one by one; the stream cannot run ahead of it.
+          Time issued = rs.cpu + h_ * double(k.ops);
+          Time end = max(t + k.duration, max(t, rs.cpu) + h_ + k.duration / double(k.ops));
+          end = max(end, issued);
+          rs.cpu = issued;
+          span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name,
+               end - k.duration, k.duration);
+          st.host_stall += end - t - k.duration;
+          t = end;
           st.compute_busy += k.duration;
         }
         continue;
@@ -504,6 +511,11 @@ class ClusterSim {
       const CommSpec& c = k.comm;
       int g = int(c.group);
       end_group[i] = g;
+      rs.cpu += h_;
+      if (rs.cpu > t && c.blocking) {
+        st.host_stall += rs.cpu - t;
+        t = rs.cpu;
+      }
       if (c.once_per_step && !last_micro_batch) {
         ends[i] = t;
         continue;
@@ -547,6 +559,7 @@ class ClusterSim {
     const ChunkModel& c = *chunk_of_[gc];
     Time need = dependency(s, it);
     Time start = max(rs.compute_free, need);
+    rs.cpu = max(rs.cpu, need);  // the host waits for the receive before it issues the pass
     if (need > rs.compute_free) {
       // The wait splits into the sender still computing (bubble) and the transfer (pp comm).
       Time wait = need - rs.compute_free;
@@ -614,6 +627,7 @@ class ClusterSim {
         t = cr.end;
       }
       cur[s].t = t;
+      rs.cpu = max(rs.cpu, t);  // the gradient-norm check syncs the host with the device
       // One optimizer step per rank over all its chunks, as Megatron's: the tied-embedding sums
       // first, then each chunk's work, with one pipeline-wide gradient-norm sum (the last chunk's).
       std::vector<std::pair<const Program*, std::size_t>> tied, rest;
@@ -774,6 +788,7 @@ class ClusterSim {
   int gpus_;
   Fidelity fidelity_;
   bool spans_;
+  Time h_;
   Layout layout_;
   Network net_;
   OpSimulator& sim_;

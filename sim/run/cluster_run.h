@@ -51,6 +51,7 @@ struct StageResult {
   int64_t first_layer = 0, last_layer = 0;  ///< layer range over its chunks (first chunk)
   Time finish;              ///< when its optimizer step ended
   Time compute_busy;        ///< operator time on the compute stream
+  Time host_stall;          ///< compute stream idle, waiting for the host to issue operators
   Time bubble;  ///< step time neither computing nor waiting on a collective (pipeline idle)
   std::array<Time, kParallelGroups> exposed{};  ///< compute waits per group
   int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak

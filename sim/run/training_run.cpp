@@ -43,6 +43,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   const double accum = double(g.accumulation_steps);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
   Time micro_batch_time, optimizer_time, clock;
+  std::vector<Time> mb_ops, opt_ops;
   for (std::size_t i = 0; i < r.memory.order.size(); ++i) {
     StepVertex v = r.memory.order[i];
     const StepNode& n = g.node(v);
@@ -55,6 +56,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) : 1;
     double runs = t.executions;
     (per_micro_batch ? micro_batch_time : optimizer_time) += o.time;
+    (per_micro_batch ? mb_ops : opt_ops).push_back(o.time);
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
@@ -78,7 +80,24 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     clock += o.time;
     r.nodes.push_back(std::move(t));
   }
-  r.step_time = micro_batch_time * accum + optimizer_time;
+  // The host issues operators one after another, `host_overhead` each; the device runs one
+  // only once it is issued. Micro-batches follow without a host sync; the optimizer's gradient
+  // check (clipping, fp16 overflow) waits for the device.
+  const Time h = g.setup.host_overhead;
+  Time cpu, gpu;
+  for (int64_t a = 0; a < g.accumulation_steps; ++a)
+    for (Time d : mb_ops) {
+      gpu = max(gpu, cpu) + d;
+      cpu += h;
+    }
+  cpu = max(cpu, gpu);
+  for (Time d : opt_ops) {
+    gpu = max(gpu, cpu) + d;
+    cpu += h;
+  }
+  r.step_time = gpu;
+  Time device_time = micro_batch_time * accum + optimizer_time;
+  r.host_stall = r.step_time > device_time ? r.step_time - device_time : Time::zero();
   r.l2_hit_rate = l2_lookups > 0 ? l2_hits / l2_lookups : 0;
   r.memory_utilisation = mem_bytes / (r.step_time.sec() * device.memory().peak_bandwidth().bps());
   r.distinct_ops = static_cast<int>(r.nodes.size()) - static_cast<int>(sim.cache_hits());

@@ -49,6 +49,7 @@ struct TrainingResult {
   std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
   Time launch_time;  ///< kernel launch gaps inside the step (part of the op times above)
+  Time host_stall;   ///< device idle waiting for the host to issue operators
   MemoryTimeline memory;
   Bytes capacity{0};
   Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)

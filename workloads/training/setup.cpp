@@ -117,6 +117,10 @@ const Schema& training_schema() {
     x.params.push_back(bucket);
     x.params.push_back(param("overlap_grad_reduce", ParamType::Bool, "", "true",
                              "Reduce gradient buckets during backward, as DDP and Megatron do."));
+    x.params.push_back(param(
+        "host_overhead", ParamType::Time, "s", "10 us",
+        "CPU time to issue one operator or collective (PyTorch eager dispatch and kernel launch; "
+        "estimate: 5-20 us per op is reported for eager PyTorch). 0: a CUDA-graph-like launch."));
     return x;
   }();
   return s;
@@ -159,6 +163,7 @@ TrainingSetup training_from_config(const Config& c) {
   }
   par.dp_bucket_bytes = c.get_bytes("dp_bucket").count();
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
+  t.host_overhead = c.get_time("host_overhead");
   if (par.sequence_parallel && par.tp == 1) par.sequence_parallel = false;  // nothing to shard over
   if (t.global_batch % (t.micro_batch * par.dp) != 0)
     c.fail("global_batch", fmt::format("global_batch ({}) must be a multiple of micro_batch x dp "

@@ -9,6 +9,7 @@
 
 #include "sim/config/config.h"
 #include "sim/units/dtype.h"
+#include "sim/units/units.h"
 #include "workloads/parallel/parallel.h"
 
 namespace memwall {
@@ -27,6 +28,10 @@ struct TrainingSetup {
   Recompute recompute = Recompute::None;
   bool flash_attention = true;
   Parallelism parallel;  ///< how the job is split over devices (default: one device)
+  /// CPU time the framework spends issuing one operator or collective (Python, dispatcher,
+  /// launch). The GPU cannot start an operator before the CPU has issued it, so a step of many
+  /// small kernels is host-bound.
+  Time host_overhead = Time::us(10);
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).
