@@ -60,13 +60,35 @@ TEST(CollectiveRing, MatchesAlphaBetaOnADirectRing) {
                                                           Protocol::Simple)
                                         .sec());
       double base = protocol_base_latency(LatencyTable::Ring, Protocol::Simple).sec();
-      double expect = base + 2.0 * (n - 1) / n * bytes / B + 2.0 * (n - 1) * alpha;
+      // NCCL runs the ring in loops of channels (32 by default) x n x 2 MiB (Simple), each
+      // loop paying the 2(n-1) step latencies.
+      int loops = int(std::ceil(bytes / (32.0 * n * 2 * 1024 * 1024)));
+      double expect = base + 2.0 * (n - 1) / n * bytes / B + 2.0 * (n - 1) * loops * alpha;
       EXPECT_NEAR(r.duration().sec(), expect, 0.01 * expect);
       EXPECT_EQ(r.algorithm, CollectiveAlgorithm::Ring);
       EXPECT_EQ(r.protocol, "Simple");
-      EXPECT_EQ(r.steps, 2 * (n - 1));
+      EXPECT_EQ(r.steps, 2 * (n - 1) * loops);
     }
   }
+}
+
+TEST(CollectiveRing, PaysStepLatenciesOncePerNcclLoop) {
+  // With one channel a Simple ring loop over 8 ranks is 8 x 2 MiB = 16 MiB: 64 MiB runs 4 loops
+  // of 14 steps; the same bytes in one loop (32 channels) pay 14 step latencies only.
+  const double bytes = 64.0 * 1024 * 1024;
+  auto run = [&](const char* channels) {
+    SystemSpec s = load_system("dgx-a100", {std::string("collectives.channels=") + channels});
+    Network net(s, 8);
+    return net.run(request(CollectiveKind::AllReduce, {iota_group(8)}, bytes,
+                           CollectiveAlgorithm::Ring, Protocol::Simple),
+                   Time::zero());
+  };
+  CollectiveResult one = run("1"), many = run("32");
+  EXPECT_EQ(one.steps, 4 * 14);
+  EXPECT_EQ(many.steps, 14);
+  double alpha =
+      protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Ring, Protocol::Simple).sec();
+  EXPECT_NEAR((one.duration() - many.duration()).sec(), 3 * 14 * alpha, 0.02 * 3 * 14 * alpha);
 }
 
 TEST(CollectiveRing, BusBandwidthNeverExceedsTheLinks) {

@@ -51,6 +51,29 @@ double chunk_bytes(Protocol p) {
   }
 }
 
+/// Bytes per rank per channel of one ring step in a full loop of NCCL's ring kernels (runRing
+/// in src/device/all_reduce.h, reduce_scatter.h, all_gather.h): Simple moves chunkSize =
+/// stepSize x ALLREDUCE_CHUNKSTEPS, stepSize = NCCL_BUFFSIZE 4 MiB / NCCL_STEPS 8 = 512 KiB and
+/// CHUNKSTEPS = NCCL_STEPS / 2 = 4, so 2 MiB; LL and LL128 move one step of their buffer's data:
+/// LL 8 lines x 512 threads x 16 B / 2 (half of each line is flag) = 32 KiB, LL128 120 elements
+/// x 640 threads x 8 B x 15/16 (one 8-byte flag per 128-byte line) = 576,000 B.
+double ring_chunk_bytes(Protocol p) {
+  switch (p) {
+    case Protocol::LL: return 8.0 * 512 * 16 / 2;
+    case Protocol::LL128: return 120.0 * 640 * 8 * 15 / 16;
+    default: return 4.0 * 1024 * 1024 / 8 * 4;
+  }
+}
+
+/// Loop iterations of an NCCL ring collective: the kernel walks the buffer in loops of
+/// nChannels x nRanks x chunk bytes (`loopSize` in runRing), and every loop runs all the ring's
+/// steps (2(n-1) for all-reduce, n-1 for reduce-scatter and all-gather), so each pays the
+/// per-step latencies again. The last loop shrinks its chunk to what is left.
+int ring_loops(double bytes, int ranks, int channels, Protocol p) {
+  double loop = double(std::max(1, channels)) * ranks * ring_chunk_bytes(p);
+  return int(std::max(1.0, std::ceil(bytes / loop)));
+}
+
 std::string group_text(const std::vector<int>& g) {
   std::string s = "{";
   for (size_t i = 0; i < g.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(g[i]);
@@ -779,10 +802,17 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
           for (const auto& tr : chains) res.end = max(res.end, tr.finish);
           break;
         }
-        int steps = req.kind == CollectiveKind::AllReduce ? 2 * (n - 1) : n - 1;
+        // NCCL's kernel runs the ring's steps once per loop of channels x n x chunk bytes
+        // (ring_loops): loops run back to back, each step of each loop a message of
+        // S / (n x loops) over the group's rings, each paying the protocol's step latency.
+        int per_loop = req.kind == CollectiveKind::AllReduce ? 2 * (n - 1) : n - 1;
+        int loops = ring_loops(req.bytes, n, sys.tuning.channels, proto);
+        long total = long(per_loop) * loops;
+        int steps = int(std::min<long>(total, std::numeric_limits<int>::max() / 2));
         res.steps = steps;
         std::vector<std::vector<Time>> ready(rings.size(), std::vector<Time>(n, base));
-        im.ring_steps(rings, steps, req.bytes / n / channels, ctx, ready);
+        im.ring_steps(rings, steps, req.bytes / n / channels * per_loop / double(steps), ctx,
+                      ready);
         for (const auto& r : ready)
           for (Time t : r) res.end = max(res.end, t);
         break;

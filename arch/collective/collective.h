@@ -66,7 +66,7 @@ struct CollectiveResult {
   CollectiveAlgorithm algorithm = CollectiveAlgorithm::Auto;  ///< the one that ran
   std::string protocol;  ///< "LL", "LL128" or "Simple"
   int channels = 1;      ///< rings or trees per group
-  int steps = 0;         ///< sequential steps of the algorithm (before macro-step merging)
+  int steps = 0;         ///< sequential steps of the algorithm, every NCCL loop (before merging)
   long events = 0;       ///< link occupations simulated (0 when replayed from the memo)
   bool memoised = false;
   Time estimate = Time::zero();  ///< the alpha-beta estimate that chose the algorithm

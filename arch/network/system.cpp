@@ -157,6 +157,10 @@ const Schema& tuning_schema() {
           return p;
         }(),
         param("ll128", ParamType::Bool, "", "true", "The LL128 protocol is enabled."),
+        positive_int("channels", "32",
+                     "NCCL's ring channel count (comm->nChannels; MAXCHANNELS 32 when unknown): "
+                     "a ring all-reduce runs in loops of channels x ranks x chunk bytes, each "
+                     "paying 2(n-1) step latencies."),
     };
     return x;
   }();
@@ -318,6 +322,7 @@ SystemSpec system_from_config(const Config& c) {
   if (t.node()["ll128_max_bandwidth"])
     s.tuning.ll128_max_bandwidth = t.get_bandwidth("ll128_max_bandwidth");
   s.tuning.ll128 = t.get_bool("ll128");
+  s.tuning.channels = int(t.get_int("channels"));
   return s;
 }
 

@@ -69,6 +69,11 @@ struct CollectiveTuning {
   /// NCCL's per-channel ceiling for LL128 rings (tuning.cc perChMaxRingLL128Bw), times channels.
   Bandwidth ll128_max_bandwidth = Bandwidth::infinite();
   bool ll128 = true;  ///< LL128 enabled (NCCL enables it on NVLink systems of sm80 and later)
+  /// NCCL's channel count for rings (comm->nChannels): sets the ring's loop size,
+  /// channels x ranks x chunk. DGX A100: 24 (12 rings found at 20 GB/s, doubled by
+  /// ncclTopoPostset). Default 32 = NCCL's MAXCHANNELS, the fewest loops (a lower bound on the
+  /// loop latency) where a preset does not know its count.
+  int channels = 32;
 };
 
 struct SystemSpec {
