@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "arch/network/topology.h"
+#include "sim/run/cluster_run.h"
+#include "workloads/parallel/check.h"
+
 namespace memwall {
 
 const Schema& experiment_schema() {
@@ -138,6 +142,23 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
       sys.scale_out.nic.count = 1;
       sys.scale_out.nic.bandwidth =
           Bandwidth::bytes_per_s(gbps * 1e9 / 8 / sys.scale_out.nics_per_node);
+    }
+    // A layout that cannot run is a configuration error at the training key that causes it.
+    check_parallel_layout(*e.model, e.training);
+    if (e.system) {
+      try {
+        Topology(*e.system, e.gpus).check_connected();
+      } catch (const std::invalid_argument& ex) {
+        throw ConfigError(doc.root["system"] ? doc.sources->find("system") : SourceLoc{file, 1},
+                          "system", ex.what());
+      }
+      try {
+        check_layout(*e.model, e.training, *e.system, e.gpus);
+      } catch (const LayoutError& ex) {
+        std::string key = "training." + ex.key;
+        SourceLoc at = doc.sources->find(key);
+        throw ConfigError(at, key, std::string(ex.what()).substr(ex.key.size() + 2));
+      }
     }
   } else if (e.ops.empty()) {
     throw ConfigError(doc.sources->find("ops"), "ops",

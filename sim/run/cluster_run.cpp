@@ -42,9 +42,7 @@ Time ClusterResult::overlapped_comm() const {
 void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
                   int gpus) {
   const Parallelism& p = t.parallel;
-  auto fail = [](const std::string& key, const std::string& msg) {
-    throw std::invalid_argument(key + ": " + msg);
-  };
+  auto fail = [](const std::string& key, const std::string& msg) { throw LayoutError(key, msg); };
   if (p.devices() != gpus)
     fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
                            p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <array>
+#include <stdexcept>
 #include <map>
 #include <memory>
 #include <string>
@@ -96,8 +97,15 @@ struct ClusterResult {
   Time overlapped_comm() const;
 };
 
-/// Checks a layout against the model and the system; throws ConfigError-free
-/// std::invalid_argument with a message naming the offending key (tp, pp, ...).
+/// A parallel layout that cannot run: `key` is the training key at fault (tp, pp, vpp, cp, ep).
+struct LayoutError : std::invalid_argument {
+  LayoutError(std::string k, const std::string& msg) : std::invalid_argument(k + ": " + msg), key(std::move(k)) {}
+  std::string key;
+};
+
+/// Checks a layout against the model and the system: tp x pp x dp x cp equals the GPU count,
+/// layers divide into pp x vpp chunks, tp fits the scale-up domain, heads/sequence/experts divide,
+/// interleaving has whole rounds of micro-batches. Throws LayoutError.
 void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
                   int gpus);
 

@@ -66,7 +66,7 @@ const Schema& training_schema() {
                          "Sequences per forward/backward pass.");
     mb.positive = true;
     ParamSpec gb = optional_param("global_batch", ParamType::Int, "sequences",
-                                  "Sequences per optimizer step; absent: micro_batch (no "
+                                  "Sequences per optimizer step; absent: micro_batch x dp (no "
                                   "gradient accumulation).");
     gb.positive = true;
     ParamSpec prec = param("precision", ParamType::Enum, "", "bf16",
@@ -129,7 +129,9 @@ const Schema& training_schema() {
 TrainingSetup training_from_config(const Config& c) {
   TrainingSetup t;
   t.micro_batch = c.get_int("micro_batch");
-  t.global_batch = c.node()["global_batch"] ? c.get_int("global_batch") : t.micro_batch;
+  // Absent: one micro-batch per data-parallel replica, no accumulation.
+  t.global_batch = c.node()["global_batch"] ? c.get_int("global_batch")
+                                            : t.micro_batch * c.get_int("dp");
   if (t.global_batch % t.micro_batch != 0)
     c.fail("global_batch", fmt::format("global_batch ({}) must be a multiple of micro_batch ({})",
                                        t.global_batch, t.micro_batch));

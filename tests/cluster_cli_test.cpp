@@ -1,0 +1,89 @@
+// `memwall run` on many GPUs, through the real binary: the per-stage summary and the JSON keys
+// the issue names (comm.{exposed_s, overlapped_s, by_kind}, pipeline.bubble_fraction), a trace
+// with one process per simulated rank, and each bad layout ending in one clear message naming
+// the key with exit status 2.
+#include "tests/binary_fixture.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace memwall {
+namespace {
+using namespace testing_support;
+
+// GPT-3 1.3B's shape cut to 8 layers: 16 GPUs over two DGX A100 nodes, tp 2, pp 2, dp 4.
+const std::string kCluster =
+    "--device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=8 --seq-len 512 --gpus 16 "
+    "--tp 2 --pp 2 --micro-batch 1 --global-batch 32 --fidelity analytical";
+
+class ClusterCli : public BinaryTest {
+ protected:
+  void expect_bad(const std::string& args, const std::string& key, const std::string& also) {
+    SCOPED_TRACE(args);
+    Result r = run(args);
+    EXPECT_EQ(r.status, 2) << "stdout: " << r.out << "\nstderr: " << r.err;
+    EXPECT_TRUE(has(r.err, key)) << "expected '" << key << "' in: " << r.err;
+    EXPECT_TRUE(has(r.err, also)) << "expected '" << also << "' in: " << r.err;
+    EXPECT_FALSE(has(r.err, "terminate")) << r.err;
+    EXPECT_FALSE(has(r.out, "step ")) << "a summary was printed for bad input: " << r.out;
+  }
+};
+
+TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
+  Result r = run("run " + kCluster + " --json " + quote((dir_ / "run.json").string()) + " --trace " +
+                 quote((dir_ / "trace.json").string()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* label : {"16 x a100-sxm4-80gb", "tp 2 pp 2 dp 4", "1f1b", "step", "MFU",
+                            "exposed comm", "bubble", "per GPU", "stage", "links"})
+    EXPECT_TRUE(has(r.out, label)) << "no '" << label << "' in:\n" << r.out;
+  nlohmann::json j = nlohmann::json::parse(read_file(dir_ / "run.json"));
+  EXPECT_EQ(j["num_gpus"], 16);
+  EXPECT_GT(j["step_time_s"].get<double>(), 0);
+  for (const char* k : {"exposed_s", "overlapped_s", "by_kind"}) EXPECT_TRUE(j["comm"].contains(k)) << k;
+  for (const char* g : {"tp", "dp", "pp"}) EXPECT_TRUE(j["comm"]["by_kind"].contains(g)) << g;
+  double bubble = j["pipeline"]["bubble_fraction"].get<double>();
+  EXPECT_GT(bubble, 0);
+  EXPECT_LT(bubble, 1);
+  EXPECT_EQ(j["pipeline"]["stages"].size(), 2u);
+  EXPECT_GT(j["comm"]["by_kind"]["tp"]["collectives"].get<int>(), 0);
+  // One trace process per simulated pipeline rank, with compute and communication tracks.
+  std::string trace = read_file(dir_ / "trace.json");
+  EXPECT_TRUE(has(trace, "pp rank 0")) << trace.substr(0, 400);
+  EXPECT_TRUE(has(trace, "pp rank 1"));
+  EXPECT_TRUE(has(trace, "\"compute\""));
+  EXPECT_TRUE(has(trace, "\"tp\""));
+}
+
+TEST_F(ClusterCli, LayoutNotMatchingTheGpuCount) {
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 --tp 2 --pp 2 --dp 2",
+             "training.dp", "is not the GPU count 16");
+}
+
+TEST_F(ClusterCli, LayersNotDivisibleIntoStages) {
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=10 --gpus 8 --pp 4 "
+             "--global-batch 8",
+             "training.pp", "do not divide into pp x vpp");
+}
+
+TEST_F(ClusterCli, TensorParallelWiderThanTheNode) {
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 --tp 16",
+             "training.tp", "scale-up domain");
+}
+
+TEST_F(ClusterCli, ExpertsNotDivisibleByEp) {
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 24 --ep 3 "
+             "--global-batch 24",
+             "training.ep", "divisible");
+}
+
+TEST_F(ClusterCli, TopologyWithADisconnectedDevice) {
+  // Two nodes and no scale-out network: the second node's devices cannot be reached.
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 "
+             "-p system.scale_out.topology=none -p system.scale_out.nics_per_node=0",
+             "system", "device");
+}
+
+}  // namespace
+}  // namespace memwall
