@@ -410,6 +410,8 @@ class DevicePool {
     return *entries_.at(name).device;
   }
   Fidelity fidelity() const { return fidelity_; }
+  /// Host issue cost per operator for training cases (the case format has no column for it).
+  std::optional<Time> host_overhead;
 
  private:
   struct Entry {
@@ -496,6 +498,7 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
       throw CaseError(fmt::format("column '{}' is {} but num_gpus is 1", col, c.get(col)));
   TransformerModel m = training_model(c);
   TrainingSetup t = training_setup(c);
+  if (pool.host_overhead) t.host_overhead = *pool.host_overhead;
   Device& device = pool.device(c.get("device"));
   DType mm = t.matmul_dtype();
   if (!device.compute().supports(mm))
@@ -551,6 +554,7 @@ void predict_cluster_training(const Case& c, DevicePool& pool, Prediction& p) {
   int gpus = int(c.count("num_gpus"));
   TransformerModel m = training_model(c);
   TrainingSetup t = training_setup(c);
+  if (pool.host_overhead) t.host_overhead = *pool.host_overhead;
   t.parallel = case_parallelism(c, gpus);
   if (t.global_batch % (t.micro_batch * t.parallel.dp) != 0)
     throw CaseError(fmt::format("global_batch {} is not a multiple of micro_batch x dp ({} x {})",
@@ -781,7 +785,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 }
 
 struct ValidateOptions {
-  std::string cases, out, fidelity = "tile";
+  std::string cases, out, fidelity = "tile", host_overhead;
 };
 
 int validate(const ValidateOptions& o) {
@@ -789,6 +793,13 @@ int validate(const ValidateOptions& o) {
   std::vector<Case> cases = read_cases(o.cases);
   auto t0 = std::chrono::steady_clock::now();
   DevicePool pool(f);
+  if (!o.host_overhead.empty()) {
+    try {
+      pool.host_overhead = parse_time(o.host_overhead);
+    } catch (const std::exception& e) {
+      throw ConfigError(SourceLoc{"command line", 0}, "host-overhead", e.what());
+    }
+  }
   std::vector<Prediction> ps;
   ps.reserve(cases.size());
   for (const auto& c : cases) ps.push_back(predict(c, pool));
@@ -811,6 +822,9 @@ void add_validate_command(CLI::App& app) {
   cmd->add_option("--out", o->out, "Write predictions as CSV: id,kind,metric,measured,predicted,error_pct,status,reason");
   cmd->add_option("--fidelity", o->fidelity, "tile (default) or analytical")
       ->check(CLI::IsMember({"analytical", "tile"}));
+  cmd->add_option("--host-overhead", o->host_overhead,
+                  "Host issue cost per operator for training cases, e.g. '20 us' (default: "
+                  "training.host_overhead's default)");
   cmd->callback([o] {
     int rc = validate(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);
