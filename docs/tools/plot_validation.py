@@ -45,16 +45,34 @@ def main(argv):
     ax1.set_title("Predicted against measured")
     ax1.legend(fontsize=8)
 
-    ids = [r["id"] for r in rows]
-    errs = [float(r["error_pct"]) for r in rows]
-    ax2.barh(range(len(ids)), errs, color=["tab:red" if abs(e) > 15 else "tab:green" for e in errs])
-    ax2.set_yticks(range(len(ids)))
-    ax2.set_yticklabels(ids, fontsize=6)
-    ax2.axvline(0, color="k", lw=0.8)
-    for x in (-15, 15):
-        ax2.axvline(x, color="k", ls=":", lw=0.8)
-    ax2.set_xlabel("error, % (predicted / measured - 1)")
-    ax2.set_title("Signed error per case")
+    if len(rows) <= 60:
+        # Few cases: one labelled bar each.
+        ids = [r["id"] for r in rows]
+        errs = [float(r["error_pct"]) for r in rows]
+        ax2.barh(range(len(ids)), errs,
+                 color=["tab:red" if abs(e) > 15 else "tab:green" for e in errs])
+        ax2.set_yticks(range(len(ids)))
+        ax2.set_yticklabels(ids, fontsize=6)
+        ax2.axvline(0, color="k", lw=0.8)
+        for x in (-15, 15):
+            ax2.axvline(x, color="k", ls=":", lw=0.8)
+        ax2.set_xlabel("error, % (predicted / measured - 1)")
+        ax2.set_title("Signed error per case")
+    else:
+        # Many cases: the distribution of the signed error per source and kind.
+        keys = sorted(groups)
+        data = [[float(r["error_pct"]) for r in groups[k]] for k in keys]
+        ax2.boxplot(data, vert=False, whis=(0, 100), widths=0.6)
+        for i, d in enumerate(data, start=1):
+            jitter = [i + 0.25 * ((j * 0.618) % 1 - 0.5) for j in range(len(d))]
+            ax2.scatter(d, jitter, s=4, alpha=0.4)
+        ax2.set_yticks(range(1, len(keys) + 1))
+        ax2.set_yticklabels([f"{k} ({len(groups[k])})" for k in keys], fontsize=8)
+        ax2.axvline(0, color="k", lw=0.8)
+        for x in (-15, 15):
+            ax2.axvline(x, color="k", ls=":", lw=0.8)
+        ax2.set_xlabel("error, % (predicted / measured - 1); whiskers: min and max")
+        ax2.set_title("Signed error per source and kind")
     fig.tight_layout()
     fig.savefig(argv[2], dpi=110)
     return 0

@@ -115,7 +115,10 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   out += fmt::format("   {} collectives timed, {} distinct ops simulated\n", r.collectives,
                      r.distinct_ops);
   if (r.stages.size() > 1) {
-    out += "stage  layers     compute   bubble   exposed comm   peak memory   in flight\n";
+    std::size_t lw = 6;
+    for (const auto& s : r.stages) lw = std::max(lw, s.layer_ranges().size());
+    out += fmt::format("stage  {:<{}}  compute   bubble   exposed comm   peak memory   in flight\n",
+                       "layers", lw);
     std::size_t shown = 0;
     for (const auto& s : r.stages) {
       if (r.stages.size() > 12 && shown >= 4 && s.stage < int(r.stages.size()) - 4) {
@@ -126,8 +129,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       ++shown;
       Time ex;
       for (Time e : s.exposed) ex += e;
-      out += fmt::format("{:>5}  {:>3}-{:<4}  {:>8}  {:>7}  {:>12}  {:>8.1f} GiB  {:>9}\n", s.stage,
-                         s.first_layer, s.last_layer - 1, to_string(s.compute_busy),
+      out += fmt::format("{:>5}  {:<{}}  {:>7}  {:>7}  {:>12}  {:>8.1f} GiB  {:>9}\n", s.stage,
+                         s.layer_ranges(), lw, to_string(s.compute_busy),
                          to_string(s.bubble), to_string(ex), s.peak_memory / kGiB,
                          s.max_in_flight);
     }
@@ -155,8 +158,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
     const auto& b = s.memory;
     stages.push_back({{"stage", s.stage},
                       {"chunks", s.chunks},
-                      {"first_layer", s.first_layer},
-                      {"last_layer", s.last_layer - 1},
+                      {"layers", s.layer_ranges()},
                       {"finish_s", s.finish.sec()},
                       {"compute_s", s.compute_busy.sec()},
                       {"bubble_s", s.bubble.sec()},
@@ -222,12 +224,12 @@ void write_cluster_csv(const ClusterResult& r, const std::string& dir) {
                        pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
                        n.executions, n.bound);
   std::ofstream st = open("stages.csv");
-  st << "stage,first_layer,last_layer,compute_s,bubble_s";
+  st << "stage,layers,compute_s,bubble_s";
   for (ParallelGroup g : kGroups) st << "," << parallel_group_name(g) << "_exposed_s";
   st << ",peak_memory_gib,max_in_flight,finish_s\n";
   for (const auto& s : r.stages) {
-    st << fmt::format("{},{},{},{},{}", s.stage, s.first_layer, s.last_layer - 1,
-                      s.compute_busy.sec(), s.bubble.sec());
+    st << fmt::format("{},\"{}\",{},{}", s.stage, s.layer_ranges(), s.compute_busy.sec(),
+                      s.bubble.sec());
     for (ParallelGroup g : kGroups) st << "," << s.exposed[int(g)].sec();
     st << fmt::format(",{},{},{}\n", s.peak_memory / kGiB, s.max_in_flight, s.finish.sec());
   }

@@ -14,6 +14,15 @@
 
 namespace memwall {
 
+std::string StageResult::layer_ranges() const {
+  std::string out;
+  for (int c : chunks) {
+    int64_t a = c * layers_per_chunk, b = (c + 1) * layers_per_chunk - 1;
+    out += (out.empty() ? "" : ",") + (a == b ? std::to_string(a) : fmt::format("{}-{}", a, b));
+  }
+  return out;
+}
+
 double ClusterResult::peak_memory() const {
   double p = 0;
   for (const auto& s : stages) p = std::max(p, s.peak_memory);
@@ -364,6 +373,7 @@ class ClusterSim {
       for (int v = 0; v < p_.vpp; ++v) st.chunks.push_back(v * p_.pp + s);
       st.first_layer = s * per_chunk;
       st.last_layer = (s + 1) * per_chunk;
+      st.layers_per_chunk = per_chunk;
     }
     arrival_.assign(std::size_t(mbs_) * C * 2, Time(-1));
     transfer_start_.assign(arrival_.size(), Time(-1));
@@ -405,7 +415,6 @@ class ClusterSim {
     }
     memory(r);
     flops(r);
-    const ChunkModel& c0 = *chunk_of_[0];
     for (int k = 0; k < 4; ++k) {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
@@ -414,7 +423,10 @@ class ClusterSim {
       }
       r.time_by_class[k] = t;
     }
-    r.nodes = c0.nodes;
+    for (int v = 0; v < p_.vpp; ++v) {
+      const auto& n = chunk_of_[v * p_.pp]->nodes;
+      r.nodes.insert(r.nodes.end(), n.begin(), n.end());
+    }
     r.distinct_ops = int(sim_.memo_size());
     r.collectives = collectives_;
     for (const auto& u : net_.utilisation(r.step_time))

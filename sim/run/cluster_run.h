@@ -49,7 +49,10 @@ struct GroupComm {
 struct StageResult {
   int stage = 0;
   std::vector<int> chunks;  ///< global model chunks it holds
-  int64_t first_layer = 0, last_layer = 0;  ///< layer range over its chunks (first chunk)
+  int64_t first_layer = 0, last_layer = 0;  ///< layers [first, last) of its first chunk
+  int64_t layers_per_chunk = 0;             ///< chunk c holds [c x this, (c + 1) x this)
+  /// Its layers, e.g. "0-1" or, interleaved, "0-1,32-33,64-65".
+  std::string layer_ranges() const;
   Time finish;              ///< when its optimizer step ended
   Time compute_busy;        ///< operator time on the compute stream
   Time host_stall;          ///< compute stream idle, waiting for the host to issue operators
@@ -81,7 +84,7 @@ struct ClusterResult {
   std::vector<StageResult> stages;
   std::map<std::string, double> link_utilisation;  ///< link class -> busy fraction of the step
   Bytes capacity{0};
-  std::vector<NodeTiming> nodes;  ///< stage 0's operators, one micro-batch (top-ops table)
+  std::vector<NodeTiming> nodes;  ///< stage 0's operators, all its chunks (top-ops table)
   int distinct_ops = 0;
   long collectives = 0;  ///< collective requests timed
   long pipeline_transfers = 0;  ///< activation and gradient sends between pipeline ranks
