@@ -327,6 +327,8 @@ struct RankState {
   std::size_t cursor = 0;
   std::vector<PipelineItem> items;
   std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
+  std::vector<int64_t> live;       // micro-batches whose activations each chunk keeps
+  double state = 0;                // persistent bytes of its chunks
 };
 
 class ClusterSim {
@@ -561,6 +563,20 @@ class ClusterSim {
     return t;
   }
 
+  void memory_sample(int s, Time at, const PipelineItem& it, double working) {
+    RankState& rs = states_[s];
+    if (rs.live.empty()) {
+      rs.live.assign(p_.vpp, 0);
+      for (int v = 0; v < p_.vpp; ++v)
+        for (double b : chunk_of_[v * p_.pp + s]->state) rs.state += b;
+    }
+    double kept = 0;
+    for (int v = 0; v < p_.vpp; ++v)
+      kept += double(rs.live[v] - (working > 0 && v == it.chunk && !it.forward ? 1 : 0)) *
+              chunk_of_[v * p_.pp + s]->saved;
+    result_->stages[s].memory_samples.push_back({at, rs.state + kept + working});
+  }
+
   void execute_item(int s) {
     RankState& rs = states_[s];
     StageResult& st = result_->stages[s];
@@ -579,7 +595,12 @@ class ClusterSim {
       result_->comm[int(ParallelGroup::PP)].exposed += in_flight / double(p_.pp);
     }
     bool last = it.micro_batch == mbs_ - 1;
+    if (spans_) memory_sample(s, start, it, c.pass_peak);
     Time end = run_program(s, it.forward ? c.fwd : c.bwd, start, last, it.forward ? "fwd" : "bwd");
+    if (spans_) {
+      rs.live[it.chunk] += it.forward ? 1 : -1;
+      memory_sample(s, end, it, 0);
+    }
     rs.compute_free = end;
     // Send the activation forward, or the gradient back, to the rank of the next chunk.
     int next = it.forward ? gc + 1 : gc - 1;
@@ -829,7 +850,8 @@ void write_cluster_trace(const ClusterResult& r, TraceWriter& trace) {
     for (int c : s.chunks) proc += fmt::format(" {}", c);
     proc += ")";
     for (const auto& sp : s.spans) trace.span(proc, sp.track, sp.name, sp.start, sp.duration);
-    trace.counter(proc, "memory GiB (peak)", Time::zero(), s.peak_memory / (1024.0 * 1024 * 1024));
+    for (const auto& [at, bytes] : s.memory_samples)
+      trace.counter(proc, "memory GiB", at, bytes / (1024.0 * 1024 * 1024));
   }
 }
 

@@ -66,6 +66,9 @@ struct StageResult {
     Time start, duration;
   };
   std::vector<Span> spans;  ///< for the trace (filled only when tracing)
+  /// Memory over the step (bytes at a time), for the trace's counter track (only when tracing):
+  /// state + kept activations of in-flight micro-batches + the running pass's working set.
+  std::vector<std::pair<Time, double>> memory_samples;
 };
 
 struct ClusterResult {
