@@ -171,3 +171,40 @@ TEST(ClusterRun, BadLayoutsAreRefusedWithTheKeyNamed) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+TEST(ClusterPartition, EvenSplitOrFirstAndLastStageCounts) {
+  Parallelism p;
+  p.pp = 4;
+  EXPECT_EQ(chunk_boundaries(16, p), (std::vector<int64_t>{0, 4, 8, 12, 16}));
+  p.last_stage_layers = 1;
+  EXPECT_EQ(chunk_boundaries(16, p), (std::vector<int64_t>{0, 5, 10, 15, 16}));
+  p.first_stage_layers = 2;
+  p.last_stage_layers = 2;
+  EXPECT_EQ(chunk_boundaries(16, p), (std::vector<int64_t>{0, 2, 8, 14, 16}));
+}
+
+// A large vocabulary makes the last stage (LM head and loss) the slowest; giving it fewer layers,
+// as Megatron's --decoder-last-pipeline-num-layers does, shortens the step.
+TEST(ClusterPartition, AShorterLastStageOffsetsTheLmHead) {
+  auto run = [](int last) {
+    Job j;
+    j.model = load_model("gpt3-1.3b", {"layers=16", "vocab=51200", "seq_len=1024"});
+    j.setup = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 8\npp: 4\nlast_stage_layers: {}\n", last),
+        "training.yaml");
+    j.gpus = 4;
+    return j.run();
+  };
+  ClusterResult even = run(0), shifted = run(1);
+  EXPECT_GT(even.stages.back().compute_busy.sec(), 1.2 * even.stages.front().compute_busy.sec());
+  EXPECT_LT(shifted.step_time.sec(), even.step_time.sec());
+  EXPECT_EQ(shifted.stages.back().layer_ranges(), "15");
+  // The same total work, moved: model FLOPs do not change.
+  EXPECT_NEAR(shifted.model_flops, even.model_flops, 1e-9 * even.model_flops);
+}
+
+}  // namespace
+}  // namespace memwall

@@ -16,11 +16,31 @@ namespace memwall {
 
 std::string StageResult::layer_ranges() const {
   std::string out;
-  for (int c : chunks) {
-    int64_t a = c * layers_per_chunk, b = (c + 1) * layers_per_chunk - 1;
+  for (auto [a, e] : layers) {
+    int64_t b = e - 1;
     out += (out.empty() ? "" : ",") + (a == b ? std::to_string(a) : fmt::format("{}-{}", a, b));
   }
   return out;
+}
+
+std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p) {
+  const int C = p.chunks();
+  std::vector<int64_t> b(C + 1, 0);
+  int64_t first = p.first_stage_layers, last = p.last_stage_layers;
+  if ((first == 0 && last == 0) || C == 1) {
+    for (int c = 0; c <= C; ++c) b[c] = layers * c / C;
+    return b;
+  }
+  // Megatron: the given stages take their counts, the others split the rest evenly.
+  int middle = C - (first > 0) - (last > 0);
+  int64_t rest = layers - first - last;
+  int64_t each = middle > 0 ? rest / middle : 0;
+  b[0] = 0;
+  for (int c = 0; c < C; ++c) {
+    int64_t n = (c == 0 && first > 0) ? first : (c == C - 1 && last > 0) ? last : each;
+    b[c + 1] = b[c] + n;
+  }
+  return b;
 }
 
 double ClusterResult::peak_memory() const {
@@ -55,9 +75,20 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
   if (p.devices() != gpus)
     fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
                            p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));
-  if (m.layers % p.chunks() != 0)
+  if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
+    if (p.vpp > 1)
+      fail("vpp", "first_stage_layers and last_stage_layers need vpp 1 (one chunk per stage)");
+    int middle = p.pp - (p.first_stage_layers > 0) - (p.last_stage_layers > 0);
+    int64_t rest = m.layers - p.first_stage_layers - p.last_stage_layers;
+    if (p.pp < 2 || rest < 0 || (middle == 0 && rest != 0) ||
+        (middle > 0 && (rest < middle || rest % middle != 0)))
+      fail("pp", fmt::format("{} layers minus first_stage_layers {} and last_stage_layers {} do "
+                             "not divide evenly over the other {} stages",
+                             m.layers, p.first_stage_layers, p.last_stage_layers, middle));
+  } else if (m.layers % p.chunks() != 0) {
     fail("pp", fmt::format("{} layers do not divide into pp x vpp = {} x {} model chunks",
                            m.layers, p.pp, p.vpp));
+  }
   int domain = sys.scale_up.kind == ScaleUpKind::None    ? 1
                : sys.scale_up.kind == ScaleUpKind::Torus ? gpus
                                                          : sys.gpus_per_node;
@@ -355,12 +386,12 @@ class ClusterSim {
     r.tokens_per_step = double(t_.global_batch) * m_.seq_len;
 
     const int C = p_.chunks();
-    const int64_t per_chunk = m_.layers / C;
+    const std::vector<int64_t> bounds = chunk_boundaries(m_.layers, p_);
     chunk_of_.resize(C);
     for (int gc = 0; gc < C; ++gc) {
       ModelChunk ch;
-      ch.first_layer = gc * per_chunk;
-      ch.last_layer = (gc + 1) * per_chunk;
+      ch.first_layer = bounds[gc];
+      ch.last_layer = bounds[gc + 1];
       ch.embedding = gc == 0;
       ch.head = gc == C - 1;
       chunk_of_[gc] = model_for(ch);
@@ -372,10 +403,13 @@ class ClusterSim {
       states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_);
       StageResult& st = r.stages[s];
       st.stage = s;
-      for (int v = 0; v < p_.vpp; ++v) st.chunks.push_back(v * p_.pp + s);
-      st.first_layer = s * per_chunk;
-      st.last_layer = (s + 1) * per_chunk;
-      st.layers_per_chunk = per_chunk;
+      for (int v = 0; v < p_.vpp; ++v) {
+        int gc = v * p_.pp + s;
+        st.chunks.push_back(gc);
+        st.layers.push_back({bounds[gc], bounds[gc + 1]});
+      }
+      st.first_layer = bounds[s];
+      st.last_layer = bounds[s + 1];
     }
     arrival_.assign(std::size_t(mbs_) * C * 2, Time(-1));
     transfer_start_.assign(arrival_.size(), Time(-1));
@@ -438,7 +472,9 @@ class ClusterSim {
 
  private:
   std::shared_ptr<ChunkModel> model_for(const ModelChunk& ch) {
-    auto key = std::make_tuple(ch.last_layer - ch.first_layer, ch.embedding, ch.head);
+    // One graph per chunk, so operator names carry the chunk's own layer numbers (traces, CSV);
+    // the operators themselves are memoised by the OpSimulator, so this costs graph building only.
+    auto key = std::make_tuple(ch.first_layer, ch.last_layer, ch.embedding, ch.head);
     auto it = models_.find(key);
     if (it != models_.end()) return it->second;
     auto c = std::make_shared<ChunkModel>();
@@ -824,7 +860,7 @@ class ClusterSim {
   Network net_;
   OpSimulator& sim_;
   int64_t mbs_ = 1;
-  std::map<std::tuple<int64_t, bool, bool>, std::shared_ptr<ChunkModel>> models_;
+  std::map<std::tuple<int64_t, int64_t, bool, bool>, std::shared_ptr<ChunkModel>> models_;
   std::vector<std::shared_ptr<ChunkModel>> chunk_of_;
   std::vector<RankState> states_;
   std::vector<Time> arrival_, transfer_start_;

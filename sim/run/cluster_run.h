@@ -50,7 +50,7 @@ struct StageResult {
   int stage = 0;
   std::vector<int> chunks;  ///< global model chunks it holds
   int64_t first_layer = 0, last_layer = 0;  ///< layers [first, last) of its first chunk
-  int64_t layers_per_chunk = 0;             ///< chunk c holds [c x this, (c + 1) x this)
+  std::vector<std::pair<int64_t, int64_t>> layers;  ///< [first, last) of each of its chunks
   /// Its layers, e.g. "0-1" or, interleaved, "0-1,32-33,64-65".
   std::string layer_ranges() const;
   Time finish;              ///< when its optimizer step ended
@@ -114,6 +114,10 @@ struct LayoutError : std::invalid_argument {
 /// interleaving has whole rounds of micro-batches. Throws LayoutError.
 void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
                   int gpus);
+
+/// Layer boundaries of the pp x vpp model chunks: chunk c holds [b[c], b[c+1]). Even, or with
+/// the first/last stage's layers set (Parallelism::first_stage_layers, last_stage_layers).
+std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p);
 
 /// Simulates one optimizer step of `model` trained with `setup` on `gpus` devices of `system`.
 /// `ops` times operators on the per-GPU device model at its fidelity; sharing one across runs

@@ -26,6 +26,9 @@ struct Parallelism {
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
+  /// Layers on the first / last pipeline stage (Megatron's --decoder-first/last-pipeline-num-
+  /// layers), to offset the embedding and the LM head; 0: an even split. Needs vpp == 1.
+  int first_stage_layers = 0, last_stage_layers = 0;
 
   /// Devices the job needs: tp x cp x dp x pp (ep divides dp, it adds none).
   int64_t devices() const { return int64_t(tp) * cp * dp * pp; }

@@ -117,6 +117,15 @@ const Schema& training_schema() {
     x.params.push_back(bucket);
     x.params.push_back(param("overlap_grad_reduce", ParamType::Bool, "", "true",
                              "Reduce gradient buckets during backward, as DDP and Megatron do."));
+    for (const char* k : {"first_stage_layers", "last_stage_layers"}) {
+      ParamSpec q = param(k, ParamType::Int, "layers", "0",
+                          std::string("Layers on the ") + (k[0] == 'f' ? "first" : "last") +
+                              " pipeline stage, to offset the " +
+                              (k[0] == 'f' ? "embedding" : "LM head") +
+                              "; 0: an even split (needs vpp 1).");
+      q.min = 0;
+      x.params.push_back(q);
+    }
     x.params.push_back(param(
         "host_overhead", ParamType::Time, "s", "10 us",
         "CPU time to issue one operator or collective (PyTorch eager dispatch and kernel launch; "
@@ -166,6 +175,8 @@ TrainingSetup training_from_config(const Config& c) {
   par.dp_bucket_bytes = c.get_bytes("dp_bucket").count();
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
   t.host_overhead = c.get_time("host_overhead");
+  par.first_stage_layers = int(c.get_int("first_stage_layers"));
+  par.last_stage_layers = int(c.get_int("last_stage_layers"));
   if (par.sequence_parallel && par.tp == 1) par.sequence_parallel = false;  // nothing to shard over
   if (t.global_batch % (t.micro_batch * par.dp) != 0)
     c.fail("global_batch", fmt::format("global_batch ({}) must be a multiple of micro_batch x dp "
