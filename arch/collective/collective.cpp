@@ -143,6 +143,17 @@ struct Network::Impl {
     Bandwidth cap = Bandwidth::infinite();
     double alpha_scale = 1.0;
     bool per_message_alpha = true;
+    std::array<Time, 3> alpha{};  ///< per-step latency per link family (prepare())
+    void prepare() {
+      for (int f = 0; f < 3; ++f) alpha[f] = protocol_step_latency(LinkFamily(f), table, proto);
+    }
+  };
+  /// What send_path needs of a link, contiguous.
+  struct LinkInfo {
+    Bandwidth bandwidth;
+    Time latency;
+    int cls = 0;
+    int family = 0;
   };
 
   const Topology& topo;
@@ -155,8 +166,18 @@ struct Network::Impl {
   CollectiveResult* res = nullptr;
   long events = 0;
 
+  std::vector<LinkInfo> info;
+  std::vector<unsigned> stamp;  // per link: marks the links of one ring_steps call
+  unsigned stamp_now = 0;
+
   explicit Impl(const Topology& t)
-      : topo(t), links(t.link_count()), touched_flag(t.link_count(), 0) {}
+      : topo(t), links(t.link_count()), touched_flag(t.link_count(), 0), info(t.link_count()),
+        stamp(t.link_count(), 0) {
+    for (int id = 0; id < t.link_count(); ++id) {
+      const Link& l = t.link(id);
+      info[id] = {l.bandwidth, l.latency, int(l.cls), int(link_family(l.cls))};
+    }
+  }
 
   void touch(int id) {
     if (touched_flag[id]) return;
@@ -196,14 +217,15 @@ struct Network::Impl {
                     double grain, const SendCtx& c, Time* first_end = nullptr) {
     Time head = ready, tail = max(ready, tail_ready), wire_latency = Time::zero();
     Time head_out = ready;
-    LinkFamily family = LinkFamily::ScaleUp;
+    int family = int(LinkFamily::ScaleUp);
+    const Bytes b(bytes);
+    const bool capped = !c.cap.is_infinite();
     for (int id : path) {
-      const Link& l = topo.link(id);
-      LinkFamily f = link_family(l.cls);
-      if (int(f) > int(family)) family = f;
+      const LinkInfo& l = info[id];
+      if (l.family > family) family = l.family;
       Bandwidth rate = l.bandwidth * c.factor;
-      if (!c.cap.is_infinite() && c.cap < rate) rate = c.cap;
-      Time wire = Bytes(bytes) / rate;
+      if (capped && c.cap < rate) rate = c.cap;
+      Time wire = b / rate;
       LinkState& s = links[id];
       touch(id);
       // A link is shared fairly (processor sharing) between this request and the work earlier
@@ -222,18 +244,18 @@ struct Network::Impl {
       if (first_end && id == path.front()) *first_end = end;
       s.busy += wire;
       s.bytes += bytes;
-      auto& u = res->per_class[int(l.cls)];
+      auto& u = res->per_class[l.cls];
       u.busy += wire;
       u.bytes += bytes;
-      ++events;
-      ++res->events;
       head = start + l.latency;
       tail = end + l.latency;
       head_out = start + l.latency + (grain > 0 ? min(wire, Bytes(grain) / rate) : wire);
       wire_latency += l.latency;
     }
+    events += long(path.size());
+    res->events += long(path.size());
     if (!c.per_message_alpha) return {head_out, tail};
-    Time alpha = protocol_step_latency(family, c.table, c.proto) * c.alpha_scale;
+    Time alpha = c.alpha[family] * c.alpha_scale;
     Time extra = max(Time::zero(), alpha - wire_latency);
     return {head_out + extra, tail + extra};
   }
@@ -280,27 +302,232 @@ struct Network::Impl {
   /// `ready[r][i]` is when member i of ring r may start; on return, when it has its last data.
   /// Within a step, messages are issued in the order they become ready, so channels sharing a
   /// link are served first come, first served.
+  ///
+  /// Cost. Every full (macro-)step sends the same messages over the same routes: the routes, the
+  /// links they use and each hop's wire time are worked out once, the hops of later steps run in
+  /// a tight loop, and their bytes and busy time, the same every step, are added at the end.
+  /// The engine only ever adds, maxes and mins times, so its dynamics are invariant under a
+  /// shift of all times. Once the state the next steps depend on (every member's ready time,
+  /// every link's queue end and the end of the earlier requests' work on it) equals the state p
+  /// steps before shifted by one constant D, the following steps repeat those p steps shifted by
+  /// D and are extrapolated instead of simulated (exact up to rounding and to the issue order of
+  /// messages ready within a picosecond of each other). Transients, backlogs of earlier requests
+  /// and contention with other rings all show up in the state, so they are simulated until they
+  /// have died out.
   void ring_steps(const std::vector<std::vector<int>>& rings, int steps, double bytes,
                   SendCtx c, std::vector<std::vector<Time>>& ready) {
     if (steps <= 0) return;
-    int merge = (steps + kMaxRingSteps - 1) / kMaxRingSteps;
-    std::vector<std::vector<Time>> next = ready;
-    std::vector<std::pair<int, int>> order;  // (ring, member)
-    for (size_t r = 0; r < rings.size(); ++r)
-      for (size_t i = 0; i < rings[r].size(); ++i) order.emplace_back(int(r), int(i));
-    for (int s = 0; s < steps; s += merge) {
-      int m = std::min(merge, steps - s);
-      c.alpha_scale = m;
-      std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) {
-        return ready[a.first][a.second] < ready[b.first][b.second];
-      });
-      for (auto [r, i] : order) {
-        const auto& ring = rings[r];
-        int n = int(ring.size());
-        next[r][(i + 1) % n] = send(ring[i], ring[(i + 1) % n], bytes * m, ready[r][i], c);
+    const int merge = (steps + kMaxRingSteps - 1) / kMaxRingSteps;
+    // Flatten the members of all rings; route of each member to its successor, looked up once.
+    std::vector<int> first(rings.size() + 1, 0);
+    for (size_t r = 0; r < rings.size(); ++r) first[r + 1] = first[r] + int(rings[r].size());
+    const int M = first.back();
+    std::vector<const std::vector<int>*> path(M, nullptr);
+    std::vector<int> succ(M);
+    std::vector<Time> cur(M), nxt(M);
+    for (size_t r = 0; r < rings.size(); ++r) {
+      int n = int(rings[r].size());
+      for (int i = 0; i < n; ++i) {
+        int k = first[r] + i;
+        succ[k] = first[r] + (i + 1) % n;
+        cur[k] = ready[r][i];
+        int a = rings[r][i], b = rings[r][(i + 1) % n];
+        if (a != b) path[k] = &topo.route(a, b);
       }
-      std::swap(ready, next);
     }
+    nxt = cur;
+    std::vector<int> order(M);
+    std::iota(order.begin(), order.end(), 0);
+    // The links these steps use, once each.
+    ++stamp_now;
+    std::vector<int> used;
+    for (int k = 0; k < M; ++k)
+      if (path[k])
+        for (int id : *path[k])
+          if (stamp[id] != stamp_now) {
+            stamp[id] = stamp_now;
+            used.push_back(id);
+          }
+    const int L = int(used.size());
+
+    // Hops of a full macro-step: per member, its route's links with their wire time and latency
+    // (as send_path computes them), and the step latency it adds beyond the wire latency.
+    struct Hop {
+      LinkState* link;
+      Time wire, latency;
+    };
+    const double full_bytes = bytes * merge;
+    std::vector<int> hop_first(M + 1, 0);
+    std::vector<Hop> hops;
+    std::vector<Time> extra(M, Time::zero());
+    for (int k = 0; k < M; ++k) {
+      hop_first[k] = int(hops.size());
+      if (!path[k]) continue;
+      int family = int(LinkFamily::ScaleUp);
+      Time wire_latency = Time::zero();
+      for (int id : *path[k]) {
+        const LinkInfo& l = info[id];
+        family = std::max(family, l.family);
+        Bandwidth rate = l.bandwidth * c.factor;
+        if (!c.cap.is_infinite() && c.cap < rate) rate = c.cap;
+        hops.push_back({&links[id], Bytes(full_bytes) / rate, l.latency});
+        wire_latency += l.latency;
+      }
+      extra[k] = max(Time::zero(), c.alpha[family] * double(merge) - wire_latency);
+      if (!c.per_message_alpha) extra[k] = Time::zero();
+    }
+    hop_first[M] = int(hops.size());
+
+    const int full = steps / merge;  // macro-steps of `merge` steps; then one shorter, if any
+    constexpr int kMaxPeriod = 8;
+    struct Snapshot {
+      std::vector<Time> ready, own, ext;
+    };
+    std::vector<Snapshot> hist(kMaxPeriod + 1);  // hist[f % (kMaxPeriod + 1)]: after step f
+    std::array<int, kMaxPeriod + 1> hint{};       // per period: where the last check failed
+    // Bytes and busy time one full macro-step adds per used link and per class.
+    std::vector<Time> step_busy(L);
+    std::vector<double> step_bytes(L);
+    std::array<LinkClassUsage, kLinkClassCount> step_class{};
+    long step_events = 0;
+    double repeats = 0;  // full macro-steps run by the tight loop or extrapolated
+    auto snapshot = [&](Snapshot& h) {
+      h.ready = cur;
+      h.own.resize(L);
+      h.ext.resize(L);
+      for (int j = 0; j < L; ++j) {
+        const LinkState& st = links[used[j]];
+        h.own[j] = st.own;
+        h.ext[j] = max(st.ext, st.own);  // a backlog ending before the queue can no longer act
+      }
+    };
+    // Whether state b is state a (p steps earlier) shifted by d, so that `skip` more periods
+    // repeat it; sets ext_step[j], how far the end of the earlier requests' work on used link j
+    // moves per period. That is d where the backlog has drained or moves with the queue; on a
+    // link whose backlog outlasts the skipped periods it is the busy time of the link's messages
+    // (each shares the link for its whole wire time, so the backlog shrinks by d minus that).
+    std::vector<Time> ext_step(L);
+    auto shifted = [&](const Snapshot& a, const Snapshot& b, Time d, int p, int skip, int& from) {
+      const double tol = 1e-12 + 1e-9 * std::fabs(d.sec());
+      auto off = [&](Time x, Time y, Time by) { return std::fabs((y - x - by).sec()) > tol; };
+      const int n = M;
+      for (int i = 0; i < n; ++i) {
+        int j = (from + i) % n;
+        if (off(a.ready[j], b.ready[j], d)) {
+          from = j;
+          return false;
+        }
+      }
+      for (int j = 0; j < L; ++j)
+        if (off(a.own[j], b.own[j], d)) return false;
+      for (int j = 0; j < L; ++j) {
+        if (!off(a.ext[j], b.ext[j], d)) {
+          ext_step[j] = d;
+          continue;
+        }
+        // A backlog shared with every message of the period, and still ahead of the queue at
+        // the end of every skipped step: ext + (k-1) e >= own + k d for k = 1 and k = skip.
+        Time e = b.ext[j] - a.ext[j];
+        if (off(Time::zero(), e, step_busy[j] * double(p))) return false;
+        Time slack = b.ext[j] - b.own[j];
+        if (slack < d || slack + e * double(skip - 1) < d * double(skip)) return false;
+        ext_step[j] = e;
+      }
+      return true;
+    };
+
+    int s = 0;
+    for (int f = 1; s < steps; ++f) {
+      const int m = std::min(merge, steps - s);
+      auto later = [&](int a, int b) { return cur[a] < cur[b]; };
+      if (!std::is_sorted(order.begin(), order.end(), later))
+        std::stable_sort(order.begin(), order.end(), later);
+      if (f == 1 || m != merge) {
+        // The first step touches the links and is measured; a shorter last step differs.
+        c.alpha_scale = m;
+        const bool measure = m == merge;
+        std::array<LinkClassUsage, kLinkClassCount> class_before = res->per_class;
+        long events_before = res->events;
+        if (measure)
+          for (int j = 0; j < L; ++j) {
+            step_busy[j] = links[used[j]].busy;
+            step_bytes[j] = links[used[j]].bytes;
+          }
+        for (int k : order)
+          nxt[succ[k]] =
+              path[k] ? send_path(*path[k], bytes * m, cur[k], cur[k], 0, c).tail : cur[k];
+        if (measure) {
+          for (int j = 0; j < L; ++j) {
+            step_busy[j] = links[used[j]].busy - step_busy[j];
+            step_bytes[j] = links[used[j]].bytes - step_bytes[j];
+          }
+          for (int k = 0; k < kLinkClassCount; ++k) {
+            step_class[k].busy = res->per_class[k].busy - class_before[k].busy;
+            step_class[k].bytes = res->per_class[k].bytes - class_before[k].bytes;
+          }
+          step_events = res->events - events_before;
+        }
+      } else {
+        // send_path for a full step, without its bookkeeping (added once at the end).
+        for (int k : order) {
+          Time head = cur[k], tail = cur[k];
+          for (int h = hop_first[k]; h < hop_first[k + 1]; ++h) {
+            const Hop& hp = hops[h];
+            LinkState& st = *hp.link;
+            Time start = max(head, st.own);
+            Time backlog = st.ext > start ? st.ext - start : Time::zero();
+            Time shared = min(hp.wire, backlog);
+            Time end = max(start + hp.wire + shared, tail);
+            st.ext = st.ext + shared;
+            st.own = end;
+            head = start + hp.latency;
+            tail = end + hp.latency;
+          }
+          nxt[succ[k]] = tail + extra[k];
+        }
+        repeats += 1;
+        events += step_events;
+        res->events += step_events;
+      }
+      std::swap(cur, nxt);
+      s += m;
+      if (f > full || full - f < 2 || M == 0) continue;  // nothing left worth skipping
+      Snapshot& now = hist[f % (kMaxPeriod + 1)];
+      snapshot(now);
+      for (int p = 1; p <= kMaxPeriod && f - p >= 1; ++p) {
+        // Steps f+1.. repeat steps f-p+1.. shifted by d: skip whole periods.
+        const int skip = (full - f) / p;
+        if (skip <= 0) break;
+        const Snapshot& then = hist[(f - p) % (kMaxPeriod + 1)];
+        Time d = now.ready[0] - then.ready[0];
+        if (!shifted(then, now, d, p, skip, hint[p])) continue;
+        Time dt = d * double(skip);
+        for (auto& t : cur) t += dt;
+        for (int j = 0; j < L; ++j) {
+          LinkState& st = links[used[j]];
+          st.ext = max(st.ext, st.own) + ext_step[j] * double(skip);
+          st.own += dt;
+        }
+        repeats += double(skip) * p;
+        s += skip * p * merge;
+        f += skip * p;
+        break;
+      }
+    }
+    // The bytes and busy time of the full steps after the first.
+    if (repeats > 0) {
+      for (int j = 0; j < L; ++j) {
+        LinkState& st = links[used[j]];
+        st.busy += step_busy[j] * repeats;
+        st.bytes += step_bytes[j] * repeats;
+      }
+      for (int k = 0; k < kLinkClassCount; ++k) {
+        res->per_class[k].busy += step_class[k].busy * repeats;
+        res->per_class[k].bytes += step_class[k].bytes * repeats;
+      }
+    }
+    for (size_t r = 0; r < rings.size(); ++r)
+      for (size_t i = 0; i < rings[r].size(); ++i) ready[r][i] = cur[first[r] + int(i)];
   }
 
   // ---- trees and chains ----------------------------------------------------------------------
@@ -394,6 +621,7 @@ struct Network::Impl {
       long seq;
       int run, vertex, chunk;
       bool down;
+      bool wake;  // a vertex whose egress frees up: serve its first waiting message
       bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
     };
     std::priority_queue<Event, std::vector<Event>, std::greater<Event>> q;
@@ -402,6 +630,16 @@ struct Network::Impl {
     std::vector<std::vector<int>> pending(runs.size());
     std::vector<std::vector<Arrival>> have(runs.size());
     std::vector<std::vector<Time>> egress(runs.size());  // per vertex: first link free again
+    // Routes to the parent (up) and from the parent (down) of every vertex, looked up once.
+    std::vector<std::vector<const std::vector<int>*>> up_path(runs.size()), down_path(runs.size());
+    // Messages waiting for a vertex's egress, first come first served: a linked list per vertex
+    // (head, tail) over `waiting`, and whether a wake event is queued for the vertex. A vertex
+    // that is still sending holds its later messages here instead of re-queueing each of them
+    // every time its egress frees up, which cost chunks^2 queue operations per vertex.
+    std::vector<Event> waiting;
+    std::vector<int> next_waiting;
+    std::vector<std::vector<int>> wait_head(runs.size()), wait_tail(runs.size());
+    std::vector<std::vector<char>> woken(runs.size());
     for (size_t r = 0; r < runs.size(); ++r) {
       const Tree& t = runs[r].tree;
       size_t n = t.members.size();
@@ -409,49 +647,112 @@ struct Network::Impl {
       egress[r].assign(n, t0);
       pending[r].assign(n * chunks, 0);
       have[r].assign(n * chunks, Arrival{t0, t0});
+      up_path[r].assign(n, nullptr);
+      down_path[r].assign(n, nullptr);
+      wait_head[r].assign(n, -1);
+      wait_tail[r].assign(n, -1);
+      woken[r].assign(n, 0);
+      for (size_t v = 0; v < n; ++v) {
+        int p = t.parent[v];
+        if (p < 0 || t.members[v] == t.members[p]) continue;
+        if (reduce) up_path[r][v] = &topo.route(t.members[v], t.members[p]);
+        down_path[r][v] = &topo.route(t.members[p], t.members[v]);
+      }
       for (int j = 0; j < chunks; ++j)
         for (size_t v = 0; v < n; ++v) {
           pending[r][v * chunks + j] = reduce ? int(t.children[v].size()) : 0;
           bool start = reduce ? t.children[v].empty() : t.parent[v] < 0;
-          if (start) q.push({t0, t0, seq++, int(r), int(v), j, !reduce});
+          if (!start) continue;
+          Event e{t0, t0, seq++, int(r), int(v), j, !reduce, false};
+          bool sends = e.down ? !t.children[v].empty() : t.parent[v] >= 0;
+          if (j == 0 || !sends) {
+            q.push(e);
+            continue;
+          }
+          // Later chunks of a sending vertex queue behind its first (its egress is taken).
+          int w = int(waiting.size());
+          waiting.push_back(e);
+          next_waiting.push_back(-1);
+          int& tl = wait_tail[r][v];
+          if (tl >= 0)
+            next_waiting[tl] = w;
+          else
+            wait_head[r][v] = w;
+          tl = w;
         }
     }
+    auto send_to = [&](const std::vector<int>* path, Time head, Time tail, Time* first_end) {
+      if (!path || bytes <= 0) {
+        if (first_end) *first_end = head;
+        return Arrival{head, max(head, tail)};
+      }
+      return send_path(*path, bytes, head, tail, grain, c, first_end);
+    };
     while (!q.empty()) {
       Event e = q.top();
       q.pop();
+      Time& out = egress[e.run][e.vertex];
+      if (e.wake) {
+        if (e.t < out) {  // a message that came later took the egress first
+          e.t = out;
+          e.seq = seq++;
+          q.push(e);
+          continue;
+        }
+        int w = wait_head[e.run][e.vertex];
+        wait_head[e.run][e.vertex] = next_waiting[w];
+        if (next_waiting[w] < 0) wait_tail[e.run][e.vertex] = -1;
+        woken[e.run][e.vertex] = 0;
+        Event m = waiting[w];
+        m.t = out;
+        m.tail = max(m.tail, out);
+        e = m;
+      }
       TreeRun& tr = runs[e.run];
       const Tree& t = tr.tree;
-      Time& out = egress[e.run][e.vertex];
       bool sends = e.down ? !t.children[e.vertex].empty() : t.parent[e.vertex] >= 0;
-      if (sends && e.t < out) {  // the previous message has not left yet
-        e.t = out;
-        e.tail = max(e.tail, out);
-        e.seq = seq++;
-        q.push(e);
+      if (sends && e.t < out) {  // the previous message has not left yet: wait for it
+        int w = int(waiting.size());
+        waiting.push_back(e);
+        next_waiting.push_back(-1);
+        int& tl = wait_tail[e.run][e.vertex];
+        if (tl >= 0)
+          next_waiting[tl] = w;
+        else
+          wait_head[e.run][e.vertex] = w;
+        tl = w;
+        if (!woken[e.run][e.vertex]) {
+          woken[e.run][e.vertex] = 1;
+          q.push({out, out, seq++, e.run, e.vertex, 0, false, true});
+        }
         continue;
       }
       if (!e.down) {
         int p = t.parent[e.vertex];
         if (p < 0) {  // the root holds the reduced chunk: broadcast it
-          q.push({e.t, e.tail, seq++, e.run, e.vertex, e.chunk, true});
-          continue;
+          q.push({e.t, e.tail, seq++, e.run, e.vertex, e.chunk, true, false});
+        } else {
+          Arrival at = send_to(up_path[e.run][e.vertex], e.t, e.tail, &out);
+          size_t slot = size_t(p) * chunks + e.chunk;
+          Arrival& h = have[e.run][slot];
+          h.head = max(h.head, at.head);
+          h.tail = max(h.tail, at.tail);
+          if (--pending[e.run][slot] == 0)
+            q.push({h.head, h.tail, seq++, e.run, p, e.chunk, false, false});
         }
-        Arrival at = stream(t.members[e.vertex], t.members[p], bytes, e.t, e.tail, grain, c, &out);
-        size_t slot = size_t(p) * chunks + e.chunk;
-        Arrival& h = have[e.run][slot];
-        h.head = max(h.head, at.head);
-        h.tail = max(h.tail, at.tail);
-        if (--pending[e.run][slot] == 0)
-          q.push({h.head, h.tail, seq++, e.run, p, e.chunk, false});
-        continue;
+      } else {
+        tr.finish = max(tr.finish, e.tail);
+        for (int ch : t.children[e.vertex]) {
+          Time left;
+          Arrival at = send_to(down_path[e.run][ch], e.t, e.tail, &left);
+          out = max(out, left);
+          q.push({at.head, at.tail, seq++, e.run, ch, e.chunk, true, false});
+        }
       }
-      tr.finish = max(tr.finish, e.tail);
-      for (int ch : t.children[e.vertex]) {
-        Time left;
-        Arrival at = stream(t.members[e.vertex], t.members[ch], bytes, e.t, e.tail, grain, c,
-                            &left);
-        out = max(out, left);
-        q.push({at.head, at.tail, seq++, e.run, ch, e.chunk, true});
+      // The vertex sent: if messages wait behind it and no wake is queued, queue one.
+      if (wait_head[e.run][e.vertex] >= 0 && !woken[e.run][e.vertex]) {
+        woken[e.run][e.vertex] = 1;
+        q.push({out, out, seq++, e.run, e.vertex, 0, false, true});
       }
     }
   }
@@ -775,6 +1076,7 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
   ctx.factor = protocol_bandwidth_factor(ctx.table, proto, req.kind, multi);
   if (proto == Protocol::LL) ctx.cap = sys.tuning.ll_max_bandwidth;
   if (proto == Protocol::LL128) ctx.cap = sys.tuning.ll128_max_bandwidth;
+  ctx.prepare();
   const Time base = start + protocol_base_latency(ctx.table, proto);
 
   try {
