@@ -167,6 +167,9 @@ struct Network::Impl {
   long events = 0;
 
   std::vector<LinkInfo> info;
+  // Group lists that passed run()'s checks, found by a hash of their members.
+  std::vector<std::vector<std::vector<int>>> known_groups;
+  std::unordered_multimap<uint64_t, int> known_by_hash;
   std::vector<unsigned> stamp;  // per link: marks the links of one ring_steps call
   unsigned stamp_now = 0;
 
@@ -177,6 +180,32 @@ struct Network::Impl {
       const Link& l = t.link(id);
       info[id] = {l.bandwidth, l.latency, int(l.cls), int(link_family(l.cls))};
     }
+  }
+
+  static uint64_t hash_groups(const std::vector<std::vector<int>>& groups) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the sizes and members
+    auto mix = [&](uint64_t v) {
+      h ^= v;
+      h *= 1099511628211ull;
+    };
+    for (const auto& g : groups) {
+      mix(g.size());
+      for (int d : g) mix(uint32_t(d));
+    }
+    return h;
+  }
+  /// Id of a group list checked before, or -1.
+  int find_groups(const std::vector<std::vector<int>>& groups) const {
+    auto [a, b] = known_by_hash.equal_range(hash_groups(groups));
+    for (auto it = a; it != b; ++it)
+      if (known_groups[it->second] == groups) return it->second;
+    return -1;
+  }
+  int add_groups(const std::vector<std::vector<int>>& groups) {
+    int id = int(known_groups.size());
+    known_groups.push_back(groups);
+    known_by_hash.emplace(hash_groups(groups), id);
+    return id;
   }
 
   void touch(int id) {
@@ -622,9 +651,65 @@ struct Network::Impl {
       int run, vertex, chunk;
       bool down;
       bool wake;  // a vertex whose egress frees up: serve its first waiting message
-      bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
     };
-    std::priority_queue<Event, std::vector<Event>, std::greater<Event>> q;
+    // Events in (time, seq) order: a 4-ary heap of small keys over a pool of events.
+    struct Queue {
+      struct Key {
+        Time t;
+        long seq;
+        int slot;
+      };
+      std::vector<Key> heap;
+      std::vector<Event> pool;
+      std::vector<int> free_slots;
+      static bool before(const Key& a, const Key& b) {
+        return a.t != b.t ? a.t < b.t : a.seq < b.seq;
+      }
+      bool empty() const { return heap.empty(); }
+      void push(const Event& e) {
+        int slot;
+        if (free_slots.empty()) {
+          slot = int(pool.size());
+          pool.push_back(e);
+        } else {
+          slot = free_slots.back();
+          free_slots.pop_back();
+          pool[slot] = e;
+        }
+        Key k{e.t, e.seq, slot};
+        size_t i = heap.size();
+        heap.push_back(k);
+        while (i > 0) {
+          size_t up = (i - 1) / 4;
+          if (!before(k, heap[up])) break;
+          heap[i] = heap[up];
+          i = up;
+        }
+        heap[i] = k;
+      }
+      Event pop() {
+        int slot = heap.front().slot;
+        Event e = pool[slot];
+        free_slots.push_back(slot);
+        Key k = heap.back();
+        heap.pop_back();
+        const size_t n = heap.size();
+        if (n == 0) return e;
+        size_t i = 0;
+        for (;;) {
+          size_t c = 4 * i + 1;
+          if (c >= n) break;
+          size_t best = c, end = std::min(c + 4, n);
+          for (size_t j = c + 1; j < end; ++j)
+            if (before(heap[j], heap[best])) best = j;
+          if (!before(heap[best], k)) break;
+          heap[i] = heap[best];
+          i = best;
+        }
+        heap[i] = k;
+        return e;
+      }
+    } q;
     long seq = 0;
     // Per run, vertex and chunk: children still to arrive, and the latest head and tail so far.
     std::vector<std::vector<int>> pending(runs.size());
@@ -689,8 +774,7 @@ struct Network::Impl {
       return send_path(*path, bytes, head, tail, grain, c, first_end);
     };
     while (!q.empty()) {
-      Event e = q.top();
-      q.pop();
+      Event e = q.pop();
       Time& out = egress[e.run][e.vertex];
       if (e.wake) {
         if (e.t < out) {  // a message that came later took the egress first
@@ -746,7 +830,10 @@ struct Network::Impl {
           Time left;
           Arrival at = send_to(down_path[e.run][ch], e.t, e.tail, &left);
           out = max(out, left);
-          q.push({at.head, at.tail, seq++, e.run, ch, e.chunk, true, false});
+          if (t.children[ch].empty())  // a leaf only records when it has the chunk
+            tr.finish = max(tr.finish, at.tail);
+          else
+            q.push({at.head, at.tail, seq++, e.run, ch, e.chunk, true, false});
         }
       }
       // The vertex sent: if messages wait behind it and no wake is queued, queue one.
@@ -942,14 +1029,11 @@ Network::Choice Network::choose(CollectiveKind kind, const std::vector<int>& gro
 
 namespace {
 
-std::string signature(const CollectiveRequest& r) {
-  std::string s = fmt::format("{}|{}|{}|{:a}|", int(r.kind), int(r.algorithm), int(r.protocol),
-                              r.bytes);
-  for (const auto& g : r.groups) {
-    for (int d : g) s += std::to_string(d) + ",";
-    s += ";";
-  }
-  return s;
+/// The memo key: the request's kind, algorithm, protocol, exact size and its groups (by the id
+/// of the group list among those seen before).
+std::string signature(const CollectiveRequest& r, int groups_id) {
+  return fmt::format("{}|{}|{}|{:a}|{}", int(r.kind), int(r.algorithm), int(r.protocol), r.bytes,
+                     groups_id);
 }
 
 }  // namespace
@@ -963,26 +1047,31 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
     throw std::invalid_argument(who + fmt::format(": bytes must be a finite size >= 0, got {}",
                                                   req.bytes));
   const size_t n0 = req.groups.front().size();
+  // Range, repeats and reachability depend only on the topology: a group list checked before
+  // is not checked again (the checks cost two route look-ups per member, on every request).
+  int groups_id = impl_->find_groups(req.groups);
   for (size_t gi = 0; gi < req.groups.size(); ++gi) {
     const auto& g = req.groups[gi];
-    std::string gname = fmt::format("{}, group {} {}", who, gi, group_text(g));
-    if (g.empty()) throw std::invalid_argument(gname + ": the group is empty");
+    auto gname = [&] { return fmt::format("{}, group {} {}", who, gi, group_text(g)); };
+    if (g.empty()) throw std::invalid_argument(gname() + ": the group is empty");
     if (req.kind == CollectiveKind::SendRecv && g.size() != 2)
-      throw std::invalid_argument(gname + ": a send-recv group is {source, destination}");
+      throw std::invalid_argument(gname() + ": a send-recv group is {source, destination}");
     if (g.size() != n0)
       throw std::invalid_argument(
-          gname + fmt::format(": has {} devices but group 0 has {}; concurrent groups of one "
-                              "request must be the same size",
-                              g.size(), n0));
+          gname() + fmt::format(": has {} devices but group 0 has {}; concurrent groups of one "
+                                "request must be the same size",
+                                g.size(), n0));
+    if (groups_id >= 0) continue;
     std::vector<int> sorted = g;
     std::sort(sorted.begin(), sorted.end());
     for (size_t i = 0; i < sorted.size(); ++i) {
       if (sorted[i] < 0 || sorted[i] >= topo_.devices())
-        throw std::invalid_argument(gname + fmt::format(": device {} is out of range (the "
-                                                        "network has devices 0..{})",
-                                                        sorted[i], topo_.devices() - 1));
+        throw std::invalid_argument(gname() + fmt::format(": device {} is out of range (the "
+                                                          "network has devices 0..{})",
+                                                          sorted[i], topo_.devices() - 1));
       if (i > 0 && sorted[i] == sorted[i - 1])
-        throw std::invalid_argument(gname + fmt::format(": device {} appears twice", sorted[i]));
+        throw std::invalid_argument(gname() +
+                                    fmt::format(": device {} appears twice", sorted[i]));
     }
     for (size_t i = 1; i < g.size(); ++i)
       if (!topo_.reachable(g[0], g[i]) || !topo_.reachable(g[i], g[0])) {
@@ -993,12 +1082,13 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         } catch (const std::invalid_argument& e) {
           why = e.what();
         }
-        throw std::invalid_argument(gname + ": members cannot reach each other: " + why);
+        throw std::invalid_argument(gname() + ": members cannot reach each other: " + why);
       }
   }
+  if (groups_id < 0) groups_id = impl_->add_groups(req.groups);
 
   // Memo: a request whose links are idle at `start` is a time-shifted copy of an earlier run.
-  std::string key = signature(req);
+  std::string key = signature(req, groups_id);
   auto hit = impl_->memo.find(key);
   if (hit != impl_->memo.end()) {
     // Links idle at `start`: the replay is exact. Otherwise earlier requests left work on some
