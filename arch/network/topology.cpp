@@ -299,8 +299,7 @@ const std::vector<int>& Topology::route(int src, int dst) const {
     throw std::invalid_argument(fmt::format("route from device {} to device {}: devices are 0..{}",
                                             src, dst, devices_ - 1));
   uint64_t key = pair_key(src, dst);
-  auto it = routes_.find(key);
-  if (it != routes_.end()) return it->second;
+  if (const std::vector<int>* hit = cached_route(key)) return *hit;
   std::vector<int> path;
   if (src != dst) {
     bool same_node = node_of(src) == node_of(dst);
@@ -315,7 +314,52 @@ const std::vector<int>& Topology::route(int src, int dst) const {
       throw std::invalid_argument(fmt::format("system '{}': device {} cannot reach device {}: {}",
                                               system_.name, src, dst, why_disconnected(dst)));
   }
-  return routes_.emplace(key, std::move(path)).first->second;
+  return cache_route(key, std::move(path));
+}
+
+namespace {
+constexpr uint64_t kNoRoute = ~uint64_t(0);  // no (src, dst) pair of valid devices has this key
+size_t route_slot(uint64_t key, size_t mask) {  // splitmix64's finaliser
+  key ^= key >> 30;
+  key *= 0xBF58476D1CE4E5B9ull;
+  key ^= key >> 27;
+  key *= 0x94D049BB133111EBull;
+  key ^= key >> 31;
+  return size_t(key) & mask;
+}
+}  // namespace
+
+const std::vector<int>* Topology::cached_route(uint64_t key) const {
+  if (route_keys_.empty()) return nullptr;
+  const size_t mask = route_keys_.size() - 1;
+  for (size_t i = route_slot(key, mask);; i = (i + 1) & mask) {
+    if (route_keys_[i] == key) return &route_store_[route_index_[i]];
+    if (route_keys_[i] == kNoRoute) return nullptr;
+  }
+}
+
+const std::vector<int>& Topology::cache_route(uint64_t key, std::vector<int> path) const {
+  if (2 * (route_store_.size() + 1) > route_keys_.size()) {  // keep the table at most half full
+    size_t cap = std::max<size_t>(1024, 2 * route_keys_.size());
+    std::vector<uint64_t> keys(cap, kNoRoute);
+    std::vector<int> index(cap, -1);
+    for (size_t i = 0; i < route_keys_.size(); ++i) {
+      if (route_keys_[i] == kNoRoute) continue;
+      size_t j = route_slot(route_keys_[i], cap - 1);
+      while (keys[j] != kNoRoute) j = (j + 1) & (cap - 1);
+      keys[j] = route_keys_[i];
+      index[j] = route_index_[i];
+    }
+    route_keys_.swap(keys);
+    route_index_.swap(index);
+  }
+  const size_t mask = route_keys_.size() - 1;
+  size_t i = route_slot(key, mask);
+  while (route_keys_[i] != kNoRoute) i = (i + 1) & mask;
+  route_keys_[i] = key;
+  route_index_[i] = int(route_store_.size());
+  route_store_.push_back(std::move(path));
+  return route_store_.back();
 }
 
 bool Topology::reachable(int src, int dst) const {

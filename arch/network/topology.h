@@ -19,6 +19,7 @@
 
 #include <boost/graph/adjacency_list.hpp>
 
+#include <deque>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -110,7 +111,13 @@ class Topology {
   int first_nic_vertex_ = -1;
   int core_ = -1;
   int nics_ = 0;
-  mutable std::unordered_map<uint64_t, std::vector<int>> routes_;
+  // Route cache: open addressing (linear probing, power-of-two capacity) from the (src, dst)
+  // key to an index into a deque, whose elements never move (route() returns references).
+  const std::vector<int>* cached_route(uint64_t key) const;
+  const std::vector<int>& cache_route(uint64_t key, std::vector<int> path) const;
+  mutable std::vector<uint64_t> route_keys_;  ///< kNoRoute where empty
+  mutable std::vector<int> route_index_;
+  mutable std::deque<std::vector<int>> route_store_;
 };
 
 }  // namespace memwall
