@@ -361,3 +361,62 @@ TEST(CollectiveScale, LargeAllReduceStaysBounded) {
     net.reset();
   }
 }
+
+TEST(CollectiveScale, ShortcutsDoNotChangeResults) {
+  // The 4 data-parallel groups of tp=4 x dp=336 over 168 DGX H100 nodes. With shortcuts, ring
+  // steps that repeat are extrapolated and the 4 groups (alike, on disjoint rails) are simulated
+  // once and copied; without, everything is simulated. Requests overlap: a tensor-parallel
+  // all-reduce leaves a backlog on the NVLink ports of groups 0 and 1 only (so they are not
+  // alike), and back-to-back gradient collectives share the NICs with earlier ones.
+  SystemSpec s = load_system("dgx-h100");
+  const int devices = 168 * 8;
+  std::vector<std::vector<int>> dp(4), tp;
+  for (int g = 0; g < 4; ++g)
+    for (int node = 0; node < 168; ++node) {
+      dp[g].push_back(node * 8 + 2 * g);
+      dp[g].push_back(node * 8 + 2 * g + 1);
+    }
+  for (int node = 0; node < 168; ++node)
+    tp.push_back({node * 8, node * 8 + 1, node * 8 + 2, node * 8 + 3});
+  struct Step {
+    CollectiveRequest req;
+    double start_us;
+  };
+  std::vector<Step> steps = {
+      {request(CollectiveKind::AllReduce, dp, 75.0e6, CollectiveAlgorithm::Ring), 0},
+      {request(CollectiveKind::AllReduce, dp, 75.0e6, CollectiveAlgorithm::Tree), 20000},
+      {request(CollectiveKind::AllReduce, tp, 256.0e6, CollectiveAlgorithm::Ring), 40000},
+      {request(CollectiveKind::ReduceScatter, dp, 300.0e6), 40100},
+      {request(CollectiveKind::AllGather, dp, 300.0e6), 40200},
+      {request(CollectiveKind::AllReduce, dp, 226.0e6, CollectiveAlgorithm::Tree), 60000},
+      {request(CollectiveKind::AllReduce, dp, 49152.0), 90000},
+      // A long all-reduce on the NICs, then a ring that shares them with its backlog throughout.
+      {request(CollectiveKind::AllReduce, dp, 1024.0e6, CollectiveAlgorithm::Tree), 100000},
+      {request(CollectiveKind::ReduceScatter, dp, 75.0e6, CollectiveAlgorithm::Ring), 100050},
+  };
+  Network fast(s, devices), exact(s, devices);
+  exact.set_shortcuts(false);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    SCOPED_TRACE(fmt::format("request {}", i));
+    Time start = Time::us(steps[i].start_us);
+    CollectiveResult a = fast.run(steps[i].req, start), b = exact.run(steps[i].req, start);
+    EXPECT_EQ(a.algorithm, b.algorithm);
+    EXPECT_EQ(a.memoised, b.memoised);
+    EXPECT_NEAR(a.end.sec(), b.end.sec(), 1e-9 * b.duration().sec());
+    for (int c = 0; c < kLinkClassCount; ++c) {
+      EXPECT_NEAR(a.per_class[c].bytes, b.per_class[c].bytes, 1e-9 * b.per_class[c].bytes);
+      EXPECT_NEAR(a.per_class[c].busy.sec(), b.per_class[c].busy.sec(),
+                  1e-9 * b.per_class[c].busy.sec());
+    }
+    if (!b.memoised) EXPECT_LE(a.events, b.events);
+  }
+  Time horizon = Time::us(300000);
+  double worst = 0;
+  for (int id = 0; id < fast.topology().link_count(); ++id)
+    worst = std::max(worst, std::fabs((fast.link_free_at(id) - exact.link_free_at(id)).sec()));
+  EXPECT_LT(worst, 1e-12);
+  auto ua = fast.utilisation(horizon), ub = exact.utilisation(horizon);
+  ASSERT_EQ(ua.size(), ub.size());
+  for (size_t i = 0; i < ua.size(); ++i)
+    EXPECT_NEAR(ua[i].utilisation, ub[i].utilisation, 1e-9);
+}

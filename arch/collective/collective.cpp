@@ -172,10 +172,18 @@ struct Network::Impl {
   std::unordered_multimap<uint64_t, int> known_by_hash;
   std::vector<unsigned> stamp;  // per link: marks the links of one ring_steps call
   unsigned stamp_now = 0;
+  bool shortcuts = true;  // ring extrapolation and group copies (set_shortcuts)
+  // plan_copies' per-link marks (generations) and map.
+  unsigned copy_gen = 0;
+  std::vector<unsigned> owner_gen, map_gen;
+  std::vector<int> copy_map;
 
   explicit Impl(const Topology& t)
       : topo(t), links(t.link_count()), touched_flag(t.link_count(), 0), info(t.link_count()),
-        stamp(t.link_count(), 0) {
+        stamp(t.link_count(), 0),
+        owner_gen(t.link_count(), 0),
+        map_gen(t.link_count(), 0),
+        copy_map(t.link_count(), -1) {
     for (int id = 0; id < t.link_count(); ++id) {
       const Link& l = t.link(id);
       info[id] = {l.bandwidth, l.latency, int(l.cls), int(link_family(l.cls))};
@@ -520,7 +528,7 @@ struct Network::Impl {
       }
       std::swap(cur, nxt);
       s += m;
-      if (f > full || full - f < 2 || M == 0) continue;  // nothing left worth skipping
+      if (!shortcuts || f > full || full - f < 2 || M == 0) continue;  // nothing worth skipping
       Snapshot& now = hist[f % (kMaxPeriod + 1)];
       snapshot(now);
       for (int p = 1; p <= kMaxPeriod && f - p >= 1; ++p) {
@@ -642,6 +650,92 @@ struct Network::Impl {
     Time ready = Time::zero();
     Time finish = Time::zero();
   };
+
+  /// Concurrent groups on disjoint links in the same state run the same (the data-parallel
+  /// groups of a tp x dp job, one per pair of rails, say): the first group is simulated and
+  /// copied to the others, link for link. `hops[g]` lists group g's messages as (source,
+  /// destination) pairs, position by position alike in every group. Copying is exact when the
+  /// links of every other group match the first group's one to one (a link used twice in one
+  /// maps to one link used twice in the other), are used by no other group, and agree in class,
+  /// rate, latency and state (when the work earlier requests left on them ends, where that
+  /// reaches past `base`, before which no message starts). The caller checks that the groups'
+  /// schedules (ready times, tree shapes) are alike.
+  struct CopyPlan {
+    std::vector<std::pair<int, int>> copies;  ///< (link of the first group, its counterpart)
+    std::vector<int> first_links;              ///< sorted, unique
+    std::vector<LinkState> before;             ///< of first_links, before the run
+    std::array<LinkClassUsage, kLinkClassCount> class_before{};
+    int groups = 1;
+  };
+  bool plan_copies(const std::vector<std::vector<std::pair<int, int>>>& hops, Time base,
+                   CopyPlan& plan) {
+    if (hops.size() < 2 || !shortcuts) return false;
+    auto links_of = [&](const std::vector<std::pair<int, int>>& h, std::vector<int>& out) {
+      out.clear();
+      for (auto [a, b] : h)
+        if (a != b)
+          for (int id : topo.route(a, b)) out.push_back(id);
+    };
+    std::vector<int> first, other;
+    links_of(hops[0], first);
+    // Links owned by a group in this call carry owner_gen == gen; map_gen[a] == mg marks the
+    // counterpart copy_map[a] of a first-group link a in the group being checked.
+    const unsigned gen = ++copy_gen;
+    for (int id : first) owner_gen[id] = gen;
+    auto state = [&](int id) { return max(links[id].free_at, base); };
+    plan.copies.clear();
+    for (size_t g = 1; g < hops.size(); ++g) {
+      if (hops[g].size() != hops[0].size()) return false;
+      links_of(hops[g], other);
+      if (other.size() != first.size()) return false;
+      const unsigned mg = ++copy_gen;
+      for (size_t i = 0; i < first.size(); ++i) {
+        int a = first[i], b = other[i];
+        if (map_gen[a] == mg) {
+          if (copy_map[a] != b) return false;
+          continue;
+        }
+        const LinkInfo &x = info[a], &y = info[b];
+        if (x.cls != y.cls || x.bandwidth != y.bandwidth || x.latency != y.latency ||
+            state(a) != state(b) || owner_gen[b] == gen)  // b is another group's, or mapped
+          return false;
+        map_gen[a] = mg;
+        copy_map[a] = b;
+        owner_gen[b] = gen;
+        plan.copies.emplace_back(a, b);
+      }
+    }
+    plan.groups = int(hops.size());
+    plan.first_links = first;
+    std::sort(plan.first_links.begin(), plan.first_links.end());
+    plan.first_links.erase(std::unique(plan.first_links.begin(), plan.first_links.end()),
+                           plan.first_links.end());
+    plan.before.clear();
+    for (int id : plan.first_links) plan.before.push_back(links[id]);
+    plan.class_before = res->per_class;
+    return true;
+  }
+  /// After the first group has run: gives every other group's links what the first group's
+  /// got, and counts their bytes and busy time per class.
+  void apply_copies(const CopyPlan& plan) {
+    for (const auto& [a, b] : plan.copies) {
+      size_t i = size_t(std::lower_bound(plan.first_links.begin(), plan.first_links.end(), a) -
+                        plan.first_links.begin());
+      const LinkState& was = plan.before[i];
+      const LinkState& now = links[a];
+      touch(b);  // ext = free_at, as it was for a; a's backlog end moved by now.ext - free_at
+      LinkState& l = links[b];
+      l.ext = l.ext + (now.ext - was.free_at);
+      l.own = now.own;
+      l.busy += now.busy - was.busy;
+      l.bytes += now.bytes - was.bytes;
+    }
+    const double more = double(plan.groups - 1);
+    for (int k = 0; k < kLinkClassCount; ++k) {
+      res->per_class[k].busy += (res->per_class[k].busy - plan.class_before[k].busy) * more;
+      res->per_class[k].bytes += (res->per_class[k].bytes - plan.class_before[k].bytes) * more;
+    }
+  }
 
   void run_trees(std::vector<TreeRun>& runs, int chunks, double bytes, double grain,
                  const SendCtx& c, bool reduce) {
@@ -849,6 +943,8 @@ Network::Network(const SystemSpec& system, int devices)
     : topo_(system, devices), impl_(std::make_unique<Impl>(topo_)) {}
 
 Network::~Network() = default;
+
+void Network::set_shortcuts(bool on) { impl_->shortcuts = on; }
 
 void Network::reset() {
   for (auto& l : impl_->links) l = Impl::LinkState{};
@@ -1173,8 +1269,14 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
     switch (choice.algorithm) {
       case CollectiveAlgorithm::Ring: {
         std::vector<std::vector<int>> rings;
-        for (const auto& g : req.groups)
-          for (auto& r : im.rings_of(g)) rings.push_back(std::move(r));
+        bool even = true;  // every group has as many rings as the first
+        size_t per_group = 0;
+        for (const auto& g : req.groups) {
+          auto mine = im.rings_of(g);
+          if (rings.empty()) per_group = mine.size();
+          even = even && mine.size() == per_group;
+          for (auto& r : mine) rings.push_back(std::move(r));
+        }
         int channels = int(rings.size() / req.groups.size());
         res.channels = channels;
         if (req.kind == CollectiveKind::Broadcast) {
@@ -1207,9 +1309,23 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         long total = long(per_loop) * loops;
         int steps = int(std::min<long>(total, std::numeric_limits<int>::max() / 2));
         res.steps = steps;
+        const double step_bytes = req.bytes / n / channels * per_loop / double(steps);
         std::vector<std::vector<Time>> ready(rings.size(), std::vector<Time>(n, base));
-        im.ring_steps(rings, steps, req.bytes / n / channels * per_loop / double(steps), ctx,
-                      ready);
+        // Groups alike on disjoint links: simulate the first, copy it (Impl::plan_copies).
+        Impl::CopyPlan plan;
+        std::vector<std::vector<std::pair<int, int>>> hops(even ? req.groups.size() : 1);
+        for (size_t r = 0; even && r < rings.size(); ++r)
+          for (int i = 0; i < n; ++i)
+            hops[r / channels].emplace_back(rings[r][i], rings[r][(i + 1) % n]);
+        if (even && im.plan_copies(hops, base, plan)) {
+          std::vector<std::vector<int>> first(rings.begin(), rings.begin() + channels);
+          std::vector<std::vector<Time>> first_ready(ready.begin(), ready.begin() + channels);
+          im.ring_steps(first, steps, step_bytes, ctx, first_ready);
+          for (size_t r = 0; r < rings.size(); ++r) ready[r] = first_ready[r % channels];
+          im.apply_copies(plan);
+        } else {
+          im.ring_steps(rings, steps, step_bytes, ctx, ready);
+        }
         for (const auto& r : ready)
           for (Time t : r) res.end = max(res.end, t);
         break;
@@ -1217,7 +1333,10 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
       case CollectiveAlgorithm::Tree: {
         std::vector<Impl::TreeRun> runs;
         int channels = 1;
+        bool even = true;  // every group has as many trees as the first
+        size_t per_group = 0;
         for (const auto& g : req.groups) {
+          const size_t had = runs.size();
           GroupShape sh = shape_of(topo_, g);
           channels = sh.nodes > 1 ? std::max(1, std::min(std::max(1, sys.scale_out.nics_per_node),
                                                          sh.max_per_node))
@@ -1229,6 +1348,8 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
               tr.ready = base;
               runs.push_back(std::move(tr));
             }
+          if (had == 0) per_group = runs.size();
+          even = even && runs.size() - had == per_group;
         }
         res.channels = channels;
         double per_tree = req.bytes / (2.0 * channels);
@@ -1236,7 +1357,30 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         int chunks = int(std::clamp(std::ceil(per_tree / chunk_bytes(proto)), 1.0,
                                     double(std::max<long>(1, std::min<long>(kMaxTreeChunks, budget)))));
         res.steps = 2 * (runs.front().tree.depth);
-        im.run_trees(runs, chunks, per_tree / chunks, chunk_bytes(proto), ctx, true);
+        // Groups alike on disjoint links: simulate the first, copy it (Impl::plan_copies).
+        const size_t per = runs.size() / req.groups.size();
+        Impl::CopyPlan plan;
+        bool alike = req.groups.size() > 1 && even && runs.size() == per * req.groups.size();
+        std::vector<std::vector<std::pair<int, int>>> hops(req.groups.size());
+        for (size_t r = 0; alike && r < runs.size(); ++r) {
+          const Impl::Tree& t = runs[r].tree;
+          const Impl::Tree& t0 = runs[r % per].tree;
+          if (t.parent != t0.parent || t.children != t0.children) alike = false;
+          for (size_t v = 0; v < t.members.size(); ++v) {
+            int p = t.parent[v];
+            if (p < 0) continue;
+            hops[r / per].emplace_back(t.members[v], t.members[p]);
+            hops[r / per].emplace_back(t.members[p], t.members[v]);
+          }
+        }
+        if (alike && im.plan_copies(hops, base, plan)) {
+          std::vector<Impl::TreeRun> first(runs.begin(), runs.begin() + long(per));
+          im.run_trees(first, chunks, per_tree / chunks, chunk_bytes(proto), ctx, true);
+          for (size_t r = 0; r < runs.size(); ++r) runs[r].finish = first[r % per].finish;
+          im.apply_copies(plan);
+        } else {
+          im.run_trees(runs, chunks, per_tree / chunks, chunk_bytes(proto), ctx, true);
+        }
         for (const auto& tr : runs) res.end = max(res.end, tr.finish);
         break;
       }

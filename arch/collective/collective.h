@@ -18,7 +18,10 @@
 // Cost: results of a request whose links are all idle at `start` are memoised by the request's
 // signature and time-shifted (exact: the engine is deterministic and only ever waits on links).
 // Long rings (more than 64 steps) merge consecutive steps into at most 64 macro-steps, which keeps
-// the alpha-beta totals and the bottleneck link but coarsens the pipeline. See docs/network.md.
+// the alpha-beta totals and the bottleneck link but coarsens the pipeline. Ring steps that repeat
+// the state of a few steps earlier, shifted in time, are extrapolated, and concurrent groups alike
+// on disjoint links are simulated once and copied (both exact up to rounding). See
+// docs/network.md.
 #pragma once
 
 #include <array>
@@ -120,6 +123,11 @@ class Network {
 
   /// Frees every link from time zero and forgets utilisation (the memo is kept).
   void reset();
+
+  /// Turns off (or back on) the two shortcuts that do not change results: extrapolating ring
+  /// steps once they repeat, and copying a group's simulation to groups alike on disjoint
+  /// links. For tests that check they do not change results.
+  void set_shortcuts(bool on);
 
   const Topology& topology() const { return topo_; }
   const SystemSpec& system() const { return topo_.system(); }
