@@ -1,5 +1,7 @@
 #include "sim/cli/cluster_report.h"
 
+#include "sim/cli/training_report.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -24,22 +26,6 @@ std::string layout(const Parallelism& p) {
   if (p.ep > 1) s += fmt::format(" ep {}", p.ep);
   if (p.sequence_parallel) s += " sp";
   if (p.zero_stage > 0) s += fmt::format(" zero {}", p.zero_stage);
-  return s;
-}
-
-std::string role(const std::string& name) {
-  std::string s = name;
-  if (s.rfind("layer", 0) == 0) {
-    auto dot = s.find('.');
-    if (dot != std::string::npos) s = s.substr(dot + 1);
-  }
-  for (const char* suffix : {".fwd", ".bwd_input", ".bwd_weight", ".bwd", ".recompute"}) {
-    std::string suf = suffix;
-    if (s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0) {
-      s.resize(s.size() - suf.size());
-      break;
-    }
-  }
   return s;
 }
 
@@ -102,7 +88,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       b[int(TensorClass::Activations)] / kGiB, worst->max_in_flight,
       b[int(TensorClass::Workspace)] / kGiB);
   std::map<std::string, double> by_role;
-  for (const auto& n : r.nodes) by_role[role(n.name)] += n.time.sec() * n.executions;
+  for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
   std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
   std::sort(top.begin(), top.end(), [](const auto& a, const auto& c) { return a.second > c.second; });
   out += "top ops  ";

@@ -99,20 +99,22 @@ void write_resolved(const Experiment& e, const std::string& result_path) {
                  em.c_str() + "\n");
 }
 
+// A training result's JSON with the run's provenance, and the resolved configuration beside it.
+void write_json(const RunOptions& o, const Experiment& e, nlohmann::json doc) {
+  doc["memwall_version"] = MEMWALL_VERSION;
+  doc["experiment"] = e.file;
+  doc["resolved_config"] = YAML::Dump(e.resolved);
+  write_file(o.json_out, doc.dump(2) + "\n");
+  write_resolved(e, o.json_out);
+  std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
+}
+
 int run_cluster(const RunOptions& o, Experiment& e) {
   OpSimulator ops(*e.device, e.fidelity);
   ClusterResult r = simulate_cluster(*e.model, e.training, ops, *e.system, e.gpus,
                                      !o.trace_out.empty());
   std::cout << cluster_summary(r, *e.model, e.training);
-  if (!o.json_out.empty()) {
-    nlohmann::json doc = cluster_json(r, *e.model, e.training);
-    doc["memwall_version"] = MEMWALL_VERSION;
-    doc["experiment"] = e.file;
-    doc["resolved_config"] = YAML::Dump(e.resolved);
-    write_file(o.json_out, doc.dump(2) + "\n");
-    write_resolved(e, o.json_out);
-    std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
-  }
+  if (!o.json_out.empty()) write_json(o, e, cluster_json(r, *e.model, e.training));
   if (!o.csv_dir.empty()) {
     write_cluster_csv(r, o.csv_dir);
     write_resolved(e, o.csv_dir + "/run");
@@ -137,15 +139,7 @@ int run_training(const RunOptions& o, Experiment& e) {
   if (!o.trace_out.empty()) trace = std::make_unique<TraceWriter>();
   TrainingResult r = simulate_training(g, *e.device, e.fidelity, trace.get());
   std::cout << training_summary(r, g, *e.device);
-  if (!o.json_out.empty()) {
-    nlohmann::json doc = training_json(r, g);
-    doc["memwall_version"] = MEMWALL_VERSION;
-    doc["experiment"] = e.file;
-    doc["resolved_config"] = YAML::Dump(e.resolved);
-    write_file(o.json_out, doc.dump(2) + "\n");
-    write_resolved(e, o.json_out);
-    std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
-  }
+  if (!o.json_out.empty()) write_json(o, e, training_json(r, g));
   if (!o.csv_dir.empty()) {
     write_training_csv(r, o.csv_dir);
     write_resolved(e, o.csv_dir + "/run");

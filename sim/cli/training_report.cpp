@@ -15,9 +15,9 @@ constexpr double kGiB = 1024.0 * 1024 * 1024;
 
 std::string pct(double x) { return fmt::format("{:.0f}%", 100 * x); }
 
-// Groups node timings by the operator's role, dropping layer and pass: "layerN.mlp.fc1.fwd"
-// and its backward both count toward "mlp.fc1".
-std::string role(const std::string& name) {
+}  // namespace
+
+std::string op_role(const std::string& name) {
   std::string s = name;
   if (s.rfind("layer", 0) == 0) {
     auto dot = s.find('.');
@@ -32,8 +32,6 @@ std::string role(const std::string& name) {
   }
   return s;
 }
-
-}  // namespace
 
 std::string training_summary(const TrainingResult& r, const StepGraph& g, const Device& d) {
   const TrainingSetup& t = g.setup;
@@ -67,7 +65,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time));
 
   std::map<std::string, double> by_role;
-  for (const auto& n : r.nodes) by_role[role(n.name)] += n.time.sec() * n.executions;
+  for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
   std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
   std::sort(top.begin(), top.end(), [](const auto& a, const auto& c) { return a.second > c.second; });
   out += "top ops  ";

@@ -9,6 +9,10 @@
 
 namespace memwall {
 
+/// An operator's role, without layer and pass: "layer3.mlp.fc1.bwd_input" -> "mlp.fc1" (the
+/// top-ops tables group by it).
+std::string op_role(const std::string& node_name);
+
 /// The summary, readable at a glance (DESIGN.md, "Outputs users expect").
 std::string training_summary(const TrainingResult& r, const StepGraph& g, const Device& d);
 nlohmann::json training_json(const TrainingResult& r, const StepGraph& g);
