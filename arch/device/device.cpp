@@ -180,15 +180,7 @@ void Device::reset(Time now) {
 
 std::unique_ptr<Device> load_device(const std::string& name_or_file,
                                     const std::vector<std::string>& overrides) {
-  Document doc;
-  bool is_file = name_or_file.find(".yaml") != std::string::npos ||
-                 name_or_file.find(".yml") != std::string::npos ||
-                 name_or_file.find('/') != std::string::npos;
-  if (is_file) {
-    doc = load_yaml_file(name_or_file);
-  } else {
-    doc = load_yaml_string("preset: " + name_or_file, "command line (--device " + name_or_file + ")");
-  }
+  Document doc = load_preset_or_file(name_or_file, "--device");
   resolve_preset(doc, "", "devices");
   for (const auto& o : overrides) apply_override(doc, o);
   validate(doc.root, device_schema(), "", *doc.sources);

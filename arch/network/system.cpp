@@ -336,15 +336,7 @@ SystemSpec finish(Document& doc, const std::vector<std::string>& overrides) {
 }  // namespace
 
 SystemSpec load_system(const std::string& name_or_file, const std::vector<std::string>& overrides) {
-  Document doc;
-  bool is_file = name_or_file.find(".yaml") != std::string::npos ||
-                 name_or_file.find(".yml") != std::string::npos ||
-                 name_or_file.find('/') != std::string::npos;
-  if (is_file)
-    doc = load_yaml_file(name_or_file);
-  else
-    doc = load_yaml_string("preset: " + name_or_file,
-                           "command line (--system " + name_or_file + ")");
+  Document doc = load_preset_or_file(name_or_file, "--system");
   return finish(doc, overrides);
 }
 

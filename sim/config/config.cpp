@@ -91,6 +91,15 @@ void SourceMap::erase_below(const std::string& prefix) {
   }
 }
 
+Document load_preset_or_file(const std::string& name_or_file, const std::string& flag) {
+  bool is_file = name_or_file.find(".yaml") != std::string::npos ||
+                 name_or_file.find(".yml") != std::string::npos ||
+                 name_or_file.find('/') != std::string::npos;
+  if (is_file) return load_yaml_file(name_or_file);
+  return load_yaml_string("preset: " + name_or_file,
+                          "command line (" + flag + " " + name_or_file + ")");
+}
+
 Document load_yaml_string(const std::string& text, const std::string& name) {
   Document doc;
   doc.file = name;

@@ -47,6 +47,10 @@ struct Document {
 Document load_yaml_file(const std::string& path);
 /// Parses YAML text (for tests and -p values); `name` stands in for the file.
 Document load_yaml_string(const std::string& text, const std::string& name);
+/// A YAML file when `name_or_file` looks like a path (a `/` or a .yaml/.yml suffix), else the
+/// one-line document `preset: NAME`, attributed to the command-line `flag` (e.g. "--device").
+/// Call resolve_preset on the result.
+Document load_preset_or_file(const std::string& name_or_file, const std::string& flag);
 
 /// Directories searched for presets: $MEMWALL_CONFIG_PATH (colon-separated), then the built-in
 /// configs/ directory.
