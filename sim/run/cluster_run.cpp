@@ -97,16 +97,11 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
                            "node joined by {}): tensor-parallel traffic would cross the scale-out "
                            "network",
                            p.tp, sys.name, domain, scale_up_kind_name(sys.scale_up.kind)));
-  if (m.heads % p.tp != 0)
-    fail("tp", fmt::format("{} attention heads do not divide over tp {}", m.heads, p.tp));
-  if (m.seq_len % p.cp != 0)
-    fail("cp", fmt::format("sequence length {} does not divide over cp {}", m.seq_len, p.cp));
+  // Heads, sequence and experts against tp, cp and ep are the step graph's own checks
+  // (check_parallel_layout); here only what the rank layout adds: expert groups are runs of ep
+  // data-parallel ranks.
   if (p.dp % p.ep != 0)
     fail("ep", fmt::format("ep {} must divide dp {}", p.ep, p.dp));
-  if (p.ep > 1 && m.experts == 0)
-    fail("ep", "expert parallelism needs a mixture-of-experts model (experts > 0)");
-  if (m.experts > 0 && m.experts % p.ep != 0)
-    fail("ep", fmt::format("{} experts do not divide over ep {}", m.experts, p.ep));
   int64_t mbs = t.accumulation_steps();
   if (p.schedule == PipelineSchedule::Interleaved && mbs % p.pp != 0)
     fail("vpp", fmt::format("interleaved 1F1B needs the micro-batches per pipeline ({}) to be a "

@@ -110,8 +110,9 @@ struct LayoutError : std::invalid_argument {
 };
 
 /// Checks a layout against the model and the system: tp x pp x dp x cp equals the GPU count,
-/// layers divide into pp x vpp chunks, tp fits the scale-up domain, heads/sequence/experts divide,
-/// interleaving has whole rounds of micro-batches. Throws LayoutError.
+/// layers divide into pp x vpp chunks, tp fits the scale-up domain, ep divides dp, interleaving
+/// has whole rounds of micro-batches. Throws LayoutError. (Heads, sequence and experts against
+/// tp, cp and ep: check_parallel_layout, which the step graph runs.)
 void check_layout(const TransformerModel& m, const TrainingSetup& t, const SystemSpec& sys,
                   int gpus);
 
