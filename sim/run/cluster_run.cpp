@@ -168,9 +168,6 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
   for (StepVertex v : g.generation_order()) {
     const StepNode& n = g.node(v);
     Program* P = program_for(c, n.pass);
-    // Pipeline-group collectives (the tied-embedding gradient sum) run once the backward of every
-    // micro-batch is done, with the optimizer, as Megatron's finalize_model_grads does.
-    if (n.comm && n.comm->group == ParallelGroup::PP) P = &c.opt;
     if (!P) continue;
     std::vector<int> waits;
     for (auto [e, end] = boost::in_edges(v, g.dag); e != end; ++e) {
@@ -654,11 +651,9 @@ class ClusterSim {
   // of its chunks. The optimizer's pipeline-group collectives (the tied-embedding gradient sum
   // between the first and last stage, the global gradient norm) join several simulated ranks:
   // each starts when the last participant reaches it, so the ranks advance in lockstep there.
-  // Ranks meet at a pipeline-group collective of the same kind and name (the first stage calls
-  // its half of the tied-embedding sum "embedding...tied...", the last stage "lm_head...tied...").
+  // Ranks meet at the pipeline-group collective of the same kind and name.
   static std::string meet_id(const Task& k) {
-    bool tied = k.name.find("tied") != std::string::npos;
-    return fmt::format("{}:{}", collective_kind_name(k.comm.kind), tied ? "tied" : k.name);
+    return fmt::format("{}:{}", collective_kind_name(k.comm.kind), k.name);
   }
 
   void optimizer_phase() {

@@ -980,7 +980,8 @@ class Builder {
     const bool tied_split = m_.tied_embeddings && p_.pp > 1 && c_.embedding != c_.head;
     if (tied_split) {
       const Group& g = groups_[c_.embedding ? embed_ : head_];
-      comm(c_.embedding ? "embedding.grads.tied_allreduce" : "lm_head.grads.tied_allreduce",
+      // One name on both stages: the two halves of one collective.
+      comm("tied_embedding.grads.allreduce",
            CollectiveKind::AllReduce, ParallelGroup::PP, g_.tensors[g.grads].bytes, true, true, O,
            -1, {g.grads}, {}, {g.grads});
     }
