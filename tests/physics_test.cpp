@@ -358,5 +358,20 @@ TEST(Memoisation, SameOpTwiceGivesSameTime) {
   EXPECT_GT(other.time, first.time);
 }
 
+// FlashAttention-2's backward writes, per element of Q (batch x heads x seq x head_dim): the
+// cleared fp32 dQ accumulator (4 B, by the preprocessing kernel), the accumulated fp32 dQ (4 B,
+// written back at the kernel's end), dQ converted to bf16 (2 B), and dK and dV (2 B each).
+TEST(Conservation, FlashBackwardWritesItsAccumulatorAndGradients) {
+  auto dev = load_device("a100-sxm4-80gb");
+  OpSimulator sim(*dev, Fidelity::Tile);
+  Op op = attention(false);
+  auto& a = std::get<AttentionOp>(op.body);
+  a.pass = AttentionPass::Backward;
+  OpResult r = sim.run(op);
+  double elements = double(a.batch) * a.heads * a.seq_q * a.head_dim;
+  EXPECT_GE(r.memory_written.count(), (4.0 + 4.0 + 2.0 + 2.0 * 2.0) * elements);
+  EXPECT_EQ(r.kernels, 3);
+}
+
 }  // namespace
 }  // namespace memwall

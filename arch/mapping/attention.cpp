@@ -218,12 +218,13 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
   if (a.fused) {
     if (fwd) out.push_back(fitting<FlashForward>(a, fwd_tiles(a.head_dim), dev));
     if (bwd) {
-      // Preprocessing: D = rowsum(dO * O), read dO and O, write D; then the main kernel; then
-      // the fp32 dQ accumulator is converted to the output type.
+      // Preprocessing: D = rowsum(dO * O), read dO and O, write D, and clear the fp32 dQ
+      // accumulator (FlashAttention-2's flash_bwd_dot_do_o_kernel<Clear_dQaccum=true>); then the
+      // main kernel; then the fp32 dQ accumulator is converted to the output type.
       int64_t rows = a.batch * a.heads * a.seq_q;
       double e = dtype_bytes(a.dtype);
-      StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim}, 4, 0, 0,
-                   DType::FP32};
+      StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim, 4.0}, 4,
+                   0, 0, DType::FP32};
       out.push_back(map_stream(pre, dev));
       out.push_back(fitting<FlashBackward>(a, bwd_tiles(a.head_dim), dev));
       StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32};
