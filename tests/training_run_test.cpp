@@ -169,6 +169,33 @@ TEST(TrainingRun, FullRecomputationCostsStepTime) {
   EXPECT_NEAR(full.result.model_flops, none.result.model_flops, 1e-9 * none.result.model_flops);
 }
 
+// The loss over a 50257-wide vocabulary: Megatron's fp32 cross-entropy moves about 52 bytes per
+// logit (cast, max, subtract, exp, sum, divide, scale, cast back) where the fused kernels move 6
+// (read twice, write the gradient once), so it costs memory time and nothing else changes.
+TEST(TrainingRun, Fp32CrossEntropyMovesMoreBytesThanTheFusedKernel) {
+  TransformerModel m = small_gpt2();
+  std::string base = "micro_batch: 4\n";
+  SimRun fused = simulate(m, setup(base), Fidelity::Tile);
+  SimRun fp32 = simulate(m, setup(base + "cross_entropy: fp32"), Fidelity::Tile);
+  auto loss = [](const TrainingResult& r, double& bytes, double& secs) {
+    bytes = secs = 0;
+    for (const auto& n : r.nodes)
+      if (n.name.rfind("loss.cross_entropy", 0) == 0 && n.name.find("allreduce") == std::string::npos) {
+        bytes += n.bytes.count();
+        secs += n.time.sec();
+      }
+  };
+  double fb, fs, pb, ps;
+  loss(fused.result, fb, fs);
+  loss(fp32.result, pb, ps);
+  const double logits = 4.0 * 256 * m.vocab;
+  EXPECT_NEAR(fb / logits, 6.0, 0.3);
+  EXPECT_NEAR(pb / logits, 52.0, 2.6);
+  EXPECT_GT(ps, 5 * fs);
+  EXPECT_GT(fp32.result.step_time, fused.result.step_time);
+  EXPECT_NEAR(fp32.result.model_flops, fused.result.model_flops, 1e-9 * fused.result.model_flops);
+}
+
 // A design that does not fit is a result with its figures, not an error.
 TEST(TrainingRun, OutOfMemoryIsAResultWithFigures) {
   TransformerModel m = small_gpt2();

@@ -157,11 +157,21 @@ Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {
   return stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
 }
 
-Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt) {
+Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt, bool fused, bool backward) {
   double e = dtype_bytes(dt);
-  // Fused forward and backward (Megatron's vocab-parallel cross-entropy): read the logits, write
-  // their gradient.
-  return stream("cross_entropy", tokens * vocab, {e}, {e}, 12, 1, 6, dt);
+  int64_t n = tokens * vocab;
+  // Fused: the forward kernel reads the logits once (online max and sum of exponentials; a
+  // log-sum-exp per token out), the backward kernel reads them again, recomputes the
+  // probabilities and writes the gradient over them. The exponential runs in both.
+  if (fused) return stream("cross_entropy", n, {e, e}, {e}, 12, 2, 6, dt);
+  // Megatron's _VocabParallelCrossEntropy on output.float(): forward = cast to fp32 (read e,
+  // write 4), row max (read 4), subtract in place, exp in place, row sum (read 4), divide in
+  // place (read 4, write 4 each); the fp32 softmax is kept for the backward. Backward = multiply
+  // by the incoming gradient in place, cast back to 16 bit.
+  if (!backward)
+    return stream("cross_entropy_fp32", n, {e, 4, 4, 4, 4, 4}, {4, 4, 4, 4}, 8, 1, 5,
+                  DType::FP32);
+  return stream("cross_entropy_fp32_bwd", n, {4, 4}, {4, e}, 2, 0, 1, DType::FP32);
 }
 
 Op make_adam(int64_t params, DType grad) {
@@ -258,10 +268,15 @@ const std::vector<Schema>& op_schemas() {
     v.push_back(op_impl("embedding", "Embedding lookup: gathers one row per token.",
                         {count("tokens", "Tokens looked up."), count("hidden", "Row size."),
                          dtype_param("bf16")}));
-    v.push_back(op_impl("cross_entropy", "Fused softmax cross-entropy forward and backward over "
-                        "the logits.",
+    v.push_back(op_impl("cross_entropy", "Softmax cross-entropy over the logits.",
                         {count("tokens", "Tokens."), count("vocab", "Vocabulary size."),
-                         dtype_param("bf16")}));
+                         dtype_param("bf16"),
+                         flag("fused", "true",
+                              "One kernel per pass on the 16-bit logits (forward and backward "
+                              "together); false: Megatron's fp32 vocab-parallel version as "
+                              "separate ops."),
+                         flag("backward", "false",
+                              "With fused false: the backward half (the forward otherwise).")}));
     ParamSpec gd = param("grad_dtype", ParamType::Enum, "", "bf16", "Gradient data type.");
     gd.choices = dtype_names();
     v.push_back(op_impl("adam", "Adam update with fp32 master weights and two moments.",
@@ -336,7 +351,8 @@ Op op_from_config(const Config& c) {
   } else if (kind == "embedding") {
     op = make_embedding(c.get_int("tokens"), c.get_int("hidden"), dtype_of(c, "dtype"));
   } else if (kind == "cross_entropy") {
-    op = make_cross_entropy(c.get_int("tokens"), c.get_int("vocab"), dtype_of(c, "dtype"));
+    op = make_cross_entropy(c.get_int("tokens"), c.get_int("vocab"), dtype_of(c, "dtype"),
+                            c.get_bool("fused"), c.get_bool("backward"));
   } else if (kind == "adam") {
     op = make_adam(c.get_int("params"), dtype_of(c, "grad_dtype"));
   } else if (kind == "memcopy") {

@@ -75,7 +75,12 @@ Op make_elementwise(const std::string& kind, int64_t elements, DType dtype);
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dtype, bool backward);
 Op make_softmax(int64_t rows, int64_t cols, DType dtype, bool backward);
 Op make_embedding(int64_t tokens, int64_t hidden, DType dtype);
-Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dtype);
+/// Cross-entropy over the logits, forward and backward. `fused`: one kernel per pass on the
+/// 16-bit logits, the gradient written in their place (flash-attn's xentropy, Megatron-core's
+/// --cross-entropy-loss-fusion). Not fused: Megatron's vocab-parallel cross-entropy on an fp32
+/// copy as separate PyTorch ops; `backward` selects its backward half (the forward otherwise).
+Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dtype, bool fused = true,
+                      bool backward = false);
 /// Adam over `params` parameters: fp32 master weights and two moments, gradients in `grad`.
 Op make_adam(int64_t params, DType grad);
 Op make_memcopy(Bytes bytes);

@@ -126,6 +126,14 @@ const Schema& training_schema() {
       q.min = 0;
       x.params.push_back(q);
     }
+    ParamSpec ce = param("cross_entropy", ParamType::Enum, "", "fused",
+                         "Loss kernel. fused: one kernel per pass on the 16-bit logits, gradient "
+                         "written over them (flash-attn xentropy, Megatron-core "
+                         "--cross-entropy-loss-fusion). fp32: Megatron's vocab-parallel "
+                         "cross-entropy on an fp32 copy as separate ops, the fp32 softmax kept "
+                         "for the backward (about 9x the bytes, 4 bytes per logit held).");
+    ce.choices = {"fused", "fp32"};
+    x.params.push_back(ce);
     x.params.push_back(param(
         "host_overhead", ParamType::Time, "s", "10 us",
         "CPU time to issue one operator or collective (PyTorch eager dispatch and kernel launch; "
@@ -155,6 +163,7 @@ TrainingSetup training_from_config(const Config& c) {
                 : r == "selective" ? Recompute::Selective
                                    : Recompute::None;
   t.flash_attention = c.get_bool("flash_attention");
+  t.fused_cross_entropy = c.get_string("cross_entropy") == "fused";
   Parallelism& par = t.parallel;
   par.tp = int(c.get_int("tp"));
   par.pp = int(c.get_int("pp"));

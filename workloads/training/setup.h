@@ -27,6 +27,9 @@ struct TrainingSetup {
   std::string optimizer = "adam";
   Recompute recompute = Recompute::None;
   bool flash_attention = true;
+  /// The loss kernel: fused (one kernel per pass on the 16-bit logits, gradient in place) or
+  /// Megatron's fp32 vocab-parallel cross-entropy as separate ops (make_cross_entropy).
+  bool fused_cross_entropy = true;
   Parallelism parallel;  ///< how the job is split over devices (default: one device)
   /// CPU time the framework spends issuing one operator or collective (Python, dispatcher,
   /// launch). The GPU cannot start an operator before the CPU has issued it, so a step of many

@@ -918,16 +918,30 @@ class Builder {
       TensorId xf_full = tp_gather("lm_head.fwd", F, -1, xf);
       TensorId logits = act("lm_head.fwd.out", double(T_) * vocab_r_);
       node("lm_head.fwd", gemm(T_, vocab_r_, h, md_), F, -1, {xf_full, W(head_)}, {logits});
-      // Fused softmax cross-entropy: loss and the logits' gradient in one pass, in fp32.
-      TensorId d_logits = act("loss.cross_entropy.grad", double(T_) * vocab_r_);
-      node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_), F, -1, {logits, tokens},
-           {d_logits}, {}, 4.0 * T_ * vocab_r_);
+      // The loss and the logits' gradient. Fused: both kernels run here, the gradient is
+      // written over the logits (no second buffer). fp32: the forward leaves the fp32 softmax,
+      // which the backward turns into the 16-bit gradient.
+      const double logit_count = double(T_) * vocab_r_;
+      TensorId d_logits = logits, ce_out = logits;
+      if (t_.fused_cross_entropy) {
+        node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_), F, -1,
+             {logits, tokens}, {}, {logits});
+      } else {
+        ce_out = act("loss.cross_entropy.softmax", logit_count, 4);
+        node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_, false, false), F, -1,
+             {logits, tokens}, {ce_out});
+      }
       if (tp_ > 1) {
         // Vocab-parallel cross-entropy: the max and the sum of exponentials over the vocabulary
         // shards, one fp32 per token each.
         for (const char* what : {"max", "sum"})
           comm(fmt::format("loss.cross_entropy.tp_allreduce_{}", what), CollectiveKind::AllReduce,
-               ParallelGroup::TP, 4.0 * T_, true, false, F, -1, {d_logits}, {}, {d_logits});
+               ParallelGroup::TP, 4.0 * T_, true, false, F, -1, {ce_out}, {}, {ce_out});
+      }
+      if (!t_.fused_cross_entropy) {
+        d_logits = act("loss.cross_entropy.grad", logit_count);
+        node("loss.cross_entropy.bwd", make_cross_entropy(T_, vocab_r_, ad_, false, true), BI, -1,
+             {ce_out}, {d_logits});
       }
 
       TensorId d_xf = act("lm_head.bwd_input.grad", Th);
