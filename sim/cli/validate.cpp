@@ -412,6 +412,13 @@ class DevicePool {
   Fidelity fidelity() const { return fidelity_; }
   /// Host issue cost per operator for training cases (the case format has no column for it).
   std::optional<Time> host_overhead;
+  /// The loss kernel for training cases (no column either): fused or Megatron's fp32 version.
+  std::optional<bool> fused_cross_entropy;
+  /// Applies the options above, where given, to a case's setup.
+  void apply(TrainingSetup& t) const {
+    if (host_overhead) t.host_overhead = *host_overhead;
+    if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
+  }
 
  private:
   struct Entry {
@@ -498,7 +505,7 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
       throw CaseError(fmt::format("column '{}' is {} but num_gpus is 1", col, c.get(col)));
   TransformerModel m = training_model(c);
   TrainingSetup t = training_setup(c);
-  if (pool.host_overhead) t.host_overhead = *pool.host_overhead;
+  pool.apply(t);
   Device& device = pool.device(c.get("device"));
   DType mm = t.matmul_dtype();
   if (!device.compute().supports(mm))
@@ -554,7 +561,7 @@ void predict_cluster_training(const Case& c, DevicePool& pool, Prediction& p) {
   int gpus = int(c.count("num_gpus"));
   TransformerModel m = training_model(c);
   TrainingSetup t = training_setup(c);
-  if (pool.host_overhead) t.host_overhead = *pool.host_overhead;
+  pool.apply(t);
   t.parallel = case_parallelism(c, gpus);
   if (t.global_batch % (t.micro_batch * t.parallel.dp) != 0)
     throw CaseError(fmt::format("global_batch {} is not a multiple of micro_batch x dp ({} x {})",
@@ -785,7 +792,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 }
 
 struct ValidateOptions {
-  std::string cases, out, fidelity = "tile", host_overhead;
+  std::string cases, out, fidelity = "tile", host_overhead, cross_entropy;
 };
 
 int validate(const ValidateOptions& o) {
@@ -800,6 +807,7 @@ int validate(const ValidateOptions& o) {
       throw ConfigError(SourceLoc{"command line", 0}, "host-overhead", e.what());
     }
   }
+  if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
   std::vector<Prediction> ps;
   ps.reserve(cases.size());
   for (const auto& c : cases) ps.push_back(predict(c, pool));
@@ -825,6 +833,10 @@ void add_validate_command(CLI::App& app) {
   cmd->add_option("--host-overhead", o->host_overhead,
                   "Host issue cost per operator for training cases, e.g. '20 us' (default: "
                   "training.host_overhead's default)");
+  cmd->add_option("--cross-entropy", o->cross_entropy,
+                  "Loss kernel for training cases: fused or fp32 (default: training.cross_entropy's "
+                  "default, fused)")
+      ->check(CLI::IsMember({"fused", "fp32"}));
   cmd->callback([o] {
     int rc = validate(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);
