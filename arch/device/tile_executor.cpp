@@ -27,12 +27,20 @@ namespace {
 // Delays below half a picosecond cannot be scheduled (SystemC's resolution); treat them as now.
 constexpr double kEpsilon = 0.5e-12;
 
-Time now_time() { return Time(sc_core::sc_time_stamp().to_seconds()); }
+// Kernels run in a time frame of their own that starts at the kernel's start: the offset is
+// subtracted in SystemC's integer ticks, so the floating-point arithmetic inside a kernel (and
+// the rounding of its delays to the kernel's time resolution) is the same wherever in a run the
+// kernel falls. Without it, ties between work groups broke differently with the absolute time
+// and results moved by tenths of a percent with the ops simulated before.
+Time since(const sc_core::sc_time& base) {
+  return Time((sc_core::sc_time_stamp() - base).to_seconds());
+}
 
 class KernelRun {
  public:
-  KernelRun(Device& dev, const TileProgram& prog, int occ, Time launch_at, TraceWriter* trace)
-      : dev_(dev), prog_(prog), launch_at_(launch_at), trace_(trace),
+  KernelRun(Device& dev, const TileProgram& prog, int occ, sc_core::sc_time base, Time launch_at,
+            TraceWriter* trace)
+      : dev_(dev), prog_(prog), base_(base), launch_at_(launch_at), trace_(trace),
         total_groups_(prog.groups()), stages_(std::max(1, prog.footprint().stages)),
         lockstep_(prog.footprint().lockstep) {
     const ComputeSpec& c = dev.compute();
@@ -79,13 +87,15 @@ class KernelRun {
           throw std::runtime_error(fmt::format(
               "watchdog: kernel '{}' stopped making progress: unit {} slot {} is stuck in group "
               "{} at step {} of {} ({}; simulated time {})",
-              prog_.name(), s.unit, i, s.group, s.s, s.nsteps, s.stall, to_string(now_time())));
+              prog_.name(), s.unit, i, s.group, s.s, s.nsteps, s.stall, to_string(now())));
       }
       throw std::runtime_error("watchdog: kernel '" + prog_.name() + "' left groups unlaunched");
     }
   }
 
   Time end() const { return end_; }
+  /// Time since the kernel's start (its own frame; see since()).
+  Time now() const { return since(base_); }
   long events() const { return events_; }
   std::array<Time, kPipeCount> pipe_busy() const {
     std::array<Time, kPipeCount> b{};
@@ -167,7 +177,7 @@ class KernelRun {
   void activate(size_t idx) {
     ++events_;
     Slot& sl = slots_[idx];
-    Time now = now_time();
+    Time now = this->now();
     if (wait_until(sl, launch_at_, now, "launch")) return;
     for (int guard = 0;; ++guard) {
       if (guard > 1000000)
@@ -229,7 +239,8 @@ class KernelRun {
       }
       if (trace_)
         trace_->span(dev_.name(), fmt::format("unit {:03d}", sl.unit),
-                     fmt::format("{} g{}", prog_.name(), sl.group), sl.group_start, now - sl.group_start);
+                     fmt::format("{} g{}", prog_.name(), sl.group),
+                     Time(base_.to_seconds()) + sl.group_start, now - sl.group_start);
       end_ = max(end_, now);
       sl.group = -1;
     }
@@ -237,6 +248,7 @@ class KernelRun {
 
   Device& dev_;
   const TileProgram& prog_;
+  sc_core::sc_time base_;
   Time launch_at_;
   TraceWriter* trace_;
   long total_groups_;
@@ -265,26 +277,29 @@ KernelStats TileExecutor::execute(const TileProgram& program) {
         "a unit of '{}' has",
         program.name(), program.mapping(), to_string(program.footprint().scratchpad),
         to_string(program.footprint().registers), device_.name()));
-  Time t0 = now_time();
-  device_.reset(t0);
-  Time launch = t0 + device_.launch_overhead();
-  auto run = std::make_unique<KernelRun>(device_, program, occ, launch, trace_);
+  // The kernel runs in its own frame (since()): the device is reset to time zero there.
+  const sc_core::sc_time base = sc_core::sc_time_stamp();
+  const Time t0(base.to_seconds());
+  device_.reset(Time::zero());
+  Time launch = device_.launch_overhead();
+  auto run = std::make_unique<KernelRun>(device_, program, occ, base, launch, trace_);
   run->spawn();
   sc_core::sc_start();
   run->finish();  // kill the slot processes first, so a watchdog error leaves none behind
   run->check();
-  KernelStats k;
-  k.start = launch;
   // Dirty lines left in the caches are written back at the kernel boundary.
-  k.end = device_.write_back(run->end());
-  k.duration = k.end - t0;
+  Time end = device_.write_back(run->end());
+  KernelStats k;
+  k.start = t0 + launch;
+  k.end = t0 + end;
+  k.duration = end;
   k.events = run->events();
   k.occupancy = occ;
   k.groups = program.groups();
   k.pipe_busy = run->pipe_busy();
   // Leave the simulated clock at the kernel's end so the next kernel starts after it.
-  Time now = now_time();
-  if (k.end > now) sc_core::sc_start(sc_core::sc_time((k.end - now).sec(), sc_core::SC_SEC));
+  Time now = run->now();
+  if (end > now) sc_core::sc_start(sc_core::sc_time((end - now).sec(), sc_core::SC_SEC));
   return k;
 }
 
