@@ -2,6 +2,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -149,6 +150,28 @@ TEST(ValidateCommand, PredictsSupportedCasesAndReportsTheRest) {
   EXPECT_NE(r.out.find("MAPE"), std::string::npos);
   EXPECT_NE(r.out.find("mt_train"), std::string::npos);
   EXPECT_NE(r.out.find("xx_bad_device (line 5)"), std::string::npos);
+}
+
+// Worker processes (-j) split the cases; the predictions file is the same as one process gives,
+// byte for byte, in the file's order, errors included.
+TEST(ValidateCommand, WorkerProcessesGiveTheSamePredictionsAsOne) {
+  TempDir d;
+  write(d.file("cases.csv"),
+        std::string(kHeader) +
+            "bs_triad,stream_triad,a100-sxm4-80gb,1,,,,,,,fp64,,,,,268435456,gbps,1700,src,\n"
+            "fa_attn,attention,a100-sxm4-80gb,1,,,16,,2048,,bf16,,8,128,1,,fwd_bwd_tflops,150,src,\n"
+            "xx_bad_device,stream_triad,no-such-gpu,1,,,,,,,,,,,,1048576,gbps,100,,\n"
+            "fa_attn2,attention,h100-sxm5-80gb,1,,,32,,1024,,bf16,,4,64,0,,fwd_bwd_tflops,300,src,\n"
+            "bs_copy,stream_triad,h100-sxm5-80gb,1,,,,,,,fp64,,,,,67108864,gbps,3000,src,\n");
+  std::string base = "validate --cases '" + d.file("cases.csv") + "' --out '";
+  CommandRun one = run_memwall(d, base + d.file("one.csv") + "' -j 1");
+  ASSERT_EQ(one.status, 0) << one.out << one.err;
+  CommandRun three = run_memwall(d, base + d.file("three.csv") + "' -j 3");
+  ASSERT_EQ(three.status, 0) << three.out << three.err;
+  std::string a = read(d.file("one.csv")), b = read(d.file("three.csv"));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a.find("no-such-gpu"), std::string::npos);
+  EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 6);
 }
 
 TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {

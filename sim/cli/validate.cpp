@@ -23,15 +23,20 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "arch/device/device.h"
 #include "arch/ops/op.h"
@@ -614,7 +619,8 @@ void predict_allreduce(const Case& c, Prediction& p) {
   p.status = "ok";
 }
 
-Prediction predict(const Case& c, DevicePool& pool) {
+/// A case's prediction before it is simulated: what the case says, no status yet.
+Prediction unpredicted(const Case& c) {
   Prediction p;
   p.id = c.id();
   p.kind = c.kind();
@@ -622,6 +628,11 @@ Prediction predict(const Case& c, DevicePool& pool) {
   p.measured_text = c.get("measured");
   p.measured = c.real("measured");
   p.line = c.line;
+  return p;
+}
+
+Prediction predict(const Case& c, DevicePool& pool) {
+  Prediction p = unpredicted(c);
   if (!documented_kinds().count(p.kind)) {
     p.status = "error";
     p.reason = fmt::format("unknown kind '{}' (expected training, gemm, attention, allreduce, "
@@ -793,24 +804,137 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 
 struct ValidateOptions {
   std::string cases, out, fidelity = "tile", host_overhead, cross_entropy;
+  int jobs = default_jobs();
+  static int default_jobs() {
+    return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  }
 };
+
+// One line per simulated case from a worker: index, status, predicted, reason (tabs, newlines
+// and backslashes escaped).
+std::string escape_field(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '\\') out += "\\\\";
+    else if (ch == '\t') out += "\\t";
+    else if (ch == '\n') out += "\\n";
+    else out += ch;
+  }
+  return out;
+}
+std::string unescape_field(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) {
+      char n = s[++i];
+      out += n == 't' ? '\t' : n == 'n' ? '\n' : n;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// Predicts every case. SystemC has one simulation kernel per process, so `jobs` > 1 forks that
+// many workers, each taking every jobs-th case with its own devices, and merges their results in
+// the file's order. A worker that dies leaves its unfinished cases as errors that say so.
+std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
+                                    const std::function<void(DevicePool&)>& configure,
+                                    Fidelity f) {
+  std::vector<Prediction> ps;
+  ps.reserve(cases.size());
+  jobs = std::max(1, std::min<int>(jobs, static_cast<int>(cases.size())));
+  if (jobs == 1) {
+    DevicePool pool(f);
+    configure(pool);
+    for (const auto& c : cases) ps.push_back(predict(c, pool));
+    return ps;
+  }
+  std::cout.flush();
+  std::vector<std::FILE*> files;
+  std::vector<pid_t> pids;
+  for (int k = 0; k < jobs; ++k) {
+    std::FILE* out = std::tmpfile();
+    if (!out) throw std::runtime_error("validate: cannot create a temporary file for a worker");
+    pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("validate: cannot start a worker process");
+    if (pid == 0) {
+      int rc = 0;
+      try {
+        DevicePool pool(f);
+        configure(pool);
+        for (size_t i = k; i < cases.size(); i += jobs) {
+          Prediction p = predict(cases[i], pool);
+          std::fprintf(out, "%zu\t%s\t%.17g\t%s\n", i, p.status.c_str(), p.predicted,
+                       escape_field(p.reason).c_str());
+          std::fflush(out);
+        }
+      } catch (...) {
+        rc = 1;
+      }
+      std::_Exit(rc);
+    }
+    files.push_back(out);
+    pids.push_back(pid);
+  }
+  for (const auto& c : cases) ps.push_back(unpredicted(c));
+  std::vector<bool> done(cases.size(), false);
+  for (int k = 0; k < jobs; ++k) {
+    int status = 0;
+    waitpid(pids[k], &status, 0);
+    std::rewind(files[k]);
+    std::string line;
+    for (int ch; (ch = std::fgetc(files[k])) != EOF;) {
+      if (ch != '\n') {
+        line += char(ch);
+        continue;
+      }
+      std::vector<std::string> f4;
+      size_t a = 0;
+      for (int j = 0; j < 3; ++j) {
+        size_t b = line.find('\t', a);
+        if (b == std::string::npos) break;
+        f4.push_back(line.substr(a, b - a));
+        a = b + 1;
+      }
+      f4.push_back(line.substr(a));
+      line.clear();
+      if (f4.size() != 4) continue;
+      size_t i = std::stoul(f4[0]);
+      ps[i].status = f4[1];
+      ps[i].predicted = std::stod(f4[2]);
+      ps[i].reason = unescape_field(f4[3]);
+      done[i] = true;
+    }
+    std::fclose(files[k]);
+    for (size_t i = k; i < cases.size(); i += jobs)
+      if (!done[i]) {
+        ps[i].status = "error";
+        ps[i].reason = fmt::format("the worker process simulating this case ended ({})",
+                                   WIFSIGNALED(status) ? fmt::format("signal {}", WTERMSIG(status))
+                                                       : fmt::format("exit status {}", WEXITSTATUS(status)));
+      }
+  }
+  return ps;
+}
 
 int validate(const ValidateOptions& o) {
   Fidelity f = parse_fidelity(o.fidelity);
   std::vector<Case> cases = read_cases(o.cases);
   auto t0 = std::chrono::steady_clock::now();
-  DevicePool pool(f);
+  std::optional<Time> host_overhead;
   if (!o.host_overhead.empty()) {
     try {
-      pool.host_overhead = parse_time(o.host_overhead);
+      host_overhead = parse_time(o.host_overhead);
     } catch (const std::exception& e) {
       throw ConfigError(SourceLoc{"command line", 0}, "host-overhead", e.what());
     }
   }
-  if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
-  std::vector<Prediction> ps;
-  ps.reserve(cases.size());
-  for (const auto& c : cases) ps.push_back(predict(c, pool));
+  auto configure = [&](DevicePool& pool) {
+    pool.host_overhead = host_overhead;
+    if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
+  };
+  std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cout << report(ps, o.cases, f, wall);
   if (!o.out.empty()) {
@@ -833,6 +957,10 @@ void add_validate_command(CLI::App& app) {
   cmd->add_option("--host-overhead", o->host_overhead,
                   "Host issue cost per operator for training cases, e.g. '20 us' (default: "
                   "training.host_overhead's default)");
+  cmd->add_option("--jobs,-j", o->jobs,
+                  "Worker processes (SystemC runs one simulation per process); default: the "
+                  "machine's cores, at most 8")
+      ->check(CLI::Range(1, 256));
   cmd->add_option("--cross-entropy", o->cross_entropy,
                   "Loss kernel for training cases: fused or fp32 (default: training.cross_entropy's "
                   "default, fused)")
