@@ -317,9 +317,14 @@ TEST(WorkloadParallel, PipelineChunksHaveBoundaryNodes) {
       EXPECT_EQ(g.dag[g.pp_recv_backward].name, "pp.recv.bwd");
       EXPECT_LT(g.pp_send_forward, g.pp_recv_backward);
     }
-    // Tied embeddings: the first and last stages sum their copies' gradients.
-    bool tied = find(g, "tied_embedding.grads.allreduce");
-    EXPECT_EQ(tied, i == 0 || i == 3);
+    // Tied embeddings: the first and last stages sum their copies' gradients, the word table
+    // only (16-bit gradients of vocab / tp x hidden; the first stage's position table stays out).
+    const StepNode* tied = find(g, "tied_embedding.grads.allreduce");
+    EXPECT_EQ(tied != nullptr, i == 0 || i == 3);
+    if (tied) {
+      double vocab_r = double((m.vocab + 1) / 2);  // this rank's vocabulary shard at tp 2
+      EXPECT_DOUBLE_EQ(tied->comm->bytes, 2.0 * vocab_r * m.hidden);
+    }
     // Gradient-norm partial sums over tp and pp.
     EXPECT_NE(find(g, "optimizer.grad_norm.pp_allreduce"), nullptr);
     EXPECT_NE(find(g, "optimizer.grad_norm.tp_allreduce"), nullptr);

@@ -994,10 +994,13 @@ class Builder {
     const bool tied_split = m_.tied_embeddings && p_.pp > 1 && c_.embedding != c_.head;
     if (tied_split) {
       const Group& g = groups_[c_.embedding ? embed_ : head_];
-      // One name on both stages: the two halves of one collective.
+      // Only the shared word table is summed: the first stage's group also holds the position
+      // table, the last stage's does not. One name and one size on both stages: the two halves
+      // of one collective.
+      const double shared = double(vocab_r_) * m_.hidden / double(g.params);
       comm("tied_embedding.grads.allreduce",
-           CollectiveKind::AllReduce, ParallelGroup::PP, g_.tensors[g.grads].bytes, true, true, O,
-           -1, {g.grads}, {}, {g.grads});
+           CollectiveKind::AllReduce, ParallelGroup::PP, g_.tensors[g.grads].bytes * shared, true,
+           true, O, -1, {g.grads}, {}, {g.grads});
     }
     // This rank's parameters: its shard with ZeRO >= 1.
     int64_t n = 0;
