@@ -124,6 +124,29 @@ TEST(ClusterRun, GradientBucketsOverlapWithBackward) {
   EXPECT_LT(on.step_time.sec(), off.step_time.sec());
 }
 
+// An overlapped collective runs one thread block per NCCL channel on the compute units: compute
+// slows while it is in flight, by at most share / (1 - share) of the collective's time (one DP
+// stream: one collective at a time), share = channels / units. Nothing overlapped, no cost.
+TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
+  Job with = data_parallel(true), free = data_parallel(true);
+  free.setup.parallel.comm_uses_units = false;
+  ClusterResult a = with.run(), b = free.run();
+  EXPECT_EQ(b.comm_interference().sec(), 0);
+  EXPECT_GT(a.comm_interference().sec(), 0);
+  EXPECT_GT(a.step_time.sec(), b.step_time.sec());
+  double share = double(with.system.tuning.channels) / with.device->compute().units;
+  EXPECT_LE(a.comm_interference().sec(),
+            share / (1 - share) * a.comm[int(ParallelGroup::DP)].total.sec() * (1 + 1e-9));
+  // Buckets reduced after backward overlap nothing.
+  EXPECT_EQ(data_parallel(false).run().comm_interference().sec(), 0);
+  // Compute, exposed communication, host stalls, interference and bubble account for the step.
+  for (const auto& s : a.stages) {
+    Time sum = s.compute_busy + s.host_stall + s.comm_interference + s.bubble;
+    for (Time e : s.exposed) sum += e;
+    EXPECT_NEAR(sum.sec(), a.step_time.sec(), 1e-9 * a.step_time.sec());
+  }
+}
+
 TEST(ClusterRun, TensorParallelCollectivesAreOnTheCriticalPath) {
   Job j;
   j.model = load_model("gpt3-1.3b", {"seq_len=1024"});

@@ -60,10 +60,12 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   host /= std::max<std::size_t>(1, r.stages.size());
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  exposed "
-      "comm {} ({})  bubble {}   (stage 0 compute; the rest averaged over stages)\n",
+      "comm {} ({})  overlap slowdown {}  bubble {}   (stage 0 compute; the rest averaged over "
+      "stages)\n",
       pct(cls(OpClass::Matrix)), pct(cls(OpClass::Attention)), pct(cls(OpClass::MemoryBound)),
       pct(cls(OpClass::Optimizer)), pct(host / step), pct(r.exposed_comm().sec() / step),
-      exposed.empty() ? "none" : exposed, pct(r.bubble_fraction()));
+      exposed.empty() ? "none" : exposed, pct(r.comm_interference().sec() / step),
+      pct(r.bubble_fraction()));
   out += "comm     ";
   for (ParallelGroup g : kGroups) {
     const GroupComm& c = r.comm[int(g)];
@@ -149,6 +151,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
                       {"compute_s", s.compute_busy.sec()},
                       {"bubble_s", s.bubble.sec()},
                       {"host_stall_s", s.host_stall.sec()},
+                      {"comm_interference_s", s.comm_interference.sec()},
                       {"exposed_comm_s", ex},
                       {"max_in_flight", s.max_in_flight},
                       {"memory",
@@ -186,6 +189,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"comm",
            {{"exposed_s", r.exposed_comm().sec()},
             {"overlapped_s", r.overlapped_comm().sec()},
+            {"interference_s", r.comm_interference().sec()},
             {"by_kind", by_kind}}},
           {"pipeline", {{"bubble_fraction", r.bubble_fraction()}, {"stages", stages}}},
           {"links", r.link_utilisation},

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <stdexcept>
 
@@ -62,6 +63,12 @@ Time ClusterResult::exposed_comm() const {
   return t;
 }
 
+Time ClusterResult::comm_interference() const {
+  Time t;
+  for (const auto& s : stages) t += s.comm_interference;
+  return stages.empty() ? t : t / double(stages.size());
+}
+
 Time ClusterResult::overlapped_comm() const {
   Time t;
   for (const auto& g : comm) t += g.overlapped();
@@ -110,6 +117,10 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
 }
 
 namespace {
+
+// Collectives in flight never hold more than this share of the compute units (NCCL caps its
+// channels at 32 and 64; a unit always remains for the compute stream).
+constexpr double kMaxUnitShare = 0.9;
 
 // ---- programs: one model chunk's operators and collectives in issue order ---------------------
 
@@ -347,6 +358,12 @@ struct RankState {
   Time cpu;  // when the host has issued everything so far
   std::array<Time, kParallelGroups> stream_free{};
   Time async_end;  // latest end of any non-blocking collective issued so far
+  // Overlapped collectives in flight: [start, end) and the share of compute units they hold.
+  struct UnitHold {
+    Time start, end;
+    double share;
+  };
+  std::vector<UnitHold> holds;
   std::size_t cursor = 0;
   std::vector<PipelineItem> items;
   std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
@@ -437,7 +454,7 @@ class ClusterSim {
     // Whatever a rank's compute stream spends neither computing nor waiting on a collective is
     // pipeline bubble: waiting for another stage at the start, between passes, and at the end.
     for (auto& s : r.stages) {
-      Time accounted = s.compute_busy + s.host_stall;
+      Time accounted = s.compute_busy + s.host_stall + s.comm_interference;
       for (Time e : s.exposed) accounted += e;
       s.bubble = r.step_time > accounted ? r.step_time - accounted : Time::zero();
     }
@@ -535,14 +552,17 @@ class ClusterSim {
           t = w;
         }
         if (k.kind == Task::Compute) {
+          // Overlapped collectives hold some compute units: the task runs longer.
+          Time run = k.duration + slowdown(rs, t, k.duration);
           // The host issues the task's operators one by one; the stream cannot run ahead of it.
           Time issued = rs.cpu + h_ * double(k.ops);
-          Time end = max(t + k.duration, max(t, rs.cpu) + h_ + k.duration / double(k.ops));
+          Time end = max(t + run, max(t, rs.cpu) + h_ + run / double(k.ops));
           end = max(end, issued);
           rs.cpu = issued;
           span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name,
-               end - k.duration, k.duration);
-          st.host_stall += end - t - k.duration;
+               end - run, run);
+          st.host_stall += end - t - run;
+          st.comm_interference += run - k.duration;
           t = end;
           st.compute_busy += k.duration;
         }
@@ -585,10 +605,55 @@ class ClusterSim {
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;
         rs.async_end = max(rs.async_end, cr.end);
+        hold_units(rs, cr, start);
         ends[i] = cr.end;
       }
     }
     return t;
+  }
+
+  // An overlapped collective runs one thread block per NCCL channel, and a GEMM's thread blocks
+  // (most of a unit's scratchpad and registers) cannot share a unit with one: the channels'
+  // units are lost to the compute stream while it is in flight. NCCL uses fewer channels for
+  // small messages (about 32 KiB per channel at least: 512 threads x 64 bytes, Simple protocol).
+  void hold_units(RankState& rs, const CollectiveResult& cr, Time start) {
+    if (!p_.comm_uses_units || cr.end <= start) return;
+    double channels = std::min<double>(sys_.tuning.channels,
+                                       std::max(1.0, std::floor(cr.bytes / 32768.0)));
+    double share = std::min(channels / device_.compute().units, kMaxUnitShare);
+    rs.holds.push_back({start, cr.end, share});
+  }
+
+  // How much longer work of `work` compute-stream time that starts at `t` takes at the rate the
+  // units the collectives in flight leave (piecewise constant between their starts and ends):
+  // wall time w at a held share f does w (1 - f) of the work and costs w f extra. Exactly zero
+  // when no collective overlaps it.
+  Time slowdown(RankState& rs, Time t, Time work) {
+    if (rs.holds.empty()) return Time::zero();
+    rs.holds.erase(std::remove_if(rs.holds.begin(), rs.holds.end(),
+                                  [&](const RankState::UnitHold& h) { return h.end <= t; }),
+                   rs.holds.end());
+    double left = work.sec(), extra = 0;
+    Time now = t;
+    while (left > 0) {
+      double share = 0;
+      Time next = Time::infinite();
+      for (const auto& h : rs.holds) {
+        if (h.start <= now && now < h.end) share += h.share;
+        if (h.start > now) next = min(next, h.start);
+        if (h.end > now) next = min(next, h.end);
+      }
+      share = std::min(share, kMaxUnitShare);
+      double span = (next - now).sec();
+      if (!std::isfinite(span) || span * (1 - share) >= left) {
+        extra += left / (1 - share) * share;
+        break;
+      }
+      left -= span * (1 - share);
+      extra += span * share;
+      now = next;
+    }
+    return Time(extra);
   }
 
   void memory_sample(int s, Time at, const PipelineItem& it, double working) {

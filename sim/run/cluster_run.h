@@ -56,6 +56,8 @@ struct StageResult {
   Time finish;              ///< when its optimizer step ended
   Time compute_busy;        ///< operator time on the compute stream
   Time host_stall;          ///< compute stream idle, waiting for the host to issue operators
+  /// Compute stretched by overlapped collectives holding compute units (comm_uses_units).
+  Time comm_interference;
   Time bubble;  ///< step time neither computing nor waiting on a collective (pipeline idle)
   std::array<Time, kParallelGroups> exposed{};  ///< compute waits per group
   int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak
@@ -100,6 +102,8 @@ struct ClusterResult {
   /// Mean over stages of the compute stream's pipeline-wait time, as a fraction of the step.
   double bubble_fraction() const;
   Time exposed_comm() const;
+  /// Compute-stream time lost to collectives holding compute units, averaged over ranks.
+  Time comm_interference() const;
   Time overlapped_comm() const;
 };
 

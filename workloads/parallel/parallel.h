@@ -26,6 +26,9 @@ struct Parallelism {
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
+  /// Collectives in flight take their NCCL channels' compute units (one thread block per channel)
+  /// from the compute stream, which runs at (units - channels) / units meanwhile.
+  bool comm_uses_units = true;
   /// Layers on the first / last pipeline stage (Megatron's --decoder-first/last-pipeline-num-
   /// layers), to offset the embedding and the LM head; 0: an even split. Needs vpp == 1.
   int first_stage_layers = 0, last_stage_layers = 0;

@@ -117,6 +117,11 @@ const Schema& training_schema() {
     x.params.push_back(bucket);
     x.params.push_back(param("overlap_grad_reduce", ParamType::Bool, "", "true",
                              "Reduce gradient buckets during backward, as DDP and Megatron do."));
+    x.params.push_back(param(
+        "comm_uses_units", ParamType::Bool, "", "true",
+        "An overlapped collective runs one thread block per NCCL channel on the compute units "
+        "it overlaps (system collective.channels; fewer for small messages), so compute runs "
+        "at (units - channels) / units while it is in flight. false: overlap is free."));
     for (const char* k : {"first_stage_layers", "last_stage_layers"}) {
       ParamSpec q = param(k, ParamType::Int, "layers", "0",
                           std::string("Layers on the ") + (k[0] == 'f' ? "first" : "last") +
@@ -183,6 +188,7 @@ TrainingSetup training_from_config(const Config& c) {
   }
   par.dp_bucket_bytes = c.get_bytes("dp_bucket").count();
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
+  par.comm_uses_units = c.get_bool("comm_uses_units");
   t.host_overhead = c.get_time("host_overhead");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));
   par.last_stage_layers = int(c.get_int("last_stage_layers"));
