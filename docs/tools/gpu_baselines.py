@@ -260,11 +260,16 @@ class Run:
             if prof.get("kernels"):
                 prof["host_s_per_kernel_if_host_bound"] = t / prof["kernels"]
             self.profile["measurements"][f"train_{name}"].update(prof)
+            saved = self.source
+            # Eager cross-entropy on fp32 logits moves tens of bytes per logit: compare with
+            # `memwall validate --cross-entropy fp32`.
+            self.source = saved + "; eager AMP step, fp32 loss (compare with --cross-entropy fp32)"
             self.add(f"gpubase_train_{self.preset}_{name}_s{seq}_mb{mb}", "training",
                      "iteration_time_s", t, layers=layers, hidden=hidden, ffn_hidden=4 * hidden,
                      heads=heads, kv_heads=heads, seq_len=seq, vocab=50257, mlp="gelu", dropout=0,
                      global_batch=mb, micro_batch=mb, tp=1, pp=1, dp=1, precision="bf16",
                      recompute="none", zero_stage=0, flash_attention=1)
+            self.source = saved
             print(f"    GPU busy {prof.get('gpu_busy_s', 0) * 1e3:.2f} ms of {t * 1e3:.2f} ms; "
                   f"{prof.get('kernels', 0)} kernels; peak {peak:.1f} GiB", flush=True)
             del model, opt, idx
