@@ -36,12 +36,14 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
                  quote((dir_ / "trace.json").string()));
   ASSERT_EQ(r.status, 0) << r.err;
   for (const char* label : {"16 x a100-sxm4-80gb", "tp 2 pp 2 dp 4", "1f1b", "step", "MFU",
-                            "exposed comm", "bubble", "per GPU", "stage", "links"})
+                            "exposed comm", "overlap slowdown", "bubble", "per GPU", "stage", "links"})
     EXPECT_TRUE(has(r.out, label)) << "no '" << label << "' in:\n" << r.out;
   nlohmann::json j = nlohmann::json::parse(read_file(dir_ / "run.json"));
   EXPECT_EQ(j["num_gpus"], 16);
   EXPECT_GT(j["step_time_s"].get<double>(), 0);
-  for (const char* k : {"exposed_s", "overlapped_s", "by_kind"}) EXPECT_TRUE(j["comm"].contains(k)) << k;
+  for (const char* k : {"exposed_s", "overlapped_s", "interference_s", "by_kind"})
+    EXPECT_TRUE(j["comm"].contains(k)) << k;
+  EXPECT_GE(j["comm"]["interference_s"].get<double>(), 0);
   for (const char* g : {"tp", "dp", "pp"}) EXPECT_TRUE(j["comm"]["by_kind"].contains(g)) << g;
   double bubble = j["pipeline"]["bubble_fraction"].get<double>();
   EXPECT_GT(bubble, 0);
