@@ -207,6 +207,31 @@ TEST(ClusterPartition, EvenSplitOrFirstAndLastStageCounts) {
   p.first_stage_layers = 2;
   p.last_stage_layers = 2;
   EXPECT_EQ(chunk_boundaries(16, p), (std::vector<int64_t>{0, 2, 8, 14, 16}));
+  // Interleaved (Megatron-core): the end stages' counts split over their chunks; chunk c sits on
+  // stage c % pp. 20 layers, pp 4, vpp 2, first 2 and last 2: the 16 others over 4 chunks.
+  p.vpp = 2;
+  EXPECT_EQ(chunk_boundaries(20, p),
+            (std::vector<int64_t>{0, 1, 5, 9, 10, 11, 15, 19, 20}));
+}
+
+TEST(ClusterPartition, UnevenInterleavedCountsMustSplitOverTheChunks) {
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=20"});
+  SystemSpec sys = load_system("dgx-a100");
+  auto layout = [&](int first, int last) {
+    return load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 8\npp: 4\nvpp: 2\nfirst_stage_layers: {}\n"
+                    "last_stage_layers: {}\n",
+                    first, last),
+        "training.yaml");
+  };
+  EXPECT_NO_THROW(check_layout(m, layout(2, 2), sys, 4));
+  try {
+    check_layout(m, layout(3, 2), sys, 4);
+    ADD_FAILURE() << "first_stage_layers 3 over vpp 2 was accepted";
+  } catch (const LayoutError& e) {
+    EXPECT_EQ(e.key, "first_stage_layers");
+  }
+  EXPECT_THROW(check_layout(m, layout(2, 4), sys, 4), LayoutError);  // 14 over 4 chunks
 }
 
 // A large vocabulary makes the last stage (LM head and loss) the slowest; giving it fewer layers,

@@ -32,13 +32,17 @@ std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p) {
     for (int c = 0; c <= C; ++c) b[c] = layers * c / C;
     return b;
   }
-  // Megatron: the given stages take their counts, the others split the rest evenly.
-  int middle = C - (first > 0) - (last > 0);
+  // Megatron-core (--decoder-first/last-pipeline-num-layers): the first and last stages take
+  // their counts, split evenly over their vpp chunks; the other stages' chunks share the rest.
+  // Chunk c sits on stage c % pp.
+  const int pp = p.pp, v = p.vpp;
+  int middle = (pp - (first > 0) - (last > 0)) * v;
   int64_t rest = layers - first - last;
   int64_t each = middle > 0 ? rest / middle : 0;
   b[0] = 0;
   for (int c = 0; c < C; ++c) {
-    int64_t n = (c == 0 && first > 0) ? first : (c == C - 1 && last > 0) ? last : each;
+    int s = c % pp;
+    int64_t n = (s == 0 && first > 0) ? first / v : (s == pp - 1 && last > 0) ? last / v : each;
     b[c + 1] = b[c] + n;
   }
   return b;
@@ -83,15 +87,21 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
     fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
                            p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));
   if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
-    if (p.vpp > 1)
-      fail("vpp", "first_stage_layers and last_stage_layers need vpp 1 (one chunk per stage)");
+    // Megatron-core's rule: each end stage's count splits evenly over its vpp chunks, and the
+    // rest over the other stages' chunks.
+    for (auto [key, n] : {std::pair<const char*, int64_t>{"first_stage_layers", p.first_stage_layers},
+                          {"last_stage_layers", p.last_stage_layers}})
+      if (n % p.vpp != 0)
+        fail(key, fmt::format("{} {} does not split evenly over vpp {} model chunks", key, n,
+                              p.vpp));
     int middle = p.pp - (p.first_stage_layers > 0) - (p.last_stage_layers > 0);
     int64_t rest = m.layers - p.first_stage_layers - p.last_stage_layers;
+    int64_t chunks = int64_t(middle) * p.vpp;
     if (p.pp < 2 || rest < 0 || (middle == 0 && rest != 0) ||
-        (middle > 0 && (rest < middle || rest % middle != 0)))
+        (middle > 0 && (rest < chunks || rest % chunks != 0)))
       fail("pp", fmt::format("{} layers minus first_stage_layers {} and last_stage_layers {} do "
-                             "not divide evenly over the other {} stages",
-                             m.layers, p.first_stage_layers, p.last_stage_layers, middle));
+                             "not divide evenly over the other {} stages x vpp {}",
+                             m.layers, p.first_stage_layers, p.last_stage_layers, middle, p.vpp));
   } else if (m.layers % p.chunks() != 0) {
     fail("pp", fmt::format("{} layers do not divide into pp x vpp = {} x {} model chunks",
                            m.layers, p.pp, p.vpp));

@@ -127,7 +127,8 @@ const Schema& training_schema() {
                           std::string("Layers on the ") + (k[0] == 'f' ? "first" : "last") +
                               " pipeline stage, to offset the " +
                               (k[0] == 'f' ? "embedding" : "LM head") +
-                              "; 0: an even split (needs vpp 1).");
+                              "; split evenly over its vpp chunks, the other stages' chunks "
+                              "share the rest (Megatron-core); 0: an even split.");
       q.min = 0;
       x.params.push_back(q);
     }
