@@ -124,9 +124,11 @@ TEST(ClusterRun, GradientBucketsOverlapWithBackward) {
   EXPECT_LT(on.step_time.sec(), off.step_time.sec());
 }
 
-// An overlapped collective runs one thread block per NCCL channel on the compute units: compute
-// slows while it is in flight, by at most share / (1 - share) of the collective's time (one DP
-// stream: one collective at a time), share = channels / units. Nothing overlapped, no cost.
+// An overlapped collective runs one thread block per NCCL channel on the compute units, and moves
+// memory bytes: compute slows while it is in flight. With memory bandwidth to spare only the
+// units count, and the slowdown is at most share / (1 - share) of the collective's time (one DP
+// stream: one collective at a time), share = channels / units. With one channel the memory
+// traffic alone still slows the memory-bound operators. Nothing overlapped, no cost.
 TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
   Job with = data_parallel(true), free = data_parallel(true);
   free.setup.parallel.comm_uses_units = false;
@@ -134,9 +136,24 @@ TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
   EXPECT_EQ(b.comm_interference().sec(), 0);
   EXPECT_GT(a.comm_interference().sec(), 0);
   EXPECT_GT(a.step_time.sec(), b.step_time.sec());
-  double share = double(with.system.tuning.channels) / with.device->compute().units;
-  EXPECT_LE(a.comm_interference().sec(),
-            share / (1 - share) * a.comm[int(ParallelGroup::DP)].total.sec() * (1 + 1e-9));
+
+  Job wide = data_parallel(true);
+  wide.device = load_device("a100-sxm4-80gb", {"memory.bandwidth=2000 TB/s"});
+  ClusterResult w = wide.run();
+  double share = double(wide.system.tuning.channels) / wide.device->compute().units;
+  EXPECT_GT(w.comm_interference().sec(), 0);
+  EXPECT_LE(w.comm_interference().sec(),
+            share / (1 - share) * w.comm[int(ParallelGroup::DP)].total.sec() * (1 + 1e-9));
+
+  // One channel holds 1/108 of the units; the rest of its slowdown is memory traffic.
+  Job narrow = data_parallel(true);
+  narrow.system.tuning.channels = 1;
+  ClusterResult n = narrow.run();
+  double one = 1.0 / narrow.device->compute().units;
+  EXPECT_GT(n.comm_interference().sec(),
+            one / (1 - one) * n.comm[int(ParallelGroup::DP)].total.sec());
+  EXPECT_LT(n.comm_interference().sec(), a.comm_interference().sec());
+
   // Buckets reduced after backward overlap nothing.
   EXPECT_EQ(data_parallel(false).run().comm_interference().sec(), 0);
   // Compute, exposed communication, host stalls, interference and bubble account for the step.

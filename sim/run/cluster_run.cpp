@@ -128,9 +128,13 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
 
 namespace {
 
-// Collectives in flight never hold more than this share of the compute units (NCCL caps its
-// channels at 32 and 64; a unit always remains for the compute stream).
+// Collectives in flight never hold more than this share of the compute units or of the memory
+// bandwidth (NCCL caps its channels, MAXCHANNELS; some always remains for the compute stream).
 constexpr double kMaxUnitShare = 0.9;
+// Memory bytes a GPU moves per byte it sends in NCCL's ring data path (Simple protocol): it reads
+// its own chunk and the chunk a peer wrote into its receive buffer, and that peer's write lands
+// in its memory too. An estimate from the data path, not a measurement.
+constexpr double kMemoryBytesPerBusByte = 3.0;
 
 // ---- programs: one model chunk's operators and collectives in issue order ---------------------
 
@@ -141,6 +145,7 @@ struct Task {
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
   std::string name;            // first node's name
   int ops = 0;                 // operators merged into a Compute task
+  Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
 };
 
 struct Program {
@@ -209,18 +214,17 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
                    o.time, o.bound, n.pass == Pass::Optimizer ? 1 : int(micro_batches)};
       c.nodes.push_back(std::move(t));
       // Consecutive operators with nothing to wait for run back to back: one task.
-      if (waits.empty() && !P->tasks.empty() && P->tasks.back().kind == Task::Compute) {
-        P->tasks.back().duration += o.time;
-        P->tasks.back().ops++;
-      } else {
+      if (!(waits.empty() && !P->tasks.empty() && P->tasks.back().kind == Task::Compute)) {
         Task t2;
         t2.kind = Task::Compute;
-        t2.duration = o.time;
         t2.waits = waits;
         t2.name = n.name;
-        t2.ops = 1;
         P->tasks.push_back(std::move(t2));
       }
+      Task& task = P->tasks.back();
+      task.duration += o.time;
+      task.ops++;
+      if (o.bound == "memory") task.memory_bound += o.time;
       task_of[v] = int(P->tasks.size()) - 1;
       prog_of[v] = P;
     } else if (n.comm) {
@@ -371,7 +375,7 @@ struct RankState {
   // Overlapped collectives in flight: [start, end) and the share of compute units they hold.
   struct UnitHold {
     Time start, end;
-    double share;
+    double units, memory;  // shares of the compute units and of the memory bandwidth
   };
   std::vector<UnitHold> holds;
   std::size_t cursor = 0;
@@ -563,7 +567,7 @@ class ClusterSim {
         }
         if (k.kind == Task::Compute) {
           // Overlapped collectives hold some compute units: the task runs longer.
-          Time run = k.duration + slowdown(rs, t, k.duration);
+          Time run = k.duration + slowdown(rs, t, k);
           // The host issues the task's operators one by one; the stream cannot run ahead of it.
           Time issued = rs.cpu + h_ * double(k.ops);
           Time end = max(t + run, max(t, rs.cpu) + h_ + run / double(k.ops));
@@ -626,41 +630,52 @@ class ClusterSim {
   // (most of a unit's scratchpad and registers) cannot share a unit with one: the channels'
   // units are lost to the compute stream while it is in flight. NCCL uses fewer channels for
   // small messages (about 32 KiB per channel at least: 512 threads x 64 bytes, Simple protocol).
+  // It also moves memory bytes (kMemoryBytesPerBusByte per byte sent), which memory-bound
+  // operators lose.
   void hold_units(RankState& rs, const CollectiveResult& cr, Time start) {
     if (!p_.comm_uses_units || cr.end <= start) return;
     double channels = std::min<double>(sys_.tuning.channels,
                                        std::max(1.0, std::floor(cr.bytes / 32768.0)));
-    double share = std::min(channels / device_.compute().units, kMaxUnitShare);
-    rs.holds.push_back({start, cr.end, share});
+    double units = std::min(channels / device_.compute().units, kMaxUnitShare);
+    double memory = std::min(kMemoryBytesPerBusByte * cr.bus_bandwidth_gbps() * 1e9 /
+                                 device_.sustained_memory_bandwidth().bps(),
+                             kMaxUnitShare);
+    rs.holds.push_back({start, cr.end, units, memory});
   }
 
-  // How much longer work of `work` compute-stream time that starts at `t` takes at the rate the
-  // units the collectives in flight leave (piecewise constant between their starts and ends):
-  // wall time w at a held share f does w (1 - f) of the work and costs w f extra. Exactly zero
-  // when no collective overlaps it.
-  Time slowdown(RankState& rs, Time t, Time work) {
+  // How much longer compute task `k`, starting at `t`, takes while collectives hold units and
+  // memory bandwidth (piecewise constant between their starts and ends). Its compute-bound part
+  // runs at 1 - (units held), its memory-bound part at 1 - (bandwidth held); wall time w at rate
+  // r does w r of the work and costs w (1 - r) extra. Exactly zero when nothing overlaps it.
+  Time slowdown(RankState& rs, Time t, const Task& k) {
     if (rs.holds.empty()) return Time::zero();
     rs.holds.erase(std::remove_if(rs.holds.begin(), rs.holds.end(),
                                   [&](const RankState::UnitHold& h) { return h.end <= t; }),
                    rs.holds.end());
-    double left = work.sec(), extra = 0;
+    const double mem = k.duration.sec() > 0 ? k.memory_bound.sec() / k.duration.sec() : 0;
+    double left = k.duration.sec(), extra = 0;
     Time now = t;
     while (left > 0) {
-      double share = 0;
+      double units = 0, memory = 0;
       Time next = Time::infinite();
       for (const auto& h : rs.holds) {
-        if (h.start <= now && now < h.end) share += h.share;
+        if (h.start <= now && now < h.end) {
+          units += h.units;
+          memory += h.memory;
+        }
         if (h.start > now) next = min(next, h.start);
         if (h.end > now) next = min(next, h.end);
       }
-      share = std::min(share, kMaxUnitShare);
+      units = std::min(units, kMaxUnitShare);
+      memory = std::min(memory, kMaxUnitShare);
+      double rate = 1.0 / ((1 - mem) / (1 - units) + mem / (1 - memory));
       double span = (next - now).sec();
-      if (!std::isfinite(span) || span * (1 - share) >= left) {
-        extra += left / (1 - share) * share;
+      if (!std::isfinite(span) || span * rate >= left) {
+        extra += left / rate - left;
         break;
       }
-      left -= span * (1 - share);
-      extra += span * share;
+      left -= span * rate;
+      extra += span * (1 - rate);
       now = next;
     }
     return Time(extra);

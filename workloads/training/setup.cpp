@@ -120,8 +120,9 @@ const Schema& training_schema() {
     x.params.push_back(param(
         "comm_uses_units", ParamType::Bool, "", "true",
         "An overlapped collective runs one thread block per NCCL channel on the compute units "
-        "it overlaps (system collective.channels; fewer for small messages), so compute runs "
-        "at (units - channels) / units while it is in flight. false: overlap is free."));
+        "(system collective.channels; fewer for small messages) and moves memory bytes, so "
+        "compute-bound work runs at (units - channels) / units and memory-bound work at the "
+        "bandwidth left while it is in flight. false: overlap is free."));
     for (const char* k : {"first_stage_layers", "last_stage_layers"}) {
       ParamSpec q = param(k, ParamType::Int, "layers", "0",
                           std::string("Layers on the ") + (k[0] == 'f' ? "first" : "last") +
