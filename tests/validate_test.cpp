@@ -174,6 +174,19 @@ TEST(ValidateCommand, WorkerProcessesGiveTheSamePredictionsAsOne) {
   EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 6);
 }
 
+// The project's own measured baselines (configs/validation/) are read and every row simulated.
+TEST(ValidateCommand, ProjectBaselinesAreReadAndEveryRowSimulated) {
+  TempDir d;
+  const std::string file =
+      std::string(MEMWALL_SOURCE_DIR) + "/configs/validation/gpubase-h100-sxm5-80gb-2026-11-28.csv";
+  CommandRun r = run_memwall(d, "validate --cases '" + file + "' --out '" + d.file("p.csv") + "'");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  std::vector<int> lines;
+  Rows rows = parse_csv(read(d.file("p.csv")), "p.csv", &lines);
+  ASSERT_EQ(rows.size(), 70u);
+  for (size_t i = 1; i < rows.size(); ++i) EXPECT_EQ(rows[i][6], "ok") << rows[i][0] << ": " << rows[i][7];
+}
+
 TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {
   TempDir d;
   write(d.file("broken_cases.csv"),
