@@ -130,14 +130,20 @@ TEST(ClusterRun, GradientBucketsOverlapWithBackward) {
 // stream: one collective at a time), share = channels / units. With one channel the memory
 // traffic alone still slows the memory-bound operators. Nothing overlapped, no cost.
 TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
-  Job with = data_parallel(true), free = data_parallel(true);
+  // Device-bound (no host issue cost), so the slowdown shows in the step time.
+  auto job = [] {
+    Job j = data_parallel(true);
+    j.setup.host_overhead = Time::zero();
+    return j;
+  };
+  Job with = job(), free = job();
   free.setup.parallel.comm_uses_units = false;
   ClusterResult a = with.run(), b = free.run();
   EXPECT_EQ(b.comm_interference().sec(), 0);
   EXPECT_GT(a.comm_interference().sec(), 0);
   EXPECT_GT(a.step_time.sec(), b.step_time.sec());
 
-  Job wide = data_parallel(true);
+  Job wide = job();
   wide.device = load_device("a100-sxm4-80gb", {"memory.bandwidth=2000 TB/s"});
   ClusterResult w = wide.run();
   double share = double(wide.system.tuning.channels) / wide.device->compute().units;
@@ -146,7 +152,7 @@ TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
             share / (1 - share) * w.comm[int(ParallelGroup::DP)].total.sec() * (1 + 1e-9));
 
   // One channel holds 1/108 of the units; the rest of its slowdown is memory traffic.
-  Job narrow = data_parallel(true);
+  Job narrow = job();
   narrow.system.tuning.channels = 1;
   ClusterResult n = narrow.run();
   double one = 1.0 / narrow.device->compute().units;
