@@ -364,10 +364,19 @@ def profile_step(step):
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
     window = (spans[-1][1] - spans[0][0]) / 1e6
+    # The 40 kernels (by name) that took the most time: count, total seconds, class.
+    by_name = {}
+    for e in kernels:
+        n = e.get("name", "")
+        c, t = by_name.get(n, (0, 0.0))
+        by_name[n] = (c + 1, t + e.get("dur", 0) / 1e6)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]
     return {"kernels": sum(1 for e in kernels if e["cat"] == "kernel"),
             "gpu_busy_s": busy / 1e6, "gpu_window_s": window,
             "gpu_idle_in_window_s": window - busy / 1e6,
-            "kernel_time_by_class_s": by_class}
+            "kernel_time_by_class_s": by_class,
+            "top_kernels": [{"name": n[:200], "count": c, "seconds": t, "class": kernel_class(n)}
+                            for n, (c, t) in top]}
 
 
 def main():
