@@ -21,6 +21,7 @@
 //   memory is `oom`, with its prediction still given. Multi-GPU training is `unsupported` until
 //   the cluster model exists.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -29,12 +30,14 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -836,8 +839,10 @@ std::string unescape_field(const std::string& s) {
 }
 
 // Predicts every case. SystemC has one simulation kernel per process, so `jobs` > 1 forks that
-// many workers, each taking every jobs-th case with its own devices, and merges their results in
-// the file's order. A worker that dies leaves its unfinished cases as errors that say so.
+// many workers, each with its own devices, taking the next case from a counter they share (cases
+// differ in cost by orders of magnitude, so a fixed split leaves one worker running alone), and
+// merges their results in the file's order. A worker that dies leaves its unfinished case as an
+// error that says so.
 std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
                                     const std::function<void(DevicePool&)>& configure,
                                     Fidelity f) {
@@ -851,6 +856,10 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
     return ps;
   }
   std::cout.flush();
+  void* shared = mmap(nullptr, sizeof(std::atomic<size_t>), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) throw std::runtime_error("validate: cannot share a case counter");
+  auto* next = new (shared) std::atomic<size_t>(0);
   std::vector<std::FILE*> files;
   std::vector<pid_t> pids;
   for (int k = 0; k < jobs; ++k) {
@@ -863,7 +872,7 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
       try {
         DevicePool pool(f);
         configure(pool);
-        for (size_t i = k; i < cases.size(); i += jobs) {
+        for (size_t i; (i = next->fetch_add(1)) < cases.size();) {
           Prediction p = predict(cases[i], pool);
           std::fprintf(out, "%zu\t%s\t%.17g\t%s\n", i, p.status.c_str(), p.predicted,
                        escape_field(p.reason).c_str());
@@ -879,9 +888,14 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
   }
   for (const auto& c : cases) ps.push_back(unpredicted(c));
   std::vector<bool> done(cases.size(), false);
+  std::string ended;  // how workers that did not finish ended
   for (int k = 0; k < jobs; ++k) {
     int status = 0;
     waitpid(pids[k], &status, 0);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+      ended += fmt::format("{}{}", ended.empty() ? "" : ", ",
+                           WIFSIGNALED(status) ? fmt::format("signal {}", WTERMSIG(status))
+                                               : fmt::format("exit status {}", WEXITSTATUS(status)));
     std::rewind(files[k]);
     std::string line;
     for (int ch; (ch = std::fgetc(files[k])) != EOF;) {
@@ -907,14 +921,14 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
       done[i] = true;
     }
     std::fclose(files[k]);
-    for (size_t i = k; i < cases.size(); i += jobs)
-      if (!done[i]) {
-        ps[i].status = "error";
-        ps[i].reason = fmt::format("the worker process simulating this case ended ({})",
-                                   WIFSIGNALED(status) ? fmt::format("signal {}", WTERMSIG(status))
-                                                       : fmt::format("exit status {}", WEXITSTATUS(status)));
-      }
   }
+  munmap(shared, sizeof(std::atomic<size_t>));
+  for (size_t i = 0; i < cases.size(); ++i)
+    if (!done[i]) {
+      ps[i].status = "error";
+      ps[i].reason = fmt::format("the worker process simulating this case ended ({})",
+                                 ended.empty() ? "no result" : ended);
+    }
   return ps;
 }
 
