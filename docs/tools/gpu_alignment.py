@@ -14,24 +14,10 @@ import argparse
 import csv
 import datetime
 import os
-import statistics
 
 import torch
 
-
-def timed(fn, warmup=5, iters=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+from gpu_baselines import time_call  # same folder: CUDA-event median after warm-ups
 
 
 def main():
@@ -55,7 +41,7 @@ def main():
             ("wgrad_dyT_x", V, h, T, lambda: dy.t() @ x),    # dW = dY^T X
         ]
         for tag, m, n, k, fn in cases:
-            t = timed(fn)
+            t = time_call(fn, 5, 20)
             tf = 2 * m * n * k / t / 1e12
             print(f"V={V} {tag:12s} m={m} n={n} k={k}: {t * 1e3:.3f} ms, {tf:.1f} TFLOP/s", flush=True)
             rows.append({"id": f"gpualign_gemm_{args.preset}_{tag}_v{V}", "kind": "gemm",
