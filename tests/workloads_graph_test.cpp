@@ -50,6 +50,44 @@ TEST(WorkloadGraph, FlopsAreSixNTPlusAttention) {
   }
 }
 
+// A linear layer with a bias sums its output gradient over the tokens in a kernel of its own:
+// it reads all of dY once. GPT has four per layer, Llama (no biases) none.
+TEST(WorkloadGraph, BiasGradientsReadTheOutputGradient) {
+  TransformerModel gpt = load_model("gpt2-124m", {"seq_len=128"});
+  StepGraph g = build_step_graph(gpt, setup("micro_batch: 2"));
+  const double T = 2 * 128, h = double(gpt.hidden), e = 2;  // bf16 activations
+  struct Expect { const char* name; double width; };
+  for (Expect x : {Expect{"layer0.attn.qkv.bwd_bias", double(gpt.qkv_width())},
+                   Expect{"layer0.attn.proj.bwd_bias", h},
+                   Expect{"layer0.mlp.fc1.bwd_bias", double(gpt.ffn_hidden)},
+                   Expect{"layer0.mlp.fc2.bwd_bias", h}}) {
+    SCOPED_TRACE(x.name);
+    const StepNode* n = find(g, x.name);
+    ASSERT_NE(n, nullptr);
+    EXPECT_EQ(n->pass, Pass::BackwardWeight);
+    EXPECT_DOUBLE_EQ(n->op->min_bytes().count(), T * x.width * e);
+    EXPECT_FALSE(n->writes.empty()) << "accumulates into the gradient buffer";
+  }
+  StepGraph llama = build_step_graph(load_model("llama3-8b", {"layers=2", "seq_len=128"}),
+                                     setup("micro_batch: 1"));
+  for (std::size_t v = 0; v < llama.size(); ++v)
+    EXPECT_EQ(llama.dag[v].name.find("bwd_bias"), std::string::npos) << llama.dag[v].name;
+}
+
+// A norm's backward is two kernels, each reading the output gradient and the input: one for the
+// input gradient, one for the weight gradient. Its forward reads the input once.
+TEST(WorkloadGraph, NormBackwardReadsItsInputsTwice) {
+  for (const char* kind : {"layernorm", "rmsnorm"}) {
+    SCOPED_TRACE(kind);
+    Op fwd = make_norm(kind, 1024, 4096, DType::BF16, false);
+    Op bwd = make_norm(kind, 1024, 4096, DType::BF16, true);
+    const double n = 1024.0 * 4096;
+    EXPECT_DOUBLE_EQ(fwd.min_bytes().count(), 2 * 2 * n);
+    EXPECT_DOUBLE_EQ(bwd.min_bytes().count(), 5 * 2 * n);  // dy, x, dy, x in; dx out
+    EXPECT_EQ(std::get<StreamOp>(bwd.body).kernels, 2);
+  }
+}
+
 TEST(WorkloadGraph, BackwardIsAboutTwiceForward) {
   for (const char* name : {"gpt3-1.3b", "llama3-8b"}) {
     SCOPED_TRACE(name);
@@ -59,14 +97,15 @@ TEST(WorkloadGraph, BackwardIsAboutTwiceForward) {
     EXPECT_GT(bwd / fwd, 1.95);
     EXPECT_LT(bwd / fwd, 2.10);
     // Input and weight gradients each repeat the forward's matrix products exactly.
-    double gemm_fwd = 0, gemm_bwd_input = 0;
+    double gemm_fwd = 0, gemm_bwd_input = 0, gemm_bwd_weight = 0;
     for (std::size_t v = 0; v < g.size(); ++v) {
       const StepNode& n = g.dag[v];
       if (!n.op || n.op->kind() != "gemm") continue;
       if (n.pass == Pass::Forward) gemm_fwd += n.op->flops();
       if (n.pass == Pass::BackwardInput) gemm_bwd_input += n.op->flops();
+      if (n.pass == Pass::BackwardWeight) gemm_bwd_weight += n.op->flops();
     }
-    EXPECT_DOUBLE_EQ(g.flops(Pass::BackwardWeight), gemm_fwd);
+    EXPECT_DOUBLE_EQ(gemm_bwd_weight, gemm_fwd);
     EXPECT_DOUBLE_EQ(gemm_bwd_input, gemm_fwd);
     std::printf("  %-10s backward / forward = %.4f\n", name, bwd / fwd);
     EXPECT_EQ(g.flops(Pass::Recompute), 0);

@@ -116,8 +116,9 @@ std::string Op::signature() const {
                    std::string in, out;
                    for (double b : s.in_bytes) in += fmt::format("{},", b);
                    for (double b : s.out_bytes) out += fmt::format("{},", b);
-                   return fmt::format("{} n={} in={} out={} vf={} sfu={} {}", s.kind, s.elements,
-                                      in, out, s.vector_flops, s.sfu_ops, dtype_name(s.dtype));
+                   return fmt::format("{} n={} in={} out={} vf={} sfu={} {} kernels={}", s.kind,
+                                      s.elements, in, out, s.vector_flops, s.sfu_ops,
+                                      dtype_name(s.dtype), s.kernels);
                  }},
       body);
 }
@@ -141,8 +142,13 @@ Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
   bool rms = kind == "rmsnorm";
-  return backward ? stream(kind + "_bwd", rows * cols, {e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt)
-                  : stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
+  if (!backward) return stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
+  // Two kernels, each reading the output gradient and the input: the input gradient (PyTorch's
+  // layer_norm_grad_input_kernel, apex's cuComputeGradInput) and the weight (and bias) gradient
+  // as column sums over the rows (GammaBetaBackward, cuComputePartGradGammaBeta).
+  Op op = stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt);
+  std::get<StreamOp>(op.body).kernels = 2;
+  return op;
 }
 
 Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
@@ -168,10 +174,11 @@ Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt, bool fused, bool 
   // write 4), row max (read 4), subtract in place, exp in place, row sum (read 4), divide in
   // place (read 4, write 4 each); the fp32 softmax is kept for the backward. Backward = multiply
   // by the incoming gradient in place, cast back to 16 bit.
-  if (!backward)
-    return stream("cross_entropy_fp32", n, {e, 4, 4, 4, 4, 4}, {4, 4, 4, 4}, 8, 1, 5,
-                  DType::FP32);
-  return stream("cross_entropy_fp32_bwd", n, {4, 4}, {4, e}, 2, 0, 1, DType::FP32);
+  Op op = backward ? stream("cross_entropy_fp32_bwd", n, {4, 4}, {4, e}, 2, 0, 1, DType::FP32)
+                   : stream("cross_entropy_fp32", n, {e, 4, 4, 4, 4, 4}, {4, 4, 4, 4}, 8, 1, 5,
+                            DType::FP32);
+  std::get<StreamOp>(op.body).kernels = backward ? 2 : 6;  // one per pass over the logits above
+  return op;
 }
 
 Op make_adam(int64_t params, DType grad) {

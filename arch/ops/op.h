@@ -51,6 +51,10 @@ struct StreamOp {
   double sfu_ops = 0;             ///< per element
   double useful_flops = 0;        ///< per element, as reported (may differ from pipe work)
   DType dtype = DType::FP32;      ///< vector pipe data type
+  /// Kernels the implementation launches for this stream (PyTorch's LayerNorm backward: one for
+  /// the input gradient, one for the weight gradient). The byte and FLOP counts are their total;
+  /// each kernel beyond the first adds a launch on the device and an issue on the host.
+  int kernels = 1;
 };
 
 struct Op {

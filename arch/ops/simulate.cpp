@@ -75,6 +75,14 @@ OpResult OpSimulator::run(const Op& op) {
   return r;
 }
 
+namespace {
+/// Kernels an operator launches beyond those its mapping produces.
+int extra_kernels(const Op& op) {
+  const auto* s = std::get_if<StreamOp>(&op.body);
+  return s ? std::max(0, s->kernels - 1) : 0;
+}
+}  // namespace
+
 OpResult OpSimulator::simulate_analytical(const Op& op) const {
   const ComputeSpec& c = device_.compute();
   OpResult r;
@@ -89,7 +97,7 @@ OpResult OpSimulator::simulate_analytical(const Op& op) const {
   double rate = compute_rate(op, c, c.sustained_clock);
   double t_compute = rate > 0 ? r.flops / rate : 0;
   double t_mem = r.min_bytes.count() / device_.sustained_memory_bandwidth().bps();
-  int kernels = static_cast<int>(map_op(op, device_).size());
+  int kernels = static_cast<int>(map_op(op, device_).size()) + extra_kernels(op);
   r.kernels = kernels;
   r.time = Time(std::max(t_compute, t_mem)) + device_.launch_overhead() * kernels;
   r.memory_read = r.min_bytes;  // the roofline does not split reads from writes
@@ -109,7 +117,10 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   r.flops = op.flops();
   r.min_bytes = op.min_bytes();
   auto kernels = map_op(op, device_);
-  r.kernels = static_cast<int>(kernels.size());
+  // A stream the implementation splits into several kernels runs as one program (its bytes are
+  // the total) plus the launches of the others.
+  r.kernels = static_cast<int>(kernels.size()) + extra_kernels(op);
+  r.time += device_.launch_overhead() * double(extra_kernels(op));
   TileExecutor exec(device_, trace_);
   const ComputeSpec& c = device_.compute();
   std::vector<double> level_hits(device_.caches().size()), level_total(device_.caches().size());

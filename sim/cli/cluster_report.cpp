@@ -208,11 +208,7 @@ void write_cluster_csv(const ClusterResult& r, const std::string& dir) {
     return f;
   };
   std::ofstream ops = open("ops.csv");
-  ops << "name,class,pass,layer,flops,bytes,time_s,executions,bound\n";
-  for (const auto& n : r.nodes)
-    ops << fmt::format("{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
-                       pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
-                       n.executions, n.bound);
+  write_ops_csv(ops, r.nodes);
   std::ofstream st = open("stages.csv");
   st << "stage,layers,compute_s,bubble_s";
   for (ParallelGroup g : kGroups) st << "," << parallel_group_name(g) << "_exposed_s";

@@ -48,10 +48,11 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
                      r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));
   auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
   out += fmt::format(
-      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  (launch gaps {})   |  bound by compute {}  "
-      "HBM {}  cache {}  latency {}\n",
+      "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {} ({:.0f} "
+      "kernels)  (launch gaps {})   |  bound by compute {}  HBM {}  cache {}  latency {}\n",
       pct(share(OpClass::Matrix)), pct(share(OpClass::Attention)), pct(share(OpClass::MemoryBound)),
-      pct(share(OpClass::Optimizer)), pct(r.host_stall.sec() / step), pct(r.launch_time.sec() / step),
+      pct(share(OpClass::Optimizer)), pct(r.host_stall.sec() / step), kernels_per_step(r.nodes),
+      pct(r.launch_time.sec() / step),
       pct(r.compute_bound_time.sec() / step),
       pct(r.memory_bound_time.sec() / step), pct(r.cache_bound_time.sec() / step),
       pct(r.latency_bound_time.sec() / step));
@@ -93,6 +94,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
                    {"bytes", n.bytes.count()},
                    {"time_s", n.time.sec()},
                    {"executions", n.executions},
+                   {"kernels", n.kernels},
                    {"bound", n.bound}});
   nlohmann::json time_by_class;
   time_by_class["launch_gaps"] = r.launch_time.sec();
@@ -113,6 +115,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"model_flops", r.model_flops},
           {"hardware_flops", r.hardware_flops},
           {"time_by_class_s", time_by_class},
+          {"kernels_per_step", kernels_per_step(r.nodes)},
           {"time_by_bound_s",
            {{"compute", r.compute_bound_time.sec()},
             {"memory", r.memory_bound_time.sec()},
@@ -135,15 +138,19 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"ops", ops}};
 }
 
+void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes) {
+  out << "name,class,pass,layer,flops,bytes,time_s,executions,kernels,bound\n";
+  for (const auto& n : nodes)
+    out << fmt::format("{},{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
+                       pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
+                       n.executions, n.kernels, n.bound);
+}
+
 void write_training_csv(const TrainingResult& r, const std::string& dir) {
   std::filesystem::create_directories(dir);
   std::ofstream ops(dir + "/ops.csv");
   if (!ops) throw std::runtime_error("cannot write '" + dir + "/ops.csv'");
-  ops << "name,class,pass,layer,flops,bytes,time_s,executions,bound\n";
-  for (const auto& n : r.nodes)
-    ops << fmt::format("{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
-                       pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
-                       n.executions, n.bound);
+  write_ops_csv(ops, r.nodes);
   std::map<std::pair<int, std::string>, double> layer_time;
   for (const auto& n : r.nodes) layer_time[{n.layer, pass_name(n.pass)}] += n.time.sec() * n.executions;
   std::ofstream layers(dir + "/layers.csv");

@@ -1,7 +1,9 @@
 // What users read after a training-step run: the terminal summary, JSON and CSV tables.
 #pragma once
 
+#include <ostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -18,5 +20,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
 nlohmann::json training_json(const TrainingResult& r, const StepGraph& g);
 /// Writes DIR/ops.csv (one row per operator node) and DIR/layers.csv (time per layer and pass).
 void write_training_csv(const TrainingResult& r, const std::string& dir);
+/// The per-operator table (ops.csv) of a single-device or a cluster run.
+void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes);
 
 }  // namespace memwall

@@ -145,6 +145,7 @@ struct Task {
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
   std::string name;            // first node's name
   int ops = 0;                 // operators merged into a Compute task
+  int kernels = 0;             // kernels they launch, each issued by the host
   Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
 };
 
@@ -212,6 +213,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       if (n.pass != Pass::Recompute) P->model_flops += o.flops;
       NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
                    o.time, o.bound, n.pass == Pass::Optimizer ? 1 : int(micro_batches)};
+      t.kernels = std::max(1, o.kernels);
       c.nodes.push_back(std::move(t));
       // Consecutive operators with nothing to wait for run back to back: one task.
       if (!(waits.empty() && !P->tasks.empty() && P->tasks.back().kind == Task::Compute)) {
@@ -224,6 +226,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       Task& task = P->tasks.back();
       task.duration += o.time;
       task.ops++;
+      task.kernels += c.nodes.back().kernels;
       if (o.bound == "memory") task.memory_bound += o.time;
       task_of[v] = int(P->tasks.size()) - 1;
       prog_of[v] = P;
@@ -568,9 +571,9 @@ class ClusterSim {
         if (k.kind == Task::Compute) {
           // Overlapped collectives hold some compute units: the task runs longer.
           Time run = k.duration + slowdown(rs, t, k);
-          // The host issues the task's operators one by one; the stream cannot run ahead of it.
-          Time issued = rs.cpu + h_ * double(k.ops);
-          Time end = max(t + run, max(t, rs.cpu) + h_ + run / double(k.ops));
+          // The host issues the task's kernels one by one; the stream cannot run ahead of it.
+          Time issued = rs.cpu + h_ * double(k.kernels);
+          Time end = max(t + run, max(t, rs.cpu) + h_ + run / double(k.kernels));
           end = max(end, issued);
           rs.cpu = issued;
           span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name,

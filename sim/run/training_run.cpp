@@ -28,6 +28,12 @@ OpClass classify(const StepNode& n) {
 
 }  // namespace
 
+double kernels_per_step(const std::vector<NodeTiming>& nodes) {
+  double k = 0;
+  for (const auto& n : nodes) k += double(n.kernels) * n.executions;
+  return k;
+}
+
 TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fidelity,
                                  TraceWriter* trace) {
   TrainingResult r;
@@ -43,7 +49,8 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   const double accum = double(g.accumulation_steps);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
   Time micro_batch_time, optimizer_time, clock;
-  std::vector<Time> mb_ops, opt_ops;
+  // Device time and kernel count of each operator, in issue order.
+  std::vector<std::pair<Time, int>> mb_ops, opt_ops;
   for (std::size_t i = 0; i < r.memory.order.size(); ++i) {
     StepVertex v = r.memory.order[i];
     const StepNode& n = g.node(v);
@@ -52,11 +59,12 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     OpResult o = sim.run(*n.op);
     NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops,
                  o.memory_read + o.memory_written, o.time, o.bound, 1};
+    t.kernels = std::max(1, o.kernels);
     bool per_micro_batch = n.pass != Pass::Optimizer;
     t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) : 1;
     double runs = t.executions;
     (per_micro_batch ? micro_batch_time : optimizer_time) += o.time;
-    (per_micro_batch ? mb_ops : opt_ops).push_back(o.time);
+    (per_micro_batch ? mb_ops : opt_ops).push_back({o.time, t.kernels});
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
@@ -80,21 +88,21 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     clock += o.time;
     r.nodes.push_back(std::move(t));
   }
-  // The host issues operators one after another, `host_overhead` each; the device runs one
-  // only once it is issued. Micro-batches follow without a host sync; the optimizer's gradient
-  // check (clipping, fp16 overflow) waits for the device.
+  // The host issues kernels one after another, `host_overhead` each; the device runs a kernel
+  // only once it is issued, so an operator of k kernels ends no earlier than its last kernel's
+  // issue plus that kernel's share of the work. Micro-batches follow without a host sync; the
+  // optimizer's gradient check (clipping, fp16 overflow) waits for the device.
   const Time h = g.setup.host_overhead;
   Time cpu, gpu;
+  auto issue = [&](const std::pair<Time, int>& op) {
+    auto [d, k] = op;
+    gpu = max(max(gpu, cpu) + d, cpu + h * double(k - 1) + d / double(k));
+    cpu += h * double(k);
+  };
   for (int64_t a = 0; a < g.accumulation_steps; ++a)
-    for (Time d : mb_ops) {
-      gpu = max(gpu, cpu) + d;
-      cpu += h;
-    }
+    for (const auto& op : mb_ops) issue(op);
   cpu = max(cpu, gpu);
-  for (Time d : opt_ops) {
-    gpu = max(gpu, cpu) + d;
-    cpu += h;
-  }
+  for (const auto& op : opt_ops) issue(op);
   r.step_time = gpu;
   Time device_time = micro_batch_time * accum + optimizer_time;
   r.host_stall = r.step_time > device_time ? r.step_time - device_time : Time::zero();

@@ -36,7 +36,11 @@ struct NodeTiming {
   Time time;            ///< one execution
   std::string bound;
   int executions = 1;   ///< per optimizer step (micro-batch nodes run accumulation_steps times)
+  int kernels = 1;      ///< kernels one execution launches, each issued by the host
 };
+
+/// Kernels the host issues per optimizer step for these operators (each execution counted).
+double kernels_per_step(const std::vector<NodeTiming>& nodes);
 
 struct TrainingResult {
   std::string device, model;

@@ -691,12 +691,21 @@ class Builder {
   // ---- backward ------------------------------------------------------------------------------
 
   // Weight-gradient GEMM dW[m x n] = X^T dY over k tokens, accumulated into the group's gradient
-  // buffer; `piece` parameters of group `gi` are then complete.
+  // buffer; `piece` parameters of group `gi` are then complete. A linear layer with a bias also
+  // sums dY over the tokens: a reduction kernel of its own, which reads all of dY (autograd's
+  // sum for a broadcast bias; Megatron's fused bias-GeLU and bias-dropout-add leave it too).
   void weight_grad(const std::string& name, int l, int64_t m, int64_t n, int64_t k, TensorId x,
-                   TensorId dy, int gi, int64_t piece, int64_t batch = 1) {
+                   TensorId dy, int gi, int64_t piece, int64_t batch = 1, bool bias = false) {
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
     node(name, gemm(m, n, k, md_, batch), Pass::BackwardWeight, l, {x, dy}, allocs, writes);
+    if (bias) {
+      std::vector<TensorId> grads = writes;
+      grads.insert(grads.end(), allocs.begin(), allocs.end());
+      std::string base = name.substr(0, name.rfind('.'));
+      node(base + ".bwd_bias", stream_op("bias_grad", k * n * batch, {e_}, {}, 2, 1, ad_),
+           Pass::BackwardWeight, l, {dy}, {}, grads);
+    }
     grad_done(gi, piece, l);
   }
   // A norm's backward: input gradient and its own (replicated) weight gradient.
@@ -733,7 +742,7 @@ class Builder {
       TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
       node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, ffn_r_, h, md_), BI, l, {d_fc2, Wt}, {d_act});
       weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2, gi,
-                  fc2_params());
+                  fc2_params(), 1, m_.bias);
       TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * fc1w_r_);
       node(nm(l, "mlp.act", "bwd"),
            make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * ffn_r_,
@@ -744,7 +753,7 @@ class Builder {
       node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l, {d_fc1, Wt}, {d_ln2});
       d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2);
       weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, d_fc1, gi,
-                  fc1_params());
+                  fc1_params(), 1, m_.bias);
     }
     TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
     TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh);
@@ -762,7 +771,7 @@ class Builder {
     node(nm(l, "attn.proj", "bwd_input"), gemm(T_, attnw_r_, h, md_), BI, l, {d_proj, Wt},
          {d_attn});
     weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj, gi,
-                proj_params());
+                proj_params(), 1, m_.bias);
 
     LayerActs core = a;
     if (selective_unfused()) {
@@ -813,7 +822,7 @@ class Builder {
     node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l, {d_qkv, Wt}, {d_ln1});
     d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1);
     weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, qkvw_r_, T_, ln1_full, d_qkv, gi,
-                qkv_params());
+                qkv_params(), 1, m_.bias);
     TensorId d_ln1_in = norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, Wt);
     TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh);
     node(nm(l, "attn.residual", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
@@ -838,7 +847,7 @@ class Builder {
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
     weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, d_out, ge,
-                efc2_params(), experts_local_);
+                efc2_params(), experts_local_, m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Tk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Tk * effn_r_,
@@ -848,7 +857,7 @@ class Builder {
     node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, d_fc1,
-                ge, efc1_params(), experts_local_);
+                ge, efc1_params(), experts_local_, m_.bias);
     TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp);
     TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(T_) * h);
     node(nm(l, "moe.permute", "bwd"),
