@@ -232,17 +232,24 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
     }
     return out;
   }
-  // Unfused: per (batch, head) batched GEMMs with the scores in memory.
+  // Unfused: per (batch, head) batched GEMMs with the scores in memory. The products leave the
+  // output head-major ([b h, s, d]); the framework copies it to token-major ([s, b, h d] or
+  // [b, s, h d]) for the projection (Megatron's permute(...).contiguous(), Hugging Face's
+  // transpose(1, 2).contiguous()), and the backward copies the output gradient back.
   int64_t bh = a.batch * a.heads;
   int64_t rows = bh * a.seq_q;
+  double e = dtype_bytes(a.dtype);
+  StreamOp relayout{"attention_relayout", rows * a.head_dim, {e}, {e}, 0, 0, 0, DType::FP32};
   if (fwd) {
     out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // S = QK^T
     out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, false).body), dev));
     if (a.dropout)
       out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout", rows * a.seq_kv, a.dtype).body), dev));
     out.push_back(map_gemm(GemmOp{a.seq_q, a.head_dim, a.seq_kv, bh, a.dtype}, dev));  // O = PV
+    out.push_back(map_stream(relayout, dev));
   }
   if (bwd) {
+    out.push_back(map_stream(relayout, dev));
     out.push_back(map_gemm(GemmOp{a.seq_kv, a.head_dim, a.seq_q, bh, a.dtype}, dev));  // dV = P^T dO
     out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // dP = dO V^T
     if (a.dropout)
