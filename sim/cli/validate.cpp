@@ -418,7 +418,7 @@ class DevicePool {
     return *entries_.at(name).device;
   }
   Fidelity fidelity() const { return fidelity_; }
-  /// Host issue cost per operator for training cases (the case format has no column for it).
+  /// Host issue cost per kernel for training cases (the case format has no column for it).
   std::optional<Time> host_overhead;
   /// The loss kernel for training cases (no column either): fused or Megatron's fp32 version.
   std::optional<bool> fused_cross_entropy;
@@ -969,7 +969,7 @@ void add_validate_command(CLI::App& app) {
   cmd->add_option("--fidelity", o->fidelity, "tile (default) or analytical")
       ->check(CLI::IsMember({"analytical", "tile"}));
   cmd->add_option("--host-overhead", o->host_overhead,
-                  "Host issue cost per operator for training cases, e.g. '20 us' (default: "
+                  "Host issue cost per kernel for training cases, e.g. '20 us' (default: "
                   "training.host_overhead's default)");
   cmd->add_option("--jobs,-j", o->jobs,
                   "Worker processes (SystemC runs one simulation per process); default: the "

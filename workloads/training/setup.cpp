@@ -143,7 +143,7 @@ const Schema& training_schema() {
     x.params.push_back(ce);
     x.params.push_back(param(
         "host_overhead", ParamType::Time, "s", "47 us",
-        "CPU time to issue one operator or collective (one kernel each): PyTorch eager dispatch, "
+        "CPU time to issue one kernel or collective (an operator issues every kernel it maps to): PyTorch eager dispatch, "
         "autograd and launch. Default measured: a host-bound eager training step issued 710 "
         "kernels in 33.3 ms (configs/validation/gpubase-h100-sxm5-80gb-2026-11-28). 0: a "
         "CUDA-graph-like launch."));

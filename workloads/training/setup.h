@@ -31,8 +31,9 @@ struct TrainingSetup {
   /// Megatron's fp32 vocab-parallel cross-entropy as separate ops (make_cross_entropy).
   bool fused_cross_entropy = true;
   Parallelism parallel;  ///< how the job is split over devices (default: one device)
-  /// CPU time the framework spends issuing one operator or collective (Python, dispatcher,
-  /// launch). The GPU cannot start an operator before the CPU has issued it, so a step of many
+  /// CPU time the framework spends issuing one kernel or collective (Python, dispatcher,
+  /// launch). An operator issues every kernel its mapping launches (unfused attention: five
+  /// forward). The GPU cannot start a kernel before the CPU has issued it, so a step of many
   /// small kernels is host-bound. Default: 47 us per kernel, measured on a host-bound eager
   /// PyTorch step (configs/validation/README.md).
   Time host_overhead = Time::us(47);
