@@ -235,9 +235,20 @@ TEST(ClusterPartition, EvenSplitOrFirstAndLastStageCounts) {
   p.vpp = 2;
   EXPECT_EQ(chunk_boundaries(20, p),
             (std::vector<int64_t>{0, 1, 5, 9, 10, 11, 15, 19, 20}));
+  // Llama 3 405B (126 layers, pp 16, vpp 2, one layer fewer on each end stage): the chunk with
+  // the embedding and the one with the LM head hold 3 layers, every other chunk 4.
+  p.pp = 16;
+  p.first_stage_layers = p.last_stage_layers = 7;
+  std::vector<int64_t> b = chunk_boundaries(126, p);
+  ASSERT_EQ(b.size(), 33u);
+  EXPECT_EQ(b.back(), 126);
+  for (int c = 0; c < 32; ++c) {
+    SCOPED_TRACE(c);
+    EXPECT_EQ(b[c + 1] - b[c], c == 0 || c == 31 ? 3 : 4);
+  }
 }
 
-TEST(ClusterPartition, UnevenInterleavedCountsMustSplitOverTheChunks) {
+TEST(ClusterPartition, EndStageCountsMustGiveEveryChunkALayer) {
   TransformerModel m = load_model("gpt3-1.3b", {"layers=20"});
   SystemSpec sys = load_system("dgx-a100");
   auto layout = [&](int first, int last) {
@@ -248,9 +259,10 @@ TEST(ClusterPartition, UnevenInterleavedCountsMustSplitOverTheChunks) {
         "training.yaml");
   };
   EXPECT_NO_THROW(check_layout(m, layout(2, 2), sys, 4));
+  EXPECT_NO_THROW(check_layout(m, layout(3, 5), sys, 4));  // 1 + 2 and 3 + 2 layers
   try {
-    check_layout(m, layout(3, 2), sys, 4);
-    ADD_FAILURE() << "first_stage_layers 3 over vpp 2 was accepted";
+    check_layout(m, layout(1, 3), sys, 4);
+    ADD_FAILURE() << "first_stage_layers 1 over vpp 2 was accepted";
   } catch (const LayoutError& e) {
     EXPECT_EQ(e.key, "first_stage_layers");
   }

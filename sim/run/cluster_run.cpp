@@ -33,16 +33,21 @@ std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p) {
     return b;
   }
   // Megatron-core (--decoder-first/last-pipeline-num-layers): the first and last stages take
-  // their counts, split evenly over their vpp chunks; the other stages' chunks share the rest.
-  // Chunk c sits on stage c % pp.
+  // their counts, split over their vpp chunks; the other stages' chunks share the rest evenly.
+  // Chunk c sits on stage c % pp, as its (c / pp)-th chunk. A count that does not split evenly
+  // leaves the chunk with the embedding (the first stage's first) or with the LM head (the last
+  // stage's last) the smaller share, as Llama 3 405B's partition does (one layer fewer on each
+  // end stage, with interleaving).
   const int pp = p.pp, v = p.vpp;
   int middle = (pp - (first > 0) - (last > 0)) * v;
   int64_t rest = layers - first - last;
   int64_t each = middle > 0 ? rest / middle : 0;
   b[0] = 0;
   for (int c = 0; c < C; ++c) {
-    int s = c % pp;
-    int64_t n = (s == 0 && first > 0) ? first / v : (s == pp - 1 && last > 0) ? last / v : each;
+    int s = c % pp, j = c / pp;
+    int64_t n = each;
+    if (s == 0 && first > 0) n = first / v + (j >= v - first % v ? 1 : 0);
+    else if (s == pp - 1 && last > 0) n = last / v + (j < last % v ? 1 : 0);
     b[c + 1] = b[c] + n;
   }
   return b;
@@ -87,13 +92,14 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
     fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
                            p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));
   if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
-    // Megatron-core's rule: each end stage's count splits evenly over its vpp chunks, and the
-    // rest over the other stages' chunks.
+    // Each end stage's count splits over its vpp chunks, at least one layer each (the chunk
+    // with the embedding or the LM head takes the smaller share when it does not split evenly),
+    // and the rest evenly over the other stages' chunks.
     for (auto [key, n] : {std::pair<const char*, int64_t>{"first_stage_layers", p.first_stage_layers},
                           {"last_stage_layers", p.last_stage_layers}})
-      if (n % p.vpp != 0)
-        fail(key, fmt::format("{} {} does not split evenly over vpp {} model chunks", key, n,
-                              p.vpp));
+      if (n > 0 && n < p.vpp)
+        fail(key, fmt::format("{} {} leaves a model chunk of the stage without layers (vpp {})",
+                              key, n, p.vpp));
     int middle = p.pp - (p.first_stage_layers > 0) - (p.last_stage_layers > 0);
     int64_t rest = m.layers - p.first_stage_layers - p.last_stage_layers;
     int64_t chunks = int64_t(middle) * p.vpp;

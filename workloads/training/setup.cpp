@@ -128,8 +128,10 @@ const Schema& training_schema() {
                           std::string("Layers on the ") + (k[0] == 'f' ? "first" : "last") +
                               " pipeline stage, to offset the " +
                               (k[0] == 'f' ? "embedding" : "LM head") +
-                              "; split evenly over its vpp chunks, the other stages' chunks "
-                              "share the rest (Megatron-core); 0: an even split.");
+                              "; split over its vpp chunks (the " +
+                              (k[0] == 'f' ? "embedding's" : "LM head's") +
+                              " chunk takes the smaller share when uneven), the other stages' "
+                              "chunks share the rest evenly (Megatron-core); 0: an even split.");
       q.min = 0;
       x.params.push_back(q);
     }
