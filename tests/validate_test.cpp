@@ -246,8 +246,9 @@ TEST(ValidateCommand, OneAndMultiGpuTrainingCasesAreSimulated) {
   // tokens/s per GPU = global_batch x seq_len / iteration time on one GPU.
   EXPECT_NEAR(std::stod(by_id["t_tps"][4]), 4 * 256 / step, 1e-4 * 4 * 256 / step);
   // Model state: 16 bytes per parameter of mixed-precision Adam. Two GPT layers of width 256
-  // (12 h^2 + 13 h each), the tied 50257-row embedding, 256 learned positions and the final norm.
-  double h = 256, params = 2 * (12 * h * h + 13 * h) + 50257 * h + 256 * h + 2 * h;
+  // (12 h^2 + 13 h each), the tied embedding of 50257 rows padded to 50304 (a multiple of 128,
+  // Megatron's default), 256 learned positions and the final norm.
+  double h = 256, params = 2 * (12 * h * h + 13 * h) + 50304 * h + 256 * h + 2 * h;
   EXPECT_NEAR(std::stod(by_id["t_state"][4]), 16 * params / (1024.0 * 1024 * 1024), 1e-5);
   EXPECT_GT(std::stod(by_id["t_act"][4]), 0);
   EXPECT_LT(std::stod(by_id["t_act"][4]), 1.0);

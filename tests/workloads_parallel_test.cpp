@@ -19,7 +19,11 @@
 namespace memwall {
 namespace {
 
-TrainingSetup setup(const std::string& yaml) { return load_training_string(yaml, "training.yaml"); }
+// The sharding tests pad the vocabulary to tp only (vocab_padding 1), so that the padding rows
+// stay a small, exactly known term; VocabularyIsPaddedAsMegatron tests the default padding.
+TrainingSetup setup(const std::string& yaml) {
+  return load_training_string("vocab_padding: 1\n" + yaml, "training.yaml");
+}
 
 const StepNode* find(const StepGraph& g, const std::string& name) {
   for (std::size_t v = 0; v < g.size(); ++v)
@@ -91,6 +95,27 @@ void expect_well_formed(const StepGraph& g) {
     EXPECT_FALSE(g.dag[v].op) << g.dag[v].name;
     EXPECT_GT(g.dag[v].comm->bytes, 0) << g.dag[v].name;
   }
+}
+
+// Megatron pads the vocabulary to a multiple of 128 x tp rows (--make-vocab-size-divisible-by):
+// GPT-2's 50257 becomes 50304 on one rank and 50688 over tp 4 (12672 per rank). Unpadded, the LM
+// head's rows are not 16-byte aligned and its products run at a fraction of the matrix rate.
+TEST(WorkloadParallel, VocabularyIsPaddedAsMegatron) {
+  TransformerModel m = load_model("gpt2-124m");
+  auto head_n = [&](const std::string& yaml) {
+    StepGraph g = build_step_graph(m, load_training_string(yaml, "training.yaml"));
+    const StepNode* head = find(g, "lm_head.fwd");
+    EXPECT_NE(head, nullptr);
+    return head ? std::get<GemmOp>(head->op->body).n : 0;
+  };
+  EXPECT_EQ(head_n("micro_batch: 1"), 50304);
+  EXPECT_EQ(head_n("micro_batch: 1\ntp: 4\nglobal_batch: 1"), 12672);
+  EXPECT_EQ(head_n("micro_batch: 1\nvocab_padding: 1"), 50257);
+  EXPECT_EQ(head_n("micro_batch: 1\nvocab_padding: 1\ntp: 4\nglobal_batch: 1"), 12565);
+  EXPECT_TRUE(gemm_aligned(GemmOp{2048, 50304, 768, 1, DType::BF16}));
+  EXPECT_FALSE(gemm_aligned(GemmOp{2048, 50257, 768, 1, DType::BF16}));
+  EXPECT_FALSE(gemm_aligned(GemmOp{50257, 768, 2048, 1, DType::BF16}));
+  EXPECT_TRUE(gemm_aligned(GemmOp{2048, 50260, 768, 1, DType::FP32}));  // 4-byte elements
 }
 
 TEST(WorkloadParallel, AllDegreesOneIsTheOneDeviceGraph) {

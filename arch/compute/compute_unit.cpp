@@ -91,7 +91,16 @@ const Schema& simt_schema() {
                              "The matrix unit reads operand tiles straight from the scratchpad, "
                              "once per work group (Blackwell tcgen05), instead of each warp "
                              "loading its fragments into registers (mma.sync, Ampere).");
-    x.params = {units, boost, sus, mboost, sfu, rf, smem, smem_bw, groups, sync, mc, acc, direct};
+    ParamSpec unaligned = param(
+        "unaligned_matrix_efficiency", ParamType::Real, "", "1",
+        "Fraction of the matrix rate a matrix product reaches when a dimension (a row pitch of an "
+        "operand or the output) is not a multiple of 16 bytes: no vector loads, cp.async or TMA, "
+        "so the library falls back to slower kernels (the GPT-2 vocabulary 50257 in bf16). 1: "
+        "no penalty.");
+    unaligned.min = 0.01;
+    unaligned.max = 1;
+    x.params = {units,  boost, sus, mboost, sfu, rf,     smem,
+                smem_bw, groups, sync, mc,     acc, direct, unaligned};
     x.sections = {{"matrix", &matrix_schema()}, {"vector", &vector_schema()}};
     return x;
   }();
@@ -124,6 +133,7 @@ ComputeSpec ComputeSpec::from_config(const Config& c) {
   s.multicast_cluster = static_cast<int>(c.get_int("multicast_cluster"));
   s.accumulator_memory = c.get_bytes("accumulator_memory");
   s.matrix_operands_from_scratchpad = c.get_bool("matrix_operands_from_scratchpad");
+  s.unaligned_matrix_efficiency = c.get_real("unaligned_matrix_efficiency");
   Config m = c.section("matrix"), v = c.section("vector");
   const auto& names = dtype_names();
   for (size_t i = 0; i < names.size(); ++i) {

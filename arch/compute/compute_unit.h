@@ -39,6 +39,11 @@ struct ComputeSpec {
   /// True when the matrix unit reads its operands straight from the scratchpad, once per
   /// group (Blackwell tcgen05); false when warps load fragments into registers (mma.sync).
   bool matrix_operands_from_scratchpad = false;
+  /// Fraction of the matrix rate a product reaches when a row of an operand or of the output is
+  /// not a whole number of aligned 16-byte vectors (a dimension not a multiple of 16 B / element
+  /// size): the library cannot use vector loads, cp.async or TMA and falls back to slower
+  /// kernels. 1: no penalty.
+  double unaligned_matrix_efficiency = 1;
 
   static ComputeSpec from_config(const Config& c);
 

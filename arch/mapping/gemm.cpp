@@ -31,7 +31,8 @@ class GemmProgram : public TileProgram {
  public:
   GemmProgram(const GemmOp& g, Tiling t, const ComputeSpec& c)
       : g_(g), t_(t), cluster_(c.multicast_cluster), acc_mem_(c.accumulator_memory),
-        direct_(c.matrix_operands_from_scratchpad) {
+        direct_(c.matrix_operands_from_scratchpad),
+        matrix_rate_(gemm_aligned(g) ? 1.0 : c.unaligned_matrix_efficiency) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
     // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
@@ -45,8 +46,11 @@ class GemmProgram : public TileProgram {
   }
   std::string name() const override { return "gemm"; }
   std::string mapping() const override {
-    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}", t_.bm,
-                       t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_);
+    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}{}", t_.bm,
+                       t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_,
+                       matrix_rate_ < 1 ? fmt::format(", unaligned (matrix rate x {})",
+                                                      matrix_rate_)
+                                        : "");
   }
   long groups() const override { return static_cast<long>(tm_ * tn_ * g_.batch); }
   int steps(long) const override { return ksteps_; }
@@ -62,8 +66,9 @@ class GemmProgram : public TileProgram {
     // A cluster of work groups along M receives each B block by one multicast read.
     out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * e_),
                          static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
-    // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs.
-    double macs = double(t_.bm) * t_.bn * depth;
+    // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs. Unaligned
+    // rows leave the library a slower kernel: the matrix pipe delivers a fraction of its rate.
+    double macs = double(t_.bm) * t_.bn * depth / matrix_rate_;
     double smem = direct_ ? (double(t_.bm) + t_.bn) * depth * e_
                           : (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;
     out.phases.push_back(
@@ -117,6 +122,7 @@ class GemmProgram : public TileProgram {
   int cluster_;
   Bytes acc_mem_;
   bool direct_;
+  double matrix_rate_;
   int64_t tm_, tn_;
   int ksteps_, chunk_;
   double e_;

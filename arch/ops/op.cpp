@@ -1,5 +1,6 @@
 #include "arch/ops/op.h"
 
+#include <algorithm>
 #include <fmt/format.h>
 
 namespace memwall {
@@ -97,6 +98,11 @@ DType Op::dtype() const {
                                [](const AttentionOp& a) { return a.dtype; },
                                [](const StreamOp& s) { return s.dtype; }},
                     body);
+}
+
+bool gemm_aligned(const GemmOp& g) {
+  int64_t v = std::max<int64_t>(1, static_cast<int64_t>(16 / dtype_bytes(g.dtype)));
+  return g.m % v == 0 && g.n % v == 0 && g.k % v == 0;
 }
 
 std::string Op::signature() const {

@@ -24,6 +24,12 @@ struct GemmOp {
   DType dtype = DType::BF16;
 };
 
+/// Whether every row of the operands and the output is a whole number of 16-byte vectors, in
+/// whatever layout the product is called with: m, n and k each a multiple of 16 B / element
+/// size (8 for bf16). Libraries need it for vector loads, cp.async and TMA
+/// (ComputeSpec::unaligned_matrix_efficiency).
+bool gemm_aligned(const GemmOp& g);
+
 enum class AttentionPass { Forward, Backward, ForwardBackward };
 
 /// Scaled dot-product attention over `heads` query heads sharing `kv_heads` key/value heads.

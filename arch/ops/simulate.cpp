@@ -37,6 +37,8 @@ double compute_rate(const Op& op, const ComputeSpec& c, Frequency clock) {
   double per_cycle = matrix && c.matrix_macs_per_cycle(t) > 0 ? 2 * c.matrix_macs_per_cycle(t)
                                                                : c.vector_flops_per_cycle(t);
   if (!matrix) per_cycle = c.vector_flops_per_cycle(DType::FP32);
+  const auto* g = std::get_if<GemmOp>(&op.body);
+  if (g && !gemm_aligned(*g)) per_cycle *= c.unaligned_matrix_efficiency;
   return per_cycle * c.units * clock.hz();
 }
 

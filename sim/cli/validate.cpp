@@ -422,10 +422,13 @@ class DevicePool {
   std::optional<Time> host_overhead;
   /// The loss kernel for training cases (no column either): fused or Megatron's fp32 version.
   std::optional<bool> fused_cross_entropy;
+  /// Vocabulary padding for training cases (no column): Megatron's 128, or 1 (plain PyTorch).
+  std::optional<int64_t> vocab_padding;
   /// Applies the options above, where given, to a case's setup.
   void apply(TrainingSetup& t) const {
     if (host_overhead) t.host_overhead = *host_overhead;
     if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
+    if (vocab_padding) t.vocab_padding = *vocab_padding;
   }
 
  private:
@@ -808,6 +811,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 struct ValidateOptions {
   std::string cases, out, fidelity = "tile", host_overhead, cross_entropy;
   int jobs = default_jobs();
+  int64_t vocab_padding = 0;  // 0: the setup's default
   static int default_jobs() {
     return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   }
@@ -947,6 +951,7 @@ int validate(const ValidateOptions& o) {
   auto configure = [&](DevicePool& pool) {
     pool.host_overhead = host_overhead;
     if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
+    if (o.vocab_padding > 0) pool.vocab_padding = o.vocab_padding;
   };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -979,6 +984,11 @@ void add_validate_command(CLI::App& app) {
                   "Loss kernel for training cases: fused or fp32 (default: training.cross_entropy's "
                   "default, fused)")
       ->check(CLI::IsMember({"fused", "fp32"}));
+  cmd->add_option("--vocab-padding", o->vocab_padding,
+                  "Pad the vocabulary of training cases to a multiple of N x tp (default: "
+                  "training.vocab_padding's default, Megatron's 128; 1: unpadded, as plain "
+                  "PyTorch)")
+      ->check(CLI::Range(1, 1 << 20));
   cmd->callback([o] {
     int rc = validate(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -135,6 +135,13 @@ const Schema& training_schema() {
       q.min = 0;
       x.params.push_back(q);
     }
+    ParamSpec vp = param("vocab_padding", ParamType::Int, "count", "128",
+                         "The vocabulary is padded to a multiple of this x tp rows (Megatron's "
+                         "--make-vocab-size-divisible-by). 1: unpadded (plain PyTorch), where "
+                         "GPT-2's 50257 leaves the LM head's rows unaligned and its products "
+                         "slow (compute.unaligned_matrix_efficiency).");
+    vp.positive = true;
+    x.params.push_back(vp);
     ParamSpec ce = param("cross_entropy", ParamType::Enum, "", "fused",
                          "Loss kernel. fused: one kernel per pass on the 16-bit logits, gradient "
                          "written over them (flash-attn xentropy, Megatron-core "
@@ -196,6 +203,7 @@ TrainingSetup training_from_config(const Config& c) {
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
   par.comm_uses_units = c.get_bool("comm_uses_units");
   t.host_overhead = c.get_time("host_overhead");
+  t.vocab_padding = c.get_int("vocab_padding");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));
   par.last_stage_layers = int(c.get_int("last_stage_layers"));
   if (par.sequence_parallel && par.tp == 1) par.sequence_parallel = false;  // nothing to shard over

@@ -37,6 +37,10 @@ struct TrainingSetup {
   /// small kernels is host-bound. Default: 47 us per kernel, measured on a host-bound eager
   /// PyTorch step (configs/validation/README.md).
   Time host_overhead = Time::us(47);
+  /// The vocabulary is padded to a multiple of vocab_padding x tp rows (Megatron's
+  /// --make-vocab-size-divisible-by, 128); 1: unpadded, as plain PyTorch and Hugging Face run
+  /// it, where a vocabulary like GPT-2's 50257 leaves the LM head's rows unaligned.
+  int64_t vocab_padding = 128;
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).

@@ -188,14 +188,16 @@ class Builder {
     wb_ = t.mixed_precision() ? 2 : 4;
     ob_ = t.mixed_precision() ? 12 : 8;
     // Widths on this rank (Megatron: column-parallel QKV and fc1, row-parallel proj and fc2;
-    // key/value heads replicated when there are fewer than tp; the vocabulary padded to tp).
+    // key/value heads replicated when there are fewer than tp; the vocabulary padded to a
+    // multiple of vocab_padding x tp, as Megatron's --make-vocab-size-divisible-by).
     heads_r_ = m.heads / tp_;
     kv_r_ = m.kv_heads >= tp_ ? m.kv_heads / tp_ : 1;
     qkvw_r_ = (heads_r_ + 2 * kv_r_) * m.head_dim;
     attnw_r_ = heads_r_ * m.head_dim;
     ffn_r_ = m.ffn_hidden / tp_;
     fc1w_r_ = m.fc1_width() / tp_;
-    vocab_r_ = (m.vocab + tp_ - 1) / tp_;
+    const int64_t pad = t.vocab_padding * tp_;
+    vocab_r_ = (m.vocab + pad - 1) / pad * pad / tp_;
     if (m.moe()) {
       effn_r_ = m.expert_ffn() / tp_;
       efc1w_r_ = m.expert_fc1_width() / tp_;
