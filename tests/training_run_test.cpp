@@ -262,6 +262,39 @@ TEST(TrainingRun, TheHostIssuesEveryKernelAnOperatorLaunches) {
   EXPECT_GT(kernels_per_step(unfused.result.nodes), kernels_per_step(flash.result.nodes) + 8);
 }
 
+// Eager AMP issues more kernels and moves more bytes than 16-bit parameters: per layer, two
+// casts of the fp32 norm outputs into the products, four weight casts, and in the backward casts
+// of the stream's gradient into each branch and back, four gradient casts; the norms and the
+// residual stream run in fp32.
+TEST(TrainingRun, AutocastCastsAroundEveryProduct) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=256", "layers=2"});
+  SimRun pure = simulate(m, setup("micro_batch: 2\nhost_overhead: 0 s"), Fidelity::Analytical);
+  SimRun amp = simulate(m, setup("micro_batch: 2\nhost_overhead: 0 s\nautocast: true"),
+                        Fidelity::Analytical);
+  auto node = [](const SimRun& r, const std::string& name) -> const NodeTiming* {
+    for (const auto& n : r.result.nodes)
+      if (n.name == name) return &n;
+    return nullptr;
+  };
+  for (const char* name :
+       {"layer0.attn.qkv.cast_in.fwd", "layer0.attn.qkv.cast_weight.fwd",
+        "layer0.attn.proj.cast_weight.fwd", "layer0.mlp.fc1.cast_in.fwd",
+        "layer0.mlp.fc1.cast_weight.fwd", "layer0.mlp.fc2.cast_weight.fwd",
+        "layer0.mlp.residual.bwd_cast", "layer0.mlp.fc1.bwd_cast", "layer0.attn.residual.bwd_cast",
+        "layer0.attn.qkv.bwd_cast", "layer0.mlp.fc2.bwd_weight_cast", "lm_head.cast_weight.fwd"}) {
+    SCOPED_TRACE(name);
+    EXPECT_NE(node(amp, name), nullptr);
+    EXPECT_EQ(node(pure, name), nullptr);
+  }
+  // The norm reads and writes fp32 under autocast, 16 bits otherwise.
+  const NodeTiming* ln_amp = node(amp, "layer0.ln1.fwd");
+  const NodeTiming* ln_pure = node(pure, "layer0.ln1.fwd");
+  ASSERT_TRUE(ln_amp && ln_pure);
+  EXPECT_DOUBLE_EQ(ln_amp->bytes.count(), 2 * ln_pure->bytes.count());
+  EXPECT_GE(kernels_per_step(amp.result.nodes), kernels_per_step(pure.result.nodes) + 2 * 20);
+  EXPECT_GT(amp.result.step_time.sec(), pure.result.step_time.sec());
+}
+
 // global_batch 8 in micro-batches of 2: four forward/backward passes and one optimizer update.
 TEST(TrainingRun, GradientAccumulationRepeatsTheMicroBatchNotTheOptimizer) {
   TransformerModel m = small_gpt2();

@@ -19,6 +19,27 @@ double activations(const TransformerModel& m, const TrainingSetup& t) {
   return memory_timeline(build_step_graph(m, t)).max_of(TensorClass::Activations);
 }
 
+// Eager AMP (autocast) keeps fp32 weights and gradients and two fp32 moments: 16 bytes per
+// parameter too, split 4 + 4 + 8 instead of 2 + 2 + 12, and no 16-bit copy between steps. The
+// forward's 16-bit weight copies live until the backward's products have read them.
+TEST(WorkloadMemory, AutocastHoldsFp32WeightsAndGradients) {
+  TransformerModel m = load_model("gpt3-350m", {"seq_len=512"});
+  TransformerModel padded = m;
+  padded.vocab = (m.vocab + 127) / 128 * 128;
+  const double p = double(padded.parameter_count());
+  StepGraph g = build_step_graph(m, setup("autocast: true"));
+  EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Weights), 4 * p);
+  EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Gradients), 4 * p);
+  EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Optimizer), 8 * p);
+  MemoryTimeline t = memory_timeline(g);
+  // At the peak (the start of the backward) the 16-bit copies of every layer's weights are
+  // still held: weights above the 4 bytes per parameter of the state.
+  EXPECT_GT(t.peak_breakdown[int(TensorClass::Weights)], 4 * p);
+  EXPECT_LE(t.peak_breakdown[int(TensorClass::Weights)], 6 * p);
+  EXPECT_THROW(setup("autocast: true\nprecision: fp32"), ConfigError);
+  EXPECT_THROW(build_step_graph(m, setup("autocast: true\ntp: 2\nglobal_batch: 1")), ConfigError);
+}
+
 TEST(WorkloadMemory, MixedPrecisionAdamHoldsSixteenBytesPerParameter) {
   TransformerModel m = load_model("gpt3-1.3b");
   // The parameters the step holds: the vocabulary padded to a multiple of 128 rows (Megatron's

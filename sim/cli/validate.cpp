@@ -424,11 +424,14 @@ class DevicePool {
   std::optional<bool> fused_cross_entropy;
   /// Vocabulary padding for training cases (no column): Megatron's 128, or 1 (plain PyTorch).
   std::optional<int64_t> vocab_padding;
+  /// Eager PyTorch AMP (torch.autocast over fp32 parameters) for training cases (no column).
+  bool autocast = false;
   /// Applies the options above, where given, to a case's setup.
   void apply(TrainingSetup& t) const {
     if (host_overhead) t.host_overhead = *host_overhead;
     if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
     if (vocab_padding) t.vocab_padding = *vocab_padding;
+    if (autocast) t.autocast = true;
   }
 
  private:
@@ -812,6 +815,7 @@ struct ValidateOptions {
   std::string cases, out, fidelity = "tile", host_overhead, cross_entropy;
   int jobs = default_jobs();
   int64_t vocab_padding = 0;  // 0: the setup's default
+  bool autocast = false;
   static int default_jobs() {
     return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   }
@@ -952,6 +956,7 @@ int validate(const ValidateOptions& o) {
     pool.host_overhead = host_overhead;
     if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
     if (o.vocab_padding > 0) pool.vocab_padding = o.vocab_padding;
+    pool.autocast = o.autocast;
   };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -989,6 +994,9 @@ void add_validate_command(CLI::App& app) {
                   "training.vocab_padding's default, Megatron's 128; 1: unpadded, as plain "
                   "PyTorch)")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_flag("--autocast", o->autocast,
+                "Simulate training cases as eager PyTorch AMP (training.autocast: fp32 "
+                "parameters, casts around each product, fp32 norms and residual stream)");
   cmd->callback([o] {
     int rc = validate(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -17,6 +17,12 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
     if (v < 1) fail(key, fmt::format("{} must be at least 1, not {}", key, v));
   if (p.zero_stage < 0 || p.zero_stage > 3)
     fail("zero_stage", fmt::format("zero_stage must be 0, 1, 2 or 3, not {}", p.zero_stage));
+  if (t.autocast && p.tp > 1)
+    fail("autocast", fmt::format("autocast (eager PyTorch AMP) is modelled for data-parallel and "
+                                 "pipeline runs; tp {} needs Megatron's 16-bit parameters",
+                                 p.tp));
+  if (t.autocast && m.moe())
+    fail("autocast", "autocast (eager PyTorch AMP) is not modelled for mixture-of-experts layers");
   if (m.heads % p.tp != 0)
     fail("tp", fmt::format("heads ({}) must be divisible by tp ({}): tensor parallelism gives each "
                            "rank whole attention heads",

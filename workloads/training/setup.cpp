@@ -135,6 +135,13 @@ const Schema& training_schema() {
       q.min = 0;
       x.params.push_back(q);
     }
+    x.params.push_back(param(
+        "autocast", ParamType::Bool, "", "false",
+        "Eager PyTorch AMP (torch.autocast over fp32 parameters): each matrix product casts its "
+        "weight to 16 bits every forward, norms and the residual stream run in fp32 with casts "
+        "around the products, weight gradients are cast to fp32; state is 16 B per parameter "
+        "(fp32 weights, gradients, moments). false: 16-bit parameters with an fp32 master copy "
+        "(Megatron, FSDP pure). Needs bf16 or fp16; not with tp > 1 or experts."));
     ParamSpec vp = param("vocab_padding", ParamType::Int, "count", "128",
                          "The vocabulary is padded to a multiple of this x tp rows (Megatron's "
                          "--make-vocab-size-divisible-by). 1: unpadded (plain PyTorch), where "
@@ -204,6 +211,9 @@ TrainingSetup training_from_config(const Config& c) {
   par.comm_uses_units = c.get_bool("comm_uses_units");
   t.host_overhead = c.get_time("host_overhead");
   t.vocab_padding = c.get_int("vocab_padding");
+  t.autocast = c.get_bool("autocast");
+  if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
+    c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));
   par.last_stage_layers = int(c.get_int("last_stage_layers"));
   if (par.sequence_parallel && par.tp == 1) par.sequence_parallel = false;  // nothing to shard over

@@ -41,6 +41,12 @@ struct TrainingSetup {
   /// --make-vocab-size-divisible-by, 128); 1: unpadded, as plain PyTorch and Hugging Face run
   /// it, where a vocabulary like GPT-2's 50257 leaves the LM head's rows unaligned.
   int64_t vocab_padding = 128;
+  /// Eager PyTorch automatic mixed precision (torch.autocast over fp32 parameters) instead of
+  /// 16-bit parameters with an fp32 master copy (Megatron, FSDP's pure mode): every matrix
+  /// product casts its weight to 16 bits each forward, norms and the residual stream run in
+  /// fp32 (with casts to and from the products), and weight gradients are cast to fp32 and
+  /// accumulated into the parameters' gradients. Needs bf16 or fp16; not with tp or experts.
+  bool autocast = false;
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).

@@ -129,6 +129,8 @@ struct LayerActs {
   // received them, and the experts' outputs back at their tokens.
   TensorId router_logits = -1, routing = -1, dispatched = -1, moe_back = -1;
   TensorId y = -1;  // layer output
+  // Autocast: the 16-bit weight copies the forward made, which the backward's products read.
+  TensorId qkv_w = -1, proj_w = -1, fc1_w = -1, fc2_w = -1;
 };
 
 // Persistent state of one parameter group (a layer, its experts, the embedding, ...).
@@ -185,8 +187,13 @@ class Builder {
     e_ = dtype_bytes(ad_);
     // The attention kernels run in 16 bits even when the matrix products use fp8.
     attn_dt_ = ad_;
-    wb_ = t.mixed_precision() ? 2 : 4;
-    ob_ = t.mixed_precision() ? 12 : 8;
+    // 16-bit weights and gradients with an fp32 master copy and moments (12 B), or fp32 weights
+    // and gradients with fp32 moments (8 B): fp32 training and autocast.
+    ac_ = t.autocast;
+    rd_ = ac_ ? DType::FP32 : ad_;
+    re_ = dtype_bytes(rd_);
+    wb_ = t.mixed_precision() && !ac_ ? 2 : 4;
+    ob_ = t.mixed_precision() && !ac_ ? 12 : 8;
     // Widths on this rank (Megatron: column-parallel QKV and fc1, row-parallel proj and fc2;
     // key/value heads replicated when there are fewer than tp; the vocabulary padded to a
     // multiple of vocab_padding x tp, as Megatron's --make-vocab-size-divisible-by).
@@ -203,7 +210,7 @@ class Builder {
       efc1w_r_ = m.expert_fc1_width() / tp_;
       experts_local_ = m.experts / ep_;
     }
-    g_.boundary_bytes = double(Tn_) * m.hidden * e_;
+    g_.boundary_bytes = double(Tn_) * m.hidden * re_;
   }
 
   StepGraph build() {
@@ -482,8 +489,35 @@ class Builder {
 
   // Norms, dropout and residual adds run on this rank's Tn tokens (T / tp with SP).
   Op norm_op(bool backward) {
-    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", Tn_, m_.hidden, ad_,
+    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", Tn_, m_.hidden, rd_,
                      backward);
+  }
+  // A residual add: the stream plus a branch (forward), or two gradients of the stream
+  // (backward). Autocast adds a 16-bit branch to the fp32 stream.
+  Op residual_add(bool backward) const {
+    if (!ac_) return make_elementwise("add", Tn_ * m_.hidden, ad_);
+    return stream_op("add", Tn_ * m_.hidden, {4, backward ? 4 : e_}, {4}, 2, 1, ad_);
+  }
+  // Autocast: a cast between the fp32 stream and a 16-bit product's input or output gradient.
+  // Without autocast there is nothing to cast.
+  TensorId cast(const std::string& name, Pass pass, int l, TensorId in, double elements,
+                bool to16) {
+    if (!ac_) return in;
+    TensorId out = act(name + ".out", elements, to16 ? e_ : 4.0);
+    node(name, stream_op("cast", int64_t(elements), {to16 ? 4.0 : e_}, {to16 ? e_ : 4.0}, 2, 0, ad_),
+         pass, l, {in}, {out});
+    return out;
+  }
+  // Autocast: the 16-bit copy of a weight (and bias) that a product reads; the backward's
+  // input-gradient product reads it again, so it lives until then.
+  TensorId weight_copy(const std::string& name, Pass pass, int l, TensorId w, int64_t params,
+                       bool bias) {
+    if (!ac_) return w;
+    TensorId out = tensor(name + ".out", e_ * double(params), TensorClass::Weights);
+    Op op = stream_op("cast_weight", params, {4}, {e_}, 2, 0, ad_);
+    std::get<StreamOp>(op.body).kernels = bias ? 2 : 1;
+    node(name, op, pass, l, {w}, {out});
+    return out;
   }
   double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * Tn_; }
 
@@ -564,13 +598,15 @@ class Builder {
     LayerActs a;
     a.x = x;
 
-    a.ln1_out = act(nm(l, "ln1", sfx) + ".out", Tnh);
+    a.ln1_out = act(nm(l, "ln1", sfx) + ".out", Tnh, re_);
     a.ln1_stats = act(nm(l, "ln1", sfx) + ".stats", stats_bytes(), 1);
     node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, Wt}, {a.ln1_out, a.ln1_stats});
 
-    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", sfx), pass, l, a.ln1_out);
+    TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
+    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", sfx), pass, l, ln1_in);
+    a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
-    node(nm(l, "attn.qkv", sfx), gemm(T_, qkvw_r_, h, md_), pass, l, {ln1_full, Wt}, {qkv});
+    node(nm(l, "attn.qkv", sfx), gemm(T_, qkvw_r_, h, md_), pass, l, {ln1_full, a.qkv_w}, {qkv});
     if (m_.positions == PositionType::Rotary) {
       // Rotates queries and keys (x cos + rot(x) sin); values pass through.
       int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
@@ -586,14 +622,15 @@ class Builder {
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
     TensorId proj = act(nm(l, "attn.proj", sfx) + ".out", double(T_) * h);
-    node(nm(l, "attn.proj", sfx), gemm(T_, h, attnw_r_, md_), pass, l, {a.attn_out, Wt}, {proj});
+    a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
+    node(nm(l, "attn.proj", sfx), gemm(T_, h, attnw_r_, md_), pass, l, {a.attn_out, a.proj_w},
+         {proj});
     proj = tp_reduce(nm(l, "attn.proj", sfx), pass, l, proj);
     TensorId branch = dropout(l, "attn.dropout", sfx, pass, proj, a.mask1);
-    a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh);
-    node(nm(l, "attn.residual", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l, {x, branch},
-         {a.x_mid});
+    a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh, re_);
+    node(nm(l, "attn.residual", sfx), residual_add(false), pass, l, {x, branch}, {a.x_mid});
 
-    a.ln2_out = act(nm(l, "ln2", sfx) + ".out", Tnh);
+    a.ln2_out = act(nm(l, "ln2", sfx) + ".out", Tnh, re_);
     a.ln2_stats = act(nm(l, "ln2", sfx) + ".stats", stats_bytes(), 1);
     node(nm(l, "ln2", sfx), norm_op(false), pass, l, {a.x_mid, Wt}, {a.ln2_out, a.ln2_stats});
     TensorId mlp_out;
@@ -601,22 +638,25 @@ class Builder {
       TensorId ln2_full = tp_gather(nm(l, "moe.router", sfx), pass, l, a.ln2_out);
       mlp_out = moe_forward(l, sfx, pass, ln2_full, a);
     } else {
-      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", sfx), pass, l, a.ln2_out);
+      TensorId ln2_in = cast(nm(l, "mlp.fc1.cast_in", sfx), pass, l, a.ln2_out, Tnh, true);
+      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", sfx), pass, l, ln2_in);
+      a.fc1_w = weight_copy(nm(l, "mlp.fc1.cast_weight", sfx), pass, l, Wt, fc1_params(), m_.bias);
       a.fc1_out = act(nm(l, "mlp.fc1", sfx) + ".out", double(T_) * fc1w_r_);
-      node(nm(l, "mlp.fc1", sfx), gemm(T_, fc1w_r_, h, md_), pass, l, {ln2_full, Wt},
+      node(nm(l, "mlp.fc1", sfx), gemm(T_, fc1w_r_, h, md_), pass, l, {ln2_full, a.fc1_w},
            {a.fc1_out});
       a.act_out = act(nm(l, "mlp.act", sfx) + ".out", double(T_) * ffn_r_);
       node(nm(l, "mlp.act", sfx),
            make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * ffn_r_, ad_), pass,
            l, {a.fc1_out}, {a.act_out});
       mlp_out = act(nm(l, "mlp.fc2", sfx) + ".out", double(T_) * h);
-      node(nm(l, "mlp.fc2", sfx), gemm(T_, h, ffn_r_, md_), pass, l, {a.act_out, Wt}, {mlp_out});
+      a.fc2_w = weight_copy(nm(l, "mlp.fc2.cast_weight", sfx), pass, l, Wt, fc2_params(), m_.bias);
+      node(nm(l, "mlp.fc2", sfx), gemm(T_, h, ffn_r_, md_), pass, l, {a.act_out, a.fc2_w},
+           {mlp_out});
       mlp_out = tp_reduce(nm(l, "mlp.fc2", sfx), pass, l, mlp_out);
     }
     TensorId branch2 = dropout(l, "mlp.dropout", sfx, pass, mlp_out, a.mask2);
-    a.y = act(nm(l, "mlp.residual", sfx) + ".out", Tnh);
-    node(nm(l, "mlp.residual", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l,
-         {a.x_mid, branch2}, {a.y});
+    a.y = act(nm(l, "mlp.residual", sfx) + ".out", Tnh, re_);
+    node(nm(l, "mlp.residual", sfx), residual_add(false), pass, l, {a.x_mid, branch2}, {a.y});
     return a;
   }
 
@@ -679,7 +719,8 @@ class Builder {
                    TensorId& mask) {
     if (!m_.dropout) return in;
     const double Tnh = double(Tn_) * m_.hidden;
-    TensorId out = act(l >= 0 ? nm(l, what, sfx) + ".out" : what + ".out", Tnh);
+    // The embedding's dropout is on the residual stream itself (fp32 with autocast).
+    TensorId out = act(l >= 0 ? nm(l, what, sfx) + ".out" : what + ".out", Tnh, l >= 0 ? e_ : re_);
     mask = act(l >= 0 ? nm(l, what, sfx) + ".mask" : what + ".mask", Tnh, 1);
     node(l >= 0 ? nm(l, what, sfx) : what, make_elementwise("dropout", Tn_ * m_.hidden, ad_), pass,
          l, {in}, {out, mask});
@@ -708,12 +749,23 @@ class Builder {
       node(base + ".bwd_bias", stream_op("bias_grad", k * n * batch, {e_}, {}, 2, 1, ad_),
            Pass::BackwardWeight, l, {dy}, {}, grads);
     }
+    if (ac_) {
+      // Autocast: the 16-bit weight (and bias) gradient is cast to fp32 and accumulated into
+      // the parameter's gradient (the cast's backward, then AccumulateGrad).
+      std::vector<TensorId> grads = writes;
+      grads.insert(grads.end(), allocs.begin(), allocs.end());
+      std::string base = name.substr(0, name.rfind('.'));
+      int64_t elems = (m * n + (bias ? n : 0)) * batch;
+      Op op = stream_op("grad_cast", elems, {e_, 4}, {4}, 2, 1, ad_);
+      std::get<StreamOp>(op.body).kernels = bias ? 2 : 1;
+      node(base + ".bwd_weight_cast", op, Pass::BackwardWeight, l, {}, {}, grads);
+    }
     grad_done(gi, piece, l);
   }
   // A norm's backward: input gradient and its own (replicated) weight gradient.
   TensorId norm_backward(const std::string& name, int l, TensorId dy, TensorId x, TensorId stats,
                          int gi, TensorId Wt) {
-    TensorId d = act(name + ".grad", double(Tn_) * m_.hidden);
+    TensorId d = act(name + ".grad", double(Tn_) * m_.hidden, re_);
     std::vector<TensorId> allocs = {d}, writes;
     grad_target(gi, allocs, writes);
     node(name, norm_op(true), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
@@ -729,11 +781,13 @@ class Builder {
     const TensorId Wt = W(gi);
     const Pass BI = Pass::BackwardInput;
 
-    TensorId d_fc2 = dy;
+    // Autocast: the branch gets its own 16-bit copy of the fp32 stream's gradient.
+    TensorId d_fc2 = cast(nm(l, "mlp.residual", "bwd_cast"), BI, l, dy, Tnh, true);
     if (m_.dropout) {
+      TensorId d_branch = d_fc2;
       d_fc2 = act(nm(l, "mlp.dropout", "bwd") + ".grad", Tnh);
       node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
-           {dy, a.mask2}, {d_fc2});
+           {d_branch, a.mask2}, {d_fc2});
     }
     TensorId d_ln2;
     if (m_.moe_layer(l)) {
@@ -742,7 +796,8 @@ class Builder {
     } else {
       d_fc2 = tp_gather(nm(l, "mlp.fc2", "bwd_input"), BI, l, d_fc2);
       TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
-      node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, ffn_r_, h, md_), BI, l, {d_fc2, Wt}, {d_act});
+      node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, ffn_r_, h, md_), BI, l,
+           {d_fc2, ac_ ? a.fc2_w : Wt}, {d_act});
       weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2, gi,
                   fc2_params(), 1, m_.bias);
       TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * fc1w_r_);
@@ -752,26 +807,28 @@ class Builder {
            BI, l, {d_act, a.fc1_out}, {d_fc1});
       TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", "bwd_weight"), BI, l, a.ln2_out, false);
       d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", double(T_) * h);
-      node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l, {d_fc1, Wt}, {d_ln2});
+      node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l,
+           {d_fc1, ac_ ? a.fc1_w : Wt}, {d_ln2});
       d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2);
+      d_ln2 = cast(nm(l, "mlp.fc1", "bwd_cast"), BI, l, d_ln2, Tnh, false);
       weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, d_fc1, gi,
                   fc1_params(), 1, m_.bias);
     }
     TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
-    TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh);
-    node(nm(l, "mlp.residual", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
-         {dy, d_ln2_in}, {d_mid});
+    TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh, re_);
+    node(nm(l, "mlp.residual", "bwd"), residual_add(true), BI, l, {dy, d_ln2_in}, {d_mid});
 
-    TensorId d_proj = d_mid;
+    TensorId d_proj = cast(nm(l, "attn.residual", "bwd_cast"), BI, l, d_mid, Tnh, true);
     if (m_.dropout) {
+      TensorId d_branch = d_proj;
       d_proj = act(nm(l, "attn.dropout", "bwd") + ".grad", Tnh);
       node(nm(l, "attn.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
-           {d_mid, a.mask1}, {d_proj});
+           {d_branch, a.mask1}, {d_proj});
     }
     d_proj = tp_gather(nm(l, "attn.proj", "bwd_input"), BI, l, d_proj);
     TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
-    node(nm(l, "attn.proj", "bwd_input"), gemm(T_, attnw_r_, h, md_), BI, l, {d_proj, Wt},
-         {d_attn});
+    node(nm(l, "attn.proj", "bwd_input"), gemm(T_, attnw_r_, h, md_), BI, l,
+         {d_proj, ac_ ? a.proj_w : Wt}, {d_attn});
     weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj, gi,
                 proj_params(), 1, m_.bias);
 
@@ -821,14 +878,15 @@ class Builder {
     }
     TensorId ln1_full = tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, a.ln1_out, false);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
-    node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l, {d_qkv, Wt}, {d_ln1});
+    node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l,
+         {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
     d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1);
+    d_ln1 = cast(nm(l, "attn.qkv", "bwd_cast"), BI, l, d_ln1, Tnh, false);
     weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, qkvw_r_, T_, ln1_full, d_qkv, gi,
                 qkv_params(), 1, m_.bias);
     TensorId d_ln1_in = norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, Wt);
-    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh);
-    node(nm(l, "attn.residual", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
-         {d_mid, d_ln1_in}, {dx});
+    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh, re_);
+    node(nm(l, "attn.residual", "bwd"), residual_add(true), BI, l, {d_mid, d_ln1_in}, {dx});
     return dx;
   }
 
@@ -897,13 +955,13 @@ class Builder {
     TensorId x, emb_mask = -1;
     if (c_.embedding) {
       gather(embed_, 0, F);
-      TensorId emb = act("embedding.fwd.out", Th);
-      node("embedding.fwd", make_embedding(T_, h, ad_), F, -1, {tokens, W(embed_)}, {emb});
+      TensorId emb = act("embedding.fwd.out", Th, re_);
+      node("embedding.fwd", make_embedding(T_, h, rd_), F, -1, {tokens, W(embed_)}, {emb});
       // Vocab-parallel: each rank looks up its share of the table, zeros elsewhere.
       emb = tp_reduce("embedding.fwd", F, -1, emb);
       x = dropout(-1, "embedding.dropout.fwd", "", F, emb, emb_mask);
     } else {
-      x = act("pp.recv.fwd.activation", Tnh);
+      x = act("pp.recv.fwd.activation", Tnh, re_);
       g_.pp_recv_forward = int(node("pp.recv.fwd", std::nullopt, F, first, {}, {x}));
     }
 
@@ -922,13 +980,16 @@ class Builder {
     TensorId dy;
     if (c_.head) {
       gather(final_norm_, 2, F);
-      TensorId xf = act("final_norm.fwd.out", Tnh);
+      TensorId xf = act("final_norm.fwd.out", Tnh, re_);
       TensorId xf_stats = act("final_norm.fwd.stats", stats_bytes(), 1);
       node("final_norm.fwd", norm_op(false), F, -1, {x, W(final_norm_)}, {xf, xf_stats});
       gather(head_, 2, F);
-      TensorId xf_full = tp_gather("lm_head.fwd", F, -1, xf);
+      TensorId xf_in = cast("lm_head.cast_in.fwd", F, -1, xf, Tnh, true);
+      TensorId xf_full = tp_gather("lm_head.fwd", F, -1, xf_in);
+      TensorId head_w =
+          weight_copy("lm_head.cast_weight.fwd", F, -1, W(head_), vocab_r_ * h, false);
       TensorId logits = act("lm_head.fwd.out", double(T_) * vocab_r_);
-      node("lm_head.fwd", gemm(T_, vocab_r_, h, md_), F, -1, {xf_full, W(head_)}, {logits});
+      node("lm_head.fwd", gemm(T_, vocab_r_, h, md_), F, -1, {xf_full, head_w}, {logits});
       // The loss and the logits' gradient. Fused: both kernels run here, the gradient is
       // written over the logits (no second buffer). fp32: the forward leaves the fp32 softmax,
       // which the backward turns into the 16-bit gradient.
@@ -956,8 +1017,10 @@ class Builder {
       }
 
       TensorId d_xf = act("lm_head.bwd_input.grad", Th);
-      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, md_), BI, -1, {d_logits, W(head_)}, {d_xf});
+      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, md_), BI, -1,
+           {d_logits, ac_ ? head_w : W(head_)}, {d_xf});
       d_xf = tp_reduce("lm_head.bwd_input", BI, -1, d_xf);
+      d_xf = cast("lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
       TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
       weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, d_logits, head_,
                   head_ == embed_ ? 0 : vocab_r_ * h);
@@ -965,7 +1028,7 @@ class Builder {
       dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));
     } else {
       g_.pp_send_forward = int(node("pp.send.fwd", std::nullopt, F, last - 1, {x}, {}));
-      dy = act("pp.recv.bwd.grad", Tnh);
+      dy = act("pp.recv.bwd.grad", Tnh, re_);
       g_.pp_recv_backward = int(node("pp.recv.bwd", std::nullopt, BI, last - 1, {}, {dy}));
     }
 
@@ -985,7 +1048,7 @@ class Builder {
       }
       dy = tp_gather("embedding.bwd_weight", BI, -1, dy);
       // Scatter-add of the token rows' gradients into the embedding table.
-      Op scatter = make_embedding(T_, h, ad_);
+      Op scatter = make_embedding(T_, h, rd_);
       std::vector<TensorId> allocs, writes;
       grad_target(embed_, allocs, writes);
       node("embedding.bwd_weight", scatter, Pass::BackwardWeight, -1, {dy, tokens}, allocs, writes);
@@ -1045,9 +1108,10 @@ class Builder {
            4, true, true, O, -1, {norm}, {}, {norm});
     std::vector<TensorId> adam_reads = grads;
     if (norm >= 0) adam_reads.push_back(norm);
-    Op adam = t_.mixed_precision()
+    Op adam = t_.mixed_precision() && !ac_
                   ? make_adam(n, t_.activation_dtype())
-                  // fp32 training: no master copy; weights, moments and gradient in fp32.
+                  // fp32 training and autocast: no master copy; weights, moments and gradient
+                  // in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
     node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
     // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket.
@@ -1087,6 +1151,11 @@ class Builder {
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   DType ad_, md_, attn_dt_;
   double e_, wb_, ob_;
+  // Autocast (eager AMP): the residual stream and norms run in rd_ (fp32), re_ bytes each;
+  // without it they are the activation type.
+  bool ac_ = false;
+  DType rd_;
+  double re_;
   std::vector<int> producer_;
   std::vector<std::vector<int>> writers_, late_writers_;
   std::vector<TensorId> state_tensors_;
