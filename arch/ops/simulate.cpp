@@ -30,6 +30,12 @@ void check_supported(const Op& op, const Device& d) {
                                          dtype_name(t), op.kind()));
 }
 
+/// Kernels an operator launches beyond those its mapping produces.
+int extra_kernels(const Op& op) {
+  const auto* s = std::get_if<StreamOp>(&op.body);
+  return s ? std::max(0, s->kernels - 1) : 0;
+}
+
 // Matrix ops run on the matrix pipe when the device has one for the type, else on the vector pipe.
 double compute_rate(const Op& op, const ComputeSpec& c, Frequency clock) {
   bool matrix = op.kind() == "gemm" || op.kind() == "attention";
@@ -76,14 +82,6 @@ OpResult OpSimulator::run(const Op& op) {
   memo_[key] = r;
   return r;
 }
-
-namespace {
-/// Kernels an operator launches beyond those its mapping produces.
-int extra_kernels(const Op& op) {
-  const auto* s = std::get_if<StreamOp>(&op.body);
-  return s ? std::max(0, s->kernels - 1) : 0;
-}
-}  // namespace
 
 OpResult OpSimulator::simulate_analytical(const Op& op) const {
   const ComputeSpec& c = device_.compute();
