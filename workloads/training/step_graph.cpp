@@ -742,19 +742,17 @@ class Builder {
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
     node(name, gemm(m, n, k, md_, batch), Pass::BackwardWeight, l, {x, dy}, allocs, writes);
-    if (bias) {
-      std::vector<TensorId> grads = writes;
-      grads.insert(grads.end(), allocs.begin(), allocs.end());
-      std::string base = name.substr(0, name.rfind('.'));
+    // The nodes below update the same gradient buffer; "layer0.mlp.fc1.bwd_weight" names them
+    // "layer0.mlp.fc1.bwd_bias" and ".bwd_weight_cast".
+    std::vector<TensorId> grads = writes;
+    grads.insert(grads.end(), allocs.begin(), allocs.end());
+    const std::string base = name.substr(0, name.rfind('.'));
+    if (bias)
       node(base + ".bwd_bias", stream_op("bias_grad", k * n * batch, {e_}, {}, 2, 1, ad_),
            Pass::BackwardWeight, l, {dy}, {}, grads);
-    }
     if (ac_) {
       // Autocast: the 16-bit weight (and bias) gradient is cast to fp32 and accumulated into
       // the parameter's gradient (the cast's backward, then AccumulateGrad).
-      std::vector<TensorId> grads = writes;
-      grads.insert(grads.end(), allocs.begin(), allocs.end());
-      std::string base = name.substr(0, name.rfind('.'));
       int64_t elems = (m * n + (bias ? n : 0)) * batch;
       Op op = stream_op("grad_cast", elems, {e_, 4}, {4}, 2, 1, ad_);
       std::get<StreamOp>(op.body).kernels = bias ? 2 : 1;
