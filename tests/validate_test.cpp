@@ -148,6 +148,7 @@ TEST(ValidateCommand, PredictsSupportedCasesAndReportsTheRest) {
   EXPECT_NE(r.out.find("bs_triad"), std::string::npos);
   EXPECT_NE(r.out.find("fa_attn"), std::string::npos);
   EXPECT_NE(r.out.find("MAPE"), std::string::npos);
+  EXPECT_NE(r.out.find("<=40%"), std::string::npos) << "cases within 15% and 40% per source";
   EXPECT_NE(r.out.find("mt_train"), std::string::npos);
   EXPECT_NE(r.out.find("xx_bad_device (line 5)"), std::string::npos);
 }
@@ -214,6 +215,28 @@ TEST(ValidateCommand, MissingRequiredColumnExitsTwo) {
 const char* kTrainingHeader =
     "id,kind,device,num_gpus,layers,hidden,ffn_hidden,heads,kv_heads,seq_len,vocab,mlp,dropout,"
     "global_batch,micro_batch,tp,pp,dp,precision,recompute,flash_attention,metric,measured\n";
+
+// The software choices the case format has no column for apply to every training case when
+// given: an unpadded vocabulary (GPT-2's 50257: unaligned LM-head products) and eager AMP each
+// slow the same step down.
+TEST(ValidateCommand, SoftwareOptionsApplyToTrainingCases) {
+  TempDir d;
+  write(d.file("train.csv"),
+        std::string(kTrainingHeader) +
+            "t,training,h100-sxm5-80gb,1,2,512,,8,,512,50257,gelu,0,8,8,1,1,1,bf16,none,1,"
+            "iteration_time_s,0.01\n");
+  auto step = [&](const std::string& flags) {
+    CommandRun r = run_memwall(d, "validate --cases '" + d.file("train.csv") + "' --out '" +
+                                      d.file("p.csv") + "' " + flags);
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    Rows rows = parse_csv(read(d.file("p.csv")), "p.csv", nullptr);
+    return rows.size() == 2 ? std::stod(rows[1][4]) : 0.0;
+  };
+  double base = step(""), unpadded = step("--vocab-padding 1"), amp = step("--autocast");
+  EXPECT_GT(base, 0);
+  EXPECT_GT(unpadded, 1.2 * base) << "50257 rows run the LM head's products at the unaligned rate";
+  EXPECT_GT(amp, base) << "autocast adds casts and fp32 norms";
+}
 
 TEST(ValidateCommand, OneAndMultiGpuTrainingCasesAreSimulated) {
   TempDir d;

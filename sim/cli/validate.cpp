@@ -744,9 +744,10 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
     int n = 0;
     double sum_abs = 0, sum_signed = 0, max_abs = 0;
     std::string worst;
+    int within15 = 0, within40 = 0;  // cases with |error| <= 15% and <= 40%
   };
   std::vector<Group> groups;
-  Group all{"all", "", 0, 0, 0, 0, ""};
+  Group all{"all", "", 0, 0, 0, 0, "", 0, 0};
   for (const auto& p : ps) {
     if (!p.has_prediction()) continue;
     std::string src = source_of(p.id);
@@ -759,6 +760,8 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
     double e = 100 * p.error();
     for (Group* x : {&*g, &all}) {
       x->n++;
+      x->within15 += std::fabs(e) <= 15;
+      x->within40 += std::fabs(e) <= 40;
       x->sum_abs += std::fabs(e);
       x->sum_signed += e;
       if (std::fabs(e) >= x->max_abs) {
@@ -773,11 +776,13 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
       sw = std::max(sw, g.source.size());
       kw = std::max(kw, g.kind.size());
     }
-    out += fmt::format("\n{:<{}}  {:<{}} {:>5} {:>8} {:>9} {:>9}  {}\n", "source", sw, "kind", kw, "cases",
-                       "MAPE", "bias", "max|err|", "worst case");
+    out += fmt::format("\n{:<{}}  {:<{}} {:>5} {:>8} {:>9} {:>9} {:>6} {:>6}  {}\n", "source", sw,
+                       "kind", kw, "cases", "MAPE", "bias", "max|err|", "<=15%", "<=40%",
+                       "worst case");
     auto row = [&](const Group& g) {
-      out += fmt::format("{:<{}}  {:<{}} {:>5} {:>7.1f}% {:>+8.1f}% {:>8.1f}%  {}\n", g.source, sw,
-                         g.kind, kw, g.n, g.sum_abs / g.n, g.sum_signed / g.n, g.max_abs, g.worst);
+      out += fmt::format("{:<{}}  {:<{}} {:>5} {:>7.1f}% {:>+8.1f}% {:>8.1f}% {:>6} {:>6}  {}\n",
+                         g.source, sw, g.kind, kw, g.n, g.sum_abs / g.n, g.sum_signed / g.n,
+                         g.max_abs, g.within15, g.within40, g.worst);
     };
     for (const auto& g : groups) row(g);
     if (groups.size() > 1) row(all);
