@@ -170,6 +170,29 @@ TEST(ClusterRun, OverlappedCollectivesCostTheUnitsTheirChannelsHold) {
   }
 }
 
+// A pipeline send and its receive run NCCL kernels on both ranks beside their compute: two
+// channels' units each while the transfer is in flight (and memory bytes). With memory bandwidth
+// to spare the slowdown is at most share / (1 - share) of the transfer time on each side.
+TEST(ClusterRun, PipelineTransfersHoldUnitsOnBothRanks) {
+  auto job = [](bool units) {
+    Job j;
+    j.model = load_model("gpt3-1.3b", {"layers=8", "seq_len=1024"});
+    j.setup = load_training_string("micro_batch: 1\nglobal_batch: 8\npp: 4\nhost_overhead: 0 s\n",
+                                   "training.yaml");
+    j.setup.parallel.comm_uses_units = units;
+    j.gpus = 4;
+    j.device = load_device("a100-sxm4-80gb", {"memory.bandwidth=2000 TB/s"});
+    return j;
+  };
+  ClusterResult with = job(true).run(), free = job(false).run();
+  EXPECT_EQ(free.comm_interference().sec(), 0);
+  EXPECT_GT(with.comm_interference().sec(), 0);
+  const double share = 2.0 / 108;  // two channels of an A100's 108 SMs
+  EXPECT_LE(with.comm_interference().sec(),
+            share / (1 - share) * 2 * with.comm[int(ParallelGroup::PP)].total.sec() * (1 + 1e-9));
+  EXPECT_GE(with.step_time.sec(), free.step_time.sec());
+}
+
 TEST(ClusterRun, TensorParallelCollectivesAreOnTheCriticalPath) {
   Job j;
   j.model = load_model("gpt3-1.3b", {"seq_len=1024"});

@@ -141,6 +141,9 @@ constexpr double kMaxUnitShare = 0.9;
 // its own chunk and the chunk a peer wrote into its receive buffer, and that peer's write lands
 // in its memory too. An estimate from the data path, not a measurement.
 constexpr double kMemoryBytesPerBusByte = 3.0;
+// Channels a point-to-point transfer (a pipeline send and its receive) runs on: NCCL's
+// NCCL_NCHANNELS_PER_NET_PEER, 2 by default.
+constexpr int kP2pChannels = 2;
 
 // ---- programs: one model chunk's operators and collectives in issue order ---------------------
 
@@ -642,9 +645,12 @@ class ClusterSim {
   // It also moves memory bytes (kMemoryBytesPerBusByte per byte sent), which memory-bound
   // operators lose.
   void hold_units(RankState& rs, const CollectiveResult& cr, Time start) {
+    hold_units(rs, cr, start, sys_.tuning.channels);
+  }
+  void hold_units(RankState& rs, const CollectiveResult& cr, Time start, int max_channels) {
     if (!p_.comm_uses_units || cr.end <= start) return;
-    double channels = std::min<double>(sys_.tuning.channels,
-                                       std::max(1.0, std::floor(cr.bytes / 32768.0)));
+    double channels =
+        std::min<double>(max_channels, std::max(1.0, std::floor(cr.bytes / 32768.0)));
     double units = std::min(channels / device_.compute().units, kMaxUnitShare);
     double memory = std::min(kMemoryBytesPerBusByte * cr.bus_bandwidth_gbps() * 1e9 /
                                  device_.sustained_memory_bandwidth().bps(),
@@ -741,6 +747,10 @@ class ClusterSim {
          t0, cr.end - t0);
     result_->comm[int(ParallelGroup::PP)].total += (cr.end - t0) / double(p_.pp);
     result_->pipeline_transfers++;
+    // The send kernel on this rank and the receive kernel on the next hold a channel's units and
+    // move memory bytes while the transfer runs beside their compute.
+    hold_units(rs, cr, t0, kP2pChannels);
+    hold_units(states_[to], cr, t0, kP2pChannels);
     rs.stream_free[int(ParallelGroup::PP)] = cr.end;
     arrival_[slot(it.micro_batch, next, it.forward)] = cr.end;
     transfer_start_[slot(it.micro_batch, next, it.forward)] = t0;
