@@ -158,6 +158,16 @@ TEST_F(TrainingCli, PrecisionTheDeviceLacks) {
   expect_bad("run " + kSmall + " --precision fp8", "training.precision", "no fp8");
 }
 
+// The keys this stop added: each bad value names its key and exits with status 2.
+TEST_F(TrainingCli, SoftwareAndAlignmentKeysAreChecked) {
+  expect_bad("run " + kSmall + " -p training.vocab_padding=0", "training.vocab_padding",
+             "greater than zero");
+  expect_bad("run " + kSmall + " -p training.autocast=true --precision fp32", "training.autocast",
+             "bf16 or fp16");
+  expect_bad("run " + kSmall + " -p device.compute.unaligned_matrix_efficiency=1.5",
+             "device.compute.unaligned_matrix_efficiency", "maximum");
+}
+
 TEST_F(TrainingCli, ZeroSequenceLength) {
   expect_bad("run " + kSmall + " -p model.seq_len=0", "model.seq_len", "greater than zero");
   // The flag form too: a zero must reach the schema, not be taken as "not given".
