@@ -236,6 +236,10 @@ TEST(ValidateCommand, SoftwareOptionsApplyToTrainingCases) {
   EXPECT_GT(base, 0);
   EXPECT_GT(unpadded, 1.2 * base) << "50257 rows run the LM head's products at the unaligned rate";
   EXPECT_GT(amp, base) << "autocast adds casts and fp32 norms";
+  // A padding of 0 rows is refused before anything runs, naming the option.
+  CommandRun bad = run_memwall(d, "validate --cases '" + d.file("train.csv") + "' --vocab-padding 0");
+  EXPECT_EQ(bad.status, 2) << bad.out << bad.err;
+  EXPECT_NE((bad.out + bad.err).find("--vocab-padding"), std::string::npos) << bad.err;
 }
 
 TEST(ValidateCommand, OneAndMultiGpuTrainingCasesAreSimulated) {

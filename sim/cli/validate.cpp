@@ -395,6 +395,21 @@ CaseOp build_op(const Case& c) {
 }
 
 /// Devices loaded once per name, each with one OpSimulator (which memoises identical ops).
+/// Training-setup keys that `validate` sets for every training case from its command line (the
+/// case format has no column for them); unset ones keep the setup's defaults.
+struct TrainingOverrides {
+  std::optional<Time> host_overhead;         ///< host issue cost per kernel
+  std::optional<bool> fused_cross_entropy;   ///< fused loss, or Megatron's fp32 version
+  std::optional<int64_t> vocab_padding;      ///< Megatron's 128, or 1 (plain PyTorch)
+  bool autocast = false;                     ///< eager PyTorch AMP over fp32 parameters
+  void apply(TrainingSetup& t) const {
+    if (host_overhead) t.host_overhead = *host_overhead;
+    if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
+    if (vocab_padding) t.vocab_padding = *vocab_padding;
+    if (autocast) t.autocast = true;
+  }
+};
+
 class DevicePool {
  public:
   explicit DevicePool(Fidelity f) : fidelity_(f) {}
@@ -418,21 +433,9 @@ class DevicePool {
     return *entries_.at(name).device;
   }
   Fidelity fidelity() const { return fidelity_; }
-  /// Host issue cost per kernel for training cases (the case format has no column for it).
-  std::optional<Time> host_overhead;
-  /// The loss kernel for training cases (no column either): fused or Megatron's fp32 version.
-  std::optional<bool> fused_cross_entropy;
-  /// Vocabulary padding for training cases (no column): Megatron's 128, or 1 (plain PyTorch).
-  std::optional<int64_t> vocab_padding;
-  /// Eager PyTorch AMP (torch.autocast over fp32 parameters) for training cases (no column).
-  bool autocast = false;
-  /// Applies the options above, where given, to a case's setup.
-  void apply(TrainingSetup& t) const {
-    if (host_overhead) t.host_overhead = *host_overhead;
-    if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
-    if (vocab_padding) t.vocab_padding = *vocab_padding;
-    if (autocast) t.autocast = true;
-  }
+  /// Software choices the case format has no column for, applied to every training case.
+  TrainingOverrides training;
+  void apply(TrainingSetup& t) const { training.apply(t); }
 
  private:
   struct Entry {
@@ -949,20 +952,18 @@ int validate(const ValidateOptions& o) {
   Fidelity f = parse_fidelity(o.fidelity);
   std::vector<Case> cases = read_cases(o.cases);
   auto t0 = std::chrono::steady_clock::now();
-  std::optional<Time> host_overhead;
+  TrainingOverrides training;
   if (!o.host_overhead.empty()) {
     try {
-      host_overhead = parse_time(o.host_overhead);
+      training.host_overhead = parse_time(o.host_overhead);
     } catch (const std::exception& e) {
       throw ConfigError(SourceLoc{"command line", 0}, "host-overhead", e.what());
     }
   }
-  auto configure = [&](DevicePool& pool) {
-    pool.host_overhead = host_overhead;
-    if (!o.cross_entropy.empty()) pool.fused_cross_entropy = o.cross_entropy == "fused";
-    if (o.vocab_padding > 0) pool.vocab_padding = o.vocab_padding;
-    pool.autocast = o.autocast;
-  };
+  if (!o.cross_entropy.empty()) training.fused_cross_entropy = o.cross_entropy == "fused";
+  if (o.vocab_padding > 0) training.vocab_padding = o.vocab_padding;
+  training.autocast = o.autocast;
+  auto configure = [&](DevicePool& pool) { pool.training = training; };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cout << report(ps, o.cases, f, wall);
