@@ -330,6 +330,49 @@ TEST(Knobs, UnalignedRowsSlowAMatrixProduct) {
   }
 }
 
+// FlashAttention-2 issues the warp-level mma.sync, which on Hopper reaches a measured fraction of
+// the matrix rate that wgmma reaches. Its matrix work then costs between 1 and 1/eff times as
+// much, so the kernel is never faster than the native one and at most 1/eff slower; where the
+// warp-level instruction is native (A100, or the fraction set to 1) the flag changes nothing.
+TEST(Knobs, WarpLevelMatrixInstructionSlowsOnlyWhereItIsNotNative) {
+  auto hopper = load_device("h100-sxm5-80gb");
+  auto flat = load_device("h100-sxm5-80gb", {"compute.warp_matrix_efficiency=1"});
+  auto ampere = load_device("a100-sxm4-80gb");
+  const double eff = hopper->compute().warp_matrix_efficiency;
+  ASSERT_LT(eff, 1.0);
+  EXPECT_EQ(ampere->compute().warp_matrix_efficiency, 1.0);
+  for (Fidelity fid : {Fidelity::Tile, Fidelity::Analytical}) {
+    for (AttentionPass pass : {AttentionPass::Forward, AttentionPass::ForwardBackward}) {
+      SCOPED_TRACE(fmt::format("{} pass {}", fidelity_name(fid), static_cast<int>(pass)));
+      AttentionOp a;
+      a.batch = 2;
+      a.heads = 16;
+      a.seq_q = a.seq_kv = 4096;
+      a.head_dim = 128;
+      a.pass = pass;
+      AttentionOp w = a;
+      w.warp_mma = true;
+      OpSimulator h(*hopper, fid), f(*flat, fid), am(*ampere, fid);
+      double native = h.run(Op{"native", a}).time.sec(), warp = h.run(Op{"warp", w}).time.sec();
+      EXPECT_GE(warp, native * 0.999);
+      EXPECT_LE(warp, native / eff * 1.001);
+      EXPECT_NEAR(f.run(Op{"warp", w}).time.sec() / native, 1.0, 1e-9);
+      EXPECT_NEAR(am.run(Op{"warp", w}).time.sec() / am.run(Op{"native", a}).time.sec(), 1.0,
+                  1e-9);
+    }
+  }
+  // The forward kernel is matrix-bound at this length: the slowdown is real, not lost in noise.
+  AttentionOp fwd;
+  fwd.batch = 2;
+  fwd.heads = 16;
+  fwd.seq_q = fwd.seq_kv = 8192;
+  fwd.head_dim = 128;
+  AttentionOp wfwd = fwd;
+  wfwd.warp_mma = true;
+  OpSimulator h(*hopper, Fidelity::Tile);
+  EXPECT_GT(h.run(Op{"warp", wfwd}).time.sec(), 1.1 * h.run(Op{"native", fwd}).time.sec());
+}
+
 TEST(Knobs, LargerL2RaisesHitRateAndCutsMemoryTraffic) {
   auto small = load_device("a100-sxm4-80gb", {"caches.l2.size=1 MiB"});
   auto large = load_device("a100-sxm4-80gb", {"caches.l2.size=64 MiB"});

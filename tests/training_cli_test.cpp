@@ -166,6 +166,8 @@ TEST_F(TrainingCli, SoftwareAndAlignmentKeysAreChecked) {
              "bf16 or fp16");
   expect_bad("run " + kSmall + " -p device.compute.unaligned_matrix_efficiency=1.5",
              "device.compute.unaligned_matrix_efficiency", "maximum");
+  expect_bad("run " + kSmall + " -p device.compute.warp_matrix_efficiency=0",
+             "device.compute.warp_matrix_efficiency", "minimum");
 }
 
 TEST_F(TrainingCli, ZeroSequenceLength) {

@@ -99,8 +99,15 @@ const Schema& simt_schema() {
         "no penalty.");
     unaligned.min = 0.01;
     unaligned.max = 1;
+    ParamSpec warp = param(
+        "warp_matrix_efficiency", ParamType::Real, "", "1",
+        "Fraction of the matrix unit's MACs per cycle that the warp-level matrix instruction "
+        "(mma.sync: FlashAttention-2 and other Ampere-era kernels) reaches, where the peak needs "
+        "a newer instruction (Hopper's wgmma). 1: the warp-level instruction is the native path.");
+    warp.min = 0.01;
+    warp.max = 1;
     x.params = {units,  boost, sus, mboost, sfu, rf,     smem,
-                smem_bw, groups, sync, mc,     acc, direct, unaligned};
+                smem_bw, groups, sync, mc,     acc, direct, unaligned, warp};
     x.sections = {{"matrix", &matrix_schema()}, {"vector", &vector_schema()}};
     return x;
   }();
@@ -134,6 +141,7 @@ ComputeSpec ComputeSpec::from_config(const Config& c) {
   s.accumulator_memory = c.get_bytes("accumulator_memory");
   s.matrix_operands_from_scratchpad = c.get_bool("matrix_operands_from_scratchpad");
   s.unaligned_matrix_efficiency = c.get_real("unaligned_matrix_efficiency");
+  s.warp_matrix_efficiency = c.get_real("warp_matrix_efficiency");
   Config m = c.section("matrix"), v = c.section("vector");
   const auto& names = dtype_names();
   for (size_t i = 0; i < names.size(); ++i) {

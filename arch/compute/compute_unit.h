@@ -44,6 +44,10 @@ struct ComputeSpec {
   /// size): the library cannot use vector loads, cp.async or TMA and falls back to slower
   /// kernels. 1: no penalty.
   double unaligned_matrix_efficiency = 1;
+  /// Fraction of the matrix unit's MAC rate per cycle that the warp-level matrix instruction
+  /// (mma.sync, which FlashAttention-2 issues) reaches where the unit's peak needs a newer one
+  /// (Hopper's wgmma). 1: the warp-level instruction is the native path (Ampere and earlier).
+  double warp_matrix_efficiency = 1;
 
   static ComputeSpec from_config(const Config& c);
 

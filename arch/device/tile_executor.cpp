@@ -49,6 +49,7 @@ class KernelRun {
     for (auto& p : pipes_) {
       for (auto& s : p) s.reset(launch_at);
     }
+    warp_mma_ = prog.footprint().warp_mma;
     clock_ = c.sustained_clock;
     sync_ = clock_.cycles(c.sync_cycles * prog.footprint().iterations_per_step);
     int n = c.units * occ;
@@ -128,6 +129,7 @@ class KernelRun {
         per_cycle = c.matrix_macs_per_cycle(w.dtype);
         if (per_cycle <= 0) per_cycle = c.vector_flops_per_cycle(w.dtype) / 2;
         if (per_cycle <= 0) per_cycle = c.vector_flops_per_cycle(DType::FP32) / 2;
+        if (warp_mma_) per_cycle *= c.warp_matrix_efficiency;
         break;
       case Pipe::Vector: per_cycle = c.vector_flops_per_cycle(w.dtype); break;
       case Pipe::Sfu: per_cycle = c.sfu_ops_per_cycle; break;
@@ -256,6 +258,7 @@ class KernelRun {
   bool lockstep_;
   std::vector<Time> unit_free_;
   Frequency clock_;
+  bool warp_mma_ = false;  // the program issues warp-level MMA (see GroupFootprint::warp_mma)
   Time sync_;
   std::vector<std::array<Server, kPipeCount>> pipes_;
   std::vector<Slot> slots_;

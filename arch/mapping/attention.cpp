@@ -102,6 +102,7 @@ class FlashForward : public TileProgram {
     f.registers = Bytes(kWarps * 32.0 * 255 * 4);
     f.stages = 2;
     f.lockstep = true;
+    f.warp_mma = a_.warp_mma;
     return f;
   }
 
@@ -180,6 +181,7 @@ class FlashBackward : public TileProgram {
     f.registers = Bytes(2 * kWarps * 32.0 * 255 * 4);  // 8 warps
     f.stages = 2;
     f.lockstep = true;
+    f.warp_mma = a_.warp_mma;
     return f;
   }
 

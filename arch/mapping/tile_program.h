@@ -95,6 +95,9 @@ struct GroupFootprint {
   bool lockstep = false;
   /// Real main-loop iterations one simulated step stands for (each pays a barrier).
   int iterations_per_step = 1;
+  /// The matrix work is issued as warp-level MMA: it runs at compute.warp_matrix_efficiency of
+  /// the matrix rate.
+  bool warp_mma = false;
 };
 
 class TileProgram {

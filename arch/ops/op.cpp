@@ -114,9 +114,9 @@ std::string Op::signature() const {
                  [](const AttentionOp& a) {
                    return fmt::format(
                        "attention b={} h={} kvh={} sq={} skv={} d={} causal={} fused={} "
-                       "dropout={} {} {}",
+                       "dropout={} warp_mma={} {} {}",
                        a.batch, a.heads, a.kv_heads, a.seq_q, a.seq_kv, a.head_dim, a.causal,
-                       a.fused, a.dropout, pass_name(a.pass), dtype_name(a.dtype));
+                       a.fused, a.dropout, a.warp_mma, pass_name(a.pass), dtype_name(a.dtype));
                  },
                  [](const StreamOp& s) {
                    std::string in, out;
@@ -265,7 +265,12 @@ const std::vector<Schema>& op_schemas() {
          }(),
          count("head_dim", "Head size."), flag("causal", "false", "Causal mask."),
          flag("fused", "true", "Flash-attention style kernel that keeps scores on chip."),
-         flag("dropout", "false", "Attention dropout on the probabilities."), pass,
+         flag("dropout", "false", "Attention dropout on the probabilities."),
+         flag("warp_mma", "false",
+              "The kernel issues Ampere's warp-level mma.sync (FlashAttention-2) rather than the "
+              "device's native matrix instruction (cuDNN, FlashAttention-3 on Hopper): it runs at "
+              "compute.warp_matrix_efficiency of the matrix rate."),
+         pass,
          dtype_param("bf16")}));
     ParamSpec ew = required("kind", ParamType::Enum, "", "Which elementwise kernel.");
     ew.choices = {"gelu", "gelu_bwd", "swiglu", "swiglu_bwd", "dropout", "dropout_bwd", "add", "cast"};
@@ -344,6 +349,7 @@ Op op_from_config(const Config& c) {
     a.causal = c.get_bool("causal");
     a.fused = c.get_bool("fused");
     a.dropout = c.get_bool("dropout");
+    a.warp_mma = c.get_bool("warp_mma");
     std::string p = c.get_string("pass");
     a.pass = p == "fwd" ? AttentionPass::Forward
              : p == "bwd" ? AttentionPass::Backward

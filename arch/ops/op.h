@@ -40,6 +40,10 @@ struct AttentionOp {
   bool causal = false;
   bool fused = true;
   bool dropout = false;
+  /// The kernel issues Ampere's warp-level matrix instruction (FlashAttention-2's mma.sync)
+  /// rather than the unit's native one (cuDNN's or FlashAttention-3's wgmma on Hopper); see
+  /// ComputeSpec::warp_matrix_efficiency. No difference where the warp-level one is native.
+  bool warp_mma = false;
   AttentionPass pass = AttentionPass::Forward;
   DType dtype = DType::BF16;
 };

@@ -45,6 +45,8 @@ double compute_rate(const Op& op, const ComputeSpec& c, Frequency clock) {
   if (!matrix) per_cycle = c.vector_flops_per_cycle(DType::FP32);
   const auto* g = std::get_if<GemmOp>(&op.body);
   if (g && !gemm_aligned(*g)) per_cycle *= c.unaligned_matrix_efficiency;
+  const auto* a = std::get_if<AttentionOp>(&op.body);
+  if (a && a->warp_mma) per_cycle *= c.warp_matrix_efficiency;
   return per_cycle * c.units * clock.hz();
 }
 

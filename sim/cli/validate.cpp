@@ -370,6 +370,9 @@ CaseOp build_op(const Case& c) {
     a.causal = flag(c, "causal", false);
     a.fused = flag(c, "flash_attention", true);
     a.dropout = flag(c, "dropout", false);
+    // The attention kind's rows are FlashAttention(-2) kernels (the papers' benchmarks, SDPA's
+    // flash backend): warp-level mma.sync on every GPU.
+    a.warp_mma = true;
     a.pass = AttentionPass::ForwardBackward;
     a.dtype = precision(c, DType::BF16);
     if (a.kv_heads > a.heads || a.heads % a.kv_heads != 0)
