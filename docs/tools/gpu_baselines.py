@@ -241,25 +241,46 @@ class Run:
         if self.props.total_memory >= 100 * 2**30:
             # fp32 weights, gradients and Adam moments alone are 43 GB: only on a 141 GB part
             configs.insert(3, ("gpt3-2.7b", 32, 2560, 32, 2048, 4))
+        # vTrain-like steps (Megatron's GPT as vTrain ran it): unfused attention, dropout 0.1,
+        # full recomputation, fp16 with loss scaling, 1024 tokens.
+        megatron = {"flash": False, "dropout": 0.1, "recompute": True, "dtype": torch.float16}
+        configs += [("gpt-350m-megatron", 24, 1024, 16, 1024, 8, megatron),
+                    ("gpt-350m-megatron-norecompute", 24, 1024, 16, 1024, 8,
+                     dict(megatron, recompute=False)),
+                    ("gpt-1.3b-megatron", 24, 2048, 16, 1024, 4, megatron),
+                    ("gpt-125m-megatron-mb1", 12, 768, 12, 1024, 1, megatron),
+                    # host-bound pairs: what recomputation and dropout add on the host per layer
+                    ("gpt-125m-megatron-mb1-norecompute", 12, 768, 12, 1024, 1,
+                     dict(megatron, recompute=False)),
+                    ("gpt-125m-fp16-mb1", 12, 768, 12, 1024, 1,
+                     {"dtype": torch.float16, "flash": False}),
+                    ("gpt-125m-fp16-mb1-recompute", 12, 768, 12, 1024, 1,
+                     {"dtype": torch.float16, "flash": False, "recompute": True})]
         if self.args.quick:
             configs = configs[:1] + configs[-1:]
         if self.args.train_only:
             configs = [c for c in configs if c[0] in self.args.train_only.split(",")]
-        for name, layers, hidden, heads, seq, mb in configs:
+        for name, layers, hidden, heads, seq, mb, *extra in configs:
+            o = extra[0] if extra else {}
+            dtype = o.get("dtype", torch.bfloat16)
             torch.cuda.empty_cache()
-            model = GPT(layers, hidden, heads, seq, 50257).cuda()
+            model = GPT(layers, hidden, heads, seq, 50257, o.get("flash", True), o.get("dropout", 0.0),
+                        o.get("recompute", False)).cuda()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            # fp16 needs loss scaling: the scaler unscales and checks the gradients for inf/nan
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
             idx = torch.randint(0, 50257, (mb, seq + 1), device="cuda")
 
             def step():
                 # The phases are marked so that the profile can split the host's launches by phase.
                 with torch.profiler.record_function("phase_forward"):
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                    with torch.autocast("cuda", dtype=dtype):
                         loss = model(idx[:, :-1], idx[:, 1:])
                 with torch.profiler.record_function("phase_backward"):
-                    loss.backward()
+                    scaler.scale(loss).backward()
                 with torch.profiler.record_function("phase_optimizer"):
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     opt.zero_grad(set_to_none=True)
 
             torch.cuda.reset_peak_memory_stats()
@@ -277,9 +298,11 @@ class Run:
             self.source = saved + "; eager AMP step, fp32 loss (compare with --cross-entropy fp32)"
             self.add(f"gpubase_train_{self.preset}_{name}_s{seq}_mb{mb}", "training",
                      "iteration_time_s", t, layers=layers, hidden=hidden, ffn_hidden=4 * hidden,
-                     heads=heads, kv_heads=heads, seq_len=seq, vocab=50257, mlp="gelu", dropout=0,
-                     global_batch=mb, micro_batch=mb, tp=1, pp=1, dp=1, precision="bf16",
-                     recompute="none", zero_stage=0, flash_attention=1)
+                     heads=heads, kv_heads=heads, seq_len=seq, vocab=50257, mlp="gelu",
+                     dropout=int(o.get("dropout", 0) > 0), global_batch=mb, micro_batch=mb, tp=1,
+                     pp=1, dp=1, precision="fp16" if dtype == torch.float16 else "bf16",
+                     recompute="full" if o.get("recompute") else "none", zero_stage=0,
+                     flash_attention=int(o.get("flash", True)))
             self.source = saved
             print(f"    GPU busy {prof.get('gpu_busy_s', 0) * 1e3:.2f} ms of {t * 1e3:.2f} ms; "
                   f"{prof.get('kernels', 0)} kernels; peak {peak:.1f} GiB", flush=True)
@@ -303,10 +326,25 @@ class Run:
         print(f"wrote {path} ({len(self.rows)} cases) in {time.time() - self.started:.0f} s")
 
 
+def unfused_attention(q, k, v, p, training):
+    """Megatron's unfused core attention in 16 bits: scaled Q K^T (baddbmm), causal mask, softmax,
+    dropout on the probabilities, P V (bmm), outside autocast so every tensor stays 16-bit."""
+    b, h, s, d = q.shape
+    with torch.autocast("cuda", enabled=False):
+        q, k, v = (t.to(torch.float16) for t in (q, k, v))
+        q2, k2 = q.reshape(b * h, s, d), k.reshape(b * h, s, d)
+        scores = torch.baddbmm(torch.empty(b * h, s, s, device=q.device, dtype=q.dtype), q2,
+                               k2.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+        mask = torch.ones(s, s, device=q.device, dtype=torch.bool).triu_(1)
+        probs = torch.softmax(scores.view(b, h, s, s).masked_fill(mask, float("-inf")), dim=-1)
+        probs = F.dropout(probs, p, training)
+        return torch.bmm(probs.view(b * h, s, s), v.reshape(b * h, s, d)).view(b, h, s, d)
+
+
 class Block(nn.Module):
-    def __init__(self, hidden, heads):
+    def __init__(self, hidden, heads, flash=True, dropout=0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.flash, self.p = heads, flash, dropout
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
         self.fc1, self.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
@@ -314,22 +352,32 @@ class Block(nn.Module):
     def forward(self, x):
         b, s, h = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, s, h))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+        if self.flash:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0)
+        else:
+            a = unfused_attention(q, k, v, self.p, self.training)
+        x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(b, s, h)), self.p, self.training)
+        return x + F.dropout(self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh")), self.p,
+                             self.training)
 
 
 class GPT(nn.Module):
-    def __init__(self, layers, hidden, heads, seq, vocab):
+    def __init__(self, layers, hidden, heads, seq, vocab, flash=True, dropout=0.0, recompute=False):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, hidden), nn.Embedding(seq, hidden)
-        self.blocks = nn.ModuleList(Block(hidden, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, flash, dropout) for _ in range(layers))
         self.ln = nn.LayerNorm(hidden)
+        self.p, self.recompute = dropout, recompute
 
     def forward(self, idx, targets):
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        x = F.dropout(x, self.p, self.training)
         for blk in self.blocks:
-            x = blk(x)
+            if self.recompute:  # Megatron's full recomputation: each layer's forward again in backward
+                from torch.utils.checkpoint import checkpoint
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         logits = F.linear(self.ln(x), self.tok.weight)  # tied embeddings
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
