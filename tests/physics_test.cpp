@@ -297,7 +297,7 @@ TEST(Knobs, DoublingHbmBandwidthSpeedsMemoryBoundOnly) {
                    2 * base->memory().peak_bandwidth().bps());
   OpSimulator s0(*base, Fidelity::Tile), s1(*fast, Fidelity::Tile);
   for (const Op& op : {make_stream_triad(Bytes::mib(256), DType::FP64),
-                       make_norm("layernorm", 16384, 8192, DType::BF16, false)}) {
+                       make_elementwise("add", int64_t(1) << 27, DType::BF16)}) {
     SCOPED_TRACE(op.name);
     double speedup = s0.run(op).time / s1.run(op).time;
     EXPECT_GE(speedup, 1.6);
@@ -371,6 +371,33 @@ TEST(Knobs, WarpLevelMatrixInstructionSlowsOnlyWhereItIsNotNative) {
   wfwd.warp_mma = true;
   OpSimulator h(*hopper, Fidelity::Tile);
   EXPECT_GT(h.run(Op{"warp", wfwd}).time.sec(), 1.1 * h.run(Op{"native", fwd}).time.sec());
+}
+
+// A LayerNorm issues a fixed number of instructions per row (its reductions) and some per
+// element. Short rows are bound by instruction issue, not by memory: per element they cost more
+// than long rows, and never less than the issue bound at the boost clock or the memory bound.
+// Without an issue limit, the row length does not matter.
+TEST(Knobs, RowKernelsAreBoundByInstructionIssue) {
+  auto dev = load_device("h200-sxm-141gb");
+  auto free_issue = load_device("h200-sxm-141gb", {"compute.issue_per_cycle=0"});
+  const ComputeSpec& c = dev->compute();
+  ASSERT_GT(c.issue_per_cycle, 0);
+  const int64_t n = int64_t(1) << 27;
+  OpSimulator s(*dev, Fidelity::Tile), f(*free_issue, Fidelity::Tile);
+  Op short_rows = make_norm("layernorm", n / 256, 256, DType::FP16, false);
+  Op long_rows = make_norm("layernorm", n / 4096, 4096, DType::FP16, false);
+  double t_short = s.run(short_rows).time.sec(), t_long = s.run(long_rows).time.sec();
+  EXPECT_GT(t_short, 2 * t_long);
+  for (const Op& op : {short_rows, long_rows}) {
+    const auto& st = std::get<StreamOp>(op.body);
+    double issue_bound = double(st.elements) * st.instructions /
+                         (c.issue_per_cycle * c.units * c.boost_clock.hz());
+    double memory_bound = op.min_bytes().count() / dev->memory().peak_bandwidth().bps();
+    double t = s.run(op).time.sec();
+    EXPECT_GE(t, issue_bound);
+    EXPECT_GE(t, memory_bound);
+  }
+  EXPECT_NEAR(f.run(short_rows).time.sec() / f.run(long_rows).time.sec(), 1.0, 0.05);
 }
 
 TEST(Knobs, LargerL2RaisesHitRateAndCutsMemoryTraffic) {

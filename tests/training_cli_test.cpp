@@ -168,6 +168,8 @@ TEST_F(TrainingCli, SoftwareAndAlignmentKeysAreChecked) {
              "device.compute.unaligned_matrix_efficiency", "maximum");
   expect_bad("run " + kSmall + " -p device.compute.warp_matrix_efficiency=0",
              "device.compute.warp_matrix_efficiency", "minimum");
+  expect_bad("run " + kSmall + " -p device.compute.issue_per_cycle=-1",
+             "device.compute.issue_per_cycle", "minimum");
 }
 
 TEST_F(TrainingCli, ZeroSequenceLength) {

@@ -106,8 +106,14 @@ const Schema& simt_schema() {
         "a newer instruction (Hopper's wgmma). 1: the warp-level instruction is the native path.");
     warp.min = 0.01;
     warp.max = 1;
+    ParamSpec issue = param(
+        "issue_per_cycle", ParamType::Real, "instructions/cycle", "0",
+        "Thread-instructions the unit issues per cycle, all pipes together (an NVIDIA SM since "
+        "Volta: 4 warp schedulers x 32 threads = 128). Row kernels (softmax, LayerNorm) and "
+        "random-number kernels are bound by it. 0: issue is not modelled.");
+    issue.min = 0;
     x.params = {units,  boost, sus, mboost, sfu, rf,     smem,
-                smem_bw, groups, sync, mc,     acc, direct, unaligned, warp};
+                smem_bw, groups, sync, mc,     acc, direct, unaligned, warp, issue};
     x.sections = {{"matrix", &matrix_schema()}, {"vector", &vector_schema()}};
     return x;
   }();
@@ -142,6 +148,7 @@ ComputeSpec ComputeSpec::from_config(const Config& c) {
   s.matrix_operands_from_scratchpad = c.get_bool("matrix_operands_from_scratchpad");
   s.unaligned_matrix_efficiency = c.get_real("unaligned_matrix_efficiency");
   s.warp_matrix_efficiency = c.get_real("warp_matrix_efficiency");
+  s.issue_per_cycle = c.get_real("issue_per_cycle");
   Config m = c.section("matrix"), v = c.section("vector");
   const auto& names = dtype_names();
   for (size_t i = 0; i < names.size(); ++i) {

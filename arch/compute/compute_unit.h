@@ -48,6 +48,9 @@ struct ComputeSpec {
   /// (mma.sync, which FlashAttention-2 issues) reaches where the unit's peak needs a newer one
   /// (Hopper's wgmma). 1: the warp-level instruction is the native path (Ampere and earlier).
   double warp_matrix_efficiency = 1;
+  /// Thread-instructions a unit issues per cycle (NVIDIA SMs since Volta: 4 schedulers x 32
+  /// threads = 128); 0: issue is not modelled.
+  double issue_per_cycle = 0;
 
   static ComputeSpec from_config(const Config& c);
 

@@ -50,7 +50,7 @@ class KernelRun {
       for (auto& s : p) s.reset(launch_at);
     }
     warp_mma_ = prog.footprint().warp_mma;
-    clock_ = c.sustained_clock;
+    clock_ = prog.footprint().matrix_free ? c.boost_clock : c.sustained_clock;
     sync_ = clock_.cycles(c.sync_cycles * prog.footprint().iterations_per_step);
     int n = c.units * occ;
     slots_.resize(n);
@@ -134,6 +134,10 @@ class KernelRun {
       case Pipe::Vector: per_cycle = c.vector_flops_per_cycle(w.dtype); break;
       case Pipe::Sfu: per_cycle = c.sfu_ops_per_cycle; break;
       case Pipe::Scratchpad: per_cycle = c.shared_memory_bytes_per_cycle; break;
+      case Pipe::Issue:
+        if (c.issue_per_cycle <= 0) return Time::zero();  // issue not modelled on this unit
+        per_cycle = c.issue_per_cycle;
+        break;
     }
     if (per_cycle <= 0) return Time::infinite();
     return clock_.cycles(w.amount / per_cycle);
@@ -148,6 +152,7 @@ class KernelRun {
           case Pipe::Vector: return "work on a vector pipe with no rate for its data type";
           case Pipe::Sfu: return "work on a special-function pipe with no rate";
           case Pipe::Scratchpad: return "work on a scratchpad with no bandwidth";
+          case Pipe::Issue: return "instructions on a unit with no issue rate";
         }
       }
     return "a phase that never ends";

@@ -53,6 +53,7 @@ class StreamProgram : public TileProgram {
     Phase p;
     if (s_.vector_flops > 0) p.work.push_back({Pipe::Vector, n * s_.vector_flops, s_.dtype});
     if (s_.sfu_ops > 0) p.work.push_back({Pipe::Sfu, n * s_.sfu_ops, s_.dtype});
+    if (s_.instructions > 0) p.work.push_back({Pipe::Issue, n * s_.instructions, s_.dtype});
     if (!p.work.empty()) out.phases.push_back(std::move(p));
     for (size_t i = 0; i < s_.out_bytes.size(); ++i)
       out.stores.push_back({block_key(200 + i, idx), Bytes(n * s_.out_bytes[i])});
@@ -62,6 +63,7 @@ class StreamProgram : public TileProgram {
     GroupFootprint f;
     f.registers = registers_;
     f.stages = 2;
+    f.matrix_free = true;
     return f;
   }
 

@@ -25,12 +25,15 @@
 
 namespace memwall {
 
-enum class Pipe { Matrix, Vector, Sfu, Scratchpad };
-constexpr int kPipeCount = 4;
+/// Issue: the unit's instruction issue slots, in thread-instructions (a warp instruction is 32);
+/// kernels whose instructions per byte are high (row reductions, random numbers) are bound by it.
+enum class Pipe { Matrix, Vector, Sfu, Scratchpad, Issue };
+constexpr int kPipeCount = 5;
 
 struct PipeWork {
   Pipe pipe = Pipe::Vector;
-  double amount = 0;  ///< MACs (Matrix), FLOPs (Vector), ops (Sfu), bytes (Scratchpad)
+  /// MACs (Matrix), FLOPs (Vector), ops (Sfu), bytes (Scratchpad), thread-instructions (Issue)
+  double amount = 0;
   DType dtype = DType::FP32;  ///< for Matrix and Vector rates
 };
 
@@ -98,6 +101,9 @@ struct GroupFootprint {
   /// The matrix work is issued as warp-level MMA: it runs at compute.warp_matrix_efficiency of
   /// the matrix rate.
   bool warp_mma = false;
+  /// The kernel does no matrix work: it draws far less power than dense matrix products and
+  /// runs at the boost clock, not the power-limited sustained one.
+  bool matrix_free = false;
 };
 
 class TileProgram {

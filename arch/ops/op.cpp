@@ -122,9 +122,9 @@ std::string Op::signature() const {
                    std::string in, out;
                    for (double b : s.in_bytes) in += fmt::format("{},", b);
                    for (double b : s.out_bytes) out += fmt::format("{},", b);
-                   return fmt::format("{} n={} in={} out={} vf={} sfu={} {} kernels={}", s.kind,
-                                      s.elements, in, out, s.vector_flops, s.sfu_ops,
-                                      dtype_name(s.dtype), s.kernels);
+                   return fmt::format("{} n={} in={} out={} vf={} sfu={} inst={} {} kernels={}",
+                                      s.kind, s.elements, in, out, s.vector_flops, s.sfu_ops,
+                                      s.instructions, dtype_name(s.dtype), s.kernels);
                  }},
       body);
 }
@@ -138,29 +138,66 @@ Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
   if (kind == "gelu_bwd") return stream(kind, n, {e, e}, {e}, 24, 1, 12, dt);
   if (kind == "swiglu") return stream(kind, n, {e, e}, {e}, 10, 1, 5, dt);  // silu(a) * b
   if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
-  if (kind == "dropout") return stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt);  // Philox + mask
+  if (kind == "dropout") {  // Philox + mask
+    Op op = stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt);
+    // fused_dropout_kernel_vec: 27.8 instructions per element, measured as the row kernels.
+    std::get<StreamOp>(op.body).instructions = 27.8;
+    return op;
+  }
   if (kind == "dropout_bwd") return stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt);
   if (kind == "add") return stream(kind, n, {e, e}, {e}, 2, 0, 1, dt);
   if (kind == "cast") return stream(kind, n, {e}, {e}, 2, 0, 0, dt);
   throw std::invalid_argument("unknown elementwise kind '" + kind + "'");
 }
 
+// Instructions per element of the row kernels, a + b / cols: a per element, b per row (the
+// block or warp reductions, index arithmetic and the row's bookkeeping, spread over its
+// elements). Measured with Nsight Compute (smsp__inst_executed) on PyTorch 2.11's kernels in
+// fp16 on an H200, rows of 256 to 8192 (configs/validation/README.md, ncu-rowops): the counts
+// are the code's, the same on any GPU that runs it. Other implementations (apex, Megatron's
+// fused softmax) are taken to issue alike, an estimate.
+double row_instructions(double per_element, double per_row, int64_t cols) {
+  return per_element + per_row / double(cols);
+}
+
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
   bool rms = kind == "rmsnorm";
-  if (!backward) return stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
+  if (!backward) {
+    Op op = stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
+    // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at
+    // 512. RMSNorm was not measured and is left to its memory traffic.
+    if (!rms) std::get<StreamOp>(op.body).instructions = row_instructions(28.7, 36864, cols);
+    return op;
+  }
   // Two kernels, each reading the output gradient and the input: the input gradient (PyTorch's
   // layer_norm_grad_input_kernel, apex's cuComputeGradInput) and the weight (and bias) gradient
   // as column sums over the rows (GammaBetaBackward, cuComputePartGradGammaBeta).
   Op op = stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt);
-  std::get<StreamOp>(op.body).kernels = 2;
+  auto& s = std::get<StreamOp>(op.body);
+  s.kernels = 2;
+  // Input gradient 25 + 17900 / cols (42.5 at 1024 columns), column sums about 17.
+  if (!rms) s.instructions = row_instructions(25 + 17, 17900, cols);
   return op;
 }
 
 Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
-  return backward ? stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt)
-                  : stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt);
+  if (backward) {
+    // softmax_warp_backward: 14.0 per element at 1024 columns, 17.9 at 256; the block kernel
+    // above 1024, 12.8.
+    Op op = stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt);
+    std::get<StreamOp>(op.body).instructions = row_instructions(12.7, 1331, cols);
+    return op;
+  }
+  Op op = stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt);
+  // One warp per row while a row fits its registers (up to 2048 columns and 4 KiB): 39.4 per
+  // element at 1024 columns, 43.5 at 256; above, one block per row that reads it again
+  // (cunn_SoftMaxForward): 79.5 at 4096, 77.4 at 8192.
+  bool warp = cols <= 2048 && double(cols) * e <= 4096;
+  std::get<StreamOp>(op.body).instructions =
+      warp ? row_instructions(38.0, 1404, cols) : row_instructions(75.5, 16384, cols);
+  return op;
 }
 
 Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {

@@ -61,6 +61,9 @@ struct StreamOp {
   double sfu_ops = 0;             ///< per element
   double useful_flops = 0;        ///< per element, as reported (may differ from pipe work)
   DType dtype = DType::FP32;      ///< vector pipe data type
+  /// Thread-instructions the implementation issues per element, all kernels together (measured
+  /// with Nsight Compute where set; 0: not modelled, the kernel is bound by memory or its pipes).
+  double instructions = 0;
   /// Kernels the implementation launches for this stream (PyTorch's LayerNorm backward: one for
   /// the input gradient, one for the weight gradient). The byte and FLOP counts are their total;
   /// each kernel beyond the first adds a launch on the device and an issue on the host.

@@ -96,8 +96,14 @@ OpResult OpSimulator::simulate_analytical(const Op& op) const {
   r.flops = op.flops();
   r.min_bytes = op.min_bytes();
   r.mapping = "roofline";
-  double rate = compute_rate(op, c, c.sustained_clock);
+  const auto* s = std::get_if<StreamOp>(&op.body);
+  // Kernels without matrix work hold the boost clock (see GroupFootprint::matrix_free).
+  Frequency clock = s ? c.boost_clock : c.sustained_clock;
+  double rate = compute_rate(op, c, clock);
   double t_compute = rate > 0 ? r.flops / rate : 0;
+  if (s && s->instructions > 0 && c.issue_per_cycle > 0)
+    t_compute = std::max(t_compute, double(s->elements) * s->instructions /
+                                        (c.issue_per_cycle * c.units * clock.hz()));
   double t_mem = r.min_bytes.count() / device_.sustained_memory_bandwidth().bps();
   int kernels = static_cast<int>(map_op(op, device_).size()) + extra_kernels(op);
   r.kernels = kernels;

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Achieved bandwidth of the memory-bound row kernels of an unfused transformer, on one NVIDIA GPU.
 
-Softmax forward and backward (16-bit, PyTorch's warp-per-row kernels below 1024 columns and its
+Softmax forward and backward (16-bit, PyTorch's warp-per-row kernels up to 1024 columns and its
 block kernels above), dropout forward and backward, LayerNorm forward and backward, and a plain
 copy for reference, over 2^27 elements (the scores of 8 sequences x 16 heads x 1024^2) with rows
 of 256 to 8192 columns. Median of 20 CUDA-event timings after 5 warm-ups; bytes are the minimum
 each kernel must move. Prints a table and writes rowops_<preset>.json to --out.
 
   python3 docs/tools/gpu_rowops.py --out $OUT
+  ncu --clock-control none --section ... python3 docs/tools/gpu_rowops.py --out /tmp --once
 """
 import argparse
 import json
@@ -22,7 +23,12 @@ from gpu_baselines import preset_for, time_call
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--once", action="store_true",
+                    help="run each kernel once, untimed (for Nsight Compute to profile)")
     args = ap.parse_args()
+    if args.once:
+        global time_call
+        time_call = lambda fn, warmup, iters: (fn(), torch.cuda.synchronize(), 1.0)[-1]
     name = torch.cuda.get_device_name(0)
     n, e = 1 << 27, 2
     rows = []
@@ -44,6 +50,9 @@ def main():
             time_call(lambda: torch._softmax_backward_data(g, p, -1, torch.float16), 5, 20), 3 * n * e)
         w, b = (torch.ones(cols, device="cuda", dtype=torch.float16) for _ in range(2))
         add("layernorm_fwd", cols, time_call(lambda: F.layer_norm(xr, (cols,), w, b), 5, 20), 2 * n * e)
+        _, mean, rstd = torch.ops.aten.native_layer_norm(xr, [cols], w, b, 1e-5)
+        add("layernorm_bwd", cols, time_call(lambda: torch.ops.aten.native_layer_norm_backward(
+            g, xr, [cols], mean, rstd, w, b, [True, True, True]), 5, 20), 3 * n * e)
     out, mask = torch.ops.aten.native_dropout(x, 0.1, True)
     add("dropout_fwd", 0, time_call(lambda: torch.ops.aten.native_dropout(x, 0.1, True), 5, 20), 2 * n * e + n)
     add("dropout_bwd", 0,
