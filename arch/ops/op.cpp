@@ -132,20 +132,25 @@ std::string Op::signature() const {
 // Per-element costs below count vector-pipe FLOP-equivalents (one simple instruction per lane
 // counts 2, like an FMA) from the kernels' arithmetic; they are properties of the operation,
 // the same on every device.
+// Instructions per element of PyTorch's elementwise kernels in fp16, counted with Nsight Compute
+// on an H200 as the row kernels below (configs/validation/README.md, ncu-rowops): the tanh GELU
+// forward and backward, dropout's Philox and mask, its backward, and an add. SwiGLU and casts
+// were not measured (0: bound by memory and the vector pipe).
+Op with_instructions(Op op, double per_element) {
+  std::get<StreamOp>(op.body).instructions = per_element;
+  return op;
+}
+
 Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
   double e = dtype_bytes(dt);
-  if (kind == "gelu") return stream(kind, n, {e}, {e}, 16, 1, 8, dt);  // tanh form
-  if (kind == "gelu_bwd") return stream(kind, n, {e, e}, {e}, 24, 1, 12, dt);
+  if (kind == "gelu") return with_instructions(stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);  // tanh form
+  if (kind == "gelu_bwd") return with_instructions(stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
   if (kind == "swiglu") return stream(kind, n, {e, e}, {e}, 10, 1, 5, dt);  // silu(a) * b
   if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
-  if (kind == "dropout") {  // Philox + mask
-    Op op = stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt);
-    // fused_dropout_kernel_vec: 27.8 instructions per element, measured as the row kernels.
-    std::get<StreamOp>(op.body).instructions = 27.8;
-    return op;
-  }
-  if (kind == "dropout_bwd") return stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt);
-  if (kind == "add") return stream(kind, n, {e, e}, {e}, 2, 0, 1, dt);
+  if (kind == "dropout")  // Philox + mask
+    return with_instructions(stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt), 27.8);
+  if (kind == "dropout_bwd") return with_instructions(stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt), 10.9);
+  if (kind == "add") return with_instructions(stream(kind, n, {e, e}, {e}, 2, 0, 1, dt), 6.4);
   if (kind == "cast") return stream(kind, n, {e}, {e}, 2, 0, 0, dt);
   throw std::invalid_argument("unknown elementwise kind '" + kind + "'");
 }

@@ -57,6 +57,27 @@ def main():
     add("dropout_fwd", 0, time_call(lambda: torch.ops.aten.native_dropout(x, 0.1, True), 5, 20), 2 * n * e + n)
     add("dropout_bwd", 0,
         time_call(lambda: torch.ops.aten.native_dropout_backward(out, mask, 1 / 0.9), 5, 20), 2 * n * e + n)
+    # Other streams of a training step, for their instruction counts under Nsight Compute.
+    x32 = torch.randn(n, device="cuda", dtype=torch.float32)
+    add("gelu_fwd", 0, time_call(lambda: F.gelu(x, approximate="tanh"), 5, 20), 2 * n * e)
+    add("gelu_bwd", 0, time_call(lambda: torch.ops.aten.gelu_backward(x, x, approximate="tanh"), 5, 20),
+        3 * n * e)
+    add("add", 0, time_call(lambda: torch.add(x, y), 5, 20), 3 * n * e)
+    add("cast_fp32_fp16", 0, time_call(lambda: x32.to(torch.float16), 5, 20), n * (4 + e))
+    add("cast_fp16_fp32", 0, time_call(lambda: x.to(torch.float32), 5, 20), n * (4 + e))
+    params = [torch.randn(1 << 22, device="cuda", requires_grad=True) for _ in range(16)]
+    for q in params:
+        q.grad = torch.randn_like(q)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    opt.step()
+    add("adamw_fused", 0, time_call(opt.step, 5, 20), (1 << 26) * 4 * 7)
+    del params, opt
+    logits = torch.randn(16384, 8192, device="cuda", dtype=torch.float32, requires_grad=True)
+    target = torch.randint(0, 8192, (16384,), device="cuda")
+    add("cross_entropy_fwd", 8192, time_call(lambda: F.cross_entropy(logits, target), 5, 20), n * 4)
+    loss = F.cross_entropy(logits, target)
+    add("cross_entropy_bwd", 8192,
+        time_call(lambda: torch.autograd.grad(loss, logits, retain_graph=True), 5, 20), 2 * n * 4)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"rowops_{preset_for(name)}.json"), "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
