@@ -398,6 +398,14 @@ TEST(Knobs, RowKernelsAreBoundByInstructionIssue) {
     EXPECT_GE(t, memory_bound);
   }
   EXPECT_NEAR(f.run(short_rows).time.sec() / f.run(long_rows).time.sec(), 1.0, 0.05);
+  // Streams run at the boost clock (no matrix work), GEMMs at the sustained one: lowering the
+  // boost clock slows the issue-bound norm in proportion and leaves a GEMM as it was.
+  auto slow = load_device("h200-sxm-141gb", {"compute.boost_clock=1.83 GHz"});
+  OpSimulator sl(*slow, Fidelity::Tile);
+  double ratio = c.boost_clock.hz() / slow->compute().boost_clock.hz();
+  EXPECT_NEAR(sl.run(short_rows).time.sec() / t_short, ratio, 0.02);
+  EXPECT_NEAR(sl.run(gemm(4096, 4096, 4096)).time.sec() / s.run(gemm(4096, 4096, 4096)).time.sec(),
+              1.0, 1e-9);
 }
 
 TEST(Knobs, LargerL2RaisesHitRateAndCutsMemoryTraffic) {
