@@ -143,13 +143,16 @@ Op with_instructions(Op op, double per_element) {
 
 Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
   double e = dtype_bytes(dt);
-  if (kind == "gelu") return with_instructions(stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);  // tanh form
-  if (kind == "gelu_bwd") return with_instructions(stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
+  if (kind == "gelu")  // tanh form
+    return with_instructions(stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);
+  if (kind == "gelu_bwd")
+    return with_instructions(stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
   if (kind == "swiglu") return stream(kind, n, {e, e}, {e}, 10, 1, 5, dt);  // silu(a) * b
   if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
   if (kind == "dropout")  // Philox + mask
     return with_instructions(stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt), 27.8);
-  if (kind == "dropout_bwd") return with_instructions(stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt), 10.9);
+  if (kind == "dropout_bwd")
+    return with_instructions(stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt), 10.9);
   if (kind == "add") return with_instructions(stream(kind, n, {e, e}, {e}, 2, 0, 1, dt), 6.4);
   if (kind == "cast") return stream(kind, n, {e}, {e}, 2, 0, 0, dt);
   throw std::invalid_argument("unknown elementwise kind '" + kind + "'");
@@ -168,41 +171,37 @@ double row_instructions(double per_element, double per_row, int64_t cols) {
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
   bool rms = kind == "rmsnorm";
-  if (!backward) {
-    Op op = stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt);
-    // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at
-    // 512. RMSNorm was not measured and is left to its memory traffic.
-    if (!rms) std::get<StreamOp>(op.body).instructions = row_instructions(28.7, 36864, cols);
-    return op;
-  }
+  // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at 512.
+  // RMSNorm was not measured and is left to its memory traffic.
+  if (!backward)
+    return with_instructions(stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt),
+                             rms ? 0 : row_instructions(28.7, 36864, cols));
   // Two kernels, each reading the output gradient and the input: the input gradient (PyTorch's
   // layer_norm_grad_input_kernel, apex's cuComputeGradInput) and the weight (and bias) gradient
   // as column sums over the rows (GammaBetaBackward, cuComputePartGradGammaBeta).
-  Op op = stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt);
-  auto& s = std::get<StreamOp>(op.body);
-  s.kernels = 2;
-  // Input gradient 25 + 17900 / cols (42.5 at 1024 columns), column sums about 17.
-  if (!rms) s.instructions = row_instructions(25 + 17, 17900, cols);
+  // Input gradient 25 + 17900 / cols instructions per element (42.5 at 1024 columns), column
+  // sums about 17.
+  Op op = with_instructions(
+      stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt),
+      rms ? 0 : row_instructions(25 + 17, 17900, cols));
+  std::get<StreamOp>(op.body).kernels = 2;
   return op;
 }
 
 Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
-  if (backward) {
-    // softmax_warp_backward: 14.0 per element at 1024 columns, 17.9 at 256; the block kernel
-    // above 1024, 12.8.
-    Op op = stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt);
-    std::get<StreamOp>(op.body).instructions = row_instructions(12.7, 1331, cols);
-    return op;
-  }
-  Op op = stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt);
+  // softmax_warp_backward: 14.0 per element at 1024 columns, 17.9 at 256; the block kernel
+  // above 1024, 12.8.
+  if (backward)
+    return with_instructions(stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt),
+                             row_instructions(12.7, 1331, cols));
   // One warp per row while a row fits its registers (up to 2048 columns and 4 KiB): 39.4 per
   // element at 1024 columns, 43.5 at 256; above, one block per row that reads it again
   // (cunn_SoftMaxForward): 79.5 at 4096, 77.4 at 8192.
   bool warp = cols <= 2048 && double(cols) * e <= 4096;
-  std::get<StreamOp>(op.body).instructions =
-      warp ? row_instructions(38.0, 1404, cols) : row_instructions(75.5, 16384, cols);
-  return op;
+  return with_instructions(stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt),
+                           warp ? row_instructions(38.0, 1404, cols)
+                                : row_instructions(75.5, 16384, cols));
 }
 
 Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {
