@@ -134,8 +134,8 @@ std::string Op::signature() const {
 // the same on every device.
 // Instructions per element of PyTorch's elementwise kernels in fp16, counted with Nsight Compute
 // on an H200 as the row kernels below (configs/validation/README.md, ncu-rowops): the tanh GELU
-// forward and backward, dropout's Philox and mask, its backward, and an add. SwiGLU and casts
-// were not measured (0: bound by memory and the vector pipe).
+// forward and backward, dropout's Philox and mask, its backward, an add, and SwiGLU's forward.
+// SwiGLU's backward and casts were not measured (0: bound by memory and the vector pipe).
 Op with_instructions(Op op, double per_element) {
   std::get<StreamOp>(op.body).instructions = per_element;
   return op;
@@ -147,7 +147,8 @@ Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
     return with_instructions(stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);
   if (kind == "gelu_bwd")
     return with_instructions(stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
-  if (kind == "swiglu") return stream(kind, n, {e, e}, {e}, 10, 1, 5, dt);  // silu(a) * b
+  if (kind == "swiglu")  // silu(a) * b: eager PyTorch's silu kernel (23.75) and multiply (6.25)
+    return with_instructions(stream(kind, n, {e, e}, {e}, 10, 1, 5, dt), 30.0);
   if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
   if (kind == "dropout")  // Philox + mask
     return with_instructions(stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt), 27.8);
@@ -171,19 +172,20 @@ double row_instructions(double per_element, double per_row, int64_t cols) {
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool backward) {
   double e = dtype_bytes(dt);
   bool rms = kind == "rmsnorm";
-  // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at 512.
-  // RMSNorm was not measured and is left to its memory traffic.
+  // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at 512;
+  // its RMSNorm instance: 12.7 at 8192, 26.3 at 1024.
   if (!backward)
     return with_instructions(stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt),
-                             rms ? 0 : row_instructions(28.7, 36864, cols));
+                             rms ? row_instructions(10.75, 15917, cols)
+                                 : row_instructions(28.7, 36864, cols));
   // Two kernels, each reading the output gradient and the input: the input gradient (PyTorch's
   // layer_norm_grad_input_kernel, apex's cuComputeGradInput) and the weight (and bias) gradient
   // as column sums over the rows (GammaBetaBackward, cuComputePartGradGammaBeta).
-  // Input gradient 25 + 17900 / cols instructions per element (42.5 at 1024 columns), column
-  // sums about 17.
+  // LayerNorm: input gradient 25 + 17900 / cols instructions per element (42.5 at 1024
+  // columns), column sums about 17. RMSNorm: 20.7 + 14634 / cols, column sums about 14.
   Op op = with_instructions(
       stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt),
-      rms ? 0 : row_instructions(25 + 17, 17900, cols));
+      rms ? row_instructions(20.7 + 14, 14634, cols) : row_instructions(25 + 17, 17900, cols));
   std::get<StreamOp>(op.body).kernels = 2;
   return op;
 }

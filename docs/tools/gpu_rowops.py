@@ -57,6 +57,18 @@ def main():
     add("dropout_fwd", 0, time_call(lambda: torch.ops.aten.native_dropout(x, 0.1, True), 5, 20), 2 * n * e + n)
     add("dropout_bwd", 0,
         time_call(lambda: torch.ops.aten.native_dropout_backward(out, mask, 1 / 0.9), 5, 20), 2 * n * e + n)
+    # RMSNorm (Llama) forward and backward, and SwiGLU's silu(a) * b, by row length.
+    for cols in (1024, 4096, 8192):
+        xr = x.view(-1, cols).detach().requires_grad_()
+        w = torch.ones(cols, device="cuda", dtype=torch.float16, requires_grad=True)
+        add("rmsnorm_fwd", cols, time_call(lambda: F.rms_norm(xr, (cols,), w), 5, 20), 2 * n * e)
+        out_r = F.rms_norm(xr, (cols,), w)
+        g = torch.randn_like(out_r)
+        add("rmsnorm_bwd", cols, time_call(lambda: torch.autograd.grad(out_r, (xr, w), g,
+                                                                       retain_graph=True), 5, 20), 3 * n * e)
+        del xr, w, out_r, g
+    half = x[: n // 2].view(-1, 1024)
+    add("swiglu_fwd", 0, time_call(lambda: F.silu(half) * half, 5, 20), 3 * (n // 2) * e)
     # Other streams of a training step, for their instruction counts under Nsight Compute.
     x32 = torch.randn(n, device="cuda", dtype=torch.float32)
     add("gelu_fwd", 0, time_call(lambda: F.gelu(x, approximate="tanh"), 5, 20), 2 * n * e)
