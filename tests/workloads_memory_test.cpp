@@ -38,6 +38,8 @@ TEST(WorkloadMemory, AutocastHoldsFp32WeightsAndGradients) {
   EXPECT_LE(t.peak_breakdown[int(TensorClass::Weights)], 6 * p);
   EXPECT_THROW(setup("autocast: true\nprecision: fp32"), ConfigError);
   EXPECT_THROW(build_step_graph(m, setup("autocast: true\ntp: 2\nglobal_batch: 1")), ConfigError);
+  EXPECT_THROW(build_step_graph(m, setup("autocast: true\nzero_stage: 3\ndp: 2\nglobal_batch: 2")),
+               ConfigError);
 }
 
 TEST(WorkloadMemory, MixedPrecisionAdamHoldsSixteenBytesPerParameter) {

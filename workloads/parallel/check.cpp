@@ -21,6 +21,10 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
     fail("autocast", fmt::format("autocast (eager PyTorch AMP) is modelled for data-parallel and "
                                  "pipeline runs; tp {} needs Megatron's 16-bit parameters",
                                  p.tp));
+  if (t.autocast && p.zero_stage == 3)
+    fail("autocast", "autocast (eager PyTorch AMP) holds each layer's 16-bit weight casts until "
+                     "the backward; ZeRO-3 (FSDP) gathers 16-bit weights per layer and frees them, "
+                     "which is not modelled with autocast: use zero_stage 0-2 or 16-bit parameters");
   if (t.autocast && m.moe())
     fail("autocast", "autocast (eager PyTorch AMP) is not modelled for mixture-of-experts layers");
   if (m.heads % p.tp != 0)
