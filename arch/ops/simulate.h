@@ -41,7 +41,7 @@ struct OpResult {
   std::vector<LevelResult> levels;
   double memory_utilisation = 0;  ///< memory bytes / (time x peak bandwidth)
   double matrix_utilisation = 0;  ///< matrix-pipe busy time / (time x units)
-  double vector_utilisation = 0;  ///< vector and SFU pipes, the busier of the two
+  double vector_utilisation = 0;  ///< vector, SFU and issue pipes, the busiest of them
   double cache_utilisation = 0;   ///< busiest shared cache level: port bytes / (time x bandwidth)
   std::string bound;              ///< "compute", "memory", "cache" or "latency"
   DType dtype_for_peak = DType::BF16;  ///< the type whose peak the op is compared against
