@@ -388,6 +388,7 @@ TEST(Knobs, RowKernelsAreBoundByInstructionIssue) {
   Op long_rows = make_norm("layernorm", n / 4096, 4096, DType::FP16, false);
   double t_short = s.run(short_rows).time.sec(), t_long = s.run(long_rows).time.sec();
   EXPECT_GT(t_short, 2 * t_long);
+  EXPECT_EQ(s.run(short_rows).bound, "compute") << "issue-bound: the units, not memory or latency";
   for (const Op& op : {short_rows, long_rows}) {
     const auto& st = std::get<StreamOp>(op.body);
     double issue_bound = double(st.elements) * st.instructions /
