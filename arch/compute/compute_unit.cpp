@@ -38,6 +38,14 @@ const Schema& vector_schema() {
   return s;
 }
 
+// A fraction of a pipe's rate, in [0.01, 1]; 1 (the default) is the full rate.
+ParamSpec rate_fraction(const char* name, const char* description) {
+  ParamSpec p = param(name, ParamType::Real, "", "1", description);
+  p.min = 0.01;
+  p.max = 1;
+  return p;
+}
+
 }  // namespace
 
 const Schema& simt_schema() {
@@ -91,21 +99,17 @@ const Schema& simt_schema() {
                              "The matrix unit reads operand tiles straight from the scratchpad, "
                              "once per work group (Blackwell tcgen05), instead of each warp "
                              "loading its fragments into registers (mma.sync, Ampere).");
-    ParamSpec unaligned = param(
-        "unaligned_matrix_efficiency", ParamType::Real, "", "1",
+    ParamSpec unaligned = rate_fraction(
+        "unaligned_matrix_efficiency",
         "Fraction of the matrix rate a matrix product reaches when a dimension (a row pitch of an "
         "operand or the output) is not a multiple of 16 bytes: no vector loads, cp.async or TMA, "
         "so the library falls back to slower kernels (the GPT-2 vocabulary 50257 in bf16). 1: "
         "no penalty.");
-    unaligned.min = 0.01;
-    unaligned.max = 1;
-    ParamSpec warp = param(
-        "warp_matrix_efficiency", ParamType::Real, "", "1",
+    ParamSpec warp = rate_fraction(
+        "warp_matrix_efficiency",
         "Fraction of the matrix unit's MACs per cycle that the warp-level matrix instruction "
         "(mma.sync: FlashAttention-2 and other Ampere-era kernels) reaches, where the peak needs "
         "a newer instruction (Hopper's wgmma). 1: the warp-level instruction is the native path.");
-    warp.min = 0.01;
-    warp.max = 1;
     ParamSpec issue = param(
         "issue_per_cycle", ParamType::Real, "instructions/cycle", "0",
         "Thread-instructions the unit issues per cycle, all pipes together (an NVIDIA SM since "
