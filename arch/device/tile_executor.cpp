@@ -49,9 +49,10 @@ class KernelRun {
     for (auto& p : pipes_) {
       for (auto& s : p) s.reset(launch_at);
     }
-    warp_mma_ = prog.footprint().warp_mma;
-    clock_ = prog.footprint().matrix_free ? c.boost_clock : c.sustained_clock;
-    sync_ = clock_.cycles(c.sync_cycles * prog.footprint().iterations_per_step);
+    const GroupFootprint fp = prog.footprint();
+    warp_mma_ = fp.warp_mma;
+    clock_ = fp.matrix_free ? c.boost_clock : c.sustained_clock;
+    sync_ = clock_.cycles(c.sync_cycles * fp.iterations_per_step);
     int n = c.units * occ;
     slots_.resize(n);
     // Slot i sits on unit i % units, so the first wave spreads over all units before any unit
