@@ -54,6 +54,11 @@ struct ComputeSpec {
 
   static ComputeSpec from_config(const Config& c);
 
+  /// The clock a kernel runs at: power-limited (sustained) with matrix work, boost without it.
+  Frequency kernel_clock(bool matrix_work) const {
+    return matrix_work ? sustained_clock : boost_clock;
+  }
+
   double matrix_macs_per_cycle(DType t) const { return matrix_macs[static_cast<int>(t)]; }
   double vector_flops_per_cycle(DType t) const { return vector_flops[static_cast<int>(t)]; }
   /// Peak dense matrix FLOP/s of the whole device at the boost clock (datasheet convention).

@@ -51,7 +51,7 @@ class KernelRun {
     }
     const GroupFootprint fp = prog.footprint();
     warp_mma_ = fp.warp_mma;
-    clock_ = fp.matrix_free ? c.boost_clock : c.sustained_clock;
+    clock_ = c.kernel_clock(!fp.matrix_free);
     sync_ = clock_.cycles(c.sync_cycles * fp.iterations_per_step);
     int n = c.units * occ;
     slots_.resize(n);

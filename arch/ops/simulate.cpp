@@ -98,8 +98,8 @@ OpResult OpSimulator::simulate_analytical(const Op& op) const {
   r.min_bytes = op.min_bytes();
   r.mapping = "roofline";
   const auto* s = std::get_if<StreamOp>(&op.body);
-  // Kernels without matrix work hold the boost clock (see GroupFootprint::matrix_free).
-  Frequency clock = s ? c.boost_clock : c.sustained_clock;
+  // Streams do no matrix work (see GroupFootprint::matrix_free).
+  Frequency clock = c.kernel_clock(s == nullptr);
   double rate = compute_rate(op, c, clock);
   double t_compute = rate > 0 ? r.flops / rate : 0;
   if (s && s->instructions > 0 && c.issue_per_cycle > 0)
