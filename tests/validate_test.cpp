@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -175,17 +176,31 @@ TEST(ValidateCommand, WorkerProcessesGiveTheSamePredictionsAsOne) {
   EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 6);
 }
 
-// The project's own measured baselines (configs/validation/) are read and every row simulated.
+// The project's own measured baselines (configs/validation/: every file of cases, gpubase-,
+// gpualign- and gpumeg-) are read and every row simulated.
 TEST(ValidateCommand, ProjectBaselinesAreReadAndEveryRowSimulated) {
   TempDir d;
-  const std::string file =
-      std::string(MEMWALL_SOURCE_DIR) + "/configs/validation/gpubase-h100-sxm5-80gb-2026-11-28.csv";
-  CommandRun r = run_memwall(d, "validate --cases '" + file + "' --out '" + d.file("p.csv") + "'");
-  ASSERT_EQ(r.status, 0) << r.out << r.err;
-  std::vector<int> lines;
-  Rows rows = parse_csv(read(d.file("p.csv")), "p.csv", &lines);
-  ASSERT_EQ(rows.size(), 70u);
-  for (size_t i = 1; i < rows.size(); ++i) EXPECT_EQ(rows[i][6], "ok") << rows[i][0] << ": " << rows[i][7];
+  int files = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(MEMWALL_SOURCE_DIR) + "/configs/validation")) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".csv" ||
+        !(name.rfind("gpubase-", 0) == 0 || name.rfind("gpualign-", 0) == 0 ||
+          name.rfind("gpumeg-", 0) == 0))
+      continue;
+    SCOPED_TRACE(name);
+    ++files;
+    std::vector<int> lines;
+    const size_t cases = parse_csv(read(entry.path().string()), name, &lines).size();
+    CommandRun r = run_memwall(d, "validate --cases '" + entry.path().string() + "' --out '" +
+                                      d.file("p.csv") + "' -j 2");
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    Rows rows = parse_csv(read(d.file("p.csv")), "p.csv", &lines);
+    ASSERT_EQ(rows.size(), cases);
+    for (size_t i = 1; i < rows.size(); ++i)
+      EXPECT_EQ(rows[i][6], "ok") << rows[i][0] << ": " << rows[i][7];
+  }
+  EXPECT_GE(files, 5) << "the H100 and H200 baseline, alignment and Megatron-shaped files";
 }
 
 TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {
