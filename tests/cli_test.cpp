@@ -91,6 +91,12 @@ TEST_F(Cli, ZeroCacheSizeIsRejected) {
       5, "device.caches.l2.size", "greater than zero");
 }
 
+TEST_F(Cli, AttentionFlagThatIsNotABooleanIsNamed) {
+  expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: attention, batch: 1, heads: 8, "
+                   "seq_len: 1024, head_dim: 64, warp_mma: maybe}\n",
+                   3, "ops[0].warp_mma", "not true or false");
+}
+
 TEST_F(Cli, NegativeDimensionIsRejected) {
   expect_bad_input("device: h100-sxm5-80gb\nops:\n  - {op: gemm, m: -4, n: 64, k: 64}\n", 3,
                    "ops[0].m");
