@@ -300,6 +300,24 @@ TEST(ValidateCommand, OneAndMultiGpuTrainingCasesAreSimulated) {
   EXPECT_NE(r.out.find("6 ok, 0 unsupported, 0 error"), std::string::npos) << r.out;
 }
 
+// Narayanan et al.'s 310B row (1920 A100s, tp 8, pp 16, dp 15: a 15-member data-parallel ring
+// across nodes, beside pipeline traffic). Its gradient all-reduce once found a repeating pattern
+// of period 4 in the ring's steps and extrapolated over it; the check that followed compared
+// the state with snapshots of the skipped steps, which were never taken, and the process
+// crashed. Snapshots now start again where an extrapolation ends.
+TEST(ValidateCommand, ADataParallelRingThatExtrapolatesAndGoesOnCompletes) {
+  TempDir d;
+  write(d.file("n.csv"),
+        "id,kind,device,num_gpus,gpus_per_node,node_nic_gbps,layers,hidden,ffn_hidden,heads,"
+        "seq_len,vocab,mlp,dropout,global_batch,micro_batch,tp,pp,dp,precision,recompute,"
+        "zero_stage,flash_attention,metric,measured\n"
+        "n310,training,a100-sxm4-80gb,1920,8,1600,96,16384,65536,128,2048,51200,gelu,1,2160,1,8,"
+        "16,15,fp16,full,0,0,iteration_time_s,37.6143\n");
+  CommandRun r = run_memwall(d, "validate -j 1 --cases '" + d.file("n.csv") + "'");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("1 ok, 0 unsupported, 0 error"), std::string::npos) << r.out;
+}
+
 TEST(ValidateCommand, TrainingCaseThatDoesNotFitIsOomWithItsPrediction) {
   TempDir d;
   // One layer of width 32768: 12.9 billion parameters, 16 bytes each, on a 40 GB A100.

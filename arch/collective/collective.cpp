@@ -474,6 +474,7 @@ struct Network::Impl {
     };
 
     int s = 0;
+    int since = 1;  // the first step whose snapshot hist holds (after an extrapolation, its end)
     for (int f = 1; s < steps; ++f) {
       const int m = std::min(merge, steps - s);
       auto later = [&](int a, int b) { return cur[a] < cur[b]; };
@@ -531,7 +532,7 @@ struct Network::Impl {
       if (!shortcuts || f > full || full - f < 2 || M == 0) continue;  // nothing worth skipping
       Snapshot& now = hist[f % (kMaxPeriod + 1)];
       snapshot(now);
-      for (int p = 1; p <= kMaxPeriod && f - p >= 1; ++p) {
+      for (int p = 1; p <= kMaxPeriod && f - p >= since; ++p) {
         // Steps f+1.. repeat steps f-p+1.. shifted by d: skip whole periods.
         const int skip = (full - f) / p;
         if (skip <= 0) break;
@@ -548,6 +549,9 @@ struct Network::Impl {
         repeats += double(skip) * p;
         s += skip * p * merge;
         f += skip * p;
+        // The skipped steps left no snapshots: compare later steps only with this state on.
+        snapshot(hist[f % (kMaxPeriod + 1)]);
+        since = f;
         break;
       }
     }
