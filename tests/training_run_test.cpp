@@ -56,6 +56,11 @@ double node_time(const TrainingResult& r, bool optimizer) {
     if ((n.pass == Pass::Optimizer) == optimizer) s += n.time.sec();
   return s;
 }
+bool is_accumulation(const NodeTiming& n) {
+  const std::string suffix = ".grad_accumulate";
+  return n.name.size() > suffix.size() &&
+         n.name.compare(n.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 double flops_of(const TrainingResult& r, Pass pass) {
   double s = 0;
   for (const auto& n : r.nodes)
@@ -305,12 +310,51 @@ TEST(TrainingRun, GradientAccumulationRepeatsTheMicroBatchNotTheOptimizer) {
   double micro = node_time(one.result, false), opt = node_time(one.result, true);
   EXPECT_GT(opt, 0);
   EXPECT_NEAR(one.result.step_time.sec(), micro + opt, 1e-9 * micro);
-  EXPECT_NEAR(four.result.step_time.sec(), 4 * micro + opt, 1e-6 * micro);
+  // Micro-batches 2 to 4 also add their gradients into the accumulated ones.
+  double add = 0;
+  for (const auto& n : four.result.nodes)
+    if (is_accumulation(n)) add += n.time.sec();
+  EXPECT_GT(add, 0);
+  EXPECT_NEAR(four.result.step_time.sec(), 4 * micro + 3 * add + opt, 1e-6 * micro);
   EXPECT_DOUBLE_EQ(four.result.tokens_per_step, 4 * one.result.tokens_per_step);
   // Memory is per micro-batch: accumulation does not raise the peak.
   EXPECT_DOUBLE_EQ(four.result.memory.peak_bytes, one.result.memory.peak_bytes);
   for (const auto& n : four.result.nodes)
-    EXPECT_EQ(n.executions, n.pass == Pass::Optimizer ? 1 : 4);
+    EXPECT_EQ(n.executions, n.pass == Pass::Optimizer ? 1 : is_accumulation(n) ? 3 : 4);
+}
+
+// PyTorch's AccumulateGrad: from the second micro-batch on, each parameter tensor's new gradient
+// is added into its .grad in place (read both, write one), one kernel per tensor. Every
+// parameter is added exactly once per micro-batch; autocast's fp32 accumulation and ZeRO-2's
+// per-micro-batch reduce-scatter take its place, and a single micro-batch has nothing to add.
+TEST(TrainingRun, GradientAccumulationAddsEveryParameterOncePerLaterMicroBatch) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=256", "tied_embeddings=false"});
+  // Unpadded vocabulary, so that the tables hold exactly the model's parameters.
+  SimRun four = simulate(m, setup("micro_batch: 2\nglobal_batch: 8\nvocab_padding: 1"),
+                         Fidelity::Analytical);
+  double bytes = 0, kernels = 0;
+  for (const auto& n : four.result.nodes)
+    if (is_accumulation(n)) {
+      bytes += n.bytes.count();
+      kernels += n.kernels;
+      EXPECT_EQ(n.pass, Pass::BackwardWeight) << n.name;
+      EXPECT_EQ(n.cls, OpClass::MemoryBound) << n.name;
+    }
+  // 16-bit gradients: 2 bytes read twice and written once per parameter.
+  EXPECT_NEAR(bytes, 3 * 2.0 * double(m.parameter_count()), 1e-9 * bytes);
+  // Per layer: four weights, four biases, two norms of two tensors; then the final norm's two,
+  // the token and position tables, and the untied head.
+  EXPECT_EQ(kernels, 12 * m.layers + 2 + 2 + 1);
+
+  auto accumulations = [&](const std::string& yaml) {
+    SimRun r = simulate(m, setup(yaml), Fidelity::Analytical);
+    int k = 0;
+    for (const auto& n : r.result.nodes) k += is_accumulation(n);
+    return k;
+  };
+  EXPECT_EQ(accumulations("micro_batch: 2\nglobal_batch: 2"), 0);
+  EXPECT_EQ(accumulations("micro_batch: 2\nglobal_batch: 8\nautocast: true"), 0);
+  EXPECT_GT(accumulations("micro_batch: 2\nglobal_batch: 8\nzero_stage: 1\ndp: 2"), 0);
 }
 
 // Memory-bound operators (norms, residuals, dropout, softmax of unfused attention, Adam) get

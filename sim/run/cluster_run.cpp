@@ -156,12 +156,17 @@ struct Task {
   int ops = 0;                 // operators merged into a Compute task
   int kernels = 0;             // kernels they launch, each issued by the host
   Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
+  // Compute: the part of the above that the first micro-batch of a step does not run (gradient
+  // accumulation, StepNode::after_first_micro_batch).
+  Time first_skip, first_skip_memory;
+  int first_skip_kernels = 0;
 };
 
 struct Program {
   std::vector<Task> tasks;
   Time compute;  // sum of compute
   std::array<Time, 4> by_class{};
+  std::array<Time, 4> first_skip_by_class{};  // of by_class, not run on the first micro-batch
   double flops = 0;           // algorithmic FLOPs of its operators (one execution)
   double model_flops = 0;     // without recompute
 };
@@ -220,8 +225,10 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       P->by_class[int(cls)] += o.time;
       P->flops += o.flops;
       if (n.pass != Pass::Recompute) P->model_flops += o.flops;
+      const int runs = n.pass == Pass::Optimizer ? 1
+                                                 : int(micro_batches) - (n.after_first_micro_batch ? 1 : 0);
       NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
-                   o.time, o.bound, n.pass == Pass::Optimizer ? 1 : int(micro_batches)};
+                   o.time, o.bound, runs};
       t.kernels = std::max(1, o.kernels);
       c.nodes.push_back(std::move(t));
       // Consecutive operators with nothing to wait for run back to back: one task.
@@ -237,6 +244,12 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       task.ops++;
       task.kernels += c.nodes.back().kernels;
       if (o.bound == "memory") task.memory_bound += o.time;
+      if (n.after_first_micro_batch) {
+        task.first_skip += o.time;
+        task.first_skip_kernels += c.nodes.back().kernels;
+        if (o.bound == "memory") task.first_skip_memory += o.time;
+        P->first_skip_by_class[int(cls)] += o.time;
+      }
       task_of[v] = int(P->tasks.size()) - 1;
       prog_of[v] = P;
     } else if (n.comm) {
@@ -490,7 +503,8 @@ class ClusterSim {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
         const ChunkModel& c = *chunk_of_[v * p_.pp];
-        t += (c.fwd.by_class[k] + c.bwd.by_class[k]) * double(mbs_) + c.opt.by_class[k];
+        t += (c.fwd.by_class[k] + c.bwd.by_class[k]) * double(mbs_) + c.opt.by_class[k] -
+             c.fwd.first_skip_by_class[k] - c.bwd.first_skip_by_class[k];
       }
       r.time_by_class[k] = t;
     }
@@ -557,13 +571,24 @@ class ClusterSim {
   }
 
   /// Runs a program from `t` on stage s; returns when its compute stream is free.
-  Time run_program(int s, const Program& P, Time t, bool last_micro_batch, const char* what) {
+  Time run_program(int s, const Program& P, Time t, bool first_micro_batch, bool last_micro_batch,
+                   const char* what) {
     RankState& rs = states_[s];
     StageResult& st = result_->stages[s];
     std::vector<Time> ends(P.tasks.size(), Time::zero());
     std::vector<int> end_group(P.tasks.size(), 0);
     for (std::size_t i = 0; i < P.tasks.size(); ++i) {
-      const Task& k = P.tasks[i];
+      const Task* task = &P.tasks[i];
+      Task first;  // the task as the first micro-batch runs it
+      if (first_micro_batch && task->first_skip_kernels > 0) {
+        first = *task;
+        first.duration -= first.first_skip;
+        first.memory_bound -= first.first_skip_memory;
+        first.kernels -= first.first_skip_kernels;
+        if (first.kernels == 0) continue;
+        task = &first;
+      }
+      const Task& k = *task;
       if (k.kind != Task::Comm) {
         Time w = t;
         int wg = 0;
@@ -729,7 +754,8 @@ class ClusterSim {
     }
     bool last = it.micro_batch == mbs_ - 1;
     if (spans_) memory_sample(s, start, it, c.pass_peak);
-    Time end = run_program(s, it.forward ? c.fwd : c.bwd, start, last, it.forward ? "fwd" : "bwd");
+    Time end = run_program(s, it.forward ? c.fwd : c.bwd, start, it.micro_batch == 0, last,
+                           it.forward ? "fwd" : "bwd");
     if (spans_) {
       rs.live[it.chunk] += it.forward ? 1 : -1;
       memory_sample(s, end, it, 0);
@@ -844,7 +870,7 @@ class ClusterSim {
           Program one;
           one.tasks.push_back(P->tasks[i]);
           one.tasks.back().waits.clear();
-          c.t = run_program(s, one, c.t, true, "opt");
+          c.t = run_program(s, one, c.t, false, true, "opt");
           moved = true;
         }
       }

@@ -46,11 +46,16 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.memory = memory_timeline(g);
 
   OpSimulator sim(device, fidelity);
-  const double accum = double(g.accumulation_steps);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
-  Time micro_batch_time, optimizer_time, clock;
-  // Device time and kernel count of each operator, in issue order.
-  std::vector<std::pair<Time, int>> mb_ops, opt_ops;
+  Time device_time, clock;
+  // Device time, kernel count and whether it skips the first micro-batch, of each operator in
+  // issue order.
+  struct Issued {
+    Time time;
+    int kernels;
+    bool after_first;
+  };
+  std::vector<Issued> mb_ops, opt_ops;
   for (std::size_t i = 0; i < r.memory.order.size(); ++i) {
     StepVertex v = r.memory.order[i];
     const StepNode& n = g.node(v);
@@ -61,10 +66,12 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
                  o.memory_read + o.memory_written, o.time, o.bound, 1};
     t.kernels = std::max(1, o.kernels);
     bool per_micro_batch = n.pass != Pass::Optimizer;
-    t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) : 1;
+    t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) -
+                                         (n.after_first_micro_batch ? 1 : 0)
+                                   : 1;
     double runs = t.executions;
-    (per_micro_batch ? micro_batch_time : optimizer_time) += o.time;
-    (per_micro_batch ? mb_ops : opt_ops).push_back({o.time, t.kernels});
+    device_time += o.time * runs;
+    (per_micro_batch ? mb_ops : opt_ops).push_back({o.time, t.kernels, n.after_first_micro_batch});
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
@@ -94,17 +101,18 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   // optimizer's gradient check (clipping, fp16 overflow) waits for the device.
   const Time h = g.setup.host_overhead;
   Time cpu, gpu;
-  auto issue = [&](const std::pair<Time, int>& op) {
-    auto [d, k] = op;
+  auto issue = [&](const Issued& op) {
+    const Time d = op.time;
+    const int k = op.kernels;
     gpu = max(max(gpu, cpu) + d, cpu + h * double(k - 1) + d / double(k));
     cpu += h * double(k);
   };
   for (int64_t a = 0; a < g.accumulation_steps; ++a)
-    for (const auto& op : mb_ops) issue(op);
+    for (const auto& op : mb_ops)
+      if (a > 0 || !op.after_first) issue(op);
   cpu = max(cpu, gpu);
   for (const auto& op : opt_ops) issue(op);
   r.step_time = gpu;
-  Time device_time = micro_batch_time * accum + optimizer_time;
   r.host_stall = r.step_time > device_time ? r.step_time - device_time : Time::zero();
   r.l2_hit_rate = l2_lookups > 0 ? l2_hits / l2_lookups : 0;
   r.memory_utilisation = mem_bytes / (r.step_time.sec() * device.memory().peak_bandwidth().bps());

@@ -35,7 +35,8 @@ struct NodeTiming {
   Bytes bytes{0};       ///< memory bytes moved (read + written)
   Time time;            ///< one execution
   std::string bound;
-  int executions = 1;   ///< per optimizer step (micro-batch nodes run accumulation_steps times)
+  int executions = 1;   ///< per optimizer step (micro-batch nodes run accumulation_steps times,
+                        ///< gradient accumulation one fewer)
   int kernels = 1;      ///< kernels one execution launches, each issued by the host
 };
 

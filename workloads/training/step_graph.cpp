@@ -757,8 +757,23 @@ class Builder {
       Op op = stream_op("grad_cast", elems, {e_, 4}, {4}, 2, 1, ad_);
       std::get<StreamOp>(op.body).kernels = bias ? 2 : 1;
       node(base + ".bwd_weight_cast", op, Pass::BackwardWeight, l, {}, {}, grads);
+    } else {
+      accumulate_grad(base, l, (m * n + (bias ? n : 0)) * batch, bias ? 2 : 1, grads);
     }
     grad_done(gi, piece, l);
+  }
+  // Gradient accumulation over micro-batches (PyTorch's AccumulateGrad, as DDP, DeepSpeed and
+  // Lightning run it): from the second micro-batch on, each parameter tensor's new gradient is
+  // added into its `.grad` in place, one kernel per tensor (`tensors`: a weight and its bias are
+  // two). Autocast's fp32 accumulation is the `_cast` node instead; ZeRO >= 2 reduce-scatters
+  // every micro-batch and accumulates shards (not modelled).
+  void accumulate_grad(const std::string& base, int l, int64_t elements, int tensors,
+                       const std::vector<TensorId>& grads) {
+    if (ac_ || zero_ >= 2 || g_.accumulation_steps < 2) return;
+    Op op = stream_op("grad_accumulate", elements, {wb_, wb_}, {wb_}, 1, 0, ad_);
+    std::get<StreamOp>(op.body).kernels = tensors;
+    StepVertex v = node(base + ".grad_accumulate", op, Pass::BackwardWeight, l, {}, {}, grads);
+    g_.dag[v].after_first_micro_batch = true;
   }
   // A norm's backward: input gradient and its own (replicated) weight gradient.
   TensorId norm_backward(const std::string& name, int l, TensorId dy, TensorId x, TensorId stats,
@@ -767,6 +782,10 @@ class Builder {
     std::vector<TensorId> allocs = {d}, writes;
     grad_target(gi, allocs, writes);
     node(name, norm_op(true), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
+    std::vector<TensorId> grads = writes;
+    grads.insert(grads.end(), allocs.begin() + 1, allocs.end());
+    accumulate_grad(name.substr(0, name.rfind('.')), l, norm_params(),
+                    m_.norm == NormType::LayerNorm ? 2 : 1, grads);
     grad_done(gi, norm_params(), l);
     return d;
   }
@@ -1050,6 +1069,10 @@ class Builder {
       std::vector<TensorId> allocs, writes;
       grad_target(embed_, allocs, writes);
       node("embedding.bwd_weight", scatter, Pass::BackwardWeight, -1, {dy, tokens}, allocs, writes);
+      std::vector<TensorId> grads = writes;
+      grads.insert(grads.end(), allocs.begin(), allocs.end());
+      accumulate_grad("embedding", -1, groups_[embed_].params,
+                      m_.positions == PositionType::Learned ? 2 : 1, grads);
       grad_done(embed_, groups_[embed_].params, -1);
     } else {
       g_.pp_send_backward = int(node("pp.send.bwd", std::nullopt, BI, first, {dy}, {}));

@@ -81,6 +81,9 @@ struct StepNode {
   std::vector<TensorId> writes;  ///< tensors it updates in place (model state, in-place
                                  ///< all-reduces, gradient buckets)
   double workspace_bytes = 0;    ///< scratch held only while it runs
+  /// Runs on every micro-batch of a step but the first (PyTorch's AccumulateGrad: the first
+  /// micro-batch's gradient becomes `.grad`, later ones are added to it in place).
+  bool after_first_micro_batch = false;
   std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
 };
 
