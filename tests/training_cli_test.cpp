@@ -170,6 +170,8 @@ TEST_F(TrainingCli, SoftwareAndAlignmentKeysAreChecked) {
              "device.compute.warp_matrix_efficiency", "minimum");
   expect_bad("run " + kSmall + " -p device.compute.issue_per_cycle=-1",
              "device.compute.issue_per_cycle", "minimum");
+  expect_bad("run " + kSmall + " -p training.grad_accumulation=megatron",
+             "training.grad_accumulation", "autograd, main_grad, fused");
 }
 
 TEST_F(TrainingCli, ZeroSequenceLength) {

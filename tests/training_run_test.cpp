@@ -357,6 +357,45 @@ TEST(TrainingRun, GradientAccumulationAddsEveryParameterOncePerLaterMicroBatch) 
   EXPECT_GT(accumulations("micro_batch: 2\nglobal_batch: 8\nzero_stage: 1\ndp: 2"), 0);
 }
 
+// Megatron-LM's accumulation: an fp32 main_grad per parameter (4 bytes of gradient state),
+// to which every micro-batch, the first included, adds its 16-bit gradient (2 + 4 bytes read,
+// 4 written). Fused, the weight-gradient products accumulate into main_grad themselves (their
+// fp32 C read and written), leaving the additions to biases, norms and tables; no slower.
+TEST(TrainingRun, MegatronAccumulatesIntoFp32MainGradsAndCanFuseItIntoTheProducts) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=256", "tied_embeddings=false"});
+  const std::string base = "micro_batch: 2\nglobal_batch: 8\nvocab_padding: 1\nhost_overhead: 0 s\n";
+  SimRun main = simulate(m, setup(base + "grad_accumulation: main_grad"), Fidelity::Analytical);
+  SimRun fused = simulate(m, setup(base + "grad_accumulation: fused"), Fidelity::Analytical);
+  SimRun autograd = simulate(m, setup(base), Fidelity::Analytical);
+  const double params = double(m.parameter_count());
+  EXPECT_DOUBLE_EQ(main.graph.state_bytes(TensorClass::Gradients), 4 * params);
+  EXPECT_DOUBLE_EQ(fused.graph.state_bytes(TensorClass::Gradients), 4 * params);
+  EXPECT_DOUBLE_EQ(autograd.graph.state_bytes(TensorClass::Gradients), 2 * params);
+  double bytes = 0;
+  for (const auto& n : main.result.nodes)
+    if (is_accumulation(n)) {
+      EXPECT_EQ(n.executions, 4) << n.name;
+      bytes += n.bytes.count();
+    }
+  EXPECT_NEAR(bytes, 10 * params, 1e-9 * bytes);
+  // Fused: the products of the four linear layers per layer (and the head) read and write
+  // their fp32 output; what is still added is everything but those weights.
+  double fused_adds = 0, linear = 0;
+  for (const auto& n : fused.result.nodes) {
+    if (is_accumulation(n)) fused_adds += n.bytes.count();
+    if (n.name.find(".bwd_weight") != std::string::npos && n.cls == OpClass::Matrix) {
+      linear += n.bytes.count();
+    }
+  }
+  const double h = double(m.hidden), f = double(m.ffn_hidden), V = double(m.vocab);
+  const double weights = double(m.layers) * (3 * h * h + h * h + 2 * h * f) + V * h;
+  EXPECT_NEAR(fused_adds, 10 * (params - weights), 1e-9 * fused_adds);
+  EXPECT_GE(linear, 8 * weights);
+  EXPECT_LT(fused.result.step_time.sec(), main.result.step_time.sec());
+  // Megatron adds into main_grad every micro-batch; autograd skips the first.
+  EXPECT_GT(main.result.step_time.sec(), autograd.result.step_time.sec());
+}
+
 // Memory-bound operators (norms, residuals, dropout, softmax of unfused attention, Adam) get
 // faster with more HBM bandwidth; matrix products at this size barely change.
 TEST(TrainingRun, DoublingMemoryBandwidthSpeedsAMemoryHeavyStep) {

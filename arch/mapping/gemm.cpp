@@ -66,6 +66,9 @@ class GemmProgram : public TileProgram {
     // A cluster of work groups along M receives each B block by one multicast read.
     out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * e_),
                          static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
+    // Accumulating into an fp32 C: the last step also reads the C tile.
+    if (g_.accumulate_fp32 && s == ksteps_ - 1)
+      out.loads.push_back({block_key(kC, b, im, in), Bytes(rows * cols * 4.0), 1, false});
     // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs. Unaligned
     // rows leave the library a slower kernel: the matrix pipe delivers a fraction of its rate.
     double macs = double(t_.bm) * t_.bn * depth / matrix_rate_;
@@ -80,9 +83,11 @@ class GemmProgram : public TileProgram {
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
     // Convert fp32 accumulators and stage them through the scratchpad to the output.
-    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * t_.bn, DType::FP32},
-                           {Pipe::Scratchpad, 2.0 * rows * cols * e_, g_.dtype}}});
-    out.stores.push_back({block_key(kC, b, im, in), Bytes(rows * cols * e_)});
+    const double c = g_.accumulate_fp32 ? 4.0 : e_;
+    out.phases.push_back({{{Pipe::Vector, (g_.accumulate_fp32 ? 3.0 : 2.0) * t_.bm * t_.bn,
+                            DType::FP32},
+                           {Pipe::Scratchpad, 2.0 * rows * cols * c, g_.dtype}}});
+    out.stores.push_back({block_key(kC, b, im, in), Bytes(rows * cols * c)});
   }
 
   GroupFootprint footprint() const override {

@@ -69,7 +69,9 @@ Bytes Op::min_bytes() const {
       overloaded{
           [](const GemmOp& g) {
             double e = dtype_bytes(g.dtype);
-            return Bytes(e * g.batch * (double(g.m) * g.k + double(g.k) * g.n + double(g.m) * g.n));
+            double c = g.accumulate_fp32 ? 8.0 : e;  // fp32 C read and written
+            return Bytes(g.batch * (e * (double(g.m) * g.k + double(g.k) * g.n) +
+                                    c * double(g.m) * g.n));
           },
           [](const AttentionOp& a) {
             double e = dtype_bytes(a.dtype);
@@ -108,8 +110,8 @@ bool gemm_aligned(const GemmOp& g) {
 std::string Op::signature() const {
   return std::visit(
       overloaded{[](const GemmOp& g) {
-                   return fmt::format("gemm m={} n={} k={} batch={} {}", g.m, g.n, g.k, g.batch,
-                                      dtype_name(g.dtype));
+                   return fmt::format("gemm m={} n={} k={} batch={} {}{}", g.m, g.n, g.k, g.batch,
+                                      dtype_name(g.dtype), g.accumulate_fp32 ? " acc_fp32" : "");
                  },
                  [](const AttentionOp& a) {
                    return fmt::format(

@@ -22,6 +22,9 @@ namespace memwall {
 struct GemmOp {
   int64_t m = 1, n = 1, k = 1, batch = 1;
   DType dtype = DType::BF16;
+  /// C += A B into an fp32 C that the kernel reads and writes (Megatron's fused weight-gradient
+  /// accumulation into main_grad); false: C = A B written in `dtype`.
+  bool accumulate_fp32 = false;
 };
 
 /// Whether every row of the operands and the output is a whole number of 16-byte vectors, in

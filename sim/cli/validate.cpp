@@ -405,7 +405,9 @@ struct TrainingOverrides {
   std::optional<bool> fused_cross_entropy;   ///< fused loss, or Megatron's fp32 version
   std::optional<int64_t> vocab_padding;      ///< Megatron's 128, or 1 (plain PyTorch)
   bool autocast = false;                     ///< eager PyTorch AMP over fp32 parameters
+  std::optional<GradAccumulation> grad_accumulation;  ///< PyTorch's, or Megatron-LM's
   void apply(TrainingSetup& t) const {
+    if (grad_accumulation) t.grad_accumulation = *grad_accumulation;
     if (host_overhead) t.host_overhead = *host_overhead;
     if (fused_cross_entropy) t.fused_cross_entropy = *fused_cross_entropy;
     if (vocab_padding) t.vocab_padding = *vocab_padding;
@@ -823,7 +825,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 }
 
 struct ValidateOptions {
-  std::string cases, out, fidelity = "tile", host_overhead, cross_entropy;
+  std::string cases, out, fidelity = "tile", host_overhead, cross_entropy, grad_accumulation;
   int jobs = default_jobs();
   int64_t vocab_padding = 0;  // 0: the setup's default
   bool autocast = false;
@@ -966,6 +968,9 @@ int validate(const ValidateOptions& o) {
   if (!o.cross_entropy.empty()) training.fused_cross_entropy = o.cross_entropy == "fused";
   if (o.vocab_padding > 0) training.vocab_padding = o.vocab_padding;
   training.autocast = o.autocast;
+  if (o.grad_accumulation == "main_grad") training.grad_accumulation = GradAccumulation::MainGrad;
+  else if (o.grad_accumulation == "fused") training.grad_accumulation = GradAccumulation::Fused;
+  else if (o.grad_accumulation == "autograd") training.grad_accumulation = GradAccumulation::Autograd;
   auto configure = [&](DevicePool& pool) { pool.training = training; };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -1003,6 +1008,10 @@ void add_validate_command(CLI::App& app) {
                   "training.vocab_padding's default, Megatron's 128; 1: unpadded, as plain "
                   "PyTorch)")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--grad-accumulation", o->grad_accumulation,
+                  "Gradient accumulation of training cases: autograd, main_grad or fused "
+                  "(default: training.grad_accumulation's default, autograd)")
+      ->check(CLI::IsMember({"autograd", "main_grad", "fused"}));
   cmd->add_flag("--autocast", o->autocast,
                 "Simulate training cases as eager PyTorch AMP (training.autocast: fp32 "
                 "parameters, casts around each product, fp32 norms and residual stream)");

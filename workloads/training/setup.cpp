@@ -157,6 +157,17 @@ const Schema& training_schema() {
                          "for the backward (about 9x the bytes, 4 bytes per logit held).");
     ce.choices = {"fused", "fp32"};
     x.params.push_back(ce);
+    ParamSpec ga = param(
+        "grad_accumulation", ParamType::Enum, "", "autograd",
+        "How 16-bit gradients accumulate over micro-batches. autograd: PyTorch's AccumulateGrad "
+        "(DDP, DeepSpeed, Lightning), from the second micro-batch each parameter tensor's "
+        "gradient is added into .grad, one kernel per tensor. main_grad: Megatron-LM's DDP, an "
+        "fp32 main_grad per parameter (4 B of gradient state), every micro-batch adds into it, "
+        "data-parallel reductions in fp32. fused: as main_grad, with the weight-gradient "
+        "products accumulating into main_grad themselves (Megatron-LM's "
+        "--gradient-accumulation-fusion). No effect with autocast, fp32 or ZeRO >= 2.");
+    ga.choices = {"autograd", "main_grad", "fused"};
+    x.params.push_back(ga);
     x.params.push_back(param(
         "host_overhead", ParamType::Time, "s", "47 us",
         "CPU time to issue one kernel or collective (an operator issues every kernel it maps to): PyTorch eager dispatch, "
@@ -189,6 +200,10 @@ TrainingSetup training_from_config(const Config& c) {
                                    : Recompute::None;
   t.flash_attention = c.get_bool("flash_attention");
   t.fused_cross_entropy = c.get_string("cross_entropy") == "fused";
+  std::string ga = c.get_string("grad_accumulation");
+  t.grad_accumulation = ga == "main_grad" ? GradAccumulation::MainGrad
+                        : ga == "fused"   ? GradAccumulation::Fused
+                                          : GradAccumulation::Autograd;
   Parallelism& par = t.parallel;
   par.tp = int(c.get_int("tp"));
   par.pp = int(c.get_int("pp"));

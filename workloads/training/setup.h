@@ -19,6 +19,14 @@ namespace memwall {
 /// everything else as bf16.
 enum class Precision { BF16, FP16, FP32, FP8 };
 enum class Recompute { None, Selective, Full };
+/// How gradients are accumulated over the micro-batches of a step (mixed precision, ZeRO < 2).
+/// Autograd: PyTorch's AccumulateGrad into the 16-bit .grad (DDP, DeepSpeed, Lightning), the
+/// first micro-batch's gradient assigned, later ones added, one kernel per parameter tensor.
+/// MainGrad: Megatron-LM's DDP, an fp32 main_grad per parameter, to which every micro-batch adds
+/// its 16-bit gradient (one kernel per tensor); data-parallel reductions run in fp32. Fused: as
+/// MainGrad, but the weight-gradient products accumulate into main_grad themselves, reading and
+/// writing it in fp32 (Megatron-LM's gradient_accumulation_fusion); biases and norms as MainGrad.
+enum class GradAccumulation { Autograd, MainGrad, Fused };
 
 struct TrainingSetup {
   int64_t global_batch = 1;  ///< sequences per optimizer step
@@ -47,6 +55,7 @@ struct TrainingSetup {
   /// fp32 (with casts to and from the products), and weight gradients are cast to fp32 and
   /// accumulated into the parameters' gradients. Needs bf16 or fp16; not with tp or experts.
   bool autocast = false;
+  GradAccumulation grad_accumulation = GradAccumulation::Autograd;
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).

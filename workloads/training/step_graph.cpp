@@ -193,6 +193,9 @@ class Builder {
     rd_ = ac_ ? DType::FP32 : ad_;
     re_ = dtype_bytes(rd_);
     wb_ = t.mixed_precision() && !ac_ ? 2 : 4;
+    // Gradient state: fp32 main_grad buffers under Megatron's accumulation (ZeRO < 2).
+    ga_ = wb_ == 2 && zero_ < 2 ? t.grad_accumulation : GradAccumulation::Autograd;
+    gb_ = ga_ == GradAccumulation::Autograd ? wb_ : 4;
     ob_ = t.mixed_precision() && !ac_ ? 12 : 8;
     // Widths on this rank (Megatron: column-parallel QKV and fc1, row-parallel proj and fc2;
     // key/value heads replicated when there are fewer than tp; the vocabulary padded to a
@@ -326,7 +329,7 @@ class Builder {
     g.shard = expert ? edp_ : dpcp_;
     const double n = double(params), k = double(g.shard);
     g.weights = tensor(name + ".weights", wb_ * n / (zero_ >= 3 ? k : 1), TensorClass::Weights, true);
-    g.grads = tensor(name + ".grads", wb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
+    g.grads = tensor(name + ".grads", gb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
     g.optimizer =
         tensor(name + ".optimizer", ob_ * n / (zero_ >= 1 ? k : 1), TensorClass::Optimizer, true);
     state_tensors_.insert(state_tensors_.end(), {g.weights, g.grads, g.optimizer});
@@ -413,7 +416,7 @@ class Builder {
       return;
     }
     if (g.full_grads < 0) {
-      g.full_grads = tensor(g.name + ".grads.unsharded", wb_ * double(g.params),
+      g.full_grads = tensor(g.name + ".grads.unsharded", gb_ * double(g.params),
                             TensorClass::Gradients);
       allocs.push_back(g.full_grads);
     } else {
@@ -434,7 +437,7 @@ class Builder {
     if (b.groups.empty() || b.groups.back() != gi) b.groups.push_back(gi);
     b.params += piece;
     b.layer = layer;
-    bool full = zero_ >= 3 ? g.done >= g.params : double(b.params) * wb_ >= p_.dp_bucket_bytes;
+    bool full = zero_ >= 3 ? g.done >= g.params : double(b.params) * gb_ >= p_.dp_bucket_bytes;
     if (full) close_bucket(k);
   }
 
@@ -464,7 +467,7 @@ class Builder {
     std::string name =
         fmt::format("dp.{}grads.bucket{}", k ? "expert_" : "", buckets_[k].size());
     StepVertex v = comm(name, zero_ == 0 ? CollectiveKind::AllReduce : CollectiveKind::ReduceScatter,
-                        k ? ParallelGroup::EDP : ParallelGroup::DP, double(b.params) * wb_,
+                        k ? ParallelGroup::EDP : ParallelGroup::DP, double(b.params) * gb_,
                         blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, {}, writes);
     if (zero_ < 2)
       for (int gi : b.groups) {
@@ -741,7 +744,9 @@ class Builder {
                    TensorId dy, int gi, int64_t piece, int64_t batch = 1, bool bias = false) {
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
-    node(name, gemm(m, n, k, md_, batch), Pass::BackwardWeight, l, {x, dy}, allocs, writes);
+    Op product = gemm(m, n, k, md_, batch);
+    std::get<GemmOp>(product.body).accumulate_fp32 = ga_ == GradAccumulation::Fused;
+    node(name, product, Pass::BackwardWeight, l, {x, dy}, allocs, writes);
     // The nodes below update the same gradient buffer; "layer0.mlp.fc1.bwd_weight" names them
     // "layer0.mlp.fc1.bwd_bias" and ".bwd_weight_cast".
     std::vector<TensorId> grads = writes;
@@ -757,23 +762,28 @@ class Builder {
       Op op = stream_op("grad_cast", elems, {e_, 4}, {4}, 2, 1, ad_);
       std::get<StreamOp>(op.body).kernels = bias ? 2 : 1;
       node(base + ".bwd_weight_cast", op, Pass::BackwardWeight, l, {}, {}, grads);
+    } else if (ga_ == GradAccumulation::Fused) {
+      if (bias) accumulate_grad(base, l, n * batch, 1, grads);  // the product did the weight
     } else {
       accumulate_grad(base, l, (m * n + (bias ? n : 0)) * batch, bias ? 2 : 1, grads);
     }
     grad_done(gi, piece, l);
   }
-  // Gradient accumulation over micro-batches (PyTorch's AccumulateGrad, as DDP, DeepSpeed and
-  // Lightning run it): from the second micro-batch on, each parameter tensor's new gradient is
-  // added into its `.grad` in place, one kernel per tensor (`tensors`: a weight and its bias are
-  // two). Autocast's fp32 accumulation is the `_cast` node instead; ZeRO >= 2 reduce-scatters
-  // every micro-batch and accumulates shards (not modelled).
+  // Gradient accumulation over micro-batches, one kernel per parameter tensor (`tensors`: a
+  // weight and its bias are two). Autograd (PyTorch's AccumulateGrad under DDP, DeepSpeed and
+  // Lightning): from the second micro-batch on, the new 16-bit gradient is added into `.grad`.
+  // MainGrad and Fused (Megatron-LM): every micro-batch adds it into the fp32 main_grad.
+  // Autocast's fp32 accumulation is the `_cast` node instead; ZeRO >= 2 reduce-scatters every
+  // micro-batch and accumulates shards (not modelled).
   void accumulate_grad(const std::string& base, int l, int64_t elements, int tensors,
                        const std::vector<TensorId>& grads) {
-    if (ac_ || zero_ >= 2 || g_.accumulation_steps < 2) return;
-    Op op = stream_op("grad_accumulate", elements, {wb_, wb_}, {wb_}, 1, 0, ad_);
+    if (ac_ || zero_ >= 2) return;
+    const bool autograd = ga_ == GradAccumulation::Autograd;
+    if (autograd && g_.accumulation_steps < 2) return;
+    Op op = stream_op("grad_accumulate", elements, {wb_, gb_}, {gb_}, 1, 0, ad_);
     std::get<StreamOp>(op.body).kernels = tensors;
     StepVertex v = node(base + ".grad_accumulate", op, Pass::BackwardWeight, l, {}, {}, grads);
-    g_.dag[v].after_first_micro_batch = true;
+    g_.dag[v].after_first_micro_batch = autograd;
   }
   // A norm's backward: input gradient and its own (replicated) weight gradient.
   TensorId norm_backward(const std::string& name, int l, TensorId dy, TensorId x, TensorId stats,
@@ -1105,7 +1115,7 @@ class Builder {
       all.push_back(t);
       if (g_.tensors[t].cls == TensorClass::Gradients) grads.push_back(t);
     }
-    const double gb = wb_;
+    const double gb = gb_;
     if (t_.precision == Precision::FP16) {
       // Loss scaling: unscale the fp16 gradients and check them for inf/nan.
       node("optimizer.unscale", stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32), O, -1,
@@ -1130,7 +1140,7 @@ class Builder {
     std::vector<TensorId> adam_reads = grads;
     if (norm >= 0) adam_reads.push_back(norm);
     Op adam = t_.mixed_precision() && !ac_
-                  ? make_adam(n, t_.activation_dtype())
+                  ? make_adam(n, gb_ == 4 ? DType::FP32 : t_.activation_dtype())
                   // fp32 training and autocast: no master copy; weights, moments and gradient
                   // in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
@@ -1172,6 +1182,8 @@ class Builder {
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   DType ad_, md_, attn_dt_;
   double e_, wb_, ob_;
+  double gb_;                 // bytes per gradient element held between micro-batches
+  GradAccumulation ga_;       // as the setup says, or Autograd where it has no effect
   // Autocast (eager AMP): the residual stream and norms run in rd_ (fp32), re_ bytes each;
   // without it they are the activation type.
   bool ac_ = false;
