@@ -62,6 +62,37 @@ TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
   EXPECT_NEAR(c.bubble_fraction(), 0.0, 1e-9);
 }
 
+// Gradient additions (PyTorch's AccumulateGrad) run on every micro-batch but the first, in the
+// cluster runner as in the single-device one: on one device with no host cost, four
+// micro-batches take four micro-batches' work, three additions and the optimizer, and each
+// addition is reported with three executions.
+TEST(ClusterRun, GradientAdditionsSkipTheFirstMicroBatch) {
+  Job j;
+  j.model = load_model("gpt2-124m", {"seq_len=256"});
+  j.setup = load_training_string("micro_batch: 2\nglobal_batch: 8\nhost_overhead: 0 s\n",
+                                 "training.yaml");
+  ClusterResult c = j.run();
+  double micro = 0, add = 0, opt = 0;
+  int additions = 0;
+  for (const auto& n : c.nodes) {
+    const bool addition = n.name.find(".grad_accumulate") != std::string::npos;
+    if (n.pass == Pass::Optimizer) {
+      opt += n.time.sec();
+      EXPECT_EQ(n.executions, 1) << n.name;
+    } else if (addition) {
+      add += n.time.sec();
+      ++additions;
+      EXPECT_EQ(n.executions, 3) << n.name;
+    } else {
+      micro += n.time.sec();
+      EXPECT_EQ(n.executions, 4) << n.name;
+    }
+  }
+  EXPECT_GT(additions, 0);
+  EXPECT_GT(add, 0);
+  EXPECT_NEAR(c.step_time.sec(), 4 * micro + 3 * add + opt, 1e-6 * micro);
+}
+
 TEST(ClusterRun, OneFOneBBubbleEmergesNearTheTextbookValue) {
   const int p = 4;
   const int64_t m = 8;
