@@ -968,9 +968,8 @@ int validate(const ValidateOptions& o) {
   if (!o.cross_entropy.empty()) training.fused_cross_entropy = o.cross_entropy == "fused";
   if (o.vocab_padding > 0) training.vocab_padding = o.vocab_padding;
   training.autocast = o.autocast;
-  if (o.grad_accumulation == "main_grad") training.grad_accumulation = GradAccumulation::MainGrad;
-  else if (o.grad_accumulation == "fused") training.grad_accumulation = GradAccumulation::Fused;
-  else if (o.grad_accumulation == "autograd") training.grad_accumulation = GradAccumulation::Autograd;
+  if (!o.grad_accumulation.empty())
+    training.grad_accumulation = grad_accumulation_from_name(o.grad_accumulation);
   auto configure = [&](DevicePool& pool) { pool.training = training; };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

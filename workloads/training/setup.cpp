@@ -179,6 +179,12 @@ const Schema& training_schema() {
   return s;
 }
 
+GradAccumulation grad_accumulation_from_name(const std::string& name) {
+  return name == "main_grad" ? GradAccumulation::MainGrad
+         : name == "fused"   ? GradAccumulation::Fused
+                             : GradAccumulation::Autograd;
+}
+
 TrainingSetup training_from_config(const Config& c) {
   TrainingSetup t;
   t.micro_batch = c.get_int("micro_batch");
@@ -200,10 +206,7 @@ TrainingSetup training_from_config(const Config& c) {
                                    : Recompute::None;
   t.flash_attention = c.get_bool("flash_attention");
   t.fused_cross_entropy = c.get_string("cross_entropy") == "fused";
-  std::string ga = c.get_string("grad_accumulation");
-  t.grad_accumulation = ga == "main_grad" ? GradAccumulation::MainGrad
-                        : ga == "fused"   ? GradAccumulation::Fused
-                                          : GradAccumulation::Autograd;
+  t.grad_accumulation = grad_accumulation_from_name(c.get_string("grad_accumulation"));
   Parallelism& par = t.parallel;
   par.tp = int(c.get_int("tp"));
   par.pp = int(c.get_int("pp"));

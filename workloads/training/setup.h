@@ -27,6 +27,9 @@ enum class Recompute { None, Selective, Full };
 /// MainGrad, but the weight-gradient products accumulate into main_grad themselves, reading and
 /// writing it in fp32 (Megatron-LM's gradient_accumulation_fusion); biases and norms as MainGrad.
 enum class GradAccumulation { Autograd, MainGrad, Fused };
+/// "autograd", "main_grad" or "fused" (training.grad_accumulation's choices); anything else is
+/// Autograd (the schema has refused it before).
+GradAccumulation grad_accumulation_from_name(const std::string& name);
 
 struct TrainingSetup {
   int64_t global_batch = 1;  ///< sequences per optimizer step
