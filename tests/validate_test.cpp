@@ -251,6 +251,14 @@ TEST(ValidateCommand, SoftwareOptionsApplyToTrainingCases) {
   EXPECT_GT(base, 0);
   EXPECT_GT(unpadded, 1.2 * base) << "50257 rows run the LM head's products at the unaligned rate";
   EXPECT_GT(amp, base) << "autocast adds casts and fp32 norms";
+  // The report says which choices every training case was simulated with.
+  CommandRun said = run_memwall(d, "validate --cases '" + d.file("train.csv") +
+                                       "' --vocab-padding 1 --grad-accumulation fused "
+                                       "--cross-entropy fp32 --host-overhead '20 us'");
+  EXPECT_EQ(said.status, 0) << said.out << said.err;
+  for (const char* words : {"host 20 us per kernel", "loss fp32", "padded to 1 x tp",
+                            "gradient accumulation fused", "fp32 master copy"})
+    EXPECT_NE(said.out.find(words), std::string::npos) << words << "\n" << said.out;
   // A padding of 0 rows is refused before anything runs, naming the option.
   CommandRun bad = run_memwall(d, "validate --cases '" + d.file("train.csv") + "' --vocab-padding 0");
   EXPECT_EQ(bad.status, 2) << bad.out << bad.err;

@@ -720,7 +720,7 @@ std::string predictions_csv(const std::vector<Prediction>& ps) {
 }
 
 std::string report(const std::vector<Prediction>& ps, const std::string& file, Fidelity f,
-                   double wall_s) {
+                   const std::string& assumptions, double wall_s) {
   std::string out;
   size_t idw = 4;
   for (const auto& p : ps)
@@ -734,6 +734,7 @@ std::string report(const std::vector<Prediction>& ps, const std::string& file, F
 
   out += fmt::format("memwall validate · {} · {} cases · fidelity {}\n", file, ps.size(),
                      fidelity_name(f));
+  out += assumptions + "\n";
   if (n_ok + n_oom + n_error > 0) {
     out += fmt::format("\n{:<{}}  {:<16} {:>12} {:>12} {:>9}  {}\n", "case", idw, "metric",
                        "measured", "predicted", "error", "status");
@@ -953,6 +954,22 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
   return ps;
 }
 
+/// The software choices every training case is simulated with (the case format has no column
+/// for them), so that a report says how its predictions were made.
+std::string training_assumptions(const TrainingOverrides& training) {
+  TrainingSetup t;
+  training.apply(t);
+  const char* accumulation = t.grad_accumulation == GradAccumulation::MainGrad ? "main_grad"
+                             : t.grad_accumulation == GradAccumulation::Fused  ? "fused"
+                                                                               : "autograd";
+  return fmt::format(
+      "training cases: host {} per kernel · loss {} · vocabulary padded to {} x tp · gradient "
+      "accumulation {} · {}",
+      to_string(t.host_overhead), t.fused_cross_entropy ? "fused" : "fp32", t.vocab_padding,
+      accumulation,
+      t.autocast ? "eager AMP (autocast)" : "16-bit parameters, fp32 master copy");
+}
+
 int validate(const ValidateOptions& o) {
   Fidelity f = parse_fidelity(o.fidelity);
   std::vector<Case> cases = read_cases(o.cases);
@@ -973,7 +990,7 @@ int validate(const ValidateOptions& o) {
   auto configure = [&](DevicePool& pool) { pool.training = training; };
   std::vector<Prediction> ps = predict_all(cases, o.jobs, configure, f);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << report(ps, o.cases, f, wall);
+  std::cout << report(ps, o.cases, f, training_assumptions(training), wall);
   if (!o.out.empty()) {
     write_file(o.out, predictions_csv(ps));
     std::cout << "wrote " << o.out << "\n";
