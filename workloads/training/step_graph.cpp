@@ -792,10 +792,9 @@ class Builder {
     std::vector<TensorId> allocs = {d}, writes;
     grad_target(gi, allocs, writes);
     node(name, norm_op(true), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
-    std::vector<TensorId> grads = writes;
-    grads.insert(grads.end(), allocs.begin() + 1, allocs.end());
+    // (With ZeRO >= 2, where grad_target allocates, no addition is modelled.)
     accumulate_grad(name.substr(0, name.rfind('.')), l, norm_params(),
-                    m_.norm == NormType::LayerNorm ? 2 : 1, grads);
+                    m_.norm == NormType::LayerNorm ? 2 : 1, writes);
     grad_done(gi, norm_params(), l);
     return d;
   }
@@ -1079,10 +1078,8 @@ class Builder {
       std::vector<TensorId> allocs, writes;
       grad_target(embed_, allocs, writes);
       node("embedding.bwd_weight", scatter, Pass::BackwardWeight, -1, {dy, tokens}, allocs, writes);
-      std::vector<TensorId> grads = writes;
-      grads.insert(grads.end(), allocs.begin(), allocs.end());
       accumulate_grad("embedding", -1, groups_[embed_].params,
-                      m_.positions == PositionType::Learned ? 2 : 1, grads);
+                      m_.positions == PositionType::Learned ? 2 : 1, writes);
       grad_done(embed_, groups_[embed_].params, -1);
     } else {
       g_.pp_send_backward = int(node("pp.send.bwd", std::nullopt, BI, first, {dy}, {}));
