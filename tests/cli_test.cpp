@@ -209,6 +209,20 @@ TEST_F(Cli, DescribeKnownComponent) {
   EXPECT_NE(r.out.find("capacity"), std::string::npos) << r.out;
 }
 
+// The model and training sections are described like the hardware: every key of a training
+// setup, with its choices, can be looked up without reading the code.
+TEST_F(Cli, DescribeModelAndTraining) {
+  Result t = run("describe training");
+  EXPECT_EQ(t.status, 0) << t.err;
+  for (const char* key : {"micro_batch", "recompute", "zero_stage", "grad_accumulation",
+                          "autograd|main_grad|fused", "cross_entropy", "host_overhead"})
+    EXPECT_NE(t.out.find(key), std::string::npos) << key << "\n" << t.out;
+  Result m = run("describe model");
+  EXPECT_EQ(m.status, 0) << m.err;
+  for (const char* key : {"layers", "hidden", "kv_heads", "vocab"})
+    EXPECT_NE(m.out.find(key), std::string::npos) << key << "\n" << m.out;
+}
+
 TEST_F(Cli, DescribeUnknownComponent) {
   Result r = run("describe nosuch");
   EXPECT_EQ(r.status, 2) << r.err;

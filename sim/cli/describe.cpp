@@ -4,12 +4,15 @@
 #include "sim/cli/commands.h"
 #include "sim/cli/experiment.h"
 #include "sim/config/schema.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
 
 namespace memwall {
 
 namespace {
 std::vector<const Schema*> documented() {
-  std::vector<const Schema*> out = {&experiment_schema(), &device_schema()};
+  std::vector<const Schema*> out = {&experiment_schema(), &device_schema(), &model_schema(),
+                                    &training_schema()};
   for (const auto& [iface, s] : SchemaRegistry::instance().all()) out.push_back(s);
   for (const auto& [iface, s] : SchemaRegistry::instance().all())
     for (const auto& sub : s->sections) out.push_back(sub.second);
