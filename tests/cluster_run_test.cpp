@@ -47,11 +47,18 @@ Job uniform_pipeline(int pp, int vpp, int64_t micro_batches, const std::string& 
   return j;
 }
 
-TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
+// GPT-2 124M at seq 256 on one device with no host cost, in micro-batches of `micro_batch`.
+Job one_device(int micro_batch, int global_batch) {
   Job j;
   j.model = load_model("gpt2-124m", {"seq_len=256"});
-  j.setup = load_training_string("micro_batch: 4\nglobal_batch: 8\nhost_overhead: 0 s\n",
+  j.setup = load_training_string(fmt::format("micro_batch: {}\nglobal_batch: {}\nhost_overhead: 0 s\n",
+                                             micro_batch, global_batch),
                                  "training.yaml");
+  return j;
+}
+
+TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
+  Job j = one_device(4, 8);
   ClusterResult c = j.run();
   OpSimulator ops(*j.device, Fidelity::Analytical);
   StepGraph g = build_step_graph(j.model, j.setup);
@@ -67,11 +74,7 @@ TEST(ClusterRun, OneDeviceMatchesTheSingleDeviceRun) {
 // micro-batches take four micro-batches' work, three additions and the optimizer, and each
 // addition is reported with three executions.
 TEST(ClusterRun, GradientAdditionsSkipTheFirstMicroBatch) {
-  Job j;
-  j.model = load_model("gpt2-124m", {"seq_len=256"});
-  j.setup = load_training_string("micro_batch: 2\nglobal_batch: 8\nhost_overhead: 0 s\n",
-                                 "training.yaml");
-  ClusterResult c = j.run();
+  ClusterResult c = one_device(2, 8).run();
   double micro = 0, add = 0, opt = 0;
   int additions = 0;
   for (const auto& n : c.nodes) {

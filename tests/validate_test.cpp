@@ -263,6 +263,10 @@ TEST(ValidateCommand, SoftwareOptionsApplyToTrainingCases) {
   CommandRun bad = run_memwall(d, "validate --cases '" + d.file("train.csv") + "' --vocab-padding 0");
   EXPECT_EQ(bad.status, 2) << bad.out << bad.err;
   EXPECT_NE((bad.out + bad.err).find("--vocab-padding"), std::string::npos) << bad.err;
+  CommandRun bad_ga = run_memwall(d, "validate --cases '" + d.file("train.csv") +
+                                         "' --grad-accumulation megatron");
+  EXPECT_EQ(bad_ga.status, 2) << bad_ga.out << bad_ga.err;
+  EXPECT_NE((bad_ga.out + bad_ga.err).find("--grad-accumulation"), std::string::npos) << bad_ga.err;
 }
 
 TEST(ValidateCommand, OneAndMultiGpuTrainingCasesAreSimulated) {

@@ -959,14 +959,11 @@ std::vector<Prediction> predict_all(const std::vector<Case>& cases, int jobs,
 std::string training_assumptions(const TrainingOverrides& training) {
   TrainingSetup t;
   training.apply(t);
-  const char* accumulation = t.grad_accumulation == GradAccumulation::MainGrad ? "main_grad"
-                             : t.grad_accumulation == GradAccumulation::Fused  ? "fused"
-                                                                               : "autograd";
   return fmt::format(
       "training cases: host {} per kernel · loss {} · vocabulary padded to {} x tp · gradient "
       "accumulation {} · {}",
       to_string(t.host_overhead), t.fused_cross_entropy ? "fused" : "fp32", t.vocab_padding,
-      accumulation,
+      grad_accumulation_name(t.grad_accumulation),
       t.autocast ? "eager AMP (autocast)" : "16-bit parameters, fp32 master copy");
 }
 

@@ -185,6 +185,15 @@ GradAccumulation grad_accumulation_from_name(const std::string& name) {
                              : GradAccumulation::Autograd;
 }
 
+const char* grad_accumulation_name(GradAccumulation g) {
+  switch (g) {
+    case GradAccumulation::MainGrad: return "main_grad";
+    case GradAccumulation::Fused: return "fused";
+    case GradAccumulation::Autograd: break;
+  }
+  return "autograd";
+}
+
 TrainingSetup training_from_config(const Config& c) {
   TrainingSetup t;
   t.micro_batch = c.get_int("micro_batch");

@@ -30,6 +30,7 @@ enum class GradAccumulation { Autograd, MainGrad, Fused };
 /// "autograd", "main_grad" or "fused" (training.grad_accumulation's choices); anything else is
 /// Autograd (the schema has refused it before).
 GradAccumulation grad_accumulation_from_name(const std::string& name);
+const char* grad_accumulation_name(GradAccumulation g);
 
 struct TrainingSetup {
   int64_t global_batch = 1;  ///< sequences per optimizer step
