@@ -121,5 +121,17 @@ TEST(Configs, EveryExperimentLoads) {
   }
 }
 
+TEST(Configs, OverridesReachASystemNamedByPreset) {
+  // `system: dgx-h100` is a preset name; `-p system.KEY=...` changes that preset's key.
+  auto f = kConfigs / "experiments" / "cluster" / "gpt3-175b-on-1024-h100.yaml";
+  Experiment plain = load_experiment(f.string(), {});
+  Experiment tapered = load_experiment(f.string(), {"system.scale_out.oversubscription=2"});
+  ASSERT_TRUE(plain.system && tapered.system);
+  EXPECT_EQ(plain.system->scale_out.oversubscription, 1.0);
+  EXPECT_EQ(tapered.system->scale_out.oversubscription, 2.0);
+  EXPECT_EQ(tapered.system->name, "dgx-h100");
+  EXPECT_EQ(tapered.system->scale_out.nics_per_node, plain.system->scale_out.nics_per_node);
+}
+
 }  // namespace
 }  // namespace memwall

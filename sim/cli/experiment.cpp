@@ -100,6 +100,9 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
   else if (doc.root["device"]["preset"]) device_preset = doc.root["device"]["preset"].as<std::string>();
   resolve_preset(doc, "device", "devices");
   if (doc.root["model"]) resolve_preset(doc, "model", "models");
+  // A system named by string resolves before the overrides too, so that
+  // `-p system.scale_out.in_network_reduction=true` changes the named preset.
+  if (doc.root["system"] && doc.root["system"].IsScalar()) resolve_preset(doc, "system", "systems");
   for (const auto& o : overrides) apply_override(doc, o);
   if (doc.root["model"]) derive_layout(doc, device_preset);
   validate(doc.root, experiment_schema(), "", *doc.sources);
