@@ -420,3 +420,110 @@ TEST(CollectiveScale, ShortcutsDoNotChangeResults) {
   for (size_t i = 0; i < ua.size(); ++i)
     EXPECT_NEAR(ua[i].utilisation, ub[i].utilisation, 1e-9);
 }
+
+// ---- reduction in the network's switches (SHARP) ------------------------------------------
+
+namespace {
+SystemSpec sharp(const char* preset, std::vector<std::string> more = {}) {
+  more.push_back("scale_out.in_network_reduction=true");
+  return load_system(preset, more);
+}
+double ib_bytes(const CollectiveResult& r) {
+  return r.per_class[int(LinkClass::InfiniBand)].bytes;
+}
+}  // namespace
+
+TEST(CollectiveInNetwork, EachShardCrossesItsNicOnceEachWay) {
+  // 4 DGX A100 nodes (no NVLS), all 32 devices: each node reduce-scatters directly, then every
+  // member's shard S/8 goes up its NIC to its rail's leaf and comes back reduced. A ring moves
+  // 2 (n-1)/n of each member's NIC share instead.
+  const double S = 256.0 * (1 << 20);
+  SystemSpec s = sharp("dgx-a100");
+  Network net(s, 32);
+  auto r = net.run(request(CollectiveKind::AllReduce, {iota_group(32)}, S,
+                           CollectiveAlgorithm::InSwitch, Protocol::Simple),
+                   Time::zero());
+  EXPECT_EQ(r.algorithm, CollectiveAlgorithm::InSwitch);
+  // 32 members x (NIC -> leaf + leaf -> NIC) x S/8; the 4 nodes share each rail's leaf.
+  EXPECT_NEAR(ib_bytes(r), 32 * 2 * S / 8, 1.0);
+  // Never faster than the wires: the shard's trip over the NIC, and the in-node phases over
+  // NVLink (2 (k-1)/k S each way).
+  double nic = s.scale_out.nic.effective_bandwidth().bps();
+  double up = s.scale_up.link.effective_bandwidth().bps();
+  double bound = std::max(S / 8 / nic, 2.0 * 7 / 8 * S / up);
+  EXPECT_GE(r.duration().sec(), bound);
+  EXPECT_LE(r.duration().sec(), 1.1 * bound + in_network_latency(8, false).sec());
+  // A ring moves 2 x 31/32 of S/8 over each NIC port (2.8 ms at 23 GB/s); in the network the
+  // NICs carry half that, and the node's links (1.96 ms) bound the reduction instead.
+  Network plain(load_system("dgx-a100"), 32);
+  auto ring = plain.run(request(CollectiveKind::AllReduce, {iota_group(32)}, S,
+                                CollectiveAlgorithm::Ring, Protocol::Simple),
+                        Time::zero());
+  std::printf("dgx-a100 x4, 256 MiB all-reduce: in-network %.3f ms (%.0f GB/s bus), ring %.3f ms "
+              "(%.0f GB/s)\n",
+              r.duration().sec() * 1e3, r.bus_bandwidth_gbps(), ring.duration().sec() * 1e3,
+              ring.bus_bandwidth_gbps());
+  EXPECT_GT(ring.duration().sec(), 1.3 * r.duration().sec());
+}
+
+TEST(CollectiveInNetwork, SpansLeavesThroughTheCoreAndHalvingTheNicsDoublesIt) {
+  // One member per node over 64 DGX H100 nodes whose leaves hold 32 nodes each: the shards of
+  // one rail meet at the core. Each leaf sends one reduced stream up, not one per member.
+  const double S = 1.0 * (1 << 30);
+  std::vector<int> g;
+  for (int n = 0; n < 64; ++n) g.push_back(n * 8);
+  auto run = [&](const char* nic) {
+    Network net(sharp("dgx-h100", {fmt::format("scale_out.nic.bandwidth={}", nic)}), 512);
+    return net.run(request(CollectiveKind::AllReduce, {g}, S, CollectiveAlgorithm::InSwitch,
+                           Protocol::Simple),
+                   Time::zero());
+  };
+  auto full = run("400 Gb/s"), half = run("200 Gb/s");
+  // A ring sends 2 x 63/64 of the buffer over every NIC; the network's switches take half.
+  Network plain(load_system("dgx-h100"), 512);
+  auto ring = plain.run(request(CollectiveKind::AllReduce, {g}, S, CollectiveAlgorithm::Ring,
+                                Protocol::Simple),
+                        Time::zero());
+  EXPECT_GT(ring.duration().sec(), 1.8 * full.duration().sec());
+  // 64 members x 2 x S over NIC ports, plus 2 leaves x 2 x S on the leaf-core links.
+  EXPECT_NEAR(ib_bytes(full), (64 * 2 + 2 * 2) * S, 1.0);
+  EXPECT_NEAR(half.duration().sec() / full.duration().sec(), 2.0, 0.05);
+  std::printf("dgx-h100, 64 nodes x 1 member, 1 GiB: %.2f ms (%.0f GB/s bus)\n",
+              full.duration().sec() * 1e3, full.bus_bandwidth_gbps());
+}
+
+TEST(CollectiveInNetwork, AutoChoosesItOnlyWhereTheSwitchesReduce) {
+  const double S = 1.0 * (1 << 30);
+  // 16 DGX H100 nodes: NVLS in the node and SHARP in the network beat the ring for a large
+  // buffer (the NIC carries S/8 once each way instead of about twice).
+  Network on(sharp("dgx-h100"), 128), off(load_system("dgx-h100"), 128);
+  auto a = on.run(request(CollectiveKind::AllReduce, {iota_group(128)}, S), Time::zero());
+  auto b = off.run(request(CollectiveKind::AllReduce, {iota_group(128)}, S), Time::zero());
+  EXPECT_EQ(a.algorithm, CollectiveAlgorithm::InSwitch);
+  EXPECT_NE(b.algorithm, CollectiveAlgorithm::InSwitch);
+  EXPECT_LT(a.duration().sec(), b.duration().sec());
+  std::printf("dgx-h100 x16, 1 GiB: SHARP+NVLS %.2f ms (%.0f GB/s bus, estimate %.2f ms), "
+              "without %s %.2f ms (%.0f GB/s)\n",
+              a.duration().sec() * 1e3, a.bus_bandwidth_gbps(), a.estimate.sec() * 1e3,
+              collective_algorithm_name(b.algorithm), b.duration().sec() * 1e3,
+              b.bus_bandwidth_gbps());
+  // The engine and the estimate that chose it agree.
+  EXPECT_NEAR(a.duration().sec() / a.estimate.sec(), 1.0, 0.1);
+  // Reduce-scatter has no in-network variant here; unequal members per node neither.
+  EXPECT_TRUE(on.estimate(CollectiveKind::ReduceScatter, iota_group(128), S,
+                          CollectiveAlgorithm::InSwitch, Protocol::Simple)
+                  .is_infinite());
+  EXPECT_TRUE(on.estimate(CollectiveKind::AllReduce, iota_group(12), S,
+                          CollectiveAlgorithm::InSwitch, Protocol::Simple)
+                  .is_infinite());
+}
+
+TEST(CollectiveInNetwork, OnlyASwitchedNetworkReduces) {
+  EXPECT_THROW(sharp("tpu-v4-torus"), ConfigError);
+  try {
+    sharp("mi300x-node", {"scale_out.topology=torus2d", "scale_out.dims=2x2"});
+    FAIL() << "a torus accepted in_network_reduction";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("in_network_reduction"), std::string::npos) << e.what();
+  }
+}

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -113,6 +114,16 @@ GroupShape shape_of(const Topology& topo, const std::vector<int>& group) {
     if (v.size() != s.by_node.front().size()) s.uniform = false;
   }
   return s;
+}
+
+/// An all-reduce over several nodes can reduce in the network's switches (SHARP): the network
+/// reduces, every node holds the same number of members, and each member's NIC has a leaf.
+bool in_network_possible(const Topology& topo, const GroupShape& sh) {
+  if (!topo.system().scale_out.in_network_reduction || sh.nodes < 2 || !sh.uniform) return false;
+  for (const auto& mem : sh.by_node)
+    for (int d : mem)
+      if (topo.leaf_of(d) < 0) return false;
+  return true;
 }
 
 }  // namespace
@@ -941,6 +952,121 @@ struct Network::Impl {
       }
     }
   }
+
+  /// An all-reduce of `bytes` per member reduced in the network's switches (SHARP: NCCL's
+  /// CollNetDirect, or multi-node NVLS when `nvls`). In each node a reduce-scatter (through the
+  /// node's reducing switch, or directly between the members) leaves member l with the node's sum
+  /// of shard l; shard l then goes up the NICs of the members at position l to their leaves and,
+  /// when they span several leaves, on to the core, which reduces it and multicasts it back down
+  /// the same tree; an all-gather in the node ends it. Every link of the tree carries the shard
+  /// once each way. The buffer flows in `chunks` pieces: each phase is issued for every chunk
+  /// before the next phase, so a link serves a phase's chunks in order and the phases pipeline.
+  /// Returns when the last member has the result.
+  Time in_network_allreduce(const std::vector<std::vector<int>>& groups, double bytes, Time t0,
+                            int chunks, bool nvls, const SendCtx& up, const SendCtx& net) {
+    Time end = t0;
+    const double cb = bytes / chunks;
+    auto hop = [&](int link, double b, Time ready, const SendCtx& c) {
+      return send_path({link}, b, ready, ready, 0, c).tail;
+    };
+    for (const auto& g : groups) {
+      GroupShape sh = shape_of(topo, g);
+      const int m = sh.nodes, k = sh.max_per_node;
+      const double shard = cb / k;
+      // Through a reducing switch: each member's link into it and out of it.
+      std::vector<std::vector<int>> into(m, std::vector<int>(k, -1)), out_of = into;
+      if (nvls && k > 1)
+        for (int j = 0; j < m; ++j) {
+          const auto& mem = sh.by_node[j];
+          for (int i = 0; i < k; ++i) {
+            into[j][i] = topo.route(mem[i], mem[(i + 1) % k]).front();
+            out_of[j][i] = topo.route(mem[(i + 1) % k], mem[i]).back();
+          }
+        }
+      // ready[c][j * k + i]: when member i of node j holds its shard of chunk c.
+      std::vector<std::vector<Time>> ready(chunks, std::vector<Time>(size_t(m) * k, t0));
+      // 1. Reduce-scatter inside each node; returns when the chunk has left the members.
+      auto scatter = [&](int c) {
+        Time left = t0;
+        if (k < 2) return left;
+        for (int j = 0; j < m; ++j) {
+          const auto& mem = sh.by_node[j];
+          Time* r = &ready[c][size_t(j) * k];
+          if (nvls) {
+            Time reduced = t0;
+            for (int i = 0; i < k; ++i) reduced = max(reduced, hop(into[j][i], cb, t0, up));
+            left = max(left, reduced);
+            for (int i = 0; i < k; ++i) r[i] = hop(out_of[j][i], shard, reduced, up);
+          } else {
+            for (int i = 0; i < k; ++i)
+              for (int o = 1; o < k; ++o) {
+                int p = (i + o) % k;
+                Time first = t0;
+                r[p] = max(r[p], send(mem[i], mem[p], shard, t0, up, &first));
+                left = max(left, first);
+              }
+          }
+        }
+        return left;
+      };
+      // 2. Shard l through the network's switches.
+      auto through_network = [&](int c) {
+        for (int l = 0; l < k; ++l) {
+          std::map<int, Time> at_leaf;  // leaf vertex -> the shard reduced (later: returned)
+          for (int j = 0; j < m; ++j) {
+            int d = sh.by_node[j][l];
+            Time t = ready[c][size_t(j) * k + l];
+            Time a = send_path(topo.up_to_leaf(d), shard, t, t, 0, net).tail;
+            auto [it, fresh] = at_leaf.emplace(topo.leaf_of(d), a);
+            if (!fresh) it->second = max(it->second, a);
+          }
+          if (at_leaf.size() > 1) {
+            Time reduced = t0;
+            for (const auto& [leaf, t] : at_leaf)
+              reduced = max(reduced, hop(topo.leaf_core_link(leaf, true), shard, t, net));
+            for (auto& [leaf, t] : at_leaf)
+              t = hop(topo.leaf_core_link(leaf, false), shard, reduced, net);
+          }
+          for (int j = 0; j < m; ++j) {
+            int d = sh.by_node[j][l];
+            Time t = at_leaf[topo.leaf_of(d)];
+            ready[c][size_t(j) * k + l] = send_path(topo.down_from_leaf(d), shard, t, t, 0, net).tail;
+          }
+        }
+      };
+      // 3. All-gather inside each node.
+      auto gather = [&](int c) {
+        for (int j = 0; j < m; ++j) {
+          const auto& mem = sh.by_node[j];
+          const Time* r = &ready[c][size_t(j) * k];
+          for (int i = 0; i < k; ++i) {
+            end = max(end, r[i]);
+            if (k < 2) continue;
+            if (nvls) {
+              Time in_switch = hop(into[j][i], shard, r[i], up);
+              for (int p = 0; p < k; ++p) end = max(end, hop(out_of[j][p], shard, in_switch, up));
+            } else {
+              for (int o = 1; o < k; ++o) end = max(end, send(mem[i], mem[(i + o) % k], shard, r[i], up));
+            }
+          }
+        }
+      };
+      // The scatter and the gather share the members' links. A link serves its messages in the
+      // order they are issued, so a chunk's gather is issued before the next chunk's scatter
+      // when its result is back by the time that scatter could start (the previous scatter has
+      // left), as the two interleave on the wire.
+      int gathered = 0;
+      Time scatter_free = t0;
+      auto earliest = [&](int c) { return *std::min_element(ready[c].begin(), ready[c].end()); };
+      for (int c = 0; c < chunks; ++c) {
+        while (gathered < c && earliest(gathered) <= scatter_free) gather(gathered++);
+        scatter_free = scatter(c);
+        through_network(c);
+      }
+      while (gathered < chunks) gather(gathered++);
+    }
+    return end;
+  }
 };
 
 Network::Network(const SystemSpec& system, int devices)
@@ -1066,11 +1192,21 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
       return base + lat + Bytes(2 * bytes) / capped(bus);
     }
     case CollectiveAlgorithm::InSwitch: {
-      if (kind != CollectiveKind::AllReduce || multi || sys.scale_up.kind != ScaleUpKind::Switch ||
-          !sys.scale_up.in_switch_reduction || p != Protocol::Simple)
-        return inf;
-      return protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, p) +
-             Bytes(bytes) / (up * sys.scale_up.in_switch_efficiency);
+      if (kind != CollectiveKind::AllReduce || p != Protocol::Simple) return inf;
+      bool nvls = sys.scale_up.kind == ScaleUpKind::Switch && sys.scale_up.in_switch_reduction;
+      Bandwidth nvls_rate = up * sys.scale_up.in_switch_efficiency;
+      if (!multi)
+        return nvls ? protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, p) +
+                          Bytes(bytes) / nvls_rate
+                    : inf;
+      if (!in_network_possible(topo_, sh)) return inf;
+      // Pipelined phases: inside the node a reduce-scatter and an all-gather (through the
+      // reducing switch: a device link carries S + S/k each way; directly: 2 (k-1)/k S), and
+      // each member's shard S/k once up and once down its NIC.
+      double intra_bytes = k < 2 ? 0.0 : nvls ? bytes + bytes / k : 2.0 * (k - 1) / k * bytes;
+      Time intra = Bytes(intra_bytes) / (nvls ? nvls_rate : up);
+      Time inter = Bytes(bytes / channels) / nic_rate(sys);
+      return in_network_latency(k, nvls) + max(intra, inter);
     }
     case CollectiveAlgorithm::Hierarchical: {
       if (kind != CollectiveKind::AllReduce || !multi || !sh.uniform || k < 2) return inf;
@@ -1246,8 +1382,9 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         fmt::format("{}, group 0 {}: algorithm {} cannot run {} here{}", who, group_text(g0),
                     collective_algorithm_name(req.algorithm), collective_kind_name(req.kind),
                     req.algorithm == CollectiveAlgorithm::InSwitch
-                        ? " (in-switch reduction needs one node whose switch can reduce: "
-                          "scale_up.in_switch_reduction)"
+                        ? " (in-switch reduction needs one node whose switch can reduce, "
+                          "scale_up.in_switch_reduction, or nodes with equal members on a "
+                          "network whose switches reduce, scale_out.in_network_reduction)"
                         : req.algorithm == CollectiveAlgorithm::Hierarchical
                               ? " (hierarchical needs several nodes with equal members each)"
                               : ""));
@@ -1389,14 +1526,26 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         break;
       }
       case CollectiveAlgorithm::InSwitch: {
-        // Each rank pushes its buffer into the switch, which reduces and multicasts the result
-        // back: every device link carries the buffer once each way (NVLS).
         Impl::SendCtx c = ctx;
         c.factor = sys.scale_up.in_switch_efficiency;
         c.per_message_alpha = false;
-        Time t0 = base + protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, proto);
         int chunks = int(std::clamp(std::ceil(req.bytes / chunk_bytes(proto)), 1.0,
                                     double(kMaxChunks)));
+        if (multi) {
+          // Reduced in the network's switches (SHARP), and in the node's when it can (NVLS).
+          const bool nvls =
+              sys.scale_up.kind == ScaleUpKind::Switch && sys.scale_up.in_switch_reduction;
+          Impl::SendCtx up = nvls ? c : ctx, net = ctx;
+          up.per_message_alpha = net.per_message_alpha = false;
+          net.factor = 1.0;
+          Time t0 = base + in_network_latency(sh0.max_per_node, nvls);
+          res.steps = sh0.max_per_node > 1 ? 3 : 1;
+          res.end = im.in_network_allreduce(req.groups, req.bytes, t0, chunks, nvls, up, net);
+          break;
+        }
+        // One node: each rank pushes its buffer into the switch, which reduces and multicasts
+        // the result back: every device link carries the buffer once each way (NVLS).
+        Time t0 = base + protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Nvls, proto);
         double cb = req.bytes / chunks;
         res.steps = 2;
         for (int j = 0; j < chunks; ++j)

@@ -37,6 +37,17 @@ constexpr double kHwLatUs[3][3][3] = {
 };
 }  // namespace
 
+Time in_network_latency(int members_per_node, bool nvls) {
+  // NCCL tuning.cc hwLat: NVLS 25 us on NVLink and 18 us on the network; CollNetDirect 3.7 us on
+  // NVLink and 31 us on the network, plus its 0.4 us per member of arity serialisation.
+  constexpr double kNvlsNvlinkUs = 25.0, kNvlsNetUs = 18.0;
+  constexpr double kCollNetNvlinkUs = 3.7, kCollNetNetUs = 31.0, kArityUs = 0.4;
+  if (nvls) return Time::us(kNvlsNvlinkUs + kNvlsNetUs);
+  int k = members_per_node > 1 ? members_per_node : 1;
+  double intra = (k > 1 ? kCollNetNvlinkUs : 0.0) + (k - 1) * kArityUs;
+  return Time::us(2 * intra + kCollNetNetUs);
+}
+
 Time protocol_base_latency(LatencyTable t, Protocol p) {
   return Time::us(kBaseLatUs[int(t)][proto_index(p)]);
 }

@@ -35,6 +35,12 @@ Time protocol_base_latency(LatencyTable t, Protocol p);
 /// Per message of a step over a path whose slowest hop family is `f`: NCCL hwLat.
 Time protocol_step_latency(LinkFamily f, LatencyTable t, Protocol p);
 
+/// Latency of an all-reduce reduced in the network switches (SHARP), NCCL tuning.cc: CollNet
+/// Direct, 2 (min(1, k - 1) x 3.7 + (k - 1) x 0.4) + 31 us for k members per node (an NVLink
+/// hop and 0.4 us of arity serialisation per member on each side, the network's 31); with the
+/// node's switch reducing too (multi-node NVLS), 25 us (NVLS on NVLink) + 18 us (the network).
+Time in_network_latency(int members_per_node, bool nvls);
+
 /// Fraction of a link's effective bandwidth a protocol delivers as payload (NCCL's bus-bandwidth
 /// refinements): ring LL 1/4 (all-reduce) or 1/3, LL128 0.92, Simple 1; tree x0.92 with LL 1/3.8
 /// and LL128 7/9 (one node) or 120/128.

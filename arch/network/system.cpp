@@ -130,6 +130,9 @@ const Schema& scale_out_schema() {
         }(),
         param("switch_latency", ParamType::Time, "s", "300 ns",
               "Added per traversal of a leaf or core switch."),
+        param("in_network_reduction", ParamType::Bool, "", "false",
+              "The leaf and core switches reduce and multicast (SHARP; NCCL's CollNet and "
+              "multi-node NVLS): all-reduces over nodes may reduce in the network."),
         param("dims", ParamType::String, "", "",
               "torus2d/torus3d: nodes per dimension, x fastest, e.g. \"4x4\"."),
     };
@@ -298,6 +301,12 @@ SystemSpec system_from_config(const Config& c) {
   s.scale_out.oversubscription = out.get_real("oversubscription");
   s.scale_out.switch_latency = out.get_time("switch_latency");
   s.scale_out.dims = parse_dims(out, "dims");
+  s.scale_out.in_network_reduction = out.get_bool("in_network_reduction");
+  if (s.scale_out.in_network_reduction &&
+      s.scale_out.topology != ScaleOutTopology::RailOptimized &&
+      s.scale_out.topology != ScaleOutTopology::FatTree)
+    out.fail("in_network_reduction",
+             "only a switched network (rail_optimized or fat_tree) can reduce in its switches");
   if (s.scale_out.topology != ScaleOutTopology::None && s.scale_out.nics_per_node > 0) {
     if (!out.node()["nic"]) out.fail("nic", "NICs need their link (class, bandwidth)");
     s.scale_out.nic = link_from_config(out.section("nic"));

@@ -8,7 +8,7 @@
 // Scale-up fabrics:
 //   - switch:    every device has `link.count` links into a switch plane (NVSwitch); the planes
 //                are merged into one switch vertex per node with one ganged edge per device.
-//                `in_switch_reduction` says the switch can reduce (NVLS, SHARP-style).
+//                `in_switch_reduction` says the switch can reduce (NVLS).
 //   - full_mesh: one ganged edge to each peer in the node (MI300X: one xGMI link per peer).
 //   - torus:     devices are chips of a torus with `dims` (x fastest) over the whole system, each
 //                chip with one link to each of its 2 x len(dims) neighbours (TPU ICI).
@@ -18,6 +18,7 @@
 //   - fat_tree:       NICs fill leaves in node order; leaves meet at a core.
 //   - torus2d / torus3d: NIC k of each node is a router of rail k's torus of nodes (`dims`).
 //   - none:           no scale-out network (one node only).
+// `in_network_reduction` says the leaf and core switches reduce (SHARP).
 // A leaf has `switch_radix / 2` down ports; its uplink capacity is its down capacity divided by
 // `oversubscription`. The spine layer is merged into one core vertex (capacity is kept, ECMP
 // collisions are not modelled).
@@ -59,6 +60,9 @@ struct ScaleOutSpec {
   int switch_radix = 64;
   double oversubscription = 1.0;
   Time switch_latency = Time::ns(300);
+  /// The leaf and core switches reduce and multicast (SHARP on InfiniBand, used by NCCL's
+  /// CollNet and multi-node NVLS algorithms): a member's shard crosses its NIC once each way.
+  bool in_network_reduction = false;
   std::vector<int> dims;         ///< torus2d/torus3d: node grid, x fastest
 };
 

@@ -186,6 +186,30 @@ int Topology::rail_of(int device) const {
 
 int Topology::nic_vertex_of_node(int node, int rail) const { return nic_base_[node] + rail; }
 
+int Topology::leaf_of(int device) const {
+  if (nic_leaf_.empty() || rail_of(device) < 0) return -1;
+  return nic_leaf_[nic_vertex_of_node(node_of(device), rail_of(device)) - first_nic_vertex_];
+}
+
+std::vector<int> Topology::up_to_leaf(int device) const {
+  int leaf = leaf_of(device);
+  if (leaf < 0) return {};
+  int nic = nic_vertex_of_node(node_of(device), rail_of(device));
+  return {find_link(device, nic), find_link(nic, leaf)};
+}
+
+std::vector<int> Topology::down_from_leaf(int device) const {
+  int leaf = leaf_of(device);
+  if (leaf < 0) return {};
+  int nic = nic_vertex_of_node(node_of(device), rail_of(device));
+  return {find_link(leaf, nic), find_link(nic, device)};
+}
+
+int Topology::leaf_core_link(int leaf, bool up) const {
+  if (core_ < 0) return -1;
+  return up ? find_link(leaf, core_) : find_link(core_, leaf);
+}
+
 std::string Topology::vertex_name(int v) const {
   const TopoVertex& x = g_[v];
   switch (x.kind) {

@@ -78,6 +78,16 @@ class Topology {
   const std::vector<int>& route(int src, int dst) const;
   bool reachable(int src, int dst) const;
 
+  /// The switches of a switched scale-out network (rail_optimized, fat_tree), for in-network
+  /// reduction: the leaf vertex above device `d`'s NIC (-1 without one), the core vertex (-1 with
+  /// a single leaf), the links up from the device to its leaf (device -> NIC -> leaf) and down
+  /// (leaf -> NIC -> device), and the link between a leaf and the core, either way.
+  int leaf_of(int device) const;
+  int core() const { return core_; }
+  std::vector<int> up_to_leaf(int device) const;
+  std::vector<int> down_from_leaf(int device) const;
+  int leaf_core_link(int leaf, bool up) const;
+
   /// Throws std::invalid_argument naming the first device that cannot reach device 0 (and why
   /// the system leaves it disconnected).
   void check_connected() const;
