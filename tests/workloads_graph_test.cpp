@@ -239,3 +239,73 @@ TEST(WorkloadGraph, MicroBatchesAndOptimizer) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// Megatron's --tp-comm-overlap splits the collectives around a layer's products, not the work:
+// the same FLOPs, the same bytes moved per rank, and every piece launched by one host call.
+TEST(WorkloadGraph, TpCommOverlapMovesTheSameBytesBesideTheSameProducts) {
+  TransformerModel m = load_model("gpt3-1.3b", {"seq_len=1024"});
+  const std::string base = "micro_batch: 2\ntp: 4\nsequence_parallel: true\n";
+  StepGraph plain = build_step_graph(m, setup(base));
+  StepGraph over = build_step_graph(m, setup(base + "tp_comm_overlap: true\n"));
+  EXPECT_NEAR(over.micro_batch_flops() / plain.micro_batch_flops(), 1.0, 1e-12);
+  // Bytes each rank sends in tensor-parallel collectives of one micro-batch, by nccl-tests'
+  // conventions: an all-gather's output and a reduce-scatter's input move (n-1)/n of themselves,
+  // a send-recv all of itself.
+  auto sent = [](const StepGraph& g, CollectiveKind kind) {
+    double b = 0;
+    for (std::size_t v = 0; v < g.size(); ++v) {
+      const auto& c = g.dag[v].comm;
+      if (!c || c->group != ParallelGroup::TP || c->kind != kind) continue;
+      if (g.dag[v].pass == Pass::Optimizer) continue;
+      b += kind == CollectiveKind::SendRecv ? c->bytes : c->bytes * 3.0 / 4.0;
+    }
+    return b;
+  };
+  double gathered_plain = sent(plain, CollectiveKind::AllGather);
+  double gathered_over = sent(over, CollectiveKind::AllGather) + sent(over, CollectiveKind::SendRecv);
+  EXPECT_NEAR(gathered_over / gathered_plain, 1.0, 1e-12);
+  EXPECT_NEAR(sent(over, CollectiveKind::ReduceScatter) / sent(plain, CollectiveKind::ReduceScatter),
+              1.0, 1e-12);
+  // The forward of layer 0's QKV: 3 ring shifts on the copy engines, then the product over all
+  // tokens, paced by the shifts and launched with them; the projection in 4 pieces, each
+  // followed by its reduce-scatter.
+  int shifts = 0, proj_pieces = 0, proj_scatters = 0;
+  for (std::size_t v = 0; v < over.size(); ++v) {
+    const StepNode& n = over.dag[v];
+    if (n.name.rfind("layer0.attn.qkv.fwd.tp_ring", 0) == 0) {
+      ++shifts;
+      EXPECT_TRUE(n.comm && n.comm->copy_engine && !n.comm->blocking);
+      EXPECT_EQ(n.launched_with_previous, shifts > 1);
+    }
+    if (n.name == "layer0.attn.qkv.fwd") {
+      EXPECT_TRUE(n.paced_by_inputs);
+      EXPECT_TRUE(n.launched_with_previous);
+      EXPECT_EQ(std::get<GemmOp>(n.op->body).m, 2 * 1024);
+    }
+    if (n.name == "layer0.attn.proj.fwd") ++proj_pieces;
+    if (n.name.rfind("layer0.attn.proj.fwd.tp_reduce_scatter", 0) == 0) {
+      ++proj_scatters;
+      EXPECT_FALSE(n.comm->blocking);
+    }
+  }
+  EXPECT_EQ(shifts, 3);
+  EXPECT_EQ(proj_pieces, 4);
+  EXPECT_EQ(proj_scatters, 4);
+  // Without it, no node is launched by another's call.
+  for (std::size_t v = 0; v < plain.size(); ++v) EXPECT_FALSE(plain.dag[v].launched_with_previous);
+}
+
+TEST(WorkloadGraph, TpCommOverlapNeedsSequenceParallelism) {
+  try {
+    setup("tp: 4\ntp_comm_overlap: true\n");
+    FAIL() << "tp_comm_overlap accepted without sequence_parallel";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("tp_comm_overlap"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace memwall

@@ -1268,8 +1268,8 @@ namespace {
 /// The memo key: the request's kind, algorithm, protocol, exact size and its groups (by the id
 /// of the group list among those seen before).
 std::string signature(const CollectiveRequest& r, int groups_id) {
-  return fmt::format("{}|{}|{}|{:a}|{}", int(r.kind), int(r.algorithm), int(r.protocol), r.bytes,
-                     groups_id);
+  return fmt::format("{}|{}|{}|{:a}|{}|{}", int(r.kind), int(r.algorithm), int(r.protocol),
+                     r.bytes, groups_id, r.copy_engine);
 }
 
 }  // namespace
@@ -1370,7 +1370,11 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
   bool all_idle = true;
 
   const std::vector<int>& g0 = req.groups.front();
-  Choice choice = choose(req.kind, g0, req.bytes, req.algorithm, req.protocol);
+  if (req.copy_engine && req.kind != CollectiveKind::SendRecv)
+    throw std::invalid_argument(fmt::format("{}: only a send-recv can be a copy-engine copy", who));
+  Choice choice = req.copy_engine
+                      ? Choice{CollectiveAlgorithm::Direct, Protocol::Simple, Time::zero()}
+                      : choose(req.kind, g0, req.bytes, req.algorithm, req.protocol);
   if (n0 <= 1 || req.bytes <= 0) {
     res.algorithm = choice.algorithm;
     res.protocol = protocol_name(choice.protocol == Protocol::Auto ? Protocol::Simple
@@ -1391,7 +1395,7 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
   res.algorithm = choice.algorithm;
   res.estimate = choice.estimate;
   const Protocol proto = choice.protocol;
-  res.protocol = protocol_name(proto);
+  res.protocol = req.copy_engine ? "copy engine" : protocol_name(proto);
   const SystemSpec& sys = topo_.system();
   const int n = int(n0);
   GroupShape sh0 = shape_of(topo_, g0);
@@ -1404,7 +1408,10 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
   if (proto == Protocol::LL) ctx.cap = sys.tuning.ll_max_bandwidth;
   if (proto == Protocol::LL128) ctx.cap = sys.tuning.ll128_max_bandwidth;
   ctx.prepare();
-  const Time base = start + protocol_base_latency(ctx.table, proto);
+  // A copy-engine copy pays no NCCL latency: only its route's wire latency.
+  if (req.copy_engine) ctx.per_message_alpha = false;
+  const Time base =
+      req.copy_engine ? start : start + protocol_base_latency(ctx.table, proto);
 
   try {
     switch (choice.algorithm) {

@@ -50,6 +50,10 @@ struct CollectiveRequest {
   double bytes = 0;
   CollectiveAlgorithm algorithm = CollectiveAlgorithm::Auto;
   Protocol protocol = Protocol::Auto;
+  /// Send-recv only: a peer-to-peer copy by the copy engines (cudaMemcpyAsync between peers, as
+  /// Transformer Engine's ring exchange does), not an NCCL kernel: no protocol, no NCCL base or
+  /// step latency; the message takes the route's wire latency and the links' full rate.
+  bool copy_engine = false;
   std::string label;  ///< shown in errors and results
 };
 

@@ -25,6 +25,7 @@ std::string layout(const Parallelism& p) {
   if (p.cp > 1) s += fmt::format(" cp {}", p.cp);
   if (p.ep > 1) s += fmt::format(" ep {}", p.ep);
   if (p.sequence_parallel) s += " sp";
+  if (p.sequence_parallel && p.tp_comm_overlap) s += " tp-overlap";
   if (p.zero_stage > 0) s += fmt::format(" zero {}", p.zero_stage);
   return s;
 }
@@ -173,7 +174,9 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"gpus_per_node", r.gpus_per_node},
           {"parallel",
            {{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp}, {"vpp", p.vpp}, {"cp", p.cp}, {"ep", p.ep},
-            {"sequence_parallel", p.sequence_parallel}, {"zero_stage", p.zero_stage},
+            {"sequence_parallel", p.sequence_parallel},
+            {"tp_comm_overlap", p.sequence_parallel && p.tp_comm_overlap},
+            {"zero_stage", p.zero_stage},
             {"schedule", pipeline_schedule_name(p.schedule)}}},
           {"fidelity", fidelity_name(r.fidelity)},
           {"micro_batches_per_pipeline", r.micro_batches},

@@ -154,7 +154,13 @@ struct Task {
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
   std::string name;            // first node's name
   int ops = 0;                 // operators merged into a Compute task
-  int kernels = 0;             // kernels they launch, each issued by the host
+  int kernels = 0;             // kernels they launch
+  int host_kernels = 0;        // of those, the ones the host issues itself (the rest are
+                               // launched by an earlier call: StepNode::launched_with_previous)
+  bool host_free = false;      // Comm: launched by an earlier call, no host cost
+  // Compute: one product over blocks that arrive one by one (StepNode::paced_by_inputs); with
+  // `waits` in issue order, the work on block i + 1 of waits + 1 starts once waits[i] ends.
+  bool paced = false;
   Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
   // Compute: the part of the above that the first micro-batch of a step does not run (gradient
   // accumulation, StepNode::after_first_micro_batch).
@@ -231,11 +237,15 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
                    o.time, o.bound, runs};
       t.kernels = std::max(1, o.kernels);
       c.nodes.push_back(std::move(t));
-      // Consecutive operators with nothing to wait for run back to back: one task.
-      if (!(waits.empty() && !P->tasks.empty() && P->tasks.back().kind == Task::Compute)) {
+      // Consecutive operators with nothing to wait for run back to back: one task (a paced
+      // product stays alone: its pacing is its own work's).
+      if (!(waits.empty() && !n.paced_by_inputs && !P->tasks.empty() &&
+            P->tasks.back().kind == Task::Compute && !P->tasks.back().paced)) {
         Task t2;
         t2.kind = Task::Compute;
+        std::sort(waits.begin(), waits.end());
         t2.waits = waits;
+        t2.paced = n.paced_by_inputs;
         t2.name = n.name;
         P->tasks.push_back(std::move(t2));
       }
@@ -243,6 +253,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       task.duration += o.time;
       task.ops++;
       task.kernels += c.nodes.back().kernels;
+      if (!n.launched_with_previous) task.host_kernels += c.nodes.back().kernels;
       if (o.bound == "memory") task.memory_bound += o.time;
       if (n.after_first_micro_batch) {
         task.first_skip += o.time;
@@ -257,6 +268,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
       t.kind = Task::Comm;
       t.comm = *n.comm;
       t.name = n.name;
+      t.host_free = n.launched_with_previous;
       P->tasks.push_back(t);
       task_of[v] = int(P->tasks.size()) - 1;
       prog_of[v] = P;
@@ -548,14 +560,28 @@ class ClusterSim {
   }
 
   const CollectiveResult& collective(ParallelGroup g, CollectiveKind kind, double bytes, int s,
-                                     int to, Time start) {
-    auto key = std::make_tuple(int(g), s, to);
+                                     int to, Time start, bool copy_engine = false) {
+    // A send-recv outside the pipeline is a shift round each group's ring (tensor-parallel ring
+    // exchange): every member sends to the next, all at once.
+    const bool shift = kind == CollectiveKind::SendRecv && g != ParallelGroup::PP;
+    auto key = std::make_tuple(int(g), s, to, shift);
     auto it = groups_.find(key);
-    if (it == groups_.end()) it = groups_.emplace(key, layout_.concurrent(g, s, to)).first;
+    if (it == groups_.end()) {
+      auto groups = layout_.concurrent(g, s, to);
+      if (shift) {
+        std::vector<std::vector<int>> pairs;
+        for (const auto& grp : groups)
+          for (size_t i = 0; i < grp.size() && grp.size() > 1; ++i)
+            pairs.push_back({grp[i], grp[(i + 1) % grp.size()]});
+        groups = std::move(pairs);
+      }
+      it = groups_.emplace(key, std::move(groups)).first;
+    }
     CollectiveRequest req;
     req.kind = kind;
     req.groups = it->second;
     req.bytes = bytes;
+    req.copy_engine = copy_engine;
     req.label = parallel_group_name(g);
     last_ = net_.run(req, start);
     ++collectives_;
@@ -585,6 +611,7 @@ class ClusterSim {
         first.duration -= first.first_skip;
         first.memory_bound -= first.first_skip_memory;
         first.kernels -= first.first_skip_kernels;
+        first.host_kernels -= first.first_skip_kernels;
         if (first.kernels == 0) continue;
         task = &first;
       }
@@ -593,7 +620,7 @@ class ClusterSim {
         Time w = t;
         int wg = 0;
         for (int j : k.waits)
-          if (ends[j] > w) {
+          if (ends[j] > w && !k.paced) {
             w = ends[j];
             wg = end_group[j];
           }
@@ -606,13 +633,34 @@ class ClusterSim {
           // Overlapped collectives hold some compute units: the task runs longer.
           Time run = k.duration + slowdown(rs, t, k);
           // The host issues the task's kernels one by one; the stream cannot run ahead of it.
-          Time issued = rs.cpu + h_ * double(k.kernels);
-          Time end = max(t + run, max(t, rs.cpu) + h_ + run / double(k.kernels));
+          // Kernels an earlier call launched cost the host nothing more.
+          Time issued = rs.cpu + h_ * double(k.host_kernels);
+          Time end = t + run;
+          if (k.host_kernels > 0)
+            end = max(end, max(t, rs.cpu) + h_ + run / double(k.host_kernels));
           end = max(end, issued);
+          st.host_stall += end - t - run;
+          if (k.paced) {
+            // Block i + 1 arrives at ends[waits[i]]; the work left from it on is (n - i - 1) / n.
+            const double n = double(k.waits.size() + 1);
+            Time paced = end;
+            int pg = 0;
+            for (std::size_t i = 0; i < k.waits.size(); ++i) {
+              Time e = ends[k.waits[i]] + run * ((n - double(i) - 1) / n);
+              if (e > paced) {
+                paced = e;
+                pg = end_group[k.waits[i]];
+              }
+            }
+            if (paced > end) {  // the product waited for a block: exposed communication
+              st.exposed[pg] += paced - end;
+              result_->comm[pg].exposed += (paced - end) / double(p_.pp);
+              end = paced;
+            }
+          }
           rs.cpu = issued;
           span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name,
                end - run, run);
-          st.host_stall += end - t - run;
           st.comm_interference += run - k.duration;
           t = end;
           st.compute_busy += k.duration;
@@ -622,7 +670,7 @@ class ClusterSim {
       const CommSpec& c = k.comm;
       int g = int(c.group);
       end_group[i] = g;
-      rs.cpu += h_;
+      if (!k.host_free) rs.cpu += h_;
       if (rs.cpu > t && c.blocking) {
         st.host_stall += rs.cpu - t;
         t = rs.cpu;
@@ -651,12 +699,14 @@ class ClusterSim {
         ends[i] = t;
       } else {
         Time start = max(t, rs.stream_free[g]);
-        const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, peer, start);
+        const CollectiveResult& cr =
+            collective(c.group, c.kind, c.bytes, s, peer, start, c.copy_engine);
         span(s, parallel_group_name(c.group), k.name, start, cr.end - start);
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;
         rs.async_end = max(rs.async_end, cr.end);
-        hold_units(rs, cr, start);
+        // Copy engines move a ring exchange: no compute units, only memory bandwidth.
+        hold_units(rs, cr, start, c.copy_engine ? 0 : sys_.tuning.channels);
         ends[i] = cr.end;
       }
     }
@@ -989,7 +1039,7 @@ class ClusterSim {
   std::vector<std::shared_ptr<ChunkModel>> chunk_of_;
   std::vector<RankState> states_;
   std::vector<Time> arrival_, transfer_start_;
-  std::map<std::tuple<int, int, int>, std::vector<std::vector<int>>> groups_;
+  std::map<std::tuple<int, int, int, bool>, std::vector<std::vector<int>>> groups_;
   CollectiveResult last_;
   long collectives_ = 0;
   ClusterResult* result_ = nullptr;

@@ -22,6 +22,10 @@ struct Parallelism {
   int cp = 1;   ///< context parallel (ring attention over sequence shards)
   int ep = 1;   ///< expert parallel (MoE experts spread over ep ranks of the dp group)
   bool sequence_parallel = false;  ///< Megatron SP: norms/dropout sharded over tp
+  /// Megatron's --tp-comm-overlap (Transformer Engine userbuffers; needs sequence parallelism):
+  /// each layer's tensor-parallel all-gathers and reduce-scatters run in pieces beside pieces of
+  /// the products that use them, instead of blocking the compute stream.
+  bool tp_comm_overlap = false;
   int zero_stage = 0;  ///< 0 none, 1 optimizer states, 2 + gradients, 3 + weights (FSDP)
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)

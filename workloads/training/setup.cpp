@@ -101,6 +101,12 @@ const Schema& training_schema() {
     x.params.push_back(degree("ep", "Expert-parallel degree (MoE experts over the dp ranks)."));
     x.params.push_back(param("sequence_parallel", ParamType::Bool, "", "false",
                              "Megatron sequence parallelism: norms and dropout sharded over tp."));
+    x.params.push_back(param(
+        "tp_comm_overlap", ParamType::Bool, "", "false",
+        "Megatron's --tp-comm-overlap (Transformer Engine userbuffers; needs "
+        "sequence_parallel): a layer's tp all-gather runs as a ring exchange on the copy "
+        "engines beside the product's pieces, its reduce-scatter in pieces after each piece "
+        "of the product, and the input gradient's reduce-scatter beside the weight gradient."));
     ParamSpec zero = param("zero_stage", ParamType::Int, "", "0",
                            "ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also "
                            "weights (FSDP).");
@@ -224,6 +230,10 @@ TrainingSetup training_from_config(const Config& c) {
   par.cp = int(c.get_int("cp"));
   par.ep = int(c.get_int("ep"));
   par.sequence_parallel = c.get_bool("sequence_parallel");
+  par.tp_comm_overlap = c.get_bool("tp_comm_overlap");
+  if (par.tp_comm_overlap && par.tp > 1 && !par.sequence_parallel)
+    c.fail("tp_comm_overlap", "overlaps the sequence-parallel all-gathers and reduce-scatters: "
+                              "set sequence_parallel: true (Megatron requires it too)");
   par.zero_stage = int(c.get_int("zero_stage"));
   std::string sc = c.get_string("schedule");
   par.schedule = sc == "gpipe" ? PipelineSchedule::GPipe : PipelineSchedule::OneFOneB;

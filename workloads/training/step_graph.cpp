@@ -301,7 +301,8 @@ class Builder {
   // After a row-parallel GEMM (or a vocab-parallel embedding) `op` whose output holds partial
   // sums over the tp ranks: an all-reduce in place, or with sequence parallelism a
   // reduce-scatter into T/tp tokens.
-  TensorId tp_reduce(const std::string& op, Pass pass, int layer, TensorId partial) {
+  TensorId tp_reduce(const std::string& op, Pass pass, int layer, TensorId partial,
+                     bool blocking = true) {
     if (tp_ == 1) return partial;
     const double Th = double(T_) * m_.hidden;
     if (!sp_) {
@@ -311,9 +312,95 @@ class Builder {
     }
     TensorId out = act(op + ".tp_reduce_scatter.out", double(Tn_) * m_.hidden);
     comm(op + ".tp_reduce_scatter", CollectiveKind::ReduceScatter, ParallelGroup::TP, Th * e_,
-         true, false, pass, layer, {partial}, {out});
+         blocking, false, pass, layer, {partial}, {out});
     return out;
   }
+
+  // ---- tensor-parallel products with their collectives ---------------------------------------
+  //
+  // Megatron's --tp-comm-overlap (Transformer Engine userbuffers) splits a layer's products so
+  // that their sequence-parallel collectives run beside them. Pieces of one product keep the
+  // product's name: they are one operator, run as several kernels.
+
+  bool tp_overlap() const { return sp_ && p_.tp_comm_overlap; }
+
+  // A column-parallel product C[T, n] = X[T, k] W whose input `x` is this rank's T/tp tokens of
+  // X (sequence parallelism), written into `out`; `reads` are its other inputs. Returns the
+  // tensors that hold the gathered X (for a later reader such as the weight gradient).
+  //
+  // Without overlap: all-gather, then one product. With overlap, TE's ring exchange: the copy
+  // engines pass the T/tp-token blocks round the tp ring (tp - 1 shifts), and the product works
+  // on the local block first and on each other block once it is in (paced_by_inputs).
+  std::vector<TensorId> gathered_gemm(const std::string& name, Pass pass, int l, TensorId x,
+                                      int64_t n, int64_t k, const std::vector<TensorId>& reads,
+                                      TensorId out) {
+    if (!tp_overlap()) {
+      TensorId full = tp_gather(name, pass, l, x);
+      std::vector<TensorId> r = {full};
+      r.insert(r.end(), reads.begin(), reads.end());
+      node(name, gemm(T_, n, k, md_), pass, l, r, {out});
+      return {full};
+    }
+    // The copy engines pass the blocks round the ring; the product takes each block as it comes
+    // (TE runs its pieces on several streams, so together they fill the device as one product).
+    OneCall call(g_);
+    const double block = double(Tn_) * k;
+    std::vector<TensorId> blocks = {x};
+    for (int j = 1; j < tp_; ++j) {
+      std::string shift = fmt::format("{}.tp_ring{}", name, j);
+      TensorId b = act(shift + ".out", block);
+      StepVertex v = comm(shift, CollectiveKind::SendRecv, ParallelGroup::TP, block * e_, false,
+                          false, pass, l, {blocks.back()}, {b});
+      g_.dag[v].comm->copy_engine = true;
+      call.add(v);
+      blocks.push_back(b);
+    }
+    std::vector<TensorId> r = blocks;
+    r.insert(r.end(), reads.begin(), reads.end());
+    StepVertex v = node(name, gemm(T_, n, k, md_), pass, l, r, {out});
+    g_.dag[v].paced_by_inputs = true;
+    call.add(v);
+    return blocks;
+  }
+
+  // A row-parallel product C[T, n] = A[T, k] W (`reads`: A and W) whose output holds partial
+  // sums over tp, reduce-scattered into this rank's T/tp tokens; returns that tensor. Without
+  // overlap: the product, then one reduce-scatter. With overlap, TE's pipelined split: the
+  // product runs in kTpOverlapSplits pieces of rows, and each piece's partial sums are
+  // reduce-scattered on the tp stream while the next piece runs; the result is ready when the
+  // last piece's reduce-scatter ends.
+  static constexpr int kTpOverlapSplits = 4;  // TE's num_splits for the pipelined reduce-scatter
+  TensorId reduced_gemm(const std::string& name, Pass pass, int l, int64_t n, int64_t k,
+                        const std::vector<TensorId>& reads) {
+    TensorId partial = act(name + ".out", double(T_) * n);
+    if (!tp_overlap() || T_ < kTpOverlapSplits) {
+      node(name, gemm(T_, n, k, md_), pass, l, reads, {partial});
+      return tp_reduce(name, pass, l, partial);
+    }
+    OneCall call(g_);
+    TensorId out = act(name + ".tp_reduce_scatter.out", double(Tn_) * n);
+    for (int p = 0; p < kTpOverlapSplits; ++p) {
+      int64_t rows = T_ * (p + 1) / kTpOverlapSplits - T_ * p / kTpOverlapSplits;
+      std::vector<TensorId> none, mine = {partial}, result = {out};
+      call.add(node(name, gemm(rows, n, k, md_), pass, l, reads, p == 0 ? mine : none,
+                    p == 0 ? none : mine));
+      call.add(comm(fmt::format("{}.tp_reduce_scatter{}", name, p), CollectiveKind::ReduceScatter,
+                    ParallelGroup::TP, double(rows) * n * e_, false, false, pass, l, {partial},
+                    p == 0 ? result : none, p == 0 ? none : result));
+    }
+    return out;
+  }
+
+  // The nodes of one framework call: the host issues the first, which launches the rest.
+  struct OneCall {
+    StepGraph& g;
+    bool started = false;
+    explicit OneCall(StepGraph& graph) : g(graph) {}
+    void add(StepVertex v) {
+      g.dag[v].launched_with_previous = started;
+      started = true;
+    }
+  };
 
   // ---- model state ---------------------------------------------------------------------------
 
@@ -606,10 +693,9 @@ class Builder {
     node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, Wt}, {a.ln1_out, a.ln1_stats});
 
     TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
-    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", sfx), pass, l, ln1_in);
     a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
-    node(nm(l, "attn.qkv", sfx), gemm(T_, qkvw_r_, h, md_), pass, l, {ln1_full, a.qkv_w}, {qkv});
+    gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv);
     if (m_.positions == PositionType::Rotary) {
       // Rotates queries and keys (x cos + rot(x) sin); values pass through.
       int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
@@ -624,11 +710,9 @@ class Builder {
     attention_core(l, sfx, pass, a);
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
-    TensorId proj = act(nm(l, "attn.proj", sfx) + ".out", double(T_) * h);
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
-    node(nm(l, "attn.proj", sfx), gemm(T_, h, attnw_r_, md_), pass, l, {a.attn_out, a.proj_w},
-         {proj});
-    proj = tp_reduce(nm(l, "attn.proj", sfx), pass, l, proj);
+    TensorId proj =
+        reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.attn_out, a.proj_w});
     TensorId branch = dropout(l, "attn.dropout", sfx, pass, proj, a.mask1);
     a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh, re_);
     node(nm(l, "attn.residual", sfx), residual_add(false), pass, l, {x, branch}, {a.x_mid});
@@ -642,20 +726,15 @@ class Builder {
       mlp_out = moe_forward(l, sfx, pass, ln2_full, a);
     } else {
       TensorId ln2_in = cast(nm(l, "mlp.fc1.cast_in", sfx), pass, l, a.ln2_out, Tnh, true);
-      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", sfx), pass, l, ln2_in);
       a.fc1_w = weight_copy(nm(l, "mlp.fc1.cast_weight", sfx), pass, l, Wt, fc1_params(), m_.bias);
       a.fc1_out = act(nm(l, "mlp.fc1", sfx) + ".out", double(T_) * fc1w_r_);
-      node(nm(l, "mlp.fc1", sfx), gemm(T_, fc1w_r_, h, md_), pass, l, {ln2_full, a.fc1_w},
-           {a.fc1_out});
+      gathered_gemm(nm(l, "mlp.fc1", sfx), pass, l, ln2_in, fc1w_r_, h, {a.fc1_w}, a.fc1_out);
       a.act_out = act(nm(l, "mlp.act", sfx) + ".out", double(T_) * ffn_r_);
       node(nm(l, "mlp.act", sfx),
            make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * ffn_r_, ad_), pass,
            l, {a.fc1_out}, {a.act_out});
-      mlp_out = act(nm(l, "mlp.fc2", sfx) + ".out", double(T_) * h);
       a.fc2_w = weight_copy(nm(l, "mlp.fc2.cast_weight", sfx), pass, l, Wt, fc2_params(), m_.bias);
-      node(nm(l, "mlp.fc2", sfx), gemm(T_, h, ffn_r_, md_), pass, l, {a.act_out, a.fc2_w},
-           {mlp_out});
-      mlp_out = tp_reduce(nm(l, "mlp.fc2", sfx), pass, l, mlp_out);
+      mlp_out = reduced_gemm(nm(l, "mlp.fc2", sfx), pass, l, h, ffn_r_, {a.act_out, a.fc2_w});
     }
     TensorId branch2 = dropout(l, "mlp.dropout", sfx, pass, mlp_out, a.mask2);
     a.y = act(nm(l, "mlp.residual", sfx) + ".out", Tnh, re_);
@@ -740,13 +819,19 @@ class Builder {
   // buffer; `piece` parameters of group `gi` are then complete. A linear layer with a bias also
   // sums dY over the tokens: a reduction kernel of its own, which reads all of dY (autograd's
   // sum for a broadcast bias; Megatron's fused bias-GeLU and bias-dropout-add leave it too).
+  // `dy_parts`: the tensors holding dY (one, or the blocks of a ring exchange; the last is
+  // the one written last).
   void weight_grad(const std::string& name, int l, int64_t m, int64_t n, int64_t k, TensorId x,
-                   TensorId dy, int gi, int64_t piece, int64_t batch = 1, bool bias = false) {
+                   const std::vector<TensorId>& dy_parts, int gi, int64_t piece,
+                   int64_t batch = 1, bool bias = false) {
+    const TensorId dy = dy_parts.back();
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
     Op product = gemm(m, n, k, md_, batch);
     std::get<GemmOp>(product.body).accumulate_fp32 = ga_ == GradAccumulation::Fused;
-    node(name, product, Pass::BackwardWeight, l, {x, dy}, allocs, writes);
+    std::vector<TensorId> reads = {x};
+    reads.insert(reads.end(), dy_parts.begin(), dy_parts.end());
+    node(name, product, Pass::BackwardWeight, l, reads, allocs, writes);
     // The nodes below update the same gradient buffer; "layer0.mlp.fc1.bwd_weight" names them
     // "layer0.mlp.fc1.bwd_bias" and ".bwd_weight_cast".
     std::vector<TensorId> grads = writes;
@@ -820,11 +905,10 @@ class Builder {
       d_fc2 = tp_gather(nm(l, "moe.unpermute", "bwd"), BI, l, d_fc2);
       d_ln2 = moe_backward(l, a, d_fc2);
     } else {
-      d_fc2 = tp_gather(nm(l, "mlp.fc2", "bwd_input"), BI, l, d_fc2);
       TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
-      node(nm(l, "mlp.fc2", "bwd_input"), gemm(T_, ffn_r_, h, md_), BI, l,
-           {d_fc2, ac_ ? a.fc2_w : Wt}, {d_act});
-      weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2, gi,
+      std::vector<TensorId> d_fc2_full = gathered_gemm(nm(l, "mlp.fc2", "bwd_input"), BI, l, d_fc2,
+                                                       ffn_r_, h, {ac_ ? a.fc2_w : Wt}, d_act);
+      weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2_full, gi,
                   fc2_params(), 1, m_.bias);
       TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * fc1w_r_);
       node(nm(l, "mlp.act", "bwd"),
@@ -835,10 +919,15 @@ class Builder {
       d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", double(T_) * h);
       node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l,
            {d_fc1, ac_ ? a.fc1_w : Wt}, {d_ln2});
-      d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2);
+      // With overlap, TE's bulk overlap: the reduce-scatter runs beside the weight gradient.
+      d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2, !tp_overlap());
+      auto fc1_wgrad = [&] {
+        weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, {d_fc1}, gi,
+                    fc1_params(), 1, m_.bias);
+      };
+      if (tp_overlap()) fc1_wgrad();
       d_ln2 = cast(nm(l, "mlp.fc1", "bwd_cast"), BI, l, d_ln2, Tnh, false);
-      weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, d_fc1, gi,
-                  fc1_params(), 1, m_.bias);
+      if (!tp_overlap()) fc1_wgrad();
     }
     TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
     TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh, re_);
@@ -851,11 +940,11 @@ class Builder {
       node(nm(l, "attn.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
            {d_branch, a.mask1}, {d_proj});
     }
-    d_proj = tp_gather(nm(l, "attn.proj", "bwd_input"), BI, l, d_proj);
     TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
-    node(nm(l, "attn.proj", "bwd_input"), gemm(T_, attnw_r_, h, md_), BI, l,
-         {d_proj, ac_ ? a.proj_w : Wt}, {d_attn});
-    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj, gi,
+    std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
+                                                      d_proj, attnw_r_, h,
+                                                      {ac_ ? a.proj_w : Wt}, d_attn);
+    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj_full, gi,
                 proj_params(), 1, m_.bias);
 
     LayerActs core = a;
@@ -906,10 +995,14 @@ class Builder {
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
-    d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1);
+    d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1, !tp_overlap());
+    auto qkv_wgrad = [&] {
+      weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, qkvw_r_, T_, ln1_full, {d_qkv}, gi,
+                  qkv_params(), 1, m_.bias);
+    };
+    if (tp_overlap()) qkv_wgrad();
     d_ln1 = cast(nm(l, "attn.qkv", "bwd_cast"), BI, l, d_ln1, Tnh, false);
-    weight_grad(nm(l, "attn.qkv", "bwd_weight"), l, h, qkvw_r_, T_, ln1_full, d_qkv, gi,
-                qkv_params(), 1, m_.bias);
+    if (!tp_overlap()) qkv_wgrad();
     TensorId d_ln1_in = norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, Wt);
     TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh, re_);
     node(nm(l, "attn.residual", "bwd"), residual_add(true), BI, l, {d_mid, d_ln1_in}, {dx});
@@ -932,7 +1025,7 @@ class Builder {
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Tk) * effn_r_);
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
-    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, d_out, ge,
+    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, {d_out}, ge,
                 efc2_params(), experts_local_, m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Tk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
@@ -942,7 +1035,7 @@ class Builder {
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Tk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
-    weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, d_fc1,
+    weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
                 ge, efc1_params(), experts_local_, m_.bias);
     TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp);
     TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(T_) * h);
@@ -956,7 +1049,7 @@ class Builder {
     node(nm(l, "moe.router", "bwd_input"), gemm(T_, h, E, md_), BI, l, {d_logits, Wt},
          {d_router});
     TensorId ln2_full = tp_gather(nm(l, "moe.router", "bwd_weight"), BI, l, a.ln2_out, false);
-    weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, T_, ln2_full, d_logits, gi,
+    weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, T_, ln2_full, {d_logits}, gi,
                 router_params());
     TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(T_) * h);
     node(nm(l, "moe.router", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l, {d_in, d_router},
@@ -1048,7 +1141,7 @@ class Builder {
       d_xf = tp_reduce("lm_head.bwd_input", BI, -1, d_xf);
       d_xf = cast("lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
       TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
-      weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, d_logits, head_,
+      weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, {d_logits}, head_,
                   head_ == embed_ ? 0 : vocab_r_ * h);
       gather(final_norm_, 3, BI);
       dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));

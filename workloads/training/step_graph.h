@@ -68,6 +68,9 @@ struct CommSpec {
   bool blocking = true;
   /// Only on the optimizer step's last micro-batch (the DP gradient sync), not every one.
   bool once_per_step = false;
+  /// Moved by the copy engines (peer-to-peer copies, as Transformer Engine's ring exchange does):
+  /// it takes memory bandwidth but no compute units from the work it overlaps.
+  bool copy_engine = false;
 };
 
 struct StepNode {
@@ -84,6 +87,13 @@ struct StepNode {
   /// Runs on every micro-batch of a step but the first (PyTorch's AccumulateGrad: the first
   /// micro-batch's gradient becomes `.grad`, later ones are added to it in place).
   bool after_first_micro_batch = false;
+  /// Launched by the framework call of an earlier node (a split product and its collectives
+  /// are one Transformer Engine call): the host spends nothing more on it.
+  bool launched_with_previous = false;
+  /// A product over blocks of its input that arrive one by one (Transformer Engine's ring
+  /// exchange, its pieces on several streams): with its non-blocking collective inputs in order,
+  /// the work on block i (of those inputs + 1, the first local) can start once input i is in.
+  bool paced_by_inputs = false;
   std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
 };
 
