@@ -387,3 +387,38 @@ TEST(ClusterRun, TpCommOverlapHidesMostTensorParallelCommunication) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// NCCL's receive buffers count in a rank's memory: 9.19 MiB per connection (Simple 4 MiB, LL128
+// 4,915,200 B, LL 512 KiB), one per channel of a communicator's ring, three more per channel for
+// the trees of one that spans nodes.
+TEST(ClusterRun, CommunicatorsHoldNcclBuffers) {
+  const double conn = 4194304.0 + 4915200.0 + 524288.0;
+  Job one = one_device(1, 1);
+  ClusterResult r1 = one.run();
+  EXPECT_EQ(r1.stages[0].comm_buffers, 0.0);
+
+  Job tp;
+  tp.model = load_model("gpt3-1.3b", {"seq_len=1024"});
+  tp.setup = load_training_string("micro_batch: 1\nglobal_batch: 1\ntp: 8\n", "training.yaml");
+  tp.gpus = 8;
+  ClusterResult r8 = tp.run();
+  const int channels = tp.system.tuning.channels;  // 24 on DGX A100
+  EXPECT_DOUBLE_EQ(r8.stages[0].comm_buffers, channels * conn);
+  double classes = 0;
+  for (double b : r8.stages[0].memory) classes += b;
+  EXPECT_NEAR(r8.stages[0].peak_memory - classes, r8.stages[0].comm_buffers, 1.0);
+
+  // Two nodes: tp 8 in each node, dp 2 across them (ring + trees), no pipeline.
+  Job dp;
+  dp.model = tp.model;
+  dp.setup = load_training_string("micro_batch: 1\nglobal_batch: 2\ntp: 8\ndp: 2\n", "training.yaml");
+  dp.gpus = 16;
+  ClusterResult r16 = dp.run();
+  EXPECT_DOUBLE_EQ(r16.stages[0].comm_buffers, channels * conn * (1 + 4));
+}
+
+}  // namespace
+}  // namespace memwall

@@ -84,12 +84,13 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   const auto& b = worst->memory;
   out += fmt::format(
       "memory    per GPU {:.1f} of {:.1f} GiB on stage {}, {}   weights {:.1f}  grads {:.1f}  "
-      "optimizer {:.1f}  activations {:.1f} ({} micro-batches in flight)  workspace {:.1f}\n",
+      "optimizer {:.1f}  activations {:.1f} ({} micro-batches in flight)  workspace {:.1f}  "
+      "comm buffers {:.1f}\n",
       worst->peak_memory / kGiB, r.capacity.count() / kGiB, worst->stage,
       r.fits() ? "fits" : "DOES NOT FIT", b[int(TensorClass::Weights)] / kGiB,
       b[int(TensorClass::Gradients)] / kGiB, b[int(TensorClass::Optimizer)] / kGiB,
       b[int(TensorClass::Activations)] / kGiB, worst->max_in_flight,
-      b[int(TensorClass::Workspace)] / kGiB);
+      b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB);
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
   std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
@@ -161,7 +162,8 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
                         {"gradients_gib", b[int(TensorClass::Gradients)] / kGiB},
                         {"optimizer_gib", b[int(TensorClass::Optimizer)] / kGiB},
                         {"activations_gib", b[int(TensorClass::Activations)] / kGiB},
-                        {"workspace_gib", b[int(TensorClass::Workspace)] / kGiB}}}});
+                        {"workspace_gib", b[int(TensorClass::Workspace)] / kGiB},
+                        {"comm_buffers_gib", s.comm_buffers / kGiB}}}});
   }
   nlohmann::json time_by_class;
   for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})

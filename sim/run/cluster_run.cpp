@@ -1005,8 +1005,44 @@ class ClusterSim {
       st.memory = state;
       st.memory[int(TensorClass::Activations)] += best_saved;
       st.memory[int(TensorClass::Workspace)] += best_ws;
-      st.peak_memory = persistent + std::max(0.0, best);
+      st.comm_buffers = comm_buffer_bytes(s);
+      st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
     }
+  }
+
+  // NCCL's buffers on a rank of stage s. Every connection a communicator opens holds a receive
+  // buffer per protocol; with NCCL's defaults (2.18-2.21: Simple NCCL_BUFFSIZE 4 MiB; LL128
+  // 120 elements x 640 threads x 8 steps x 8 B; LL 8 lines x 512 threads x 8 steps x 16 B)
+  // that is 9.19 MiB. A collective communicator opens one per channel for its ring and, when
+  // it spans nodes, three more per channel for its trees (parent and two children); point-to-
+  // point peers (pipeline neighbours, expert all-to-all) get two channels each
+  // (NCCL_NCHANNELS_PER_NET_PEER). NCCL 2.22+ connects lazily and holds only what runs.
+  double comm_buffer_bytes(int s) const {
+    constexpr double kPerConnection = 4194304.0 + 4915200.0 + 524288.0;
+    constexpr double kChannelsPerPeer = 2;
+    const double channels = sys_.tuning.channels;
+    double total = 0;
+    auto collective = [&](ParallelGroup g) {
+      auto groups = layout_.all_groups(g, s, -1);
+      if (groups.empty() || groups.front().size() < 2) return;
+      std::set<int> nodes;
+      for (int d : groups.front()) nodes.insert(d / sys_.gpus_per_node);
+      total += channels * (1 + (nodes.size() > 1 ? 3 : 0)) * kPerConnection;
+    };
+    auto peers = [&](double n) { total += n * kChannelsPerPeer * kPerConnection; };
+    collective(ParallelGroup::TP);
+    collective(ParallelGroup::DP);
+    collective(ParallelGroup::CP);
+    if (m_.moe() && p_.ep > 1) {
+      peers(p_.ep - 1);
+      collective(ParallelGroup::EDP);
+    }
+    if (p_.pp > 1) {
+      // Interleaving wraps the pipeline round: the first and last stages talk too.
+      bool ring = p_.vpp > 1;
+      peers(double((s > 0 || ring) ? 1 : 0) + double((s < p_.pp - 1 || ring) ? 1 : 0));
+    }
+    return total;
   }
 
   void flops(ClusterResult& r) {

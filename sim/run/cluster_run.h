@@ -62,6 +62,8 @@ struct StageResult {
   std::array<Time, kParallelGroups> exposed{};  ///< compute waits per group
   int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak
   ClassBytes memory{};        ///< per-rank peak breakdown (TensorClass order)
+  /// NCCL's buffers for the rank's communicators, bytes (in peak_memory, not in `memory`).
+  double comm_buffers = 0;
   double peak_memory = 0;     ///< bytes
   struct Span {
     std::string track, name;
