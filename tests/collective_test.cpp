@@ -547,3 +547,43 @@ TEST(CollectiveKinds, ACopyEngineCopyIsWireLatencyPlusBytesAtTheLinkRate) {
   bad.copy_engine = true;
   EXPECT_THROW(net.run(bad, Time::us(200)), std::invalid_argument);
 }
+
+TEST(CollectiveContention, EcmpFlowsCollideOnSpinesAMergedCoreSpreadsThem) {
+  // 8 DGX H100 nodes on leaves of 4 down ports: each rail has two leaves, nodes 0-3 and 4-7.
+  // Every device of nodes 0-3 sends to its rail peer four nodes on: 4 flows per rail cross from
+  // one leaf to the other, through an uplink of 4 NICs' capacity.
+  const double S = 64.0 * (1 << 20);
+  std::vector<std::vector<int>> flows;
+  for (int d = 0; d < 32; ++d) flows.push_back({d, d + 32});
+  auto run = [&](int spines) {
+    SystemSpec s = load_system("dgx-h100", {"scale_out.switch_radix=8",
+                                            fmt::format("scale_out.spines={}", spines)});
+    Network net(s, 64);
+    CollectiveRequest r = request(CollectiveKind::SendRecv, flows, S);
+    r.copy_engine = true;
+    auto res = net.run(r, Time::zero());
+    // The most loaded link bounds the time: flows through it x S / its rate.
+    const Topology& t = net.topology();
+    std::map<int, int> load;
+    for (const auto& f : flows)
+      for (int id : t.route(f[0], f[1])) load[id]++;
+    double bound = 0;
+    for (auto [id, n] : load) bound = std::max(bound, n * S / t.link(id).bandwidth.bps());
+    return std::make_pair(res.duration().sec(), bound);
+  };
+  auto [merged, merged_bound] = run(0);
+  auto [ecmp, ecmp_bound] = run(4);
+  double nic = load_system("dgx-h100").scale_out.nic.effective_bandwidth().bps();
+  std::printf("64 MiB x 32 flows across leaves: merged core %.3f ms, 4 spines (ECMP) %.3f ms\n",
+              merged * 1e3, ecmp * 1e3);
+  // A merged core carries all four of a rail's flows at the NICs' rate.
+  EXPECT_NEAR(merged_bound, S / nic, 1e-12);
+  // ECMP: some spine link takes two or more of a rail's four flows (a collision-free hash of 4
+  // flows onto 4 spines is possible but these endpoints collide); the time follows the most
+  // loaded link.
+  EXPECT_GT(ecmp_bound, 1.5 * merged_bound);
+  for (auto [t, b] : {std::make_pair(merged, merged_bound), std::make_pair(ecmp, ecmp_bound)}) {
+    EXPECT_GE(t, b);
+    EXPECT_LE(t, 1.05 * b + 20e-6);
+  }
+}

@@ -281,23 +281,26 @@ struct Network::Impl {
       // gets half the link (it takes up to 2 x wire) and the backlog ends that much later (work
       // is conserved). So a pipeline send is not held up for the whole of a gradient all-reduce
       // reserved on the same NIC before it, as NCCL's channels interleave on the wire.
-      // Messages of this request queue behind each other (`own`); work committed by earlier
-      // requests (`ext`) is shared with.
+      // Messages of this request finish behind each other (`own`: when the link has carried
+      // every byte issued to it so far); work committed by earlier requests (`ext`) is shared
+      // with. A message's head is not held by the queue: the link's capacity is shared (fluid),
+      // so flows that trickle in from slower links share a faster (aggregated) link at once,
+      // and only its total demand, not the order, delays their tails.
       Time start = max(head, s.own);
       Time backlog = s.ext > start ? s.ext - start : Time::zero();
       Time shared = min(wire, backlog);
       Time end = max(start + wire + shared, tail);
       s.ext = s.ext + shared;
-      s.own = end;
+      s.own = start + wire + shared;
       if (first_end && id == path.front()) *first_end = end;
       s.busy += wire;
       s.bytes += bytes;
       auto& u = res->per_class[l.cls];
       u.busy += wire;
       u.bytes += bytes;
-      head = start + l.latency;
-      tail = end + l.latency;
       head_out = start + l.latency + (grain > 0 ? min(wire, Bytes(grain) / rate) : wire);
+      head = head + l.latency;
+      tail = end + l.latency;
       wire_latency += l.latency;
     }
     events += long(path.size());
@@ -528,8 +531,8 @@ struct Network::Impl {
             Time shared = min(hp.wire, backlog);
             Time end = max(start + hp.wire + shared, tail);
             st.ext = st.ext + shared;
-            st.own = end;
-            head = start + hp.latency;
+            st.own = start + hp.wire + shared;  // as send_path
+            head = head + hp.latency;
             tail = end + hp.latency;
           }
           nxt[succ[k]] = tail + extra[k];

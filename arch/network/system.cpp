@@ -130,6 +130,16 @@ const Schema& scale_out_schema() {
         }(),
         param("switch_latency", ParamType::Time, "s", "300 ns",
               "Added per traversal of a leaf or core switch."),
+        [] {
+          ParamSpec p = param(
+              "spines", ParamType::Int, "count", "0",
+              "Spine switches above the leaves, each leaf linked to each with 1/spines of its "
+              "uplink capacity; a flow between leaves takes the spine its NICs hash to (static "
+              "ECMP), so flows collide. 0: one merged core every flow shares (adaptive routing, "
+              "packet spraying).");
+          p.min = 0;
+          return p;
+        }(),
         param("in_network_reduction", ParamType::Bool, "", "false",
               "The leaf and core switches reduce and multicast (SHARP; NCCL's CollNet and "
               "multi-node NVLS): all-reduces over nodes may reduce in the network."),
@@ -302,6 +312,7 @@ SystemSpec system_from_config(const Config& c) {
   s.scale_out.switch_latency = out.get_time("switch_latency");
   s.scale_out.dims = parse_dims(out, "dims");
   s.scale_out.in_network_reduction = out.get_bool("in_network_reduction");
+  s.scale_out.spines = int(out.get_int("spines"));
   if (s.scale_out.in_network_reduction &&
       s.scale_out.topology != ScaleOutTopology::RailOptimized &&
       s.scale_out.topology != ScaleOutTopology::FatTree)

@@ -20,8 +20,8 @@
 //   - none:           no scale-out network (one node only).
 // `in_network_reduction` says the leaf and core switches reduce (SHARP).
 // A leaf has `switch_radix / 2` down ports; its uplink capacity is its down capacity divided by
-// `oversubscription`. The spine layer is merged into one core vertex (capacity is kept, ECMP
-// collisions are not modelled).
+// `oversubscription`. The spine layer is one merged core vertex (capacity kept, flows spread
+// perfectly) or, with `spines`, that many spines with flows placed by a static ECMP hash.
 //
 // Loading follows the model presets: `load_system("dgx-h100", {"scale_out.nic.bandwidth=200 Gb/s"})`
 // reads configs/systems/dgx-h100.yaml with its `preset:` chain, applies the overrides, validates
@@ -63,6 +63,11 @@ struct ScaleOutSpec {
   /// The leaf and core switches reduce and multicast (SHARP on InfiniBand, used by NCCL's
   /// CollNet and multi-node NVLS algorithms): a member's shard crosses its NIC once each way.
   bool in_network_reduction = false;
+  /// Spine switches above the leaves (rail_optimized, fat_tree): each leaf has one link to each,
+  /// of 1/spines of its uplink capacity, and a flow between leaves takes the spine its NICs
+  /// hash to (static ECMP), so flows can collide. 0: one merged core whose capacity every flow
+  /// shares, as adaptive routing or packet spraying spread them.
+  int spines = 0;
   std::vector<int> dims;         ///< torus2d/torus3d: node grid, x fastest
 };
 

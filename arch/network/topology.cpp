@@ -135,12 +135,15 @@ Topology::Topology(const SystemSpec& system, int devices)
       add_pair(nic, leaf, out.nic, Time::zero(), out.switch_latency);
     }
   if (leaves > 1) {
-    core_ = add_vertex(VertexKind::Switch, -1, leaves);
-    Bandwidth up_bw = out.nic.effective_bandwidth() * double(down) / out.oversubscription;
+    // One merged core, or `spines` spines that split each leaf's uplink capacity.
+    const int tops = std::max(1, out.spines);
+    for (int k = 0; k < tops; ++k) spines_.push_back(add_vertex(VertexKind::Switch, -1, leaves + k));
+    core_ = spines_.front();
+    Bandwidth up_bw = out.nic.effective_bandwidth() * double(down) / out.oversubscription / tops;
     for (int l = 0; l < leaves; ++l) {
       int leaf = first_leaf + l;
       Time lat = out.nic.latency + out.switch_latency;
-      add_aggregate_pair(leaf, core_, out.nic.cls, up_bw, lat);
+      for (int top : spines_) add_aggregate_pair(leaf, top, out.nic.cls, up_bw, lat);
     }
   }
 }
@@ -205,6 +208,16 @@ std::vector<int> Topology::down_from_leaf(int device) const {
   return {find_link(leaf, nic), find_link(nic, device)};
 }
 
+int Topology::spine_for(int src_nic, int dst_nic) const {
+  if (spines_.size() <= 1) return core_;
+  // Static ECMP: a fixed hash of the flow's endpoints (splitmix64 of the NIC pair).
+  uint64_t x = pair_key(src_nic, dst_nic) + 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return spines_[x % spines_.size()];
+}
+
 int Topology::leaf_core_link(int leaf, bool up) const {
   if (core_ < 0) return -1;
   return up ? find_link(leaf, core_) : find_link(core_, leaf);
@@ -217,6 +230,8 @@ std::string Topology::vertex_name(int v) const {
     case VertexKind::Nic: return fmt::format("nic {}.{}", x.node, x.index);
     case VertexKind::Switch:
       if (x.node >= 0) return fmt::format("node {} switch", x.node);
+      if (spines_.size() > 1 && x.index >= int(g_[spines_.front()].index))
+        return fmt::format("spine {}", x.index - g_[spines_.front()].index);
       return v == core_ ? "core" : fmt::format("leaf {}", x.index);
   }
   return "?";
@@ -311,7 +326,8 @@ bool Topology::route_scale_out(int src, int dst, std::vector<int>& out) const {
     } else {
       int ls = nic_leaf_[ns - first_nic_vertex_], ld = nic_leaf_[nd - first_nic_vertex_];
       if (!append(ns, ls, out)) return false;
-      if (ls != ld && !(append(ls, core_, out) && append(core_, ld, out))) return false;
+      int top = spine_for(ns, nd);
+      if (ls != ld && !(append(ls, top, out) && append(top, ld, out))) return false;
       if (!append(ld, nd, out)) return false;
     }
   }

@@ -83,7 +83,7 @@ class Topology {
   /// a single leaf), the links up from the device to its leaf (device -> NIC -> leaf) and down
   /// (leaf -> NIC -> device), and the link between a leaf and the core, either way.
   int leaf_of(int device) const;
-  int core() const { return core_; }
+  int core() const { return core_; }  ///< the merged core, or the first spine
   std::vector<int> up_to_leaf(int device) const;
   std::vector<int> down_from_leaf(int device) const;
   int leaf_core_link(int leaf, bool up) const;
@@ -107,6 +107,8 @@ class Topology {
                    std::vector<int>& out) const;
   bool append(int from, int to, std::vector<int>& out) const;
   int device_vertex(int d, int) const { return d; }
+  /// The spine a flow from NIC vertex `src_nic` to `dst_nic` crosses (the core when merged).
+  int spine_for(int src_nic, int dst_nic) const;
   int nic_vertex_of_node(int node, int rail) const;
   std::string why_disconnected(int device) const;
 
@@ -120,6 +122,7 @@ class Topology {
   std::vector<int> nic_leaf_;      ///< per NIC vertex offset: leaf switch vertex
   int first_nic_vertex_ = -1;
   int core_ = -1;
+  std::vector<int> spines_;        ///< spine vertices (one: the merged core)
   int nics_ = 0;
   // Route cache: open addressing (linear probing, power-of-two capacity) from the (src, dst)
   // key to an index into a deque, whose elements never move (route() returns references).
