@@ -107,6 +107,13 @@ TEST(NetworkPresets, BadInputNamesTheKey) {
     EXPECT_NE(std::string(e.what()).find("class"), std::string::npos) << e.what();
   }
   EXPECT_THROW(load_system("dgx-h100", {"scale_up.link.bandwidth=fast"}), ConfigError);
+  EXPECT_THROW(load_system("dgx-h100", {"scale_out.spines=-1"}), ConfigError);
+  try {
+    load_system("dgx-h100", {"scale_out.topology=torus2d", "scale_out.dims=2x2", "scale_out.spines=4"});
+    FAIL() << "spines accepted on a torus network";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("spines"), std::string::npos) << e.what();
+  }
 }
 
 TEST(NetworkTopology, NodesRailsAndRoutes) {

@@ -313,6 +313,10 @@ SystemSpec system_from_config(const Config& c) {
   s.scale_out.dims = parse_dims(out, "dims");
   s.scale_out.in_network_reduction = out.get_bool("in_network_reduction");
   s.scale_out.spines = int(out.get_int("spines"));
+  if (s.scale_out.spines > 0 && s.scale_out.topology != ScaleOutTopology::RailOptimized &&
+      s.scale_out.topology != ScaleOutTopology::FatTree)
+    out.fail("spines", "spines sit above the leaves of a switched network (rail_optimized or "
+                       "fat_tree)");
   if (s.scale_out.in_network_reduction &&
       s.scale_out.topology != ScaleOutTopology::RailOptimized &&
       s.scale_out.topology != ScaleOutTopology::FatTree)
