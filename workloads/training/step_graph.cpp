@@ -324,6 +324,17 @@ class Builder {
 
   bool tp_overlap() const { return sp_ && p_.tp_comm_overlap; }
 
+  // The nodes of one framework call: the host issues the first, which launches the rest.
+  struct OneCall {
+    StepGraph& g;
+    bool started = false;
+    explicit OneCall(StepGraph& graph) : g(graph) {}
+    void add(StepVertex v) {
+      g.dag[v].launched_with_previous = started;
+      started = true;
+    }
+  };
+
   // A column-parallel product C[T, n] = X[T, k] W whose input `x` is this rank's T/tp tokens of
   // X (sequence parallelism), written into `out`; `reads` are its other inputs. Returns the
   // tensors that hold the gathered X (for a later reader such as the weight gradient).
@@ -390,17 +401,6 @@ class Builder {
     }
     return out;
   }
-
-  // The nodes of one framework call: the host issues the first, which launches the rest.
-  struct OneCall {
-    StepGraph& g;
-    bool started = false;
-    explicit OneCall(StepGraph& graph) : g(graph) {}
-    void add(StepVertex v) {
-      g.dag[v].launched_with_previous = started;
-      started = true;
-    }
-  };
 
   // ---- model state ---------------------------------------------------------------------------
 
