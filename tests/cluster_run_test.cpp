@@ -422,3 +422,29 @@ TEST(ClusterRun, CommunicatorsHoldNcclBuffers) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// A group's exposed time is the part of its collectives the compute stream waited for: never
+// more than their total. (The wait for the last gradient bucket before the optimizer was charged
+// to DP even when the last bucket was an expert-data-parallel one.)
+TEST(ClusterRun, NoGroupIsExposedLongerThanItRuns) {
+  Job j;
+  j.model = load_model("mixtral-8x7b", {"layers=32", "seq_len=1024"});
+  j.device = load_device("h100-sxm5-80gb");
+  j.system = load_system("dgx-h100");
+  j.setup = load_training_string(
+      "micro_batch: 1\nglobal_batch: 16\ntp: 2\ndp: 16\nep: 8\nsequence_parallel: true\n",
+      "training.yaml");
+  j.gpus = 32;
+  ClusterResult r = j.run();
+  ASSERT_GT(r.comm[int(ParallelGroup::EDP)].total.sec(), 0);
+  for (int g = 0; g < kParallelGroups; ++g) {
+    SCOPED_TRACE(parallel_group_name(ParallelGroup(g)));
+    EXPECT_LE(r.comm[g].exposed.sec(), r.comm[g].total.sec() * (1 + 1e-9) + 1e-12);
+  }
+}
+
+}  // namespace
+}  // namespace memwall

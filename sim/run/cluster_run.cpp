@@ -409,6 +409,7 @@ struct RankState {
   Time cpu;  // when the host has issued everything so far
   std::array<Time, kParallelGroups> stream_free{};
   Time async_end;  // latest end of any non-blocking collective issued so far
+  int async_group = int(ParallelGroup::DP);  // the group of that collective
   // Overlapped collectives in flight: [start, end) and the share of compute units they hold.
   struct UnitHold {
     Time start, end;
@@ -704,7 +705,10 @@ class ClusterSim {
         span(s, parallel_group_name(c.group), k.name, start, cr.end - start);
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;
-        rs.async_end = max(rs.async_end, cr.end);
+        if (cr.end > rs.async_end) {
+          rs.async_end = cr.end;
+          rs.async_group = g;
+        }
         // Copy engines move a ring exchange: no compute units, only memory bandwidth.
         hold_units(rs, cr, start, c.copy_engine ? 0 : sys_.tuning.channels);
         ends[i] = cr.end;
@@ -855,8 +859,10 @@ class ClusterSim {
       StageResult& st = result_->stages[s];
       Time t = rs.compute_free;
       if (rs.async_end > t) {
-        st.exposed[int(ParallelGroup::DP)] += rs.async_end - t;
-        result_->comm[int(ParallelGroup::DP)].exposed += (rs.async_end - t) / double(p_.pp);
+        // The wait is the last collective's: the data-parallel gradient sync, or with experts
+        // the expert-data-parallel one.
+        st.exposed[rs.async_group] += rs.async_end - t;
+        result_->comm[rs.async_group].exposed += (rs.async_end - t) / double(p_.pp);
         t = rs.async_end;
       }
       for (const CommSpec& c : rs.deferred) {
