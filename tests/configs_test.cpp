@@ -121,6 +121,16 @@ TEST(Configs, EveryExperimentLoads) {
   }
 }
 
+TEST(Configs, Gb200IsTheB200PackageAtGb200Peaks) {
+  // hardware.md S21: GB200 (1200 W) dense BF16 2500, FP8 5000 TFLOPS; B200 (1000 W) 2250, 4500.
+  auto gb = load_device("gb200"), b = load_device("b200-sxm-180gb");
+  EXPECT_NEAR(gb->compute().peak_matrix(DType::BF16).per_s() / 2500e12, 1.0, 0.005);
+  EXPECT_NEAR(gb->compute().peak_matrix(DType::FP8).per_s() / 5000e12, 1.0, 0.005);
+  EXPECT_EQ(gb->compute().units, b->compute().units);
+  EXPECT_NEAR(gb->memory().peak_bandwidth().bps(), b->memory().peak_bandwidth().bps(), 1.0);
+  EXPECT_NEAR(gb->memory().capacity().gib_value(), 186, 1e-9);
+}
+
 TEST(Configs, OverridesReachASystemNamedByPreset) {
   // `system: dgx-h100` is a preset name; `-p system.KEY=...` changes that preset's key.
   auto f = kConfigs / "experiments" / "cluster" / "gpt3-175b-on-1024-h100.yaml";

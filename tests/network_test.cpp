@@ -45,6 +45,7 @@ TEST(NetworkPresets, MatchHardwareCsv) {
       {"hgx-h200", LinkClass::NVLink, 18, 25},   {"dgx-b200", LinkClass::NVLink, 18, 50},
       {"mi300x-node", LinkClass::XGMI, 1, 64},  // one of 7 links, one per peer
       {"tpu-v4-torus", LinkClass::ICI, 1, 45},   // one of 6 links, one per neighbour
+      {"gb200-nvl72", LinkClass::NVLink, 18, 50},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.system);
@@ -59,6 +60,12 @@ TEST(NetworkPresets, MatchHardwareCsv) {
   // Node NICs: DGX A100 8 x 200 Gb/s = 1600 Gb/s; DGX H100 8 x 400 Gb/s = 3200 Gb/s.
   EXPECT_NEAR(load_system("dgx-a100").node_nic_bandwidth().bps() * 8 / 1e9, 1600, 1e-6);
   EXPECT_NEAR(load_system("dgx-h100").node_nic_bandwidth().bps() * 8 / 1e9, 3200, 1e-6);
+  // GB200 NVL72: 72 GPUs in one NVLink domain; rack egress 72 x 400 Gb/s = 3.6 TB/s.
+  SystemSpec nvl = load_system("gb200-nvl72");
+  EXPECT_EQ(nvl.gpus_per_node, 72);
+  EXPECT_EQ(nvl.device, "gb200");
+  EXPECT_NEAR(nvl.node_nic_bandwidth().bps() / 1e12, 3.6, 1e-9);
+  EXPECT_TRUE(nvl.scale_up.in_switch_reduction);
   EXPECT_TRUE(load_system("dgx-h100").scale_up.in_switch_reduction);
   EXPECT_FALSE(load_system("dgx-a100").scale_up.in_switch_reduction);
   SystemSpec mi = load_system("mi300x-node");

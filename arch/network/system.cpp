@@ -375,6 +375,7 @@ std::string standard_system_for_device(const std::string& device) {
   if (starts("h100-sxm")) return "dgx-h100";
   if (starts("h200")) return "hgx-h200";
   if (starts("b200")) return "dgx-b200";
+  if (starts("gb200")) return "gb200-nvl72";
   if (starts("mi300x")) return "mi300x-node";
   return "pcie-node";
 }
