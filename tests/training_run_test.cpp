@@ -240,6 +240,40 @@ TEST(TrainingRun, SmallKernelsBecomeHostBound) {
   }
 }
 
+// CUDA graphs: each layer's forward and backward is one launch, so a host-bound step pays the
+// host once per layer and pass plus the kernels outside the layers (embedding, LM head, loss,
+// optimizer), and never runs faster than its device work.
+TEST(TrainingRun, CudaGraphsIssueEachLayerPassOnce) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=64", "layers=4"});
+  const std::string base = "micro_batch: 1\nhost_overhead: 200 us\n";
+  StepGraph g = build_step_graph(m, setup(base + "cuda_graphs: true"));
+  int host_issued_in_layers = 0, outside = 0, outside_kernels_free = 0;
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(v);
+    if (!n.op) continue;
+    if (n.layer >= 0 && n.pass != Pass::Optimizer) host_issued_in_layers += !n.launched_with_previous;
+    else {
+      ++outside;
+      outside_kernels_free += n.launched_with_previous;
+    }
+  }
+  EXPECT_EQ(host_issued_in_layers, 2 * 4);  // one forward and one backward launch per layer
+  EXPECT_GT(outside, 0);
+  EXPECT_EQ(outside_kernels_free, 0);
+
+  SimRun eager = simulate(m, setup(base), Fidelity::Analytical);
+  SimRun graphs = simulate(m, setup(base + "cuda_graphs: true"), Fidelity::Analytical);
+  Time device;
+  for (const auto& n : graphs.result.nodes) device += n.time * double(n.executions);
+  EXPECT_LT(graphs.result.step_time.sec(), 0.5 * eager.result.step_time.sec());
+  EXPECT_GE(graphs.result.step_time.sec(), device.sec() * (1 - 1e-9));
+  // The launches left: 8 graphs plus every kernel outside the layers, 200 us each.
+  double outside_launches = 0;
+  for (const auto& n : graphs.result.nodes)
+    if (n.layer < 0 || n.pass == Pass::Optimizer) outside_launches += n.kernels * n.executions;
+  EXPECT_GE(graphs.result.step_time.sec(), (8 + outside_launches - 1) * 200e-6);
+}
+
 // The host issues what the mapping launches: unfused attention is a chain of batched GEMMs,
 // softmax and dropout kernels, FlashAttention-2's backward three kernels, a LayerNorm backward
 // two; every node's kernel count is what its simulation launched.

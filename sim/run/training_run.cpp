@@ -52,7 +52,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   // issue order.
   struct Issued {
     Time time;
-    int kernels;
+    int kernels;  ///< kernels the host issues itself (0: launched by an earlier call)
     bool after_first;
   };
   std::vector<Issued> mb_ops, opt_ops;
@@ -71,7 +71,8 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
                                    : 1;
     double runs = t.executions;
     device_time += o.time * runs;
-    (per_micro_batch ? mb_ops : opt_ops).push_back({o.time, t.kernels, n.after_first_micro_batch});
+    (per_micro_batch ? mb_ops : opt_ops)
+        .push_back({o.time, n.launched_with_previous ? 0 : t.kernels, n.after_first_micro_batch});
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
@@ -104,6 +105,10 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   auto issue = [&](const Issued& op) {
     const Time d = op.time;
     const int k = op.kernels;
+    if (k == 0) {  // launched by the call before it (a CUDA graph): the host spends nothing
+      gpu = max(gpu, cpu) + d;
+      return;
+    }
     gpu = max(max(gpu, cpu) + d, cpu + h * double(k - 1) + d / double(k));
     cpu += h * double(k);
   };

@@ -180,6 +180,11 @@ const Schema& training_schema() {
         "autograd and launch. Default measured: a host-bound eager training step issued 710 "
         "kernels in 33.3 ms (configs/validation/gpubase-h100-sxm5-80gb-2026-11-28). 0: a "
         "CUDA-graph-like launch."));
+    x.params.push_back(param(
+        "cuda_graphs", ParamType::Bool, "", "false",
+        "Each transformer layer's forward and backward run as captured CUDA graphs (Megatron's "
+        "--enable-cuda-graph): the host pays host_overhead once per layer and pass, not per "
+        "kernel; embedding, loss, optimizer and data-parallel hooks still issue per kernel."));
     return x;
   }();
   return s;
@@ -247,6 +252,7 @@ TrainingSetup training_from_config(const Config& c) {
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
   par.comm_uses_units = c.get_bool("comm_uses_units");
   t.host_overhead = c.get_time("host_overhead");
+  t.cuda_graphs = c.get_bool("cuda_graphs");
   t.vocab_padding = c.get_int("vocab_padding");
   t.autocast = c.get_bool("autocast");
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)

@@ -49,6 +49,11 @@ struct TrainingSetup {
   /// small kernels is host-bound. Default: 47 us per kernel, measured on a host-bound eager
   /// PyTorch step (configs/validation/README.md).
   Time host_overhead = Time::us(47);
+  /// Each transformer layer's forward and backward run as captured CUDA graphs (Megatron's
+  /// --enable-cuda-graph, Transformer Engine's make_graphed_callables): the host pays
+  /// host_overhead once per layer and pass (the graph launch), not once per kernel; the
+  /// embedding, loss, optimizer and data-parallel hooks still issue kernel by kernel.
+  bool cuda_graphs = false;
   /// The vocabulary is padded to a multiple of vocab_padding x tp rows (Megatron's
   /// --make-vocab-size-divisible-by, 128); 1: unpadded, as plain PyTorch and Hugging Face run
   /// it, where a vocabulary like GPT-2's 50257 leaves the LM head's rows unaligned.

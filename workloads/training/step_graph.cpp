@@ -222,8 +222,33 @@ class Builder {
     make_state();
     forward_and_backward();
     optimizer();
+    if (t_.cuda_graphs) capture_layers();
     compute_frees();
     return std::move(g_);
+  }
+
+  // CUDA graphs: a layer's forward (or its backward, with its recomputation) is one graph, so
+  // only the first node of each run of nodes of one layer and phase costs the host; the rest are
+  // launched with it. Data-parallel collectives are issued by the gradient hooks outside the
+  // graphs (they keep their host cost and do not break a run).
+  void capture_layers() {
+    int layer = -1;
+    bool backward = false;
+    for (std::size_t v = 0; v < g_.size(); ++v) {
+      StepNode& n = g_.dag[v];
+      const bool dp = n.comm && (n.comm->group == ParallelGroup::DP ||
+                                 n.comm->group == ParallelGroup::EDP);
+      if (dp || (!n.op && !n.comm)) continue;
+      const bool bwd = n.pass == Pass::BackwardInput || n.pass == Pass::BackwardWeight ||
+                       n.pass == Pass::Recompute;
+      if (n.layer < 0 || (n.pass != Pass::Forward && !bwd)) {
+        layer = -1;
+        continue;
+      }
+      n.launched_with_previous = n.layer == layer && bwd == backward;
+      layer = n.layer;
+      backward = bwd;
+    }
   }
 
  private:
