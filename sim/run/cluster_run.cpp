@@ -589,7 +589,7 @@ class ClusterSim {
     GroupComm& gc = result_->comm[int(g)];
     gc.count++;
     gc.bytes += bytes;
-    gc.algorithms[collective_algorithm_name(last_.algorithm)]++;
+    gc.algorithms[copy_engine ? "copy-engine" : collective_algorithm_name(last_.algorithm)]++;
     return last_;
   }
 
