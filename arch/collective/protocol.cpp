@@ -39,7 +39,9 @@ constexpr double kHwLatUs[3][3][3] = {
 
 Time in_network_latency(int members_per_node, bool nvls) {
   // NCCL tuning.cc hwLat: NVLS 25 us on NVLink and 18 us on the network; CollNetDirect 3.7 us on
-  // NVLink and 31 us on the network, plus its 0.4 us per member of arity serialisation.
+  // NVLink and 31 us on the network, plus its 0.4 us per member of arity serialisation. Written
+  // from NCCL 2.18-2.21's tuning.cc as remembered: no copy of the source was at hand to check.
+  // They only set Auto's choice and a fixed latency; bandwidth comes from the links.
   constexpr double kNvlsNvlinkUs = 25.0, kNvlsNetUs = 18.0;
   constexpr double kCollNetNvlinkUs = 3.7, kCollNetNetUs = 31.0, kArityUs = 0.4;
   if (nvls) return Time::us(kNvlsNvlinkUs + kNvlsNetUs);
