@@ -58,6 +58,20 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
   EXPECT_TRUE(has(trace, "\"tp\""));
 }
 
+// tp 4 over nodes of 6 devices: every third group of 4 straddles two nodes; the summary says so
+// (the layout runs: a 72-GPU rack with tp 16 is the real case).
+TEST_F(ClusterCli, TensorParallelGroupsAcrossNodesAreNamed) {
+  const std::string base =
+      "run --device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=2 --seq-len 256 --gpus 12 "
+      "--tp 4 --micro-batch 1 --global-batch 3 --fidelity analytical";
+  Result r = run(base + " --gpus-per-node 6");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "1 of 3 tensor-parallel groups span two nodes")) << r.out;
+  Result even = run(base + " --gpus-per-node 8");
+  ASSERT_EQ(even.status, 0) << even.err;
+  EXPECT_FALSE(has(even.out, "span two nodes")) << even.out;
+}
+
 TEST_F(ClusterCli, LayoutNotMatchingTheGpuCount) {
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 --tp 2 --pp 2 --dp 2",
              "training.dp", "is not the GPU count 16");

@@ -604,3 +604,26 @@ TEST(WorkloadParallel, Gpt3ChunksBuildInMilliseconds) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+TEST(WorkloadParallel, TensorParallelGroupsThatStraddleNodes) {
+  Parallelism p;
+  p.tp = 16;
+  p.dp = 9;
+  p.pp = 8;  // 1,152 devices, 72 groups of 16
+  // Racks of 72: within each run of 9 groups (144 ranks over two racks), the group of ranks
+  // 64-79 crosses from one rack into the next: 8 such groups in 1,152 ranks.
+  EXPECT_EQ(p.tp_groups_across_nodes(72), 8);
+  EXPECT_EQ(p.tp_groups_across_nodes(64), 0);
+  p.tp = 8;
+  p.dp = 18;
+  EXPECT_EQ(p.tp_groups_across_nodes(72), 0);
+  EXPECT_EQ(p.tp_groups_across_nodes(8), 0);
+  p.tp = 1;
+  EXPECT_EQ(p.tp_groups_across_nodes(8), 0);
+}
+
+}  // namespace
+}  // namespace memwall

@@ -104,6 +104,10 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     out += fmt::format(" {} busy {}", cls_name, pct(u));
   out += fmt::format("   {} collectives timed, {} distinct ops simulated\n", r.collectives,
                      r.distinct_ops);
+  if (int64_t across = p.tp_groups_across_nodes(r.gpus_per_node))
+    out += fmt::format("note      {} of {} tensor-parallel groups span two nodes ({} per node is "
+                       "not a multiple of tp {}): their collectives cross the scale-out network\n",
+                       across, p.devices() / p.tp, r.gpus_per_node, p.tp);
   if (r.stages.size() > 1) {
     std::size_t lw = 6;
     for (const auto& s : r.stages) lw = std::max(lw, s.layer_ranges().size());
@@ -178,6 +182,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
            {{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp}, {"vpp", p.vpp}, {"cp", p.cp}, {"ep", p.ep},
             {"sequence_parallel", p.sequence_parallel},
             {"tp_comm_overlap", p.sequence_parallel && p.tp_comm_overlap},
+            {"tp_groups_across_nodes", p.tp_groups_across_nodes(r.gpus_per_node)},
             {"zero_stage", p.zero_stage},
             {"schedule", pipeline_schedule_name(p.schedule)}}},
           {"fidelity", fidelity_name(r.fidelity)},

@@ -41,6 +41,10 @@ struct Parallelism {
   int64_t devices() const { return int64_t(tp) * cp * dp * pp; }
   /// Pipeline model chunks in total: pp x vpp.
   int chunks() const { return pp * vpp; }
+  /// Tensor-parallel groups (consecutive blocks of tp ranks) that span more than one node of
+  /// `gpus_per_node` devices: with tp <= gpus_per_node, those where gpus_per_node is not a
+  /// multiple of tp (tp 16 over 72-GPU racks). Their collectives cross the scale-out network.
+  int64_t tp_groups_across_nodes(int gpus_per_node) const;
 };
 
 /// A contiguous slice of the model that one pipeline rank runs as one model chunk: layers
