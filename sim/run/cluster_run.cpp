@@ -597,6 +597,13 @@ class ClusterSim {
     if (spans_) result_->stages[s].spans.push_back({track, name, start, dur});
   }
 
+  /// The compute stream of stage `st` waited `d` for group `g`: that stage's exposed time, and
+  /// the job's (the mean over stages).
+  void expose(StageResult& st, int g, Time d) {
+    st.exposed[g] += d;
+    result_->comm[g].exposed += d / double(p_.pp);
+  }
+
   /// Runs a program from `t` on stage s; returns when its compute stream is free.
   Time run_program(int s, const Program& P, Time t, bool first_micro_batch, bool last_micro_batch,
                    const char* what) {
@@ -626,8 +633,7 @@ class ClusterSim {
             wg = end_group[j];
           }
         if (w > t) {
-          st.exposed[wg] += w - t;
-          result_->comm[wg].exposed += (w - t) / double(p_.pp);
+          expose(st, wg, w - t);
           t = w;
         }
         if (k.kind == Task::Compute) {
@@ -654,8 +660,7 @@ class ClusterSim {
               }
             }
             if (paced > end) {  // the product waited for a block: exposed communication
-              st.exposed[pg] += paced - end;
-              result_->comm[pg].exposed += (paced - end) / double(p_.pp);
+              expose(st, pg, paced - end);
               end = paced;
             }
           }
@@ -693,8 +698,7 @@ class ClusterSim {
         const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, peer, t);
         Time d = cr.end - t;
         span(s, parallel_group_name(c.group), k.name, t, d);
-        st.exposed[g] += d;
-        result_->comm[g].exposed += d / double(p_.pp);
+        expose(st, g, d);
         result_->comm[g].total += d / double(p_.pp);
         t = cr.end;
         ends[i] = t;
@@ -803,8 +807,7 @@ class ClusterSim {
       Time wait = need - rs.compute_free;
       Time sent = transfer_start_[slot(it.micro_batch, gc, it.forward)];
       Time in_flight = min(wait, need - max(sent, rs.compute_free));
-      st.exposed[int(ParallelGroup::PP)] += in_flight;
-      result_->comm[int(ParallelGroup::PP)].exposed += in_flight / double(p_.pp);
+      expose(st, int(ParallelGroup::PP), in_flight);
     }
     bool last = it.micro_batch == mbs_ - 1;
     if (spans_) memory_sample(s, start, it, c.pass_peak);
@@ -861,16 +864,14 @@ class ClusterSim {
       if (rs.async_end > t) {
         // The wait is the last collective's: the data-parallel gradient sync, or with experts
         // the expert-data-parallel one.
-        st.exposed[rs.async_group] += rs.async_end - t;
-        result_->comm[rs.async_group].exposed += (rs.async_end - t) / double(p_.pp);
+        expose(st, rs.async_group, rs.async_end - t);
         t = rs.async_end;
       }
       for (const CommSpec& c : rs.deferred) {
         const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, s, t);
         Time d = cr.end - t;
         span(s, "dp", "gradient sync", t, d);
-        st.exposed[int(c.group)] += d;
-        result_->comm[int(c.group)].exposed += d / double(p_.pp);
+        expose(st, int(c.group), d);
         result_->comm[int(c.group)].total += d / double(p_.pp);
         t = cr.end;
       }
