@@ -94,6 +94,15 @@ TEST_F(ClusterCli, ExpertsNotDivisibleByEp) {
              "training.ep", "divisible");
 }
 
+TEST_F(ClusterCli, MoeRoutingNeedsExpertsAndABusiestRankAboveTheMean) {
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --ep 8 "
+             "--global-batch 16 -p training.moe_load_imbalance=0.9",
+             "training.moe_load_imbalance", "1");
+  expect_bad("run --device h100-sxm5-80gb --model gpt3-1.3b --gpus 8 "
+             "-p training.moe_capacity_factor=1.25",
+             "training.moe_capacity_factor", "dense");
+}
+
 TEST_F(ClusterCli, TopologyWithADisconnectedDevice) {
   // Two nodes and no scale-out network: the second node's devices cannot be reached.
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 "

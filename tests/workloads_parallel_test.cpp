@@ -527,6 +527,75 @@ TEST(WorkloadParallel, MixtureOfExpertsLayers) {
                ConfigError);
 }
 
+// Routing: the simulated expert-parallel rank is the busiest one. Dropless imbalance scales its
+// experts' products and its all-to-all traffic; a capacity factor pads every expert to exactly
+// that share (and drops beyond it). The dense part and the model FLOPs that MFU counts stay.
+TEST(WorkloadParallel, MoeImbalanceAndCapacityScaleTheBusiestRank) {
+  TransformerModel m = load_model("mixtral-8x7b");
+  m.layers = 2;
+  auto graph = [&](int ep, const std::string& routing) {
+    return build_step_graph(m, setup(par(2, 1, true, 8) + "ep: " + std::to_string(ep) +
+                                     "\nzero_stage: 1\n" + routing));
+  };
+  struct Split {
+    double experts = 0, rest = 0;
+  };
+  auto split = [](const StepGraph& g) {
+    Split s;
+    for (std::size_t v = 0; v < g.size(); ++v)
+      if (g.dag[v].op)
+        (g.dag[v].name.find(".moe.experts.") != std::string::npos ? s.experts : s.rest) +=
+            g.dag[v].op->flops();
+    return s;
+  };
+  auto a2a = [&](const StepGraph& g) { return comms(g)["fwd all-to-all ep"].bytes; };
+  const StepGraph base = graph(8, "");
+  const Split b = split(base);
+  ASSERT_GT(b.experts, 0);
+  struct Case {
+    std::string routing;
+    double load;  // the busiest rank's expert tokens over the balanced share
+  };
+  for (const Case& c : {Case{"moe_load_imbalance: 1.5", 1.5},
+                        Case{"moe_capacity_factor: 1.25", 1.25},
+                        Case{"moe_capacity_factor: 1.25\nmoe_load_imbalance: 2", 1.25},
+                        Case{"moe_capacity_factor: 0.5", 0.5}}) {
+    SCOPED_TRACE(c.routing);
+    StepGraph g = graph(8, c.routing);
+    expect_well_formed(g);
+    Split s = split(g);
+    EXPECT_NEAR(s.experts / b.experts, c.load, 1e-3);
+    EXPECT_DOUBLE_EQ(s.rest, b.rest);
+    EXPECT_NEAR(a2a(g) / a2a(base), c.load, 1e-3);
+    EXPECT_DOUBLE_EQ(model_flops_per_micro_batch(m, g.setup),
+                     model_flops_per_micro_batch(m, base.setup));
+  }
+  // With ep 1 a rank holds every expert and receives every routed token: imbalance changes
+  // nothing, padding still pads.
+  EXPECT_DOUBLE_EQ(split(graph(1, "moe_load_imbalance: 1.5")).experts, split(graph(1, "")).experts);
+  EXPECT_NEAR(split(graph(1, "moe_capacity_factor: 1.25")).experts / split(graph(1, "")).experts,
+              1.25, 1e-3);
+  // Imbalanced token counts are not multiples of 8, but tokens are never a row pitch: the
+  // experts' products stay aligned.
+  StepGraph odd = graph(8, "moe_load_imbalance: 1.3");
+  const auto& fc1 = std::get<GemmOp>(find(odd, "layer1.moe.experts.fc1.fwd")->op->body);
+  EXPECT_NE(fc1.m % 8, 0);
+  EXPECT_TRUE(gemm_aligned(fc1));
+  // Routing keys need experts, and the busiest rank cannot hold less than the mean.
+  for (const char* bad : {"moe_load_imbalance: 1.2", "moe_capacity_factor: 1"})
+    try {
+      build_step_graph(load_model("gpt3-1.3b"), setup(bad));
+      ADD_FAILURE() << bad << " accepted on a dense model";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("training.") +
+                                           std::string(bad).substr(0, std::string(bad).find(':'))),
+                std::string::npos)
+          << e.what();
+    }
+  EXPECT_THROW(setup("moe_load_imbalance: 0.8"), ConfigError);
+  EXPECT_THROW(setup("moe_capacity_factor: -1"), ConfigError);
+}
+
 TEST(WorkloadParallel, BadLayoutsNameTheKey) {
   TransformerModel m = load_model("gpt3-1.3b");  // 16 heads
   auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {

@@ -104,14 +104,18 @@ DType Op::dtype() const {
 
 bool gemm_aligned(const GemmOp& g) {
   int64_t v = std::max<int64_t>(1, static_cast<int64_t>(16 / dtype_bytes(g.dtype)));
-  return g.m % v == 0 && g.n % v == 0 && g.k % v == 0;
+  auto pitch_ok = [&](char dim, int64_t size) { return g.row_count_dim == dim || size % v == 0; };
+  return pitch_ok('m', g.m) && pitch_ok('n', g.n) && pitch_ok('k', g.k);
 }
 
 std::string Op::signature() const {
   return std::visit(
       overloaded{[](const GemmOp& g) {
-                   return fmt::format("gemm m={} n={} k={} batch={} {}{}", g.m, g.n, g.k, g.batch,
-                                      dtype_name(g.dtype), g.accumulate_fp32 ? " acc_fp32" : "");
+                   return fmt::format("gemm m={} n={} k={} batch={} {}{}{}", g.m, g.n, g.k,
+                                      g.batch, dtype_name(g.dtype),
+                                      g.accumulate_fp32 ? " acc_fp32" : "",
+                                      g.row_count_dim ? fmt::format(" rows={}", g.row_count_dim)
+                                                      : std::string());
                  },
                  [](const AttentionOp& a) {
                    return fmt::format(

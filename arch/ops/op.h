@@ -25,11 +25,15 @@ struct GemmOp {
   /// C += A B into an fp32 C that the kernel reads and writes (Megatron's fused weight-gradient
   /// accumulation into main_grad); false: C = A B written in `dtype`.
   bool accumulate_fp32 = false;
+  /// The dimension ('m', 'n' or 'k') that counts the rows of the stored operands, a batch of
+  /// vectors (tokens, in a transformer): it is never a row pitch, so its size needs no
+  /// alignment. 0: unknown layout, every dimension may be a pitch.
+  char row_count_dim = 0;
 };
 
-/// Whether every row of the operands and the output is a whole number of 16-byte vectors, in
-/// whatever layout the product is called with: m, n and k each a multiple of 16 B / element
-/// size (8 for bf16). Libraries need it for vector loads, cp.async and TMA
+/// Whether every row of the operands and the output is a whole number of 16-byte vectors: each
+/// dimension that may be a row pitch (m, n and k, except row_count_dim) a multiple of 16 B /
+/// element size (8 for bf16). Libraries need it for vector loads, cp.async and TMA
 /// (ComputeSpec::unaligned_matrix_efficiency).
 bool gemm_aligned(const GemmOp& g);
 

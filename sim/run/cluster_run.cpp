@@ -1053,16 +1053,17 @@ class ClusterSim {
   }
 
   void flops(ClusterResult& r) {
-    // MFU counts the model's algorithmic FLOPs (the unsharded graph), as Megatron reports.
+    // MFU counts the model's algorithmic FLOPs (the unsharded graph), as Megatron reports; HFU
+    // adds what the hardware runs beyond them: recomputation and the experts' padding.
     TrainingSetup one = t_;
     one.parallel = Parallelism{};
     one.global_batch = t_.micro_batch;
     StepGraph full = build_step_graph(m_, one);
-    double per_mb_model = full.flops(Pass::Forward) + full.flops(Pass::BackwardInput) +
-                          full.flops(Pass::BackwardWeight);
     double micro_batches_global = double(t_.global_batch) / double(t_.micro_batch);
-    r.model_flops = per_mb_model * micro_batches_global;
-    r.hardware_flops = (per_mb_model + full.flops(Pass::Recompute)) * micro_batches_global;
+    r.model_flops = model_flops_per_micro_batch(m_, t_) * micro_batches_global;
+    r.hardware_flops = (full.flops(Pass::Forward) + full.flops(Pass::BackwardInput) +
+                        full.flops(Pass::BackwardWeight) + full.flops(Pass::Recompute)) *
+                       micro_batches_global;
   }
 
   const TransformerModel& m_;

@@ -44,6 +44,8 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
   r.memory = memory_timeline(g);
+  r.model_flops =
+      model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
 
   OpSimulator sim(device, fidelity);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
@@ -80,7 +82,6 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     else r.latency_bound_time += o.time * runs;
     r.hardware_flops += o.flops * runs;
     r.launch_time += device.launch_overhead() * (o.kernels * runs);
-    if (n.pass != Pass::Recompute && n.pass != Pass::Optimizer) r.model_flops += o.flops * runs;
     mem_bytes += t.bytes.count() * runs;
     if (!o.levels.empty()) {
       const LevelResult& last = o.levels.back();

@@ -52,6 +52,9 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
   if (p.ep > 1 && !m.moe())
     fail("ep", fmt::format("ep ({}) needs a mixture-of-experts model; '{}' has no experts", p.ep,
                            m.name));
+  if (!m.moe() && (t.moe_load_imbalance != 1.0 || t.moe_capacity_factor != 0.0))
+    fail(t.moe_capacity_factor != 0.0 ? "moe_capacity_factor" : "moe_load_imbalance",
+         fmt::format("routes tokens to experts; '{}' is a dense model (no experts)", m.name));
   if (m.moe() && m.experts % p.ep != 0)
     fail("ep", fmt::format("experts ({}) must be divisible by ep ({}): each expert-parallel rank "
                            "holds the same number of experts",

@@ -185,9 +185,31 @@ const Schema& training_schema() {
         "Each transformer layer's forward and backward run as captured CUDA graphs (Megatron's "
         "--enable-cuda-graph): the host pays host_overhead once per layer and pass, not per "
         "kernel; embedding, loss, optimizer and data-parallel hooks still issue per kernel."));
+    ParamSpec imb = param(
+        "moe_load_imbalance", ParamType::Real, "ratio", "1",
+        "Mixture-of-experts, dropless routing: tokens the busiest expert-parallel rank receives "
+        "over the mean. The all-to-alls wait for that rank, so its experts' products, "
+        "activations and all-to-all traffic scale by this; 1: balanced. No effect with ep 1.");
+    imb.min = 1;
+    x.params.push_back(imb);
+    ParamSpec cap = param(
+        "moe_capacity_factor", ParamType::Real, "ratio", "0",
+        "Expert capacity factor (GShard, Switch, Megatron's --moe-expert-capacity-factor with "
+        "--moe-pad-expert-input-to-capacity): each expert takes at most this x its balanced "
+        "share of tokens, drops the rest and pads up to it, so every rank computes and "
+        "exchanges this x the balanced tokens; overrides moe_load_imbalance. 0: dropless.");
+    cap.min = 0;
+    x.params.push_back(cap);
     return x;
   }();
   return s;
+}
+
+std::string moe_routing_label(const TrainingSetup& t) {
+  if (t.moe_capacity_factor > 0) return fmt::format(" · expert capacity {:g}", t.moe_capacity_factor);
+  if (t.moe_load_imbalance != 1.0 && t.parallel.ep > 1)
+    return fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
+  return "";
 }
 
 GradAccumulation grad_accumulation_from_name(const std::string& name) {
@@ -255,6 +277,8 @@ TrainingSetup training_from_config(const Config& c) {
   t.cuda_graphs = c.get_bool("cuda_graphs");
   t.vocab_padding = c.get_int("vocab_padding");
   t.autocast = c.get_bool("autocast");
+  t.moe_load_imbalance = c.get_real("moe_load_imbalance");
+  t.moe_capacity_factor = c.get_real("moe_capacity_factor");
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
     c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));

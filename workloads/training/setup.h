@@ -65,6 +65,20 @@ struct TrainingSetup {
   /// accumulated into the parameters' gradients. Needs bf16 or fp16; not with tp or experts.
   bool autocast = false;
   GradAccumulation grad_accumulation = GradAccumulation::Autograd;
+  /// Mixture-of-experts routing, dropless: tokens the busiest expert-parallel rank receives,
+  /// over the mean (1: balanced). The all-to-alls wait for that rank, so the simulated rank is
+  /// the busiest one: its experts' products, their activations and its all-to-all traffic
+  /// scale by this. No effect with ep 1 (a rank holding every expert receives every token).
+  double moe_load_imbalance = 1.0;
+  /// Expert capacity factor (GShard, Switch, Megatron's --moe-expert-capacity-factor with
+  /// --moe-pad-expert-input-to-capacity): each expert takes at most this x its balanced share of
+  /// tokens, drops the rest, and its input is padded up to exactly that, so every rank computes
+  /// and exchanges this x the balanced tokens whatever the imbalance. 0: dropless.
+  double moe_capacity_factor = 0.0;
+  /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
+  double moe_load(int ep) const {
+    return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;
+  }
 
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).
@@ -77,6 +91,9 @@ struct TrainingSetup {
 };
 
 const char* precision_name(Precision p);
+/// " · moe load 1.30x" or " · expert capacity 1.25" for a summary's first line; empty when
+/// routing is dropless and balanced.
+std::string moe_routing_label(const TrainingSetup& t);
 const char* recompute_name(Recompute r);
 
 /// Schema of a `training:` section.

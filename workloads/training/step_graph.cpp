@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "workloads/parallel/check.h"
@@ -74,6 +75,16 @@ double StepGraph::flops(Pass pass) const {
   return f;
 }
 
+double model_flops_per_micro_batch(const TransformerModel& model, const TrainingSetup& setup) {
+  TrainingSetup one = setup;
+  one.parallel = Parallelism{};
+  one.global_batch = setup.micro_batch;
+  one.moe_capacity_factor = 0;
+  one.moe_load_imbalance = 1;
+  StepGraph g = build_step_graph(model, one);
+  return g.flops(Pass::Forward) + g.flops(Pass::BackwardInput) + g.flops(Pass::BackwardWeight);
+}
+
 double StepGraph::micro_batch_flops() const {
   return flops(Pass::Forward) + flops(Pass::BackwardInput) + flops(Pass::BackwardWeight) +
          flops(Pass::Recompute);
@@ -114,8 +125,12 @@ Op stream_op(const std::string& kind, int64_t n, std::vector<double> in, std::ve
   return Op{kind, s};
 }
 
-Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1) {
-  return Op{"gemm", GemmOp{m, n, k, batch, dt}};
+// A product over tokens: `rows` names the token dimension, m (forward and input gradient) or k
+// (weight gradient), which is never a row pitch.
+Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1, char rows = 'm') {
+  GemmOp g{m, n, k, batch, dt};
+  g.row_count_dim = rows;
+  return Op{"gemm", g};
 }
 
 // Tensors a layer's forward leaves for its backward.
@@ -212,6 +227,7 @@ class Builder {
       effn_r_ = m.expert_ffn() / tp_;
       efc1w_r_ = m.expert_fc1_width() / tp_;
       experts_local_ = m.experts / ep_;
+      load_ = t.moe_load(ep_);
     }
     g_.boundary_bytes = double(Tn_) * m.hidden * re_;
   }
@@ -767,18 +783,28 @@ class Builder {
     return a;
   }
 
-  // Tokens each local expert receives with balanced routing: the rank's T x top_k routed copies
-  // from each of the ep ranks, spread over the experts.
+  // Tokens each local expert receives: with balanced routing the rank's T x top_k routed copies
+  // from each of the ep ranks, spread over the experts; the simulated rank is the busiest, with
+  // moe_load times that (imbalance, or the padded capacity).
   int64_t expert_tokens() const {
-    return (T_ * m_.top_k * ep_ + m_.experts - 1) / m_.experts;
+    return int64_t(std::ceil(double(T_) * m_.top_k * ep_ * load_ / double(m_.experts)));
   }
   int64_t routed() const { return T_ * m_.top_k; }
+  // Tokens the rank's experts receive and send back: its routed copies, times moe_load.
+  int64_t received() const { return int64_t(std::ceil(double(routed()) * load_)); }
 
-  // An all-to-all over the expert-parallel group (none with ep 1).
-  TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in) {
+  // Tokens a rank gets back from the experts: its own routed copies (dropless), or the padded
+  // capacity buffers.
+  int64_t returned() const { return t_.moe_capacity_factor > 0 ? received() : routed(); }
+
+  // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
+  // busiest rank's exchange (received() tokens each way); `to_experts` sizes what this rank
+  // receives: its experts' tokens, or its own tokens back.
+  TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in, bool to_experts) {
     if (ep_ == 1) return in;
-    const double bytes = double(routed()) * m_.hidden * e_;
-    TensorId out = act(name + ".out", double(routed()) * m_.hidden);
+    const double bytes = double(received()) * m_.hidden * e_;
+    TensorId out =
+        act(name + ".out", double(to_experts ? received() : returned()) * m_.hidden);
     comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, true, false, pass, l, {in},
          {out});
     return out;
@@ -789,7 +815,8 @@ class Builder {
   // the routing weights. Returns the block output, partial over tp (the experts' fc2 is
   // row-parallel like the dense one).
   TensorId moe_forward(int l, const char* sfx, Pass pass, TensorId in, LayerActs& a) {
-    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), te = expert_tokens();
+    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
+                  te = expert_tokens();
     const TensorId Wt = W(lgi(l)), We = W(egi(l));
     a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(T_) * E);
     node(nm(l, "moe.router", sfx), gemm(T_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
@@ -801,18 +828,18 @@ class Builder {
     TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
     node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_), pass,
          l, {in, a.routing}, {perm});
-    a.dispatched = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm);
-    a.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Tk) * efc1w_r_);
+    a.dispatched = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true);
+    a.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.dispatched, We}, {a.fc1_out});
-    a.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Tk) * effn_r_);
+    a.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.act", sfx),
-         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Tk * effn_r_, ad_), pass,
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
          l, {a.fc1_out}, {a.act_out});
-    TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Tk) * h);
+    TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
     node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
          {a.act_out, We}, {out});
-    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, out);
+    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, out, false);
     TensorId y = act(nm(l, "moe.unpermute", sfx) + ".out", double(T_) * h);
     node(nm(l, "moe.unpermute", sfx),
          stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
@@ -852,7 +879,7 @@ class Builder {
     const TensorId dy = dy_parts.back();
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
-    Op product = gemm(m, n, k, md_, batch);
+    Op product = gemm(m, n, k, md_, batch, 'k');
     std::get<GemmOp>(product.body).accumulate_fp32 = ga_ == GradAccumulation::Fused;
     std::vector<TensorId> reads = {x};
     reads.insert(reads.end(), dy_parts.begin(), dy_parts.end());
@@ -1037,7 +1064,8 @@ class Builder {
   // The MoE block's backward, the mirror of moe_forward; returns the gradient of its input
   // (all T tokens, partial over tp).
   TensorId moe_backward(int l, const LayerActs& a, TensorId dy) {
-    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), te = expert_tokens();
+    const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
+                  te = expert_tokens();
     const Pass BI = Pass::BackwardInput;
     const int gi = lgi(l), ge = egi(l);
     const TensorId Wt = W(gi), We = W(ge);
@@ -1046,23 +1074,23 @@ class Builder {
     node(nm(l, "moe.unpermute", "bwd"),
          stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
          {dy, a.moe_back, a.routing}, {d_back, d_probs});
-    TensorId d_out = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back);
-    TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Tk) * effn_r_);
+    TensorId d_out = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true);
+    TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
     weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, {d_out}, ge,
                 efc2_params(), experts_local_, m_.bias);
-    TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Tk) * efc1w_r_);
+    TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
-         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Tk * effn_r_,
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Rk * effn_r_,
                           ad_),
          BI, l, {d_act, a.fc1_out}, {d_fc1});
-    TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Tk) * h);
+    TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
                 ge, efc1_params(), experts_local_, m_.bias);
-    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp);
+    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp, false);
     TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(T_) * h);
     node(nm(l, "moe.permute", "bwd"),
          stream_op("moe_permute_bwd", Tk * h, {e_}, {e_ / m_.top_k}, 1, 1, ad_), BI, l, {d_perm},
@@ -1295,6 +1323,7 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
+  double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
   DType ad_, md_, attn_dt_;
   double e_, wb_, ob_;
   double gb_;                 // bytes per gradient element held between micro-batches

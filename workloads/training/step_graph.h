@@ -146,4 +146,9 @@ struct StepGraph {
 StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup,
                            const ModelChunk& chunk = ModelChunk{});
 
+/// What MFU counts (Megatron, PaLM): the model's algorithmic FLOPs for one micro-batch, forward
+/// and backward on one unsharded rank, without recomputation and without the experts' padding
+/// to capacity.
+double model_flops_per_micro_batch(const TransformerModel& model, const TrainingSetup& setup);
+
 }  // namespace memwall
