@@ -110,7 +110,7 @@ TEST(Configs, EveryExperimentLoads) {
       EXPECT_NE(e.device, nullptr);
       // An experiment runs operators or trains a model, never neither.
       EXPECT_TRUE(!e.ops.empty() || e.model.has_value());
-      if (e.model) EXPECT_GT(e.model->parameter_count(), 0);
+      if (e.model) { EXPECT_GT(e.model->parameter_count(), 0); }
       for (const Op& op : e.ops) {
         EXPECT_GT(op.flops() + op.min_bytes().count(), 0) << op.name;
       }

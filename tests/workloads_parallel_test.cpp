@@ -195,7 +195,7 @@ TEST(WorkloadParallel, WeightsPerRankAddUpToTheModel) {
                                      (m.tied_embeddings ? 1 : 2) +
                                  (m.tied_embeddings && pp > 1 ? double(vocab_r) * tp * h : 0));
           EXPECT_NEAR(sum / expect, 1.0, 1e-9);
-          if (tp == 1 && pp == 1) EXPECT_DOUBLE_EQ(sum, 2.0 * m.parameter_count());
+          if (tp == 1 && pp == 1) { EXPECT_DOUBLE_EQ(sum, 2.0 * m.parameter_count()); }
         }
   }
 }
@@ -402,7 +402,7 @@ TEST(WorkloadParallel, DataParallelGradientBuckets) {
       EXPECT_EQ(n.comm->once_per_step, z < 2);
       EXPECT_EQ(n.pass, Pass::BackwardWeight);
       // About a bucket each; a parameter larger than a bucket (the embedding) gets its own.
-      if (z < 3) EXPECT_LT(n.comm->bytes, bucket + 2.0 * m.vocab * m.hidden + 1);
+      if (z < 3) { EXPECT_LT(n.comm->bytes, bucket + 2.0 * m.vocab * m.hidden + 1); }
       // The optimizer waits for every bucket.
       EXPECT_TRUE(boost::edge(v, StepVertex(adam), g.dag).second) << n.name;
       ASSERT_FALSE(n.writes.empty());
@@ -410,9 +410,10 @@ TEST(WorkloadParallel, DataParallelGradientBuckets) {
     }
     // The buckets cover every gradient once (unsharded bytes).
     EXPECT_NEAR(grad_bytes, 2.0 * m.parameter_count(), 1);
-    if (z < 3)
+    if (z < 3) {
       EXPECT_GE(buckets, int(2.0 * m.layers * m.layer_parameter_count() / (2 * bucket)));
-    if (z == 3) EXPECT_GE(buckets, int(m.layers));
+    }
+    if (z == 3) { EXPECT_GE(buckets, int(m.layers)); }
     // Buckets are emitted during the backward, not after it: the first comes before layer 0's
     // backward.
     int first_bucket = -1;
@@ -427,8 +428,9 @@ TEST(WorkloadParallel, DataParallelGradientBuckets) {
     EXPECT_FALSE(reaches(g, b0, StepVertex(index_of(g, "layer0.attn.qkv.bwd_weight"))));
     auto c = comms(g, false);
     EXPECT_EQ(c["optimizer all-gather dp async"].n > 0, z == 1 || z == 2);
-    if (z == 1 || z == 2)
+    if (z == 1 || z == 2) {
       EXPECT_NEAR(c["optimizer all-gather dp async"].bytes, 2.0 * m.parameter_count(), 1);
+    }
     EXPECT_EQ(find(g, "optimizer.grad_norm.dp_allreduce") != nullptr, z >= 1);
     if (z == 3) {
       // Weights gathered one layer ahead, in forward and again in backward.
@@ -513,7 +515,7 @@ TEST(WorkloadParallel, MixtureOfExpertsLayers) {
     EXPECT_EQ(fc1.n, 2 * m.expert_ffn() / 2);  // SwiGLU gate and up, split over tp 2
     // Expert gradients sum over the ranks that hold the same experts: dp x cp / ep.
     EXPECT_EQ(find(g, "dp.expert_grads.bucket0") != nullptr, ep < 8);
-    if (ep < 8) EXPECT_EQ(find(g, "dp.expert_grads.bucket0")->comm->group, ParallelGroup::EDP);
+    if (ep < 8) { EXPECT_EQ(find(g, "dp.expert_grads.bucket0")->comm->group, ParallelGroup::EDP); }
     // Expert weights per rank: experts / ep experts, each split over tp.
     double experts = 0;
     for (const Tensor& t : g.tensors)
