@@ -103,6 +103,12 @@ TEST_F(ClusterCli, MoeRoutingNeedsExpertsAndABusiestRankAboveTheMean) {
              "training.moe_capacity_factor", "dense");
 }
 
+TEST_F(ClusterCli, MoeWithTensorParallelismNeedsSequenceParallelism) {
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --tp 2 "
+             "--ep 8 --global-batch 8",
+             "training.sequence_parallel", "Megatron");
+}
+
 TEST_F(ClusterCli, TopologyWithADisconnectedDevice) {
   // Two nodes and no scale-out network: the second node's devices cannot be reached.
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 "

@@ -507,7 +507,19 @@ TEST(WorkloadParallel, MixtureOfExpertsLayers) {
     auto c = comms(g);
     EXPECT_EQ(c["fwd all-to-all ep"].n, 2 * m.layers);
     EXPECT_EQ(c["bwd_input all-to-all ep"].n, 2 * m.layers);
-    EXPECT_DOUBLE_EQ(c["fwd all-to-all ep"].bytes, 2 * m.layers * double(T) * 2 * m.hidden * 2);
+    // Megatron-core's all-to-all dispatcher: each rank routes its own sequence shard (T / tp
+    // tokens, top-2 copies), so the all-to-alls carry T / tp x 2 copies each way; an all-gather
+    // over tp then gives both tp ranks every copy for their experts, and a reduce-scatter takes
+    // the partial outputs back. The attention's sequence-parallel collectives stay; the MoE
+    // block has no gather before it and no reduce after it.
+    EXPECT_DOUBLE_EQ(c["fwd all-to-all ep"].bytes,
+                     2 * m.layers * double(T) / 2 * 2 * m.hidden * 2);
+    EXPECT_EQ(c["fwd all-gather tp"].n, 2 * m.layers);       // attention's input and dispatch
+    EXPECT_EQ(c["fwd reduce-scatter tp"].n, 2 * m.layers);   // attention's output and combine
+    const StepNode* gather = find(g, "layer1.moe.dispatch.fwd.tp_allgather");
+    ASSERT_NE(gather, nullptr);
+    EXPECT_DOUBLE_EQ(gather->comm->bytes, double(T) * 2 * m.hidden * 2);
+    EXPECT_EQ(find(g, "layer1.moe.router.fwd.tp_allgather"), nullptr);
     // The local experts, each with T x top_k x ep / experts tokens, as one grouped GEMM.
     const auto& fc1 = std::get<GemmOp>(find(g, "layer1.moe.experts.fc1.fwd")->op->body);
     EXPECT_EQ(fc1.batch, 8 / ep);

@@ -55,6 +55,12 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
   if (!m.moe() && (t.moe_load_imbalance != 1.0 || t.moe_capacity_factor != 0.0))
     fail(t.moe_capacity_factor != 0.0 ? "moe_capacity_factor" : "moe_load_imbalance",
          fmt::format("routes tokens to experts; '{}' is a dense model (no experts)", m.name));
+  if (m.moe() && p.tp > 1 && !p.sequence_parallel)
+    fail("sequence_parallel",
+         fmt::format("mixture-of-experts layers with tp {} need sequence_parallel: true (Megatron-"
+                     "core's token dispatcher routes each rank's sequence shard and refuses to "
+                     "train without it)",
+                     p.tp));
   if (m.moe() && m.experts % p.ep != 0)
     fail("ep", fmt::format("experts ({}) must be divisible by ep ({}): each expert-parallel rank "
                            "holds the same number of experts",

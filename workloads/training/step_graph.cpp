@@ -763,8 +763,7 @@ class Builder {
     node(nm(l, "ln2", sfx), norm_op(false), pass, l, {a.x_mid, Wt}, {a.ln2_out, a.ln2_stats});
     TensorId mlp_out;
     if (m_.moe_layer(l)) {
-      TensorId ln2_full = tp_gather(nm(l, "moe.router", sfx), pass, l, a.ln2_out);
-      mlp_out = moe_forward(l, sfx, pass, ln2_full, a);
+      mlp_out = moe_forward(l, sfx, pass, a.ln2_out, a);
     } else {
       TensorId ln2_in = cast(nm(l, "mlp.fc1.cast_in", sfx), pass, l, a.ln2_out, Tnh, true);
       a.fc1_w = weight_copy(nm(l, "mlp.fc1.cast_weight", sfx), pass, l, Wt, fc1_params(), m_.bias);
@@ -783,52 +782,67 @@ class Builder {
     return a;
   }
 
-  // Tokens each local expert receives: with balanced routing the rank's T x top_k routed copies
-  // from each of the ep ranks, spread over the experts; the simulated rank is the busiest, with
-  // moe_load times that (imbalance, or the padded capacity).
+  // Token counts of an MoE layer (Megatron-core's all-to-all dispatcher). The rank routes its own
+  // Tn tokens (its sequence shard with tp > 1), top_k copies each; the expert-parallel
+  // all-to-all brings it the copies for its experts, and with tp > 1 an all-gather over tp
+  // gives each tp rank every token of its experts (whose weights are split over tp). The
+  // simulated rank is the busiest: it receives moe_load times the balanced share.
+  int64_t routed() const { return Tn_ * m_.top_k; }
+  // Copies this rank receives in the dispatch all-to-all (and sends back in the combine).
+  int64_t received_ep() const { return int64_t(std::ceil(double(routed()) * load_)); }
+  // Copies its experts process: those of the whole tp group, after the all-gather.
+  int64_t received() const { return received_ep() * tp_; }
+  // Tokens per local expert.
   int64_t expert_tokens() const {
     return int64_t(std::ceil(double(T_) * m_.top_k * ep_ * load_ / double(m_.experts)));
   }
-  int64_t routed() const { return T_ * m_.top_k; }
-  // Tokens the rank's experts receive and send back: its routed copies, times moe_load.
-  int64_t received() const { return int64_t(std::ceil(double(routed()) * load_)); }
-
-  // Tokens a rank gets back from the experts: its own routed copies (dropless), or the padded
-  // capacity buffers.
-  int64_t returned() const { return t_.moe_capacity_factor > 0 ? received() : routed(); }
+  // Copies a rank gets back from the experts: its own (dropless), or the padded capacity.
+  int64_t returned() const { return t_.moe_capacity_factor > 0 ? received_ep() : routed(); }
 
   // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
-  // busiest rank's exchange (received() tokens each way); `to_experts` sizes what this rank
-  // receives: its experts' tokens, or its own tokens back.
+  // busiest rank's exchange (received_ep() copies each way); `to_experts` sizes what this rank
+  // receives: its experts' copies, or its own back.
   TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in, bool to_experts) {
     if (ep_ == 1) return in;
-    const double bytes = double(received()) * m_.hidden * e_;
+    const double bytes = double(received_ep()) * m_.hidden * e_;
     TensorId out =
-        act(name + ".out", double(to_experts ? received() : returned()) * m_.hidden);
+        act(name + ".out", double(to_experts ? received_ep() : returned()) * m_.hidden);
     comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, true, false, pass, l, {in},
          {out});
     return out;
   }
+  // The experts' tokens over the tp group (tp > 1): an all-gather of the copies the tp ranks
+  // received, or the reduce-scatter of the experts' partial outputs back to them.
+  TensorId expert_tp(const std::string& name, Pass pass, int l, TensorId in, bool gather) {
+    if (tp_ == 1) return in;
+    const double full = double(received()) * m_.hidden;
+    TensorId out = act(name + ".out", gather ? full : double(received_ep()) * m_.hidden);
+    comm(name, gather ? CollectiveKind::AllGather : CollectiveKind::ReduceScatter,
+         ParallelGroup::TP, full * e_, true, false, pass, l, {in}, {out});
+    return out;
+  }
 
-  // The MoE block in place of the MLP: router, top-k, permute, dispatch (all-to-all), the local
-  // experts' GEMMs (grouped: one batch entry per expert), combine (all-to-all), unpermute with
-  // the routing weights. Returns the block output, partial over tp (the experts' fc2 is
-  // row-parallel like the dense one).
+  // The MoE block in place of the MLP, as Megatron-core's all-to-all dispatcher runs it: router,
+  // top-k and permute on the rank's own tokens; dispatch (all-to-all over ep, then all-gather
+  // over tp); the local experts' products (grouped: one batch entry per expert, split over tp
+  // like the dense MLP); reduce-scatter over tp and combine (all-to-all); unpermute with the
+  // routing weights. Returns the block output on the rank's own tokens, complete.
   TensorId moe_forward(int l, const char* sfx, Pass pass, TensorId in, LayerActs& a) {
     const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
                   te = expert_tokens();
     const TensorId Wt = W(lgi(l)), We = W(egi(l));
-    a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(T_) * E);
-    node(nm(l, "moe.router", sfx), gemm(T_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
+    a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(Tn_) * E);
+    node(nm(l, "moe.router", sfx), gemm(Tn_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
     // Softmax over the experts and top-k: fp32 probability and int32 expert id per choice.
     a.routing = act(nm(l, "moe.topk", sfx) + ".out", double(Tk), 8);
     node(nm(l, "moe.topk", sfx),
-         stream_op("moe_topk", T_ * E, {e_}, {8.0 * m_.top_k / E}, 8, 5, ad_), pass, l,
+         stream_op("moe_topk", Tn_ * E, {e_}, {8.0 * m_.top_k / E}, 8, 5, ad_), pass, l,
          {a.router_logits}, {a.routing});
     TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
     node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_), pass,
          l, {in, a.routing}, {perm});
-    a.dispatched = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true);
+    TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true);
+    a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     a.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.dispatched, We}, {a.fc1_out});
@@ -839,12 +853,14 @@ class Builder {
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
     node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
          {a.act_out, We}, {out});
-    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, out, false);
-    TensorId y = act(nm(l, "moe.unpermute", sfx) + ".out", double(T_) * h);
+    TensorId back =
+        expert_tp(nm(l, "moe.combine", sfx) + ".tp_reduce_scatter", pass, l, out, false);
+    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, back, false);
+    TensorId y = act(nm(l, "moe.unpermute", sfx) + ".out", double(Tn_) * h);
     node(nm(l, "moe.unpermute", sfx),
          stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
          {a.moe_back, a.routing}, {y});
-    return tp_reduce(nm(l, "moe.unpermute", sfx), pass, l, y);
+    return y;
   }
 
   // Dropout on a residual branch: returns the dropped tensor (or `in` when the model has none)
@@ -954,7 +970,6 @@ class Builder {
     }
     TensorId d_ln2;
     if (m_.moe_layer(l)) {
-      d_fc2 = tp_gather(nm(l, "moe.unpermute", "bwd"), BI, l, d_fc2);
       d_ln2 = moe_backward(l, a, d_fc2);
     } else {
       TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
@@ -1061,8 +1076,8 @@ class Builder {
     return dx;
   }
 
-  // The MoE block's backward, the mirror of moe_forward; returns the gradient of its input
-  // (all T tokens, partial over tp).
+  // The MoE block's backward, the mirror of moe_forward; returns the gradient of its input (the
+  // rank's own tokens, complete).
   TensorId moe_backward(int l, const LayerActs& a, TensorId dy) {
     const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
                   te = expert_tokens();
@@ -1074,7 +1089,9 @@ class Builder {
     node(nm(l, "moe.unpermute", "bwd"),
          stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
          {dy, a.moe_back, a.routing}, {d_back, d_probs});
-    TensorId d_out = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true);
+    TensorId d_ret = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true);
+    TensorId d_out =
+        expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
@@ -1090,25 +1107,29 @@ class Builder {
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
                 ge, efc1_params(), experts_local_, m_.bias);
-    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_disp, false);
-    TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(T_) * h);
+    TensorId d_mine =
+        expert_tp(nm(l, "moe.dispatch", "bwd") + ".tp_reduce_scatter", BI, l, d_disp, false);
+    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_mine, false);
+    TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(Tn_) * h);
     node(nm(l, "moe.permute", "bwd"),
          stream_op("moe_permute_bwd", Tk * h, {e_}, {e_ / m_.top_k}, 1, 1, ad_), BI, l, {d_perm},
          {d_in});
-    TensorId d_logits = act(nm(l, "moe.topk", "bwd") + ".grad", double(T_) * E);
-    node(nm(l, "moe.topk", "bwd"), stream_op("moe_topk_bwd", T_ * E, {e_, e_}, {e_}, 4, 4, ad_),
+    TensorId d_logits = act(nm(l, "moe.topk", "bwd") + ".grad", double(Tn_) * E);
+    node(nm(l, "moe.topk", "bwd"), stream_op("moe_topk_bwd", Tn_ * E, {e_, e_}, {e_}, 4, 4, ad_),
          BI, l, {d_probs, a.router_logits}, {d_logits});
-    TensorId d_router = act(nm(l, "moe.router", "bwd_input") + ".grad", double(T_) * h);
-    node(nm(l, "moe.router", "bwd_input"), gemm(T_, h, E, md_), BI, l, {d_logits, Wt},
+    TensorId d_router = act(nm(l, "moe.router", "bwd_input") + ".grad", double(Tn_) * h);
+    node(nm(l, "moe.router", "bwd_input"), gemm(Tn_, h, E, md_), BI, l, {d_logits, Wt},
          {d_router});
-    TensorId ln2_full = tp_gather(nm(l, "moe.router", "bwd_weight"), BI, l, a.ln2_out, false);
-    weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, T_, ln2_full, {d_logits}, gi,
+    // The router is replicated over tp: each rank's weight gradient covers its own tokens (summed
+    // over tp with the norms' gradients, not modelled).
+    weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, Tn_, a.ln2_out, {d_logits}, gi,
                 router_params());
-    TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(T_) * h);
-    node(nm(l, "moe.router", "bwd"), make_elementwise("add", T_ * h, ad_), BI, l, {d_in, d_router},
-         {d});
-    return tp_reduce(nm(l, "moe.router", "bwd"), BI, l, d);
+    TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(Tn_) * h);
+    node(nm(l, "moe.router", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
+         {d_in, d_router}, {d});
+    return d;
   }
+
 
   void forward_and_backward() {
     const int64_t h = m_.hidden;
