@@ -162,8 +162,8 @@ TEST(WorkloadMemory, TimelineFollowsAnyTopologicalOrder) {
 
 TEST(WorkloadMemory, PeakFallsInTheBackwardAndCountsTheLogits) {
   TransformerModel m = load_model("gpt3-1.3b");
-  StepGraph fused = build_step_graph(m, setup("micro_batch: 4"));
-  StepGraph fp32 = build_step_graph(m, setup("micro_batch: 4\ncross_entropy: fp32"));
+  StepGraph fused = build_step_graph(m, setup("micro_batch: 4\ncross_entropy: fused"));
+  StepGraph fp32 = build_step_graph(m, setup("micro_batch: 4"));  // the default
   MemoryTimeline tf = memory_timeline(fused), t32 = memory_timeline(fp32);
   EXPECT_NE(fused.dag[tf.peak_vertex].pass, Pass::Optimizer);
   EXPECT_NE(fp32.dag[t32.peak_vertex].pass, Pass::Optimizer);

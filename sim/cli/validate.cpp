@@ -1014,7 +1014,7 @@ void add_validate_command(CLI::App& app) {
       ->check(CLI::Range(1, 256));
   cmd->add_option("--cross-entropy", o->cross_entropy,
                   "Loss kernel for training cases: fused or fp32 (default: training.cross_entropy's "
-                  "default, fused)")
+                  "default, fp32)")
       ->check(CLI::IsMember({"fused", "fp32"}));
   cmd->add_option("--vocab-padding", o->vocab_padding,
                   "Pad the vocabulary of training cases to a multiple of N x tp (default: "

@@ -155,12 +155,14 @@ const Schema& training_schema() {
                          "slow (compute.unaligned_matrix_efficiency).");
     vp.positive = true;
     x.params.push_back(vp);
-    ParamSpec ce = param("cross_entropy", ParamType::Enum, "", "fused",
-                         "Loss kernel. fused: one kernel per pass on the 16-bit logits, gradient "
-                         "written over them (flash-attn xentropy, Megatron-core "
-                         "--cross-entropy-loss-fusion). fp32: Megatron's vocab-parallel "
+    ParamSpec ce = param("cross_entropy", ParamType::Enum, "", "fp32",
+                         "Loss kernel. fp32 (default, as Megatron-LM runs it without "
+                         "--cross-entropy-loss-fusion and eager PyTorch under autocast, which "
+                         "runs log_softmax and nll_loss in fp32): Megatron's vocab-parallel "
                          "cross-entropy on an fp32 copy as separate ops, the fp32 softmax kept "
-                         "for the backward (about 9x the bytes, 4 bytes per logit held).");
+                         "for the backward (about 9x the bytes of fused, 4 bytes per logit held). "
+                         "fused: one kernel per pass on the 16-bit logits, gradient written over "
+                         "them (flash-attn xentropy, Megatron-core --cross-entropy-loss-fusion).");
     ce.choices = {"fused", "fp32"};
     x.params.push_back(ce);
     ParamSpec ga = param(

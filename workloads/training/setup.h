@@ -39,9 +39,10 @@ struct TrainingSetup {
   std::string optimizer = "adam";
   Recompute recompute = Recompute::None;
   bool flash_attention = true;
-  /// The loss kernel: fused (one kernel per pass on the 16-bit logits, gradient in place) or
-  /// Megatron's fp32 vocab-parallel cross-entropy as separate ops (make_cross_entropy).
-  bool fused_cross_entropy = true;
+  /// The loss kernel: Megatron's fp32 vocab-parallel cross-entropy as separate ops (the default
+  /// of Megatron-LM and of eager PyTorch under autocast), or fused (one kernel per pass on the
+  /// 16-bit logits, gradient in place: flash-attn's xentropy, --cross-entropy-loss-fusion).
+  bool fused_cross_entropy = false;
   Parallelism parallel;  ///< how the job is split over devices (default: one device)
   /// CPU time the framework spends issuing one kernel or collective (Python, dispatcher,
   /// launch). An operator issues every kernel its mapping launches (unfused attention: five
