@@ -474,5 +474,28 @@ TEST(ClusterRun, MoeImbalanceSlowsTheStepThroughTheBusiestRank) {
   EXPECT_GT(padded.hfu(), padded.mfu() * 1.05);
 }
 
+// The busiest link of a class is never busier than the step and never less busy than the
+// class's mean; on an oversubscribed fat tree the leaf uplinks are the hot spot, well above the
+// mean of the InfiniBand links (most of which, NIC to leaf, carry a quarter of the load).
+TEST(ClusterRun, BusiestLinkBoundsTheMeanAndFindsTheOversubscribedUplink) {
+  Job j;
+  j.model = load_model("gpt3-1.3b", {"layers=8", "seq_len=1024"});
+  j.device = load_device("h100-sxm5-80gb");
+  j.system = load_system("dgx-h100");
+  j.system.scale_out.switch_radix = 4;
+  j.system.scale_out.oversubscription = 4;
+  j.setup = load_training_string("micro_batch: 1\ndp: 64\n", "training.yaml");
+  j.gpus = 64;
+  ClusterResult r = j.run();
+  ASSERT_FALSE(r.link_utilisation.empty());
+  for (const auto& [cls, mean] : r.link_utilisation) {
+    SCOPED_TRACE(cls);
+    const double peak = r.link_peak.at(cls);
+    EXPECT_GE(peak, mean - 1e-12);
+    EXPECT_LE(peak, 1.0 + 1e-9);
+  }
+  EXPECT_GT(r.link_peak.at("infiniband"), 1.5 * r.link_utilisation.at("infiniband"));
+}
+
 }  // namespace
 }  // namespace memwall

@@ -1090,14 +1090,17 @@ std::vector<LinkClassUtilisation> Network::utilisation(Time horizon) const {
   for (int c = 0; c < kLinkClassCount; ++c) {
     LinkClassUtilisation u;
     u.cls = LinkClass(c);
+    Time busiest = Time::zero();
     for (int id = 0; id < topo_.link_count(); ++id) {
       if (topo_.link(id).cls != u.cls) continue;
       ++u.links;
       u.busy += impl_->links[id].busy;
       u.bytes += impl_->links[id].bytes;
+      busiest = max(busiest, impl_->links[id].busy);
     }
     if (u.links == 0) continue;
     u.utilisation = horizon.sec() > 0 ? u.busy.sec() / (u.links * horizon.sec()) : 0.0;
+    u.peak = horizon.sec() > 0 ? busiest.sec() / horizon.sec() : 0.0;
     out.push_back(u);
   }
   return out;

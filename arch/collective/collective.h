@@ -97,6 +97,7 @@ struct LinkClassUtilisation {
   double bytes = 0;
   Time busy = Time::zero();  ///< summed over links
   double utilisation = 0;    ///< busy / (links x horizon)
+  double peak = 0;           ///< the busiest link direction's busy / horizon
 };
 
 class Network {

@@ -101,7 +101,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
            (i + 1 < std::min<size_t>(8, top.size()) ? "," : "");
   out += "   (stage 0, share of the step)\nlinks    ";
   for (const auto& [cls_name, u] : r.link_utilisation)
-    out += fmt::format(" {} busy {}", cls_name, pct(u));
+    out += fmt::format(" {} busy {} (busiest {})", cls_name, pct(u), pct(r.link_peak.at(cls_name)));
   out += fmt::format("   {} collectives timed, {} distinct ops simulated\n", r.collectives,
                      r.distinct_ops);
   if (int64_t across = p.tp_groups_across_nodes(r.gpus_per_node))
@@ -203,6 +203,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"by_kind", by_kind}}},
           {"pipeline", {{"bubble_fraction", r.bubble_fraction()}, {"stages", stages}}},
           {"links", r.link_utilisation},
+          {"links_busiest", r.link_peak},
           {"memory",
            {{"capacity_gib", r.capacity.count() / kGiB},
             {"peak_gib", r.peak_memory() / kGiB},

@@ -528,7 +528,10 @@ class ClusterSim {
     r.distinct_ops = int(sim_.memo_size());
     r.collectives = collectives_;
     for (const auto& u : net_.utilisation(r.step_time))
-      if (u.links > 0) r.link_utilisation[link_class_name(u.cls)] = u.utilisation;
+      if (u.links > 0) {
+        r.link_utilisation[link_class_name(u.cls)] = u.utilisation;
+        r.link_peak[link_class_name(u.cls)] = u.peak;
+      }
     return r;
   }
 

@@ -90,6 +90,9 @@ struct ClusterResult {
   std::array<GroupComm, kParallelGroups> comm{};
   std::vector<StageResult> stages;
   std::map<std::string, double> link_utilisation;  ///< link class -> busy fraction of the step
+  /// link class -> busy fraction of the step of its busiest link direction (a hot spot: an
+  /// oversubscribed uplink, the NICs a pipeline's sends share)
+  std::map<std::string, double> link_peak;
   Bytes capacity{0};
   std::vector<NodeTiming> nodes;  ///< stage 0's operators, all its chunks (top-ops table)
   int distinct_ops = 0;
