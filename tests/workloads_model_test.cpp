@@ -45,6 +45,7 @@ const std::map<std::string, Published>& published() {
       // rounded figure whose counting is not stated (this model is 1.7% under it).
       {"bert-large", {335.14e6, 0.01, "HF bert-large-uncased: 335,141,888 incl. 1M pooler"}},
       {"mixtral-8x7b", {46.7e9, 0.01, "Mixtral paper / HF card: 46.7B total (12.9B active)"}},
+      {"qwen2-57b-a14b", {57.4e9, 0.01, "HF Qwen/Qwen2-57B-A14B: 57.4B total (14B activated)"}},
   };
   return p;
 }
@@ -97,6 +98,27 @@ TEST(ModelPresets, MixtralActiveParameters) {
   EXPECT_THROW(load_model("mixtral-8x7b", {"top_k=9"}), ConfigError);
   EXPECT_EQ(load_model("llama3-8b").active_parameter_count(),
             load_model("llama3-8b").parameter_count());
+}
+
+// A shared expert is a dense SwiGLU MLP in every MoE layer that every token passes through:
+// counted once in the total and once in the active parameters (Qwen2-57B-A14B: 14B activated).
+TEST(ModelPresets, SharedExpertIsActiveForEveryToken) {
+  TransformerModel m = load_model("qwen2-57b-a14b");
+  ASSERT_TRUE(m.shared_expert());
+  EXPECT_EQ(m.shared_expert_parameter_count(), 3 * 3584LL * 20480);
+  EXPECT_EQ(m.expert_parameter_count(), 3 * 3584LL * 2560);
+  const int64_t attn = 3584LL * (3584 + 2 * 512) + 3584LL * 3584, norms = 2 * 3584;
+  EXPECT_EQ(m.layer_parameter_count(0), attn + norms + 3584 * 64 + 64 * m.expert_parameter_count() +
+                                            m.shared_expert_parameter_count());
+  EXPECT_NEAR(double(m.active_parameter_count()) / 14.2e9, 1.0, 0.01);
+  std::printf("  qwen2-57b-a14b: %lld total, %lld active\n", (long long)m.parameter_count(),
+              (long long)m.active_parameter_count());
+  TransformerModel no_shared = m;
+  no_shared.shared_expert_ffn_hidden = 0;
+  EXPECT_FALSE(no_shared.shared_expert());
+  EXPECT_EQ(m.parameter_count() - no_shared.parameter_count(),
+            28 * m.shared_expert_parameter_count());
+  EXPECT_THROW(load_model("llama3-8b", {"shared_expert_ffn_hidden=1024"}), ConfigError);
 }
 
 TEST(ModelPresets, ShapesFollowTheFamily) {

@@ -541,6 +541,45 @@ TEST(WorkloadParallel, MixtureOfExpertsLayers) {
                ConfigError);
 }
 
+// A shared expert runs as a dense tp MLP beside the routed experts: the FLOPs still follow
+// 6 x active parameters x tokens on one device, and with tp it brings its own sequence-parallel
+// all-gather and reduce-scatter, its weights split over tp and synced over dp with the layer's.
+TEST(WorkloadParallel, SharedExpertIsADenseTensorParallelMlp) {
+  TransformerModel m = load_model("qwen2-57b-a14b", {"layers=2", "seq_len=1024"});
+  {
+    StepGraph g = build_step_graph(m, setup(""));
+    expect_well_formed(g);
+    double n = double(m.active_parameter_count() - m.lookup_parameter_count());
+    double attn = m.layers * 3.5 * 4.0 * m.heads * double(m.seq_len) * m.seq_len * m.head_dim / 2;
+    EXPECT_NEAR(matrix_flops(g) / (6 * n * g.tokens + attn), 1.0, 0.01);
+  }
+  StepGraph g = build_step_graph(m, setup(par(2, 1, true, 8) + "ep: 8\nzero_stage: 1"));
+  expect_well_formed(g);
+  const auto& fc1 = std::get<GemmOp>(find(g, "layer1.moe.shared.fc1.fwd")->op->body);
+  EXPECT_EQ(fc1.m, m.seq_len);                             // every token of the tp group
+  EXPECT_EQ(fc1.n, 2 * m.shared_expert_ffn_hidden / 2);    // gate and up, split over tp 2
+  auto c = comms(g);
+  // Per layer: the attention's, the dispatch's and the shared expert's.
+  EXPECT_EQ(c["fwd all-gather tp"].n, 3 * m.layers);
+  EXPECT_EQ(c["fwd reduce-scatter tp"].n, 3 * m.layers);
+  double layer_weights = 0;
+  for (const Tensor& t : g.tensors)
+    if (t.persistent && t.cls == TensorClass::Weights && t.name.rfind("layer1.weights", 0) == 0)
+      layer_weights += t.bytes;
+  const int64_t h = m.hidden;
+  const double attention = double(h) * (m.heads + 2 * m.kv_heads) * m.head_dim / 2 +
+                           double(m.heads) * m.head_dim * h / 2;
+  EXPECT_DOUBLE_EQ(layer_weights, 2.0 * (attention + 2 * h + h * m.experts +
+                                         m.shared_expert_parameter_count() / 2.0));
+  try {
+    build_step_graph(load_model("qwen2-57b-a14b", {"layers=2", "shared_expert_ffn_hidden=1001"}),
+                     setup(par(2, 1, true, 1)));
+    ADD_FAILURE() << "a shared expert of odd width accepted with tp 2";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("shared expert"), std::string::npos) << e.what();
+  }
+}
+
 // Routing: the simulated expert-parallel rank is the busiest one. Dropless imbalance scales its
 // experts' products and its all-to-all traffic; a capacity factor pads every expert to exactly
 // that share (and drops beyond it). The dense part and the model FLOPs that MFU counts stay.

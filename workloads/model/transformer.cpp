@@ -18,11 +18,19 @@ int64_t TransformerModel::expert_parameter_count() const {
   return h * expert_fc1_width() + expert_ffn() * h + (bias ? expert_fc1_width() + h : 0);
 }
 
+int64_t TransformerModel::shared_expert_parameter_count() const {
+  if (!shared_expert()) return 0;
+  const int64_t h = hidden;
+  return h * shared_fc1_width() + shared_expert_ffn_hidden * h +
+         (bias ? shared_fc1_width() + h : 0);
+}
+
 int64_t TransformerModel::layer_parameter_count(int64_t l) const {
   if (!moe_layer(l)) return layer_parameter_count();
   const int64_t h = hidden;
   int64_t dense_mlp = h * fc1_width() + ffn_hidden * h + (bias ? fc1_width() + h : 0);
-  return layer_parameter_count() - dense_mlp + h * experts + experts * expert_parameter_count();
+  return layer_parameter_count() - dense_mlp + h * experts + experts * expert_parameter_count() +
+         shared_expert_parameter_count();
 }
 
 int64_t TransformerModel::active_parameter_count() const {
@@ -129,6 +137,11 @@ const Schema& model_schema() {
               "1: all.",
               "1"),
         optional_count("expert_ffn_hidden", "Inner width of one expert; absent: ffn_hidden."),
+        optional_count("shared_expert_ffn_hidden",
+                       "Inner width of the shared expert that every token passes through beside "
+                       "its routed experts (DeepSeekMoE, Qwen2-MoE; Megatron's "
+                       "--moe-shared-expert-intermediate-size: the shared experts' widths "
+                       "summed); absent: none."),
     };
     x.reserved_keys = {"preset"};
     return x;
@@ -184,6 +197,10 @@ TransformerModel model_from_config(const Config& c) {
   m.top_k = c.get_int("top_k");
   m.moe_layer_frequency = c.get_int("moe_layer_frequency");
   m.expert_ffn_hidden = present("expert_ffn_hidden") ? c.get_int("expert_ffn_hidden") : 0;
+  m.shared_expert_ffn_hidden =
+      present("shared_expert_ffn_hidden") ? c.get_int("shared_expert_ffn_hidden") : 0;
+  if (m.shared_expert_ffn_hidden > 0 && m.experts == 0)
+    c.fail("shared_expert_ffn_hidden", "a shared expert sits beside routed experts: set experts");
   if (m.experts > 0 && m.top_k > m.experts)
     c.fail("top_k", fmt::format("top_k ({}) exceeds experts ({}): a token cannot be routed to more "
                                 "experts than a layer has",

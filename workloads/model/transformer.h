@@ -48,6 +48,10 @@ struct TransformerModel {
   int64_t top_k = 2;                ///< experts each token is routed to
   int64_t moe_layer_frequency = 1;  ///< layer l is MoE when l % frequency == 0 (Megatron)
   int64_t expert_ffn_hidden = 0;    ///< inner width of one expert; 0: ffn_hidden
+  /// Inner width of the shared expert every token passes through beside its routed ones
+  /// (DeepSeekMoE, Qwen2-MoE; Megatron's --moe-shared-expert-intermediate-size, the shared
+  /// experts' widths summed); 0: none.
+  int64_t shared_expert_ffn_hidden = 0;
 
   bool causal() const { return !encoder; }
   /// Attention width: heads * head_dim.
@@ -64,10 +68,19 @@ struct TransformerModel {
   int64_t expert_ffn() const { return expert_ffn_hidden > 0 ? expert_ffn_hidden : ffn_hidden; }
   /// Output width of an expert's first matrix: f_e (GELU) or 2 f_e (SwiGLU).
   int64_t expert_fc1_width() const { return mlp == MlpType::SwiGlu ? 2 * expert_ffn() : expert_ffn(); }
+  /// Whether MoE layers carry a shared expert.
+  bool shared_expert() const { return moe() && shared_expert_ffn_hidden > 0; }
+  /// Output width of the shared expert's first matrix: f_s (GELU) or 2 f_s (SwiGLU).
+  int64_t shared_fc1_width() const {
+    return mlp == MlpType::SwiGlu ? 2 * shared_expert_ffn_hidden : shared_expert_ffn_hidden;
+  }
+  /// Parameters of the shared expert's MLP (weights and biases); 0 without one.
+  int64_t shared_expert_parameter_count() const;
 
   /// Parameters of one dense transformer layer: attention, MLP, two norms, biases.
   int64_t layer_parameter_count() const;
-  /// Parameters of layer `l`: dense, or attention + norms + router (h x experts) + every expert.
+  /// Parameters of layer `l`: dense, or attention + norms + router (h x experts) + every expert
+  /// + the shared expert.
   int64_t layer_parameter_count(int64_t l) const;
   /// Parameters of one expert's MLP (weights and biases).
   int64_t expert_parameter_count() const;

@@ -40,6 +40,9 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
   if (m.moe() && m.expert_ffn() % p.tp != 0)
     fail("tp", fmt::format("the experts' ffn width ({}) must be divisible by tp ({})",
                            m.expert_ffn(), p.tp));
+  if (m.shared_expert() && m.shared_expert_ffn_hidden % p.tp != 0)
+    fail("tp", fmt::format("the shared expert's ffn width ({}) must be divisible by tp ({})",
+                           m.shared_expert_ffn_hidden, p.tp));
   if (m.seq_len % p.cp != 0)
     fail("cp", fmt::format("seq_len ({}) must be divisible by cp ({}): each context-parallel rank "
                            "holds an equal share of the sequence",

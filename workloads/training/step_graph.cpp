@@ -133,19 +133,34 @@ Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1, char rows 
   return Op{"gemm", g};
 }
 
+// Tensors a dense MLP's forward leaves for its backward: its first product's output, the
+// activation's, and with autocast the 16-bit weight copies.
+struct MlpActs {
+  TensorId fc1_out = -1, act_out = -1, fc1_w = -1, fc2_w = -1;
+};
+
 // Tensors a layer's forward leaves for its backward.
 struct LayerActs {
   TensorId x = -1;  // layer input (residual stream)
   TensorId ln1_out = -1, ln1_stats = -1, qkv = -1, attn_out = -1, lse = -1;
   TensorId probs = -1, attn_mask = -1, probs_dropped = -1;  // unfused attention
-  TensorId mask1 = -1, x_mid = -1, ln2_out = -1, ln2_stats = -1, fc1_out = -1, act_out = -1,
-           mask2 = -1;
+  TensorId mask1 = -1, x_mid = -1, ln2_out = -1, ln2_stats = -1, mask2 = -1;
+  MlpActs mlp;  // the dense MLP, or an MoE layer's routed experts (fc1_out and act_out)
   // MoE layers: router logits, routing (probabilities and expert ids), tokens as the experts
-  // received them, and the experts' outputs back at their tokens.
+  // received them, and the experts' outputs back at their tokens; the shared expert.
   TensorId router_logits = -1, routing = -1, dispatched = -1, moe_back = -1;
+  MlpActs shared;
   TensorId y = -1;  // layer output
   // Autocast: the 16-bit weight copies the forward made, which the backward's products read.
-  TensorId qkv_w = -1, proj_w = -1, fc1_w = -1, fc2_w = -1;
+  TensorId qkv_w = -1, proj_w = -1;
+};
+
+// A dense, tensor-parallel MLP on this rank (column-parallel fc1, row-parallel fc2): a layer's
+// own, or an MoE layer's shared expert. Node names start with `name` ("mlp", "moe.shared").
+struct MlpShape {
+  const char* name;
+  int64_t ffn_r, fc1w_r;           // inner width and fc1's output width on this rank
+  int64_t fc1_params, fc2_params;  // on this rank, with biases
 };
 
 // Persistent state of one parameter group (a layer, its experts, the embedding, ...).
@@ -228,6 +243,8 @@ class Builder {
       efc1w_r_ = m.expert_fc1_width() / tp_;
       experts_local_ = m.experts / ep_;
       load_ = t.moe_load(ep_);
+      sffn_r_ = m.shared_expert_ffn_hidden / tp_;
+      sfc1w_r_ = m.shared_fc1_width() / tp_;
     }
     g_.boundary_bytes = double(Tn_) * m.hidden * re_;
   }
@@ -473,6 +490,10 @@ class Builder {
   int64_t fc1_params() const { return m_.hidden * fc1w_r_ + (m_.bias ? fc1w_r_ : 0); }
   int64_t fc2_params() const { return ffn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0); }
   int64_t router_params() const { return m_.hidden * m_.experts; }
+  int64_t sfc1_params() const {
+    return sffn_r_ ? m_.hidden * sfc1w_r_ + (m_.bias ? sfc1w_r_ : 0) : 0;
+  }
+  int64_t sfc2_params() const { return sffn_r_ ? sffn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0) : 0; }
   int64_t efc1_params() const {
     return experts_local_ * (m_.hidden * efc1w_r_ + (m_.bias ? efc1w_r_ : 0));
   }
@@ -491,7 +512,8 @@ class Builder {
     for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
       const bool moe = m_.moe_layer(l);
       int64_t dense = qkv_params() + proj_params() + 2 * norm_params() +
-                      (moe ? router_params() : fc1_params() + fc2_params());
+                      (moe ? router_params() + sfc1_params() + sfc2_params()
+                           : fc1_params() + fc2_params());
       layer_group_.push_back(group(fmt::format("layer{}", l), dense, int(l)));
       expert_group_.push_back(
           moe ? group(fmt::format("layer{}.experts", l), efc1_params() + efc2_params(), int(l),
@@ -762,24 +784,74 @@ class Builder {
     a.ln2_stats = act(nm(l, "ln2", sfx) + ".stats", stats_bytes(), 1);
     node(nm(l, "ln2", sfx), norm_op(false), pass, l, {a.x_mid, Wt}, {a.ln2_out, a.ln2_stats});
     TensorId mlp_out;
-    if (m_.moe_layer(l)) {
+    if (m_.moe_layer(l))
       mlp_out = moe_forward(l, sfx, pass, a.ln2_out, a);
-    } else {
-      TensorId ln2_in = cast(nm(l, "mlp.fc1.cast_in", sfx), pass, l, a.ln2_out, Tnh, true);
-      a.fc1_w = weight_copy(nm(l, "mlp.fc1.cast_weight", sfx), pass, l, Wt, fc1_params(), m_.bias);
-      a.fc1_out = act(nm(l, "mlp.fc1", sfx) + ".out", double(T_) * fc1w_r_);
-      gathered_gemm(nm(l, "mlp.fc1", sfx), pass, l, ln2_in, fc1w_r_, h, {a.fc1_w}, a.fc1_out);
-      a.act_out = act(nm(l, "mlp.act", sfx) + ".out", double(T_) * ffn_r_);
-      node(nm(l, "mlp.act", sfx),
-           make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * ffn_r_, ad_), pass,
-           l, {a.fc1_out}, {a.act_out});
-      a.fc2_w = weight_copy(nm(l, "mlp.fc2.cast_weight", sfx), pass, l, Wt, fc2_params(), m_.bias);
-      mlp_out = reduced_gemm(nm(l, "mlp.fc2", sfx), pass, l, h, ffn_r_, {a.act_out, a.fc2_w});
-    }
+    else
+      mlp_out = mlp_forward(l, sfx, pass, a.ln2_out, dense_mlp(), a.mlp);
     TensorId branch2 = dropout(l, "mlp.dropout", sfx, pass, mlp_out, a.mask2);
     a.y = act(nm(l, "mlp.residual", sfx) + ".out", Tnh, re_);
     node(nm(l, "mlp.residual", sfx), residual_add(false), pass, l, {a.x_mid, branch2}, {a.y});
     return a;
+  }
+
+  MlpShape dense_mlp() const { return {"mlp", ffn_r_, fc1w_r_, fc1_params(), fc2_params()}; }
+  MlpShape shared_mlp() const {
+    return {"moe.shared", sffn_r_, sfc1w_r_, sfc1_params(), sfc2_params()};
+  }
+
+  // A dense MLP on the rank's normalised tokens `in` (Tn; gathered over tp inside fc1's
+  // product): fc1, activation, fc2 and its tp reduction. Returns the output on Tn tokens.
+  TensorId mlp_forward(int l, const char* sfx, Pass pass, TensorId in, const MlpShape& s,
+                       MlpActs& ma) {
+    const int64_t h = m_.hidden;
+    const TensorId Wt = W(lgi(l));
+    const std::string n = s.name;
+    TensorId x = cast(nm(l, n + ".fc1.cast_in", sfx), pass, l, in, double(Tn_) * h, true);
+    ma.fc1_w = weight_copy(nm(l, n + ".fc1.cast_weight", sfx), pass, l, Wt, s.fc1_params, m_.bias);
+    ma.fc1_out = act(nm(l, n + ".fc1", sfx) + ".out", double(T_) * s.fc1w_r);
+    gathered_gemm(nm(l, n + ".fc1", sfx), pass, l, x, s.fc1w_r, h, {ma.fc1_w}, ma.fc1_out);
+    ma.act_out = act(nm(l, n + ".act", sfx) + ".out", double(T_) * s.ffn_r);
+    node(nm(l, n + ".act", sfx),
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * s.ffn_r, ad_), pass,
+         l, {ma.fc1_out}, {ma.act_out});
+    ma.fc2_w = weight_copy(nm(l, n + ".fc2.cast_weight", sfx), pass, l, Wt, s.fc2_params, m_.bias);
+    return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.act_out, ma.fc2_w});
+  }
+
+  // The backward of mlp_forward: from the output's gradient (Tn tokens) to the gradient of its
+  // input (Tn tokens), with the weight gradients.
+  TensorId mlp_backward(int l, const MlpActs& ma, const MlpShape& s, TensorId d_out,
+                        TensorId in) {
+    const int64_t h = m_.hidden;
+    const double Tnh = double(Tn_) * h;
+    const int gi = lgi(l);
+    const TensorId Wt = W(gi);
+    const Pass BI = Pass::BackwardInput;
+    const std::string n = s.name;
+    TensorId d_act = act(nm(l, n + ".fc2", "bwd_input") + ".grad", double(T_) * s.ffn_r);
+    std::vector<TensorId> d_out_full = gathered_gemm(
+        nm(l, n + ".fc2", "bwd_input"), BI, l, d_out, s.ffn_r, h, {ac_ ? ma.fc2_w : Wt}, d_act);
+    weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, ma.act_out, d_out_full, gi,
+                s.fc2_params, 1, m_.bias);
+    TensorId d_fc1 = act(nm(l, n + ".act", "bwd") + ".grad", double(T_) * s.fc1w_r);
+    node(nm(l, n + ".act", "bwd"),
+         make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * s.ffn_r,
+                          ad_),
+         BI, l, {d_act, ma.fc1_out}, {d_fc1});
+    TensorId in_full = tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, in, false);
+    TensorId d_in = act(nm(l, n + ".fc1", "bwd_input") + ".grad", double(T_) * h);
+    node(nm(l, n + ".fc1", "bwd_input"), gemm(T_, h, s.fc1w_r, md_), BI, l,
+         {d_fc1, ac_ ? ma.fc1_w : Wt}, {d_in});
+    // With overlap, TE's bulk overlap: the reduce-scatter runs beside the weight gradient.
+    d_in = tp_reduce(nm(l, n + ".fc1", "bwd_input"), BI, l, d_in, !tp_overlap());
+    auto fc1_wgrad = [&] {
+      weight_grad(nm(l, n + ".fc1", "bwd_weight"), l, h, s.fc1w_r, T_, in_full, {d_fc1}, gi,
+                  s.fc1_params, 1, m_.bias);
+    };
+    if (tp_overlap()) fc1_wgrad();
+    d_in = cast(nm(l, n + ".fc1", "bwd_cast"), BI, l, d_in, Tnh, false);
+    if (!tp_overlap()) fc1_wgrad();
+    return d_in;
   }
 
   // Token counts of an MoE layer (Megatron-core's all-to-all dispatcher). The rank routes its own
@@ -843,16 +915,16 @@ class Builder {
          l, {in, a.routing}, {perm});
     TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true);
     a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
-    a.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
+    a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
-         {a.dispatched, We}, {a.fc1_out});
-    a.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
+         {a.dispatched, We}, {a.mlp.fc1_out});
+    a.mlp.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.act", sfx),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
-         l, {a.fc1_out}, {a.act_out});
+         l, {a.mlp.fc1_out}, {a.mlp.act_out});
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
     node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
-         {a.act_out, We}, {out});
+         {a.mlp.act_out, We}, {out});
     TensorId back =
         expert_tp(nm(l, "moe.combine", sfx) + ".tp_reduce_scatter", pass, l, out, false);
     a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, back, false);
@@ -860,7 +932,14 @@ class Builder {
     node(nm(l, "moe.unpermute", sfx),
          stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
          {a.moe_back, a.routing}, {y});
-    return y;
+    if (sffn_r_ == 0) return y;
+    // The shared expert, a dense tp MLP on the same tokens, after the routed experts (Megatron
+    // without --moe-shared-expert-overlap); the two outputs are summed.
+    TensorId shared = mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared);
+    TensorId sum = act(nm(l, "moe.shared.add", sfx) + ".out", double(Tn_) * h);
+    node(nm(l, "moe.shared.add", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l,
+         {y, shared}, {sum});
+    return sum;
   }
 
   // Dropout on a residual branch: returns the dropped tensor (or `in` when the model has none)
@@ -968,34 +1047,8 @@ class Builder {
       node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
            {d_branch, a.mask2}, {d_fc2});
     }
-    TensorId d_ln2;
-    if (m_.moe_layer(l)) {
-      d_ln2 = moe_backward(l, a, d_fc2);
-    } else {
-      TensorId d_act = act(nm(l, "mlp.fc2", "bwd_input") + ".grad", double(T_) * ffn_r_);
-      std::vector<TensorId> d_fc2_full = gathered_gemm(nm(l, "mlp.fc2", "bwd_input"), BI, l, d_fc2,
-                                                       ffn_r_, h, {ac_ ? a.fc2_w : Wt}, d_act);
-      weight_grad(nm(l, "mlp.fc2", "bwd_weight"), l, ffn_r_, h, T_, a.act_out, d_fc2_full, gi,
-                  fc2_params(), 1, m_.bias);
-      TensorId d_fc1 = act(nm(l, "mlp.act", "bwd") + ".grad", double(T_) * fc1w_r_);
-      node(nm(l, "mlp.act", "bwd"),
-           make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * ffn_r_,
-                            ad_),
-           BI, l, {d_act, a.fc1_out}, {d_fc1});
-      TensorId ln2_full = tp_gather(nm(l, "mlp.fc1", "bwd_weight"), BI, l, a.ln2_out, false);
-      d_ln2 = act(nm(l, "mlp.fc1", "bwd_input") + ".grad", double(T_) * h);
-      node(nm(l, "mlp.fc1", "bwd_input"), gemm(T_, h, fc1w_r_, md_), BI, l,
-           {d_fc1, ac_ ? a.fc1_w : Wt}, {d_ln2});
-      // With overlap, TE's bulk overlap: the reduce-scatter runs beside the weight gradient.
-      d_ln2 = tp_reduce(nm(l, "mlp.fc1", "bwd_input"), BI, l, d_ln2, !tp_overlap());
-      auto fc1_wgrad = [&] {
-        weight_grad(nm(l, "mlp.fc1", "bwd_weight"), l, h, fc1w_r_, T_, ln2_full, {d_fc1}, gi,
-                    fc1_params(), 1, m_.bias);
-      };
-      if (tp_overlap()) fc1_wgrad();
-      d_ln2 = cast(nm(l, "mlp.fc1", "bwd_cast"), BI, l, d_ln2, Tnh, false);
-      if (!tp_overlap()) fc1_wgrad();
-    }
+    TensorId d_ln2 = m_.moe_layer(l) ? moe_backward(l, a, d_fc2)
+                                     : mlp_backward(l, a.mlp, dense_mlp(), d_fc2, a.ln2_out);
     TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
     TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh, re_);
     node(nm(l, "mlp.residual", "bwd"), residual_add(true), BI, l, {dy, d_ln2_in}, {d_mid});
@@ -1095,13 +1148,13 @@ class Builder {
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
-    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.act_out, {d_out}, ge,
+    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.mlp.act_out, {d_out}, ge,
                 efc2_params(), experts_local_, m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Rk * effn_r_,
                           ad_),
-         BI, l, {d_act, a.fc1_out}, {d_fc1});
+         BI, l, {d_act, a.mlp.fc1_out}, {d_fc1});
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
@@ -1127,7 +1180,12 @@ class Builder {
     TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(Tn_) * h);
     node(nm(l, "moe.router", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
          {d_in, d_router}, {d});
-    return d;
+    if (sffn_r_ == 0) return d;
+    TensorId d_shared = mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out);
+    TensorId d_sum = act(nm(l, "moe.shared.add", "bwd") + ".grad", double(Tn_) * h);
+    node(nm(l, "moe.shared.add", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
+         {d, d_shared}, {d_sum});
+    return d_sum;
   }
 
 
@@ -1344,7 +1402,8 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
-  double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
+  double load_ = 1.0;
+  int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)  // the simulated rank's expert tokens over the balanced share
   DType ad_, md_, attn_dt_;
   double e_, wb_, ob_;
   double gb_;                 // bytes per gradient element held between micro-batches
