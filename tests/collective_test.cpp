@@ -409,7 +409,7 @@ TEST(CollectiveScale, ShortcutsDoNotChangeResults) {
       EXPECT_NEAR(a.per_class[c].busy.sec(), b.per_class[c].busy.sec(),
                   1e-9 * b.per_class[c].busy.sec());
     }
-    if (!b.memoised) EXPECT_LE(a.events, b.events);
+    if (!b.memoised) { EXPECT_LE(a.events, b.events); }
   }
   Time horizon = Time::us(300000);
   double worst = 0;

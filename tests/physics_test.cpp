@@ -107,8 +107,6 @@ const LevelResult* level(const OpResult& r, const std::string& name) {
   return nullptr;
 }
 
-bool is_stream(const Op& op) { return std::holds_alternative<StreamOp>(op.body); }
-
 // --- Bytes are conserved through the hierarchy
 // -----------------------------------------------------
 
