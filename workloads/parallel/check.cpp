@@ -64,6 +64,11 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                      "core's token dispatcher routes each rank's sequence shard and refuses to "
                      "train without it)",
                      p.tp));
+  if (t.moe_shared_expert_overlap && !m.shared_expert())
+    fail("moe_shared_expert_overlap",
+         fmt::format("overlaps the shared expert with the all-to-alls; '{}' has no shared expert "
+                     "(model.shared_expert_ffn_hidden)",
+                     m.name));
   if (m.moe() && m.experts % p.ep != 0)
     fail("ep", fmt::format("experts ({}) must be divisible by ep ({}): each expert-parallel rank "
                            "holds the same number of experts",

@@ -202,6 +202,11 @@ const Schema& training_schema() {
         "exchanges this x the balanced tokens; overrides moe_load_imbalance. 0: dropless.");
     cap.min = 0;
     x.params.push_back(cap);
+    x.params.push_back(param(
+        "moe_shared_expert_overlap", ParamType::Bool, "", "false",
+        "Megatron's --moe-shared-expert-overlap: the shared expert's products run while the "
+        "dispatch all-to-all (forward) and the combine's (backward) are in flight, instead of "
+        "after the routed experts. Needs a model with a shared expert."));
     return x;
   }();
   return s;
@@ -281,6 +286,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.autocast = c.get_bool("autocast");
   t.moe_load_imbalance = c.get_real("moe_load_imbalance");
   t.moe_capacity_factor = c.get_real("moe_capacity_factor");
+  t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
     c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));

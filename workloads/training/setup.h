@@ -76,6 +76,10 @@ struct TrainingSetup {
   /// tokens, drops the rest, and its input is padded up to exactly that, so every rank computes
   /// and exchanges this x the balanced tokens whatever the imbalance. 0: dropless.
   double moe_capacity_factor = 0.0;
+  /// Megatron's --moe-shared-expert-overlap: the shared expert runs while the dispatch
+  /// all-to-all (forward) and the combine's (backward) are in flight, instead of after the
+  /// routed experts. Needs a model with a shared expert.
+  bool moe_shared_expert_overlap = false;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -874,15 +874,18 @@ class Builder {
   // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
   // busiest rank's exchange (received_ep() copies each way); `to_experts` sizes what this rank
   // receives: its experts' copies, or its own back.
-  TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in, bool to_experts) {
+  TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in, bool to_experts,
+                         bool blocking = true) {
     if (ep_ == 1) return in;
     const double bytes = double(received_ep()) * m_.hidden * e_;
     TensorId out =
         act(name + ".out", double(to_experts ? received_ep() : returned()) * m_.hidden);
-    comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, true, false, pass, l, {in},
+    comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, blocking, false, pass, l, {in},
          {out});
     return out;
   }
+  // The shared expert overlapped with an all-to-all (Megatron's --moe-shared-expert-overlap).
+  bool shared_overlap() const { return sffn_r_ > 0 && t_.moe_shared_expert_overlap; }
   // The experts' tokens over the tp group (tp > 1): an all-gather of the copies the tp ranks
   // received, or the reduce-scatter of the experts' partial outputs back to them.
   TensorId expert_tp(const std::string& name, Pass pass, int l, TensorId in, bool gather) {
@@ -913,7 +916,10 @@ class Builder {
     TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
     node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_), pass,
          l, {in, a.routing}, {perm});
-    TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true);
+    // With the overlap, the dispatch runs on the communication stream while the compute stream
+    // runs the shared expert; the routed experts wait for both.
+    TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true, !shared_overlap());
+    TensorId shared = shared_overlap() ? mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared) : -1;
     a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
@@ -935,7 +941,7 @@ class Builder {
     if (sffn_r_ == 0) return y;
     // The shared expert, a dense tp MLP on the same tokens, after the routed experts (Megatron
     // without --moe-shared-expert-overlap); the two outputs are summed.
-    TensorId shared = mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared);
+    if (!shared_overlap()) shared = mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared);
     TensorId sum = act(nm(l, "moe.shared.add", sfx) + ".out", double(Tn_) * h);
     node(nm(l, "moe.shared.add", sfx), make_elementwise("add", Tn_ * h, ad_), pass, l,
          {y, shared}, {sum});
@@ -1142,7 +1148,10 @@ class Builder {
     node(nm(l, "moe.unpermute", "bwd"),
          stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
          {dy, a.moe_back, a.routing}, {d_back, d_probs});
-    TensorId d_ret = ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true);
+    TensorId d_ret =
+        ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true, !shared_overlap());
+    TensorId d_shared = shared_overlap() ? mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out)
+                                         : -1;
     TensorId d_out =
         expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
@@ -1181,7 +1190,7 @@ class Builder {
     node(nm(l, "moe.router", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
          {d_in, d_router}, {d});
     if (sffn_r_ == 0) return d;
-    TensorId d_shared = mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out);
+    if (!shared_overlap()) d_shared = mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out);
     TensorId d_sum = act(nm(l, "moe.shared.add", "bwd") + ".grad", double(Tn_) * h);
     node(nm(l, "moe.shared.add", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
          {d, d_shared}, {d_sum});
