@@ -1063,10 +1063,12 @@ class ClusterSim {
     one.global_batch = t_.micro_batch;
     StepGraph full = build_step_graph(m_, one);
     double micro_batches_global = double(t_.global_batch) / double(t_.micro_batch);
-    r.model_flops = model_flops_per_micro_batch(m_, t_) * micro_batches_global;
-    r.hardware_flops = (full.flops(Pass::Forward) + full.flops(Pass::BackwardInput) +
-                        full.flops(Pass::BackwardWeight) + full.flops(Pass::Recompute)) *
-                       micro_batches_global;
+    const double run = full.flops(Pass::Forward) + full.flops(Pass::BackwardInput) +
+                       full.flops(Pass::BackwardWeight);
+    // Without padding to capacity the graph's own FLOPs are the model's.
+    const double model = t_.moe_capacity_factor > 0 ? model_flops_per_micro_batch(m_, t_) : run;
+    r.model_flops = model * micro_batches_global;
+    r.hardware_flops = (run + full.flops(Pass::Recompute)) * micro_batches_global;
   }
 
   const TransformerModel& m_;

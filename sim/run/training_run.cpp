@@ -44,8 +44,12 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
   r.memory = memory_timeline(g);
-  r.model_flops =
-      model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
+  // Without padding to capacity the graph's own FLOPs are the model's.
+  r.model_flops = (g.setup.moe_capacity_factor > 0
+                       ? model_flops_per_micro_batch(g.model, g.setup)
+                       : g.flops(Pass::Forward) + g.flops(Pass::BackwardInput) +
+                             g.flops(Pass::BackwardWeight)) *
+                  double(g.accumulation_steps);
 
   OpSimulator sim(device, fidelity);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
