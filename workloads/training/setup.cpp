@@ -212,11 +212,14 @@ const Schema& training_schema() {
   return s;
 }
 
-std::string moe_routing_label(const TrainingSetup& t) {
-  if (t.moe_capacity_factor > 0) return fmt::format(" · expert capacity {:g}", t.moe_capacity_factor);
-  if (t.moe_load_imbalance != 1.0 && t.parallel.ep > 1)
-    return fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
-  return "";
+std::string moe_label(const TrainingSetup& t) {
+  std::string s;
+  if (t.moe_capacity_factor > 0)
+    s = fmt::format(" · expert capacity {:g}", t.moe_capacity_factor);
+  else if (t.moe_load_imbalance != 1.0 && t.parallel.ep > 1)
+    s = fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
+  if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
+  return s;
 }
 
 GradAccumulation grad_accumulation_from_name(const std::string& name) {

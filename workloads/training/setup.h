@@ -96,9 +96,9 @@ struct TrainingSetup {
 };
 
 const char* precision_name(Precision p);
-/// " · moe load 1.30x" or " · expert capacity 1.25" for a summary's first line; empty when
-/// routing is dropless and balanced.
-std::string moe_routing_label(const TrainingSetup& t);
+/// The MoE switches for a summary's first line: " · moe load 1.30x" or " · expert capacity
+/// 1.25", then " · shared expert overlapped"; empty with the defaults.
+std::string moe_label(const TrainingSetup& t);
 const char* recompute_name(Recompute r);
 
 /// Schema of a `training:` section.
