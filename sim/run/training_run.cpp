@@ -44,12 +44,9 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
   r.memory = memory_timeline(g);
-  // Without padding to capacity the graph's own FLOPs are the model's.
-  r.model_flops = (g.setup.moe_capacity_factor > 0
-                       ? model_flops_per_micro_batch(g.model, g.setup)
-                       : g.flops(Pass::Forward) + g.flops(Pass::BackwardInput) +
-                             g.flops(Pass::BackwardWeight)) *
-                  double(g.accumulation_steps);
+  // The nominal graph of one micro-batch: no padding, no gradient-accumulation additions.
+  r.model_flops =
+      model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
 
   OpSimulator sim(device, fidelity);
   double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
@@ -84,7 +81,9 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
     else if (o.bound == "cache") r.cache_bound_time += o.time * runs;
     else r.latency_bound_time += o.time * runs;
-    r.hardware_flops += o.flops * runs;
+    // HFU counts the passes' work, recomputation included, not the optimizer's (as MFU, and as
+    // the cluster runner counts it).
+    if (n.pass != Pass::Optimizer) r.hardware_flops += o.flops * runs;
     r.launch_time += device.launch_overhead() * (o.kernels * runs);
     mem_bytes += t.bytes.count() * runs;
     if (!o.levels.empty()) {

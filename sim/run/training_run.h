@@ -49,7 +49,7 @@ struct TrainingResult {
   Time step_time;
   double tokens_per_step = 0;
   double model_flops = 0;     ///< per step, without recomputation (MFU numerator)
-  double hardware_flops = 0;  ///< per step, with recomputation (HFU numerator)
+  double hardware_flops = 0;  ///< per step, with recomputation, without the optimizer (HFU numerator)
   double peak_flops = 0;      ///< device peak for the matmul type, datasheet convention
   std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
