@@ -103,6 +103,12 @@ TEST_F(ClusterCli, MoeRoutingNeedsExpertsAndABusiestRankAboveTheMean) {
              "training.moe_capacity_factor", "dense");
 }
 
+TEST_F(ClusterCli, SharedExpertOverlapNeedsASharedExpert) {
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --ep 8 "
+             "--global-batch 16 -p training.moe_shared_expert_overlap=true",
+             "training.moe_shared_expert_overlap", "no shared expert");
+}
+
 TEST_F(ClusterCli, MoeWithTensorParallelismNeedsSequenceParallelism) {
   expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --tp 2 "
              "--ep 8 --global-batch 8",
