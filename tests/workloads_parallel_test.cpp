@@ -649,6 +649,87 @@ TEST(WorkloadParallel, MoeImbalanceAndCapacityScaleTheBusiestRank) {
   EXPECT_THROW(setup("moe_capacity_factor: -1"), ConfigError);
 }
 
+// Megatron-core's allgather dispatcher: every rank gathers all the tokens of its tp x ep group
+// (hidden state plus fp32 probabilities and a bool map over the experts) and keeps its experts'
+// copies; the outputs go back by reduce-scatter. The experts compute exactly what they do under
+// the all-to-all dispatcher; the bytes depend on neither top_k nor the routing.
+TEST(WorkloadParallel, AllgatherDispatcherGathersTheGroupsTokens) {
+  TransformerModel m = load_model("mixtral-8x7b");
+  m.layers = 2;
+  const int64_t h = m.hidden, T = m.seq_len, E = m.experts;
+  auto graph = [&](int tp, int ep, const std::string& extra) {
+    return build_step_graph(m, setup(par(tp, 1, tp > 1, 8) + "ep: " + std::to_string(ep) +
+                                     "\nzero_stage: 1\n" + extra));
+  };
+  auto expert_flops = [](const StepGraph& g) {
+    double f = 0;
+    for (std::size_t v = 0; v < g.size(); ++v)
+      if (g.dag[v].op && g.dag[v].name.find(".moe.experts.") != std::string::npos)
+        f += g.dag[v].op->flops();
+    return f;
+  };
+  for (auto [tp, ep] : {std::pair{4, 1}, std::pair{2, 4}, std::pair{1, 8}}) {
+    SCOPED_TRACE("tp " + std::to_string(tp) + " ep " + std::to_string(ep));
+    const StepGraph a2a = graph(tp, ep, "");
+    const StepGraph ag = graph(tp, ep, "moe_token_dispatcher: allgather");
+    expect_well_formed(ag);
+    EXPECT_DOUBLE_EQ(expert_flops(ag), expert_flops(a2a));
+    EXPECT_DOUBLE_EQ(matrix_flops(ag), matrix_flops(a2a));
+    auto c = comms(ag);
+    EXPECT_EQ(c.count("fwd all-to-all ep"), 0u);
+    // Per MoE layer: Tn = T / tp tokens per rank, gathered over ep, then over tp.
+    const double Tn = double(T) / tp, row = 2.0 * h + 5.0 * E;
+    if (ep > 1) {
+      EXPECT_EQ(c["fwd all-gather ep"].n, m.layers);
+      EXPECT_DOUBLE_EQ(c["fwd all-gather ep"].bytes, m.layers * Tn * ep * row);
+      EXPECT_EQ(c["fwd reduce-scatter ep"].n, m.layers);
+      EXPECT_DOUBLE_EQ(c["fwd reduce-scatter ep"].bytes, m.layers * Tn * ep * 2.0 * h);
+    }
+    if (tp > 1) {
+      const StepNode* gather = find(ag, "layer1.moe.dispatch.fwd.tp_allgather");
+      ASSERT_NE(gather, nullptr);
+      EXPECT_DOUBLE_EQ(gather->comm->bytes, Tn * ep * tp * row);
+      const StepNode* scatter = find(ag, "layer1.moe.dispatch.bwd.tp_reduce_scatter");
+      ASSERT_NE(scatter, nullptr);
+      EXPECT_DOUBLE_EQ(scatter->comm->bytes, Tn * ep * tp * (2.0 * h + 4.0 * E));
+    }
+    if (ep == 1) {
+      // At ep 1 the all-to-all dispatcher's tp all-gather carries the top_k routed copies; the
+      // allgather dispatcher carries each token once.
+      const double routed = find(a2a, "layer1.moe.dispatch.fwd.tp_allgather")->comm->bytes;
+      EXPECT_DOUBLE_EQ(routed, double(T) * m.top_k * h * 2);
+      EXPECT_NEAR(routed / find(ag, "layer1.moe.dispatch.fwd.tp_allgather")->comm->bytes,
+                  m.top_k * 2.0 * h / row, 1e-12);
+    }
+  }
+  // The busiest rank's experts take the imbalance; the gathers stay.
+  const StepGraph even = graph(2, 4, "moe_token_dispatcher: allgather");
+  const StepGraph hot =
+      graph(2, 4, "moe_token_dispatcher: allgather\nmoe_load_imbalance: 1.5");
+  EXPECT_NEAR(expert_flops(hot) / expert_flops(even), 1.5, 1e-3);
+  EXPECT_DOUBLE_EQ(comms(hot)["fwd all-gather ep"].bytes, comms(even)["fwd all-gather ep"].bytes);
+  EXPECT_DOUBLE_EQ(comms(hot)["fwd all-gather tp"].bytes, comms(even)["fwd all-gather tp"].bytes);
+  // What Megatron-core refuses with it, and a dense model, name their keys.
+  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
+    try {
+      build_step_graph(x, setup(yaml));
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string ag = "moe_token_dispatcher: allgather\n";
+  EXPECT_NE(message(load_model("gpt3-1.3b"), ag).find("training.moe_token_dispatcher"),
+            std::string::npos);
+  EXPECT_NE(message(m, ag + "moe_capacity_factor: 1.25").find("training.moe_capacity_factor"),
+            std::string::npos);
+  TransformerModel q = load_model("qwen2-57b-a14b", {"layers=2"});
+  EXPECT_NE(message(q, ag + "moe_shared_expert_overlap: true")
+                .find("training.moe_shared_expert_overlap"),
+            std::string::npos);
+  EXPECT_THROW(setup("moe_token_dispatcher: flex"), ConfigError);
+}
+
 TEST(WorkloadParallel, BadLayoutsNameTheKey) {
   TransformerModel m = load_model("gpt3-1.3b");  // 16 heads
   auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {

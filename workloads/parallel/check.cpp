@@ -64,6 +64,17 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                      "core's token dispatcher routes each rank's sequence shard and refuses to "
                      "train without it)",
                      p.tp));
+  if (t.moe_allgather_dispatcher && !m.moe())
+    fail("moe_token_dispatcher",
+         fmt::format("dispatches tokens to experts; '{}' is a dense model (no experts)", m.name));
+  if (t.moe_allgather_dispatcher && t.moe_capacity_factor != 0.0)
+    fail("moe_capacity_factor",
+         "an expert capacity needs the alltoall token dispatcher (Megatron-core refuses "
+         "--moe-expert-capacity-factor with the allgather dispatcher)");
+  if (t.moe_allgather_dispatcher && t.moe_shared_expert_overlap)
+    fail("moe_shared_expert_overlap",
+         "overlaps the shared expert with the all-to-alls, which the allgather token dispatcher "
+         "does not run (Megatron-core refuses the overlap with it)");
   if (t.moe_shared_expert_overlap && !m.shared_expert())
     fail("moe_shared_expert_overlap",
          fmt::format("overlaps the shared expert with the all-to-alls; '{}' has no shared expert "

@@ -207,6 +207,17 @@ const Schema& training_schema() {
         "Megatron's --moe-shared-expert-overlap: the shared expert's products run while the "
         "dispatch all-to-all (forward) and the combine's (backward) are in flight, instead of "
         "after the routed experts. Needs a model with a shared expert."));
+    ParamSpec disp = param(
+        "moe_token_dispatcher", ParamType::Enum, "", "alltoall",
+        "Megatron-core's --moe-token-dispatcher-type. alltoall: each rank sends the top_k copies "
+        "of its tokens to the experts' ranks (all-to-all over ep, then all-gather over tp). "
+        "allgather: each rank gathers every token of its tp x ep group (all-gather over ep, "
+        "then over tp), keeps its experts' copies, and the outputs return by reduce-scatter; "
+        "its bytes do not depend on top_k or the routing (top_k times fewer than alltoall at ep "
+        "1, more at large ep). allgather takes no capacity factor or shared-expert overlap, as "
+        "in Megatron-core.");
+    disp.choices = {"alltoall", "allgather"};
+    x.params.push_back(disp);
     return x;
   }();
   return s;
@@ -219,6 +230,7 @@ std::string moe_label(const TrainingSetup& t) {
   else if (t.moe_load_imbalance != 1.0 && t.parallel.ep > 1)
     s = fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
+  if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
   return s;
 }
 
@@ -290,6 +302,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_load_imbalance = c.get_real("moe_load_imbalance");
   t.moe_capacity_factor = c.get_real("moe_capacity_factor");
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
+  t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
     c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));

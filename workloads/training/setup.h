@@ -80,6 +80,12 @@ struct TrainingSetup {
   /// all-to-all (forward) and the combine's (backward) are in flight, instead of after the
   /// routed experts. Needs a model with a shared expert.
   bool moe_shared_expert_overlap = false;
+  /// Megatron-core's --moe-token-dispatcher-type. false (alltoall): each rank sends the top_k
+  /// copies of its tokens to the experts' ranks (all-to-all over ep, then all-gather over tp).
+  /// true (allgather): every rank of the tp x ep group gathers all the group's tokens and picks
+  /// its experts' copies locally; the outputs return by reduce-scatter. Its bytes do not depend
+  /// on top_k or the routing: top_k times fewer than all-to-all at ep 1, more at large ep.
+  bool moe_allgather_dispatcher = false;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -854,10 +854,11 @@ class Builder {
     return d_in;
   }
 
-  // Token counts of an MoE layer (Megatron-core's all-to-all dispatcher). The rank routes its own
-  // Tn tokens (its sequence shard with tp > 1), top_k copies each; the expert-parallel
-  // all-to-all brings it the copies for its experts, and with tp > 1 an all-gather over tp
-  // gives each tp rank every token of its experts (whose weights are split over tp). The
+  // Token counts of an MoE layer. The rank routes its own Tn tokens (its sequence shard with
+  // tp > 1), top_k copies each. All-to-all dispatcher: the expert-parallel all-to-all brings it
+  // the copies for its experts, and with tp > 1 an all-gather over tp gives each tp rank every
+  // token of its experts (whose weights are split over tp). Allgather dispatcher: it gathers
+  // every token of its tp x ep group and keeps its experts' copies, the same count. The
   // simulated rank is the busiest: it receives moe_load times the balanced share.
   int64_t routed() const { return Tn_ * m_.top_k; }
   // Copies this rank receives in the dispatch all-to-all (and sends back in the combine).
@@ -870,6 +871,9 @@ class Builder {
   }
   // Copies a rank gets back from the experts: its own (dropless), or the padded capacity.
   int64_t returned() const { return t_.moe_capacity_factor > 0 ? received_ep() : routed(); }
+  // Tokens of the tp x ep group, which the allgather dispatcher gathers on every member.
+  int64_t group_tokens() const { return Tn_ * tp_ * ep_; }
+  bool allgather() const { return t_.moe_allgather_dispatcher; }
 
   // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
   // busiest rank's exchange (received_ep() copies each way); `to_experts` sizes what this rank
@@ -896,15 +900,42 @@ class Builder {
          ParallelGroup::TP, full * e_, true, false, pass, l, {in}, {out});
     return out;
   }
+  // The allgather dispatcher's collective over the tp x ep group, `row_bytes` per token: an
+  // all-gather of the members' Tn tokens (gather), or the reduce-scatter of all the group's
+  // tokens back to them. It runs as one collective over ep and one over tp (gather: ep first),
+  // which moves the bytes per rank of one ring over the tp x ep ranks; Megatron-core runs one.
+  TensorId tp_ep_exchange(const std::string& name, Pass pass, int l, TensorId in, bool gather,
+                          double row_bytes) {
+    TensorId x = in;
+    struct Step { ParallelGroup g; int n; int64_t tokens; };  // tokens: per rank, before gather
+    const Step ep{ParallelGroup::EP, ep_, Tn_}, tp{ParallelGroup::TP, tp_, Tn_ * ep_};
+    for (const Step& st : gather ? std::vector<Step>{ep, tp} : std::vector<Step>{tp, ep}) {
+      if (st.n == 1) continue;
+      const double full = double(st.tokens) * st.n * row_bytes;
+      const std::string nm_step = fmt::format("{}.{}_{}", name, parallel_group_name(st.g),
+                                              gather ? "allgather" : "reduce_scatter");
+      TensorId out = act(nm_step + ".out", gather ? full : double(st.tokens) * row_bytes, 1);
+      comm(nm_step, gather ? CollectiveKind::AllGather : CollectiveKind::ReduceScatter, st.g,
+           full, true, false, pass, l, {x}, {out});
+      x = out;
+    }
+    return x;
+  }
+  // Per token, what the allgather dispatcher gathers beside the hidden state (Megatron-core's
+  // fp32 probabilities and bool routing map over the experts), and reduces back in the backward
+  // (the probabilities' gradient).
+  double routing_row_bytes(bool backward) const { return double(m_.experts) * (backward ? 4 : 5); }
 
-  // The MoE block in place of the MLP, as Megatron-core's all-to-all dispatcher runs it: router,
-  // top-k and permute on the rank's own tokens; dispatch (all-to-all over ep, then all-gather
-  // over tp); the local experts' products (grouped: one batch entry per expert, split over tp
-  // like the dense MLP); reduce-scatter over tp and combine (all-to-all); unpermute with the
-  // routing weights. Returns the block output on the rank's own tokens, complete.
+  // The MoE block in place of the MLP, as Megatron-core runs it: router and top-k on the rank's
+  // own tokens; the dispatch (alltoall: permute, all-to-all over ep, all-gather over tp;
+  // allgather: all-gather over tp x ep, permute); the local experts' products (grouped: one
+  // batch entry per expert, split over tp like the dense MLP); the combine (alltoall:
+  // reduce-scatter over tp, all-to-all, unpermute with the routing weights; allgather:
+  // unpermute into the group's tokens, reduce-scatter over tp x ep). Returns the block output on
+  // the rank's own tokens, complete.
   TensorId moe_forward(int l, const char* sfx, Pass pass, TensorId in, LayerActs& a) {
     const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
-                  te = expert_tokens();
+                  te = expert_tokens(), G = group_tokens();
     const TensorId Wt = W(lgi(l)), We = W(egi(l));
     a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(Tn_) * E);
     node(nm(l, "moe.router", sfx), gemm(Tn_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
@@ -913,14 +944,24 @@ class Builder {
     node(nm(l, "moe.topk", sfx),
          stream_op("moe_topk", Tn_ * E, {e_}, {8.0 * m_.top_k / E}, 8, 5, ad_), pass, l,
          {a.router_logits}, {a.routing});
-    TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
-    node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_), pass,
-         l, {in, a.routing}, {perm});
-    // With the overlap, the dispatch runs on the communication stream while the compute stream
-    // runs the shared expert; the routed experts wait for both.
-    TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true, !shared_overlap());
-    TensorId shared = shared_overlap() ? mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared) : -1;
-    a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
+    TensorId shared = -1;
+    if (allgather()) {
+      TensorId all = tp_ep_exchange(nm(l, "moe.dispatch", sfx), pass, l, in, true,
+                                    double(h) * e_ + routing_row_bytes(false));
+      a.dispatched = act(nm(l, "moe.permute", sfx) + ".out", double(Rk) * h);
+      node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Rk * h, {e_}, {e_}, 0, 0, ad_),
+           pass, l, {all, a.routing}, {a.dispatched});
+    } else {
+      TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
+      node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_),
+           pass, l, {in, a.routing}, {perm});
+      // With the overlap, the dispatch runs on the communication stream while the compute
+      // stream runs the shared expert; the routed experts wait for both.
+      TensorId disp =
+          ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true, !shared_overlap());
+      if (shared_overlap()) shared = mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared);
+      a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
+    }
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.dispatched, We}, {a.mlp.fc1_out});
@@ -931,13 +972,26 @@ class Builder {
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
     node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
          {a.mlp.act_out, We}, {out});
-    TensorId back =
-        expert_tp(nm(l, "moe.combine", sfx) + ".tp_reduce_scatter", pass, l, out, false);
-    a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, back, false);
-    TensorId y = act(nm(l, "moe.unpermute", sfx) + ".out", double(Tn_) * h);
-    node(nm(l, "moe.unpermute", sfx),
-         stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
-         {a.moe_back, a.routing}, {y});
+    TensorId y = -1;
+    if (allgather()) {
+      // Scatter-add of the weighted copies into the zeroed group buffer (tp-partial sums); the
+      // reduce-scatter completes them over tp and over the experts' ranks.
+      a.moe_back = out;
+      TensorId part = act(nm(l, "moe.unpermute", sfx) + ".out", double(G) * h);
+      node(nm(l, "moe.unpermute", sfx),
+           stream_op("moe_unpermute", Rk * h, {e_, e_}, {e_ * (1 + double(G) / double(Rk))}, 2,
+                     2, ad_),
+           pass, l, {out, a.routing}, {part});
+      y = tp_ep_exchange(nm(l, "moe.combine", sfx), pass, l, part, false, double(h) * e_);
+    } else {
+      TensorId back =
+          expert_tp(nm(l, "moe.combine", sfx) + ".tp_reduce_scatter", pass, l, out, false);
+      a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, back, false);
+      y = act(nm(l, "moe.unpermute", sfx) + ".out", double(Tn_) * h);
+      node(nm(l, "moe.unpermute", sfx),
+           stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
+           {a.moe_back, a.routing}, {y});
+    }
     if (sffn_r_ == 0) return y;
     // The shared expert, a dense tp MLP on the same tokens, after the routed experts (Megatron
     // without --moe-shared-expert-overlap); the two outputs are summed.
@@ -1139,21 +1193,31 @@ class Builder {
   // rank's own tokens, complete).
   TensorId moe_backward(int l, const LayerActs& a, TensorId dy) {
     const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
-                  te = expert_tokens();
+                  te = expert_tokens(), G = group_tokens();
     const Pass BI = Pass::BackwardInput;
     const int gi = lgi(l), ge = egi(l);
     const TensorId Wt = W(gi), We = W(ge);
-    TensorId d_back = act(nm(l, "moe.unpermute", "bwd") + ".grad", double(Tk) * h);
-    TensorId d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Tk), 4);
-    node(nm(l, "moe.unpermute", "bwd"),
-         stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
-         {dy, a.moe_back, a.routing}, {d_back, d_probs});
-    TensorId d_ret =
-        ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true, !shared_overlap());
-    TensorId d_shared = shared_overlap() ? mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out)
-                                         : -1;
-    TensorId d_out =
-        expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
+    TensorId d_out = -1, d_probs = -1, d_shared = -1;
+    if (allgather()) {
+      // The reduce-scatter's backward gathers the output gradient over tp x ep; each expert copy
+      // takes its token's row times its weight, and its weight's gradient.
+      TensorId d_all = tp_ep_exchange(nm(l, "moe.combine", "bwd"), BI, l, dy, true, double(h) * e_);
+      d_out = act(nm(l, "moe.unpermute", "bwd") + ".grad", double(Rk) * h);
+      d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Rk), 4);
+      node(nm(l, "moe.unpermute", "bwd"),
+           stream_op("moe_unpermute_bwd", Rk * h, {e_, e_}, {e_}, 4, 4, ad_), BI, l,
+           {d_all, a.moe_back, a.routing}, {d_out, d_probs});
+    } else {
+      TensorId d_back = act(nm(l, "moe.unpermute", "bwd") + ".grad", double(Tk) * h);
+      d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Tk), 4);
+      node(nm(l, "moe.unpermute", "bwd"),
+           stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
+           {dy, a.moe_back, a.routing}, {d_back, d_probs});
+      TensorId d_ret =
+          ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true, !shared_overlap());
+      if (shared_overlap()) d_shared = mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out);
+      d_out = expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
+    }
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
@@ -1169,13 +1233,27 @@ class Builder {
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
                 ge, efc1_params(), experts_local_, m_.bias);
-    TensorId d_mine =
-        expert_tp(nm(l, "moe.dispatch", "bwd") + ".tp_reduce_scatter", BI, l, d_disp, false);
-    TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_mine, false);
-    TensorId d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(Tn_) * h);
-    node(nm(l, "moe.permute", "bwd"),
-         stream_op("moe_permute_bwd", Tk * h, {e_}, {e_ / m_.top_k}, 1, 1, ad_), BI, l, {d_perm},
-         {d_in});
+    TensorId d_in = -1;
+    if (allgather()) {
+      // The permute's backward scatter-adds the copies' gradients into the zeroed group buffer;
+      // the all-gather's backward reduce-scatters it, with the probabilities' gradient.
+      TensorId d_all = act(nm(l, "moe.permute", "bwd") + ".out", double(G) * h);
+      node(nm(l, "moe.permute", "bwd"),
+           stream_op("moe_permute_bwd", Rk * h, {e_, e_}, {e_ * (1 + double(G) / double(Rk))}, 1,
+                     1, ad_),
+           BI, l, {d_disp, d_probs, a.routing}, {d_all});
+      d_in = tp_ep_exchange(nm(l, "moe.dispatch", "bwd"), BI, l, d_all, false,
+                            double(h) * e_ + routing_row_bytes(true));
+      d_probs = d_in;  // the probabilities' gradient arrives with it
+    } else {
+      TensorId d_mine =
+          expert_tp(nm(l, "moe.dispatch", "bwd") + ".tp_reduce_scatter", BI, l, d_disp, false);
+      TensorId d_perm = ep_all_to_all(nm(l, "moe.dispatch", "bwd"), BI, l, d_mine, false);
+      d_in = act(nm(l, "moe.permute", "bwd") + ".grad", double(Tn_) * h);
+      node(nm(l, "moe.permute", "bwd"),
+           stream_op("moe_permute_bwd", Tk * h, {e_}, {e_ / m_.top_k}, 1, 1, ad_), BI, l,
+           {d_perm}, {d_in});
+    }
     TensorId d_logits = act(nm(l, "moe.topk", "bwd") + ".grad", double(Tn_) * E);
     node(nm(l, "moe.topk", "bwd"), stream_op("moe_topk_bwd", Tn_ * E, {e_, e_}, {e_}, 4, 4, ad_),
          BI, l, {d_probs, a.router_logits}, {d_logits});
