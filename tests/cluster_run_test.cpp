@@ -272,6 +272,32 @@ TEST(ClusterRun, BadLayoutsAreRefusedWithTheKeyNamed) {
   EXPECT_NE(message(c).find("scale-up domain"), std::string::npos) << message(c);
 }
 
+// The allgather token dispatcher at ep 1 (tp 8 on one DGX H100): each token crosses the tp group
+// once instead of top_k times, so the tensor-parallel group moves fewer bytes and takes less
+// time; the experts' work, and so the model FLOPs, are the same.
+TEST(ClusterRun, AllgatherDispatcherMovesFewerTensorParallelBytesAtEp1) {
+  auto run = [](const char* dispatcher) {
+    Job j;
+    j.model = load_model("mixtral-8x7b", {"layers=4", "seq_len=2048"});
+    j.device = load_device("h100-sxm5-80gb");
+    j.system = load_system("dgx-h100");
+    j.setup = load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 2\ntp: 8\n"
+                                               "sequence_parallel: true\n"
+                                               "moe_token_dispatcher: {}\n",
+                                               dispatcher),
+                                   "training.yaml");
+    j.gpus = 8;
+    return j.run();
+  };
+  ClusterResult a2a = run("alltoall"), ag = run("allgather");
+  const GroupComm &a = a2a.comm[int(ParallelGroup::TP)], &b = ag.comm[int(ParallelGroup::TP)];
+  EXPECT_EQ(b.count, a.count);
+  EXPECT_LT(b.bytes, 0.8 * a.bytes);
+  EXPECT_LT(b.total.sec(), a.total.sec());
+  EXPECT_EQ(ag.comm[int(ParallelGroup::EP)].count, 0);
+  EXPECT_DOUBLE_EQ(ag.model_flops, a2a.model_flops);
+}
+
 }  // namespace
 }  // namespace memwall
 
