@@ -309,8 +309,26 @@ TEST(WorkloadParallel, TensorParallelCollectives) {
     EXPECT_EQ(c.count("fwd all-reduce tp"), 0u);
     EXPECT_EQ(std::get<StreamOp>(find(g, "layer1.ln1.fwd")->op->body).elements % (T / 4), 0);
     EXPECT_DOUBLE_EQ(g.boundary_bytes, double(T) / 4 * m.hidden * 2);
+    // Each rank's norms and row-parallel biases saw only its T/t tokens: their gradients are
+    // summed over tp once per step (two LayerNorms of 2h and two biases of h per layer, and
+    // the final norm), in the 16-bit gradients of the default accumulation.
+    const StepNode* sp = find(g, "optimizer.sp_grads.tp_allreduce");
+    ASSERT_NE(sp, nullptr);
+    EXPECT_TRUE(sp->comm->once_per_step);
+    EXPECT_DOUBLE_EQ(sp->comm->bytes, 2.0 * (L * 6.0 * m.hidden + 2.0 * m.hidden));
     expect_well_formed(g);
   }
+  // Without sequence parallelism every tp rank sees every token: the copies agree.
+  EXPECT_EQ(find(build_step_graph(m, setup(par(4, 1, false, 1, 2))),
+                 "optimizer.sp_grads.tp_allreduce"),
+            nullptr);
+  // An MoE layer adds its router (h x experts), replicated over tp; RMSNorm has no bias.
+  TransformerModel moe = load_model("mixtral-8x7b", {"layers=2", "seq_len=1024"});
+  const StepNode* sp = find(build_step_graph(moe, setup(par(2, 1, true))),
+                            "optimizer.sp_grads.tp_allreduce");
+  ASSERT_NE(sp, nullptr);
+  EXPECT_DOUBLE_EQ(sp->comm->bytes,
+                   2.0 * (2 * (2.0 * moe.hidden + double(moe.hidden) * moe.experts) + moe.hidden));
 }
 
 TEST(WorkloadParallel, PipelineChunksHaveBoundaryNodes) {

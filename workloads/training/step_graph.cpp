@@ -515,6 +515,10 @@ class Builder {
                       (moe ? router_params() + sfc1_params() + sfc2_params()
                            : fc1_params() + fc2_params());
       layer_group_.push_back(group(fmt::format("layer{}", l), dense, int(l)));
+      // Replicated over tp, on sequence shards with sp: the norms, the router, the row-parallel
+      // products' biases (attention output, fc2 or the shared expert's fc2).
+      tp_replicated_ += 2 * norm_params() + (moe ? router_params() : 0) +
+                        (m_.bias ? h + (!moe || sffn_r_ > 0 ? h : 0) : 0);
       expert_group_.push_back(
           moe ? group(fmt::format("layer{}.experts", l), efc1_params() + efc2_params(), int(l),
                       true)
@@ -522,6 +526,7 @@ class Builder {
     }
     if (c_.head) {
       final_norm_ = group("final_norm", norm_params(), -1);
+      tp_replicated_ += norm_params();
       // Tied embeddings share the table when one chunk holds both ends; a last pipeline stage
       // keeps its own copy of the table for the head (Megatron), summed with the first's.
       head_ = m_.tied_embeddings && c_.embedding ? embed_ : group("lm_head", vocab_r_ * h, -1);
@@ -1260,8 +1265,8 @@ class Builder {
     TensorId d_router = act(nm(l, "moe.router", "bwd_input") + ".grad", double(Tn_) * h);
     node(nm(l, "moe.router", "bwd_input"), gemm(Tn_, h, E, md_), BI, l, {d_logits, Wt},
          {d_router});
-    // The router is replicated over tp: each rank's weight gradient covers its own tokens (summed
-    // over tp with the norms' gradients, not modelled).
+    // The router is replicated over tp: each rank's weight gradient covers its own tokens, summed
+    // over tp with the norms' gradients before the optimizer (optimizer.sp_grads.tp_allreduce).
     weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, Tn_, a.ln2_out, {d_logits}, gi,
                 router_params());
     TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(Tn_) * h);
@@ -1425,6 +1430,12 @@ class Builder {
       if (g_.tensors[t].cls == TensorClass::Gradients) grads.push_back(t);
     }
     const double gb = gb_;
+    // With sequence parallelism each tp rank's copy of a replicated parameter (norms, router,
+    // row-parallel biases) saw only its own tokens: Megatron sums their gradients over tp
+    // (finalize_model_grads' all-reduce of the sequence_parallel parameters), once per step.
+    if (p_.sequence_parallel && tp_ > 1 && tp_replicated_ > 0)
+      comm("optimizer.sp_grads.tp_allreduce", CollectiveKind::AllReduce, ParallelGroup::TP,
+           double(tp_replicated_) * gb, true, true, O, -1, grads, {}, grads);
     if (t_.precision == Precision::FP16) {
       // Loss scaling: unscale the fp16 gradients and check them for inf/nan.
       node("optimizer.unscale", stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32), O, -1,
@@ -1505,6 +1516,7 @@ class Builder {
   std::vector<TensorId> state_tensors_;
   std::vector<Group> groups_;
   int embed_ = -1, final_norm_ = -1, head_ = -1;
+  int64_t tp_replicated_ = 0;  // this chunk's parameters replicated over tp (norms, router, biases)
   std::vector<int> layer_group_, expert_group_;
   Bucket open_[2];
   std::vector<Bucket> buckets_[2];
