@@ -444,6 +444,19 @@ TEST(ClusterRun, CommunicatorsHoldNcclBuffers) {
   dp.gpus = 16;
   ClusterResult r16 = dp.run();
   EXPECT_DOUBLE_EQ(r16.stages[0].comm_buffers, channels * conn * (1 + 4));
+
+  // tp_comm_overlap adds Transformer Engine's userbuffers: ten of [seq x micro_batch, hidden]
+  // in 16 bits (qkv and fc1 forward, input and weight gradient; proj and fc2 forward and input
+  // gradient), on top of the same NCCL buffers.
+  Job ub;
+  ub.model = tp.model;
+  ub.setup = load_training_string("micro_batch: 2\nglobal_batch: 2\ntp: 8\n"
+                                  "sequence_parallel: true\ntp_comm_overlap: true\n",
+                                  "training.yaml");
+  ub.gpus = 8;
+  ClusterResult rub = ub.run();
+  EXPECT_DOUBLE_EQ(rub.stages[0].comm_buffers,
+                   channels * conn + 10.0 * 2 * 1024 * tp.model.hidden * 2);
 }
 
 }  // namespace

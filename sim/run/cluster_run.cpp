@@ -1052,7 +1052,17 @@ class ClusterSim {
       bool ring = p_.vpp > 1;
       peers(double((s > 0 || ring) ? 1 : 0) + double((s < p_.pp - 1 || ring) ? 1 : 0));
     }
-    return total;
+    return total + userbuffer_bytes();
+  }
+  // Transformer Engine's userbuffers under tp_comm_overlap (initialize_ub): one registered
+  // buffer of [seq x micro_batch, hidden] in the activations' type for each overlapped product
+  // and pass: qkv and fc1 forward, input and weight gradient; proj and fc2 forward and input
+  // gradient. Held for the whole run, beside NCCL's own.
+  double userbuffer_bytes() const {
+    if (!(p_.tp_comm_overlap && p_.sequence_parallel && p_.tp > 1)) return 0;
+    constexpr int kBuffers = 10;
+    const double tokens = double(t_.micro_batch) * double(m_.seq_len) / p_.cp;
+    return kBuffers * tokens * double(m_.hidden) * dtype_bytes(t_.activation_dtype());
   }
 
   void flops(ClusterResult& r) {
