@@ -272,6 +272,40 @@ TEST(ClusterRun, BadLayoutsAreRefusedWithTheKeyNamed) {
   EXPECT_NE(message(c).find("scale-up domain"), std::string::npos) << message(c);
 }
 
+// MoE parallel folding on two DGX H100 (tp 2, dp 8, ep 8): with etp = tp an expert-parallel
+// group takes every second rank and spans both nodes, so its all-to-alls cross InfiniBand;
+// with etp 1 it is eight consecutive ranks of one node, on NVLink. The same bytes and FLOPs,
+// far less expert-parallel time.
+TEST(ClusterRun, ExpertTensorParallelOneKeepsTheExpertGroupInANode) {
+  auto run = [](int etp) {
+    Job j;
+    j.model = load_model("mixtral-8x7b", {"layers=4", "seq_len=2048"});
+    j.device = load_device("h100-sxm5-80gb");
+    j.system = load_system("dgx-h100");
+    j.setup = load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 16\ntp: 2\n"
+                                               "dp: 8\nep: 8\netp: {}\n"
+                                               "sequence_parallel: true\n",
+                                               etp),
+                                   "training.yaml");
+    j.gpus = 16;
+    return j.run();
+  };
+  ClusterResult split = run(2), folded = run(1);
+  const GroupComm &a = split.comm[int(ParallelGroup::EP)], &b = folded.comm[int(ParallelGroup::EP)];
+  ASSERT_GT(a.total.sec(), 0);
+  EXPECT_DOUBLE_EQ(b.bytes, a.bytes);
+  EXPECT_DOUBLE_EQ(folded.model_flops, split.model_flops);
+  EXPECT_LT(b.total.sec(), 0.5 * a.total.sec());
+  // The price: two ranks (one per node) now hold each expert, so expert gradients sync over
+  // InfiniBand, where with etp = tp each expert lived on one rank.
+  EXPECT_EQ(split.comm[int(ParallelGroup::EDP)].count, 0);
+  EXPECT_GT(folded.comm[int(ParallelGroup::EDP)].count, 0);
+  // No tp collectives around the experts: fewer tp collectives, whole experts in memory.
+  EXPECT_LT(folded.comm[int(ParallelGroup::TP)].count, split.comm[int(ParallelGroup::TP)].count);
+  EXPECT_GT(folded.stages[0].memory[int(TensorClass::Weights)],
+            1.5 * split.stages[0].memory[int(TensorClass::Weights)]);
+}
+
 // The allgather token dispatcher at ep 1 (tp 8 on one DGX H100): each token crosses the tp group
 // once instead of top_k times, so the tensor-parallel group moves fewer bytes and takes less
 // time; the experts' work, and so the model FLOPs, are the same.

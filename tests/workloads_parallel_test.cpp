@@ -748,6 +748,68 @@ TEST(WorkloadParallel, AllgatherDispatcherGathersTheGroupsTokens) {
   EXPECT_THROW(setup("moe_token_dispatcher: flex"), ConfigError);
 }
 
+// Expert tensor parallelism 1 with tp 2 (Megatron-core's MoE parallel folding): every rank
+// holds whole experts and computes them on the copies it receives; no tp collective around the
+// experts. Per rank the experts' FLOPs and the all-to-all bytes are those of etp = tp (half the
+// width on twice the tokens there); the weights double, and their optimizer shards over the
+// tp x dp / (etp x ep) ranks that hold the same experts.
+TEST(WorkloadParallel, ExpertTensorParallelOneFoldsTheExpertGrid) {
+  TransformerModel m = load_model("mixtral-8x7b");
+  m.layers = 2;
+  auto graph = [&](const std::string& extra) {
+    return build_step_graph(m, setup(par(2, 1, true, 8) + "ep: 8\nzero_stage: 1\n" + extra));
+  };
+  auto expert_flops = [](const StepGraph& g) {
+    double f = 0;
+    for (std::size_t v = 0; v < g.size(); ++v)
+      if (g.dag[v].op && g.dag[v].name.find(".moe.experts.") != std::string::npos)
+        f += g.dag[v].op->flops();
+    return f;
+  };
+  auto expert_state = [](const StepGraph& g, TensorClass cls) {
+    double b = 0;
+    for (const Tensor& t : g.tensors)
+      if (t.persistent && t.cls == cls && t.name.find(".experts.") != std::string::npos)
+        b += t.bytes;
+    return b;
+  };
+  const StepGraph folded = graph("etp: 1"), split = graph("");
+  expect_well_formed(folded);
+  EXPECT_EQ(find(folded, "layer1.moe.dispatch.fwd.tp_allgather"), nullptr);
+  EXPECT_EQ(find(folded, "layer1.moe.combine.fwd.tp_reduce_scatter"), nullptr);
+  ASSERT_NE(find(split, "layer1.moe.dispatch.fwd.tp_allgather"), nullptr);
+  const auto& fc1 = std::get<GemmOp>(find(folded, "layer1.moe.experts.fc1.fwd")->op->body);
+  EXPECT_EQ(fc1.n, 2 * m.expert_ffn());         // gate and up, whole
+  EXPECT_EQ(fc1.m, m.seq_len / 2 * 2 * 8 / 8);  // T/tp tokens x top 2 x ep / experts
+  EXPECT_NEAR(expert_flops(folded) / expert_flops(split), 1.0, 1e-9);
+  EXPECT_DOUBLE_EQ(comms(folded)["fwd all-to-all ep"].bytes, comms(split)["fwd all-to-all ep"].bytes);
+  EXPECT_DOUBLE_EQ(expert_state(folded, TensorClass::Weights),
+                   2.0 * m.layers * m.expert_parameter_count());
+  EXPECT_DOUBLE_EQ(expert_state(folded, TensorClass::Weights),
+                   2 * expert_state(split, TensorClass::Weights));
+  // Distributed optimizer: 12 B per expert parameter over expert-dp = 2 x 8 / (1 x 8) = 2 ranks;
+  // with etp = tp, over 8 / 8 = 1.
+  EXPECT_DOUBLE_EQ(expert_state(folded, TensorClass::Optimizer),
+                   12.0 * m.layers * m.expert_parameter_count() / 2);
+  EXPECT_DOUBLE_EQ(expert_state(split, TensorClass::Optimizer),
+                   12.0 * m.layers * m.expert_parameter_count() / 2);
+  // The fold lets ep exceed dp: tp 2 x dp 4 = 8 ranks hold one expert each.
+  EXPECT_NO_THROW(build_step_graph(m, setup(par(2, 1, true, 4) + "ep: 8\netp: 1")));
+  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
+    try {
+      build_step_graph(x, setup(yaml));
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message(m, par(2, 1, true, 4) + "ep: 8").find("training.ep"), std::string::npos);
+  EXPECT_NE(message(m, par(4, 1, true, 2) + "ep: 2\netp: 2").find("training.etp"),
+            std::string::npos);
+  EXPECT_NE(message(load_model("gpt3-1.3b"), par(2, 1, true) + "etp: 1").find("training.etp"),
+            std::string::npos);
+}
+
 TEST(WorkloadParallel, BadLayoutsNameTheKey) {
   TransformerModel m = load_model("gpt3-1.3b");  // 16 heads
   auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {

@@ -24,6 +24,7 @@ std::string layout(const Parallelism& p) {
   if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
   if (p.cp > 1) s += fmt::format(" cp {}", p.cp);
   if (p.ep > 1) s += fmt::format(" ep {}", p.ep);
+  if (p.expert_tp() != p.tp) s += fmt::format(" etp {}", p.expert_tp());
   if (p.sequence_parallel) s += " sp";
   if (p.sequence_parallel && p.tp_comm_overlap) s += " tp-overlap";
   if (p.zero_stage > 0) s += fmt::format(" zero {}", p.zero_stage);
@@ -179,7 +180,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"num_gpus", r.gpus},
           {"gpus_per_node", r.gpus_per_node},
           {"parallel",
-           {{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp}, {"vpp", p.vpp}, {"cp", p.cp}, {"ep", p.ep},
+           {{"tp", p.tp}, {"pp", p.pp}, {"dp", p.dp}, {"vpp", p.vpp}, {"cp", p.cp}, {"ep", p.ep}, {"etp", p.expert_tp()},
             {"sequence_parallel", p.sequence_parallel},
             {"tp_comm_overlap", p.sequence_parallel && p.tp_comm_overlap},
             {"tp_groups_across_nodes", p.tp_groups_across_nodes(r.gpus_per_node)},

@@ -43,7 +43,7 @@ struct RunOptions {
   // A cluster run: the validation case columns as flags.
   std::string system, sequence_parallel, schedule;
   int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
-          zero = -1;
+          etp = -1, zero = -1;
   double node_nic_gbps = -1;
 };
 
@@ -69,6 +69,7 @@ Experiment load_from_options(const RunOptions& o) {
   count("training.vpp", o.vpp);
   count("training.cp", o.cp);
   count("training.ep", o.ep);
+  count("training.etp", o.etp);
   count("training.zero_stage", o.zero);
   flag("training.sequence_parallel", o.sequence_parallel);
   flag("training.schedule", o.schedule);
@@ -225,6 +226,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--vpp", o->vpp, "Virtual stages per pipeline rank (interleaved 1F1B)");
   cmd->add_option("--cp", o->cp, "Context-parallel degree");
   cmd->add_option("--ep", o->ep, "Expert-parallel degree");
+  cmd->add_option("--etp", o->etp, "Expert tensor-parallel degree: 1 or tp (default tp)");
   cmd->add_option("--sequence-parallel", o->sequence_parallel, "true or false");
   cmd->add_option("--zero", o->zero, "ZeRO stage 0-3");
   cmd->add_option("--schedule", o->schedule, "gpipe, 1f1b or interleaved");

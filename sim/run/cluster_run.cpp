@@ -120,11 +120,8 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
                            "node joined by {}): tensor-parallel traffic would cross the scale-out "
                            "network",
                            p.tp, sys.name, domain, scale_up_kind_name(sys.scale_up.kind)));
-  // Heads, sequence and experts against tp, cp and ep are the step graph's own checks
-  // (check_parallel_layout); here only what the rank layout adds: expert groups are runs of ep
-  // data-parallel ranks.
-  if (p.dp % p.ep != 0)
-    fail("ep", fmt::format("ep {} must divide dp {}", p.ep, p.dp));
+  // Heads, sequence and experts against tp, cp, ep and etp are the step graph's own checks
+  // (check_parallel_layout), the expert grid's fold over a stage's ranks among them.
   int64_t mbs = t.accumulation_steps();
   if (p.schedule == PipelineSchedule::Interleaved && mbs % p.pp != 0)
     fail("vpp", fmt::format("interleaved 1F1B needs the micro-batches per pipeline ({}) to be a "
@@ -318,6 +315,11 @@ class Layout {
   int rank(int tp_i, int cp_i, int dp_i, int pp_i) const {
     return tp_i + p_.tp * (cp_i + p_.cp * (dp_i + p_.dp * pp_i));
   }
+  int etp() const { return p_.expert_tp(); }
+  // The rank at (etp index, ep index, expert-dp index) of the expert grid on stage s.
+  int expert_rank(int et, int e, int64_t ed, int s) const {
+    return int(et + int64_t(etp()) * (e + int64_t(p_.ep) * ed) + int64_t(p_.tp) * p_.cp * p_.dp * s);
+  }
 
   /// Every group of `g` on stage `s` (for PP: pairs from stage s to stage `to`).
   std::vector<std::vector<int>> all_groups(ParallelGroup g, int s, int to) const {
@@ -347,21 +349,24 @@ class Layout {
           out.push_back(grp);
         }
         break;
+      // Megatron-core's expert grid folds over a stage's tp x cp x dp ranks, in their order
+      // (tp fastest, then cp, then dp): etp fastest, then ep, then expert data parallel. With
+      // etp = tp an ep group takes every etp-th rank; with etp 1 it takes consecutive ranks,
+      // across the tp ranks first.
       case ParallelGroup::EP:
-        for (int t = 0; t < p_.tp; ++t)
-          for (int c = 0; c < p_.cp; ++c)
-            for (int d0 = 0; d0 < p_.dp; d0 += p_.ep) {
-              std::vector<int> grp;
-              for (int d = d0; d < d0 + p_.ep; ++d) grp.push_back(rank(t, c, d, s));
-              out.push_back(grp);
-            }
+        for (int et = 0; et < etp(); ++et)
+          for (int64_t ed = 0; ed < p_.expert_dp(); ++ed) {
+            std::vector<int> grp;
+            for (int e = 0; e < p_.ep; ++e) grp.push_back(expert_rank(et, e, ed, s));
+            out.push_back(grp);
+          }
         break;
-      case ParallelGroup::EDP:  // expert data-parallel: the dp x cp ranks holding the same experts
-        for (int t = 0; t < p_.tp; ++t)
+      case ParallelGroup::EDP:  // expert data-parallel: the ranks holding the same experts
+        for (int et = 0; et < etp(); ++et)
           for (int e = 0; e < p_.ep; ++e) {
             std::vector<int> grp;
-            for (int d = e; d < p_.dp; d += p_.ep)
-              for (int c = 0; c < p_.cp; ++c) grp.push_back(rank(t, c, d, s));
+            for (int64_t ed = 0; ed < p_.expert_dp(); ++ed)
+              grp.push_back(expert_rank(et, e, ed, s));
             out.push_back(grp);
           }
         break;

@@ -37,9 +37,16 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                            m.kv_heads, p.tp));
   if (m.ffn_hidden % p.tp != 0)
     fail("tp", fmt::format("ffn_hidden ({}) must be divisible by tp ({})", m.ffn_hidden, p.tp));
-  if (m.moe() && m.expert_ffn() % p.tp != 0)
-    fail("tp", fmt::format("the experts' ffn width ({}) must be divisible by tp ({})",
-                           m.expert_ffn(), p.tp));
+  if (p.etp != 0 && p.etp != 1 && p.etp != p.tp)
+    fail("etp", fmt::format("expert tensor parallelism of {} is not modelled: etp must be 1 or tp "
+                            "({})",
+                            p.etp, p.tp));
+  if (p.expert_tp() != p.tp && !m.moe())
+    fail("etp", fmt::format("splits experts; '{}' is a dense model (no experts)", m.name));
+  if (m.moe() && m.expert_ffn() % p.expert_tp() != 0)
+    fail(p.expert_tp() == p.tp ? "tp" : "etp",
+         fmt::format("the experts' ffn width ({}) must be divisible by {} ({})", m.expert_ffn(),
+                     p.expert_tp() == p.tp ? "tp" : "etp", p.expert_tp()));
   if (m.shared_expert() && m.shared_expert_ffn_hidden % p.tp != 0)
     fail("tp", fmt::format("the shared expert's ffn width ({}) must be divisible by tp ({})",
                            m.shared_expert_ffn_hidden, p.tp));
@@ -84,10 +91,10 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
     fail("ep", fmt::format("experts ({}) must be divisible by ep ({}): each expert-parallel rank "
                            "holds the same number of experts",
                            m.experts, p.ep));
-  if ((int64_t(p.dp) * p.cp) % p.ep != 0)
-    fail("ep", fmt::format("dp x cp ({} x {}) must be divisible by ep ({}): expert parallelism "
-                           "splits the data-parallel ranks",
-                           p.dp, p.cp, p.ep));
+  if ((int64_t(p.tp) * p.cp * p.dp) % (int64_t(p.expert_tp()) * p.ep) != 0)
+    fail("ep", fmt::format("tp x cp x dp ({} x {} x {}) must be divisible by etp x ep ({} x {}): "
+                           "the expert grid folds over a stage's ranks",
+                           p.tp, p.cp, p.dp, p.expert_tp(), p.ep));
 }
 
 }  // namespace memwall

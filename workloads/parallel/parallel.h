@@ -21,6 +21,11 @@ struct Parallelism {
   int vpp = 1;  ///< virtual stages (model chunks) per pipeline rank; > 1: interleaved 1F1B
   int cp = 1;   ///< context parallel (ring attention over sequence shards)
   int ep = 1;   ///< expert parallel (MoE experts spread over ep ranks of the dp group)
+  /// Expert tensor parallel (Megatron-core's --expert-tensor-parallel-size, "MoE parallel
+  /// folding"): the experts' weights are split over etp ranks instead of tp, and the expert
+  /// grid (etp fastest, then ep, then expert data parallel) folds over the tp x cp x dp ranks
+  /// of a stage. 0: tp. 1 or tp.
+  int etp = 0;
   bool sequence_parallel = false;  ///< Megatron SP: norms/dropout sharded over tp
   /// Megatron's --tp-comm-overlap (Transformer Engine userbuffers; needs sequence parallelism):
   /// each layer's tensor-parallel all-gathers and reduce-scatters run in pieces beside pieces of
@@ -37,6 +42,11 @@ struct Parallelism {
   /// layers), to offset the embedding and the LM head; 0: an even split. Needs vpp == 1.
   int first_stage_layers = 0, last_stage_layers = 0;
 
+  /// The experts' tensor-parallel degree: etp, or tp when unset.
+  int expert_tp() const { return etp > 0 ? etp : tp; }
+  /// Ranks that hold the same experts of a stage (expert data parallel): tp x cp x dp over
+  /// etp x ep.
+  int64_t expert_dp() const { return int64_t(tp) * cp * dp / (int64_t(expert_tp()) * ep); }
   /// Devices the job needs: tp x cp x dp x pp (ep divides dp, it adds none).
   int64_t devices() const { return int64_t(tp) * cp * dp * pp; }
   /// Pipeline model chunks in total: pp x vpp.

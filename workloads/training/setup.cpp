@@ -99,6 +99,14 @@ const Schema& training_schema() {
         degree("vpp", "Virtual pipeline stages per rank; above 1 selects interleaved 1F1B."));
     x.params.push_back(degree("cp", "Context-parallel degree (ring attention over the sequence)."));
     x.params.push_back(degree("ep", "Expert-parallel degree (MoE experts over the dp ranks)."));
+    ParamSpec etp = param("etp", ParamType::Int, "ranks", "0",
+                          "Expert tensor-parallel degree (Megatron-core's "
+                          "--expert-tensor-parallel-size, MoE parallel folding): the experts' "
+                          "weights split over etp ranks instead of tp, and the expert grid (etp, "
+                          "then ep, then expert data parallel) folded over the tp x cp x dp ranks "
+                          "of a stage, so an ep group can span tp ranks. 0: tp. 1 or tp.");
+    etp.min = 0;
+    x.params.push_back(etp);
     x.params.push_back(param("sequence_parallel", ParamType::Bool, "", "false",
                              "Megatron sequence parallelism: norms and dropout sharded over tp."));
     x.params.push_back(param(
@@ -278,6 +286,7 @@ TrainingSetup training_from_config(const Config& c) {
   par.vpp = int(c.get_int("vpp"));
   par.cp = int(c.get_int("cp"));
   par.ep = int(c.get_int("ep"));
+  par.etp = int(c.get_int("etp"));
   par.sequence_parallel = c.get_bool("sequence_parallel");
   par.tp_comm_overlap = c.get_bool("tp_comm_overlap");
   if (par.tp_comm_overlap && par.tp > 1 && !par.sequence_parallel)

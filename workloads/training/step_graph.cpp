@@ -200,10 +200,11 @@ class Builder {
     tp_ = p_.tp;
     cp_ = p_.cp;
     ep_ = p_.ep;
+    etp_ = p_.expert_tp();
     zero_ = p_.zero_stage;
     sp_ = p_.sequence_parallel && tp_ > 1;
     dpcp_ = int64_t(p_.dp) * cp_;
-    edp_ = dpcp_ / ep_;
+    edp_ = p_.expert_dp();
     b_ = t.micro_batch;
     s_ = m.seq_len;
     sq_ = s_ / cp_;
@@ -239,8 +240,8 @@ class Builder {
     const int64_t pad = t.vocab_padding * tp_;
     vocab_r_ = (m.vocab + pad - 1) / pad * pad / tp_;
     if (m.moe()) {
-      effn_r_ = m.expert_ffn() / tp_;
-      efc1w_r_ = m.expert_fc1_width() / tp_;
+      effn_r_ = m.expert_ffn() / etp_;
+      efc1w_r_ = m.expert_fc1_width() / etp_;
       experts_local_ = m.experts / ep_;
       load_ = t.moe_load(ep_);
       sffn_r_ = m.shared_expert_ffn_hidden / tp_;
@@ -861,23 +862,24 @@ class Builder {
 
   // Token counts of an MoE layer. The rank routes its own Tn tokens (its sequence shard with
   // tp > 1), top_k copies each. All-to-all dispatcher: the expert-parallel all-to-all brings it
-  // the copies for its experts, and with tp > 1 an all-gather over tp gives each tp rank every
-  // token of its experts (whose weights are split over tp). Allgather dispatcher: it gathers
-  // every token of its tp x ep group and keeps its experts' copies, the same count. The
-  // simulated rank is the busiest: it receives moe_load times the balanced share.
+  // the copies for its experts, and with etp > 1 an all-gather over etp (= tp) gives each rank
+  // every token of its experts (whose weights are split over etp). Allgather dispatcher: it
+  // gathers every token of its etp x ep group and keeps its experts' copies, the same count.
+  // The simulated rank is the busiest: it receives moe_load times the balanced share.
   int64_t routed() const { return Tn_ * m_.top_k; }
   // Copies this rank receives in the dispatch all-to-all (and sends back in the combine).
   int64_t received_ep() const { return int64_t(std::ceil(double(routed()) * load_)); }
-  // Copies its experts process: those of the whole tp group, after the all-gather.
-  int64_t received() const { return received_ep() * tp_; }
+  // Copies its experts process: those of the whole etp group, after the all-gather.
+  int64_t received() const { return received_ep() * etp_; }
   // Tokens per local expert.
   int64_t expert_tokens() const {
-    return int64_t(std::ceil(double(T_) * m_.top_k * ep_ * load_ / double(m_.experts)));
+    return int64_t(
+        std::ceil(double(Tn_) * etp_ * m_.top_k * ep_ * load_ / double(m_.experts)));
   }
   // Copies a rank gets back from the experts: its own (dropless), or the padded capacity.
   int64_t returned() const { return t_.moe_capacity_factor > 0 ? received_ep() : routed(); }
-  // Tokens of the tp x ep group, which the allgather dispatcher gathers on every member.
-  int64_t group_tokens() const { return Tn_ * tp_ * ep_; }
+  // Tokens of the etp x ep group, which the allgather dispatcher gathers on every member.
+  int64_t group_tokens() const { return Tn_ * etp_ * ep_; }
   bool allgather() const { return t_.moe_allgather_dispatcher; }
 
   // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
@@ -895,25 +897,26 @@ class Builder {
   }
   // The shared expert overlapped with an all-to-all (Megatron's --moe-shared-expert-overlap).
   bool shared_overlap() const { return sffn_r_ > 0 && t_.moe_shared_expert_overlap; }
-  // The experts' tokens over the tp group (tp > 1): an all-gather of the copies the tp ranks
-  // received, or the reduce-scatter of the experts' partial outputs back to them.
+  // The experts' tokens over the etp group (etp = tp > 1): an all-gather of the copies the tp
+  // ranks received, or the reduce-scatter of the experts' partial outputs back to them.
   TensorId expert_tp(const std::string& name, Pass pass, int l, TensorId in, bool gather) {
-    if (tp_ == 1) return in;
+    if (etp_ == 1) return in;
     const double full = double(received()) * m_.hidden;
     TensorId out = act(name + ".out", gather ? full : double(received_ep()) * m_.hidden);
     comm(name, gather ? CollectiveKind::AllGather : CollectiveKind::ReduceScatter,
          ParallelGroup::TP, full * e_, true, false, pass, l, {in}, {out});
     return out;
   }
-  // The allgather dispatcher's collective over the tp x ep group, `row_bytes` per token: an
+  // The allgather dispatcher's collective over the etp x ep group, `row_bytes` per token: an
   // all-gather of the members' Tn tokens (gather), or the reduce-scatter of all the group's
-  // tokens back to them. It runs as one collective over ep and one over tp (gather: ep first),
-  // which moves the bytes per rank of one ring over the tp x ep ranks; Megatron-core runs one.
+  // tokens back to them. It runs as one collective over ep and one over etp (= tp; gather: ep
+  // first), which moves the bytes per rank of one ring over the etp x ep ranks; Megatron-core
+  // runs one.
   TensorId tp_ep_exchange(const std::string& name, Pass pass, int l, TensorId in, bool gather,
                           double row_bytes) {
     TensorId x = in;
     struct Step { ParallelGroup g; int n; int64_t tokens; };  // tokens: per rank, before gather
-    const Step ep{ParallelGroup::EP, ep_, Tn_}, tp{ParallelGroup::TP, tp_, Tn_ * ep_};
+    const Step ep{ParallelGroup::EP, ep_, Tn_}, tp{ParallelGroup::TP, etp_, Tn_ * ep_};
     for (const Step& st : gather ? std::vector<Step>{ep, tp} : std::vector<Step>{tp, ep}) {
       if (st.n == 1) continue;
       const double full = double(st.tokens) * st.n * row_bytes;
@@ -1500,6 +1503,7 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
+  int etp_ = 1;  // the experts' tensor-parallel degree (1 or tp)
   double load_ = 1.0;
   int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)  // the simulated rank's expert tokens over the balanced share
   DType ad_, md_, attn_dt_;
