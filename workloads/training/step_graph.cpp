@@ -936,10 +936,10 @@ class Builder {
 
   // The MoE block in place of the MLP, as Megatron-core runs it: router and top-k on the rank's
   // own tokens; the dispatch (alltoall: permute, all-to-all over ep, all-gather over tp;
-  // allgather: all-gather over tp x ep, permute); the local experts' products (grouped: one
-  // batch entry per expert, split over tp like the dense MLP); the combine (alltoall:
-  // reduce-scatter over tp, all-to-all, unpermute with the routing weights; allgather:
-  // unpermute into the group's tokens, reduce-scatter over tp x ep). Returns the block output on
+  // allgather: all-gather over etp x ep, permute); the local experts' products (grouped: one
+  // batch entry per expert, split over etp, which is tp unless the expert grid is folded); the
+  // combine (alltoall: reduce-scatter over etp, all-to-all, unpermute with the routing weights;
+  // allgather: unpermute into the group's tokens, reduce-scatter over etp x ep). Returns the block output on
   // the rank's own tokens, complete.
   TensorId moe_forward(int l, const char* sfx, Pass pass, TensorId in, LayerActs& a) {
     const int64_t h = m_.hidden, E = m_.experts, Tk = routed(), Rk = received(),
@@ -1504,8 +1504,8 @@ class Builder {
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   int etp_ = 1;  // the experts' tensor-parallel degree (1 or tp)
-  double load_ = 1.0;
-  int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)  // the simulated rank's expert tokens over the balanced share
+  double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
+  int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)
   DType ad_, md_, attn_dt_;
   double e_, wb_, ob_;
   double gb_;                 // bytes per gradient element held between micro-batches
