@@ -135,6 +135,34 @@ TEST(ClusterRun, GPipeHoldsEveryMicroBatch) {
   EXPECT_NEAR(gpipe.step_time.sec(), ofob.step_time.sec(), 0.05 * ofob.step_time.sec());
 }
 
+// ZB-H1 (Qi et al. 2024): the same passes as 1F1B with each backward split into its input and
+// weight gradients, the weight gradients deferred to fill the later stages' idle time. With the
+// three halves about equal the bubble falls from (p-1)(F+B+W) to (p-1)(F+B-W), about a third;
+// the FLOPs are the same and no stage holds more than p micro-batches, 1F1B's first-stage peak.
+TEST(ClusterRun, ZeroBubbleH1ShrinksTheBubbleWithinOneFOneBsMemory) {
+  const int p = 4;
+  ClusterResult plain = uniform_pipeline(p, 1, 8, "1f1b").run();
+  ClusterResult zb = uniform_pipeline(p, 1, 8, "zb-h1").run();
+  std::printf("1f1b: step %.1f ms, bubble %.1f%%; zb-h1: step %.1f ms, bubble %.1f%%\n",
+              plain.step_time.sec() * 1e3, 100 * plain.bubble_fraction(),
+              zb.step_time.sec() * 1e3, 100 * zb.bubble_fraction());
+  EXPECT_LT(zb.bubble_fraction(), 0.6 * plain.bubble_fraction());
+  EXPECT_LT(zb.step_time.sec(), plain.step_time.sec());
+  EXPECT_DOUBLE_EQ(zb.model_flops, plain.model_flops);
+  EXPECT_DOUBLE_EQ(zb.hardware_flops, plain.hardware_flops);
+  EXPECT_EQ(zb.pipeline_transfers, plain.pipeline_transfers);
+  for (const StageResult& s : zb.stages) {
+    SCOPED_TRACE("stage " + std::to_string(s.stage));
+    EXPECT_EQ(s.max_in_flight, p);
+    EXPECT_LE(s.peak_memory, 1.05 * plain.stages.front().peak_memory);
+  }
+  // The first stage runs each weight gradient at once: its memory is 1F1B's.
+  EXPECT_NEAR(zb.stages.front().peak_memory, plain.stages.front().peak_memory,
+              0.01 * plain.stages.front().peak_memory);
+  // Never faster than its compute at peak.
+  EXPECT_GT(zb.step_time.sec(), zb.model_flops / (zb.gpus * zb.peak_flops));
+}
+
 Job data_parallel(bool overlap) {
   Job j;
   j.model = load_model("gpt2-124m", {"seq_len=512"});

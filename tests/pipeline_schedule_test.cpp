@@ -74,3 +74,58 @@ TEST(PipelineSchedule, InterleavedVisitsChunksInGroupsOfPp) {
   EXPECT_EQ(v[2].micro_batch, 0);
   EXPECT_THROW(pipeline_schedule(PipelineSchedule::Interleaved, 4, 2, 0, 6), std::invalid_argument);
 }
+
+// ZB-H1: every micro-batch has one F, one B (input gradient) and one W (weight gradient), W after
+// its B; without the W items the order is 1F1B's. Rank r keeps up to r weight gradients
+// pending, so the micro-batches it holds (forward done, W not yet) never exceed pp, 1F1B's
+// peak; the last rank defers the most, the first none.
+TEST(PipelineSchedule, ZeroBubbleH1SplitsTheBackwardAndDefersWeightGradients) {
+  for (int pp : {1, 2, 4, 8})
+    for (int64_t m : {1, 3, 8, 16})
+      for (int r = 0; r < pp; ++r) {
+        SCOPED_TRACE("pp " + std::to_string(pp) + " m " + std::to_string(m) + " rank " +
+                     std::to_string(r));
+        auto zb = pipeline_schedule(PipelineSchedule::ZeroBubbleH1, pp, 1, r, m);
+        auto ref = pipeline_schedule(PipelineSchedule::OneFOneB, pp, 1, r, m);
+        ASSERT_EQ(zb.size(), std::size_t(3 * m));
+        std::vector<PipelineItem> fb;
+        std::map<int64_t, int> b_at;
+        int64_t pending = 0, max_pending = 0;
+        for (std::size_t i = 0; i < zb.size(); ++i) {
+          const auto& it = zb[i];
+          EXPECT_EQ(it.chunk, 0);
+          if (it.weight) {
+            EXPECT_FALSE(it.forward);
+            ASSERT_TRUE(b_at.count(it.micro_batch)) << "W before its B";
+            --pending;
+            continue;
+          }
+          if (!it.forward) {
+            b_at[it.micro_batch] = int(i);
+            max_pending = std::max(max_pending, ++pending);
+          }
+          fb.push_back(it);
+        }
+        ASSERT_EQ(fb.size(), ref.size());
+        for (std::size_t i = 0; i < fb.size(); ++i) {
+          EXPECT_EQ(fb[i].micro_batch, ref[i].micro_batch);
+          EXPECT_EQ(fb[i].forward, ref[i].forward);
+        }
+        EXPECT_LE(max_pending, std::min<int64_t>(r + 1, m));
+        EXPECT_LE(max_in_flight(zb), pp);
+        EXPECT_GE(max_in_flight(zb), max_in_flight(ref));
+      }
+  // The first rank runs each W right after its B, as 1F1B's whole backward; the last rank of 4
+  // holds three back: after its last B come the W then due and the three it kept.
+  auto first = pipeline_schedule(PipelineSchedule::ZeroBubbleH1, 4, 1, 0, 8);
+  for (std::size_t i = 0; i + 1 < first.size(); ++i)
+    if (!first[i].forward && !first[i].weight) {
+      EXPECT_TRUE(first[i + 1].weight);
+      EXPECT_EQ(first[i + 1].micro_batch, first[i].micro_batch);
+    }
+  auto last = pipeline_schedule(PipelineSchedule::ZeroBubbleH1, 4, 1, 3, 8);
+  for (std::size_t i = last.size() - 4; i < last.size(); ++i) EXPECT_TRUE(last[i].weight);
+  EXPECT_FALSE(last[last.size() - 5].weight || last[last.size() - 5].forward);
+  EXPECT_EQ(last[last.size() - 5].micro_batch, 7);
+  EXPECT_EQ(max_in_flight(last), 4);
+}

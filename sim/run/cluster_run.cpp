@@ -177,9 +177,11 @@ struct Program {
 struct ChunkModel {
   StepGraph graph;
   Program fwd, bwd, opt;
+  Program wgt;                 // split-backward schedules: the weight-gradient half (else empty)
   double boundary_bytes = 0;
   ClassBytes state{};          // persistent bytes by class
   double saved = 0;            // activation bytes kept from forward to backward
+  double w_saved = 0;          // of those, what the weight-gradient half still reads
   double pass_peak = 0;        // peak non-persistent bytes during one micro-batch
   double workspace_at_peak = 0;
   std::vector<NodeTiming> nodes;
@@ -193,11 +195,11 @@ OpClass classify(const StepNode& n) {
   return OpClass::MemoryBound;
 }
 
-Program* program_for(ChunkModel& c, Pass p) {
+Program* program_for(ChunkModel& c, Pass p, bool split_backward) {
   switch (p) {
     case Pass::Forward: return &c.fwd;
+    case Pass::BackwardWeight: return split_backward ? &c.wgt : &c.bwd;
     case Pass::BackwardInput:
-    case Pass::BackwardWeight:
     case Pass::Recompute: return &c.bwd;
     case Pass::Optimizer: return &c.opt;
     case Pass::Memory: return nullptr;
@@ -205,13 +207,15 @@ Program* program_for(ChunkModel& c, Pass p) {
   return nullptr;
 }
 
-void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches) {
+// With a split backward, edges from the input-gradient half into the weight-gradient half are
+// not waits: the schedule runs W after its B on the same stream.
+void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool split_backward) {
   const StepGraph& g = c.graph;
   std::vector<int> task_of(g.size(), -1);
   std::vector<Program*> prog_of(g.size(), nullptr);
   for (StepVertex v : g.generation_order()) {
     const StepNode& n = g.node(v);
-    Program* P = program_for(c, n.pass);
+    Program* P = program_for(c, n.pass, split_backward);
     if (!P) continue;
     std::vector<int> waits;
     for (auto [e, end] = boost::in_edges(v, g.dag); e != end; ++e) {
@@ -302,6 +306,27 @@ void measure_memory(ChunkModel& c) {
     }
   }
   if (any) c.saved = tl.during[last_fwd][int(TensorClass::Activations)];
+  // What a deferred weight gradient keeps: the activations its products read (layer inputs,
+  // output gradients). One gathered over tp (sequence parallelism) is kept as this rank's shard
+  // and gathered again when the weight gradient runs, as Megatron already does for the inputs.
+  std::vector<int> tp_gathered(g.tensors.size(), 0);
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.comm && n.comm->kind == CollectiveKind::AllGather && n.comm->group == ParallelGroup::TP)
+      for (TensorId t : n.allocs) tp_gathered[t] = 1;
+  }
+  const double tp = g.setup.parallel.tp;
+  std::vector<bool> seen(g.tensors.size(), false);
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.pass != Pass::BackwardWeight) continue;
+    for (TensorId t : n.reads)
+      if (t >= 0 && !seen[t] && !g.tensors[t].persistent &&
+          g.tensors[t].cls == TensorClass::Activations) {
+        seen[t] = true;
+        c.w_saved += g.tensors[t].bytes / (tp_gathered[t] ? tp : 1.0);
+      }
+  }
   c.pass_peak = std::max(0.0, tl.peak_bytes - persistent);
   c.workspace_at_peak = tl.peak_breakdown[int(TensorClass::Workspace)];
 }
@@ -425,6 +450,7 @@ struct RankState {
   std::vector<PipelineItem> items;
   std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
   std::vector<int64_t> live;       // micro-batches whose activations each chunk keeps
+  std::vector<int64_t> w_pending;  // of a split backward: B done, W not yet, per chunk
   double state = 0;                // persistent bytes of its chunks
 };
 
@@ -521,8 +547,9 @@ class ClusterSim {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
         const ChunkModel& c = *chunk_of_[v * p_.pp];
-        t += (c.fwd.by_class[k] + c.bwd.by_class[k]) * double(mbs_) + c.opt.by_class[k] -
-             c.fwd.first_skip_by_class[k] - c.bwd.first_skip_by_class[k];
+        t += (c.fwd.by_class[k] + c.bwd.by_class[k] + c.wgt.by_class[k]) * double(mbs_) +
+             c.opt.by_class[k] - c.fwd.first_skip_by_class[k] - c.bwd.first_skip_by_class[k] -
+             c.wgt.first_skip_by_class[k];
       }
       r.time_by_class[k] = t;
     }
@@ -550,7 +577,7 @@ class ClusterSim {
     auto c = std::make_shared<ChunkModel>();
     c->graph = build_step_graph(m_, t_, ch);
     c->boundary_bytes = c->graph.boundary_bytes;
-    build_programs(*c, sim_, mbs_);
+    build_programs(*c, sim_, mbs_, p_.split_backward());
     measure_memory(*c);
     models_[key] = c;
     return c;
@@ -563,6 +590,7 @@ class ClusterSim {
   /// When the item's input has arrived; zero if it needs none; negative if not sent yet.
   Time dependency(int s, const PipelineItem& it) const {
     int gc = it.chunk * p_.pp + s;
+    if (it.weight) return Time::zero();  // after its own B, on this rank
     if (it.forward && gc == 0) return Time::zero();
     if (!it.forward && gc == p_.chunks() - 1) return Time::zero();
     return arrival_[slot(it.micro_batch, gc, it.forward)];
@@ -791,13 +819,17 @@ class ClusterSim {
     RankState& rs = states_[s];
     if (rs.live.empty()) {
       rs.live.assign(p_.vpp, 0);
+      rs.w_pending.assign(p_.vpp, 0);
       for (int v = 0; v < p_.vpp; ++v)
         for (double b : chunk_of_[v * p_.pp + s]->state) rs.state += b;
     }
     double kept = 0;
-    for (int v = 0; v < p_.vpp; ++v)
-      kept += double(rs.live[v] - (working > 0 && v == it.chunk && !it.forward ? 1 : 0)) *
-              chunk_of_[v * p_.pp + s]->saved;
+    for (int v = 0; v < p_.vpp; ++v) {
+      const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+      const bool own = working > 0 && v == it.chunk && !it.forward;
+      kept += double(rs.live[v] - (own && !it.weight ? 1 : 0)) * c.saved +
+              double(rs.w_pending[v] - (own && it.weight ? 1 : 0)) * c.w_saved;
+    }
     result_->stages[s].memory_samples.push_back({at, rs.state + kept + working});
   }
 
@@ -819,13 +851,21 @@ class ClusterSim {
     }
     bool last = it.micro_batch == mbs_ - 1;
     if (spans_) memory_sample(s, start, it, c.pass_peak);
-    Time end = run_program(s, it.forward ? c.fwd : c.bwd, start, it.micro_batch == 0, last,
-                           it.forward ? "fwd" : "bwd");
+    Time end = run_program(s, it.forward ? c.fwd : it.weight ? c.wgt : c.bwd, start,
+                           it.micro_batch == 0, last, it.forward ? "fwd" : "bwd");
     if (spans_) {
-      rs.live[it.chunk] += it.forward ? 1 : -1;
+      if (it.forward) {
+        rs.live[it.chunk]++;
+      } else if (it.weight) {
+        rs.w_pending[it.chunk]--;
+      } else {
+        rs.live[it.chunk]--;
+        if (p_.split_backward()) rs.w_pending[it.chunk]++;
+      }
       memory_sample(s, end, it, 0);
     }
     rs.compute_free = end;
+    if (it.weight) return;  // nothing leaves the rank
     // Send the activation forward, or the gradient back, to the rank of the next chunk.
     int next = it.forward ? gc + 1 : gc - 1;
     if (next < 0 || next >= p_.chunks()) return;
@@ -991,8 +1031,9 @@ class ClusterSim {
       }
       for (double b : state) persistent += b;
       // Walk the schedule: during each item the rank holds every other in-flight micro-batch's
-      // saved activations plus this item's own working set.
-      std::vector<int64_t> live(p_.vpp, 0);
+      // saved activations (what a deferred weight gradient still reads, once its input gradient
+      // has run) plus this item's own working set (a weight gradient's: what it reads).
+      std::vector<int64_t> live(p_.vpp, 0), pending(p_.vpp, 0);
       double best = -1, best_saved = 0, best_ws = 0;
       int64_t in_flight = 0, max_flight = 0;
       for (const auto& it : states_[s].items) {
@@ -1003,17 +1044,29 @@ class ClusterSim {
         }
         max_flight = std::max(max_flight, in_flight);
         double others = 0;
-        for (int v = 0; v < p_.vpp; ++v)
-          others += double(live[v] - (v == it.chunk ? 1 : 0)) * chunk_of_[v * p_.pp + s]->saved;
-        double here = others + c.pass_peak;
+        for (int v = 0; v < p_.vpp; ++v) {
+          const ChunkModel& cv = *chunk_of_[v * p_.pp + s];
+          const bool own = v == it.chunk;
+          others += double(live[v] - (own && !it.weight ? 1 : 0)) * cv.saved +
+                    double(pending[v] - (own && it.weight ? 1 : 0)) * cv.w_saved;
+        }
+        const double working = it.weight ? c.w_saved : c.pass_peak;
+        const double ws = it.weight ? 0.0 : c.workspace_at_peak;
+        double here = others + working;
         if (here > best) {
           best = here;
-          best_saved = others + c.pass_peak - c.workspace_at_peak;
-          best_ws = c.workspace_at_peak;
+          best_saved = others + working - ws;
+          best_ws = ws;
         }
-        if (!it.forward) {
-          live[it.chunk]--;
+        if (it.weight) {
+          pending[it.chunk]--;
           in_flight--;
+        } else if (!it.forward) {
+          live[it.chunk]--;
+          if (p_.split_backward())
+            pending[it.chunk]++;
+          else
+            in_flight--;
         }
       }
       st.max_in_flight = max_flight;

@@ -11,7 +11,7 @@
 
 namespace memwall {
 
-enum class PipelineSchedule { GPipe, OneFOneB, Interleaved };
+enum class PipelineSchedule { GPipe, OneFOneB, Interleaved, ZeroBubbleH1 };
 const char* pipeline_schedule_name(PipelineSchedule s);
 
 struct Parallelism {
@@ -33,6 +33,8 @@ struct Parallelism {
   bool tp_comm_overlap = false;
   int zero_stage = 0;  ///< 0 none, 1 optimizer states, 2 + gradients, 3 + weights (FSDP)
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
+  /// The backward runs as two items, input gradient then weight gradient (zero-bubble schedules).
+  bool split_backward() const { return schedule == PipelineSchedule::ZeroBubbleH1; }
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
   /// Collectives in flight take their NCCL channels' compute units (one thread block per channel)

@@ -28,6 +28,27 @@ std::vector<PipelineItem> one_f_one_b(int pp, int rank, int64_t m) {
   return v;
 }
 
+// ZB-H1: 1F1B's forwards and input-gradient backwards, rank r keeping up to r weight-gradient
+// passes deferred (each B is followed by the oldest W once more than r are pending), the rest
+// run after the last B.
+std::vector<PipelineItem> zb_h1(int pp, int rank, int64_t m) {
+  std::vector<PipelineItem> v;
+  const int64_t warmup = std::min<int64_t>(pp - rank - 1, m), keep = rank;
+  int64_t f = 0, b = 0, w = 0;
+  auto backward = [&] {
+    v.push_back({b++, 0, false, false});
+    if (b - w > keep) v.push_back({w++, 0, false, true});
+  };
+  for (; f < warmup; ++f) v.push_back({f, 0, true});
+  while (f < m) {
+    v.push_back({f++, 0, true});
+    backward();
+  }
+  while (b < m) backward();
+  while (w < m) v.push_back({w++, 0, false, true});
+  return v;
+}
+
 // Megatron-LM's interleaved schedule. Virtual micro-batch k (0 .. m*vpp-1) in forward order
 // maps to chunk (k / pp) % vpp and micro-batch (k / (pp*vpp)) * pp + k % pp; backward runs the
 // chunks in reverse.
@@ -74,14 +95,21 @@ std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp,
       return one_f_one_b(pp, rank, micro_batches);
     case PipelineSchedule::Interleaved:
       return interleaved(pp, vpp, rank, micro_batches);
+    case PipelineSchedule::ZeroBubbleH1:
+      return zb_h1(pp, rank, micro_batches);
   }
   return {};
 }
 
 int64_t max_in_flight(const std::vector<PipelineItem>& items) {
+  bool split = false;
+  for (const auto& i : items) split = split || i.weight;
   int64_t live = 0, peak = 0;
   for (const auto& i : items) {
-    live += i.forward ? 1 : -1;
+    if (i.forward)
+      ++live;
+    else if (i.weight || !split)
+      --live;
     peak = std::max(peak, live);
   }
   return peak;

@@ -11,6 +11,12 @@
 // - Interleaved 1F1B: each rank holds vpp model chunks (chunk v of rank r is global chunk
 //   v x pp + r); micro-batches advance through the chunks in groups of pp (Narayanan et al.
 //   2021, fig. 4 bottom; Megatron-LM's forward_backward_pipelining_with_interleaving).
+// - ZB-H1 (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", fig. 3): 1F1B's order of
+//   forwards and backwards, each backward split into B (input gradient, which the previous
+//   stage waits for) and W (weight gradient, which nobody waits for). Rank r keeps up to r W
+//   passes pending and runs them where 1F1B leaves it idle: at the end, after its last B. A
+//   micro-batch holds its activations until its W, so at most pp are in flight on any rank,
+//   1F1B's peak (rank 0's).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +30,9 @@ struct PipelineItem {
   int64_t micro_batch = 0;
   int chunk = 0;  ///< model chunk on this rank, 0 .. vpp-1 (global chunk = chunk x pp + rank)
   bool forward = true;
+  /// A backward's weight-gradient half (forward is false); only split-backward schedules have
+  /// these, and their other backward items are then the input-gradient half alone.
+  bool weight = false;
 };
 
 /// Items of pipeline rank `rank` (0 .. pp-1) for `micro_batches` micro-batches. Throws
@@ -32,8 +41,9 @@ struct PipelineItem {
 std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
                                             int64_t micro_batches);
 
-/// The most forward passes whose backward has not run yet, over the rank's item list: the
-/// number of micro-batches of activations the rank holds at its peak (per chunk summed).
+/// The most forward passes whose backward has not run yet (with a split backward: whose weight
+/// gradient has not run yet), over the rank's item list: the number of micro-batches of
+/// activations the rank holds at its peak (per chunk summed).
 int64_t max_in_flight(const std::vector<PipelineItem>& items);
 
 }  // namespace memwall

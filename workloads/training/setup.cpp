@@ -122,8 +122,11 @@ const Schema& training_schema() {
     zero.max = 3;
     x.params.push_back(zero);
     ParamSpec sched = param("schedule", ParamType::Enum, "", "1f1b",
-                            "Pipeline schedule; interleaved needs vpp > 1.");
-    sched.choices = {"gpipe", "1f1b", "interleaved"};
+                            "Pipeline schedule; interleaved needs vpp > 1. zb-h1: Qi et al. "
+                            "2024's zero-bubble ZB-H1, 1F1B with each backward split into its "
+                            "input gradient and its weight gradient, the latter deferred on the "
+                            "later stages to fill their idle time (vpp 1).");
+    sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1"};
     x.params.push_back(sched);
     ParamSpec bucket = param("dp_bucket", ParamType::Bytes, "B", "25 MiB",
                              "Gradient bucket of the data-parallel reduction (PyTorch DDP: 25 MiB).");
@@ -294,9 +297,12 @@ TrainingSetup training_from_config(const Config& c) {
                               "set sequence_parallel: true (Megatron requires it too)");
   par.zero_stage = int(c.get_int("zero_stage"));
   std::string sc = c.get_string("schedule");
-  par.schedule = sc == "gpipe" ? PipelineSchedule::GPipe : PipelineSchedule::OneFOneB;
+  par.schedule = sc == "gpipe"   ? PipelineSchedule::GPipe
+                 : sc == "zb-h1" ? PipelineSchedule::ZeroBubbleH1
+                                 : PipelineSchedule::OneFOneB;
   if (par.vpp > 1) {
-    if (sc == "gpipe") c.fail("schedule", "gpipe has no virtual stages; vpp must be 1");
+    if (sc == "gpipe" || sc == "zb-h1")
+      c.fail("schedule", sc + " has no virtual stages; vpp must be 1");
     par.schedule = PipelineSchedule::Interleaved;
   } else if (sc == "interleaved") {
     c.fail("schedule", "the interleaved schedule needs vpp > 1");

@@ -50,7 +50,8 @@ struct Tensor {
 /// The ranks a collective runs among (Megatron's process groups).
 /// DP: the data-parallel group of dense parameters; the run makes it dp x cp ranks (Megatron's
 /// dp-cp group: context-parallel ranks hold the same parameters and sum their gradients).
-/// EDP: the expert-data-parallel group, the ranks holding the same experts: dp x cp / ep.
+/// EDP: the expert-data-parallel group, the ranks holding the same experts: tp x cp x dp /
+/// (etp x ep), which is dp x cp / ep with etp = tp.
 /// PP: for the tied-embedding gradient all-reduce, the first and last pipeline stage only.
 enum class ParallelGroup { TP, CP, DP, EP, PP, EDP };
 const char* parallel_group_name(ParallelGroup g);
