@@ -115,6 +115,19 @@ TEST_F(ClusterCli, MoeWithTensorParallelismNeedsSequenceParallelism) {
              "training.sequence_parallel", "Megatron");
 }
 
+TEST_F(ClusterCli, ZeroBubbleAndExpertTensorParallelRefuseWhatTheyDoNotModel) {
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 8 --pp 4 --vpp 2 --dp 2 "
+             "--global-batch 8 --schedule zb-h1",
+             "training.schedule", "vpp must be 1");
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --tp 4 "
+             "--ep 2 --etp 2 --sequence-parallel true --global-batch 4",
+             "training.etp", "1 or tp");
+  // tp 2 x dp 4 ranks cannot hold etp 2 x ep 8; with --etp 1 they can (one expert each).
+  expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 8 --tp 2 "
+             "--ep 8 --sequence-parallel true --global-batch 4",
+             "training.ep", "etp x ep");
+}
+
 TEST_F(ClusterCli, TopologyWithADisconnectedDevice) {
   // Two nodes and no scale-out network: the second node's devices cannot be reached.
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 "
