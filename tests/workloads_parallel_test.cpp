@@ -324,8 +324,8 @@ TEST(WorkloadParallel, TensorParallelCollectives) {
             nullptr);
   // An MoE layer adds its router (h x experts), replicated over tp; RMSNorm has no bias.
   TransformerModel moe = load_model("mixtral-8x7b", {"layers=2", "seq_len=1024"});
-  const StepNode* sp = find(build_step_graph(moe, setup(par(2, 1, true))),
-                            "optimizer.sp_grads.tp_allreduce");
+  const StepGraph moe_graph = build_step_graph(moe, setup(par(2, 1, true)));
+  const StepNode* sp = find(moe_graph, "optimizer.sp_grads.tp_allreduce");
   ASSERT_NE(sp, nullptr);
   EXPECT_DOUBLE_EQ(sp->comm->bytes,
                    2.0 * (2 * (2.0 * moe.hidden + double(moe.hidden) * moe.experts) + moe.hidden));
