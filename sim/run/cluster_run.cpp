@@ -1017,7 +1017,13 @@ class ClusterSim {
         throw std::runtime_error("optimizer step deadlocked: pipeline ranks disagree on their "
                                  "pipeline-group collectives");
     }
-    for (int s = 0; s < p_.pp; ++s) result_->stages[s].finish = max(cur[s].t, states_[s].async_end);
+    // The step ends when the last collective does: the distributed optimizer's weight
+    // all-gathers issued after the update are exposed communication, not pipeline bubble.
+    for (int s = 0; s < p_.pp; ++s) {
+      RankState& rs = states_[s];
+      if (rs.async_end > cur[s].t) expose(result_->stages[s], rs.async_group, rs.async_end - cur[s].t);
+      result_->stages[s].finish = max(cur[s].t, rs.async_end);
+    }
   }
 
   void memory(ClusterResult& r) {
