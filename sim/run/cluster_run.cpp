@@ -712,6 +712,10 @@ class ClusterSim {
       const CommSpec& c = k.comm;
       int g = int(c.group);
       end_group[i] = g;
+      if (c.first_micro_batch_only && !first_micro_batch) {
+        ends[i] = t;
+        continue;
+      }
       if (!k.host_free) rs.cpu += h_;
       if (rs.cpu > t && c.blocking) {
         st.host_stall += rs.cpu - t;

@@ -37,6 +37,10 @@ struct Parallelism {
   bool split_backward() const { return schedule == PipelineSchedule::ZeroBubbleH1; }
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
+  /// Megatron's --overlap-param-gather (ZeRO 1-2): the updated weights' all-gathers run under
+  /// the first forward of the next step, each layer waiting for its own, instead of after the
+  /// optimizer.
+  bool overlap_param_gather = false;
   /// Collectives in flight take their NCCL channels' compute units (one thread block per channel)
   /// from the compute stream, which runs at (units - channels) / units meanwhile.
   bool comm_uses_units = true;

@@ -135,6 +135,13 @@ const Schema& training_schema() {
     x.params.push_back(param("overlap_grad_reduce", ParamType::Bool, "", "true",
                              "Reduce gradient buckets during backward, as DDP and Megatron do."));
     x.params.push_back(param(
+        "overlap_param_gather", ParamType::Bool, "", "false",
+        "Megatron's --overlap-param-gather (ZeRO 1-2, the distributed optimizer), without "
+        "align_param_gather: the updated weights' all-gathers run under the first forward of "
+        "the next step, one per parameter group, the next one issued while a layer computes and "
+        "each layer waiting for its own, instead of after the optimizer. Each pipeline stage "
+        "starts them when its first forward does."));
+    x.params.push_back(param(
         "comm_uses_units", ParamType::Bool, "", "true",
         "An overlapped collective runs one thread block per NCCL channel on the compute units "
         "(system collective.channels; fewer for small messages) and moves memory bytes, so "
@@ -309,6 +316,11 @@ TrainingSetup training_from_config(const Config& c) {
   }
   par.dp_bucket_bytes = c.get_bytes("dp_bucket").count();
   par.overlap_grad_reduce = c.get_bool("overlap_grad_reduce");
+  par.overlap_param_gather = c.get_bool("overlap_param_gather");
+  if (par.overlap_param_gather && par.zero_stage != 1 && par.zero_stage != 2)
+    c.fail("overlap_param_gather",
+           "overlaps the distributed optimizer's weight all-gathers: needs zero_stage 1 or 2 "
+           "(ZeRO 3 gathers weights before every use anyway)");
   par.comm_uses_units = c.get_bool("comm_uses_units");
   t.host_overhead = c.get_time("host_overhead");
   t.cuda_graphs = c.get_bool("cuda_graphs");

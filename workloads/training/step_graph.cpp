@@ -174,6 +174,7 @@ struct Group {
   TensorId full_grads = -1;  // ZeRO >= 2: this micro-batch's unsharded gradients
   TensorId gathered = -1;    // ZeRO 3: the weights gathered for the current phase
   int gathered_phase = -1;
+  bool param_gathered = false;  // ZeRO 1-2 with overlap_param_gather: its all-gather emitted
   int64_t done = 0;  // parameters whose gradient this backward has completed
 };
 
@@ -553,6 +554,29 @@ class Builder {
          {g.weights}, {out});
     g.gathered = out;
     g.gathered_phase = phase;
+  }
+  // ZeRO 1-2 with overlap_param_gather (Megatron's --overlap-param-gather, each pipeline stage
+  // dispatching as it needs): the all-gather of a group's updated weights, non-blocking, on the
+  // forward of the step's first micro-batch: the chunk's first group when that forward starts,
+  // each later one while the layer before it computes (Megatron's forward pre-hooks chain the
+  // next bucket's gather). The layer that reads the weights waits for them.
+  bool param_gathers() const {
+    return p_.overlap_param_gather && (zero_ == 1 || zero_ == 2);
+  }
+  void param_gather(int gi) {
+    Group& g = groups_[gi];
+    if (!param_gathers() || g.shard == 1 || g.param_gathered) return;
+    StepVertex v = comm(g.name + ".weights.param_gather", CollectiveKind::AllGather,
+                        g.expert ? ParallelGroup::EDP : ParallelGroup::DP,
+                        double(g.params) * wb_, false, false, Pass::Forward, g.layer, {}, {},
+                        {g.weights});
+    g_.dag[v].comm->first_micro_batch_only = true;
+    g.param_gathered = true;
+  }
+  void param_gather_layer(int l) {
+    if (l < c_.first_layer || l >= c_.last_layer) return;
+    param_gather(lgi(l));
+    if (egi(l) >= 0) param_gather(egi(l));
   }
   void gather_layer(int l, int phase, Pass pass) {
     if (zero_ < 3 || l < c_.first_layer || l >= c_.last_layer) return;
@@ -1301,6 +1325,9 @@ class Builder {
     TensorId x, emb_mask = -1;
     if (c_.embedding) {
       gather(embed_, 0, F);
+      param_gather(embed_);
+      param_gather_layer(first);
+
       TensorId emb = act("embedding.fwd.out", Th, re_);
       node("embedding.fwd", make_embedding(T_, h, rd_), F, -1, {tokens, W(embed_)}, {emb});
       // Vocab-parallel: each rank looks up its share of the table, zeros elsewhere.
@@ -1315,6 +1342,12 @@ class Builder {
     for (int l = first; l < last; ++l) {
       gather_layer(l, 0, F);
       gather_layer(l + 1, 0, F);  // ZeRO 3: prefetch one layer ahead
+      param_gather_layer(l);      // the chunk's first layer, when the pass starts
+      param_gather_layer(l + 1);  // the next one while this one computes
+      if (l + 1 == last && c_.head) {
+        param_gather(final_norm_);
+        param_gather(head_);
+      }
       LayerActs a = layer_forward(l, x, F);
       x = a.y;
       acts.push_back(a);
@@ -1468,8 +1501,9 @@ class Builder {
                   // in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
     node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
-    // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket.
-    if (zero_ == 1 || zero_ == 2)
+    // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket
+    // (with overlap_param_gather, under the next step's first forward instead).
+    if ((zero_ == 1 || zero_ == 2) && !param_gathers())
       for (int k = 0; k < 2; ++k)
         for (std::size_t i = 0; i < buckets_[k].size(); ++i) {
           const Bucket& b = buckets_[k][i];

@@ -69,6 +69,9 @@ struct CommSpec {
   bool blocking = true;
   /// Only on the optimizer step's last micro-batch (the DP gradient sync), not every one.
   bool once_per_step = false;
+  /// Only on the step's first micro-batch (Megatron's --overlap-param-gather: the distributed
+  /// optimizer's weight all-gathers run under the next step's first forward).
+  bool first_micro_batch_only = false;
   /// Moved by the copy engines (peer-to-peer copies, as Transformer Engine's ring exchange does):
   /// it takes memory bandwidth but no compute units from the work it overlaps.
   bool copy_engine = false;
