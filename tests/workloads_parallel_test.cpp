@@ -25,6 +25,25 @@ TrainingSetup setup(const std::string& yaml) {
   return load_training_string("vocab_padding: 1\n" + yaml, "training.yaml");
 }
 
+// The message a layout's refusal carries ("" when the graph builds).
+std::string layout_error(const TransformerModel& x, const std::string& yaml) {
+  try {
+    build_step_graph(x, setup(yaml));
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// FLOPs of the routed experts' operators, one micro-batch.
+double expert_flops(const StepGraph& g) {
+  double f = 0;
+  for (std::size_t v = 0; v < g.size(); ++v)
+    if (g.dag[v].op && g.dag[v].name.find(".moe.experts.") != std::string::npos)
+      f += g.dag[v].op->flops();
+  return f;
+}
+
 const StepNode* find(const StepGraph& g, const std::string& name) {
   for (std::size_t v = 0; v < g.size(); ++v)
     if (g.dag[v].name == name) return &g.dag[v];
@@ -679,13 +698,6 @@ TEST(WorkloadParallel, AllgatherDispatcherGathersTheGroupsTokens) {
     return build_step_graph(m, setup(par(tp, 1, tp > 1, 8) + "ep: " + std::to_string(ep) +
                                      "\nzero_stage: 1\n" + extra));
   };
-  auto expert_flops = [](const StepGraph& g) {
-    double f = 0;
-    for (std::size_t v = 0; v < g.size(); ++v)
-      if (g.dag[v].op && g.dag[v].name.find(".moe.experts.") != std::string::npos)
-        f += g.dag[v].op->flops();
-    return f;
-  };
   for (auto [tp, ep] : {std::pair{4, 1}, std::pair{2, 4}, std::pair{1, 8}}) {
     SCOPED_TRACE("tp " + std::to_string(tp) + " ep " + std::to_string(ep));
     const StepGraph a2a = graph(tp, ep, "");
@@ -728,21 +740,13 @@ TEST(WorkloadParallel, AllgatherDispatcherGathersTheGroupsTokens) {
   EXPECT_DOUBLE_EQ(comms(hot)["fwd all-gather ep"].bytes, comms(even)["fwd all-gather ep"].bytes);
   EXPECT_DOUBLE_EQ(comms(hot)["fwd all-gather tp"].bytes, comms(even)["fwd all-gather tp"].bytes);
   // What Megatron-core refuses with it, and a dense model, name their keys.
-  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
-    try {
-      build_step_graph(x, setup(yaml));
-    } catch (const ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
   const std::string ag = "moe_token_dispatcher: allgather\n";
-  EXPECT_NE(message(load_model("gpt3-1.3b"), ag).find("training.moe_token_dispatcher"),
+  EXPECT_NE(layout_error(load_model("gpt3-1.3b"), ag).find("training.moe_token_dispatcher"),
             std::string::npos);
-  EXPECT_NE(message(m, ag + "moe_capacity_factor: 1.25").find("training.moe_capacity_factor"),
+  EXPECT_NE(layout_error(m, ag + "moe_capacity_factor: 1.25").find("training.moe_capacity_factor"),
             std::string::npos);
   TransformerModel q = load_model("qwen2-57b-a14b", {"layers=2"});
-  EXPECT_NE(message(q, ag + "moe_shared_expert_overlap: true")
+  EXPECT_NE(layout_error(q, ag + "moe_shared_expert_overlap: true")
                 .find("training.moe_shared_expert_overlap"),
             std::string::npos);
   EXPECT_THROW(setup("moe_token_dispatcher: flex"), ConfigError);
@@ -758,13 +762,6 @@ TEST(WorkloadParallel, ExpertTensorParallelOneFoldsTheExpertGrid) {
   m.layers = 2;
   auto graph = [&](const std::string& extra) {
     return build_step_graph(m, setup(par(2, 1, true, 8) + "ep: 8\nzero_stage: 1\n" + extra));
-  };
-  auto expert_flops = [](const StepGraph& g) {
-    double f = 0;
-    for (std::size_t v = 0; v < g.size(); ++v)
-      if (g.dag[v].op && g.dag[v].name.find(".moe.experts.") != std::string::npos)
-        f += g.dag[v].op->flops();
-    return f;
   };
   auto expert_state = [](const StepGraph& g, TensorClass cls) {
     double b = 0;
@@ -795,37 +792,21 @@ TEST(WorkloadParallel, ExpertTensorParallelOneFoldsTheExpertGrid) {
                    12.0 * m.layers * m.expert_parameter_count() / 2);
   // The fold lets ep exceed dp: tp 2 x dp 4 = 8 ranks hold one expert each.
   EXPECT_NO_THROW(build_step_graph(m, setup(par(2, 1, true, 4) + "ep: 8\netp: 1")));
-  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
-    try {
-      build_step_graph(x, setup(yaml));
-    } catch (const ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
-  EXPECT_NE(message(m, par(2, 1, true, 4) + "ep: 8").find("training.ep"), std::string::npos);
-  EXPECT_NE(message(m, par(4, 1, true, 2) + "ep: 2\netp: 2").find("training.etp"),
+  EXPECT_NE(layout_error(m, par(2, 1, true, 4) + "ep: 8").find("training.ep"), std::string::npos);
+  EXPECT_NE(layout_error(m, par(4, 1, true, 2) + "ep: 2\netp: 2").find("training.etp"),
             std::string::npos);
-  EXPECT_NE(message(load_model("gpt3-1.3b"), par(2, 1, true) + "etp: 1").find("training.etp"),
+  EXPECT_NE(layout_error(load_model("gpt3-1.3b"), par(2, 1, true) + "etp: 1").find("training.etp"),
             std::string::npos);
 }
 
 TEST(WorkloadParallel, BadLayoutsNameTheKey) {
   TransformerModel m = load_model("gpt3-1.3b");  // 16 heads
-  auto message = [&](const TransformerModel& x, const std::string& yaml) -> std::string {
-    try {
-      build_step_graph(x, setup(yaml));
-    } catch (const ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
-  EXPECT_NE(message(m, "tp: 3").find("training.tp"), std::string::npos);
-  EXPECT_NE(message(m, "tp: 3").find("heads (16)"), std::string::npos);
-  EXPECT_NE(message(m, "tp: 32").find("training.tp"), std::string::npos);
-  EXPECT_NE(message(m, "cp: 3").find("training.cp"), std::string::npos);
+  EXPECT_NE(layout_error(m, "tp: 3").find("training.tp"), std::string::npos);
+  EXPECT_NE(layout_error(m, "tp: 3").find("heads (16)"), std::string::npos);
+  EXPECT_NE(layout_error(m, "tp: 32").find("training.tp"), std::string::npos);
+  EXPECT_NE(layout_error(m, "cp: 3").find("training.cp"), std::string::npos);
   TransformerModel moe = load_model("mixtral-8x7b");
-  std::string ep = message(moe, "dp: 3\nglobal_batch: 3\nep: 3");
+  std::string ep = layout_error(moe, "dp: 3\nglobal_batch: 3\nep: 3");
   EXPECT_NE(ep.find("training.ep"), std::string::npos) << ep;
   EXPECT_NE(ep.find("experts (8)"), std::string::npos) << ep;
   // Llama 2 70B has 8 key/value heads: tp 16 replicates them, one per rank.
