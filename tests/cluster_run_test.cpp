@@ -34,6 +34,17 @@ struct Job {
   }
 };
 
+// Mixtral 8x7B cut to 4 layers at seq 2048 on DGX H100 nodes.
+ClusterResult mixtral_on_dgx_h100(const std::string& training, int gpus) {
+  Job j;
+  j.model = load_model("mixtral-8x7b", {"layers=4", "seq_len=2048"});
+  j.device = load_device("h100-sxm5-80gb");
+  j.system = load_system("dgx-h100");
+  j.setup = load_training_string(training, "training.yaml");
+  j.gpus = gpus;
+  return j.run();
+}
+
 // A GPT-style model whose embedding and head are small next to its layers, so pipeline stages
 // are nearly equal and the 1F1B bubble is close to its textbook value.
 Job uniform_pipeline(int pp, int vpp, int64_t micro_batches, const std::string& schedule) {
@@ -351,17 +362,10 @@ TEST(ClusterRun, BadLayoutsAreRefusedWithTheKeyNamed) {
 // far less expert-parallel time.
 TEST(ClusterRun, ExpertTensorParallelOneKeepsTheExpertGroupInANode) {
   auto run = [](int etp) {
-    Job j;
-    j.model = load_model("mixtral-8x7b", {"layers=4", "seq_len=2048"});
-    j.device = load_device("h100-sxm5-80gb");
-    j.system = load_system("dgx-h100");
-    j.setup = load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 16\ntp: 2\n"
-                                               "dp: 8\nep: 8\netp: {}\n"
-                                               "sequence_parallel: true\n",
-                                               etp),
-                                   "training.yaml");
-    j.gpus = 16;
-    return j.run();
+    return mixtral_on_dgx_h100(fmt::format("micro_batch: 1\nglobal_batch: 16\ntp: 2\ndp: 8\n"
+                                           "ep: 8\netp: {}\nsequence_parallel: true\n",
+                                           etp),
+                               16);
   };
   ClusterResult split = run(2), folded = run(1);
   const GroupComm &a = split.comm[int(ParallelGroup::EP)], &b = folded.comm[int(ParallelGroup::EP)];
@@ -384,17 +388,10 @@ TEST(ClusterRun, ExpertTensorParallelOneKeepsTheExpertGroupInANode) {
 // time; the experts' work, and so the model FLOPs, are the same.
 TEST(ClusterRun, AllgatherDispatcherMovesFewerTensorParallelBytesAtEp1) {
   auto run = [](const char* dispatcher) {
-    Job j;
-    j.model = load_model("mixtral-8x7b", {"layers=4", "seq_len=2048"});
-    j.device = load_device("h100-sxm5-80gb");
-    j.system = load_system("dgx-h100");
-    j.setup = load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 2\ntp: 8\n"
-                                               "sequence_parallel: true\n"
-                                               "moe_token_dispatcher: {}\n",
-                                               dispatcher),
-                                   "training.yaml");
-    j.gpus = 8;
-    return j.run();
+    return mixtral_on_dgx_h100(fmt::format("micro_batch: 1\nglobal_batch: 2\ntp: 8\n"
+                                           "sequence_parallel: true\nmoe_token_dispatcher: {}\n",
+                                           dispatcher),
+                               8);
   };
   ClusterResult a2a = run("alltoall"), ag = run("allgather");
   const GroupComm &a = a2a.comm[int(ParallelGroup::TP)], &b = ag.comm[int(ParallelGroup::TP)];
