@@ -285,6 +285,32 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
   }
 }
 
+// What a deferred weight gradient keeps: the activations its products read (layer inputs,
+// output gradients). One gathered over tp (sequence parallelism) is kept as this rank's shard
+// and gathered again when the weight gradient runs, as Megatron already does for the inputs.
+double weight_gradient_bytes(const StepGraph& g) {
+  std::vector<int> tp_gathered(g.tensors.size(), 0);
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.comm && n.comm->kind == CollectiveKind::AllGather && n.comm->group == ParallelGroup::TP)
+      for (TensorId t : n.allocs) tp_gathered[t] = 1;
+  }
+  const double tp = g.setup.parallel.tp;
+  double bytes = 0;
+  std::vector<bool> seen(g.tensors.size(), false);
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.pass != Pass::BackwardWeight) continue;
+    for (TensorId t : n.reads)
+      if (t >= 0 && !seen[t] && !g.tensors[t].persistent &&
+          g.tensors[t].cls == TensorClass::Activations) {
+        seen[t] = true;
+        bytes += g.tensors[t].bytes / (tp_gathered[t] ? tp : 1.0);
+      }
+  }
+  return bytes;
+}
+
 void measure_memory(ChunkModel& c) {
   const StepGraph& g = c.graph;
   MemoryTimeline tl = memory_timeline(g);
@@ -306,27 +332,7 @@ void measure_memory(ChunkModel& c) {
     }
   }
   if (any) c.saved = tl.during[last_fwd][int(TensorClass::Activations)];
-  // What a deferred weight gradient keeps: the activations its products read (layer inputs,
-  // output gradients). One gathered over tp (sequence parallelism) is kept as this rank's shard
-  // and gathered again when the weight gradient runs, as Megatron already does for the inputs.
-  std::vector<int> tp_gathered(g.tensors.size(), 0);
-  for (std::size_t v = 0; v < g.size(); ++v) {
-    const StepNode& n = g.node(StepVertex(v));
-    if (n.comm && n.comm->kind == CollectiveKind::AllGather && n.comm->group == ParallelGroup::TP)
-      for (TensorId t : n.allocs) tp_gathered[t] = 1;
-  }
-  const double tp = g.setup.parallel.tp;
-  std::vector<bool> seen(g.tensors.size(), false);
-  for (std::size_t v = 0; v < g.size(); ++v) {
-    const StepNode& n = g.node(StepVertex(v));
-    if (n.pass != Pass::BackwardWeight) continue;
-    for (TensorId t : n.reads)
-      if (t >= 0 && !seen[t] && !g.tensors[t].persistent &&
-          g.tensors[t].cls == TensorClass::Activations) {
-        seen[t] = true;
-        c.w_saved += g.tensors[t].bytes / (tp_gathered[t] ? tp : 1.0);
-      }
-  }
+  if (g.setup.parallel.split_backward()) c.w_saved = weight_gradient_bytes(g);
   c.pass_peak = std::max(0.0, tl.peak_bytes - persistent);
   c.workspace_at_peak = tl.peak_breakdown[int(TensorClass::Workspace)];
 }
@@ -819,6 +825,21 @@ class ClusterSim {
     return Time(extra);
   }
 
+  // Activation bytes stage s keeps for micro-batches in flight (`live` per chunk: forward done;
+  // `pending`: input gradient done, weight gradient not), leaving out item `it`'s own micro-batch
+  // when `exclude_own` (its working set counts it).
+  double kept_bytes(int s, const std::vector<int64_t>& live, const std::vector<int64_t>& pending,
+                    const PipelineItem& it, bool exclude_own) const {
+    double kept = 0;
+    for (int v = 0; v < p_.vpp; ++v) {
+      const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+      const bool own = exclude_own && v == it.chunk;
+      kept += double(live[v] - (own && !it.weight ? 1 : 0)) * c.saved +
+              double(pending[v] - (own && it.weight ? 1 : 0)) * c.w_saved;
+    }
+    return kept;
+  }
+
   void memory_sample(int s, Time at, const PipelineItem& it, double working) {
     RankState& rs = states_[s];
     if (rs.live.empty()) {
@@ -827,13 +848,8 @@ class ClusterSim {
       for (int v = 0; v < p_.vpp; ++v)
         for (double b : chunk_of_[v * p_.pp + s]->state) rs.state += b;
     }
-    double kept = 0;
-    for (int v = 0; v < p_.vpp; ++v) {
-      const ChunkModel& c = *chunk_of_[v * p_.pp + s];
-      const bool own = working > 0 && v == it.chunk && !it.forward;
-      kept += double(rs.live[v] - (own && !it.weight ? 1 : 0)) * c.saved +
-              double(rs.w_pending[v] - (own && it.weight ? 1 : 0)) * c.w_saved;
-    }
+    const double kept =
+        kept_bytes(s, rs.live, rs.w_pending, it, working > 0 && !it.forward);
     result_->stages[s].memory_samples.push_back({at, rs.state + kept + working});
   }
 
@@ -1053,13 +1069,7 @@ class ClusterSim {
           in_flight++;
         }
         max_flight = std::max(max_flight, in_flight);
-        double others = 0;
-        for (int v = 0; v < p_.vpp; ++v) {
-          const ChunkModel& cv = *chunk_of_[v * p_.pp + s];
-          const bool own = v == it.chunk;
-          others += double(live[v] - (own && !it.weight ? 1 : 0)) * cv.saved +
-                    double(pending[v] - (own && it.weight ? 1 : 0)) * cv.w_saved;
-        }
+        const double others = kept_bytes(s, live, pending, it, true);
         const double working = it.weight ? c.w_saved : c.pass_peak;
         const double ws = it.weight ? 0.0 : c.workspace_at_peak;
         double here = others + working;

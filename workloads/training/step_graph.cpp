@@ -541,6 +541,11 @@ class Builder {
   int egi(int l) const { return expert_group_[l - c_.first_layer]; }
 
   bool gathers(int gi) const { return zero_ >= 3 && groups_[gi].shard > 1; }
+  // The ranks that hold the same parameters: the data-parallel group, or for experts the
+  // expert-data-parallel one.
+  static ParallelGroup sync_group(bool expert) {
+    return expert ? ParallelGroup::EDP : ParallelGroup::DP;
+  }
   // ZeRO 3: all-gathers a group's weights for a phase (0 forward, 1 backward, 2 and 3 the head's
   // forward and backward), non-blocking: the layers that read the gathered copy wait for it.
   void gather(int gi, int phase, Pass pass) {
@@ -550,7 +555,7 @@ class Builder {
     const double bytes = wb_ * double(g.params);
     TensorId out = tensor(g.name + ".weights.gathered." + ph, bytes, TensorClass::Weights);
     comm(g.name + ".weights.gather." + ph, CollectiveKind::AllGather,
-         g.expert ? ParallelGroup::EDP : ParallelGroup::DP, bytes, false, false, pass, g.layer,
+         sync_group(g.expert), bytes, false, false, pass, g.layer,
          {g.weights}, {out});
     g.gathered = out;
     g.gathered_phase = phase;
@@ -567,7 +572,7 @@ class Builder {
     Group& g = groups_[gi];
     if (!param_gathers() || g.shard == 1 || g.param_gathered) return;
     StepVertex v = comm(g.name + ".weights.param_gather", CollectiveKind::AllGather,
-                        g.expert ? ParallelGroup::EDP : ParallelGroup::DP,
+                        sync_group(g.expert),
                         double(g.params) * wb_, false, false, Pass::Forward, g.layer, {}, {},
                         {g.weights});
     g_.dag[v].comm->first_micro_batch_only = true;
@@ -647,7 +652,7 @@ class Builder {
     std::string name =
         fmt::format("dp.{}grads.bucket{}", k ? "expert_" : "", buckets_[k].size());
     StepVertex v = comm(name, zero_ == 0 ? CollectiveKind::AllReduce : CollectiveKind::ReduceScatter,
-                        k ? ParallelGroup::EDP : ParallelGroup::DP, double(b.params) * gb_,
+                        sync_group(k), double(b.params) * gb_,
                         blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, {}, writes);
     if (zero_ < 2)
       for (int gi : b.groups) {
@@ -1510,7 +1515,7 @@ class Builder {
           std::vector<TensorId> w;
           for (int gi : b.groups) w.push_back(groups_[gi].weights);
           comm(fmt::format("dp.{}weights.bucket{}.allgather", k ? "expert_" : "", i),
-               CollectiveKind::AllGather, k ? ParallelGroup::EDP : ParallelGroup::DP,
+               CollectiveKind::AllGather, sync_group(k),
                double(b.params) * wb_, false, true, O, b.layer, {}, {}, w);
         }
   }
