@@ -52,6 +52,7 @@ const Schema& device_schema() {
         {"memory", &polymorphic("memory", "memory", "hbm", "The main memory tier.")},
         {"noc", &polymorphic("noc", "noc", "crossbar",
                              "The network between compute units and shared caches.")},
+        {"host", &host_schema()},
     };
     x.named_sections = {{"caches", &polymorphic("cache", "cache", "lru",
                                                 "The cache levels, by name (l1, l2, ...).")}};
@@ -71,6 +72,7 @@ Device::Device(const Config& cfg)
   noc_ = Server("noc", ns.bandwidth);
   noc_latency_ = ns.latency;
   memory_ = Registry<MemoryModel>::instance().create(cfg.section("memory"));
+  if (cfg.node()["host"]) host_ = HostSpec::from_config(cfg.section("host"));
 
   std::vector<std::pair<std::string, Config>> levels = cfg.named("caches");
   for (auto& [n, c] : levels) caches_.push_back(make_cache_level(n, c, compute_.units));

@@ -1,5 +1,6 @@
-// One accelerator (or CPU socket): compute units, a cache hierarchy, an on-chip network and a
-// main memory tier, built from a validated `device` section.
+// One accelerator (or CPU socket): compute units, a cache hierarchy, an on-chip network, a
+// main memory tier and optionally the host tier behind it, built from a validated `device`
+// section.
 //
 // Role: the hardware state that operators run on. It owns every resource server and residency
 // tracker; the tile executor drives them. Contract: read() and write() move one block between a
@@ -10,11 +11,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "arch/cache/i_cache.h"
 #include "arch/compute/compute_unit.h"
+#include "arch/host/host.h"
 #include "arch/memory/i_memory.h"
 #include "arch/noc/noc.h"
 #include "sim/config/config.h"
@@ -38,6 +41,12 @@ class Device {
   const MemoryModel& memory() const { return *memory_; }
   const std::vector<std::unique_ptr<CacheLevel>>& caches() const { return caches_; }
   const Server& noc() const { return noc_; }
+  /// The host tier behind the device, or nullptr where its file has no `host:` section.
+  const HostSpec* host() const { return host_ ? &*host_ : nullptr; }
+  /// How many of the node's devices use the host in this run (each gets an equal share).
+  void use_host_with(int devices) {
+    if (host_) host_->active = devices;
+  }
   /// Stable fingerprint of the resolved configuration, for memoisation keys.
   const std::string& fingerprint() const { return fingerprint_; }
   const YAML::Node& resolved_config() const { return resolved_; }
@@ -70,6 +79,7 @@ class Device {
   Time noc_latency_;
   size_t first_shared_ = 0;  // index of the first shared level (== caches_.size() if none)
   std::unique_ptr<MemoryModel> memory_;
+  std::optional<HostSpec> host_;
   YAML::Node resolved_;
 };
 

@@ -48,7 +48,8 @@ Op stream(const std::string& kind, int64_t elements, std::vector<double> in,
 std::string Op::kind() const {
   return std::visit(overloaded{[](const GemmOp&) { return std::string("gemm"); },
                                [](const AttentionOp&) { return std::string("attention"); },
-                               [](const StreamOp& s) { return s.kind; }},
+                               [](const StreamOp& s) { return s.kind; },
+                               [](const HostOp& h) { return h.stream.kind; }},
                     body);
 }
 
@@ -60,7 +61,8 @@ double Op::flops() const {
                    if (a.causal) f *= 0.5;
                    return f * attention_pass_units(a.pass);
                  },
-                 [](const StreamOp& s) { return s.useful_flops * s.elements; }},
+                 [](const StreamOp& s) { return s.useful_flops * s.elements; },
+                 [](const HostOp& h) { return h.stream.useful_flops * h.stream.elements; }},
       body);
 }
 
@@ -91,6 +93,9 @@ Bytes Op::min_bytes() const {
             for (double b : s.in_bytes) per += b;
             for (double b : s.out_bytes) per += b;
             return Bytes(per * s.elements);
+          },
+          [](const HostOp& h) {
+            return Bytes(h.work == HostWork::Compute ? 0.0 : h.bytes());
           }},
       body);
 }
@@ -98,7 +103,8 @@ Bytes Op::min_bytes() const {
 DType Op::dtype() const {
   return std::visit(overloaded{[](const GemmOp& g) { return g.dtype; },
                                [](const AttentionOp& a) { return a.dtype; },
-                               [](const StreamOp& s) { return s.dtype; }},
+                               [](const StreamOp& s) { return s.dtype; },
+                               [](const HostOp& h) { return h.stream.dtype; }},
                     body);
 }
 
@@ -123,6 +129,10 @@ std::string Op::signature() const {
                        "dropout={} warp_mma={} {} {}",
                        a.batch, a.heads, a.kv_heads, a.seq_q, a.seq_kv, a.head_dim, a.causal,
                        a.fused, a.dropout, a.warp_mma, pass_name(a.pass), dtype_name(a.dtype));
+                 },
+                 [](const HostOp& h) {
+                   return fmt::format("host {} {} n={} bytes={}", host_work_name(h.work),
+                                      h.stream.kind, h.stream.elements, h.bytes());
                  },
                  [](const StreamOp& s) {
                    std::string in, out;
@@ -241,6 +251,37 @@ Op make_adam(int64_t params, DType grad) {
   // low-precision weight copy.
   double g = dtype_bytes(grad);
   return stream("adam", params, {4, 4, 4, g}, {4, 4, 4, 2}, 24, 1, 12, DType::FP32);
+}
+
+const char* host_work_name(HostWork w) {
+  switch (w) {
+    case HostWork::CopyToHost: return "device-to-host";
+    case HostWork::CopyToDevice: return "host-to-device";
+    case HostWork::Compute: return "cpu";
+  }
+  return "?";
+}
+
+double HostOp::bytes() const {
+  if (work != HostWork::Compute) return double(stream.elements) * stream.in_bytes.at(0);
+  double per = 0;
+  for (double b : stream.in_bytes) per += b;
+  for (double b : stream.out_bytes) per += b;
+  return per * double(stream.elements);
+}
+
+Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,
+                  double bytes_per_element) {
+  Op op = stream(kind, elements, {bytes_per_element}, {bytes_per_element}, 0, 0, 0, DType::FP32);
+  return Op{kind, HostOp{direction, std::get<StreamOp>(op.body)}};
+}
+
+Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes) {
+  // As make_adam: master weight, moments and gradient read; master, moments and the low-
+  // precision weight copy written; the same arithmetic, on the CPU's vector units.
+  Op op = stream("cpu_adam", params, {4, 4, 4, grad_bytes}, {4, 4, 4, weight_bytes}, 24, 1, 12,
+                 DType::FP32);
+  return Op{"cpu_adam", HostOp{HostWork::Compute, std::get<StreamOp>(op.body)}};
 }
 
 Op make_memcopy(Bytes bytes) {

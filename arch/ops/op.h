@@ -77,17 +77,34 @@ struct StreamOp {
   int kernels = 1;
 };
 
+/// Work off the device's units, timed on its host tier (arch/host/host.h): a copy between
+/// device memory and host memory over the host link (DMA by the copy engines, no compute units),
+/// or a kernel the host CPU runs over host memory (ZeRO-Offload's CPU Adam).
+enum class HostWork { CopyToHost, CopyToDevice, Compute };
+const char* host_work_name(HostWork w);
+
+struct HostOp {
+  HostWork work = HostWork::Compute;
+  /// Compute: the CPU's kernel, its arrays in host memory. Copies: `elements` x in_bytes[0]
+  /// bytes moved (read on one side, written on the other).
+  StreamOp stream;
+  /// Bytes it moves: for a copy the bytes copied, for a CPU kernel its host-memory traffic.
+  double bytes() const;
+};
+
 struct Op {
   std::string name;
-  std::variant<GemmOp, AttentionOp, StreamOp> body;
+  std::variant<GemmOp, AttentionOp, StreamOp, HostOp> body;
 
   /// "gemm", "attention" or the stream kind.
   std::string kind() const;
   /// Algorithmic FLOPs (2 per MAC for matrix products; attention: 4 b h sq skv d per pass unit,
   /// halved for causal, backward = 2.5 x forward as in the FlashAttention benchmark).
   double flops() const;
-  /// Compulsory memory traffic: inputs read once, outputs written once.
+  /// Compulsory device-memory traffic: inputs read once, outputs written once (a host copy
+  /// reads or writes its bytes in device memory; a host CPU kernel moves none there).
   Bytes min_bytes() const;
+  bool on_host() const { return std::holds_alternative<HostOp>(body); }
   /// Matrix data type (for peak lookups).
   DType dtype() const;
   /// Canonical text of the shape; identical ops have identical signatures (memoisation key).
@@ -108,6 +125,13 @@ Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dtype, bool fused = t
 /// Adam over `params` parameters: fp32 master weights and two moments, gradients in `grad`.
 Op make_adam(int64_t params, DType grad);
 Op make_memcopy(Bytes bytes);
+/// A copy of `elements` x `bytes_per_element` between device and host memory.
+Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,
+                  double bytes_per_element);
+/// Adam run by the host CPU over `params` parameters in host memory (DeepSpeed's CPU Adam): fp32
+/// master weights and moments, gradients of `grad_bytes` as copied from the device, and the
+/// 16-bit (`weight_bytes`) copy staged for the device.
+Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes);
 /// STREAM triad a = b + s*c over three arrays of `bytes_per_array` in `dtype`.
 Op make_stream_triad(Bytes bytes_per_array, DType dtype);
 

@@ -72,6 +72,8 @@ Time roofline_bound(const Op& op, const Device& d) {
 
 OpResult OpSimulator::run(const Op& op) {
   std::string key = op.signature() + "|" + fidelity_name(fidelity_);
+  // A host op's time depends on how many devices share the host in this run.
+  if (op.on_host() && device_.host()) key += fmt::format("|host/{}", device_.host()->sharers());
   auto it = memo_.find(key);
   if (it != memo_.end()) {
     ++hits_;
@@ -81,8 +83,38 @@ OpResult OpSimulator::run(const Op& op) {
     return r;
   }
   check_supported(op, device_);
-  OpResult r = fidelity_ == Fidelity::Tile ? simulate_tile(op) : simulate_analytical(op);
+  OpResult r = op.on_host() ? simulate_host(op)
+               : fidelity_ == Fidelity::Tile ? simulate_tile(op)
+                                             : simulate_analytical(op);
   memo_[key] = r;
+  return r;
+}
+
+// Host ops are not tiled at either fidelity: a copy is one DMA over the host link and a host
+// kernel one pass over host memory (arch/host/host.h).
+OpResult OpSimulator::simulate_host(const Op& op) const {
+  const HostSpec* h = device_.host();
+  if (!h)
+    throw std::runtime_error(fmt::format(
+        "device '{}' has no host tier for {} (give the device a `host:` section; `memwall "
+        "describe host`)",
+        device_.name(), op.name));
+  const HostOp& ho = std::get<HostOp>(op.body);
+  OpResult r;
+  r.name = op.name;
+  r.kind = op.kind();
+  r.signature = op.signature();
+  r.fidelity = fidelity_;
+  r.dtype_for_peak = op.dtype();
+  r.flops = op.flops();
+  r.min_bytes = op.min_bytes();
+  r.mapping = "host";
+  r.time = host_op_time(ho, *h);
+  r.bound = host_op_bound(ho, *h);
+  if (ho.work == HostWork::CopyToHost) r.memory_read = r.min_bytes;
+  if (ho.work == HostWork::CopyToDevice) r.memory_written = r.min_bytes;
+  r.memory_utilisation = r.min_bytes.count() / (r.time.sec() * device_.memory().peak_bandwidth().bps());
+  r.kernels = 1;  // one framework call: a cudaMemcpyAsync, or the CPU optimizer's step
   return r;
 }
 

@@ -73,6 +73,7 @@ class OpSimulator {
  private:
   OpResult simulate_tile(const Op& op);
   OpResult simulate_analytical(const Op& op) const;
+  OpResult simulate_host(const Op& op) const;
 
   Device& device_;
   Fidelity fidelity_;

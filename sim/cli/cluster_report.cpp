@@ -86,12 +86,13 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   out += fmt::format(
       "memory    per GPU {:.1f} of {:.1f} GiB on stage {}, {}   weights {:.1f}  grads {:.1f}  "
       "optimizer {:.1f}  activations {:.1f} ({} micro-batches in flight)  workspace {:.1f}  "
-      "comm buffers {:.1f}\n",
+      "comm buffers {:.1f}{}\n",
       worst->peak_memory / kGiB, r.capacity.count() / kGiB, worst->stage,
       r.fits() ? "fits" : "DOES NOT FIT", b[int(TensorClass::Weights)] / kGiB,
       b[int(TensorClass::Gradients)] / kGiB, b[int(TensorClass::Optimizer)] / kGiB,
       b[int(TensorClass::Activations)] / kGiB, worst->max_in_flight,
-      b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB);
+      b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB,
+      host_memory_text(r.host));
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
   std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
@@ -173,7 +174,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
   nlohmann::json time_by_class;
   for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
     time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
-  return {{"model", m.name},
+  nlohmann::json doc = {{"model", m.name},
           {"parameters", m.parameter_count()},
           {"device", r.device},
           {"system", r.system},
@@ -210,6 +211,8 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"peak_gib", r.peak_memory() / kGiB},
             {"fits", r.fits()}}},
           {"collectives_timed", r.collectives}};
+  add_host_memory_json(doc["memory"], r.host);
+  return doc;
 }
 
 void write_cluster_csv(const ClusterResult& r, const std::string& dir) {

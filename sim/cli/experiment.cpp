@@ -121,6 +121,11 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     if (!e.device->compute().supports(mm))
       t.fail("precision", std::string("the device '") + e.device->name() + "' has no " +
                               dtype_name(mm) + " arithmetic; choose a precision it supports");
+    if (e.training.optimizer_offload > 0 && !e.device->host())
+      t.fail("optimizer_offload", "the device '" + e.device->name() +
+                                      "' has no host tier to offload to; give it a `host:` "
+                                      "section (`memwall describe host`) or use a preset with "
+                                      "one");
     if (!e.ops.empty())
       throw ConfigError(doc.sources->find("ops"), "ops",
                         "an experiment runs either `ops` or a `model`, not both");

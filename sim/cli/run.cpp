@@ -41,7 +41,7 @@ struct RunOptions {
   int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
   std::string flash_attention;
   // A cluster run: the validation case columns as flags.
-  std::string system, sequence_parallel, schedule;
+  std::string system, sequence_parallel, schedule, optimizer_offload;
   int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
           etp = -1, zero = -1;
   double node_nic_gbps = -1;
@@ -73,6 +73,7 @@ Experiment load_from_options(const RunOptions& o) {
   count("training.zero_stage", o.zero);
   flag("training.sequence_parallel", o.sequence_parallel);
   flag("training.schedule", o.schedule);
+  flag("training.optimizer_offload", o.optimizer_offload);
   flag("system.preset", o.system);
   count("system.gpus_per_node", o.gpus_per_node);
   if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
@@ -229,7 +230,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--etp", o->etp, "Expert tensor-parallel degree: 1 or tp (default tp)");
   cmd->add_option("--sequence-parallel", o->sequence_parallel, "true or false");
   cmd->add_option("--zero", o->zero, "ZeRO stage 0-3");
-  cmd->add_option("--schedule", o->schedule, "gpipe, 1f1b or interleaved");
+  cmd->add_option("--schedule", o->schedule, "gpipe, 1f1b, interleaved or zb-h1");
+  cmd->add_option("--optimizer-offload", o->optimizer_offload,
+                  "Fraction of the optimizer state kept and updated on the host (0-1)");
   cmd->add_option("--csv", o->csv_dir, "Write per-op and per-layer tables into this directory");
   cmd->add_option("-p,--param", o->overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the file's)")

@@ -49,21 +49,23 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
   auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {} ({:.0f} "
-      "kernels)  (launch gaps {})   |  bound by compute {}  HBM {}  cache {}  latency {}\n",
+      "kernels)  (launch gaps {})   |  bound by compute {}  HBM {}  cache {}  latency {}{}\n",
       pct(share(OpClass::Matrix)), pct(share(OpClass::Attention)), pct(share(OpClass::MemoryBound)),
       pct(share(OpClass::Optimizer)), pct(r.host_stall.sec() / step), kernels_per_step(r.nodes),
       pct(r.launch_time.sec() / step),
       pct(r.compute_bound_time.sec() / step),
       pct(r.memory_bound_time.sec() / step), pct(r.cache_bound_time.sec() / step),
-      pct(r.latency_bound_time.sec() / step));
+      pct(r.latency_bound_time.sec() / step),
+      r.host_work > Time::zero() ? "  host tier " + pct(r.host_work.sec() / step) : std::string());
   const auto& b = r.memory.peak_breakdown;
   out += fmt::format(
       "memory    {:.1f} of {:.1f} GiB, {}   weights {:.1f}  grads {:.1f}  optimizer {:.1f}  "
-      "activations {:.1f}  workspace {:.1f}   (peak at {} into the step)\n",
+      "activations {:.1f}  workspace {:.1f}   (peak at {} into the step){}\n",
       r.memory.peak_bytes / kGiB, r.capacity.count() / kGiB, r.fits() ? "fits" : "DOES NOT FIT",
       b[int(TensorClass::Weights)] / kGiB, b[int(TensorClass::Gradients)] / kGiB,
       b[int(TensorClass::Optimizer)] / kGiB, b[int(TensorClass::Activations)] / kGiB,
-      b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time));
+      b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time),
+      host_memory_text(r.host));
 
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -101,7 +103,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
   time_by_class["host_stall"] = r.host_stall.sec();
   for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
     time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
-  return {{"model", g.model.name},
+  nlohmann::json doc = {{"model", g.model.name},
           {"parameters", g.model.parameter_count()},
           {"device", r.device},
           {"num_gpus", 1},
@@ -120,7 +122,8 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
            {{"compute", r.compute_bound_time.sec()},
             {"memory", r.memory_bound_time.sec()},
             {"cache", r.cache_bound_time.sec()},
-            {"latency", r.latency_bound_time.sec()}}},
+            {"latency", r.latency_bound_time.sec()},
+            {"host", r.host_work.sec()}}},
           {"memory",
            {{"capacity_gib", r.capacity.count() / kGiB},
             {"peak_gib", r.memory.peak_bytes / kGiB},
@@ -136,6 +139,20 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"l2_hit_rate", r.l2_hit_rate},
           {"memory_utilisation", r.memory_utilisation},
           {"ops", ops}};
+  add_host_memory_json(doc["memory"], r.host);
+  return doc;
+}
+
+std::string host_memory_text(const HostMemory& h) {
+  if (h.bytes <= 0) return "";
+  return fmt::format("   host {:.1f} of {:.1f} GiB{}", h.bytes / kGiB, h.capacity.count() / kGiB,
+                     h.fits() ? "" : ", DOES NOT FIT");
+}
+
+void add_host_memory_json(nlohmann::json& memory, const HostMemory& h) {
+  memory["host_gib"] = h.bytes / kGiB;
+  memory["host_capacity_gib"] = h.capacity.count() / kGiB;
+  memory["host_fits"] = h.fits();
 }
 
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes) {

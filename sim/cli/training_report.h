@@ -20,6 +20,10 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
 nlohmann::json training_json(const TrainingResult& r, const StepGraph& g);
 /// Writes DIR/ops.csv (one row per operator node) and DIR/layers.csv (time per layer and pass).
 void write_training_csv(const TrainingResult& r, const std::string& dir);
+/// The memory line's host part, "   host 89.7 of 256.0 GiB" (empty without offloaded state), and
+/// its JSON keys (host_gib, host_capacity_gib, host_fits), for both kinds of run.
+std::string host_memory_text(const HostMemory& h);
+void add_host_memory_json(nlohmann::json& memory, const HostMemory& h);
 /// The per-operator table (ops.csv) of a single-device or a cluster run.
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes);
 

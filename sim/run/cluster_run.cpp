@@ -478,6 +478,8 @@ class ClusterSim {
     r.gpus = gpus_;
     r.gpus_per_node = sys_.gpus_per_node;
     r.capacity = device_.memory().capacity();
+    device_.use_host_with(std::min(gpus_, sys_.gpus_per_node));
+    if (device_.host()) r.host.capacity = device_.host()->device_capacity();
     r.peak_flops = device_.compute().peak(t_.matmul_dtype()).per_s();
     mbs_ = t_.accumulation_steps();
     r.micro_batches = mbs_;
@@ -1095,6 +1097,8 @@ class ClusterSim {
       st.memory[int(TensorClass::Workspace)] += best_ws;
       st.comm_buffers = comm_buffer_bytes(s);
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
+      for (int v = 0; v < p_.vpp; ++v) st.host_memory += chunk_of_[v * p_.pp + s]->graph.host_bytes();
+      r.host.bytes = std::max(r.host.bytes, st.host_memory);
     }
   }
 

@@ -65,6 +65,7 @@ struct StageResult {
   /// NCCL's buffers for the rank's communicators, bytes (in peak_memory, not in `memory`).
   double comm_buffers = 0;
   double peak_memory = 0;     ///< bytes
+  double host_memory = 0;     ///< bytes in host memory (offloaded optimizer state)
   struct Span {
     std::string track, name;
     Time start, duration;
@@ -94,6 +95,7 @@ struct ClusterResult {
   /// oversubscribed uplink, the NICs a pipeline's sends share)
   std::map<std::string, double> link_peak;
   Bytes capacity{0};
+  HostMemory host;  ///< the largest rank's host bytes against the device's host share
   std::vector<NodeTiming> nodes;  ///< stage 0's operators, all its chunks (top-ops table)
   int distinct_ops = 0;
   long collectives = 0;  ///< collective requests timed
@@ -103,7 +105,7 @@ struct ClusterResult {
   double mfu() const { return model_flops / (step_time.sec() * peak_flops * gpus); }
   double hfu() const { return hardware_flops / (step_time.sec() * peak_flops * gpus); }
   double peak_memory() const;  ///< the largest rank's
-  bool fits() const { return peak_memory() <= capacity.count(); }
+  bool fits() const { return peak_memory() <= capacity.count() && host.fits(); }
   /// Mean over stages of the compute stream's pipeline-wait time, as a fraction of the step.
   double bubble_fraction() const;
   Time exposed_comm() const;

@@ -43,7 +43,10 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.capacity = device.memory().capacity();
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
+  device.use_host_with(1);  // one device: the host is its own
   r.memory = memory_timeline(g);
+  r.host.bytes = g.host_bytes();
+  if (device.host()) r.host.capacity = device.host()->device_capacity();
   // The nominal graph of one micro-batch: no padding, no gradient-accumulation additions.
   r.model_flops =
       model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
@@ -80,6 +83,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
     else if (o.bound == "cache") r.cache_bound_time += o.time * runs;
+    else if (n.op->on_host()) r.host_work += o.time * runs;
     else r.latency_bound_time += o.time * runs;
     // HFU counts the passes' work, recomputation included, not the optimizer's (as MFU, and as
     // the cluster runner counts it).

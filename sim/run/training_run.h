@@ -25,6 +25,14 @@ class TraceWriter;
 enum class OpClass { Matrix, Attention, MemoryBound, Optimizer };
 const char* op_class_name(OpClass c);
 
+/// Host memory a rank keeps (offloaded optimizer state and its gradient copies) against the
+/// device's share of its host (HostSpec::device_capacity).
+struct HostMemory {
+  double bytes = 0;   ///< the largest rank's
+  Bytes capacity{0};  ///< 0: the device has no host tier
+  bool fits() const { return bytes <= capacity.count(); }
+};
+
 /// One graph node with its simulated figures (for one execution).
 struct NodeTiming {
   std::string name;
@@ -55,6 +63,8 @@ struct TrainingResult {
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
   Time launch_time;  ///< kernel launch gaps inside the step (part of the op times above)
   Time host_stall;   ///< device idle waiting for the host to issue operators
+  Time host_work;    ///< device waiting on host copies and the host CPU's optimizer (offload)
+  HostMemory host;
   MemoryTimeline memory;
   Bytes capacity{0};
   Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)
@@ -66,7 +76,7 @@ struct TrainingResult {
   double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
   double mfu() const { return model_flops / (step_time.sec() * peak_flops); }
   double hfu() const { return hardware_flops / (step_time.sec() * peak_flops); }
-  bool fits() const { return memory.peak_bytes <= capacity.count(); }
+  bool fits() const { return memory.peak_bytes <= capacity.count() && host.fits(); }
 };
 
 /// Replays `graph` on `device`. Throws std::runtime_error if the device cannot run an operator.

@@ -54,7 +54,8 @@ MemoryTimeline memory_timeline(const StepGraph& g, const std::vector<StepVertex>
   ClassBytes live{};
   for (std::size_t i = 0; i < n; ++i) {
     const StepNode& v = g.dag[order[i]];
-    for (TensorId t : v.allocs) live[int(g.tensors[t].cls)] += g.tensors[t].bytes;
+    for (TensorId t : v.allocs)
+      if (!g.tensors[t].host) live[int(g.tensors[t].cls)] += g.tensors[t].bytes;
     ClassBytes now = live;
     now[int(TensorClass::Workspace)] += v.workspace_bytes;
     m.during[i] = now;

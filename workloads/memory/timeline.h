@@ -6,7 +6,8 @@
 // kept; activations and activation gradients live from production to last use, which already
 // follows the recompute schedule because recomputed tensors are distinct tensors with their own
 // readers (or in-place writers); a node's workspace lives only while it runs. The byte counts are
-// those of the graph's rank: per device, after the sharding the graph was built with.
+// those of the graph's rank: per device, after the sharding the graph was built with. Tensors
+// held in host memory (offloaded optimizer state) are not device memory and are not counted.
 #pragma once
 
 #include <array>

@@ -236,6 +236,17 @@ const Schema& training_schema() {
         "in Megatron-core.");
     disp.choices = {"alltoall", "allgather"};
     x.params.push_back(disp);
+    ParamSpec off = param(
+        "optimizer_offload", ParamType::Real, "fraction", "0",
+        "Fraction of this rank's optimizer state (fp32 master weights and moments) kept in "
+        "host memory and updated by the host CPU (DeepSpeed ZeRO-Offload: 1; Megatron-core's "
+        "--optimizer-cpu-offload with --optimizer-offload-fraction). Each step its gradients "
+        "are copied to the host, the CPU runs Adam on them, and the updated 16-bit weights are "
+        "copied back, one after another while the device waits. Needs a device with a `host:` "
+        "section. 0: everything on the device.");
+    off.min = 0;
+    off.max = 1;
+    x.params.push_back(off);
     return x;
   }();
   return s;
@@ -330,6 +341,11 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_capacity_factor = c.get_real("moe_capacity_factor");
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
+  t.optimizer_offload = c.get_real("optimizer_offload");
+  if (t.optimizer_offload > 0 && (!t.mixed_precision() || t.autocast))
+    c.fail("optimizer_offload",
+           "offloads the fp32 master weights and moments of mixed precision: needs bf16, fp16 "
+           "or fp8 with 16-bit parameters (not fp32, not autocast)");
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
     c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));

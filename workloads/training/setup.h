@@ -86,6 +86,10 @@ struct TrainingSetup {
   /// its experts' copies locally; the outputs return by reduce-scatter. Its bytes do not depend
   /// on top_k or the routing: top_k times fewer than all-to-all at ep 1, more at large ep.
   bool moe_allgather_dispatcher = false;
+  /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
+  /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
+  /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.
+  double optimizer_offload = 0.0;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <tuple>
 
 #include "workloads/parallel/check.h"
 
@@ -104,7 +105,14 @@ std::vector<StepVertex> StepGraph::comm_nodes() const {
 double StepGraph::state_bytes(TensorClass c) const {
   double b = 0;
   for (const auto& t : tensors)
-    if (t.persistent && t.cls == c) b += t.bytes;
+    if (t.persistent && !t.host && t.cls == c) b += t.bytes;
+  return b;
+}
+
+double StepGraph::host_bytes() const {
+  double b = 0;
+  for (const auto& t : tensors)
+    if (t.host) b += t.bytes;
   return b;
 }
 
@@ -477,9 +485,21 @@ class Builder {
     const double n = double(params), k = double(g.shard);
     g.weights = tensor(name + ".weights", wb_ * n / (zero_ >= 3 ? k : 1), TensorClass::Weights, true);
     g.grads = tensor(name + ".grads", gb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
-    g.optimizer =
-        tensor(name + ".optimizer", ob_ * n / (zero_ >= 1 ? k : 1), TensorClass::Optimizer, true);
+    // Optimizer offload: that fraction of the master weights and moments lives in host memory,
+    // beside a host copy of the gradients it updates from (ZeRO-Offload's fp32 gradient
+    // partition; here in the dtype they are copied in).
+    const double opt = ob_ * n / (zero_ >= 1 ? k : 1), f = t_.optimizer_offload;
+    g.optimizer = tensor(name + ".optimizer", opt * (1 - f), TensorClass::Optimizer, true);
     state_tensors_.insert(state_tensors_.end(), {g.weights, g.grads, g.optimizer});
+    if (f > 0) {
+      for (auto [suffix, bytes, cls] :
+           {std::tuple{".optimizer.host", opt * f, TensorClass::Optimizer},
+            std::tuple{".grads.host", gb_ * n / (zero_ >= 1 ? k : 1) * f, TensorClass::Gradients}}) {
+        TensorId t = tensor(name + suffix, bytes, cls, true);
+        g_.tensors[t].host = true;
+        state_tensors_.push_back(t);
+      }
+    }
     groups_.push_back(g);
     return int(groups_.size() - 1);
   }
@@ -1505,7 +1525,23 @@ class Builder {
                   // fp32 training and autocast: no master copy; weights, moments and gradient
                   // in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
-    node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
+    // Offload: the host's share of the parameters is updated by the CPU, from gradients copied
+    // to the host, and its 16-bit weights are copied back; the device waits for each step.
+    const int64_t on_host = std::llround(t_.optimizer_offload * double(n));
+    if (on_host > 0)
+      node("optimizer.offload.grads.d2h",
+           make_host_copy("grads_to_host", HostWork::CopyToHost, on_host, gb_), O, -1, grads, {},
+           all);
+    if (n - on_host > 0) {
+      if (on_host > 0) std::get<StreamOp>(adam.body).elements = n - on_host;
+      node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
+    }
+    if (on_host > 0) {
+      node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
+      node("optimizer.offload.weights.h2d",
+           make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_), O, -1, all,
+           {}, all);
+    }
     // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket
     // (with overlap_param_gather, under the next step's first forward instead).
     if ((zero_ == 1 || zero_ == 2) && !param_gathers())

@@ -45,6 +45,9 @@ struct Tensor {
   double bytes = 0;
   TensorClass cls = TensorClass::Activations;
   bool persistent = false;
+  /// Held in host memory, not the device's (offloaded optimizer state): persistent, and not
+  /// counted in the device's memory.
+  bool host = false;
 };
 
 /// The ranks a collective runs among (Megatron's process groups).
@@ -133,8 +136,11 @@ struct StepGraph {
   double micro_batch_flops() const;
   /// FLOPs of a whole optimizer step: every micro-batch plus the optimizer.
   double step_flops() const;
-  /// Bytes of persistent tensors of a class: this rank's model state (after TP/PP/EP and ZeRO).
+  /// Bytes of persistent tensors of a class in device memory: this rank's model state (after
+  /// TP/PP/EP and ZeRO, without what is offloaded to the host).
   double state_bytes(TensorClass c) const;
+  /// Bytes this rank keeps in host memory (offloaded optimizer state and its gradient copies).
+  double host_bytes() const;
   /// Collective nodes, in generation order.
   std::vector<StepVertex> comm_nodes() const;
 };

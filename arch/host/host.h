@@ -1,0 +1,68 @@
+// The host tier behind a device: the CPU's memory and the link that reaches it.
+//
+// Role: a second memory tier, larger and slower than the device's own, and the CPU that can
+// work on it: DDR5 behind PCIe on a DGX, LPDDR5X behind NVLink-C2C on a GH200. A device's
+// optional `host:` section describes the node's host as a whole (its memory capacity and
+// bandwidth, its CPUs' vector rate) and how many devices share it, and the link one device
+// reaches it through, with how many devices share that link's uplink (two GPUs behind one PCIe
+// switch). Each device gets its share: all of a node's devices move optimizer state at once, so
+// the share is what one of them sees.
+//
+// Contract: host_op_time() times a HostOp (arch/ops/op.h) on that share. A copy is a DMA by the
+// device's copy engines (no compute units): the link's latency plus bytes over the slower of
+// the link share and the host-memory share. A host kernel streams its bytes through host
+// memory and its FLOPs through the CPU share, whichever takes longer. There is no contention
+// model beyond the shares: a host op runs while the device's stream waits for it.
+#pragma once
+
+#include <algorithm>
+#include <string>
+
+#include "sim/config/config.h"
+#include "sim/units/units.h"
+
+namespace memwall {
+
+struct HostOp;
+
+struct HostSpec {
+  std::string name;             ///< what the host is, for reports ("2x Xeon 8480C, DDR5-4800")
+  Bytes capacity{0};            ///< host memory of the node
+  Bandwidth memory_bandwidth;   ///< the node's host-memory peak
+  double memory_efficiency = 1; ///< sustained / peak for streaming (STREAM-like)
+  FlopRate cpu_rate;            ///< the node's CPUs' fp32 vector peak
+  int shared_by = 1;            ///< devices sharing the host memory and CPUs
+  std::string link;             ///< "PCIe Gen4 x16", "NVLink-C2C"
+  Bandwidth link_bandwidth;     ///< one device's link, per direction
+  double link_efficiency = 1;   ///< sustained DMA / link peak
+  Time link_latency;            ///< one copy's fixed cost (DMA setup and the link)
+  int link_shared_by = 1;       ///< devices sharing the link's uplink to the host
+  /// Devices of the node that use the host in this run (a one-GPU run has the host to itself);
+  /// 0: all of shared_by. Set by the run (Device::use_host_with).
+  int active = 0;
+
+  int sharers() const { return active > 0 ? std::min(active, shared_by) : shared_by; }
+  int link_sharers() const { return active > 0 ? std::min(active, link_shared_by) : link_shared_by; }
+  /// This device's share of the host.
+  Bytes device_capacity() const { return capacity / double(sharers()); }
+  Bandwidth device_memory_bandwidth() const {
+    return memory_bandwidth * (memory_efficiency / sharers());
+  }
+  FlopRate device_cpu_rate() const { return FlopRate(cpu_rate.per_s() / sharers()); }
+  /// Sustained copy rate between this device and the host, per direction.
+  Bandwidth device_link_bandwidth() const {
+    return link_bandwidth * (link_efficiency / link_sharers());
+  }
+
+  static HostSpec from_config(const Config& c);
+};
+
+/// Schema of a device's `host:` section.
+const Schema& host_schema();
+
+/// Time of one host op on this device's share of `host`.
+Time host_op_time(const HostOp& op, const HostSpec& host);
+/// What bounds it: "host link" (copies), "host memory" or "host cpu".
+const char* host_op_bound(const HostOp& op, const HostSpec& host);
+
+}  // namespace memwall

@@ -1,0 +1,237 @@
+// The host tier and optimizer offload, checked against physics and bookkeeping that hold
+// whatever the calibration: a copy to the host never beats its link, the CPU's Adam never beats
+// host memory, a device's share of a shared host shrinks with the devices using it, offloaded
+// state leaves device memory byte for byte and appears in host memory, the step pays exactly its
+// host phase, and bad input ends in one message naming the key with exit status 2.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "arch/device/device.h"
+#include "arch/host/host.h"
+#include "arch/network/system.h"
+#include "arch/ops/op.h"
+#include "arch/ops/simulate.h"
+#include "sim/run/cluster_run.h"
+#include "sim/run/training_run.h"
+#include "tests/binary_fixture.h"
+#include "workloads/model/transformer.h"
+#include "workloads/training/setup.h"
+#include "workloads/training/step_graph.h"
+
+namespace memwall {
+namespace {
+
+const HostOp& host_body(const Op& op) { return std::get<HostOp>(op.body); }
+
+// One node's time, by name, in a single-device result.
+double node_seconds(const TrainingResult& r, const std::string& name) {
+  for (const auto& n : r.nodes)
+    if (n.name == name) return n.time.sec();
+  ADD_FAILURE() << "no node " << name;
+  return 0;
+}
+
+TEST(HostTier, PresetsWithAHostDescribeIt) {
+  for (const char* d : {"gh200", "h100-sxm5-80gb", "h200-sxm-141gb", "a100-sxm4-80gb",
+                        "a100-sxm4-40gb"}) {
+    SCOPED_TRACE(d);
+    auto dev = load_device(d);
+    ASSERT_NE(dev->host(), nullptr);
+    const HostSpec& h = *dev->host();
+    // The host tier is the larger, slower one: more capacity than HBM, less bandwidth.
+    EXPECT_GT(h.device_capacity(), dev->memory().capacity());
+    EXPECT_LT(h.memory_bandwidth, dev->memory().peak_bandwidth());
+    EXPECT_LE(h.device_link_bandwidth(), h.link_bandwidth);
+  }
+  EXPECT_EQ(load_device("mi300x")->host(), nullptr);
+}
+
+TEST(HostTier, ACopyTakesItsBytesOverTheLinkShareAndNeverBeatsTheLink) {
+  auto dev = load_device("a100-sxm4-80gb");
+  const HostSpec& h = *dev->host();
+  ASSERT_EQ(h.link_shared_by, 2);
+  const int64_t n = 1 << 30;  // 2 GiB of 16-bit gradients
+  Op copy = make_host_copy("grads", HostWork::CopyToHost, n, 2);
+  const double bytes = 2.0 * n;
+  const double share = h.link_bandwidth.bps() * h.link_efficiency / 2;  // two GPUs per uplink
+  EXPECT_NEAR(host_op_time(host_body(copy), h).sec(), h.link_latency.sec() + bytes / share,
+              1e-9);
+  EXPECT_GE(host_op_time(host_body(copy), h).sec(), bytes / h.link_bandwidth.bps());
+  EXPECT_STREQ(host_op_bound(host_body(copy), h), "host link");
+  // Half the link bandwidth: (almost exactly) twice the time of a large copy.
+  HostSpec half = h;
+  half.link_bandwidth = h.link_bandwidth * 0.5;
+  EXPECT_NEAR(host_op_time(host_body(copy), half).sec() / host_op_time(host_body(copy), h).sec(),
+              2.0, 0.01);
+  // A copy moves device-memory bytes and no FLOPs.
+  EXPECT_DOUBLE_EQ(copy.min_bytes().count(), bytes);
+  EXPECT_DOUBLE_EQ(copy.flops(), 0);
+}
+
+TEST(HostTier, CpuAdamIsBoundByHostMemoryAndItsShare) {
+  auto dev = load_device("h100-sxm5-80gb");
+  HostSpec h = *dev->host();
+  ASSERT_EQ(h.shared_by, 8);
+  const int64_t n = 1000000000;
+  Op adam = make_host_adam(n, 2, 2);
+  // fp32 master, two moments and the gradient read; master, moments and the 16-bit copy written.
+  const double bytes = double(n) * (4 + 4 + 4 + 2 + 4 + 4 + 4 + 2);
+  EXPECT_DOUBLE_EQ(host_body(adam).bytes(), bytes);
+  EXPECT_DOUBLE_EQ(adam.min_bytes().count(), 0);  // nothing in device memory
+  const Time t8 = host_op_time(host_body(adam), h);
+  EXPECT_NEAR(t8.sec(), bytes / (h.memory_bandwidth.bps() * h.memory_efficiency / 8), 1e-9);
+  EXPECT_GE(t8.sec(), bytes / (h.memory_bandwidth.bps() / 8));  // never above the peak share
+  EXPECT_STREQ(host_op_bound(host_body(adam), h), "host memory");
+  // Alone on the node the device has the whole host: 8x faster.
+  h.active = 1;
+  EXPECT_NEAR(t8.sec() / host_op_time(host_body(adam), h).sec(), 8.0, 1e-9);
+  // A CPU a thousand times slower makes it compute-bound.
+  h.cpu_rate = FlopRate(h.cpu_rate.per_s() / 1000);
+  EXPECT_STREQ(host_op_bound(host_body(adam), h), "host cpu");
+  EXPECT_NEAR(host_op_time(host_body(adam), h).sec(),
+              24.0 * double(n) / h.device_cpu_rate().per_s(), 1e-9);
+}
+
+TEST(HostTier, ADeviceWithoutAHostCannotRunHostOps) {
+  auto dev = load_device("mi300x");
+  OpSimulator sim(*dev, Fidelity::Analytical);
+  try {
+    sim.run(make_host_adam(1000, 2, 2));
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("host"), std::string::npos) << e.what();
+  }
+}
+
+// One micro-batch per replica, full recomputation; `dp` data-parallel replicas.
+TrainingSetup offload_setup(double fraction, const std::string& extra = "", int dp = 1) {
+  return load_training_string(
+      fmt::format("micro_batch: 1\nglobal_batch: {}\ndp: {}\nrecompute: full\n"
+                  "optimizer_offload: {}\n{}",
+                  dp, dp, fraction, extra),
+      "training.yaml");
+}
+
+TEST(OptimizerOffload, MovesTheMasterWeightsAndMomentsToTheHostByteForByte) {
+  TransformerModel m = load_model("llama3-8b", {"layers=4", "seq_len=1024"});
+  StepGraph none = build_step_graph(m, offload_setup(0));
+  const double params = double(m.parameter_count());
+  const double opt = none.state_bytes(TensorClass::Optimizer);
+  EXPECT_NEAR(opt, 12 * params, 1e-6 * opt);
+  EXPECT_DOUBLE_EQ(none.host_bytes(), 0);
+  for (double f : {0.25, 1.0}) {
+    SCOPED_TRACE(f);
+    StepGraph g = build_step_graph(m, offload_setup(f));
+    EXPECT_NEAR(g.state_bytes(TensorClass::Optimizer), (1 - f) * opt, 1e-6 * opt);
+    // Weights and gradients stay on the device.
+    EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Weights), none.state_bytes(TensorClass::Weights));
+    EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Gradients),
+                     none.state_bytes(TensorClass::Gradients));
+    // The host holds that share of the optimizer and a 16-bit copy of its gradients.
+    EXPECT_NEAR(g.host_bytes(), f * (12 + 2) * params, 1e-6 * opt);
+    // The device's peak falls by exactly the optimizer bytes that left it.
+    EXPECT_NEAR(memory_timeline(none).peak_bytes - memory_timeline(g).peak_bytes, f * opt,
+                1e-6 * opt);
+  }
+  // With ZeRO the host holds this rank's shard only.
+  StepGraph z = build_step_graph(m, offload_setup(1, "zero_stage: 1\n", 8));
+  EXPECT_NEAR(z.host_bytes(), (12 + 2) * params / 8, 1e-3 * params);
+}
+
+TEST(OptimizerOffload, TheStepPaysItsHostPhaseAndAFasterLinkShortensIt) {
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  auto run = [&](double f, const std::vector<std::string>& overrides = {}) {
+    auto dev = load_device("h100-sxm5-80gb", overrides);
+    StepGraph g = build_step_graph(m, offload_setup(f, "host_overhead: 0 s\n"));
+    TrainingResult r = simulate_training(g, *dev, Fidelity::Analytical);
+    return r;
+  };
+  TrainingResult none = run(0), all = run(1);
+  const double host = node_seconds(all, "optimizer.offload.grads.d2h") +
+                      node_seconds(all, "optimizer.adam.cpu") +
+                      node_seconds(all, "optimizer.offload.weights.h2d");
+  EXPECT_NEAR(all.step_time.sec() - none.step_time.sec(),
+              host - node_seconds(none, "optimizer.adam"), 1e-6);
+  EXPECT_NEAR(all.host_work.sec(), host, 1e-9);
+  for (const auto& n : all.nodes) EXPECT_NE(n.name, "optimizer.adam") << "nothing left on the GPU";
+  // The same copies over NVLink-C2C's 450 GB/s instead of PCIe Gen5 x16 unshared: faster by the
+  // ratio of the links (less the fixed latency).
+  TrainingResult c2c = run(1, {"host.link_bandwidth=450GB/s", "host.link_shared_by=1"});
+  const double d2h_pcie = node_seconds(all, "optimizer.offload.grads.d2h");
+  const double d2h_c2c = node_seconds(c2c, "optimizer.offload.grads.d2h");
+  const double lat = load_device("h100-sxm5-80gb")->host()->link_latency.sec();
+  EXPECT_NEAR((d2h_pcie - lat) / (d2h_c2c - lat), 450.0 / 63.0, 0.01 * 450 / 63);
+  EXPECT_LT(c2c.step_time, all.step_time);
+}
+
+TEST(OptimizerOffload, EightRanksSharingAHostTakeAsLongAsOneDeviceWithAllOfIt) {
+  // ZeRO-1 over 8 GPUs of one DGX H100: each rank updates an eighth of the parameters on an
+  // eighth of the host; one GPU alone updates all of them on the whole host. Same CPU time.
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  auto dev = load_device("h100-sxm5-80gb");
+  StepGraph one = build_step_graph(m, offload_setup(1));
+  TrainingResult r1 = simulate_training(one, *dev, Fidelity::Analytical);
+  OpSimulator ops(*dev, Fidelity::Analytical);
+  ClusterResult r8 =
+      simulate_cluster(m, offload_setup(1, "zero_stage: 1\n", 8), ops,
+                       load_system("dgx-h100"), 8);
+  double cpu8 = 0;
+  for (const auto& n : r8.nodes)
+    if (n.name == "optimizer.adam.cpu") cpu8 = n.time.sec();
+  EXPECT_NEAR(cpu8, node_seconds(r1, "optimizer.adam.cpu"),
+              0.01 * node_seconds(r1, "optimizer.adam.cpu"));
+  EXPECT_NEAR(r8.host.bytes, one.host_bytes() / 8, 1e-3 * one.host_bytes());
+  EXPECT_NEAR(r8.host.capacity.count(), dev->host()->capacity.count() / 8, 1.0);
+  EXPECT_TRUE(r8.fits());
+}
+
+using testing_support::read_file;
+using testing_support::Result;
+
+class OffloadCli : public testing_support::BinaryTest {};
+
+TEST_F(OffloadCli, HostMemoryIsReportedAndAFullHostIsAResultNotAnError) {
+  const std::string base =
+      "run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len 256 --optimizer-offload 1";
+  Result r = run(base + " --json out.json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("host "), std::string::npos) << r.out;
+  nlohmann::json j = nlohmann::json::parse(read_file(dir_ / "out.json"));
+  EXPECT_GT(j["memory"]["host_gib"].get<double>(), 0);
+  EXPECT_TRUE(j["memory"]["host_fits"].get<bool>());
+  EXPECT_DOUBLE_EQ(j["memory"]["optimizer_gib"].get<double>(), 0);
+  // A host too small for the state: the run still reports, and says it does not fit.
+  Result tiny = run(base + " -p device.host.capacity=100MB --json small.json");
+  ASSERT_EQ(tiny.status, 0) << tiny.err;
+  EXPECT_NE(tiny.out.find("DOES NOT FIT"), std::string::npos) << tiny.out;
+  nlohmann::json s = nlohmann::json::parse(read_file(dir_ / "small.json"));
+  EXPECT_FALSE(s["memory"]["host_fits"].get<bool>());
+  EXPECT_FALSE(s["memory"]["fits"].get<bool>());
+}
+
+TEST_F(OffloadCli, BadInputNamesTheKey) {
+  struct Case {
+    std::string args, key;
+  };
+  for (const Case& c : {
+           Case{"--device mi300x --optimizer-offload 1", "training.optimizer_offload"},
+           Case{"--device gh200 --optimizer-offload 1 --precision fp32",
+                "training.optimizer_offload"},
+           Case{"--device gh200 --optimizer-offload 1.5", "training.optimizer_offload"},
+           Case{"--device gh200 -p device.host.link_bandwidth=0GB/s --optimizer-offload 1",
+                "device.host.link_bandwidth"},
+       }) {
+    SCOPED_TRACE(c.args);
+    Result r = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 " + c.args);
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find(c.key), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace memwall
