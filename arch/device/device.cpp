@@ -27,8 +27,8 @@ const Schema& device_schema() {
     Schema x;
     x.name = "device";
     x.description =
-        "One accelerator or CPU socket: compute units, cache levels, on-chip network and main "
-        "memory.";
+        "One accelerator or CPU socket: compute units, cache levels, on-chip network, main "
+        "memory and optionally the host tier behind it.";
     x.params = {
         param("name", ParamType::String, "", "custom-device", "Name shown in reports."),
         [] {

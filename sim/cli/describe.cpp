@@ -14,8 +14,10 @@ std::vector<const Schema*> documented() {
   std::vector<const Schema*> out = {&experiment_schema(), &device_schema(), &model_schema(),
                                     &training_schema()};
   for (const auto& [iface, s] : SchemaRegistry::instance().all()) out.push_back(s);
-  for (const auto& [iface, s] : SchemaRegistry::instance().all())
-    for (const auto& sub : s->sections) out.push_back(sub.second);
+  // And their fixed sections (a device's `host:`, a system's links), where not polymorphic.
+  for (std::size_t i = 0; i < out.size(); ++i)
+    for (const auto& sub : out[i]->sections)
+      if (sub.second->interface.empty()) out.push_back(sub.second);
   std::vector<const Schema*> unique;
   for (const Schema* s : out)
     if (std::find(unique.begin(), unique.end(), s) == unique.end()) unique.push_back(s);
