@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -96,6 +97,36 @@ TEST(HostTier, CpuAdamIsBoundByHostMemoryAndItsShare) {
               24.0 * double(n) / h.device_cpu_rate().per_s(), 1e-9);
 }
 
+TEST(HostTier, ARoundTripPipelinesItsStagesButNeverBeatsTheSlowestOrHostMemory) {
+  auto dev = load_device("a100-sxm4-80gb");
+  const HostSpec& h = *dev->host();
+  const int64_t n = 500000000;
+  const HostOp d2h = host_body(make_host_copy("g", HostWork::CopyToHost, n, 2));
+  const HostOp cpu = host_body(make_host_adam(n, 2, 2));
+  const HostOp h2d = host_body(make_host_copy("w", HostWork::CopyToDevice, n, 2));
+  const double serial =
+      (host_op_time(d2h, h) + host_op_time(cpu, h) + host_op_time(h2d, h)).sec();
+  const double slowest = std::max({host_op_time(d2h, h).sec(), host_op_time(cpu, h).sec(),
+                                   host_op_time(h2d, h).sec()});
+  // All the round trip's bytes pass through host memory: the copies' and the kernel's.
+  const double memory = (host_body(make_host_adam(n, 2, 2)).bytes() + 4.0 * n) /
+                        h.device_memory_bandwidth().bps();
+  double previous = 1e30;
+  for (int chunks : {1, 4, 32, 256}) {
+    SCOPED_TRACE(chunks);
+    const HostOp rt = host_body(make_host_adam_round_trip(n, 2, 2, chunks));
+    const double t = host_op_time(rt, h).sec();
+    if (chunks == 1) EXPECT_NEAR(t, serial, 1e-9 * serial);  // nothing to overlap
+    EXPECT_LE(t, serial * (1 + 1e-9));
+    EXPECT_LE(t, previous * (1 + 1e-9));  // more pieces never hurt (latency aside)
+    EXPECT_GE(t, slowest * (1 - 1e-9));
+    EXPECT_GE(t, memory * (1 - 1e-9));
+    previous = t;
+  }
+  // A round trip's device-memory bytes are its two copies'.
+  EXPECT_DOUBLE_EQ(make_host_adam_round_trip(n, 2, 2, 8).min_bytes().count(), 4.0 * n);
+}
+
 TEST(HostTier, ADeviceWithoutAHostCannotRunHostOps) {
   auto dev = load_device("mi300x");
   OpSimulator sim(*dev, Fidelity::Analytical);
@@ -166,6 +197,27 @@ TEST(OptimizerOffload, TheStepPaysItsHostPhaseAndAFasterLinkShortensIt) {
   const double lat = load_device("h100-sxm5-80gb")->host()->link_latency.sec();
   EXPECT_NEAR((d2h_pcie - lat) / (d2h_c2c - lat), 450.0 / 63.0, 0.01 * 450 / 63);
   EXPECT_LT(c2c.step_time, all.step_time);
+}
+
+TEST(OptimizerOffload, OverlappingTheCopiesShortensTheHostPhaseToItsSlowestPart) {
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  auto dev = load_device("a100-sxm4-80gb");
+  TrainingResult serial =
+      simulate_training(build_step_graph(m, offload_setup(1, "host_overhead: 0 s\n")), *dev,
+                        Fidelity::Analytical);
+  StepGraph g = build_step_graph(
+      m, offload_setup(1, "host_overhead: 0 s\noptimizer_offload_overlap: true\n"));
+  TrainingResult piped = simulate_training(g, *dev, Fidelity::Analytical);
+  for (const auto& n : piped.nodes) EXPECT_EQ(n.name.find("offload."), std::string::npos);
+  EXPECT_LT(piped.step_time, serial.step_time);
+  EXPECT_LT(piped.host_work, serial.host_work);
+  EXPECT_GE(piped.host_work.sec(),
+            std::max({node_seconds(serial, "optimizer.offload.grads.d2h"),
+                      node_seconds(serial, "optimizer.adam.cpu"),
+                      node_seconds(serial, "optimizer.offload.weights.h2d")}));
+  // Same state, same place: overlap changes time only.
+  EXPECT_DOUBLE_EQ(piped.host.bytes, serial.host.bytes);
+  EXPECT_DOUBLE_EQ(piped.memory.peak_bytes, serial.memory.peak_bytes);
 }
 
 TEST(OptimizerOffload, EightRanksSharingAHostTakeAsLongAsOneDeviceWithAllOfIt) {

@@ -81,35 +81,58 @@ HostSpec HostSpec::from_config(const Config& c) {
 
 namespace {
 
-struct Parts {
-  Time link, memory, cpu;
+struct Timed {
+  Time time;
+  const char* bound;
 };
 
-Parts parts(const HostOp& op, const HostSpec& h) {
-  Parts p;
-  const Bytes bytes(op.bytes());
-  p.memory = bytes / h.device_memory_bandwidth();
-  if (op.work == HostWork::Compute) {
-    p.cpu = Time(op.stream.vector_flops * double(op.stream.elements) / h.device_cpu_rate().per_s());
-  } else {
-    // A copy writes (or reads) its bytes in host memory once, as it crosses the link.
-    p.link = h.link_latency + bytes / h.device_link_bandwidth();
-    p.memory = h.link_latency + p.memory;
+// A copy writes (or reads) its bytes in host memory once, as it crosses the link: the slower of
+// the two shares, after the copy's fixed cost.
+Timed copy(double bytes, const HostSpec& h) {
+  const Time link = Bytes(bytes) / h.device_link_bandwidth();
+  const Time memory = Bytes(bytes) / h.device_memory_bandwidth();
+  return {h.link_latency + max(link, memory), link >= memory ? "host link" : "host memory"};
+}
+
+// The CPU kernel over `elements`: its host-memory traffic or its FLOPs, whichever takes longer.
+Timed kernel(const StreamOp& s, double elements, const HostSpec& h) {
+  double bytes = 0;
+  for (double b : s.in_bytes) bytes += b;
+  for (double b : s.out_bytes) bytes += b;
+  const Time memory = Bytes(bytes * elements) / h.device_memory_bandwidth();
+  const Time cpu(s.vector_flops * elements / h.device_cpu_rate().per_s());
+  return {max(memory, cpu), cpu > memory ? "host cpu" : "host memory"};
+}
+
+Timed timed(const HostOp& op, const HostSpec& h) {
+  const double n = double(op.stream.elements);
+  switch (op.work) {
+    case HostWork::CopyToHost:
+    case HostWork::CopyToDevice: return copy(op.bytes(), h);
+    case HostWork::Compute: return kernel(op.stream, n, h);
+    case HostWork::RoundTrip: {
+      // Three stages over G pieces: the first piece goes through all three, then each later one
+      // adds the slowest stage. Host memory serves all three at once, so the whole round trip
+      // takes at least all its bytes over the host-memory share.
+      const double G = op.chunks;
+      const Timed in = copy(op.to_host * n / G, h), cpu = kernel(op.stream, n / G, h),
+                  out = copy(op.to_device * n / G, h);
+      const Timed& slowest = cpu.time >= in.time && cpu.time >= out.time ? cpu
+                             : in.time >= out.time                       ? in
+                                                                         : out;
+      const Time piped = in.time + cpu.time + out.time + slowest.time * (G - 1);
+      const Time memory = Bytes(op.bytes()) / h.device_memory_bandwidth();
+      if (memory >= piped) return {memory, "host memory"};
+      return {piped, slowest.bound};
+    }
   }
-  return p;
+  return {Time::zero(), "host"};
 }
 
 }  // namespace
 
-Time host_op_time(const HostOp& op, const HostSpec& h) {
-  Parts p = parts(op, h);
-  return max(p.link, max(p.memory, p.cpu));
-}
+Time host_op_time(const HostOp& op, const HostSpec& h) { return timed(op, h).time; }
 
-const char* host_op_bound(const HostOp& op, const HostSpec& h) {
-  Parts p = parts(op, h);
-  if (op.work != HostWork::Compute) return p.link >= p.memory ? "host link" : "host memory";
-  return p.memory >= p.cpu ? "host memory" : "host cpu";
-}
+const char* host_op_bound(const HostOp& op, const HostSpec& h) { return timed(op, h).bound; }
 
 }  // namespace memwall

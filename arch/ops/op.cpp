@@ -95,7 +95,12 @@ Bytes Op::min_bytes() const {
             return Bytes(per * s.elements);
           },
           [](const HostOp& h) {
-            return Bytes(h.work == HostWork::Compute ? 0.0 : h.bytes());
+            switch (h.work) {
+              case HostWork::Compute: return Bytes(0);
+              case HostWork::RoundTrip:
+                return Bytes(double(h.stream.elements) * (h.to_host + h.to_device));
+              default: return Bytes(h.bytes());
+            }
           }},
       body);
 }
@@ -131,8 +136,9 @@ std::string Op::signature() const {
                        a.fused, a.dropout, a.warp_mma, pass_name(a.pass), dtype_name(a.dtype));
                  },
                  [](const HostOp& h) {
-                   return fmt::format("host {} {} n={} bytes={}", host_work_name(h.work),
-                                      h.stream.kind, h.stream.elements, h.bytes());
+                   return fmt::format("host {} {} n={} bytes={} in={} out={} chunks={}",
+                                      host_work_name(h.work), h.stream.kind, h.stream.elements,
+                                      h.bytes(), h.to_host, h.to_device, h.chunks);
                  },
                  [](const StreamOp& s) {
                    std::string in, out;
@@ -258,13 +264,15 @@ const char* host_work_name(HostWork w) {
     case HostWork::CopyToHost: return "device-to-host";
     case HostWork::CopyToDevice: return "host-to-device";
     case HostWork::Compute: return "cpu";
+    case HostWork::RoundTrip: return "round-trip";
   }
   return "?";
 }
 
 double HostOp::bytes() const {
-  if (work != HostWork::Compute) return double(stream.elements) * stream.in_bytes.at(0);
-  double per = 0;
+  if (work == HostWork::CopyToHost || work == HostWork::CopyToDevice)
+    return double(stream.elements) * stream.in_bytes.at(0);
+  double per = to_host + to_device;
   for (double b : stream.in_bytes) per += b;
   for (double b : stream.out_bytes) per += b;
   return per * double(stream.elements);
@@ -282,6 +290,17 @@ Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes) {
   Op op = stream("cpu_adam", params, {4, 4, 4, grad_bytes}, {4, 4, 4, weight_bytes}, 24, 1, 12,
                  DType::FP32);
   return Op{"cpu_adam", HostOp{HostWork::Compute, std::get<StreamOp>(op.body)}};
+}
+
+Op make_host_adam_round_trip(int64_t params, double grad_bytes, double weight_bytes, int chunks) {
+  Op op = make_host_adam(params, grad_bytes, weight_bytes);
+  HostOp& h = std::get<HostOp>(op.body);
+  h.work = HostWork::RoundTrip;
+  h.to_host = grad_bytes;
+  h.to_device = weight_bytes;
+  h.chunks = std::max(1, chunks);
+  op.name = "cpu_adam_round_trip";
+  return op;
 }
 
 Op make_memcopy(Bytes bytes) {

@@ -79,16 +79,23 @@ struct StreamOp {
 
 /// Work off the device's units, timed on its host tier (arch/host/host.h): a copy between
 /// device memory and host memory over the host link (DMA by the copy engines, no compute units),
-/// or a kernel the host CPU runs over host memory (ZeRO-Offload's CPU Adam).
-enum class HostWork { CopyToHost, CopyToDevice, Compute };
+/// or a kernel the host CPU runs over host memory (ZeRO-Offload's CPU Adam), or a round trip:
+/// its input copied to the host, the kernel, its output copied back, in chunks that pipeline
+/// (Megatron-core's hybrid optimizer with --overlap-cpu-optimizer-d2h-h2d).
+enum class HostWork { CopyToHost, CopyToDevice, Compute, RoundTrip };
 const char* host_work_name(HostWork w);
 
 struct HostOp {
   HostWork work = HostWork::Compute;
-  /// Compute: the CPU's kernel, its arrays in host memory. Copies: `elements` x in_bytes[0]
-  /// bytes moved (read on one side, written on the other).
+  /// Compute and RoundTrip: the CPU's kernel, its arrays in host memory. Copies: `elements` x
+  /// in_bytes[0] bytes moved (read on one side, written on the other).
   StreamOp stream;
-  /// Bytes it moves: for a copy the bytes copied, for a CPU kernel its host-memory traffic.
+  /// RoundTrip: bytes per element copied to the host before the kernel and back after it, in
+  /// `chunks` equal pieces; piece i's kernel runs while piece i+1 arrives and piece i-1 leaves.
+  double to_host = 0, to_device = 0;
+  int chunks = 1;
+  /// Bytes it moves through host memory: a copy's bytes; a kernel's traffic (and, for a round
+  /// trip, its copies' too).
   double bytes() const;
 };
 
@@ -132,6 +139,9 @@ Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,
 /// master weights and moments, gradients of `grad_bytes` as copied from the device, and the
 /// 16-bit (`weight_bytes`) copy staged for the device.
 Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes);
+/// The same Adam as one round trip: the gradients copied to the host, the CPU's update, the
+/// 16-bit weights copied back, pipelined over `chunks` pieces of the parameters.
+Op make_host_adam_round_trip(int64_t params, double grad_bytes, double weight_bytes, int chunks);
 /// STREAM triad a = b + s*c over three arrays of `bytes_per_array` in `dtype`.
 Op make_stream_triad(Bytes bytes_per_array, DType dtype);
 

@@ -247,6 +247,12 @@ const Schema& training_schema() {
     off.min = 0;
     off.max = 1;
     x.params.push_back(off);
+    x.params.push_back(param(
+        "optimizer_offload_overlap", ParamType::Bool, "", "false",
+        "With optimizer_offload, the gradients' copy to the host, the CPU's Adam and the "
+        "weights' copy back pipeline over the parameter groups (one per layer): a group's update "
+        "runs while the next arrives and the previous leaves (Megatron-core's "
+        "--overlap-cpu-optimizer-d2h-h2d). false: the three run one after another."));
     return x;
   }();
   return s;
@@ -342,6 +348,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   t.optimizer_offload = c.get_real("optimizer_offload");
+  t.optimizer_offload_overlap = c.get_bool("optimizer_offload_overlap");
   if (t.optimizer_offload > 0 && (!t.mixed_precision() || t.autocast))
     c.fail("optimizer_offload",
            "offloads the fp32 master weights and moments of mixed precision: needs bf16, fp16 "

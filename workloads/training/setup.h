@@ -90,6 +90,9 @@ struct TrainingSetup {
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.
   double optimizer_offload = 0.0;
+  /// The offloaded update's copies and CPU work pipeline over the parameter groups
+  /// (Megatron-core's --overlap-cpu-optimizer-d2h-h2d) instead of running one after another.
+  bool optimizer_offload_overlap = false;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -1528,7 +1528,8 @@ class Builder {
     // Offload: the host's share of the parameters is updated by the CPU, from gradients copied
     // to the host, and its 16-bit weights are copied back; the device waits for each step.
     const int64_t on_host = std::llround(t_.optimizer_offload * double(n));
-    if (on_host > 0)
+    const bool piped = t_.optimizer_offload_overlap;
+    if (on_host > 0 && !piped)
       node("optimizer.offload.grads.d2h",
            make_host_copy("grads_to_host", HostWork::CopyToHost, on_host, gb_), O, -1, grads, {},
            all);
@@ -1536,7 +1537,12 @@ class Builder {
       if (on_host > 0) std::get<StreamOp>(adam.body).elements = n - on_host;
       node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
     }
-    if (on_host > 0) {
+    if (on_host > 0 && piped) {
+      // One piece per parameter group (a layer, the embedding, the head).
+      node("optimizer.adam.cpu",
+           make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size())), O, -1, adam_reads,
+           {}, all);
+    } else if (on_host > 0) {
       node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
       node("optimizer.offload.weights.h2d",
            make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_), O, -1, all,
