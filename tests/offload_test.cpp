@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "arch/device/device.h"
@@ -19,6 +20,7 @@
 #include "sim/run/cluster_run.h"
 #include "sim/run/training_run.h"
 #include "tests/binary_fixture.h"
+#include "workloads/memory/timeline.h"
 #include "workloads/model/transformer.h"
 #include "workloads/training/setup.h"
 #include "workloads/training/step_graph.h"
@@ -283,6 +285,125 @@ TEST_F(OffloadCli, BadInputNamesTheKey) {
     EXPECT_NE(r.err.find(c.key), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
   }
+}
+
+}  // namespace
+}  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// Activations live when the last forward node has run.
+double activations_after_forward(const StepGraph& g) {
+  MemoryTimeline tl = memory_timeline(g);
+  std::size_t last = 0;
+  for (std::size_t i = 0; i < tl.order.size(); ++i)
+    if (g.node(tl.order[i]).pass == Pass::Forward) last = i;
+  return tl.during[last][int(TensorClass::Activations)];
+}
+
+TrainingSetup activation_setup(int layers, const std::string& recompute) {
+  return load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 2\nrecompute: {}\n"
+                                          "activation_offload_layers: {}\nhost_overhead: 0 s\n",
+                                          recompute, layers),
+                              "training.yaml");
+}
+
+TEST(ActivationOffload, FullRecomputationSendsExactlyEachOffloadedLayersInput) {
+  TransformerModel m = load_model("llama3-8b", {"layers=6", "seq_len=1024"});
+  StepGraph none = build_step_graph(m, activation_setup(0, "full"));
+  StepGraph off = build_step_graph(m, activation_setup(4, "full"));
+  // A layer's checkpoint is its input, [tokens, hidden] in bf16.
+  const double checkpoint = 1024.0 * m.hidden * 2;
+  int d2h = 0, h2d = 0;
+  std::set<TensorId> reloaded;
+  for (std::size_t v = 0; v < off.size(); ++v) {
+    const StepNode& n = off.node(StepVertex(v));
+    if (n.name.find(".offload.") == std::string::npos) continue;
+    EXPECT_TRUE(n.async) << n.name;
+    ASSERT_TRUE(n.op && n.op->on_host()) << n.name;
+    EXPECT_DOUBLE_EQ(n.op->min_bytes().count(), checkpoint) << n.name;
+    if (n.name.find("d2h") != std::string::npos) ++d2h;
+    if (n.name.find("h2d") != std::string::npos) {
+      ++h2d;
+      reloaded.insert(n.allocs.begin(), n.allocs.end());
+    }
+  }
+  EXPECT_EQ(d2h, 4);
+  EXPECT_EQ(h2d, 4);
+  EXPECT_DOUBLE_EQ(off.host_bytes(), 4 * checkpoint);
+  // The device holds four checkpoints fewer between forward and backward.
+  EXPECT_NEAR(activations_after_forward(none) - activations_after_forward(off), 4 * checkpoint,
+              1e-6 * checkpoint);
+  // Each offloaded layer's recomputation reads its reloaded input, never the original: every
+  // activation a recompute node reads that no recompute node made is a reloaded one.
+  std::set<TensorId> recomputed;
+  int from_host = 0;
+  for (std::size_t v = 0; v < off.size(); ++v) {
+    const StepNode& n = off.node(StepVertex(v));
+    if (n.pass != Pass::Recompute) continue;
+    for (TensorId t : n.reads)
+      if (off.tensors[t].cls == TensorClass::Activations && !off.tensors[t].persistent &&
+          !recomputed.count(t)) {
+        if (n.layer < 4) {
+          EXPECT_TRUE(reloaded.count(t)) << n.name << " reads " << off.tensors[t].name;
+          from_host += reloaded.count(t) ? 1 : 0;
+        } else {
+          EXPECT_FALSE(reloaded.count(t)) << n.name << " reads " << off.tensors[t].name;
+        }
+      }
+    recomputed.insert(n.allocs.begin(), n.allocs.end());
+  }
+  EXPECT_GE(from_host, 4);
+  // Same work.
+  EXPECT_DOUBLE_EQ(off.micro_batch_flops(), none.micro_batch_flops());
+}
+
+TEST(ActivationOffload, AFastLinkHidesTheCopiesAndASlowOneMakesTheBackwardWait) {
+  TransformerModel m = load_model("llama3-8b", {"layers=6", "seq_len=2048"});
+  auto run = [&](int layers, const std::vector<std::string>& host) {
+    auto dev = load_device("h100-sxm5-80gb", host);
+    OpSimulator ops(*dev, Fidelity::Analytical);
+    return simulate_cluster(m, activation_setup(layers, "none"), ops, load_system("dgx-h100"), 1);
+  };
+  ClusterResult none = run(0, {});
+  ClusterResult c2c = run(4, {"host.link_bandwidth=450GB/s", "host.link_shared_by=1"});
+  ClusterResult slow = run(4, {"host.link_bandwidth=8GB/s"});
+  EXPECT_NEAR(c2c.step_time.sec(), none.step_time.sec(), 0.01 * none.step_time.sec());
+  EXPECT_GT(slow.step_time.sec(), 1.1 * none.step_time.sec());
+  EXPECT_GT(slow.stages[0].host_copy_wait.sec(), 0);
+  EXPECT_DOUBLE_EQ(none.stages[0].host_copy_wait.sec(), 0);
+  // The wait is accounted for, not left as pipeline bubble (there is no pipeline here).
+  EXPECT_NEAR(slow.bubble_fraction(), 0, 1e-3);
+  EXPECT_DOUBLE_EQ(slow.model_flops, none.model_flops);
+  EXPECT_LT(c2c.stages[0].memory[int(TensorClass::Activations)],
+            none.stages[0].memory[int(TensorClass::Activations)]);
+  EXPECT_GT(c2c.host.bytes, 0);
+}
+
+TEST(ActivationOffload, TheSingleDeviceReplayRefusesCopiesItCannotOverlap) {
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=256"});
+  StepGraph g = build_step_graph(m, activation_setup(2, "full"));
+  auto dev = load_device("h100-sxm5-80gb");
+  EXPECT_THROW(simulate_training(g, *dev, Fidelity::Analytical), std::invalid_argument);
+}
+
+TEST_F(OffloadCli, ActivationOffloadBadInputNamesTheKey) {
+  for (const std::string& args : {
+           std::string("--device mi300x --activation-offload 2"),
+           std::string("--device gh200 --activation-offload 12"),  // all of gpt2-124m's layers
+           std::string("--device h100-sxm5-80gb --activation-offload 2 --gpus 2 --pp 2"),
+       }) {
+    SCOPED_TRACE(args);
+    Result r = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 " + args);
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("training.activation_offload_layers"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
+  }
+  Result ok = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 --device gh200 "
+                  "--activation-offload 6");
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  EXPECT_NE(ok.out.find("host "), std::string::npos) << ok.out;
 }
 
 }  // namespace

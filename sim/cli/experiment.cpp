@@ -121,11 +121,12 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     if (!e.device->compute().supports(mm))
       t.fail("precision", std::string("the device '") + e.device->name() + "' has no " +
                               dtype_name(mm) + " arithmetic; choose a precision it supports");
-    if (e.training.optimizer_offload > 0 && !e.device->host())
-      t.fail("optimizer_offload", "the device '" + e.device->name() +
-                                      "' has no host tier to offload to; give it a `host:` "
-                                      "section (`memwall describe host`) or use a preset with "
-                                      "one");
+    for (auto [key, on] : {std::pair{"optimizer_offload", e.training.optimizer_offload > 0},
+                           {"activation_offload_layers", e.training.activation_offload_layers > 0}})
+      if (on && !e.device->host())
+        t.fail(key, "the device '" + e.device->name() +
+                        "' has no host tier to offload to; give it a `host:` section (`memwall "
+                        "describe host`) or use a preset with one");
     if (!e.ops.empty())
       throw ConfigError(doc.sources->find("ops"), "ops",
                         "an experiment runs either `ops` or a `model`, not both");
@@ -137,7 +138,10 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
                                e.training.parallel.dp, e.training.parallel.cp,
                                e.training.parallel.devices(), e.gpus));
     if (doc.root["system"]) e.system = system_from_config(root.section("system"));
-    else if (e.gpus > 1) e.system = load_system(standard_system_for_device(device_preset));
+    // More than one GPU, or copies beside the compute (activation offload), which only the
+    // cluster runner overlaps: the device's standard node.
+    else if (e.gpus > 1 || e.training.activation_offload_layers > 0)
+      e.system = load_system(standard_system_for_device(device_preset));
     if (e.system && doc.root["node_nic_gbps"]) {
       double gbps = root.get_real("node_nic_gbps");
       SystemSpec& sys = *e.system;

@@ -145,8 +145,10 @@ constexpr int kP2pChannels = 2;
 // ---- programs: one model chunk's operators and collectives in issue order ---------------------
 
 struct Task {
-  enum Kind { Compute, Comm, Join } kind = Compute;
-  Time duration;               // Compute: merged operator time
+  // HostCopy: a copy to or from the host on its own stream per direction (activation offload).
+  enum Kind { Compute, Comm, Join, HostCopy } kind = Compute;
+  Time duration;               // Compute: merged operator time; HostCopy: the copy's
+  bool to_host = false;        // HostCopy: device to host (else host to device)
   CommSpec comm;               // Comm
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
   std::string name;            // first node's name
@@ -221,11 +223,27 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
     for (auto [e, end] = boost::in_edges(v, g.dag); e != end; ++e) {
       StepVertex u = boost::source(*e, g.dag);
       int ti = task_of[u];
-      if (ti >= 0 && prog_of[u] == P && P->tasks[ti].kind == Task::Comm &&
-          !P->tasks[ti].comm.blocking)
+      if (ti >= 0 && prog_of[u] == P &&
+          ((P->tasks[ti].kind == Task::Comm && !P->tasks[ti].comm.blocking) ||
+           P->tasks[ti].kind == Task::HostCopy))
         waits.push_back(ti);
     }
-    if (n.op) {
+    if (n.op && n.async) {
+      // A host copy beside the compute: it shows in the operator table, not in compute time.
+      OpResult o = sim.run(*n.op);
+      NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops, o.memory_read + o.memory_written,
+                   o.time, o.bound, int(micro_batches)};
+      c.nodes.push_back(std::move(t));
+      Task k;
+      k.kind = Task::HostCopy;
+      k.duration = o.time;
+      k.to_host = std::get<HostOp>(n.op->body).work == HostWork::CopyToHost;
+      k.name = n.name;
+      k.waits = waits;
+      P->tasks.push_back(std::move(k));
+      task_of[v] = int(P->tasks.size()) - 1;
+      prog_of[v] = P;
+    } else if (n.op) {
       OpResult o = sim.run(*n.op);
       OpClass cls = classify(n);
       P->compute += o.time;
@@ -444,6 +462,7 @@ struct RankState {
   Time compute_free;
   Time cpu;  // when the host has issued everything so far
   std::array<Time, kParallelGroups> stream_free{};
+  std::array<Time, 2> host_copy_free{};  // the copy streams to and from the host
   Time async_end;  // latest end of any non-blocking collective issued so far
   int async_group = int(ParallelGroup::DP);  // the group of that collective
   // Overlapped collectives in flight: [start, end) and the share of compute units they hold.
@@ -545,7 +564,7 @@ class ClusterSim {
     // Whatever a rank's compute stream spends neither computing nor waiting on a collective is
     // pipeline bubble: waiting for another stage at the start, between passes, and at the end.
     for (auto& s : r.stages) {
-      Time accounted = s.compute_busy + s.host_stall + s.comm_interference;
+      Time accounted = s.compute_busy + s.host_stall + s.comm_interference + s.host_copy_wait;
       for (Time e : s.exposed) accounted += e;
       s.bubble = r.step_time > accounted ? r.step_time - accounted : Time::zero();
     }
@@ -643,7 +662,13 @@ class ClusterSim {
 
   /// The compute stream of stage `st` waited `d` for group `g`: that stage's exposed time, and
   /// the job's (the mean over stages).
+  // g: a ParallelGroup, or kHostCopies for a wait on a host copy.
+  static constexpr int kHostCopies = -1;
   void expose(StageResult& st, int g, Time d) {
+    if (g == kHostCopies) {
+      st.host_copy_wait += d;
+      return;
+    }
     st.exposed[g] += d;
     result_->comm[g].exposed += d / double(p_.pp);
   }
@@ -668,6 +693,19 @@ class ClusterSim {
         task = &first;
       }
       const Task& k = *task;
+      if (k.kind == Task::HostCopy) {
+        // Issued by the host (a cudaMemcpyAsync) once what it reads is done; runs on its
+        // direction's copy stream.
+        rs.cpu += h_;
+        Time& stream = rs.host_copy_free[k.to_host ? 0 : 1];
+        Time start = max(max(t, rs.cpu), stream);
+        for (int j : k.waits) start = max(start, ends[j]);
+        span(s, "host copies", k.name, start, k.duration);
+        stream = start + k.duration;
+        ends[i] = stream;
+        end_group[i] = kHostCopies;
+        continue;
+      }
       if (k.kind != Task::Comm) {
         Time w = t;
         int wg = 0;

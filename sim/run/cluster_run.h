@@ -65,7 +65,9 @@ struct StageResult {
   /// NCCL's buffers for the rank's communicators, bytes (in peak_memory, not in `memory`).
   double comm_buffers = 0;
   double peak_memory = 0;     ///< bytes
-  double host_memory = 0;     ///< bytes in host memory (offloaded optimizer state)
+  double host_memory = 0;     ///< bytes in host memory (offloaded optimizer state, activations)
+  /// Compute-stream time waiting for activations copied back from the host (activation offload).
+  Time host_copy_wait;
   struct Span {
     std::string track, name;
     Time start, duration;

@@ -253,6 +253,16 @@ const Schema& training_schema() {
         "weights' copy back pipeline over the parameter groups (one per layer): a group's update "
         "runs while the next arrives and the previous leaves (Megatron-core's "
         "--overlap-cpu-optimizer-d2h-h2d). false: the three run one after another."));
+    ParamSpec act_off = param(
+        "activation_offload_layers", ParamType::Int, "layers", "0",
+        "Activation offload (Megatron-core's --cpu-offloading --cpu-offloading-num-layers, "
+        "Transformer Engine's CPU offload): the activations the first this many layers keep "
+        "for their backward are copied to host memory once the layer's forward is done, and "
+        "copied back one layer ahead of its backward, each copy on its own stream beside the "
+        "compute. Must leave the last layer on the device; not with pipeline parallelism (as "
+        "Megatron-core). Needs a device with a `host:` section. 0: none.");
+    act_off.min = 0;
+    x.params.push_back(act_off);
     return x;
   }();
   return s;
@@ -349,6 +359,11 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   t.optimizer_offload = c.get_real("optimizer_offload");
   t.optimizer_offload_overlap = c.get_bool("optimizer_offload_overlap");
+  t.activation_offload_layers = int(c.get_int("activation_offload_layers"));
+  if (t.activation_offload_layers > 0 && c.get_int("pp") > 1)
+    c.fail("activation_offload_layers",
+           "activation offload is not combined with pipeline parallelism (Megatron-core refuses "
+           "it too): set pp to 1");
   if (t.optimizer_offload > 0 && (!t.mixed_precision() || t.autocast))
     c.fail("optimizer_offload",
            "offloads the fp32 master weights and moments of mixed precision: needs bf16, fp16 "

@@ -93,6 +93,10 @@ struct TrainingSetup {
   /// The offloaded update's copies and CPU work pipeline over the parameter groups
   /// (Megatron-core's --overlap-cpu-optimizer-d2h-h2d) instead of running one after another.
   bool optimizer_offload_overlap = false;
+  /// Activation offload: the first this many layers' saved activations go to host memory after
+  /// their forward and come back one layer ahead of their backward, on copy streams (Megatron-
+  /// core's --cpu-offloading-num-layers). 0: none.
+  int activation_offload_layers = 0;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <stdexcept>
 #include <tuple>
 
+#include "sim/config/error.h"
 #include "workloads/parallel/check.h"
 
 namespace memwall {
@@ -193,10 +195,15 @@ struct Bucket {
   int layer = -1;
 };
 
+// Activation offload: by layer, the names of the forward's tensors that layer's backward reads
+// (and no other layer's), found on the graph built without offload.
+using OffloadPlan = std::map<int, std::vector<std::string>>;
+
 class Builder {
  public:
-  Builder(const TransformerModel& m, const TrainingSetup& t, const ModelChunk& c)
-      : m_(m), t_(t), p_(t.parallel), c_(c) {
+  Builder(const TransformerModel& m, const TrainingSetup& t, const ModelChunk& c,
+          OffloadPlan plan = {})
+      : m_(m), t_(t), p_(t.parallel), c_(c), plan_(std::move(plan)) {
     if (c_.last_layer < 0) c_.last_layer = m.layers;
     if (c_.first_layer < 0 || c_.first_layer >= c_.last_layer || c_.last_layer > m.layers)
       throw std::invalid_argument(fmt::format(
@@ -296,6 +303,8 @@ class Builder {
 
  private:
   TensorId tensor(const std::string& name, double bytes, TensorClass c, bool persistent = false) {
+    auto [it, fresh] = by_name_.emplace(name, TensorId(g_.tensors.size()));
+    if (!fresh) it->second = -1;  // a repeated name: not offloadable by name
     g_.tensors.push_back(Tensor{name, bytes, c, persistent});
     producer_.push_back(-1);
     writers_.emplace_back();
@@ -317,6 +326,11 @@ class Builder {
     }
     n.pass = pass;
     n.layer = layer;
+    // The backward reads offloaded activations from their reloaded copies.
+    if (!reload_.empty() && pass != Pass::Forward && pass != Pass::Optimizer)
+      for (auto* ts : {&reads, &writes})
+        for (TensorId& t : *ts)
+          if (auto it = reload_.find(t); it != reload_.end()) t = it->second;
     n.reads = std::move(reads);
     n.allocs = std::move(allocs);
     n.writes = std::move(writes);
@@ -1376,6 +1390,7 @@ class Builder {
       LayerActs a = layer_forward(l, x, F);
       x = a.y;
       acts.push_back(a);
+      offload_activations(l);
     }
     // Full recomputation keeps only each layer's input; the forward's other tensors have no
     // reader after the forward and are freed there.
@@ -1437,6 +1452,7 @@ class Builder {
     }
 
     for (int l = last - 1; l >= first; --l) {
+      reload_activations(l - 1);  // one layer ahead of its backward
       gather_layer(l, 1, BI);
       gather_layer(l - 1, 1, BI);  // ZeRO 3: prefetch one layer ahead, in reverse
       LayerActs a = full ? layer_forward(l, acts[l - first].x, Pass::Recompute) : acts[l - first];
@@ -1562,6 +1578,48 @@ class Builder {
         }
   }
 
+  // Activation offload: layer l's saved activations are copied to the host once its forward is
+  // done (their device copies freed when the copy has read them), and copied back into new
+  // tensors, which its backward then reads, one layer ahead.
+  void offload_activations(int l) {
+    auto it = plan_.find(l);
+    if (it == plan_.end()) return;
+    std::vector<TensorId> saved;
+    double bytes = 0;
+    for (const std::string& name : it->second) {
+      auto t = by_name_.find(name);
+      if (t == by_name_.end() || t->second < 0) continue;
+      saved.push_back(t->second);
+      bytes += g_.tensors[t->second].bytes;
+    }
+    if (saved.empty()) return;
+    TensorId host = tensor(fmt::format("layer{}.offload.host", l), bytes, TensorClass::Activations);
+    g_.tensors[host].host = true;
+    offloaded_[l] = {saved, host};
+    StepVertex v = node(fmt::format("layer{}.offload.d2h", l),
+                        make_host_copy("activations_to_host", HostWork::CopyToHost,
+                                       int64_t(std::llround(bytes)), 1),
+                        Pass::Forward, l, saved, {host});
+    g_.dag[v].async = true;
+  }
+
+  void reload_activations(int l) {
+    auto it = offloaded_.find(l);
+    if (it == offloaded_.end()) return;
+    const auto& [saved, host] = it->second;
+    std::vector<TensorId> back;
+    for (TensorId t : saved) {
+      back.push_back(tensor(g_.tensors[t].name + ".reloaded", g_.tensors[t].bytes,
+                            TensorClass::Activations));
+      reload_[t] = back.back();
+    }
+    StepVertex v = node(fmt::format("layer{}.offload.h2d", l),
+                        make_host_copy("activations_to_device", HostWork::CopyToDevice,
+                                       int64_t(std::llround(g_.tensors[host].bytes)), 1),
+                        Pass::BackwardInput, l, {host}, back);
+    g_.dag[v].async = true;
+  }
+
   void compute_frees() {
     std::vector<int> last(g_.tensors.size(), -1);
     for (std::size_t v = 0; v < g_.size(); ++v) {
@@ -1606,13 +1664,53 @@ class Builder {
   Bucket open_[2];
   std::vector<Bucket> buckets_[2];
   std::vector<std::pair<int, Bucket>> deferred_;
+  OffloadPlan plan_;
+  std::map<std::string, TensorId> by_name_;  // -1: the name is not unique
+  std::map<int, std::pair<std::vector<TensorId>, TensorId>> offloaded_;  // layer -> (saved, host)
+  std::map<TensorId, TensorId> reload_;  // an offloaded tensor -> its copy back on the device
 };
+
+// Layer l's saved activations: tensors a forward node allocated that the backward (input and
+// weight gradients, recomputation) of layer l reads, and no other layer's backward does.
+OffloadPlan plan_offload(const StepGraph& g, int first, int layers) {
+  std::vector<bool> forward(g.tensors.size(), false);
+  std::vector<int> reader(g.tensors.size(), -2);  // -2 none, -1 several or outside the layers
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.pass == Pass::Forward)
+      for (TensorId t : n.allocs) forward[t] = true;
+    if (n.pass != Pass::BackwardInput && n.pass != Pass::BackwardWeight &&
+        n.pass != Pass::Recompute)
+      continue;
+    for (TensorId t : n.reads) reader[t] = reader[t] == -2 || reader[t] == n.layer ? n.layer : -1;
+  }
+  OffloadPlan plan;
+  for (std::size_t t = 0; t < g.tensors.size(); ++t) {
+    const Tensor& x = g.tensors[t];
+    if (!forward[t] || x.persistent || x.host || x.cls != TensorClass::Activations) continue;
+    if (reader[t] >= first && reader[t] < first + layers) plan[reader[t]].push_back(x.name);
+  }
+  return plan;
+}
 
 }  // namespace
 
 StepGraph build_step_graph(const TransformerModel& model, const TrainingSetup& setup,
                            const ModelChunk& chunk) {
-  return Builder(model, setup, chunk).build();
+  const int n = setup.activation_offload_layers;
+  if (n == 0) return Builder(model, setup, chunk).build();
+  // Which tensors each layer's backward reads comes from the same step without offload.
+  TrainingSetup plain = setup;
+  plain.activation_offload_layers = 0;
+  StepGraph g = Builder(model, plain, chunk).build();
+  const int layers = int(g.chunk.last_layer - g.chunk.first_layer);
+  if (n >= layers)
+    throw ConfigError(SourceLoc{fmt::format("model '{}' with its training setup", model.name), 0},
+                      "training.activation_offload_layers",
+                      fmt::format("offloads {} of the {} layers on a device: the last layer's "
+                                  "activations are used at once and must stay on the device",
+                                  n, layers));
+  return Builder(model, setup, chunk, plan_offload(g, int(g.chunk.first_layer), n)).build();
 }
 
 }  // namespace memwall

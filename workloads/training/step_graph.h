@@ -101,6 +101,9 @@ struct StepNode {
   /// exchange, its pieces on several streams): with its non-blocking collective inputs in order,
   /// the work on block i (of those inputs + 1, the first local) can start once input i is in.
   bool paced_by_inputs = false;
+  /// A host copy on its own stream (activation offload): the compute stream goes on, and only
+  /// nodes with a DAG edge from it wait.
+  bool async = false;
   std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
 };
 
