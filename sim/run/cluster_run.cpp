@@ -149,6 +149,7 @@ struct Task {
   enum Kind { Compute, Comm, Join, HostCopy } kind = Compute;
   Time duration;               // Compute: merged operator time; HostCopy: the copy's
   bool to_host = false;        // HostCopy: device to host (else host to device)
+  double bytes = 0;            // HostCopy: device-memory bytes it reads or writes
   CommSpec comm;               // Comm
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
   std::string name;            // first node's name
@@ -238,6 +239,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       k.kind = Task::HostCopy;
       k.duration = o.time;
       k.to_host = std::get<HostOp>(n.op->body).work == HostWork::CopyToHost;
+      k.bytes = o.min_bytes.count();
       k.name = n.name;
       k.waits = waits;
       P->tasks.push_back(std::move(k));
@@ -702,6 +704,13 @@ class ClusterSim {
         for (int j : k.waits) start = max(start, ends[j]);
         span(s, "host copies", k.name, start, k.duration);
         stream = start + k.duration;
+        // The copy engines read (or write) device memory at the copy's rate, which the compute
+        // it overlaps does not have; they hold no compute units.
+        if (p_.comm_uses_units && k.duration > Time::zero())
+          rs.holds.push_back({start, stream, 0.0,
+                              std::min(k.bytes / k.duration.sec() /
+                                           device_.sustained_memory_bandwidth().bps(),
+                                       kMaxUnitShare)});
         ends[i] = stream;
         end_group[i] = kHostCopies;
         continue;
