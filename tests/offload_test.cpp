@@ -246,6 +246,24 @@ TEST(OptimizerOffload, EightRanksSharingAHostTakeAsLongAsOneDeviceWithAllOfIt) {
 using testing_support::read_file;
 using testing_support::Result;
 
+TEST(OptimizerOffload, EachGh200HasItsOwnGraceSoEightRanksEachTakeAnEighthOfTheTime) {
+  // One GH200 per node: the host is not shared, so ZeRO-1 over 8 of them gives each an eighth
+  // of the parameters on a whole Grace, where 8 GPUs of a DGX share one host.
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  auto dev = load_device("gh200");
+  TrainingResult one =
+      simulate_training(build_step_graph(m, offload_setup(1)), *dev, Fidelity::Analytical);
+  OpSimulator ops(*dev, Fidelity::Analytical);
+  ClusterResult r8 = simulate_cluster(m, offload_setup(1, "zero_stage: 1\n", 8), ops,
+                                      load_system("gh200-cluster"), 8);
+  double cpu8 = 0;
+  for (const auto& n : r8.nodes)
+    if (n.name == "optimizer.adam.cpu") cpu8 = n.time.sec();
+  EXPECT_NEAR(cpu8, node_seconds(one, "optimizer.adam.cpu") / 8,
+              0.01 * node_seconds(one, "optimizer.adam.cpu") / 8);
+  EXPECT_DOUBLE_EQ(r8.host.capacity.count(), dev->host()->capacity.count());
+}
+
 class OffloadCli : public testing_support::BinaryTest {};
 
 TEST_F(OffloadCli, HostMemoryIsReportedAndAFullHostIsAResultNotAnError) {

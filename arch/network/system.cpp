@@ -377,6 +377,7 @@ std::string standard_system_for_device(const std::string& device) {
   if (starts("b200")) return "dgx-b200";
   if (starts("gb200")) return "gb200-nvl72";
   if (starts("mi300x")) return "mi300x-node";
+  if (starts("gh200")) return "gh200-cluster";
   return "pcie-node";
 }
 

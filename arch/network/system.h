@@ -115,8 +115,8 @@ SystemSpec load_system(const std::string& name_or_file,
 SystemSpec load_system_string(const std::string& yaml, const std::string& name);
 
 /// The standard system preset for a device preset: a100-* -> dgx-a100, h100-sxm5 -> dgx-h100,
-/// h200 -> hgx-h200, b200 -> dgx-b200, gb200 -> gb200-nvl72, mi300x -> mi300x-node, anything
-/// else -> pcie-node.
+/// h200 -> hgx-h200, b200 -> dgx-b200, gb200 -> gb200-nvl72, mi300x -> mi300x-node, gh200 ->
+/// gh200-cluster, anything else -> pcie-node.
 std::string standard_system_for_device(const std::string& device_preset);
 
 /// The system a validation case runs on: the device's standard node, with `gpus_per_node`

@@ -663,8 +663,8 @@ class ClusterSim {
   }
 
   /// The compute stream of stage `st` waited `d` for group `g`: that stage's exposed time, and
-  /// the job's (the mean over stages).
-  // g: a ParallelGroup, or kHostCopies for a wait on a host copy.
+  /// the job's (the mean over stages). `g` is a ParallelGroup, or kHostCopies for a wait on a
+  /// copy from the host (activation offload), which is no collective's.
   static constexpr int kHostCopies = -1;
   void expose(StageResult& st, int g, Time d) {
     if (g == kHostCopies) {
