@@ -99,7 +99,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB,
       host_memory_text(r.host));
   std::map<std::string, double> by_role;
-  for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
+  for (const auto& n : r.nodes)
+    if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;
   std::vector<std::pair<std::string, double>> top(by_role.begin(), by_role.end());
   std::sort(top.begin(), top.end(), [](const auto& a, const auto& c) { return a.second > c.second; });
   out += "top ops  ";

@@ -234,6 +234,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       OpResult o = sim.run(*n.op);
       NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops, o.memory_read + o.memory_written,
                    o.time, o.bound, int(micro_batches)};
+      t.beside_compute = true;
       c.nodes.push_back(std::move(t));
       Task k;
       k.kind = Task::HostCopy;

@@ -46,6 +46,9 @@ struct NodeTiming {
   int executions = 1;   ///< per optimizer step (micro-batch nodes run accumulation_steps times,
                         ///< gradient accumulation one fewer)
   int kernels = 1;      ///< kernels one execution launches, each issued by the host
+  /// Runs on a copy stream beside the compute (activation offload's host copies): not part of
+  /// the compute stream's time, so not in the top-operators share of the step.
+  bool beside_compute = false;
 };
 
 /// Kernels the host issues per optimizer step for these operators (each execution counted).
