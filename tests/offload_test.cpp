@@ -426,3 +426,101 @@ TEST_F(OffloadCli, ActivationOffloadBadInputNamesTheKey) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+TrainingSetup weight_offload_setup(int dp) {
+  return load_training_string(
+      fmt::format("micro_batch: 1\nglobal_batch: {}\ndp: {}\nzero_stage: 3\nrecompute: full\n"
+                  "optimizer_offload: 1\nweight_offload: true\nhost_overhead: 0 s\n",
+                  2 * dp, dp),
+      "training.yaml");
+}
+
+TEST(WeightOffload, EveryShardLivesOnTheHostAndEachLayerIsCopiedInBeforeUse) {
+  TransformerModel m = load_model("llama3-8b", {"layers=4", "seq_len=1024"});
+  for (int dp : {1, 4}) {
+    SCOPED_TRACE(dp);
+    StepGraph g = build_step_graph(m, weight_offload_setup(dp));
+    for (TensorClass c : {TensorClass::Weights, TensorClass::Gradients, TensorClass::Optimizer})
+      EXPECT_DOUBLE_EQ(g.state_bytes(c), 0) << tensor_class_name(c);
+    // 2 B of weights, 2 of gradients, 12 of master weights and moments per parameter.
+    const double params = double(m.parameter_count());
+    EXPECT_NEAR(g.host_bytes(), 16 * params / dp, 1e-3 * params);
+    double in = 0, out = 0, gathered = 0;
+    int copies_in = 0, gathers = 0;
+    for (std::size_t v = 0; v < g.size(); ++v) {
+      const StepNode& n = g.node(StepVertex(v));
+      if (n.comm && n.comm->kind == CollectiveKind::AllGather) {
+        gathered += n.comm->bytes;
+        ++gathers;
+      }
+      if (!n.op || !n.op->on_host() || !n.async) continue;
+      const HostOp& h = std::get<HostOp>(n.op->body);
+      if (h.work == HostWork::CopyToDevice) {
+        in += h.bytes();
+        ++copies_in;
+      } else {
+        out += h.bytes();
+      }
+    }
+    // Each weight comes in at least once per micro-batch (the forward), at most twice (the
+    // backward too; the embedding's backward needs no weights); each gradient shard goes out
+    // once per micro-batch.
+    EXPECT_GE(in, 2 * params / dp * (1 - 1e-6));
+    EXPECT_LE(in, 2 * 2 * params / dp * (1 + 1e-6));
+    EXPECT_NEAR(out, 2 * params / dp, 1e-3 * params);
+    if (dp > 1) {
+      // Every ZeRO-3 all-gather is fed by one copy of this rank's shard from the host.
+      EXPECT_EQ(copies_in, gathers);
+      EXPECT_NEAR(in * dp, gathered, 1e-6 * gathered);
+    }
+    EXPECT_GE(copies_in, 4 * 2 + 1);  // each layer twice, the embedding at least once
+  }
+}
+
+TEST(WeightOffload, TheStepIsNoShorterThanItsCopiesAndAFasterLinkShortensIt) {
+  TransformerModel m = load_model("llama3-8b", {"layers=4", "seq_len=1024"});
+  auto run = [&](const std::vector<std::string>& host) {
+    auto dev = load_device("h100-sxm5-80gb", host);
+    OpSimulator ops(*dev, Fidelity::Analytical);
+    ClusterResult r = simulate_cluster(m, weight_offload_setup(1), ops, load_system("dgx-h100"), 1);
+    return std::make_pair(r, dev->host()->device_link_bandwidth().bps());
+  };
+  auto [pcie, rate] = run({});
+  // The copy stream into the device alone takes the copies' bytes over the link share, twice
+  // (two micro-batches).
+  StepGraph g = build_step_graph(m, weight_offload_setup(1));
+  double bytes_in = 0;
+  for (std::size_t v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(StepVertex(v));
+    if (n.op && n.op->on_host() && std::get<HostOp>(n.op->body).work == HostWork::CopyToDevice)
+      bytes_in += 2 * std::get<HostOp>(n.op->body).bytes();
+  }
+  EXPECT_GT(bytes_in, 2 * 2 * double(m.parameter_count()));
+  EXPECT_GE(pcie.step_time.sec(), bytes_in / rate);
+  EXPECT_GT(pcie.stages[0].host_copy_wait.sec(), 0);
+  auto [c2c, fast] = run({"host.link_bandwidth=450GB/s", "host.link_shared_by=1"});
+  EXPECT_LT(c2c.step_time, pcie.step_time);
+  EXPECT_GT(fast, 5 * rate);
+  EXPECT_DOUBLE_EQ(c2c.model_flops, pcie.model_flops);
+  EXPECT_NEAR(pcie.bubble_fraction(), 0, 1e-3);  // waits are accounted, not bubble
+}
+
+TEST_F(OffloadCli, WeightOffloadBadInputNamesTheKey) {
+  for (const std::string& args : {
+           std::string("--optimizer-offload 1 -p training.weight_offload=true"),  // zero 0
+           std::string("--zero 3 -p training.weight_offload=true"),  // optimizer on the GPU
+           std::string("--zero 3 --optimizer-offload 1 -p training.weight_offload=true --gpus 2 "
+                       "--tp 2"),
+       }) {
+    SCOPED_TRACE(args);
+    Result r = run("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len 256 " + args);
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("training.weight_offload"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace memwall

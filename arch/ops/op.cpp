@@ -292,6 +292,11 @@ Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes) {
   return Op{"cpu_adam", HostOp{HostWork::Compute, std::get<StreamOp>(op.body)}};
 }
 
+Op on_host(Op op) {
+  op.body = HostOp{HostWork::Compute, std::get<StreamOp>(op.body)};
+  return op;
+}
+
 Op make_host_adam_round_trip(int64_t params, double grad_bytes, double weight_bytes, int chunks) {
   Op op = make_host_adam(params, grad_bytes, weight_bytes);
   HostOp& h = std::get<HostOp>(op.body);

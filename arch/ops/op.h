@@ -139,6 +139,8 @@ Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,
 /// master weights and moments, gradients of `grad_bytes` as copied from the device, and the
 /// 16-bit (`weight_bytes`) copy staged for the device.
 Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes);
+/// A streaming kernel (`stream` must hold a StreamOp) run by the host CPU over host memory.
+Op on_host(Op stream);
 /// The same Adam as one round trip: the gradients copied to the host, the CPU's update, the
 /// 16-bit weights copied back, pipelined over `chunks` pieces of the parameters.
 Op make_host_adam_round_trip(int64_t params, double grad_bytes, double weight_bytes, int chunks);

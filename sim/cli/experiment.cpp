@@ -140,7 +140,7 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     if (doc.root["system"]) e.system = system_from_config(root.section("system"));
     // More than one GPU, or copies beside the compute (activation offload), which only the
     // cluster runner overlaps: the device's standard node.
-    else if (e.gpus > 1 || e.training.activation_offload_layers > 0)
+    else if (e.gpus > 1 || e.training.activation_offload_layers > 0 || e.training.weight_offload)
       e.system = load_system(standard_system_for_device(device_preset));
     if (e.system && doc.root["node_nic_gbps"]) {
       double gbps = root.get_real("node_nic_gbps");

@@ -290,6 +290,9 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       t.kind = Task::Comm;
       t.comm = *n.comm;
       t.name = n.name;
+      // A collective waits for the host copies it reads (weight offload's shard from the host).
+      for (int w : waits)
+        if (P->tasks[w].kind == Task::HostCopy) t.waits.push_back(w);
       t.host_free = n.launched_with_previous;
       P->tasks.push_back(t);
       task_of[v] = int(P->tasks.size()) - 1;
@@ -773,6 +776,12 @@ class ClusterSim {
         continue;
       }
       if (!k.host_free) rs.cpu += h_;
+      Time ready = t;  // the host copies it reads are in
+      for (int j : k.waits) ready = max(ready, ends[j]);
+      if (ready > t && c.blocking) {
+        expose(st, kHostCopies, ready - t);
+        t = ready;
+      }
       if (rs.cpu > t && c.blocking) {
         st.host_stall += rs.cpu - t;
         t = rs.cpu;
@@ -799,7 +808,7 @@ class ClusterSim {
         t = cr.end;
         ends[i] = t;
       } else {
-        Time start = max(t, rs.stream_free[g]);
+        Time start = max(ready, rs.stream_free[g]);
         const CollectiveResult& cr =
             collective(c.group, c.kind, c.bytes, s, peer, start, c.copy_engine);
         span(s, parallel_group_name(c.group), k.name, start, cr.end - start);
@@ -984,6 +993,11 @@ class ClusterSim {
         // the expert-data-parallel one.
         expose(st, rs.async_group, rs.async_end - t);
         t = rs.async_end;
+      }
+      // Weight offload: the last gradient shards reach the host before the CPU updates them.
+      if (rs.host_copy_free[0] > t) {
+        expose(st, kHostCopies, rs.host_copy_free[0] - t);
+        t = rs.host_copy_free[0];
       }
       for (const CommSpec& c : rs.deferred) {
         const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, s, t);

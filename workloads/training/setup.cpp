@@ -263,6 +263,14 @@ const Schema& training_schema() {
         "Megatron-core). Needs a device with a `host:` section. 0: none.");
     act_off.min = 0;
     x.params.push_back(act_off);
+    x.params.push_back(param(
+        "weight_offload", ParamType::Bool, "", "false",
+        "Weight offload (FSDP's CPUOffload(offload_params=True), DeepSpeed ZeRO-Infinity's "
+        "offload_param to CPU): each rank's weight and gradient shards live in host memory. "
+        "Before each layer's forward and backward its shard is copied to the device (then "
+        "all-gathered, as ZeRO-3 does), one layer ahead; each micro-batch's reduced gradient "
+        "shard is copied back; the CPU clips and updates. Needs zero_stage 3 and "
+        "optimizer_offload 1; tp and pp 1."));
     return x;
   }();
   return s;
@@ -360,6 +368,14 @@ TrainingSetup training_from_config(const Config& c) {
   t.optimizer_offload = c.get_real("optimizer_offload");
   t.optimizer_offload_overlap = c.get_bool("optimizer_offload_overlap");
   t.activation_offload_layers = int(c.get_int("activation_offload_layers"));
+  t.weight_offload = c.get_bool("weight_offload");
+  if (t.weight_offload &&
+      (c.get_int("zero_stage") != 3 || t.optimizer_offload != 1.0 || c.get_int("tp") != 1 ||
+       c.get_int("pp") != 1))
+    c.fail("weight_offload",
+           "weight offload keeps the ZeRO-3 shards on the host and updates them there: it "
+           "needs zero_stage 3 and optimizer_offload 1, with tp and pp 1 (FSDP's and "
+           "ZeRO-Infinity's data-parallel layout)");
   if (t.activation_offload_layers > 0 && c.get_int("pp") > 1)
     c.fail("activation_offload_layers",
            "activation offload is not combined with pipeline parallelism (Megatron-core refuses "

@@ -97,6 +97,10 @@ struct TrainingSetup {
   /// their forward and come back one layer ahead of their backward, on copy streams (Megatron-
   /// core's --cpu-offloading-num-layers). 0: none.
   int activation_offload_layers = 0;
+  /// Weight offload (FSDP offload_params, ZeRO-Infinity): the ZeRO-3 weight and gradient shards
+  /// live in host memory; each layer's shard is copied in before use and each gradient shard
+  /// copied out. Needs ZeRO-3 and the whole optimizer offloaded.
+  bool weight_offload = false;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

@@ -237,6 +237,8 @@ class Builder {
     // 16-bit weights and gradients with an fp32 master copy and moments (12 B), or fp32 weights
     // and gradients with fp32 moments (8 B): fp32 training and autocast.
     ac_ = t.autocast;
+    // (a graph built with ZeRO below 3 to count FLOPs keeps its shards on the device)
+    wo_ = t.weight_offload && zero_ >= 3;
     rd_ = ac_ ? DType::FP32 : ad_;
     re_ = dtype_bytes(rd_);
     wb_ = t.mixed_precision() && !ac_ ? 2 : 4;
@@ -499,6 +501,8 @@ class Builder {
     const double n = double(params), k = double(g.shard);
     g.weights = tensor(name + ".weights", wb_ * n / (zero_ >= 3 ? k : 1), TensorClass::Weights, true);
     g.grads = tensor(name + ".grads", gb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
+    // Weight offload: the weight and gradient shards themselves live in host memory.
+    g_.tensors[g.weights].host = g_.tensors[g.grads].host = wo_;
     // Optimizer offload: that fraction of the master weights and moments lives in host memory,
     // beside a host copy of the gradients it updates from (ZeRO-Offload's fp32 gradient
     // partition; here in the dtype they are copied in).
@@ -508,7 +512,10 @@ class Builder {
     if (f > 0) {
       for (auto [suffix, bytes, cls] :
            {std::tuple{".optimizer.host", opt * f, TensorClass::Optimizer},
-            std::tuple{".grads.host", gb_ * n / (zero_ >= 1 ? k : 1) * f, TensorClass::Gradients}}) {
+            // (with weight offload the gradient shard is on the host already)
+            std::tuple{".grads.host", wo_ ? 0.0 : gb_ * n / (zero_ >= 1 ? k : 1) * f,
+                       TensorClass::Gradients}}) {
+        if (bytes <= 0) continue;
         TensorId t = tensor(name + suffix, bytes, cls, true);
         g_.tensors[t].host = true;
         state_tensors_.push_back(t);
@@ -574,7 +581,7 @@ class Builder {
   int lgi(int l) const { return layer_group_[l - c_.first_layer]; }
   int egi(int l) const { return expert_group_[l - c_.first_layer]; }
 
-  bool gathers(int gi) const { return zero_ >= 3 && groups_[gi].shard > 1; }
+  bool gathers(int gi) const { return zero_ >= 3 && (groups_[gi].shard > 1 || wo_); }
   // The ranks that hold the same parameters: the data-parallel group, or for experts the
   // expert-data-parallel one.
   static ParallelGroup sync_group(bool expert) {
@@ -587,10 +594,24 @@ class Builder {
     if (!gathers(gi) || g.gathered_phase == phase) return;
     const char* ph = pass == Pass::Forward ? "fwd" : "bwd";
     const double bytes = wb_ * double(g.params);
-    TensorId out = tensor(g.name + ".weights.gathered." + ph, bytes, TensorClass::Weights);
-    comm(g.name + ".weights.gather." + ph, CollectiveKind::AllGather,
-         sync_group(g.expert), bytes, false, false, pass, g.layer,
-         {g.weights}, {out});
+    TensorId shard = g.weights;
+    if (wo_) {
+      // Weight offload: the shard comes from the host first, on the copy stream.
+      const double b = bytes / double(g.shard);
+      shard = tensor(g.name + ".weights.h2d." + ph, b, TensorClass::Weights);
+      StepVertex v = node(g.name + ".weights.h2d." + ph,
+                          make_host_copy("weights_to_device", HostWork::CopyToDevice,
+                                         int64_t(std::llround(b)), 1),
+                          pass, g.layer, {g.weights}, {shard});
+      g_.dag[v].async = true;
+    }
+    TensorId out = shard;
+    if (g.shard > 1) {
+      out = tensor(g.name + ".weights.gathered." + ph, bytes, TensorClass::Weights);
+      comm(g.name + ".weights.gather." + ph, CollectiveKind::AllGather,
+           sync_group(g.expert), bytes, false, false, pass, g.layer,
+           {shard}, {out});
+    }
     g.gathered = out;
     g.gathered_phase = phase;
   }
@@ -630,7 +651,7 @@ class Builder {
   // group's unsharded buffer for this micro-batch (allocated by its first writer).
   void grad_target(int gi, std::vector<TensorId>& allocs, std::vector<TensorId>& writes) {
     Group& g = groups_[gi];
-    if (zero_ < 2 || g.shard == 1) {
+    if (zero_ < 2 || (g.shard == 1 && !wo_)) {
       writes.push_back(g.grads);
       return;
     }
@@ -651,7 +672,11 @@ class Builder {
     Group& g = groups_[gi];
     g.done += piece;
     const int k = g.expert ? 1 : 0;
-    if (sync_ranks(g.expert) == 1) return;
+    if (sync_ranks(g.expert) == 1) {
+      // Weight offload with nothing to reduce: the group's gradients go to the host as a whole.
+      if (wo_ && g.done >= g.params) grads_to_host(gi, g.full_grads, layer);
+      return;
+    }
     Bucket& b = open_[k];
     if (b.groups.empty() || b.groups.back() != gi) b.groups.push_back(gi);
     b.params += piece;
@@ -673,12 +698,17 @@ class Builder {
   // ZeRO 1: reduce-scatter (Megatron's distributed optimizer), once per step. ZeRO >= 2:
   // reduce-scatter of each micro-batch's unsharded buffer into the sharded gradients.
   void emit_bucket(int k, const Bucket& b, bool blocking) {
-    std::vector<TensorId> reads, writes;
+    std::vector<TensorId> reads, writes, shards;
     for (int gi : b.groups) {
       const Group& g = groups_[gi];
       if (zero_ >= 2) {
         reads.push_back(g.full_grads);
-        writes.push_back(g.grads);
+        // Weight offload: the reduced shard lands in a device buffer, then goes to the host.
+        if (wo_)
+          shards.push_back(tensor(g.name + ".grads.reduced", gb_ * double(g.params) / double(g.shard),
+                                  TensorClass::Gradients));
+        else
+          writes.push_back(g.grads);
       } else {
         reads.push_back(g.grads);
       }
@@ -687,13 +717,25 @@ class Builder {
         fmt::format("dp.{}grads.bucket{}", k ? "expert_" : "", buckets_[k].size());
     StepVertex v = comm(name, zero_ == 0 ? CollectiveKind::AllReduce : CollectiveKind::ReduceScatter,
                         sync_group(k), double(b.params) * gb_,
-                        blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, {}, writes);
+                        blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, shards, writes);
+    for (std::size_t i = 0; i < shards.size(); ++i) grads_to_host(b.groups[i], shards[i], b.layer);
     if (zero_ < 2)
       for (int gi : b.groups) {
         late_writers_[groups_[gi].grads].push_back(int(v));
         g_.dag[v].writes.push_back(groups_[gi].grads);
       }
     buckets_[k].push_back(b);
+  }
+
+  // Weight offload: a group's gradient shard (`from`, on the device) is copied to its host shard
+  // on the copy stream, every micro-batch (accumulated there).
+  void grads_to_host(int gi, TensorId from, int layer) {
+    const Group& g = groups_[gi];
+    StepVertex v = node(g.name + ".grads.d2h",
+                        make_host_copy("grads_to_host", HostWork::CopyToHost,
+                                       int64_t(std::llround(g_.tensors[from].bytes)), 1),
+                        Pass::BackwardWeight, layer, {from}, {}, {g.grads});
+    g_.dag[v].async = true;
   }
 
   void finish_grad_sync() {
@@ -1515,8 +1557,8 @@ class Builder {
            double(tp_replicated_) * gb, true, true, O, -1, grads, {}, grads);
     if (t_.precision == Precision::FP16) {
       // Loss scaling: unscale the fp16 gradients and check them for inf/nan.
-      node("optimizer.unscale", stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32), O, -1,
-           grads, {}, grads);
+      Op unscale = stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32);
+      node("optimizer.unscale", wo_ ? on_host(unscale) : unscale, O, -1, grads, {}, grads);
     }
     // Global gradient norm, for clipping: each rank's share, summed over the model-parallel
     // ranks (tp, pp) and, when ZeRO shards the gradients' reduction, the data-parallel ones.
@@ -1529,8 +1571,10 @@ class Builder {
     if (p_.pp > 1) sums.push_back({ParallelGroup::PP, "pp"});
     if (zero_ >= 1 && dpcp_ > 1) sums.push_back({ParallelGroup::DP, "dp"});
     TensorId norm = sums.empty() ? -1 : tensor("optimizer.grad_norm.out", 4, TensorClass::Workspace);
-    node("optimizer.grad_norm", stream_op("grad_norm", n, {gb}, {}, 2, 2, DType::FP32), O, -1,
-         grads, norm >= 0 ? std::vector<TensorId>{norm} : std::vector<TensorId>{});
+    // (with weight offload the gradients are on the host, and the CPU takes their norm)
+    Op grad_norm = stream_op("grad_norm", n, {gb}, {}, 2, 2, DType::FP32);
+    node("optimizer.grad_norm", wo_ ? on_host(grad_norm) : grad_norm, O, -1, grads,
+         norm >= 0 ? std::vector<TensorId>{norm} : std::vector<TensorId>{});
     for (const NormSum& s : sums)
       comm(fmt::format("optimizer.grad_norm.{}_allreduce", s.name), CollectiveKind::AllReduce, s.g,
            4, true, true, O, -1, {norm}, {}, {norm});
@@ -1545,24 +1589,29 @@ class Builder {
     // to the host, and its 16-bit weights are copied back; the device waits for each step.
     const int64_t on_host = std::llround(t_.optimizer_offload * double(n));
     const bool piped = t_.optimizer_offload_overlap;
-    if (on_host > 0 && !piped)
-      node("optimizer.offload.grads.d2h",
-           make_host_copy("grads_to_host", HostWork::CopyToHost, on_host, gb_), O, -1, grads, {},
-           all);
-    if (n - on_host > 0) {
-      if (on_host > 0) std::get<StreamOp>(adam.body).elements = n - on_host;
-      node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
-    }
-    if (on_host > 0 && piped) {
-      // One piece per parameter group (a layer, the embedding, the head).
-      node("optimizer.adam.cpu",
-           make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size())), O, -1, adam_reads,
-           {}, all);
-    } else if (on_host > 0) {
+    if (wo_) {
+      // Weights, gradients and optimizer state all on the host: the CPU updates them in place.
       node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
-      node("optimizer.offload.weights.h2d",
-           make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_), O, -1, all,
-           {}, all);
+    } else {
+      if (on_host > 0 && !piped)
+        node("optimizer.offload.grads.d2h",
+             make_host_copy("grads_to_host", HostWork::CopyToHost, on_host, gb_), O, -1, grads,
+             {}, all);
+      if (n - on_host > 0) {
+        if (on_host > 0) std::get<StreamOp>(adam.body).elements = n - on_host;
+        node("optimizer.adam", adam, O, -1, adam_reads, {}, all);
+      }
+      if (on_host > 0 && piped) {
+        // One piece per parameter group (a layer, the embedding, the head).
+        node("optimizer.adam.cpu",
+             make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size())), O, -1,
+             adam_reads, {}, all);
+      } else if (on_host > 0) {
+        node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
+        node("optimizer.offload.weights.h2d",
+             make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_), O, -1,
+             all, {}, all);
+      }
     }
     // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket
     // (with overlap_param_gather, under the next step's first forward instead).
@@ -1652,6 +1701,7 @@ class Builder {
   // Autocast (eager AMP): the residual stream and norms run in rd_ (fp32), re_ bytes each;
   // without it they are the activation type.
   bool ac_ = false;
+  bool wo_ = false;  // weight offload: weight and gradient shards in host memory
   DType rd_;
   double re_;
   std::vector<int> producer_;
