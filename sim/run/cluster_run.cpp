@@ -186,7 +186,9 @@ struct ChunkModel {
   double saved = 0;            // activation bytes kept from forward to backward
   double w_saved = 0;          // of those, what the weight-gradient half still reads
   double pass_peak = 0;        // peak non-persistent bytes during one micro-batch
-  double workspace_at_peak = 0;
+  // Of those, by class: activations, and transient weights and gradients (ZeRO-3's gathered
+  // layers, ZeRO-2's unsharded buffers, weight offload's shards in from the host), workspace.
+  ClassBytes at_peak{};
   std::vector<NodeTiming> nodes;
 };
 
@@ -358,7 +360,8 @@ void measure_memory(ChunkModel& c) {
   if (any) c.saved = tl.during[last_fwd][int(TensorClass::Activations)];
   if (g.setup.parallel.split_backward()) c.w_saved = weight_gradient_bytes(g);
   c.pass_peak = std::max(0.0, tl.peak_bytes - persistent);
-  c.workspace_at_peak = tl.peak_breakdown[int(TensorClass::Workspace)];
+  for (int k = 0; k < kTensorClasses; ++k)
+    c.at_peak[k] = std::max(0.0, tl.peak_breakdown[k] - c.state[k]);
 }
 
 // ---- the layout: which devices a group spans --------------------------------------------------
@@ -1124,7 +1127,8 @@ class ClusterSim {
       // saved activations (what a deferred weight gradient still reads, once its input gradient
       // has run) plus this item's own working set (a weight gradient's: what it reads).
       std::vector<int64_t> live(p_.vpp, 0), pending(p_.vpp, 0);
-      double best = -1, best_saved = 0, best_ws = 0;
+      double best = -1;
+      ClassBytes best_parts{};
       int64_t in_flight = 0, max_flight = 0;
       for (const auto& it : states_[s].items) {
         const ChunkModel& c = *chunk_of_[it.chunk * p_.pp + s];
@@ -1133,14 +1137,16 @@ class ClusterSim {
           in_flight++;
         }
         max_flight = std::max(max_flight, in_flight);
-        const double others = kept_bytes(s, live, pending, it, true);
-        const double working = it.weight ? c.w_saved : c.pass_peak;
-        const double ws = it.weight ? 0.0 : c.workspace_at_peak;
-        double here = others + working;
+        ClassBytes parts{};
+        parts[int(TensorClass::Activations)] = kept_bytes(s, live, pending, it, true);
+        if (it.weight)
+          parts[int(TensorClass::Activations)] += c.w_saved;
+        else
+          for (int k = 0; k < kTensorClasses; ++k) parts[k] += c.at_peak[k];
+        const double here = total_bytes(parts);
         if (here > best) {
           best = here;
-          best_saved = others + working - ws;
-          best_ws = ws;
+          best_parts = parts;
         }
         if (it.weight) {
           pending[it.chunk]--;
@@ -1155,8 +1161,7 @@ class ClusterSim {
       }
       st.max_in_flight = max_flight;
       st.memory = state;
-      st.memory[int(TensorClass::Activations)] += best_saved;
-      st.memory[int(TensorClass::Workspace)] += best_ws;
+      for (int k = 0; k < kTensorClasses; ++k) st.memory[k] += best_parts[k];
       st.comm_buffers = comm_buffer_bytes(s);
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
       for (int v = 0; v < p_.vpp; ++v) st.host_memory += chunk_of_[v * p_.pp + s]->graph.host_bytes();
