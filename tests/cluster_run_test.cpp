@@ -192,6 +192,27 @@ TEST(ClusterRun, WeightGathersAfterTheUpdateAreExposedCommunicationNotBubble) {
   EXPECT_NEAR(accounted.sec(), r.step_time.sec(), 1e-9 * r.step_time.sec() + 1e-12);
 }
 
+// ZeRO-3 gathers each layer's whole weights for its forward and backward and frees them after:
+// at the peak a rank holds its shards plus the layers in use. The breakdown shows those as
+// weights (and the unsharded gradient buffers as gradients), and adds up to the peak.
+TEST(ClusterRun, ZeroThreesGatheredLayersCountAsWeightsInTheBreakdown) {
+  Job j;
+  j.model = load_model("gpt3-1.3b", {"layers=4", "seq_len=1024"});
+  j.setup = load_training_string("micro_batch: 1\nglobal_batch: 8\ndp: 8\nzero_stage: 3\n",
+                                 "training.yaml");
+  j.gpus = 8;
+  ClusterResult r = j.run();
+  StepGraph g = build_step_graph(j.model, j.setup);
+  const StageResult& st = r.stages.front();
+  const double shards = g.state_bytes(TensorClass::Weights);
+  const double layer = 2.0 * 12 * 2048 * 2048;  // one layer's 16-bit weights, roughly
+  EXPECT_GT(st.memory[int(TensorClass::Weights)], shards + layer);
+  EXPECT_GT(st.memory[int(TensorClass::Gradients)], g.state_bytes(TensorClass::Gradients));
+  double sum = st.comm_buffers;
+  for (double b : st.memory) sum += b;
+  EXPECT_NEAR(sum, st.peak_memory, 1e-6 * st.peak_memory);
+}
+
 // Megatron's --overlap-param-gather: the same weight all-gathers (the same bytes), issued under
 // the step's first forward, each layer waiting for its own, so most of their time hides behind
 // the forward instead of ending the step (the embedding's, needed first, stays exposed). Other
