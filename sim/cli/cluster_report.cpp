@@ -62,7 +62,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     host += s.host_stall.sec();
     copies += s.host_copy_wait.sec();
   }
-  host /= std::max<std::size_t>(1, r.stages.size());
+  // (rounding can leave a stall of -1e-17 s; it is none)
+  host = std::max(0.0, host / std::max<std::size_t>(1, r.stages.size()));
   copies /= std::max<std::size_t>(1, r.stages.size());
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  exposed "

@@ -138,9 +138,11 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
                                e.training.parallel.dp, e.training.parallel.cp,
                                e.training.parallel.devices(), e.gpus));
     if (doc.root["system"]) e.system = system_from_config(root.section("system"));
-    // More than one GPU, or copies beside the compute (activation offload), which only the
-    // cluster runner overlaps: the device's standard node.
-    else if (e.gpus > 1 || e.training.activation_offload_layers > 0 || e.training.weight_offload)
+    // More than one GPU, or host copies beside the compute (activation and weight offload,
+    // ZeRO-Offload's gradient streaming), which only the cluster runner overlaps: the device's
+    // standard node.
+    else if (e.gpus > 1 || e.training.activation_offload_layers > 0 || e.training.weight_offload ||
+             e.training.offload_schedule == TrainingSetup::OffloadSchedule::Backward)
       e.system = load_system(standard_system_for_device(device_preset));
     if (e.system && doc.root["node_nic_gbps"]) {
       double gbps = root.get_real("node_nic_gbps");

@@ -48,7 +48,8 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (g.node(StepVertex(v)).async)
       throw std::invalid_argument(
           "the single-device replay runs one stream and cannot overlap " + g.node(StepVertex(v)).name +
-          " with compute: run activation offload through simulate_cluster (memwall run does)");
+          " with compute: run host copies beside the compute (activation or weight offload, "
+          "streamed gradients) through simulate_cluster, as memwall run does");
   r.memory = memory_timeline(g);
   r.host.bytes = g.host_bytes();
   if (device.host()) r.host.capacity = device.host()->device_capacity();

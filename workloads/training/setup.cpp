@@ -247,12 +247,17 @@ const Schema& training_schema() {
     off.min = 0;
     off.max = 1;
     x.params.push_back(off);
-    x.params.push_back(param(
-        "optimizer_offload_overlap", ParamType::Bool, "", "false",
-        "With optimizer_offload, the gradients' copy to the host, the CPU's Adam and the "
-        "weights' copy back pipeline over the parameter groups (one per layer): a group's update "
-        "runs while the next arrives and the previous leaves (Megatron-core's "
-        "--overlap-cpu-optimizer-d2h-h2d). false: the three run one after another."));
+    ParamSpec off_sched = param(
+        "optimizer_offload_schedule", ParamType::Enum, "", "serial",
+        "With optimizer_offload, when the gradients' copy to the host, the CPU's Adam and the "
+        "weights' copy back run. serial: one after another after the backward (Megatron-core's "
+        "hybrid optimizer). pipelined: pipelined over the parameter groups, one per layer, a "
+        "group's update running while the next arrives and the previous leaves (its "
+        "--overlap-cpu-optimizer-d2h-h2d). backward: DeepSpeed ZeRO-Offload, each micro-batch's "
+        "reduced gradient shard copied out on a copy stream while the backward goes on, then "
+        "the CPU's Adam and the weights back; needs zero_stage 2 and optimizer_offload 1.");
+    off_sched.choices = {"serial", "pipelined", "backward"};
+    x.params.push_back(off_sched);
     ParamSpec act_off = param(
         "activation_offload_layers", ParamType::Int, "layers", "0",
         "Activation offload (Megatron-core's --cpu-offloading --cpu-offloading-num-layers, "
@@ -366,7 +371,15 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   t.optimizer_offload = c.get_real("optimizer_offload");
-  t.optimizer_offload_overlap = c.get_bool("optimizer_offload_overlap");
+  const std::string os = c.get_string("optimizer_offload_schedule");
+  t.offload_schedule = os == "pipelined"  ? TrainingSetup::OffloadSchedule::Pipelined
+                       : os == "backward" ? TrainingSetup::OffloadSchedule::Backward
+                                          : TrainingSetup::OffloadSchedule::Serial;
+  if (t.offload_schedule == TrainingSetup::OffloadSchedule::Backward &&
+      (c.get_int("zero_stage") != 2 || t.optimizer_offload != 1.0))
+    c.fail("optimizer_offload_schedule",
+           "backward streams each micro-batch's reduced gradient shard to the host, as DeepSpeed "
+           "ZeRO-Offload does on ZeRO 2: it needs zero_stage 2 and optimizer_offload 1");
   t.activation_offload_layers = int(c.get_int("activation_offload_layers"));
   t.weight_offload = c.get_bool("weight_offload");
   if (t.weight_offload &&

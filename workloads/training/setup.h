@@ -90,9 +90,13 @@ struct TrainingSetup {
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.
   double optimizer_offload = 0.0;
-  /// The offloaded update's copies and CPU work pipeline over the parameter groups
-  /// (Megatron-core's --overlap-cpu-optimizer-d2h-h2d) instead of running one after another.
-  bool optimizer_offload_overlap = false;
+  /// When the offloaded update's copies run. Serial: gradients out, CPU Adam, weights back, one
+  /// after another after the backward (Megatron-core's hybrid optimizer). Pipelined: the three
+  /// pipelined over the parameter groups (its --overlap-cpu-optimizer-d2h-h2d). Backward:
+  /// DeepSpeed ZeRO-Offload (ZeRO 2), each micro-batch's reduced gradient shard copied out on a
+  /// copy stream as the backward produces it, CPU Adam and the weights back after it.
+  enum class OffloadSchedule { Serial, Pipelined, Backward };
+  OffloadSchedule offload_schedule = OffloadSchedule::Serial;
   /// Activation offload: the first this many layers' saved activations go to host memory after
   /// their forward and come back one layer ahead of their backward, on copy streams (Megatron-
   /// core's --cpu-offloading-num-layers). 0: none.

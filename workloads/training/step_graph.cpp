@@ -184,6 +184,7 @@ struct Group {
   TensorId full_grads = -1;  // ZeRO >= 2: this micro-batch's unsharded gradients
   TensorId gathered = -1;    // ZeRO 3: the weights gathered for the current phase
   int gathered_phase = -1;
+  TensorId host_grads = -1;  // optimizer offload: the gradients' copy in host memory
   bool param_gathered = false;  // ZeRO 1-2 with overlap_param_gather: its all-gather emitted
   int64_t done = 0;  // parameters whose gradient this backward has completed
 };
@@ -239,6 +240,9 @@ class Builder {
     ac_ = t.autocast;
     // (a graph built with ZeRO below 3 to count FLOPs keeps its shards on the device)
     wo_ = t.weight_offload && zero_ >= 3;
+    // ZeRO-Offload's gradient streaming (a graph built with ZeRO below 2 to count FLOPs has none)
+    stream_grads_ = t.offload_schedule == TrainingSetup::OffloadSchedule::Backward && zero_ == 2 &&
+                    t.optimizer_offload > 0;
     rd_ = ac_ ? DType::FP32 : ad_;
     re_ = dtype_bytes(rd_);
     wb_ = t.mixed_precision() && !ac_ ? 2 : 4;
@@ -519,6 +523,7 @@ class Builder {
         TensorId t = tensor(name + suffix, bytes, cls, true);
         g_.tensors[t].host = true;
         state_tensors_.push_back(t);
+        if (cls == TensorClass::Gradients) g.host_grads = t;
       }
     }
     groups_.push_back(g);
@@ -675,6 +680,7 @@ class Builder {
     if (sync_ranks(g.expert) == 1) {
       // Weight offload with nothing to reduce: the group's gradients go to the host as a whole.
       if (wo_ && g.done >= g.params) grads_to_host(gi, g.full_grads, layer);
+      if (stream_grads_ && g.done >= g.params) grads_to_host(gi, g.grads, layer);
       return;
     }
     Bucket& b = open_[k];
@@ -719,6 +725,21 @@ class Builder {
                         sync_group(k), double(b.params) * gb_,
                         blocking, zero_ < 2, Pass::BackwardWeight, b.layer, reads, shards, writes);
     for (std::size_t i = 0; i < shards.size(); ++i) grads_to_host(b.groups[i], shards[i], b.layer);
+    if (stream_grads_) {
+      // ZeRO-Offload: this bucket's share of the reduced shards goes to the host.
+      std::vector<TensorId> from, to;
+      for (int gi : b.groups) {
+        from.push_back(groups_[gi].grads);
+        to.push_back(groups_[gi].host_grads);
+      }
+      const double bytes = double(b.params) * gb_ / double(groups_[b.groups.front()].shard);
+      StepVertex d = node(fmt::format("dp.{}grads.bucket{}.d2h", k ? "expert_" : "",
+                                      buckets_[k].size()),
+                          make_host_copy("grads_to_host", HostWork::CopyToHost,
+                                         int64_t(std::llround(bytes)), 1),
+                          Pass::BackwardWeight, b.layer, from, {}, to);
+      g_.dag[d].async = true;
+    }
     if (zero_ < 2)
       for (int gi : b.groups) {
         late_writers_[groups_[gi].grads].push_back(int(v));
@@ -727,14 +748,14 @@ class Builder {
     buckets_[k].push_back(b);
   }
 
-  // Weight offload: a group's gradient shard (`from`, on the device) is copied to its host shard
-  // on the copy stream, every micro-batch (accumulated there).
+  // Weight offload and ZeRO-Offload: a group's gradient shard (`from`, on the device) is copied
+  // to its host copy on the copy stream, every micro-batch (accumulated there).
   void grads_to_host(int gi, TensorId from, int layer) {
     const Group& g = groups_[gi];
     StepVertex v = node(g.name + ".grads.d2h",
                         make_host_copy("grads_to_host", HostWork::CopyToHost,
                                        int64_t(std::llround(g_.tensors[from].bytes)), 1),
-                        Pass::BackwardWeight, layer, {from}, {}, {g.grads});
+                        Pass::BackwardWeight, layer, {from}, {}, {wo_ ? g.grads : g.host_grads});
     g_.dag[v].async = true;
   }
 
@@ -1588,12 +1609,13 @@ class Builder {
     // Offload: the host's share of the parameters is updated by the CPU, from gradients copied
     // to the host, and its 16-bit weights are copied back; the device waits for each step.
     const int64_t on_host = std::llround(t_.optimizer_offload * double(n));
-    const bool piped = t_.optimizer_offload_overlap;
+    const bool piped = t_.offload_schedule == TrainingSetup::OffloadSchedule::Pipelined;
     if (wo_) {
       // Weights, gradients and optimizer state all on the host: the CPU updates them in place.
       node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
     } else {
-      if (on_host > 0 && !piped)
+      // (ZeRO-Offload's gradients reached the host during the backward)
+      if (on_host > 0 && !piped && !stream_grads_)
         node("optimizer.offload.grads.d2h",
              make_host_copy("grads_to_host", HostWork::CopyToHost, on_host, gb_), O, -1, grads,
              {}, all);
@@ -1702,6 +1724,7 @@ class Builder {
   // without it they are the activation type.
   bool ac_ = false;
   bool wo_ = false;  // weight offload: weight and gradient shards in host memory
+  bool stream_grads_ = false;  // ZeRO-Offload: gradient shards to the host during the backward
   DType rd_;
   double re_;
   std::vector<int> producer_;
