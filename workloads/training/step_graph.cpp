@@ -361,6 +361,19 @@ class Builder {
     return v;
   }
 
+  // A copy of `bytes` between the device and its host, on a copy stream beside the compute
+  // (offload): only nodes with a DAG edge from it wait.
+  StepVertex host_copy(const std::string& name, HostWork direction, double bytes, Pass pass,
+                       int layer, std::vector<TensorId> reads, std::vector<TensorId> allocs,
+                       std::vector<TensorId> writes = {}) {
+    const char* kind =
+        direction == HostWork::CopyToHost ? "copy_to_host" : "copy_to_device";
+    StepVertex v = node(name, make_host_copy(kind, direction, int64_t(std::llround(bytes)), 1),
+                        pass, layer, std::move(reads), std::move(allocs), std::move(writes));
+    g_.dag[v].async = true;
+    return v;
+  }
+
   StepVertex comm(const std::string& name, CollectiveKind kind, ParallelGroup group, double bytes,
                   bool blocking, bool once, Pass pass, int layer, std::vector<TensorId> reads,
                   std::vector<TensorId> allocs, std::vector<TensorId> writes = {}) {
@@ -604,11 +617,8 @@ class Builder {
       // Weight offload: the shard comes from the host first, on the copy stream.
       const double b = bytes / double(g.shard);
       shard = tensor(g.name + ".weights.h2d." + ph, b, TensorClass::Weights);
-      StepVertex v = node(g.name + ".weights.h2d." + ph,
-                          make_host_copy("weights_to_device", HostWork::CopyToDevice,
-                                         int64_t(std::llround(b)), 1),
-                          pass, g.layer, {g.weights}, {shard});
-      g_.dag[v].async = true;
+      host_copy(g.name + ".weights.h2d." + ph, HostWork::CopyToDevice, b, pass, g.layer,
+                {g.weights}, {shard});
     }
     TensorId out = shard;
     if (g.shard > 1) {
@@ -732,13 +742,10 @@ class Builder {
         from.push_back(groups_[gi].grads);
         to.push_back(groups_[gi].host_grads);
       }
-      const double bytes = double(b.params) * gb_ / double(groups_[b.groups.front()].shard);
-      StepVertex d = node(fmt::format("dp.{}grads.bucket{}.d2h", k ? "expert_" : "",
-                                      buckets_[k].size()),
-                          make_host_copy("grads_to_host", HostWork::CopyToHost,
-                                         int64_t(std::llround(bytes)), 1),
-                          Pass::BackwardWeight, b.layer, from, {}, to);
-      g_.dag[d].async = true;
+      host_copy(fmt::format("dp.{}grads.bucket{}.d2h", k ? "expert_" : "", buckets_[k].size()),
+                HostWork::CopyToHost,
+                double(b.params) * gb_ / double(groups_[b.groups.front()].shard),
+                Pass::BackwardWeight, b.layer, from, {}, to);
     }
     if (zero_ < 2)
       for (int gi : b.groups) {
@@ -752,11 +759,8 @@ class Builder {
   // to its host copy on the copy stream, every micro-batch (accumulated there).
   void grads_to_host(int gi, TensorId from, int layer) {
     const Group& g = groups_[gi];
-    StepVertex v = node(g.name + ".grads.d2h",
-                        make_host_copy("grads_to_host", HostWork::CopyToHost,
-                                       int64_t(std::llround(g_.tensors[from].bytes)), 1),
-                        Pass::BackwardWeight, layer, {from}, {}, {wo_ ? g.grads : g.host_grads});
-    g_.dag[v].async = true;
+    host_copy(g.name + ".grads.d2h", HostWork::CopyToHost, g_.tensors[from].bytes,
+              Pass::BackwardWeight, layer, {from}, {}, {wo_ ? g.grads : g.host_grads});
   }
 
   void finish_grad_sync() {
@@ -1667,11 +1671,8 @@ class Builder {
     TensorId host = tensor(fmt::format("layer{}.offload.host", l), bytes, TensorClass::Activations);
     g_.tensors[host].host = true;
     offloaded_[l] = {saved, host};
-    StepVertex v = node(fmt::format("layer{}.offload.d2h", l),
-                        make_host_copy("activations_to_host", HostWork::CopyToHost,
-                                       int64_t(std::llround(bytes)), 1),
-                        Pass::Forward, l, saved, {host});
-    g_.dag[v].async = true;
+    host_copy(fmt::format("layer{}.offload.d2h", l), HostWork::CopyToHost, bytes, Pass::Forward, l,
+              saved, {host});
   }
 
   void reload_activations(int l) {
@@ -1684,11 +1685,8 @@ class Builder {
                             TensorClass::Activations));
       reload_[t] = back.back();
     }
-    StepVertex v = node(fmt::format("layer{}.offload.h2d", l),
-                        make_host_copy("activations_to_device", HostWork::CopyToDevice,
-                                       int64_t(std::llround(g_.tensors[host].bytes)), 1),
-                        Pass::BackwardInput, l, {host}, back);
-    g_.dag[v].async = true;
+    host_copy(fmt::format("layer{}.offload.h2d", l), HostWork::CopyToDevice,
+              g_.tensors[host].bytes, Pass::BackwardInput, l, {host}, back);
   }
 
   void compute_frees() {
