@@ -419,9 +419,13 @@ TEST_F(OffloadCli, ActivationOffloadBadInputNamesTheKey) {
     EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
   }
   Result ok = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 --device gh200 "
-                  "--activation-offload 6");
+                  "--activation-offload 6 --json a.json");
   EXPECT_EQ(ok.status, 0) << ok.err;
   EXPECT_NE(ok.out.find("host "), std::string::npos) << ok.out;
+  nlohmann::json j = nlohmann::json::parse(read_file(dir_ / "a.json"));
+  EXPECT_GT(j["memory"]["host_gib"].get<double>(), 0);
+  EXPECT_GE(j["host_copy_wait_s"].get<double>(), 0);
+  EXPECT_LT(j["host_copy_wait_s"].get<double>(), j["step_time_s"].get<double>());
 }
 
 }  // namespace

@@ -182,6 +182,9 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
   nlohmann::json time_by_class;
   for (OpClass c : {OpClass::Matrix, OpClass::Attention, OpClass::MemoryBound, OpClass::Optimizer})
     time_by_class[op_class_name(c)] = r.time_by_class[static_cast<int>(c)].sec();
+  // Compute-stream time waiting for copies from the host (offload), averaged over stages.
+  double host_copy_wait = 0;
+  for (const auto& s : r.stages) host_copy_wait += s.host_copy_wait.sec() / double(r.stages.size());
   nlohmann::json doc = {{"model", m.name},
           {"parameters", m.parameter_count()},
           {"device", r.device},
@@ -212,6 +215,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"interference_s", r.comm_interference().sec()},
             {"by_kind", by_kind}}},
           {"pipeline", {{"bubble_fraction", r.bubble_fraction()}, {"stages", stages}}},
+          {"host_copy_wait_s", host_copy_wait},
           {"links", r.link_utilisation},
           {"links_busiest", r.link_peak},
           {"memory",
