@@ -141,8 +141,7 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     // More than one GPU, or host copies beside the compute (activation and weight offload,
     // ZeRO-Offload's gradient streaming), which only the cluster runner overlaps: the device's
     // standard node.
-    else if (e.gpus > 1 || e.training.activation_offload_layers > 0 || e.training.weight_offload ||
-             e.training.offload_schedule == TrainingSetup::OffloadSchedule::Backward)
+    else if (e.gpus > 1 || e.training.host_copy_streams())
       e.system = load_system(standard_system_for_device(device_preset));
     if (e.system && doc.root["node_nic_gbps"]) {
       double gbps = root.get_real("node_nic_gbps");

@@ -44,12 +44,11 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
   device.use_host_with(1);  // one device: the host is its own
-  for (std::size_t v = 0; v < g.size(); ++v)
-    if (g.node(StepVertex(v)).async)
-      throw std::invalid_argument(
-          "the single-device replay runs one stream and cannot overlap " + g.node(StepVertex(v)).name +
-          " with compute: run host copies beside the compute (activation or weight offload, "
-          "streamed gradients) through simulate_cluster, as memwall run does");
+  if (g.setup.host_copy_streams())
+    throw std::invalid_argument(
+        "the single-device replay runs one stream and cannot overlap host copies with compute "
+        "(activation or weight offload, streamed gradients): simulate_cluster runs them, as "
+        "memwall run does");
   r.memory = memory_timeline(g);
   r.host.bytes = g.host_bytes();
   if (device.host()) r.host.capacity = device.host()->device_capacity();

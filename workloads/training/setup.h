@@ -110,6 +110,14 @@ struct TrainingSetup {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;
   }
 
+  /// Whether the step copies to or from the host on copy streams beside the compute (activation
+  /// and weight offload, ZeRO-Offload's gradient streaming): only the cluster runner overlaps
+  /// them; the single-device replay runs one stream.
+  bool host_copy_streams() const {
+    return activation_offload_layers > 0 || weight_offload ||
+           offload_schedule == OffloadSchedule::Backward;
+  }
+
   /// Forward/backward passes per optimizer step (gradient accumulation).
   /// Micro-batches each pipeline runs per optimizer step: global / (micro x dp).
   int64_t accumulation_steps() const { return global_batch / (micro_batch * parallel.dp); }
