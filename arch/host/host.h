@@ -11,8 +11,10 @@
 // Contract: host_op_time() times a HostOp (arch/ops/op.h) on that share. A copy is a DMA by the
 // device's copy engines (no compute units): the link's latency plus bytes over the slower of
 // the link share and the host-memory share. A host kernel streams its bytes through host
-// memory and its FLOPs through the CPU share, whichever takes longer. There is no contention
-// model beyond the shares: a host op runs while the device's stream waits for it.
+// memory and its FLOPs through the CPU share, whichever takes longer; a round trip pipelines a
+// copy in, a kernel and a copy out. There is no contention model beyond the shares. Whether the
+// device waits for a host op (the optimizer's) or runs beside it (offload's copy streams) is the
+// runner's business.
 #pragma once
 
 #include <algorithm>
