@@ -39,18 +39,20 @@ double node_seconds(const TrainingResult& r, const std::string& name) {
 }
 
 TEST(HostTier, PresetsWithAHostDescribeIt) {
-  for (const char* d : {"gh200", "h100-sxm5-80gb", "h200-sxm-141gb", "a100-sxm4-80gb",
+  for (const char* d : {"gh200", "h100-sxm5-80gb", "h200-sxm-141gb", "a100-sxm4-80gb", "mi300x",
                         "a100-sxm4-40gb"}) {
     SCOPED_TRACE(d);
     auto dev = load_device(d);
     ASSERT_NE(dev->host(), nullptr);
     const HostSpec& h = *dev->host();
-    // The host tier is the larger, slower one: more capacity than HBM, less bandwidth.
-    EXPECT_GT(h.device_capacity(), dev->memory().capacity());
+    // The host tier is the larger, slower one: the node's host holds more than one device's
+    // HBM and streams slower; a device's share is the node's divided among its sharers.
+    EXPECT_GT(h.capacity, dev->memory().capacity());
+    EXPECT_DOUBLE_EQ(h.device_capacity().count() * h.shared_by, h.capacity.count());
     EXPECT_LT(h.memory_bandwidth, dev->memory().peak_bandwidth());
     EXPECT_LE(h.device_link_bandwidth(), h.link_bandwidth);
   }
-  EXPECT_EQ(load_device("mi300x")->host(), nullptr);
+  EXPECT_EQ(load_device("v100-sxm2-32gb")->host(), nullptr);
 }
 
 TEST(HostTier, ACopyTakesItsBytesOverTheLinkShareAndNeverBeatsTheLink) {
@@ -130,7 +132,7 @@ TEST(HostTier, ARoundTripPipelinesItsStagesButNeverBeatsTheSlowestOrHostMemory) 
 }
 
 TEST(HostTier, ADeviceWithoutAHostCannotRunHostOps) {
-  auto dev = load_device("mi300x");
+  auto dev = load_device("v100-sxm2-32gb");
   OpSimulator sim(*dev, Fidelity::Analytical);
   try {
     sim.run(make_host_adam(1000, 2, 2));
@@ -290,7 +292,7 @@ TEST_F(OffloadCli, BadInputNamesTheKey) {
     std::string args, key;
   };
   for (const Case& c : {
-           Case{"--device mi300x --optimizer-offload 1", "training.optimizer_offload"},
+           Case{"--device v100-sxm2-32gb --precision fp16 --optimizer-offload 1", "training.optimizer_offload"},
            Case{"--device gh200 --optimizer-offload 1 --precision fp32",
                 "training.optimizer_offload"},
            Case{"--device gh200 --optimizer-offload 1.5", "training.optimizer_offload"},
@@ -408,7 +410,7 @@ TEST(ActivationOffload, TheSingleDeviceReplayRefusesCopiesItCannotOverlap) {
 
 TEST_F(OffloadCli, ActivationOffloadBadInputNamesTheKey) {
   for (const std::string& args : {
-           std::string("--device mi300x --activation-offload 2"),
+           std::string("--device v100-sxm2-32gb --precision fp16 --activation-offload 2"),
            std::string("--device gh200 --activation-offload 12"),  // all of gpt2-124m's layers
            std::string("--device h100-sxm5-80gb --activation-offload 2 --gpus 2 --pp 2"),
        }) {
