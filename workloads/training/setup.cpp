@@ -242,7 +242,7 @@ const Schema& training_schema() {
         "host memory and updated by the host CPU (DeepSpeed ZeRO-Offload: 1; Megatron-core's "
         "--optimizer-cpu-offload with --optimizer-offload-fraction). Each step its gradients "
         "are copied to the host, the CPU runs Adam on them, and the updated 16-bit weights are "
-        "copied back, one after another while the device waits. Needs a device with a `host:` "
+        "copied back, when optimizer_offload_schedule says. Needs a device with a `host:` "
         "section. 0: everything on the device.");
     off.min = 0;
     off.max = 1;
