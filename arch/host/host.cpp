@@ -57,6 +57,18 @@ const Schema& host_schema() {
         count(param("link_shared_by", ParamType::Int, "devices", "1",
                     "Devices sharing the link's uplink to the host (2 GPUs behind one PCIe "
                     "switch on a DGX A100).")),
+        [] {
+          ParamSpec p = param(
+              "memory_mode", ParamType::Enum, "", "flat",
+              "flat: device memory and host memory are two tiers, and the workload places "
+              "tensors (offload, host_resident). cache: the device's memory is a hardware-"
+              "managed cache of host memory (Xeon Max's cache mode; a large cache in front of a "
+              "larger, slower tier): every tensor lives in host memory, capacity is the host's "
+              "share, and a kernel touching a tensor the cache has evicted fetches it over the "
+              "link (whole tensors, least recently used first; dirty ones are written back).");
+          p.choices = {"flat", "cache"};
+          return p;
+        }(),
     };
     return x;
   }();
@@ -76,6 +88,7 @@ HostSpec HostSpec::from_config(const Config& c) {
   h.link_efficiency = c.get_real("link_efficiency");
   h.link_latency = c.get_time("link_latency");
   h.link_shared_by = int(c.get_int("link_shared_by"));
+  h.cache_mode = c.get_string("memory_mode") == "cache";
   return h;
 }
 
@@ -130,6 +143,24 @@ Timed timed(const HostOp& op, const HostSpec& h) {
 }
 
 }  // namespace
+
+namespace {
+
+Timed access(double read, double write, const HostSpec& h) {
+  const Time link = Bytes(std::max(read, write)) / h.device_link_bandwidth();
+  const Time memory = Bytes(read + write) / h.device_memory_bandwidth();
+  return {max(link, memory), link >= memory ? "host link" : "host memory"};
+}
+
+}  // namespace
+
+Time host_access_time(double read, double write, const HostSpec& h) {
+  return access(read, write, h).time;
+}
+
+const char* host_access_bound(double read, double write, const HostSpec& h) {
+  return access(read, write, h).bound;
+}
 
 Time host_op_time(const HostOp& op, const HostSpec& h) { return timed(op, h).time; }
 

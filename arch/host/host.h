@@ -39,6 +39,11 @@ struct HostSpec {
   double link_efficiency = 1;   ///< sustained DMA / link peak
   Time link_latency;            ///< one copy's fixed cost (DMA setup and the link)
   int link_shared_by = 1;       ///< devices sharing the link's uplink to the host
+  /// Cache mode: the device's memory is a hardware-managed cache of host memory, not a tier of
+  /// its own. Every tensor lives in host memory; device memory keeps the most recently used
+  /// (Xeon Max's cache mode; a large cache in front of a larger, slower tier). Flat (false): two
+  /// tiers, and what goes where is the workload's choice (offload, host_resident).
+  bool cache_mode = false;
   /// Devices of the node that use the host in this run (a one-GPU run has the host to itself);
   /// 0: all of shared_by. Set by the run (Device::use_host_with).
   int active = 0;
@@ -61,6 +66,14 @@ struct HostSpec {
 
 /// Schema of a device's `host:` section.
 const Schema& host_schema();
+
+/// Time for the device's own loads from and stores to host memory, `read` and `write` bytes,
+/// made by a kernel while it runs (host-resident tensors, or misses of a device memory in cache
+/// mode): each direction over the link share, both through the host-memory share, whichever
+/// takes longest. No fixed cost: a kernel keeps many requests in flight.
+Time host_access_time(double read, double write, const HostSpec& host);
+/// What bounds it: "host link" or "host memory".
+const char* host_access_bound(double read, double write, const HostSpec& host);
 
 /// Time of one host op on this device's share of `host`.
 Time host_op_time(const HostOp& op, const HostSpec& host);

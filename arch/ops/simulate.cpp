@@ -258,4 +258,14 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   return r;
 }
 
+OpResult with_host_access(OpResult o, double read, double write, const HostSpec& host) {
+  if (read + write <= 0) return o;
+  const Time t = host_access_time(read, write, host);
+  if (t > o.time) {
+    o.time = t;
+    o.bound = host_access_bound(read, write, host);
+  }
+  return o;
+}
+
 }  // namespace memwall

@@ -86,4 +86,9 @@ class OpSimulator {
 /// simulated time may be shorter.
 Time roofline_bound(const Op& op, const Device& device);
 
+/// `o` with `read` and `write` bytes of the device's own traffic to host memory made while it
+/// runs (host-resident tensors, a cache-mode device memory's misses): it takes no less than
+/// host_access_time, and is bound by the host tier when that is longer.
+OpResult with_host_access(OpResult o, double read, double write, const HostSpec& host);
+
 }  // namespace memwall

@@ -121,12 +121,26 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     if (!e.device->compute().supports(mm))
       t.fail("precision", std::string("the device '") + e.device->name() + "' has no " +
                               dtype_name(mm) + " arithmetic; choose a precision it supports");
-    for (auto [key, on] : {std::pair{"optimizer_offload", e.training.optimizer_offload > 0},
-                           {"activation_offload_layers", e.training.activation_offload_layers > 0}})
+    const std::pair<const char*, bool> placements[] = {
+        {"optimizer_offload", e.training.optimizer_offload > 0},
+        {"activation_offload_layers", e.training.activation_offload_layers > 0},
+        {"weight_offload", e.training.weight_offload},
+        {"host_resident", e.training.host_resident.any()}};
+    for (auto [key, on] : placements) {
       if (on && !e.device->host())
         t.fail(key, "the device '" + e.device->name() +
                         "' has no host tier to offload to; give it a `host:` section (`memwall "
                         "describe host`) or use a preset with one");
+      if (on && e.device->host()->cache_mode)
+        t.fail(key, "the device '" + e.device->name() +
+                        "' uses its memory as a cache of host memory (host.memory_mode: cache), "
+                        "so every tensor already lives in host memory: placing or offloading "
+                        "tensors needs memory_mode flat");
+    }
+    if (e.device->host() && e.device->host()->cache_mode && e.training.parallel.pp > 1)
+      t.fail("pp", "with the device's memory as a cache of host memory (host.memory_mode: "
+                   "cache), the cache is replayed in one micro-batch's order, which a pipeline "
+                   "schedule's in-flight micro-batches break: set pp to 1");
     if (!e.ops.empty())
       throw ConfigError(doc.sources->find("ops"), "ops",
                         "an experiment runs either `ops` or a `model`, not both");

@@ -41,7 +41,7 @@ struct RunOptions {
   int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
   std::string flash_attention;
   // A cluster run: the validation case columns as flags.
-  std::string system, sequence_parallel, schedule, optimizer_offload;
+  std::string system, sequence_parallel, schedule, optimizer_offload, host_resident;
   int64_t activation_offload = -1;
   int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
           etp = -1, zero = -1;
@@ -76,6 +76,7 @@ Experiment load_from_options(const RunOptions& o) {
   flag("training.schedule", o.schedule);
   flag("training.optimizer_offload", o.optimizer_offload);
   count("training.activation_offload_layers", o.activation_offload);
+  flag("training.host_resident", o.host_resident);
   flag("system.preset", o.system);
   count("system.gpus_per_node", o.gpus_per_node);
   if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
@@ -237,6 +238,9 @@ void add_run_command(CLI::App& app) {
                   "Fraction of the optimizer state kept and updated on the host (0-1)");
   cmd->add_option("--activation-offload", o->activation_offload,
                   "Layers whose saved activations go to host memory between forward and backward");
+  cmd->add_option("--host-resident", o->host_resident,
+                  "Model state the device reads in place in host memory: weights, gradients, "
+                  "optimizer (comma-separated)");
   cmd->add_option("--csv", o->csv_dir, "Write per-op and per-layer tables into this directory");
   cmd->add_option("-p,--param", o->overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the file's)")

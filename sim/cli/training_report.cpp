@@ -66,6 +66,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       b[int(TensorClass::Optimizer)] / kGiB, b[int(TensorClass::Activations)] / kGiB,
       b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time),
       host_memory_text(r.host));
+  out += host_traffic_line(r.host);
 
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -153,6 +154,27 @@ void add_host_memory_json(nlohmann::json& memory, const HostMemory& h) {
   memory["host_gib"] = h.bytes / kGiB;
   memory["host_capacity_gib"] = h.capacity.count() / kGiB;
   memory["host_fits"] = h.fits();
+  memory["host_read_gb_per_step"] = h.read * 1e-9;
+  memory["host_write_gb_per_step"] = h.write * 1e-9;
+  memory["device_memory_mode"] = h.cache ? "cache" : "flat";
+  if (h.cache) {
+    memory["cache_gib"] = h.cache_capacity.count() / kGiB;
+    memory["cache_hit_rate"] = h.hit_rate;
+  }
+}
+
+std::string host_traffic_line(const HostMemory& h) {
+  if (!h.cache && h.read + h.write <= 0) return "";
+  const std::string moved =
+      fmt::format("{:.1f} GB read and {:.1f} GB written per step over {} ({:.0f} GB/s per "
+                  "direction; host memory {:.0f} GB/s)",
+                  h.read * 1e-9, h.write * 1e-9, h.link, h.link_bandwidth.bps() * 1e-9,
+                  h.memory_bandwidth.bps() * 1e-9);
+  if (h.cache)
+    return fmt::format("host      device memory is a {:.1f} GiB cache of host memory: {} of the "
+                       "bytes touched hit; {}\n",
+                       h.cache_capacity.count() / kGiB, pct(h.hit_rate), moved);
+  return "host      host-resident state, read in place: " + moved + "\n";
 }
 
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes) {

@@ -24,6 +24,9 @@ void write_training_csv(const TrainingResult& r, const std::string& dir);
 /// its JSON keys (host_gib, host_capacity_gib, host_fits), for both kinds of run.
 std::string host_memory_text(const HostMemory& h);
 void add_host_memory_json(nlohmann::json& memory, const HostMemory& h);
+/// The line on the device's own host-memory traffic (host-resident state, or device memory as
+/// a cache of host memory), "" where there is none.
+std::string host_traffic_line(const HostMemory& h);
 /// The per-operator table (ops.csv) of a single-device or a cluster run.
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes);
 

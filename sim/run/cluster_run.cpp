@@ -190,6 +190,7 @@ struct ChunkModel {
   // layers, ZeRO-2's unsharded buffers, weight offload's shards in from the host), workspace.
   ClassBytes at_peak{};
   std::vector<NodeTiming> nodes;
+  HostTraffic host_traffic;    // the device's own host-memory traffic (cache mode, host_resident)
 };
 
 OpClass classify(const StepNode& n) {
@@ -216,6 +217,8 @@ Program* program_for(ChunkModel& c, Pass p, bool split_backward) {
 // not waits: the schedule runs W after its B on the same stream.
 void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool split_backward) {
   const StepGraph& g = c.graph;
+  c.host_traffic = device_host_traffic(g, sim.device());
+  const HostTraffic& traffic = c.host_traffic;
   std::vector<int> task_of(g.size(), -1);
   std::vector<Program*> prog_of(g.size(), nullptr);
   for (StepVertex v : g.generation_order()) {
@@ -250,6 +253,8 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       prog_of[v] = P;
     } else if (n.op) {
       OpResult o = sim.run(*n.op);
+      if (traffic.any())
+        o = with_host_access(o, traffic.read[v], traffic.write[v], *sim.device().host());
       OpClass cls = classify(n);
       P->compute += o.time;
       P->by_class[int(cls)] += o.time;
@@ -507,7 +512,9 @@ class ClusterSim {
     r.gpus_per_node = sys_.gpus_per_node;
     r.capacity = device_.memory().capacity();
     device_.use_host_with(std::min(gpus_, sys_.gpus_per_node));
-    if (device_.host()) r.host.capacity = device_.host()->device_capacity();
+    r.host = host_memory_of(device_);
+    // In cache mode the step lives in host memory; device memory only caches it.
+    if (device_.host() && device_.host()->cache_mode) r.capacity = r.host.capacity;
     r.peak_flops = device_.compute().peak(t_.matmul_dtype()).per_s();
     mbs_ = t_.accumulation_steps();
     r.micro_batches = mbs_;
@@ -1164,8 +1171,19 @@ class ClusterSim {
       for (int k = 0; k < kTensorClasses; ++k) st.memory[k] += best_parts[k];
       st.comm_buffers = comm_buffer_bytes(s);
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
-      for (int v = 0; v < p_.vpp; ++v) st.host_memory += chunk_of_[v * p_.pp + s]->graph.host_bytes();
+      HostTraffic stage_traffic;
+      for (int v = 0; v < p_.vpp; ++v) {
+        const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+        st.host_memory += c.graph.host_bytes();
+        stage_traffic.cache = c.host_traffic.cache;
+        stage_traffic.capacity = c.host_traffic.capacity;
+        stage_traffic.step_read += c.host_traffic.step_read;
+        stage_traffic.step_write += c.host_traffic.step_write;
+        stage_traffic.touched += c.host_traffic.touched;
+        stage_traffic.hits += c.host_traffic.hits;
+      }
       r.host.bytes = std::max(r.host.bytes, st.host_memory);
+      note_host_traffic(r.host, stage_traffic);
     }
   }
 

@@ -34,6 +34,36 @@ double kernels_per_step(const std::vector<NodeTiming>& nodes) {
   return k;
 }
 
+HostMemory host_memory_of(const Device& d) {
+  HostMemory h;
+  if (!d.host()) return h;
+  const HostSpec& s = *d.host();
+  h.capacity = s.device_capacity();
+  h.link = s.link;
+  h.link_bandwidth = s.device_link_bandwidth();
+  h.memory_bandwidth = s.device_memory_bandwidth();
+  return h;
+}
+
+HostTraffic device_host_traffic(const StepGraph& g, const Device& device) {
+  const HostSpec* h = device.host();
+  if (h && h->cache_mode) return cache_traffic(g, device.memory().capacity().count());
+  if (g.setup.host_resident.any()) return host_resident_traffic(g);
+  HostTraffic none;
+  none.read.assign(g.size(), 0);
+  none.write.assign(g.size(), 0);
+  return none;
+}
+
+void note_host_traffic(HostMemory& h, const HostTraffic& t) {
+  h.read = std::max(h.read, t.step_read);
+  h.write = std::max(h.write, t.step_write);
+  if (!t.cache) return;
+  h.cache = true;
+  h.cache_capacity = Bytes(t.capacity);
+  h.hit_rate = std::min(h.hit_rate, t.hit_rate());
+}
+
 TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fidelity,
                                  TraceWriter* trace) {
   TrainingResult r;
@@ -50,8 +80,12 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
         "(activation or weight offload, streamed gradients): simulate_cluster runs them, as "
         "memwall run does");
   r.memory = memory_timeline(g);
+  r.host = host_memory_of(device);
   r.host.bytes = g.host_bytes();
-  if (device.host()) r.host.capacity = device.host()->device_capacity();
+  const HostTraffic traffic = device_host_traffic(g, device);
+  note_host_traffic(r.host, traffic);
+  // In cache mode the step lives in host memory; device memory only caches it.
+  if (traffic.cache) r.capacity = r.host.capacity;
   // The nominal graph of one micro-batch: no padding, no gradient-accumulation additions.
   r.model_flops =
       model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
@@ -73,6 +107,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (i == r.memory.peak_index) r.peak_memory_time = clock;
     if (!n.op) continue;
     OpResult o = sim.run(*n.op);
+    if (traffic.any()) o = with_host_access(o, traffic.read[v], traffic.write[v], *device.host());
     NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops,
                  o.memory_read + o.memory_written, o.time, o.bound, 1};
     t.kernels = std::max(1, o.kernels);
@@ -88,7 +123,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (o.bound == "compute") r.compute_bound_time += o.time * runs;
     else if (o.bound == "memory") r.memory_bound_time += o.time * runs;
     else if (o.bound == "cache") r.cache_bound_time += o.time * runs;
-    else if (n.op->on_host()) r.host_work += o.time * runs;
+    else if (n.op->on_host() || o.bound.rfind("host", 0) == 0) r.host_work += o.time * runs;
     else r.latency_bound_time += o.time * runs;
     // HFU counts the passes' work, recomputation included, not the optimizer's (as MFU, and as
     // the cluster runner counts it).

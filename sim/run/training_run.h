@@ -14,6 +14,7 @@
 
 #include "arch/device/device.h"
 #include "arch/ops/simulate.h"
+#include "workloads/memory/host_traffic.h"
 #include "workloads/memory/timeline.h"
 #include "workloads/training/step_graph.h"
 
@@ -30,8 +31,22 @@ const char* op_class_name(OpClass c);
 struct HostMemory {
   double bytes = 0;   ///< the largest rank's
   Bytes capacity{0};  ///< 0: the device has no host tier
+  /// The device's own loads from and stores to host memory per step (host-resident state, or
+  /// the misses of a device memory in cache mode), the largest rank's: workloads/memory/
+  /// host_traffic.h.
+  double read = 0, write = 0;
+  /// Cache mode: device memory is a cache of host memory, the step's footprint lives in host
+  /// memory (the run's `capacity` is the host's share), and this much of it is the cache.
+  bool cache = false;
+  Bytes cache_capacity{0};
+  double hit_rate = 1;  ///< of the bytes the step touches, the share found in device memory
+  std::string link;                            ///< the link to the host, for reports
+  Bandwidth link_bandwidth, memory_bandwidth;  ///< this device's shares, sustained
   bool fits() const { return bytes <= capacity.count(); }
 };
+
+/// A device's share of its host (none: all zero), before any run's figures.
+HostMemory host_memory_of(const Device& d);
 
 /// One graph node with its simulated figures (for one execution).
 struct NodeTiming {
@@ -66,7 +81,8 @@ struct TrainingResult {
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
   Time launch_time;  ///< kernel launch gaps inside the step (part of the op times above)
   Time host_stall;   ///< device idle waiting for the host to issue operators
-  Time host_work;    ///< device waiting on host copies and the host CPU's optimizer (offload)
+  Time host_work;    ///< device waiting on host copies and the host CPU's optimizer (offload),
+                     ///< and operators bound by their own host-memory traffic
   HostMemory host;
   MemoryTimeline memory;
   Bytes capacity{0};
@@ -81,6 +97,12 @@ struct TrainingResult {
   double hfu() const { return hardware_flops / (step_time.sec() * peak_flops); }
   bool fits() const { return memory.peak_bytes <= capacity.count() && host.fits(); }
 };
+
+/// The device's own host-memory traffic in `g`: the misses of its memory in cache mode, or the
+/// accesses to host-resident state; none otherwise.
+HostTraffic device_host_traffic(const StepGraph& g, const Device& device);
+/// Records a rank's traffic in `h` (the larger of what it holds and `t`'s).
+void note_host_traffic(HostMemory& h, const HostTraffic& t);
 
 /// Replays `graph` on `device`. Throws std::runtime_error if the device cannot run an operator.
 TrainingResult simulate_training(const StepGraph& graph, Device& device, Fidelity fidelity,

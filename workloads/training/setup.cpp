@@ -276,6 +276,15 @@ const Schema& training_schema() {
         "all-gathered, as ZeRO-3 does), one layer ahead; each micro-batch's reduced gradient "
         "shard is copied back; the CPU clips and updates. Needs zero_stage 3 and "
         "optimizer_offload 1; tp and pp 1."));
+    x.params.push_back(param(
+        "host_resident", ParamType::String, "classes", "",
+        "Model state the device reads and writes in place in host memory, over its host link, "
+        "instead of keeping it in device memory: a comma-separated list of weights, gradients "
+        "and optimizer (CUDA managed or pinned host memory; on a GH200, Grace's LPDDR5X over "
+        "NVLink-C2C). Nothing is copied: each kernel that touches a host-resident tensor moves "
+        "its bytes over the link while it runs, and the device, not the CPU, runs the "
+        "optimizer (compare optimizer_offload). Needs a device with a `host:` section in flat "
+        "memory_mode. Empty: everything in device memory."));
     return x;
   }();
   return s;
@@ -389,6 +398,32 @@ TrainingSetup training_from_config(const Config& c) {
            "weight offload keeps the ZeRO-3 shards on the host and updates them there: it "
            "needs zero_stage 3 and optimizer_offload 1, with tp and pp 1 (FSDP's and "
            "ZeRO-Infinity's data-parallel layout)");
+  {
+    const std::string list = c.get_string("host_resident");
+    std::size_t at = 0;
+    while (at <= list.size() && !list.empty()) {
+      std::size_t end = list.find(',', at);
+      if (end == std::string::npos) end = list.size();
+      std::string name = list.substr(at, end - at);
+      name.erase(0, name.find_first_not_of(' '));
+      name.erase(name.find_last_not_of(' ') + 1);
+      if (name == "weights") t.host_resident.weights = true;
+      else if (name == "gradients") t.host_resident.gradients = true;
+      else if (name == "optimizer") t.host_resident.optimizer = true;
+      else
+        c.fail("host_resident", "'" + name + "' is not a class of model state: list weights, "
+                                "gradients and optimizer, separated by commas");
+      at = end + 1;
+    }
+  }
+  if (t.host_resident.optimizer && t.optimizer_offload > 0)
+    c.fail("host_resident",
+           "the optimizer state is either resident in host memory and updated by the device "
+           "(host_resident) or offloaded and updated by the CPU (optimizer_offload), not both");
+  if ((t.host_resident.weights || t.host_resident.gradients) && t.weight_offload)
+    c.fail("host_resident",
+           "weight_offload already keeps the weight and gradient shards in host memory and "
+           "copies them in; host_resident has the device read them in place: choose one");
   if (t.activation_offload_layers > 0 && c.get_int("pp") > 1)
     c.fail("activation_offload_layers",
            "activation offload is not combined with pipeline parallelism (Megatron-core refuses "

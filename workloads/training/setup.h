@@ -105,6 +105,15 @@ struct TrainingSetup {
   /// live in host memory; each layer's shard is copied in before use and each gradient shard
   /// copied out. Needs ZeRO-3 and the whole optimizer offloaded.
   bool weight_offload = false;
+  /// Model state the device's own kernels read and write in place in host memory, over the
+  /// host link, instead of holding it in device memory (CUDA managed or pinned host memory; on
+  /// a GH200, Grace's LPDDR5X over NVLink-C2C). Nothing is copied and the GPU, not the CPU,
+  /// runs the optimizer.
+  struct HostResident {
+    bool weights = false, gradients = false, optimizer = false;
+    bool any() const { return weights || gradients || optimizer; }
+  };
+  HostResident host_resident;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;

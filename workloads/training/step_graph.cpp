@@ -518,13 +518,16 @@ class Builder {
     const double n = double(params), k = double(g.shard);
     g.weights = tensor(name + ".weights", wb_ * n / (zero_ >= 3 ? k : 1), TensorClass::Weights, true);
     g.grads = tensor(name + ".grads", gb_ * n / (zero_ >= 2 ? k : 1), TensorClass::Gradients, true);
-    // Weight offload: the weight and gradient shards themselves live in host memory.
-    g_.tensors[g.weights].host = g_.tensors[g.grads].host = wo_;
+    // Weight offload: the weight and gradient shards themselves live in host memory; so do
+    // the classes the device reaches there in place (host_resident).
+    g_.tensors[g.weights].host = wo_ || t_.host_resident.weights;
+    g_.tensors[g.grads].host = wo_ || t_.host_resident.gradients;
     // Optimizer offload: that fraction of the master weights and moments lives in host memory,
     // beside a host copy of the gradients it updates from (ZeRO-Offload's fp32 gradient
     // partition; here in the dtype they are copied in).
     const double opt = ob_ * n / (zero_ >= 1 ? k : 1), f = t_.optimizer_offload;
     g.optimizer = tensor(name + ".optimizer", opt * (1 - f), TensorClass::Optimizer, true);
+    g_.tensors[g.optimizer].host = t_.host_resident.optimizer;
     state_tensors_.insert(state_tensors_.end(), {g.weights, g.grads, g.optimizer});
     if (f > 0) {
       for (auto [suffix, bytes, cls] :

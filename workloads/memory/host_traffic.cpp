@@ -1,0 +1,270 @@
+#include "workloads/memory/host_traffic.h"
+
+#include <algorithm>
+#include <list>
+#include <map>
+#include <string>
+
+namespace memwall {
+
+namespace {
+
+bool layer_pass(Pass p) {
+  return p == Pass::Forward || p == Pass::BackwardInput || p == Pass::BackwardWeight ||
+         p == Pass::Recompute;
+}
+
+// "layer3.mlp.fc1.bwd_input" -> "layer3.mlp.fc1": the operator its passes share.
+std::string role_of(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return dot == std::string::npos ? name : name.substr(0, dot);
+}
+
+bool is_norm(const Op& op) {
+  const std::string k = op.kind();
+  return k.find("norm") != std::string::npos;
+}
+
+// A node's touch of one piece: `bytes` the piece holds (what it takes in a cache), `charge`
+// what the node moves of it (at most its compulsory traffic).
+enum class Access { Read, Update, Create };
+struct Touch {
+  int key;
+  double bytes, charge;
+  Access access;
+};
+
+// Pieces of every tensor, and each node's touches of them.
+struct Pieces {
+  std::vector<int> first;            // per tensor: key of its first piece
+  std::vector<double> size;          // per key
+  std::vector<TensorId> tensor;      // per key
+  std::vector<std::vector<Touch>> touches;  // per vertex
+};
+
+Pieces split(const StepGraph& g) {
+  const std::size_t T = g.tensors.size();
+  // Claims on each persistent tensor, per role: products' FLOPs, else other operators'
+  // compulsory bytes (norms claim nothing: their weight is a vector).
+  struct Claims {
+    std::map<std::string, double> gemm, other;
+  };
+  std::vector<Claims> claims(T);
+  auto each_tensor = [&](const StepNode& n, auto&& f) {
+    for (TensorId t : n.reads) f(t);
+    for (TensorId t : n.writes) f(t);
+    for (TensorId t : n.allocs) f(t);
+  };
+  for (StepVertex v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(v);
+    if (!n.op || !layer_pass(n.pass)) continue;
+    const std::string role = role_of(n.name);
+    const bool gemm = n.op->kind() == "gemm";
+    const double claim = gemm ? n.op->flops() : is_norm(*n.op) ? 0.0 : n.op->min_bytes().count();
+    each_tensor(n, [&](TensorId t) {
+      if (!g.tensors[t].persistent) return;
+      double& c = (gemm ? claims[t].gemm : claims[t].other)[role];
+      c = std::max(c, claim);
+    });
+  }
+  Pieces p;
+  p.first.resize(T);
+  std::vector<std::map<std::string, int>> piece_of(T);  // role -> key
+  for (std::size_t t = 0; t < T; ++t) {
+    p.first[t] = int(p.size.size());
+    const double bytes = g.tensors[t].bytes;
+    const auto& by = !claims[t].gemm.empty() ? claims[t].gemm : claims[t].other;
+    double total = 0;
+    for (const auto& [role, c] : by) total += c;
+    if (by.size() < 2) {
+      p.size.push_back(bytes);
+      p.tensor.push_back(TensorId(t));
+      if (by.size() == 1) piece_of[t][by.begin()->first] = p.first[t];
+      continue;
+    }
+    for (const auto& [role, c] : by) {
+      piece_of[t][role] = int(p.size.size());
+      p.size.push_back(total > 0 ? bytes * c / total : bytes / double(by.size()));
+      p.tensor.push_back(TensorId(t));
+    }
+  }
+  p.first.push_back(int(p.size.size()));
+  p.touches.resize(g.size());
+  for (StepVertex v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(v);
+    const std::string role = role_of(n.name);
+    const double cap = n.op ? n.op->min_bytes().count() : -1;
+    auto add = [&](TensorId t, Access a) {
+      std::vector<int> keys;
+      auto own = layer_pass(n.pass) ? piece_of[t].find(role) : piece_of[t].end();
+      if (own != piece_of[t].end()) {
+        keys.push_back(own->second);
+      } else {
+        // Outside its pieces' operators (the optimizer, a collective): every piece. A layer
+        // operator with no claim (a norm reading its layer's weights) touches none.
+        if (layer_pass(n.pass) && n.op && !piece_of[t].empty() && g.tensors[t].persistent)
+          return;
+        for (int k = p.first[t]; k < p.first[t + 1]; ++k) keys.push_back(k);
+      }
+      double whole = 0;
+      for (int k : keys) whole += p.size[k];
+      const double scale = cap >= 0 && whole > cap ? cap / whole : 1.0;
+      for (int k : keys) p.touches[v].push_back({k, p.size[k], p.size[k] * scale, a});
+    };
+    // A tensor both read and updated is updated; one the node creates is created.
+    for (TensorId t : n.reads)
+      if (std::find(n.writes.begin(), n.writes.end(), t) == n.writes.end()) add(t, Access::Read);
+    for (TensorId t : n.writes) add(t, Access::Update);
+    for (TensorId t : n.allocs) add(t, Access::Create);
+  }
+  return p;
+}
+
+int executions(const StepGraph& g, const StepNode& n) {
+  if (n.pass == Pass::Optimizer) return 1;
+  return int(g.accumulation_steps) - (n.after_first_micro_batch ? 1 : 0);
+}
+
+// Least recently used pieces in `capacity` bytes.
+class Lru {
+ public:
+  Lru(std::size_t keys, double capacity)
+      : capacity_(capacity), where_(keys), in_(keys, false), dirty_(keys, false), size_(keys, 0) {}
+
+  /// Touches `key`; returns whether it was present. A miss inserts it (a piece larger than the
+  /// whole cache streams through it, evicting everything). `written` adds the dirty bytes the
+  /// insertion evicted, and the piece itself if it streamed.
+  bool touch(int key, double bytes, bool dirty, double& written) {
+    if (in_[key]) {
+      order_.splice(order_.begin(), order_, where_[key]);
+      dirty_[key] = dirty_[key] || dirty;
+      return true;
+    }
+    if (bytes > capacity_) {
+      while (!order_.empty()) evict(order_.back(), written);
+      if (dirty) written += bytes;
+      return false;
+    }
+    order_.push_front(key);
+    where_[key] = order_.begin();
+    in_[key] = true;
+    dirty_[key] = dirty;
+    size_[key] = bytes;
+    used_ += bytes;
+    while (used_ > capacity_ && order_.back() != key) evict(order_.back(), written);
+    return false;
+  }
+  /// Forgets `key` without writing it back (a freed tensor).
+  void drop(int key) {
+    if (!in_[key]) return;
+    order_.erase(where_[key]);
+    in_[key] = false;
+    used_ -= size_[key];
+  }
+
+ private:
+  void evict(int key, double& written) {
+    if (dirty_[key]) written += size_[key];
+    drop(key);
+  }
+  double capacity_, used_ = 0;
+  std::list<int> order_;  // front: most recent
+  std::vector<std::list<int>::iterator> where_;
+  std::vector<bool> in_, dirty_;
+  std::vector<double> size_;
+};
+
+}  // namespace
+
+HostTraffic host_resident_traffic(const StepGraph& g) {
+  HostTraffic h;
+  h.read.assign(g.size(), 0);
+  h.write.assign(g.size(), 0);
+  const Pieces p = split(g);
+  for (StepVertex v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(v);
+    if (!n.op || n.op->on_host()) continue;
+    for (const Touch& t : p.touches[v]) {
+      if (!g.tensors[p.tensor[t.key]].host) continue;
+      if (t.access != Access::Create) h.read[v] += t.charge;
+      if (t.access != Access::Read) h.write[v] += t.charge;
+    }
+    h.step_read += h.read[v] * executions(g, n);
+    h.step_write += h.write[v] * executions(g, n);
+  }
+  return h;
+}
+
+HostTraffic cache_traffic(const StepGraph& g, double capacity) {
+  HostTraffic h;
+  h.cache = true;
+  h.capacity = capacity;
+  h.read.assign(g.size(), 0);
+  h.write.assign(g.size(), 0);
+  const Pieces p = split(g);
+  std::vector<StepVertex> micro_batch, optimizer;
+  for (StepVertex v : g.generation_order())
+    (g.node(v).pass == Pass::Optimizer ? optimizer : micro_batch).push_back(v);
+  // Each transient tensor leaves the cache after its last use in a step's order.
+  std::vector<std::vector<TensorId>> frees(g.size());
+  {
+    std::vector<int> last(g.tensors.size(), -1);
+    std::vector<StepVertex> step = micro_batch;
+    step.insert(step.end(), optimizer.begin(), optimizer.end());
+    for (std::size_t i = 0; i < step.size(); ++i) {
+      const StepNode& n = g.node(step[i]);
+      for (const auto* list : {&n.reads, &n.writes, &n.allocs})
+        for (TensorId t : *list) last[t] = int(i);
+    }
+    for (std::size_t t = 0; t < g.tensors.size(); ++t)
+      if (!g.tensors[t].persistent && last[t] >= 0) frees[step[last[t]]].push_back(TensorId(t));
+  }
+  Lru cache(p.size.size(), capacity);
+  std::vector<bool> created(g.tensors.size(), false);
+  std::vector<double> runs(g.size(), 0);
+  // Runs `nodes` once; with `weight` > 0, counts their traffic that many times.
+  auto run = [&](const std::vector<StepVertex>& nodes, bool first_micro_batch, double weight) {
+    for (StepVertex v : nodes) {
+      const StepNode& n = g.node(v);
+      if (first_micro_batch && n.after_first_micro_batch) continue;
+      double read = 0, written = 0;
+      for (const Touch& t : p.touches[v]) {
+        const TensorId id = p.tensor[t.key];
+        if (t.access == Access::Create && g.tensors[id].persistent) {
+          if (created[id]) continue;  // model state comes into existence once
+          created[id] = true;
+        }
+        const bool hit = cache.touch(t.key, t.bytes, t.access != Access::Read, written);
+        if (t.access == Access::Create) continue;  // written whole: nothing to fetch
+        if (!hit) read += t.charge;
+        h.touched += weight * t.charge;
+        if (hit) h.hits += weight * t.charge;
+      }
+      for (TensorId t : frees[v])
+        for (int k = p.first[t]; k < p.first[t + 1]; ++k) cache.drop(k);
+      if (weight <= 0) continue;
+      h.step_read += weight * read;
+      h.step_write += weight * written;
+      h.read[v] += weight * read;
+      h.write[v] += weight * written;
+      runs[v] += weight;
+    }
+  };
+  // A warm-up step, then the measured one. From the third micro-batch on, each follows one
+  // like itself, so the third stands for the rest.
+  const int64_t N = g.accumulation_steps;
+  for (int step = 0; step < 2; ++step) {
+    const bool measured = step == 1;
+    for (int64_t a = 0; a < std::min<int64_t>(N, 3); ++a)
+      run(micro_batch, a == 0, !measured ? 0.0 : a < 2 ? 1.0 : double(N - 2));
+    run(optimizer, false, measured ? 1.0 : 0.0);
+  }
+  for (StepVertex v = 0; v < g.size(); ++v)
+    if (runs[v] > 0) {
+      h.read[v] /= runs[v];
+      h.write[v] /= runs[v];
+    }
+  return h;
+}
+
+}  // namespace memwall
