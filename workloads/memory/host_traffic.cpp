@@ -27,11 +27,14 @@ bool is_norm(const Op& op) {
 
 // A node's touch of one piece: `bytes` the piece holds (what it takes in a cache), `charge`
 // what the node moves of it (at most its compulsory traffic).
-enum class Access { Read, Update, Create };
+// Read: fetched. Update: fetched and written back. Write: written whole without being read (a
+// product's output). Create: a new tensor, written whole.
+enum class Access { Read, Update, Write, Create };
 struct Touch {
   int key;
   double bytes, charge;
   Access access;
+  bool first_micro_batch_only = false;
 };
 
 // Pieces of every tensor, and each node's touches of them.
@@ -89,12 +92,25 @@ Pieces split(const StepGraph& g) {
     }
   }
   p.first.push_back(int(p.size.size()));
+  // Gradient accumulation in its own kernel ("<role>.grad_accumulate"): the weight gradient's
+  // product writes a temporary that the kernel adds into the gradient. Only where the addition
+  // skips the first micro-batch (PyTorch's AccumulateGrad) does that micro-batch's product
+  // write the gradient itself.
+  std::map<std::string, bool> accumulated;  // role -> the addition skips the first micro-batch
+  for (StepVertex v = 0; v < g.size(); ++v) {
+    const StepNode& n = g.node(v);
+    if (n.op && n.op->kind() == "grad_accumulate")
+      accumulated[role_of(n.name)] = n.after_first_micro_batch;
+  }
   p.touches.resize(g.size());
   for (StepVertex v = 0; v < g.size(); ++v) {
     const StepNode& n = g.node(v);
     const std::string role = role_of(n.name);
     const double cap = n.op ? n.op->min_bytes().count() : -1;
-    auto add = [&](TensorId t, Access a) {
+    const bool gemm = n.op && n.op->kind() == "gemm";
+    const bool accumulates = gemm && std::get<GemmOp>(n.op->body).accumulate_fp32;
+    const auto added = gemm ? accumulated.find(role) : accumulated.end();
+    auto add = [&](TensorId t, Access a, bool first_only = false) {
       std::vector<int> keys;
       auto own = layer_pass(n.pass) ? piece_of[t].find(role) : piece_of[t].end();
       if (own != piece_of[t].end()) {
@@ -109,12 +125,22 @@ Pieces split(const StepGraph& g) {
       double whole = 0;
       for (int k : keys) whole += p.size[k];
       const double scale = cap >= 0 && whole > cap ? cap / whole : 1.0;
-      for (int k : keys) p.touches[v].push_back({k, p.size[k], p.size[k] * scale, a});
+      for (int k : keys) p.touches[v].push_back({k, p.size[k], p.size[k] * scale, a, first_only});
     };
-    // A tensor both read and updated is updated; one the node creates is created.
+    // A tensor both read and updated is updated; one the node creates is created. A product
+    // writes its output without reading it, unless it accumulates into it (Megatron's fused
+    // fp32 accumulation).
     for (TensorId t : n.reads)
       if (std::find(n.writes.begin(), n.writes.end(), t) == n.writes.end()) add(t, Access::Read);
-    for (TensorId t : n.writes) add(t, Access::Update);
+    for (TensorId t : n.writes) {
+      if (!gemm || accumulates) {
+        add(t, Access::Update);
+      } else if (added == accumulated.end()) {
+        add(t, Access::Write);
+      } else if (added->second) {
+        add(t, Access::Write, true);
+      }  // else a temporary that the addition reads: not this tensor
+    }
     for (TensorId t : n.allocs) add(t, Access::Create);
   }
   return p;
@@ -184,10 +210,12 @@ HostTraffic host_resident_traffic(const StepGraph& g) {
   for (StepVertex v = 0; v < g.size(); ++v) {
     const StepNode& n = g.node(v);
     if (!n.op || n.op->on_host()) continue;
+    const double share = n.pass == Pass::Optimizer ? 1.0 : 1.0 / double(executions(g, n));
     for (const Touch& t : p.touches[v]) {
       if (!g.tensors[p.tensor[t.key]].host) continue;
-      if (t.access != Access::Create) h.read[v] += t.charge;
-      if (t.access != Access::Read) h.write[v] += t.charge;
+      const double c = t.first_micro_batch_only ? t.charge * share : t.charge;
+      if (t.access == Access::Read || t.access == Access::Update) h.read[v] += c;
+      if (t.access != Access::Read) h.write[v] += c;
     }
     h.step_read += h.read[v] * executions(g, n);
     h.step_write += h.write[v] * executions(g, n);
@@ -229,13 +257,14 @@ HostTraffic cache_traffic(const StepGraph& g, double capacity) {
       if (first_micro_batch && n.after_first_micro_batch) continue;
       double read = 0, written = 0;
       for (const Touch& t : p.touches[v]) {
+        if (t.first_micro_batch_only && !first_micro_batch) continue;
         const TensorId id = p.tensor[t.key];
         if (t.access == Access::Create && g.tensors[id].persistent) {
           if (created[id]) continue;  // model state comes into existence once
           created[id] = true;
         }
         const bool hit = cache.touch(t.key, t.bytes, t.access != Access::Read, written);
-        if (t.access == Access::Create) continue;  // written whole: nothing to fetch
+        if (t.access == Access::Create || t.access == Access::Write) continue;  // nothing to fetch
         if (!hit) read += t.charge;
         h.touched += weight * t.charge;
         if (hit) h.hits += weight * t.charge;

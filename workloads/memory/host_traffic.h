@@ -22,6 +22,11 @@
 // every piece. A node is charged no more of a tensor than its compulsory traffic (an embedding
 // lookup reads rows, not the table).
 //
+// A product writes its output without reading it (unless it accumulates into it, as Megatron's
+// fused fp32 accumulation does). Where gradient accumulation is a kernel of its own, the weight-
+// gradient product writes a temporary in device memory that the kernel adds into the gradient;
+// under PyTorch's AccumulateGrad the first micro-batch's product writes the gradient itself.
+//
 // Contract: per vertex, per execution (averaged over a step's executions), the bytes the node
 // loads from the host (`read`) and stores to it (`write`). A collective's or memory event's
 // misses count in the step totals but are charged to no operator.
