@@ -111,6 +111,29 @@ TEST(HostResident, EachProductReadsItsOwnWeightFromTheHost) {
   EXPECT_DOUBLE_EQ(t.read[vertex(g, "layer1.mlp.fc1.bwd_weight")], 0);
 }
 
+TEST(HostResident, AccumulatedGradientsAreReadAndWrittenOncePerMicroBatch) {
+  // PyTorch's AccumulateGrad over 4 micro-batches: the first micro-batch's product writes the
+  // resident gradient; each later one writes a temporary that the addition kernel reads and
+  // adds into the gradient (read and written). Megatron's fused accumulation has the product
+  // read and write the fp32 gradient every micro-batch.
+  TransformerModel m = load_model("llama3-8b", {"layers=2", "seq_len=1024"});
+  const double fc1 = 2.0 * double(m.hidden) * 2.0 * m.ffn_hidden;  // bf16 gate and up
+  StepGraph g = build_step_graph(m, setup("host_resident: gradients\n", 4));
+  const HostTraffic t = host_resident_traffic(g);
+  const StepVertex product = vertex(g, "layer1.mlp.fc1.bwd_weight");
+  const StepVertex add = vertex(g, "layer1.mlp.fc1.grad_accumulate");
+  EXPECT_DOUBLE_EQ(t.read[product], 0);
+  EXPECT_NEAR(t.write[product], fc1 / 4, 1e-3 * fc1);  // per execution: once in four
+  EXPECT_NEAR(t.read[add], fc1, 1e-3 * fc1);
+  EXPECT_NEAR(t.write[add], fc1, 1e-3 * fc1);
+  StepGraph f = build_step_graph(
+      m, setup("host_resident: gradients\ngrad_accumulation: fused\n", 4));
+  const HostTraffic tf = host_resident_traffic(f);
+  const StepVertex fused = vertex(f, "layer1.mlp.fc1.bwd_weight");
+  EXPECT_NEAR(tf.read[fused], 2 * fc1, 1e-3 * fc1);  // fp32
+  EXPECT_NEAR(tf.write[fused], 2 * fc1, 1e-3 * fc1);
+}
+
 TEST(HostResident, NoOperatorBeatsItsHostTrafficAndTheSlowerPathBoundsIt) {
   TransformerModel m = load_model("llama3-8b", {"layers=2", "seq_len=1024"});
   auto dev = load_device("gh200");
