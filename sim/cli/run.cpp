@@ -5,6 +5,7 @@
 
 #include "sim/cli/commands.h"
 #include "sim/cli/experiment.h"
+#include "sim/cli/run_options.h"
 #include "sim/cli/cluster_report.h"
 #include "sim/cli/report.h"
 #include "sim/cli/training_report.h"
@@ -28,28 +29,8 @@ std::string config_path_beside(const std::string& result_path) {
   return base + ".config.yaml";
 }
 
-namespace {
-
-struct RunOptions {
-  std::string file;
-  std::vector<std::string> overrides;
-  std::string fidelity;
-  std::string json_out, trace_out, csv_dir;
-  // A training run from flags alone.
-  std::string device, model, precision, recompute;
-  // -1: not given. Any given value, zero included, goes to the schema, which rejects zero.
-  int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
-  std::string flash_attention;
-  // A cluster run: the validation case columns as flags.
-  std::string system, sequence_parallel, schedule, optimizer_offload, host_resident;
-  int64_t activation_offload = -1;
-  int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
-          etp = -1, zero = -1;
-  double node_nic_gbps = -1;
-};
-
 // Flags become an experiment document (no file) or overrides of the file's keys.
-Experiment load_from_options(const RunOptions& o) {
+std::vector<std::string> workload_overrides(const RunOptions& o) {
   std::vector<std::string> overrides;
   auto flag = [&](const char* key, const std::string& v) {
     if (!v.empty()) overrides.push_back(std::string(key) + "=" + v);
@@ -81,6 +62,11 @@ Experiment load_from_options(const RunOptions& o) {
   count("system.gpus_per_node", o.gpus_per_node);
   if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
   for (const auto& x : o.overrides) overrides.push_back(x);
+  return overrides;
+}
+
+Experiment load_from_options(const RunOptions& o) {
+  const std::vector<std::string> overrides = workload_overrides(o);
   if (!o.file.empty()) {
     if (!o.device.empty() || !o.model.empty())
       throw ConfigError(SourceLoc{"command line", 0}, "",
@@ -95,6 +81,8 @@ Experiment load_from_options(const RunOptions& o) {
   std::string yaml = "device: " + o.device + "\nmodel: " + o.model + "\ntraining: {}\n";
   return load_experiment(load_yaml_string(yaml, "command line"), overrides);
 }
+
+namespace {
 
 void write_resolved(const Experiment& e, const std::string& result_path) {
   YAML::Emitter em;
@@ -206,45 +194,50 @@ int run(const RunOptions& o) {
 
 }  // namespace
 
+void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
+  if (device_flag)
+    cmd->add_option("--device", o.device, "Device preset or file (training run without a file)");
+  cmd->add_option("--model", o.model, "Model preset or file, e.g. gpt3-1.3b");
+  cmd->add_option("--micro-batch", o.micro_batch, "Sequences per forward/backward pass");
+  cmd->add_option("--global-batch", o.global_batch, "Sequences per optimizer step");
+  cmd->add_option("--precision", o.precision, "bf16, fp16, fp32 or fp8");
+  cmd->add_option("--recompute", o.recompute, "none, selective or full");
+  cmd->add_option("--seq-len", o.seq_len, "Override the model's sequence length");
+  cmd->add_option("--flash-attention", o.flash_attention, "true or false");
+  cmd->add_option("--gpus", o.gpus, "Devices in the run (default tp x pp x dp x cp)");
+  cmd->add_option("--system", o.system, "System preset, e.g. dgx-h100 (default: the device's node)");
+  cmd->add_option("--gpus-per-node", o.gpus_per_node, "Devices per node");
+  cmd->add_option("--node-nic-gbps", o.node_nic_gbps,
+                  "Scale-out bandwidth per node, Gb/s per direction (DGX H100: 3200)");
+  cmd->add_option("--tp", o.tp, "Tensor-parallel degree");
+  cmd->add_option("--pp", o.pp, "Pipeline-parallel stages");
+  cmd->add_option("--dp", o.dp, "Data-parallel degree (default: gpus / (tp x pp x cp))");
+  cmd->add_option("--vpp", o.vpp, "Virtual stages per pipeline rank (interleaved 1F1B)");
+  cmd->add_option("--cp", o.cp, "Context-parallel degree");
+  cmd->add_option("--ep", o.ep, "Expert-parallel degree");
+  cmd->add_option("--etp", o.etp, "Expert tensor-parallel degree: 1 or tp (default tp)");
+  cmd->add_option("--sequence-parallel", o.sequence_parallel, "true or false");
+  cmd->add_option("--zero", o.zero, "ZeRO stage 0-3");
+  cmd->add_option("--schedule", o.schedule, "gpipe, 1f1b, interleaved or zb-h1");
+  cmd->add_option("--optimizer-offload", o.optimizer_offload,
+                  "Fraction of the optimizer state kept and updated on the host (0-1)");
+  cmd->add_option("--activation-offload", o.activation_offload,
+                  "Layers whose saved activations go to host memory between forward and backward");
+  cmd->add_option("--host-resident", o.host_resident,
+                  "Model state the device reads in place in host memory: weights, gradients, "
+                  "optimizer (comma-separated)");
+  cmd->add_option("-p,--param", o.overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
+  cmd->add_option("--fidelity", o.fidelity, "analytical or tile (default: the file's)")
+      ->check(CLI::IsMember({"analytical", "tile"}));
+}
+
 void add_run_command(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand(
       "run", "Simulate an experiment: operators on a device, or a training step of a model");
   cmd->add_option("file", o->file, "Experiment YAML (device + ops, or device + model + training)");
-  cmd->add_option("--device", o->device, "Device preset or file (training run without a file)");
-  cmd->add_option("--model", o->model, "Model preset or file, e.g. gpt3-1.3b");
-  cmd->add_option("--micro-batch", o->micro_batch, "Sequences per forward/backward pass");
-  cmd->add_option("--global-batch", o->global_batch, "Sequences per optimizer step");
-  cmd->add_option("--precision", o->precision, "bf16, fp16, fp32 or fp8");
-  cmd->add_option("--recompute", o->recompute, "none, selective or full");
-  cmd->add_option("--seq-len", o->seq_len, "Override the model's sequence length");
-  cmd->add_option("--flash-attention", o->flash_attention, "true or false");
-  cmd->add_option("--gpus", o->gpus, "Devices in the run (default tp x pp x dp x cp)");
-  cmd->add_option("--system", o->system, "System preset, e.g. dgx-h100 (default: the device's node)");
-  cmd->add_option("--gpus-per-node", o->gpus_per_node, "Devices per node");
-  cmd->add_option("--node-nic-gbps", o->node_nic_gbps,
-                  "Scale-out bandwidth per node, Gb/s per direction (DGX H100: 3200)");
-  cmd->add_option("--tp", o->tp, "Tensor-parallel degree");
-  cmd->add_option("--pp", o->pp, "Pipeline-parallel stages");
-  cmd->add_option("--dp", o->dp, "Data-parallel degree (default: gpus / (tp x pp x cp))");
-  cmd->add_option("--vpp", o->vpp, "Virtual stages per pipeline rank (interleaved 1F1B)");
-  cmd->add_option("--cp", o->cp, "Context-parallel degree");
-  cmd->add_option("--ep", o->ep, "Expert-parallel degree");
-  cmd->add_option("--etp", o->etp, "Expert tensor-parallel degree: 1 or tp (default tp)");
-  cmd->add_option("--sequence-parallel", o->sequence_parallel, "true or false");
-  cmd->add_option("--zero", o->zero, "ZeRO stage 0-3");
-  cmd->add_option("--schedule", o->schedule, "gpipe, 1f1b, interleaved or zb-h1");
-  cmd->add_option("--optimizer-offload", o->optimizer_offload,
-                  "Fraction of the optimizer state kept and updated on the host (0-1)");
-  cmd->add_option("--activation-offload", o->activation_offload,
-                  "Layers whose saved activations go to host memory between forward and backward");
-  cmd->add_option("--host-resident", o->host_resident,
-                  "Model state the device reads in place in host memory: weights, gradients, "
-                  "optimizer (comma-separated)");
+  add_workload_flags(cmd, *o);
   cmd->add_option("--csv", o->csv_dir, "Write per-op and per-layer tables into this directory");
-  cmd->add_option("-p,--param", o->overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
-  cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the file's)")
-      ->check(CLI::IsMember({"analytical", "tile"}));
   cmd->add_option("--json", o->json_out, "Write every figure as JSON (and the resolved config beside it)");
   cmd->add_option("--trace", o->trace_out, "Write a Perfetto/Chrome trace");
   cmd->callback([o] {
