@@ -13,6 +13,8 @@ void add_run_command(CLI::App& app);
 void add_describe_command(CLI::App& app);
 void add_validate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_sweep_command(CLI::App& app);
+void add_compare_command(CLI::App& app);
 
 /// Writes `text` to `path`, or throws std::runtime_error naming the path.
 void write_file(const std::string& path, const std::string& text);

@@ -16,6 +16,8 @@ int sc_main(int argc, char** argv) {
   memwall::add_run_command(app);
   memwall::add_describe_command(app);
   memwall::add_validate_command(app);
+  memwall::add_sweep_command(app);
+  memwall::add_compare_command(app);
   memwall::add_bench_command(app);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""Plot a `memwall sweep` results CSV. Runs under Debian's /usr/bin/python3, which sees
+python3-matplotlib (the pyenv python3 on PATH does not).
+
+usage: plot_sweep.py results.csv out.png [--metric NAME]
+
+The swept keys are the columns between `point` and `status`; the metric is the first after
+`status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
+the metric, the first key down and the second across, each cell annotated (points that did not
+run are blank; points whose memory.fits is false are marked "OOM"). More keys: the metric
+against the last key, one line per combination of the others.
+"""
+import csv
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def short(v):
+    """3 significant digits, with k, M, G for large values."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def ordered(values):
+    """Distinct values in first-appearance order (the sweep's own order)."""
+    seen = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def main(argv):
+    args = [a for a in argv[1:]]
+    metric = None
+    if "--metric" in args:
+        i = args.index("--metric")
+        if i + 1 >= len(args):
+            print(__doc__, file=sys.stderr)
+            return 2
+        metric = args[i + 1]
+        del args[i : i + 2]
+    if len(args) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    src, out = args
+    with open(src) as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    if "point" not in columns or "status" not in columns:
+        print(f"{src}: not a memwall sweep CSV (no point and status columns)", file=sys.stderr)
+        return 1
+    keys = columns[columns.index("point") + 1 : columns.index("status")]
+    metrics = columns[columns.index("status") + 1 : -1]
+    metric = metric or (metrics[0] if metrics else None)
+    if metric not in metrics:
+        print(f"{src}: no metric '{metric}' (metrics: {', '.join(metrics)})", file=sys.stderr)
+        return 1
+    ok = [r for r in rows if r["status"] == "ok" and number(r[metric]) is not None]
+    if not ok:
+        print(f"{src}: no point ran (status ok) with a value of {metric}", file=sys.stderr)
+        return 1
+    oom = {r["point"] for r in rows if r.get("memory.fits") == "false"}
+    # Keys that take one value are context, not axes.
+    axes = [k for k in keys if len(ordered(r[k] for r in rows)) > 1] or keys[:1]
+    title = f"{src}: {metric}"
+
+    if len(axes) == 2:
+        ys, xs = ordered(r[axes[0]] for r in rows), ordered(r[axes[1]] for r in rows)
+        grid = [[float("nan")] * len(xs) for _ in ys]
+        marks = [[""] * len(xs) for _ in ys]
+        for r in rows:
+            i, j = ys.index(r[axes[0]]), xs.index(r[axes[1]])
+            v = number(r[metric]) if r["status"] == "ok" else None
+            if v is not None:
+                grid[i][j] = v
+                marks[i][j] = short(v) + ("\nOOM" if r["point"] in oom else "")
+            else:
+                marks[i][j] = r["status"]
+        fig, ax = plt.subplots(figsize=(1.6 * len(xs) + 3, 0.9 * len(ys) + 2.5))
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        fig.colorbar(im, ax=ax, label=metric)
+        ax.set_xticks(range(len(xs)), labels=xs)
+        ax.set_yticks(range(len(ys)), labels=ys)
+        ax.set_xlabel(axes[1])
+        ax.set_ylabel(axes[0])
+        finite = [v for row in grid for v in row if v == v]
+        mid = (min(finite) + max(finite)) / 2
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                v = grid[i][j]
+                ax.text(j, i, marks[i][j], ha="center", va="center", fontsize=8,
+                        color="black" if v == v and v > mid else "white")
+    else:
+        x_key = axes[-1]
+        xs = ordered(r[x_key] for r in rows)
+        groups = {}
+        for r in ok:
+            label = ", ".join(f"{k}={r[k]}" for k in axes[:-1]) or metric
+            groups.setdefault(label, []).append(r)
+        fig, ax = plt.subplots(figsize=(8, 5))
+        numeric = all(number(x) is not None for x in xs)
+        for label, rs in groups.items():
+            px = [number(r[x_key]) if numeric else xs.index(r[x_key]) for r in rs]
+            py = [number(r[metric]) for r in rs]
+            ax.plot(px, py, "o-", label=label)
+            for x, y, r in zip(px, py, rs):
+                if r["point"] in oom:
+                    ax.annotate("OOM", (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7, color="red")
+        if not numeric:
+            ax.set_xticks(range(len(xs)), labels=xs, rotation=20)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,399 @@
+#include "sim/sweep/sweep.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+namespace memwall {
+
+namespace fs = std::filesystem;
+
+// ---- the sweep file ---------------------------------------------------------------------------
+
+namespace {
+
+[[noreturn]] void fail(const Document& doc, const std::string& key, const std::string& message) {
+  throw ConfigError(doc.sources->find(key), key, message);
+}
+
+std::string scalar(const Document& doc, const YAML::Node& n, const std::string& key) {
+  if (!n.IsScalar())
+    fail(doc, key, "must be a single value (a number, a quantity such as 3.35TB/s, a name)");
+  return n.Scalar();
+}
+
+bool dotted_key(const std::string& k) {
+  if (k.empty() || k.front() == '.' || k.back() == '.') return false;
+  for (char c : k)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-'))
+      return false;
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> SweepSpec::keys() const {
+  std::vector<std::string> k;
+  for (const auto& p : points)
+    for (const auto& [key, value] : p)
+      if (std::find(k.begin(), k.end(), key) == k.end()) k.push_back(key);
+  for (const auto& a : parameters) k.push_back(a.key);
+  return k;
+}
+
+std::vector<SweepPoint> SweepSpec::expand() const {
+  const std::vector<std::string> columns = keys();
+  std::vector<Assignments> bases = points;
+  if (bases.empty()) bases.emplace_back();
+  std::vector<SweepPoint> out;
+  // The odometer: the last parameter turns fastest.
+  auto advance = [&](std::vector<std::size_t>& at) {
+    for (std::size_t a = parameters.size(); a-- > 0;) {
+      if (++at[a] < parameters[a].values.size()) return true;
+      at[a] = 0;
+    }
+    return false;
+  };
+  for (const Assignments& base : bases) {
+    std::vector<std::size_t> at(parameters.size(), 0);
+    do {
+      SweepPoint p;
+      p.index = int(out.size());
+      for (const std::string& key : columns) {
+        std::string value;
+        for (const auto& [k, v] : base)
+          if (k == key) value = v;
+        for (std::size_t a = 0; a < parameters.size(); ++a)
+          if (parameters[a].key == key) value = parameters[a].values[at[a]];
+        p.assignments.emplace_back(key, value);
+      }
+      out.push_back(std::move(p));
+    } while (advance(at));
+  }
+  return out;
+}
+
+SweepSpec load_sweep(const std::string& file) {
+  Document doc = load_yaml_file(file);
+  SweepSpec s;
+  s.file = file;
+  if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "a sweep is a map of keys");
+  static const std::set<std::string> known = {"name",       "description", "experiment",
+                                              "parameters", "points",      "metrics"};
+  for (const auto& kv : doc.root) {
+    const std::string k = kv.first.as<std::string>();
+    if (!known.count(k))
+      fail(doc, k, "is not a sweep key (a sweep has name, description, experiment, parameters, "
+                   "points and metrics)");
+  }
+  s.name = doc.root["name"] ? scalar(doc, doc.root["name"], "name")
+                            : fs::path(file).stem().string();
+  if (doc.root["description"]) s.description = scalar(doc, doc.root["description"], "description");
+
+  const YAML::Node e = doc.root["experiment"];
+  if (!e) throw ConfigError(SourceLoc{file, 1}, "experiment",
+                            "is required: an experiment file (relative to the sweep file) or an "
+                            "inline experiment map");
+  if (e.IsScalar()) {
+    fs::path p = e.Scalar();
+    if (p.is_relative()) p = fs::path(file).parent_path() / p;
+    if (!fs::exists(p)) fail(doc, "experiment", "no experiment file '" + p.string() + "'");
+    s.experiment = load_yaml_file(p.string());
+  } else if (e.IsMap()) {
+    s.experiment.file = file;
+    s.experiment.root = YAML::Clone(e);
+    s.experiment.sources->record(e, "", file);
+  } else {
+    fail(doc, "experiment", "must be an experiment file or an experiment map");
+  }
+
+  if (const YAML::Node ps = doc.root["parameters"]) {
+    if (!ps.IsMap()) fail(doc, "parameters", "must map keys (device.memory.bandwidth) to lists");
+    for (const auto& kv : ps) {
+      SweepAxis a;
+      a.key = kv.first.as<std::string>();
+      const std::string where = "parameters." + a.key;
+      if (!dotted_key(a.key)) fail(doc, where, "is not a key path such as device.memory.bandwidth");
+      if (!kv.second.IsSequence() || kv.second.size() == 0)
+        fail(doc, where, "must be a non-empty list of values, e.g. [2TB/s, 3.35TB/s]");
+      for (std::size_t i = 0; i < kv.second.size(); ++i)
+        a.values.push_back(scalar(doc, kv.second[i], where));
+      s.parameters.push_back(std::move(a));
+    }
+  }
+  if (const YAML::Node pts = doc.root["points"]) {
+    if (!pts.IsSequence() || pts.size() == 0)
+      fail(doc, "points", "must be a non-empty list of maps such as {device: b200-sxm-180gb}");
+    for (std::size_t i = 0; i < pts.size(); ++i) {
+      const std::string where = fmt::format("points.{}", i);
+      if (!pts[i].IsMap() || pts[i].size() == 0)
+        fail(doc, where, "must be a map of keys to values, such as {device: b200-sxm-180gb}");
+      Assignments a;
+      for (const auto& kv : pts[i]) {
+        const std::string key = kv.first.as<std::string>();
+        if (!dotted_key(key)) fail(doc, where, "'" + key + "' is not a key path");
+        a.emplace_back(key, scalar(doc, kv.second, where + "." + key));
+      }
+      s.points.push_back(std::move(a));
+    }
+  }
+  if (s.parameters.empty() && s.points.empty())
+    throw ConfigError(SourceLoc{file, 1}, "parameters",
+                      "a sweep varies something: give parameters (keys to lists of values) or "
+                      "points (a list of assignments)");
+  for (const auto& a : s.parameters)
+    for (const auto& p : s.points)
+      for (const auto& [k, v] : p)
+        if (k == a.key)
+          fail(doc, "parameters." + a.key, "is assigned by points too; vary it in one place");
+  if (const YAML::Node m = doc.root["metrics"]) {
+    if (!m.IsSequence() || m.size() == 0)
+      fail(doc, "metrics", "must be a list of result fields such as [step_time_s, mfu]");
+    for (std::size_t i = 0; i < m.size(); ++i) s.metrics.push_back(scalar(doc, m[i], "metrics"));
+  }
+  return s;
+}
+
+// ---- CSV ----------------------------------------------------------------------------------------
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+bool split_csv_line(const std::string& line, std::vector<std::string>& fields) {
+  fields.clear();
+  std::string f;
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        f += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        f += c;
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      fields.push_back(std::move(f));
+      f.clear();
+    } else {
+      f += c;
+    }
+  }
+  fields.push_back(std::move(f));
+  return !quoted;
+}
+
+std::vector<std::string> sweep_columns(const SweepSpec& spec,
+                                       const std::vector<std::string>& metrics) {
+  std::vector<std::string> c = {"point"};
+  for (const auto& k : spec.keys()) c.push_back(k);
+  c.push_back("status");
+  for (const auto& m : metrics) c.push_back(m);
+  c.push_back("message");
+  return c;
+}
+
+namespace {
+
+std::string join_row(const std::vector<std::string>& fields) {
+  std::string line;
+  for (std::size_t i = 0; i < fields.size(); ++i) line += (i ? "," : "") + csv_field(fields[i]);
+  return line + "\n";
+}
+
+std::vector<std::string> row_of(const SweepPoint& p, const PointResult& r) {
+  std::vector<std::string> row = {std::to_string(p.index)};
+  for (const auto& [k, v] : p.assignments) row.push_back(v);
+  row.push_back(r.status);
+  for (const auto& v : r.values) row.push_back(v);
+  // Messages stay on one line.
+  std::string m = r.message;
+  for (char& c : m)
+    if (c == '\n' || c == '\r') c = ' ';
+  row.push_back(m);
+  return row;
+}
+
+// The rows of `csv` that belong to `points` and are finished (status ok or error; a crashed
+// worker's point is run again), the last one of each point; false when the file's header is not
+// `header`.
+bool read_rows(const std::string& csv, const std::vector<std::string>& header,
+               const std::vector<SweepPoint>& points,
+               std::map<int, std::vector<std::string>>& rows) {
+  std::ifstream in(csv);
+  std::string line;
+  std::vector<std::string> f;
+  if (!std::getline(in, line) || !split_csv_line(line, f) || f != header) return false;
+  const std::size_t keys = points.empty() ? 0 : points.front().assignments.size();
+  while (std::getline(in, line)) {
+    if (!split_csv_line(line, f) || f.size() != header.size()) continue;  // cut short
+    int i = -1;
+    try {
+      i = std::stoi(f[0]);
+    } catch (...) {
+      continue;
+    }
+    if (i < 0 || i >= int(points.size())) continue;
+    bool same = true;
+    for (std::size_t k = 0; k < keys; ++k) same = same && f[1 + k] == points[i].assignments[k].second;
+    const std::string& status = f[1 + keys];
+    if (same && (status == "ok" || status == "error")) rows[i] = f;
+  }
+  return true;
+}
+
+void write_all(const std::string& csv, const std::vector<std::string>& header,
+               const std::map<int, std::vector<std::string>>& rows) {
+  const std::string tmp = csv + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write '" + tmp + "'");
+    out << join_row(header);
+    for (const auto& [i, r] : rows) out << join_row(r);
+    if (!out) throw std::runtime_error("cannot write '" + tmp + "'");
+  }
+  fs::rename(tmp, csv);
+}
+
+// Shared between the parent and its workers.
+struct Shared {
+  std::atomic<int> next{0};
+  std::atomic<int> done{0};
+};
+
+}  // namespace
+
+SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                   const PointRunner& run, const std::string& csv, int jobs, bool fresh,
+                   const std::function<void(int, int)>& progress) {
+  const std::vector<SweepPoint> points = spec.expand();
+  const std::vector<std::string> header = sweep_columns(spec, metrics);
+  std::map<int, std::vector<std::string>> rows;
+  if (!fresh && fs::exists(csv) && !read_rows(csv, header, points, rows))
+    throw ConfigError(SourceLoc{csv, 1}, "",
+                      "holds the results of another sweep (its columns differ): remove it, "
+                      "write elsewhere (--out) or start over (--fresh)");
+  // A clean file to append to: the header and the finished rows (a row cut short by an
+  // interruption is dropped).
+  if (!csv.empty() && csv != "-" && fs::path(csv).has_parent_path())
+    fs::create_directories(fs::path(csv).parent_path());
+  write_all(csv, header, rows);
+
+  SweepRun result;
+  result.points = int(points.size());
+  result.resumed = int(rows.size());
+  std::vector<int> pending;
+  for (const auto& p : points)
+    if (!rows.count(p.index)) pending.push_back(p.index);
+  jobs = std::max(1, std::min<int>(jobs, int(pending.size())));
+
+  if (!pending.empty()) {
+    std::cout.flush();
+    std::fflush(nullptr);
+    const std::size_t bytes = sizeof(Shared) + sizeof(int) * std::size_t(jobs);
+    void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::runtime_error("sweep: cannot share a point counter");
+    auto* shared = new (mem) Shared();
+    int* current = reinterpret_cast<int*>(static_cast<char*>(mem) + sizeof(Shared));
+    for (int k = 0; k < jobs; ++k) current[k] = -1;
+    std::map<pid_t, int> workers;  // pid -> worker number
+    const pid_t parent = getpid();
+    for (int k = 0; k < jobs; ++k) {
+      pid_t pid = fork();
+      if (pid < 0) throw std::runtime_error("sweep: cannot start a worker process");
+      if (pid == 0) {
+        // A worker outlives no parent: an interrupted sweep leaves nothing running.
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) std::_Exit(5);  // it died before prctl
+        int rc = 0;
+        const int fd = ::open(csv.c_str(), O_WRONLY | O_APPEND);
+        if (fd < 0) std::_Exit(3);
+        for (int i; (i = shared->next.fetch_add(1)) < int(pending.size());) {
+          const SweepPoint& p = points[pending[i]];
+          current[k] = p.index;
+          PointResult r;
+          try {
+            r = run(p);
+          } catch (const std::exception& e) {
+            r = {"error", {}, e.what()};
+          }
+          r.values.resize(metrics.size());
+          const std::string line = join_row(row_of(p, r));
+          if (::write(fd, line.data(), line.size()) != ssize_t(line.size())) rc = 4;
+          current[k] = -1;
+          shared->done.fetch_add(1);
+        }
+        ::close(fd);
+        std::_Exit(rc);
+      }
+      workers[pid] = k;
+    }
+    // Reap the workers, reporting progress; a worker that dies leaves its point "crashed".
+    std::vector<std::pair<int, std::string>> crashed;
+    while (!workers.empty()) {
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid > 0 && workers.count(pid)) {
+        const int k = workers[pid];
+        workers.erase(pid);
+        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && current[k] >= 0)
+          crashed.emplace_back(current[k], WIFSIGNALED(status)
+                                               ? fmt::format("worker ended by signal {}",
+                                                             WTERMSIG(status))
+                                               : fmt::format("worker exited with status {}",
+                                                             WEXITSTATUS(status)));
+        continue;
+      }
+      if (pid < 0) break;
+      if (progress) progress(result.resumed + shared->done.load(), result.points);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    result.ran = shared->done.load();
+    if (progress) progress(result.resumed + result.ran, result.points);
+    munmap(mem, bytes);
+    rows.clear();
+    read_rows(csv, header, points, rows);
+    for (const auto& [i, why] : crashed) {
+      PointResult r{"crashed", std::vector<std::string>(metrics.size()), why};
+      rows[i] = row_of(points[i], r);
+      ++result.ran;
+    }
+    for (int i : pending)
+      if (!rows.count(i)) {
+        PointResult r{"crashed", std::vector<std::string>(metrics.size()),
+                      "not run: every worker ended before it"};
+        rows[i] = row_of(points[i], r);
+      }
+  }
+  write_all(csv, header, rows);
+  for (const auto& [i, r] : rows) {
+    if (r[1 + spec.keys().size()] != "ok") ++result.failed;
+    result.rows.push_back(r);
+  }
+  return result;
+}
+
+}  // namespace memwall

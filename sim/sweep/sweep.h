@@ -1,0 +1,96 @@
+// A design-space sweep: one experiment, and the points at which to run it.
+//
+// A sweep file names an experiment (a file, relative to the sweep file's folder, or an inline
+// map) and how it varies:
+//   parameters:  dotted keys (the `-p` keys of memwall run) mapped to lists of values; the sweep
+//                runs their Cartesian product, the last key varying fastest;
+//   points:      a list of assignments run one by one (keys that vary together, or whole
+//                presets such as `device: b200-sxm-180gb`);
+// with both, every point of `points` is crossed with every combination of `parameters`.
+// `metrics` names the result fields (dotted paths into the run's JSON) that become the
+// results' columns.
+//
+// Points are independent. run_sweep() runs them in `jobs` forked worker processes (SystemC has
+// one kernel per process, and a point that crashes takes only its worker down), each taking
+// the next point from a counter they share, and appends each finished point to the CSV at once,
+// one write per row, so an interrupted sweep resumes where it stopped: points already in the
+// file are not run again. At the end the file is rewritten in point order, so a sweep gives the
+// same file whatever `jobs` is and however often it was interrupted.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sim/config/config.h"
+
+namespace memwall {
+
+using Assignments = std::vector<std::pair<std::string, std::string>>;
+
+struct SweepAxis {
+  std::string key;
+  std::vector<std::string> values;  ///< YAML scalars as written ("3.35TB/s", "8", "true")
+};
+
+struct SweepPoint {
+  int index = 0;            ///< from 0, in expansion order
+  Assignments assignments;  ///< in column order
+};
+
+struct SweepSpec {
+  std::string file;  ///< the sweep file ("" when built in code, as `compare` does)
+  std::string name, description;
+  Document experiment;  ///< the base experiment, before presets and the points' assignments
+  std::vector<SweepAxis> parameters;
+  std::vector<Assignments> points;
+  std::vector<std::string> metrics;  ///< empty: the runner's defaults
+
+  /// Every assigned key, in column order: those of `points` first (in first appearance), then
+  /// those of `parameters`.
+  std::vector<std::string> keys() const;
+  /// Every point, in order. A key a point does not assign is "" in it.
+  std::vector<SweepPoint> expand() const;
+};
+
+/// Loads and checks a sweep file. Bad input throws ConfigError naming the file, line and key.
+SweepSpec load_sweep(const std::string& file);
+
+/// One point's outcome: "ok" with a value per metric, or "error" with a message (a point that
+/// does not fit in memory is "ok": its `fits` metric says so).
+struct PointResult {
+  std::string status;
+  std::vector<std::string> values;
+  std::string message;
+};
+using PointRunner = std::function<PointResult(const SweepPoint&)>;
+
+struct SweepRun {
+  int points = 0;   ///< in the sweep
+  int ran = 0;      ///< run now
+  int resumed = 0;  ///< found in the file from an earlier run
+  int failed = 0;   ///< of all points, those whose status is "error"
+  /// The file's rows after the run, in point order: each is point, assignments, status,
+  /// metrics, message.
+  std::vector<std::vector<std::string>> rows;
+};
+
+/// The CSV's header: point, each key, status, each metric, message.
+std::vector<std::string> sweep_columns(const SweepSpec& spec,
+                                       const std::vector<std::string>& metrics);
+
+/// Runs every point of `spec` not already in `csv` (all of them with `fresh`), in `jobs`
+/// processes, calling `progress(done, total)` from the parent as points finish. Throws
+/// ConfigError when `csv` holds another sweep's columns (without `fresh`), and
+/// std::runtime_error when it cannot write it.
+SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                   const PointRunner& run, const std::string& csv, int jobs, bool fresh,
+                   const std::function<void(int, int)>& progress = {});
+
+/// RFC 4180: a field quoted where it holds a comma, a quote or a line break.
+std::string csv_field(const std::string& s);
+/// Splits one CSV line (as csv_field writes them); false when a quote is left open.
+bool split_csv_line(const std::string& line, std::vector<std::string>& fields);
+
+}  // namespace memwall

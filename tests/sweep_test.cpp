@@ -1,0 +1,191 @@
+// Sweeps and comparisons: the points a sweep file expands to, results that do not depend on the
+// worker count or on interruptions, physics seen through a sweep (more bandwidth never slows a
+// step), a point that cannot run is a row and not the end, and bad input ends in one message
+// naming the file, line and key with exit status 2.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "sim/sweep/sweep.h"
+#include "tests/binary_fixture.h"
+
+namespace memwall {
+namespace {
+
+using testing_support::has;
+using testing_support::read_file;
+using testing_support::Result;
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::string line;
+  for (char c : text) {
+    if (c == '\n') {
+      out.push_back(line);
+      line.clear();
+    } else {
+      line += c;
+    }
+  }
+  if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+class Sweep : public testing_support::BinaryTest {
+ protected:
+  // GPT-2 124M at seq 256 on an H100, analytical: milliseconds a point.
+  std::string experiment() const {
+    return "experiment:\n"
+           "  device: h100-sxm5-80gb\n"
+           "  fidelity: analytical\n"
+           "  model: {preset: gpt2-124m, seq_len: 256}\n"
+           "  training: {micro_batch: 4, global_batch: 8}\n";
+  }
+};
+
+TEST_F(Sweep, ExpandsTheProductWithTheLastKeyFastestAndCrossesItWithPoints) {
+  write("s.yaml", experiment() +
+                      "points: [{device: h100-sxm5-80gb}, {device: a100-sxm4-80gb}]\n"
+                      "parameters:\n"
+                      "  training.micro_batch: [1, 2]\n"
+                      "  model.seq_len: [128, 256, 512]\n");
+  SweepSpec s = load_sweep((dir_ / "s.yaml").string());
+  EXPECT_EQ(s.keys(), (std::vector<std::string>{"device", "training.micro_batch", "model.seq_len"}));
+  std::vector<SweepPoint> p = s.expand();
+  ASSERT_EQ(p.size(), 12u);
+  EXPECT_EQ(p[0].assignments[0].second, "h100-sxm5-80gb");
+  EXPECT_EQ(p[1].assignments[2].second, "256");  // the last key turns fastest
+  EXPECT_EQ(p[3].assignments[1].second, "2");
+  EXPECT_EQ(p[6].assignments[0].second, "a100-sxm4-80gb");
+  for (std::size_t i = 0; i < p.size(); ++i) EXPECT_EQ(p[i].index, int(i));
+}
+
+TEST(SweepCsv, FieldsSurviveTheRoundTrip) {
+  const std::vector<std::string> fields = {"plain", "a,b", "say \"hi\"", "", "x"};
+  std::string line;
+  for (std::size_t i = 0; i < fields.size(); ++i) line += (i ? "," : "") + csv_field(fields[i]);
+  std::vector<std::string> back;
+  ASSERT_TRUE(split_csv_line(line, back));
+  EXPECT_EQ(back, fields);
+  EXPECT_FALSE(split_csv_line("1,\"open", back));  // cut short inside a quote
+}
+
+TEST_F(Sweep, TheSameRowsWhateverTheWorkersAndAfterAnInterruption) {
+  write("s.yaml", experiment() +
+                      "parameters:\n"
+                      "  device.compute.sustained_clock: [1.0GHz, 1.41GHz]\n"
+                      "  device.memory.bandwidth: [1TB/s, 2TB/s, 4TB/s]\n"
+                      "metrics: [step_time_s, memory.fits]\n");
+  Result one = run("sweep s.yaml -j 1 -o one.csv");
+  ASSERT_EQ(one.status, 0) << one.out << one.err;
+  Result two = run("sweep s.yaml -j 2 -o two.csv");
+  ASSERT_EQ(two.status, 0) << two.err;
+  const std::string full = read_file(dir_ / "one.csv");
+  EXPECT_EQ(read_file(dir_ / "two.csv"), full);
+  std::vector<std::string> rows = lines(full);
+  ASSERT_EQ(rows.size(), 7u);  // header and 6 points
+  EXPECT_EQ(rows[0], "point,device.compute.sustained_clock,device.memory.bandwidth,status,"
+                     "step_time_s,memory.fits,message");
+  // The configuration the rows apply to is written beside them.
+  EXPECT_TRUE(has(read_file(dir_ / "one.config.yaml"), "gpt2-124m"));
+  // Physics through the sweep: at each clock, more bandwidth never slows the step, and a
+  // faster clock never slows it at a given bandwidth.
+  std::vector<double> t;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    std::vector<std::string> f;
+    ASSERT_TRUE(split_csv_line(rows[i], f));
+    ASSERT_EQ(f[3], "ok") << rows[i];
+    t.push_back(std::stod(f[4]));
+  }
+  for (int c = 0; c < 2; ++c)
+    for (int b = 1; b < 3; ++b) EXPECT_LE(t[c * 3 + b], t[c * 3 + b - 1]);
+  for (int b = 0; b < 3; ++b) EXPECT_LE(t[3 + b], t[b]);
+
+  // An interruption: two rows lost and the last one cut mid-write. The rerun runs only what is
+  // missing and ends with the same file.
+  std::ofstream(dir_ / "cut.csv") << rows[0] << "\n" << rows[1] << "\n" << rows[4] << "\n"
+                                  << rows[2] << "\n" << rows[5].substr(0, 12);
+  Result resumed = run("sweep s.yaml -j 2 -o cut.csv");
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_TRUE(has(resumed.out, "3 points were in cut.csv already (resumed); ran 3")) << resumed.out;
+  EXPECT_EQ(read_file(dir_ / "cut.csv"), full);
+  // Nothing left to run: nothing runs, nothing changes.
+  Result again = run("sweep s.yaml -o cut.csv");
+  EXPECT_TRUE(has(again.out, "ran 0")) << again.out;
+  EXPECT_EQ(read_file(dir_ / "cut.csv"), full);
+}
+
+TEST_F(Sweep, APointThatCannotRunIsARowAndTheOthersRun) {
+  // Layers not divisible by pp 5: that point's message names the key; the sweep goes on.
+  write("s.yaml", experiment() + "parameters:\n  training.pp: [1, 5, 2]\n  gpus: [2]\n");
+  Result r = run("sweep s.yaml -j 2 -o out.csv");
+  EXPECT_EQ(r.status, 0) << r.err;
+  std::vector<std::string> rows = lines(read_file(dir_ / "out.csv"));
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_TRUE(has(rows[1], ",ok,")) << rows[1];
+  EXPECT_TRUE(has(rows[2], ",error,")) << rows[2];
+  EXPECT_TRUE(has(rows[2], "training.")) << rows[2];
+  EXPECT_TRUE(has(rows[3], ",ok,")) << rows[3];
+  EXPECT_TRUE(has(r.out, "1 of 3 points did not run")) << r.out;
+}
+
+TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {
+  struct Case {
+    std::string yaml, key;
+  };
+  for (const Case& c : {
+           Case{experiment() + "paramters:\n  model.seq_len: [128]\n", "paramters"},
+           Case{experiment() + "parameters:\n  model.seq_len: 128\n", "parameters.model.seq_len"},
+           Case{experiment() + "parameters:\n  model.seq_len: []\n", "parameters.model.seq_len"},
+           Case{experiment(), "parameters"},
+           Case{"parameters:\n  model.seq_len: [128]\n", "experiment"},
+           Case{"experiment: nowhere.yaml\nparameters:\n  model.seq_len: [128]\n", "experiment"},
+           Case{experiment() + "points: [{model.seq_len: 128}]\nparameters:\n  model.seq_len: [256]\n",
+                "parameters.model.seq_len"},
+           Case{experiment() + "points: [seq_len]\n", "points.0"},
+       }) {
+    SCOPED_TRACE(c.yaml);
+    write("bad.yaml", c.yaml);
+    Result r = run("sweep bad.yaml -o bad.csv");
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_TRUE(has(r.err, "bad.yaml")) << r.err;
+    EXPECT_TRUE(has(r.err, c.key)) << r.err;
+    EXPECT_FALSE(has(r.err, "terminate")) << r.err;
+  }
+  // Results of another sweep in the way: refused, not overwritten.
+  write("s.yaml", experiment() + "parameters:\n  model.seq_len: [128]\n");
+  write("other.csv", "point,x,status,y,message\n0,1,ok,2,\n");
+  Result r = run("sweep s.yaml -o other.csv");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_TRUE(has(r.err, "another sweep")) << r.err;
+  EXPECT_EQ(read_file(dir_ / "other.csv"), "point,x,status,y,message\n0,1,ok,2,\n");
+}
+
+TEST_F(Sweep, CompareRunsOneWorkloadOnEachDevice) {
+  Result r = run("compare gh200 --baseline h100-sxm5-80gb,a100-sxm4-80gb --model gpt2-124m "
+                 "--seq-len 256 --micro-batch 4 --fidelity analytical -o cmp.csv");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "speed vs gh200")) << r.out;
+  for (const char* d : {"gh200", "h100-sxm5-80gb", "a100-sxm4-80gb"})
+    EXPECT_TRUE(has(r.out, d)) << r.out;
+  EXPECT_TRUE(has(r.out, "1.00x")) << r.out;  // the design against itself
+  std::vector<std::string> rows = lines(read_file(dir_ / "cmp.csv"));
+  ASSERT_EQ(rows.size(), 4u);
+  // The A100 is slower than the H100 on the same step.
+  std::vector<std::string> h, a;
+  ASSERT_TRUE(split_csv_line(rows[2], h));
+  ASSERT_TRUE(split_csv_line(rows[3], a));
+  EXPECT_GT(std::stod(a[3]), std::stod(h[3]));
+  // Bad input: no model; an unknown baseline names the key.
+  Result none = run("compare gh200 --baseline h100-sxm5-80gb");
+  EXPECT_EQ(none.status, 2);
+  EXPECT_TRUE(has(none.err, "--model")) << none.err;
+  Result bad = run("compare gh200 --baseline h100 --model gpt2-124m --seq-len 256");
+  EXPECT_EQ(bad.status, 0) << bad.err;  // a device that cannot load is that device's row
+  EXPECT_TRUE(has(bad.out, "error")) << bad.out;
+}
+
+}  // namespace
+}  // namespace memwall
