@@ -212,7 +212,8 @@ void write_beside(const SweepSpec& s, const std::vector<std::string>& metrics,
 // crashed.
 int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
           const std::vector<std::string>& overrides, const std::string& fidelity,
-          const std::string& csv, int jobs, bool fresh, bool print_table) {
+          const std::string& csv, int jobs, bool fresh, bool print_table,
+          MpiSweep* mpi = nullptr) {
   PointRunner runner = [&](const SweepPoint& p) {
     Experiment e = point_experiment(spec, p, overrides, fidelity);
     const nlohmann::json j = evaluate(e);
@@ -221,10 +222,18 @@ int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
     return r;
   };
   const int total = int(spec.expand().size());
-  std::cout << fmt::format("memwall sweep · {} · {} points · {} worker{} · results to {}\n",
-                           spec.name, total, std::min(jobs, total), jobs > 1 ? "s" : "", csv);
+  if (mpi && mpi->rank() != 0) {  // a worker rank: runs points, prints nothing
+    mpi->run(spec, metrics, runner, csv, fresh);
+    return 0;
+  }
+  const std::string workers =
+      mpi ? fmt::format("{} MPI ranks", mpi->size())
+          : fmt::format("{} worker{}", std::min(jobs, total), jobs > 1 ? "s" : "");
+  std::cout << fmt::format("memwall sweep · {} · {} points · {} · results to {}\n", spec.name,
+                           total, workers, csv);
   std::cout.flush();
-  SweepRun r = run_sweep(spec, metrics, runner, csv, jobs, fresh, progress_bar(0));
+  SweepRun r = mpi ? mpi->run(spec, metrics, runner, csv, fresh, progress_bar(0))
+                   : run_sweep(spec, metrics, runner, csv, jobs, fresh, progress_bar(0));
   write_beside(spec, metrics, overrides, csv);
   if (r.resumed > 0)
     std::cout << fmt::format("{} points were in {} already (resumed); ran {}\n", r.resumed, csv,
@@ -289,6 +298,12 @@ void add_sweep_command(CLI::App& app) {
     const std::vector<std::string> metrics =
         !spec.metrics.empty() ? spec.metrics : training ? kTrainingMetrics : kOpsMetrics;
     const std::string csv = o->out.empty() ? spec.name + ".csv" : o->out;
+    if (launched_by_mpi()) {
+      MpiSweep mpi;
+      const int rc = sweep(spec, metrics, o->overrides, o->fidelity, csv, 0, o->fresh, true, &mpi);
+      if (rc != 0) throw CLI::RuntimeError(rc);
+      return;
+    }
     const int rc = sweep(spec, metrics, o->overrides, o->fidelity, csv,
                          o->jobs > 0 ? o->jobs : default_jobs(), o->fresh, true);
     std::cout << fmt::format("plot: /usr/bin/python3 docs/tools/plot_sweep.py {} {}.png\n", csv,

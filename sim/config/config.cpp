@@ -472,7 +472,7 @@ YAML::Node resolved(const YAML::Node& node, const Schema& schema_in) {
     bool has_required = std::any_of(sub->params.begin(), sub->params.end(), [](const ParamSpec& p) {
       return !p.default_value && !p.optional;
     });
-    if (!node[k] && (has_required || !sub->interface.empty() && sub->default_impl.empty())) continue;
+    if (!node[k] && (has_required || (!sub->interface.empty() && sub->default_impl.empty()))) continue;
     out[k] = resolved(node[k] ? node[k] : YAML::Node(YAML::NodeType::Map), *sub);
   }
   for (const auto& [k, sub] : schema.named_sections) {

@@ -14,10 +14,15 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 #include <thread>
 
 #include <fmt/format.h>
+
+#ifdef MEMWALL_HAVE_MPI
+#include <mpi.h>
+#endif
 
 namespace memwall {
 
@@ -286,29 +291,86 @@ struct Shared {
 
 }  // namespace
 
-SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
-                   const PointRunner& run, const std::string& csv, int jobs, bool fresh,
-                   const std::function<void(int, int)>& progress) {
-  const std::vector<SweepPoint> points = spec.expand();
-  const std::vector<std::string> header = sweep_columns(spec, metrics);
+namespace {
+
+// A sweep about to run: its points, the file's rows from an earlier run, and what is left.
+struct Prepared {
+  std::vector<SweepPoint> points;
+  std::vector<std::string> header;
   std::map<int, std::vector<std::string>> rows;
-  if (!fresh && fs::exists(csv) && !read_rows(csv, header, points, rows))
+  std::vector<int> pending;
+  int resumed = 0;
+};
+
+Prepared prepare(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                 const std::string& csv, bool fresh) {
+  Prepared p;
+  p.points = spec.expand();
+  p.header = sweep_columns(spec, metrics);
+  if (!fresh && fs::exists(csv) && !read_rows(csv, p.header, p.points, p.rows))
     throw ConfigError(SourceLoc{csv, 1}, "",
                       "holds the results of another sweep (its columns differ): remove it, "
                       "write elsewhere (--out) or start over (--fresh)");
   // A clean file to append to: the header and the finished rows (a row cut short by an
   // interruption is dropped).
-  if (!csv.empty() && csv != "-" && fs::path(csv).has_parent_path())
-    fs::create_directories(fs::path(csv).parent_path());
-  write_all(csv, header, rows);
+  if (fs::path(csv).has_parent_path()) fs::create_directories(fs::path(csv).parent_path());
+  write_all(csv, p.header, p.rows);
+  p.resumed = int(p.rows.size());
+  for (const auto& pt : p.points)
+    if (!p.rows.count(pt.index)) p.pending.push_back(pt.index);
+  return p;
+}
 
+// The file rewritten in point order, with a "crashed" row for every pending point that has no
+// row (`why` says what happened where it is known).
+SweepRun finish(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                const std::string& csv, Prepared& p, int ran,
+                const std::map<int, std::string>& why) {
   SweepRun result;
-  result.points = int(points.size());
-  result.resumed = int(rows.size());
-  std::vector<int> pending;
-  for (const auto& p : points)
-    if (!rows.count(p.index)) pending.push_back(p.index);
+  result.points = int(p.points.size());
+  result.resumed = p.resumed;
+  result.ran = ran;
+  p.rows.clear();
+  read_rows(csv, p.header, p.points, p.rows);
+  for (int i : p.pending)
+    if (!p.rows.count(i)) {
+      auto w = why.find(i);
+      PointResult r{"crashed", std::vector<std::string>(metrics.size()),
+                    w != why.end() ? w->second : "not run: every worker ended before it"};
+      p.rows[i] = row_of(p.points[i], r);
+    }
+  write_all(csv, p.header, p.rows);
+  const std::size_t status = 1 + spec.keys().size();
+  for (const auto& [i, r] : p.rows) {
+    if (r[status] != "ok") ++result.failed;
+    result.rows.push_back(r);
+  }
+  return result;
+}
+
+// One point run and its CSV line; an exception is the point's error.
+std::string run_line(const PointRunner& run, const SweepPoint& p, std::size_t metrics) {
+  PointResult r;
+  try {
+    r = run(p);
+  } catch (const std::exception& e) {
+    r = {"error", {}, e.what()};
+  }
+  r.values.resize(metrics);
+  return join_row(row_of(p, r));
+}
+
+}  // namespace
+
+SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                   const PointRunner& run, const std::string& csv, int jobs, bool fresh,
+                   const std::function<void(int, int)>& progress) {
+  Prepared prep = prepare(spec, metrics, csv, fresh);
+  const std::vector<SweepPoint>& points = prep.points;
+  const std::vector<int>& pending = prep.pending;
   jobs = std::max(1, std::min<int>(jobs, int(pending.size())));
+  int ran = 0;
+  std::map<int, std::string> why;
 
   if (!pending.empty()) {
     std::cout.flush();
@@ -334,14 +396,7 @@ SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metric
         for (int i; (i = shared->next.fetch_add(1)) < int(pending.size());) {
           const SweepPoint& p = points[pending[i]];
           current[k] = p.index;
-          PointResult r;
-          try {
-            r = run(p);
-          } catch (const std::exception& e) {
-            r = {"error", {}, e.what()};
-          }
-          r.values.resize(metrics.size());
-          const std::string line = join_row(row_of(p, r));
+          const std::string line = run_line(run, p, metrics.size());
           if (::write(fd, line.data(), line.size()) != ssize_t(line.size())) rc = 4;
           current[k] = -1;
           shared->done.fetch_add(1);
@@ -352,48 +407,129 @@ SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metric
       workers[pid] = k;
     }
     // Reap the workers, reporting progress; a worker that dies leaves its point "crashed".
-    std::vector<std::pair<int, std::string>> crashed;
     while (!workers.empty()) {
       int status = 0;
       const pid_t pid = waitpid(-1, &status, WNOHANG);
       if (pid > 0 && workers.count(pid)) {
         const int k = workers[pid];
         workers.erase(pid);
-        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && current[k] >= 0)
-          crashed.emplace_back(current[k], WIFSIGNALED(status)
-                                               ? fmt::format("worker ended by signal {}",
-                                                             WTERMSIG(status))
-                                               : fmt::format("worker exited with status {}",
-                                                             WEXITSTATUS(status)));
+        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && current[k] >= 0) {
+          why[current[k]] = WIFSIGNALED(status)
+                                ? fmt::format("worker ended by signal {}", WTERMSIG(status))
+                                : fmt::format("worker exited with status {}", WEXITSTATUS(status));
+          ++ran;
+        }
         continue;
       }
       if (pid < 0) break;
-      if (progress) progress(result.resumed + shared->done.load(), result.points);
+      if (progress) progress(prep.resumed + shared->done.load(), int(points.size()));
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    result.ran = shared->done.load();
-    if (progress) progress(result.resumed + result.ran, result.points);
+    ran += shared->done.load();
+    if (progress) progress(prep.resumed + ran, int(points.size()));
     munmap(mem, bytes);
-    rows.clear();
-    read_rows(csv, header, points, rows);
-    for (const auto& [i, why] : crashed) {
-      PointResult r{"crashed", std::vector<std::string>(metrics.size()), why};
-      rows[i] = row_of(points[i], r);
-      ++result.ran;
-    }
-    for (int i : pending)
-      if (!rows.count(i)) {
-        PointResult r{"crashed", std::vector<std::string>(metrics.size()),
-                      "not run: every worker ended before it"};
-        rows[i] = row_of(points[i], r);
-      }
   }
-  write_all(csv, header, rows);
-  for (const auto& [i, r] : rows) {
-    if (r[1 + spec.keys().size()] != "ok") ++result.failed;
-    result.rows.push_back(r);
-  }
-  return result;
+  return finish(spec, metrics, csv, prep, ran, why);
 }
+
+// ---- under MPI ----------------------------------------------------------------------------------
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+#ifdef MEMWALL_HAVE_MPI
+
+namespace {
+constexpr int kResultTag = 1;  // worker -> rank 0: a finished row (empty: ready for work)
+constexpr int kWorkTag = 2;    // rank 0 -> worker: a pending index, or -1: stop
+}  // namespace
+
+MpiSweep::MpiSweep() {
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) MPI_Init(nullptr, nullptr);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+}
+
+MpiSweep::~MpiSweep() { MPI_Finalize(); }
+
+SweepRun MpiSweep::run(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                       const PointRunner& runner, const std::string& csv, bool fresh,
+                       const std::function<void(int, int)>& progress) {
+  if (size_ == 1) return run_sweep(spec, metrics, runner, csv, 1, fresh, progress);
+  if (rank_ != 0) {
+    // A worker: ask for work, run it, send its row back, until told to stop.
+    const std::vector<SweepPoint> points = spec.expand();
+    std::string line;
+    while (true) {
+      MPI_Send(line.data(), int(line.size()), MPI_CHAR, 0, kResultTag, MPI_COMM_WORLD);
+      int index = -1;
+      MPI_Recv(&index, 1, MPI_INT, 0, kWorkTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      if (index < 0 || index >= int(points.size())) return {};
+      line = run_line(runner, points[index], metrics.size());
+    }
+  }
+  // Rank 0 hands out the pending points one at a time and appends each row as it arrives.
+  std::unique_ptr<Prepared> prep;
+  std::string failure;
+  try {
+    prep = std::make_unique<Prepared>(prepare(spec, metrics, csv, fresh));
+  } catch (const std::exception&) {
+    // Stop every worker before reporting it.
+    for (int w = 1; w < size_; ++w) {
+      MPI_Status st;
+      MPI_Probe(MPI_ANY_SOURCE, kResultTag, MPI_COMM_WORLD, &st);
+      int n = 0;
+      MPI_Get_count(&st, MPI_CHAR, &n);
+      std::string ignored(std::size_t(n), '\0');
+      MPI_Recv(ignored.data(), n, MPI_CHAR, st.MPI_SOURCE, kResultTag, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+      const int stop = -1;
+      MPI_Send(&stop, 1, MPI_INT, st.MPI_SOURCE, kWorkTag, MPI_COMM_WORLD);
+    }
+    throw;
+  }
+  std::ofstream out(csv, std::ios::app);
+  std::size_t next = 0;
+  int ran = 0, stopped = 0;
+  while (stopped < size_ - 1) {
+    MPI_Status st;
+    MPI_Probe(MPI_ANY_SOURCE, kResultTag, MPI_COMM_WORLD, &st);
+    int n = 0;
+    MPI_Get_count(&st, MPI_CHAR, &n);
+    std::string line(std::size_t(n), '\0');
+    MPI_Recv(line.data(), n, MPI_CHAR, st.MPI_SOURCE, kResultTag, MPI_COMM_WORLD,
+             MPI_STATUS_IGNORE);
+    if (n > 0) {
+      out << line << std::flush;
+      ++ran;
+      if (progress) progress(prep->resumed + ran, int(prep->points.size()));
+    }
+    const int index = next < prep->pending.size() ? prep->pending[next++] : -1;
+    if (index < 0) ++stopped;
+    MPI_Send(&index, 1, MPI_INT, st.MPI_SOURCE, kWorkTag, MPI_COMM_WORLD);
+  }
+  out.close();
+  return finish(spec, metrics, csv, *prep, ran, {});
+}
+
+#else
+
+MpiSweep::MpiSweep() {
+  throw std::runtime_error(
+      "this memwall was built without MPI (Debian's libopenmpi-dev was not found): run the sweep "
+      "without mpirun, with -j, or rebuild after `apt-get install libopenmpi-dev`");
+}
+MpiSweep::~MpiSweep() = default;
+SweepRun MpiSweep::run(const SweepSpec&, const std::vector<std::string>&, const PointRunner&,
+                       const std::string&, bool, const std::function<void(int, int)>&) {
+  return {};
+}
+
+#endif
 
 }  // namespace memwall

@@ -15,7 +15,8 @@
 // the next point from a counter they share, and appends each finished point to the CSV at once,
 // one write per row, so an interrupted sweep resumes where it stopped: points already in the
 // file are not run again. At the end the file is rewritten in point order, so a sweep gives the
-// same file whatever `jobs` is and however often it was interrupted.
+// same file whatever `jobs` is and however often it was interrupted. Under mpirun, MpiSweep
+// does the same across ranks.
 #pragma once
 
 #include <functional>
@@ -87,6 +88,32 @@ std::vector<std::string> sweep_columns(const SweepSpec& spec,
 SweepRun run_sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
                    const PointRunner& run, const std::string& csv, int jobs, bool fresh,
                    const std::function<void(int, int)>& progress = {});
+
+/// Whether this process was started by mpirun (Open MPI's or a PMI launcher's environment).
+bool launched_by_mpi();
+
+/// A sweep over MPI ranks (`mpirun -n N memwall sweep FILE`): rank 0 hands out the pending
+/// points one at a time to the other ranks, which run them in their own process and send their
+/// rows back; rank 0 appends each row as it arrives, and rewrites the file in point order at
+/// the end, as run_sweep does (so a sweep resumes across launchers, and the file is the same
+/// whatever the rank count). With one rank it runs the points itself. Constructing it starts
+/// MPI and destroying it ends it; without MPI in the build the constructor throws, saying so.
+class MpiSweep {
+ public:
+  MpiSweep();
+  ~MpiSweep();
+  MpiSweep(const MpiSweep&) = delete;
+  MpiSweep& operator=(const MpiSweep&) = delete;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  /// Every rank calls it; rank 0 gets the run, the others an empty one.
+  SweepRun run(const SweepSpec& spec, const std::vector<std::string>& metrics,
+               const PointRunner& run, const std::string& csv, bool fresh,
+               const std::function<void(int, int)>& progress = {});
+
+ private:
+  int rank_ = 0, size_ = 1;
+};
 
 /// RFC 4180: a field quoted where it holds a comma, a quote or a line break.
 std::string csv_field(const std::string& s);
