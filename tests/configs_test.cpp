@@ -11,6 +11,7 @@
 #include "arch/device/device.h"
 #include "sim/cli/experiment.h"
 #include "sim/config/config.h"
+#include "sim/sweep/sweep.h"
 
 namespace memwall {
 namespace {
@@ -115,6 +116,34 @@ TEST(Configs, EveryExperimentLoads) {
         EXPECT_GT(op.flops() + op.min_bytes().count(), 0) << op.name;
       }
       EXPECT_TRUE(e.resolved.IsMap());
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+}
+
+TEST(Configs, EverySweepLoadsAndEachOfItsPointsIsAnExperiment) {
+  auto files = yaml_files(kConfigs / "sweeps", false);
+  ASSERT_GE(files.size(), 1u) << "no sweeps under " << kConfigs / "sweeps";
+  for (const auto& f : files) {
+    SCOPED_TRACE(f.string());
+    try {
+      SweepSpec s = load_sweep(f.string());
+      const std::vector<SweepPoint> points = s.expand();
+      ASSERT_GE(points.size(), 2u);
+      for (const SweepPoint& p : points) {
+        Document d;
+        d.file = s.experiment.file;
+        d.root = YAML::Clone(s.experiment.root);
+        d.sources = std::make_shared<SourceMap>(*s.experiment.sources);
+        std::vector<std::string> overrides;
+        for (const auto& [k, v] : p.assignments) {
+          if (k == "device" || k == "model" || k == "system") d.root[k] = v;
+          else if (!v.empty()) overrides.push_back(k + "=" + v);
+        }
+        Experiment e = load_experiment(std::move(d), overrides);
+        EXPECT_TRUE(e.model.has_value() || !e.ops.empty());
+      }
     } catch (const std::exception& e) {
       ADD_FAILURE() << e.what();
     }
