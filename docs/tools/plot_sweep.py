@@ -2,13 +2,17 @@
 """Plot a `memwall sweep` results CSV. Runs under Debian's /usr/bin/python3, which sees
 python3-matplotlib (the pyenv python3 on PATH does not).
 
-usage: plot_sweep.py results.csv out.png [--metric NAME]
+usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y]
 
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
 the metric, the first key down and the second across, each cell annotated (points that did not
 run are blank; points whose memory.fits is false are marked "OOM"). More keys: the metric
 against the last key, one line per combination of the others.
+
+--pareto X Y: every point that ran, Y against X, each labelled with its swept values, and the
+Pareto front (the points no other point beats on both: lower X, higher Y) joined; points whose
+memory.fits is false are drawn as crosses and kept off the front.
 """
 import csv
 import sys
@@ -43,6 +47,42 @@ def ordered(values):
     return seen
 
 
+def plot_pareto(src, out, rows, keys, metrics, x_name, y_name):
+    for m in (x_name, y_name):
+        if m not in metrics:
+            print(f"{src}: no metric '{m}' (metrics: {', '.join(metrics)})", file=sys.stderr)
+            return 1
+    pts = []
+    for r in rows:
+        x, y = number(r[x_name]) if r["status"] == "ok" else None, number(r[y_name])
+        if x is None or y is None:
+            continue
+        varying = [k for k in keys if len(ordered(q[k] for q in rows)) > 1]
+        label = " ".join(f"{k.split('.')[-1]}={r[k]}" for k in varying)
+        pts.append((x, y, label, r.get("memory.fits") != "false"))
+    if not pts:
+        print(f"{src}: no point ran with values of {x_name} and {y_name}", file=sys.stderr)
+        return 1
+    front = [p for p in pts if p[3] and not any(
+        q[3] and q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1]) for q in pts)]
+    front.sort()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for x, y, label, fits in pts:
+        ax.scatter([x], [y], marker="o" if fits else "x", color="tab:blue" if fits else "tab:red")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="tab:green", lw=1.5,
+            label="Pareto front (lower x, higher y; fits)")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{src}: {y_name} against {x_name} (x: does not fit)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv):
     args = [a for a in argv[1:]]
     metric = None
@@ -53,6 +93,14 @@ def main(argv):
             return 2
         metric = args[i + 1]
         del args[i : i + 2]
+    pareto = None
+    if "--pareto" in args:
+        i = args.index("--pareto")
+        if i + 2 >= len(args):
+            print(__doc__, file=sys.stderr)
+            return 2
+        pareto = (args[i + 1], args[i + 2])
+        del args[i : i + 3]
     if len(args) != 2:
         print(__doc__, file=sys.stderr)
         return 2
@@ -66,6 +114,8 @@ def main(argv):
         return 1
     keys = columns[columns.index("point") + 1 : columns.index("status")]
     metrics = columns[columns.index("status") + 1 : -1]
+    if pareto:
+        return plot_pareto(src, out, rows, keys, metrics, *pareto)
     metric = metric or (metrics[0] if metrics else None)
     if metric not in metrics:
         print(f"{src}: no metric '{metric}' (metrics: {', '.join(metrics)})", file=sys.stderr)
