@@ -223,7 +223,9 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
            {{"capacity_gib", r.capacity.count() / kGiB},
             {"peak_gib", r.peak_memory() / kGiB},
             {"fits", r.fits()}}},
-          {"collectives_timed", r.collectives}};
+          {"collectives_timed", r.collectives},
+          {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
+          {"ops", ops_json(r.nodes)}};
   add_host_memory_json(doc["memory"], r.host);
   return doc;
 }

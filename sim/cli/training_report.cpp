@@ -85,10 +85,9 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
   return out;
 }
 
-nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
-  const auto& b = r.memory.peak_breakdown;
+nlohmann::json ops_json(const std::vector<NodeTiming>& nodes) {
   nlohmann::json ops = nlohmann::json::array();
-  for (const auto& n : r.nodes)
+  for (const auto& n : nodes)
     ops.push_back({{"name", n.name},
                    {"class", op_class_name(n.cls)},
                    {"pass", pass_name(n.pass)},
@@ -98,7 +97,18 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
                    {"time_s", n.time.sec()},
                    {"executions", n.executions},
                    {"kernels", n.kernels},
-                   {"bound", n.bound}});
+                   {"bound", n.bound},
+                   {"beside_compute", n.beside_compute}});
+  return ops;
+}
+
+nlohmann::json peaks_json(double flops, double bandwidth) {
+  return {{"matmul_flops_per_s", flops}, {"memory_bandwidth_bytes_per_s", bandwidth}};
+}
+
+nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
+  const auto& b = r.memory.peak_breakdown;
+  const nlohmann::json ops = ops_json(r.nodes);
   nlohmann::json time_by_class;
   time_by_class["launch_gaps"] = r.launch_time.sec();
   time_by_class["host_stall"] = r.host_stall.sec();
@@ -139,6 +149,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
             {"fits", r.fits()}}},
           {"l2_hit_rate", r.l2_hit_rate},
           {"memory_utilisation", r.memory_utilisation},
+          {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops}};
   add_host_memory_json(doc["memory"], r.host);
   return doc;

@@ -27,6 +27,10 @@ void add_host_memory_json(nlohmann::json& memory, const HostMemory& h);
 /// The line on the device's own host-memory traffic (host-resident state, or device memory as
 /// a cache of host memory), "" where there is none.
 std::string host_traffic_line(const HostMemory& h);
+/// Every operator's figures (one execution each, with their executions per step), and the
+/// device's peaks, as both kinds of run write them in JSON.
+nlohmann::json ops_json(const std::vector<NodeTiming>& nodes);
+nlohmann::json peaks_json(double matmul_flops, double memory_bandwidth);
 /// The per-operator table (ops.csv) of a single-device or a cluster run.
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes);
 

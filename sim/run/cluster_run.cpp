@@ -516,6 +516,7 @@ class ClusterSim {
     // In cache mode the step lives in host memory; device memory only caches it.
     if (device_.host() && device_.host()->cache_mode) r.capacity = r.host.capacity;
     r.peak_flops = device_.compute().peak(t_.matmul_dtype()).per_s();
+    r.peak_memory_bandwidth = device_.memory().peak_bandwidth().bps();
     mbs_ = t_.accumulation_steps();
     r.micro_batches = mbs_;
     r.tokens_per_step = double(t_.global_batch) * m_.seq_len;

@@ -89,6 +89,7 @@ struct ClusterResult {
   double model_flops = 0;      ///< per step, whole job, without recomputation
   double hardware_flops = 0;   ///< per step, whole job, with recomputation
   double peak_flops = 0;       ///< per device, for the matmul type
+  double peak_memory_bandwidth = 0;  ///< per device, B/s (datasheet)
   std::array<Time, 4> time_by_class{};  ///< compute time by OpClass on stage 0, per step
   std::array<GroupComm, kParallelGroups> comm{};
   std::vector<StageResult> stages;

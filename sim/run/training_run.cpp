@@ -73,6 +73,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.capacity = device.memory().capacity();
   r.tokens_per_step = double(g.tokens) * double(g.accumulation_steps);
   r.peak_flops = device.compute().peak(g.setup.matmul_dtype()).per_s();
+  r.peak_memory_bandwidth = device.memory().peak_bandwidth().bps();
   device.use_host_with(1);  // one device: the host is its own
   if (g.setup.host_copy_streams())
     throw std::invalid_argument(

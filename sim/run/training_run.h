@@ -77,6 +77,7 @@ struct TrainingResult {
   double model_flops = 0;     ///< per step, without recomputation (MFU numerator)
   double hardware_flops = 0;  ///< per step, with recomputation, without the optimizer (HFU numerator)
   double peak_flops = 0;      ///< device peak for the matmul type, datasheet convention
+  double peak_memory_bandwidth = 0;  ///< B/s, datasheet
   std::array<Time, 4> time_by_class{};  ///< indexed by OpClass
   Time compute_bound_time, memory_bound_time, cache_bound_time, latency_bound_time;
   Time launch_time;  ///< kernel launch gaps inside the step (part of the op times above)
