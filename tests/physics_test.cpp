@@ -426,6 +426,26 @@ TEST(Knobs, LargerL2RaisesHitRateAndCutsMemoryTraffic) {
   EXPECT_NEAR(bytes_large.count() / op.min_bytes().count(), 1.0, 0.05);
 }
 
+TEST(Knobs, ABiggerL2NeverSlowsAnOperator) {
+  // A larger cache holds more and evicts less; with its latency and bandwidth unchanged it may
+  // not make anything slower. (Dirty output left in a large cache at the end of a kernel drains
+  // behind it, so a cache that holds the whole output does not pay for it at the boundary.)
+  const std::vector<Op> ops = {gemm(4096, 4096, 4096), gemm(8192, 14336, 4096),
+                               gemm(4096, 4096, 14336), gemm(2048, 32000, 4096),
+                               make_elementwise("add", int64_t(1) << 26, DType::BF16),
+                               make_norm("rmsnorm", 8192, 4096, DType::BF16, false)};
+  for (const Op& op : ops) {
+    SCOPED_TRACE(op.name);
+    double previous = 1e30;
+    for (const char* size : {"12 MiB", "25 MiB", "50 MiB", "100 MiB", "200 MiB"}) {
+      auto dev = load_device("h100-sxm5-80gb", {std::string("caches.l2.size=") + size});
+      const double t = OpSimulator(*dev, Fidelity::Tile).run(op).time.sec();
+      EXPECT_LE(t, previous * 1.002) << size;
+      previous = t;
+    }
+  }
+}
+
 // --- Fidelity ladder and memoisation -------------------------------------------------------------
 
 TEST(Fidelity, AnalyticalAgreesWithTileWithinFactorTwo) {

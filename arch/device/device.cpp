@@ -134,7 +134,7 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
     CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true, share);
     // A dirty victim of this fill is written back below it (only shared levels hold dirty data).
     if (r.evicted_dirty > Bytes(0))
-      memory_->access(earliest, key ^ 0x5bd1e995ULL, r.evicted_dirty, true);
+      to_memory(earliest, key ^ 0x5bd1e995ULL, r.evicted_dirty, true);
     passed = max(passed, r.passed);
     latency += caches_[i]->latency();
     if (r.hit) return passed + latency;
@@ -146,17 +146,17 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
   // With a shared level the first requester of a multicast fetched the whole block and the
   // others hit; with none, each requester is charged its share of the one memory read.
   Bytes fetched = first_shared_ == caches_.size() ? bytes / static_cast<double>(fanout) : bytes;
-  Time mem = memory_->access(earliest, key, fetched, false);
+  Time mem = to_memory(earliest, key, fetched, false);
   return max(passed + latency, mem + latency);
 }
 
 Time Device::write(int unit, Time earliest, uint64_t key, Bytes bytes) {
   Time passed = max(earliest, noc_.transfer(earliest, bytes));
   if (first_shared_ == caches_.size())
-    return max(passed, memory_->access(earliest, key, bytes, true));
+    return max(passed, to_memory(earliest, key, bytes, true));
   Bytes victims(0);
   passed = max(passed, caches_[first_shared_]->write(unit, earliest, key, bytes, &victims));
-  if (victims > Bytes(0)) memory_->access(earliest, key ^ 0x5bd1e995ULL, victims, true);
+  if (victims > Bytes(0)) to_memory(earliest, key ^ 0x5bd1e995ULL, victims, true);
   return passed;
 }
 
@@ -168,13 +168,14 @@ Time Device::write_back(Time earliest) {
     // Spread the write-back over the channels in interleave-sized pieces.
     const double piece = 64 * 1024;
     for (double left = dirty.count(); left > 0; left -= piece, ++key)
-      done = max(done, memory_->access(earliest, key * 0x9E3779B97F4A7C15ULL,
+      done = max(done, to_memory(earliest, key * 0x9E3779B97F4A7C15ULL,
                                        Bytes(std::min(piece, left)), true));
   }
   return done;
 }
 
 void Device::reset(Time now) {
+  memory_traffic_ = Bytes(0);
   for (auto& c : caches_) c->reset(now);
   noc_.reset(now);
   memory_->reset(now);

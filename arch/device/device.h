@@ -62,6 +62,9 @@ class Device {
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes);
   /// Writes every dirty block back to memory (a kernel boundary); returns when done.
   Time write_back(Time earliest);
+  /// Bytes moved to and from memory since the last reset (fills, write-throughs, victims and
+  /// write-backs).
+  Bytes memory_traffic() const { return memory_traffic_; }
   /// Empties caches, queues and statistics; everything is free from `now`.
   void reset(Time now);
 
@@ -78,6 +81,11 @@ class Device {
   Server noc_;
   Time noc_latency_;
   size_t first_shared_ = 0;  // index of the first shared level (== caches_.size() if none)
+  Bytes memory_traffic_{0};
+  Time to_memory(Time earliest, uint64_t key, Bytes bytes, bool write) {
+    memory_traffic_ += bytes;
+    return memory_->access(earliest, key, bytes, write);
+  }
   std::unique_ptr<MemoryModel> memory_;
   std::optional<HostSpec> host_;
   YAML::Node resolved_;

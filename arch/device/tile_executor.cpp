@@ -296,8 +296,13 @@ KernelStats TileExecutor::execute(const TileProgram& program) {
   sc_core::sc_start();
   run->finish();  // kill the slot processes first, so a watchdog error leaves none behind
   run->check();
-  // Dirty lines left in the caches are written back at the kernel boundary.
-  Time end = device_.write_back(run->end());
+  // Dirty lines left in the caches at the end (the kernel's output, in a large cache) are
+  // written back: their bytes count, but as a GPU's write-back cache drains them behind the
+  // next kernel rather than before it, they delay this one only as far as all its memory
+  // traffic, drained at the sustained rate from its start, outlasts its work.
+  device_.write_back(run->end());
+  const Time drained = launch + device_.memory_traffic() / device_.sustained_memory_bandwidth();
+  Time end = max(run->end(), drained);
   KernelStats k;
   k.start = t0 + launch;
   k.end = t0 + end;
