@@ -132,15 +132,8 @@ TEST(Configs, EverySweepLoadsAndEachOfItsPointsIsAnExperiment) {
       const std::vector<SweepPoint> points = s.expand();
       ASSERT_GE(points.size(), 2u);
       for (const SweepPoint& p : points) {
-        Document d;
-        d.file = s.experiment.file;
-        d.root = YAML::Clone(s.experiment.root);
-        d.sources = std::make_shared<SourceMap>(*s.experiment.sources);
         std::vector<std::string> overrides;
-        for (const auto& [k, v] : p.assignments) {
-          if (k == "device" || k == "model" || k == "system") d.root[k] = v;
-          else if (!v.empty()) overrides.push_back(k + "=" + v);
-        }
+        Document d = point_document(s, &p, overrides);
         Experiment e = load_experiment(std::move(d), overrides);
         EXPECT_TRUE(e.model.has_value() || !e.ops.empty());
       }

@@ -35,26 +35,11 @@ const std::vector<std::string> kTrainingMetrics = {
     "memory.fits"};
 const std::vector<std::string> kOpsMetrics = {"total_time_s"};
 
-// The point's experiment: the base document with its assignments. A preset name or file given
-// to `device`, `model` or `system` replaces that section; any other key is an override, applied
-// after the presets are resolved, as `memwall run -p` does.
+// The point's experiment (sim/sweep's point_document), with the command line's overrides last.
 Experiment point_experiment(const SweepSpec& s, const SweepPoint& p,
                             const std::vector<std::string>& extra, const std::string& fidelity) {
-  Document d;
-  d.file = s.experiment.file;
-  d.root = YAML::Clone(s.experiment.root);
-  d.sources = std::make_shared<SourceMap>(*s.experiment.sources);
   std::vector<std::string> overrides;
-  for (const auto& [key, value] : p.assignments) {
-    if (value.empty()) continue;
-    if (key == "device" || key == "model" || key == "system") {
-      d.root[key] = value;
-      d.sources->erase_below(key);
-      d.sources->set(key, SourceLoc{s.file.empty() ? "command line" : s.file, 0});
-    } else {
-      overrides.push_back(key + "=" + value);
-    }
-  }
+  Document d = point_document(s, &p, overrides);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   Experiment e = load_experiment(std::move(d), overrides);
   if (!fidelity.empty()) e.fidelity = parse_fidelity(fidelity);
@@ -173,11 +158,9 @@ int default_jobs() {
 // The experiment the rows apply to, for writing beside the CSV.
 YAML::Node base_resolved(const SweepSpec& s, const std::vector<std::string>& overrides) {
   try {
-    Document d;
-    d.file = s.experiment.file;
-    d.root = YAML::Clone(s.experiment.root);
-    d.sources = std::make_shared<SourceMap>(*s.experiment.sources);
-    return load_experiment(std::move(d), overrides).resolved;
+    std::vector<std::string> none;
+    std::vector<std::string> all = overrides;
+    return load_experiment(point_document(s, nullptr, none), all).resolved;
   } catch (const std::exception&) {
     return YAML::Clone(s.experiment.root);  // the points complete it
   }

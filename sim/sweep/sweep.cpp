@@ -93,6 +93,26 @@ std::vector<SweepPoint> SweepSpec::expand() const {
   return out;
 }
 
+Document point_document(const SweepSpec& s, const SweepPoint* p,
+                        std::vector<std::string>& overrides) {
+  Document d;
+  d.file = s.experiment.file;
+  d.root = YAML::Clone(s.experiment.root);
+  d.sources = std::make_shared<SourceMap>(*s.experiment.sources);
+  if (!p) return d;
+  for (const auto& [key, value] : p->assignments) {
+    if (value.empty()) continue;
+    if (key == "device" || key == "model" || key == "system") {
+      d.root[key] = value;
+      d.sources->erase_below(key);
+      d.sources->set(key, SourceLoc{s.file.empty() ? "command line" : s.file, 0});
+    } else {
+      overrides.push_back(key + "=" + value);
+    }
+  }
+  return d;
+}
+
 SweepSpec load_sweep(const std::string& file) {
   Document doc = load_yaml_file(file);
   SweepSpec s;

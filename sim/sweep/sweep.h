@@ -55,6 +55,13 @@ struct SweepSpec {
   std::vector<SweepPoint> expand() const;
 };
 
+/// The experiment document of `point`: a copy of the base with the point's assignments. A preset
+/// name or file given to `device`, `model` or `system` replaces that section in the copy; every
+/// other assignment is appended to `overrides` as `key=value`, to apply after presets resolve
+/// (as `memwall run -p` does). With no point, the base alone.
+Document point_document(const SweepSpec& spec, const SweepPoint* point,
+                        std::vector<std::string>& overrides);
+
 /// Loads and checks a sweep file. Bad input throws ConfigError naming the file, line and key.
 SweepSpec load_sweep(const std::string& file);
 
