@@ -137,10 +137,6 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
                         "so every tensor already lives in host memory: placing or offloading "
                         "tensors needs memory_mode flat");
     }
-    if (e.device->host() && e.device->host()->cache_mode && e.training.parallel.pp > 1)
-      t.fail("pp", "with the device's memory as a cache of host memory (host.memory_mode: "
-                   "cache), the cache is replayed in one micro-batch's order, which a pipeline "
-                   "schedule's in-flight micro-batches break: set pp to 1");
     if (!e.ops.empty())
       throw ConfigError(doc.sources->find("ops"), "ops",
                         "an experiment runs either `ops` or a `model`, not both");

@@ -217,7 +217,8 @@ Program* program_for(ChunkModel& c, Pass p, bool split_backward) {
 // not waits: the schedule runs W after its B on the same stream.
 void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool split_backward) {
   const StepGraph& g = c.graph;
-  c.host_traffic = device_host_traffic(g, sim.device());
+  // (a pipeline rank in cache mode has it from its schedule already)
+  if (c.host_traffic.read.empty()) c.host_traffic = device_host_traffic(g, sim.device());
   const HostTraffic& traffic = c.host_traffic;
   std::vector<int> task_of(g.size(), -1);
   std::vector<Program*> prog_of(g.size(), nullptr);
@@ -524,13 +525,38 @@ class ClusterSim {
     const int C = p_.chunks();
     const std::vector<int64_t> bounds = chunk_boundaries(m_.layers, p_);
     chunk_of_.resize(C);
-    for (int gc = 0; gc < C; ++gc) {
+    auto chunk = [&](int gc) {
       ModelChunk ch;
       ch.first_layer = bounds[gc];
       ch.last_layer = bounds[gc + 1];
       ch.embedding = gc == 0;
       ch.head = gc == C - 1;
-      chunk_of_[gc] = model_for(ch);
+      return ch;
+    };
+    if (device_.host() && device_.host()->cache_mode && p_.pp > 1) {
+      // Device memory caching host memory: what a rank's chunks miss depends on its schedule
+      // (how many micro-batches it holds), so each rank's chunks are its own, their traffic
+      // replayed over its schedule before their operators are timed.
+      for (int s = 0; s < p_.pp; ++s) {
+        std::vector<std::shared_ptr<ChunkModel>> mine;
+        std::vector<const StepGraph*> graphs;
+        for (int v = 0; v < p_.vpp; ++v) {
+          auto c = std::make_shared<ChunkModel>();
+          c->graph = build_step_graph(m_, t_, chunk(v * p_.pp + s));
+          mine.push_back(c);
+          graphs.push_back(&c->graph);
+        }
+        const std::vector<HostTraffic> traffic =
+            cache_traffic(graphs, pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_),
+                          device_.memory().capacity().count());
+        for (int v = 0; v < p_.vpp; ++v) {
+          mine[v]->host_traffic = traffic[v];
+          finish_model(*mine[v]);
+          chunk_of_[v * p_.pp + s] = mine[v];
+        }
+      }
+    } else {
+      for (int gc = 0; gc < C; ++gc) chunk_of_[gc] = model_for(chunk(gc));
     }
 
     states_.resize(p_.pp);
@@ -620,11 +646,16 @@ class ClusterSim {
     if (it != models_.end()) return it->second;
     auto c = std::make_shared<ChunkModel>();
     c->graph = build_step_graph(m_, t_, ch);
-    c->boundary_bytes = c->graph.boundary_bytes;
-    build_programs(*c, sim_, mbs_, p_.split_backward());
-    measure_memory(*c);
+    finish_model(*c);
     models_[key] = c;
     return c;
+  }
+
+  // Times a chunk's operators and measures its memory, once its graph is built.
+  void finish_model(ChunkModel& c) {
+    c.boundary_bytes = c.graph.boundary_bytes;
+    build_programs(c, sim_, mbs_, p_.split_backward());
+    measure_memory(c);
   }
 
   std::size_t slot(int64_t mb, int gc, bool fwd) const {

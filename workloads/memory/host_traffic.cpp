@@ -223,77 +223,146 @@ HostTraffic host_resident_traffic(const StepGraph& g) {
   return h;
 }
 
-HostTraffic cache_traffic(const StepGraph& g, double capacity) {
-  HostTraffic h;
-  h.cache = true;
-  h.capacity = capacity;
-  h.read.assign(g.size(), 0);
-  h.write.assign(g.size(), 0);
-  const Pieces p = split(g);
-  std::vector<StepVertex> micro_batch, optimizer;
-  for (StepVertex v : g.generation_order())
-    (g.node(v).pass == Pass::Optimizer ? optimizer : micro_batch).push_back(v);
-  // Each transient tensor leaves the cache after its last use in a step's order.
-  std::vector<std::vector<TensorId>> frees(g.size());
-  {
-    std::vector<int> last(g.tensors.size(), -1);
-    std::vector<StepVertex> step = micro_batch;
-    step.insert(step.end(), optimizer.begin(), optimizer.end());
-    for (std::size_t i = 0; i < step.size(); ++i) {
-      const StepNode& n = g.node(step[i]);
-      for (const auto* list : {&n.reads, &n.writes, &n.allocs})
-        for (TensorId t : *list) last[t] = int(i);
+namespace {
+
+// One chunk of a pipeline rank, ready to replay: its pieces, its nodes by pass, and the
+// transient tensors each node frees.
+struct Replay {
+  const StepGraph* g = nullptr;
+  Pieces pieces;
+  std::vector<StepVertex> forward, backward, weight, optimizer;
+  std::vector<std::vector<TensorId>> frees;
+  int key_base = 0;  // of its pieces in the rank's key space
+};
+
+Replay prepare_replay(const StepGraph& g, bool split_backward) {
+  Replay r;
+  r.g = &g;
+  r.pieces = split(g);
+  // Memory events (a batch arriving, a pipeline receive) go with the pass around them.
+  bool backward_started = false;
+  for (StepVertex v : g.generation_order()) {
+    const StepNode& n = g.node(v);
+    if (n.pass == Pass::Optimizer) {
+      r.optimizer.push_back(v);
+      continue;
     }
-    for (std::size_t t = 0; t < g.tensors.size(); ++t)
-      if (!g.tensors[t].persistent && last[t] >= 0) frees[step[last[t]]].push_back(TensorId(t));
+    if (n.pass != Pass::Forward && n.pass != Pass::Memory) backward_started = true;
+    if (n.pass == Pass::BackwardWeight && split_backward) r.weight.push_back(v);
+    else if (n.pass == Pass::Forward || (n.pass == Pass::Memory && !backward_started))
+      r.forward.push_back(v);
+    else r.backward.push_back(v);
   }
-  Lru cache(p.size.size(), capacity);
-  std::vector<bool> created(g.tensors.size(), false);
-  std::vector<double> runs(g.size(), 0);
-  // Runs `nodes` once; with `weight` > 0, counts their traffic that many times.
-  auto run = [&](const std::vector<StepVertex>& nodes, bool first_micro_batch, double weight) {
+  // Each transient tensor leaves the cache after its last use in a micro-batch's passes.
+  r.frees.resize(g.size());
+  std::vector<int> last(g.tensors.size(), -1);
+  std::vector<StepVertex> order = r.forward;
+  for (const auto* list : {&r.backward, &r.weight, &r.optimizer})
+    order.insert(order.end(), list->begin(), list->end());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const StepNode& n = g.node(order[i]);
+    for (const auto* list : {&n.reads, &n.writes, &n.allocs})
+      for (TensorId t : *list) last[t] = int(i);
+  }
+  for (std::size_t t = 0; t < g.tensors.size(); ++t)
+    if (!g.tensors[t].persistent && last[t] >= 0) r.frees[order[last[t]]].push_back(TensorId(t));
+  return r;
+}
+
+}  // namespace
+
+std::vector<HostTraffic> cache_traffic(const std::vector<const StepGraph*>& chunks,
+                                       const std::vector<PipelineItem>& items, double capacity) {
+  const bool split_backward =
+      std::any_of(items.begin(), items.end(), [](const PipelineItem& i) { return i.weight; });
+  std::vector<Replay> replays;
+  int keys = 0;
+  for (const StepGraph* g : chunks) {
+    replays.push_back(prepare_replay(*g, split_backward));
+    replays.back().key_base = keys;
+    keys += int(replays.back().pieces.size.size());
+  }
+  // A micro-batch's transient tensors are its own while it is in flight: `slots` copies of the
+  // key space, a micro-batch using slot (micro-batch mod slots). Model state has one copy.
+  const int slots = int(std::max<int64_t>(1, max_in_flight(items))) + 1;
+  Lru cache(std::size_t(keys) * slots, capacity);
+  std::vector<HostTraffic> out(chunks.size());
+  std::vector<std::vector<double>> runs(chunks.size());
+  std::vector<std::vector<bool>> created(chunks.size());
+  for (std::size_t c = 0; c < chunks.size(); ++c) {
+    out[c].cache = true;
+    out[c].capacity = capacity;
+    out[c].read.assign(chunks[c]->size(), 0);
+    out[c].write.assign(chunks[c]->size(), 0);
+    runs[c].assign(chunks[c]->size(), 0);
+    created[c].assign(chunks[c]->tensors.size(), false);
+  }
+  auto run = [&](std::size_t c, const std::vector<StepVertex>& nodes, int64_t micro_batch,
+                 bool measured) {
+    const Replay& r = replays[c];
+    const StepGraph& g = *r.g;
+    const bool first = micro_batch == 0;
+    const int slot = micro_batch < 0 ? 0 : int(micro_batch % slots);
+    HostTraffic& h = out[c];
+    auto key_of = [&](int piece) {
+      const bool transient = !g.tensors[r.pieces.tensor[piece]].persistent;
+      return (transient ? slot * keys : 0) + r.key_base + piece;
+    };
     for (StepVertex v : nodes) {
       const StepNode& n = g.node(v);
-      if (first_micro_batch && n.after_first_micro_batch) continue;
+      if (first && n.after_first_micro_batch) continue;
       double read = 0, written = 0;
-      for (const Touch& t : p.touches[v]) {
-        if (t.first_micro_batch_only && !first_micro_batch) continue;
-        const TensorId id = p.tensor[t.key];
+      for (const Touch& t : r.pieces.touches[v]) {
+        if (t.first_micro_batch_only && !first) continue;
+        const TensorId id = r.pieces.tensor[t.key];
         if (t.access == Access::Create && g.tensors[id].persistent) {
-          if (created[id]) continue;  // model state comes into existence once
-          created[id] = true;
+          if (created[c][id]) continue;  // model state comes into existence once
+          created[c][id] = true;
         }
-        const bool hit = cache.touch(t.key, t.bytes, t.access != Access::Read, written);
+        const bool hit = cache.touch(key_of(t.key), t.bytes, t.access != Access::Read, written);
         if (t.access == Access::Create || t.access == Access::Write) continue;  // nothing to fetch
         if (!hit) read += t.charge;
-        h.touched += weight * t.charge;
-        if (hit) h.hits += weight * t.charge;
+        if (!measured) continue;
+        h.touched += t.charge;
+        if (hit) h.hits += t.charge;
       }
-      for (TensorId t : frees[v])
-        for (int k = p.first[t]; k < p.first[t + 1]; ++k) cache.drop(k);
-      if (weight <= 0) continue;
-      h.step_read += weight * read;
-      h.step_write += weight * written;
-      h.read[v] += weight * read;
-      h.write[v] += weight * written;
-      runs[v] += weight;
+      for (TensorId t : r.frees[v])
+        for (int k = r.pieces.first[t]; k < r.pieces.first[t + 1]; ++k) cache.drop(key_of(k));
+      if (!measured) continue;
+      h.step_read += read;
+      h.step_write += written;
+      h.read[v] += read;
+      h.write[v] += written;
+      runs[c][v] += 1;
     }
   };
-  // A warm-up step, then the measured one. From the third micro-batch on, each follows one
-  // like itself, so the third stands for the rest.
-  const int64_t N = g.accumulation_steps;
+  // A warm-up step, then the measured one.
   for (int step = 0; step < 2; ++step) {
     const bool measured = step == 1;
-    for (int64_t a = 0; a < std::min<int64_t>(N, 3); ++a)
-      run(micro_batch, a == 0, !measured ? 0.0 : a < 2 ? 1.0 : double(N - 2));
-    run(optimizer, false, measured ? 1.0 : 0.0);
-  }
-  for (StepVertex v = 0; v < g.size(); ++v)
-    if (runs[v] > 0) {
-      h.read[v] /= runs[v];
-      h.write[v] /= runs[v];
+    for (const PipelineItem& it : items) {
+      const Replay& r = replays[std::size_t(it.chunk)];
+      run(std::size_t(it.chunk), it.forward ? r.forward : it.weight ? r.weight : r.backward,
+          it.micro_batch, measured);
     }
-  return h;
+    for (std::size_t c = 0; c < chunks.size(); ++c) run(c, replays[c].optimizer, -1, measured);
+  }
+  for (std::size_t c = 0; c < chunks.size(); ++c)
+    for (StepVertex v = 0; v < chunks[c]->size(); ++v)
+      if (runs[c][v] > 0) {
+        out[c].read[v] /= runs[c][v];
+        out[c].write[v] /= runs[c][v];
+      }
+  return out;
+}
+
+HostTraffic cache_traffic(const StepGraph& g, double capacity) {
+  // One device: each micro-batch's forward, then its backward.
+  std::vector<PipelineItem> items;
+  for (int64_t a = 0; a < g.accumulation_steps; ++a) {
+    items.push_back({a, 0, true, false});
+    items.push_back({a, 0, false, false});
+  }
+  return cache_traffic({&g}, items, capacity).front();
 }
 
 }  // namespace memwall

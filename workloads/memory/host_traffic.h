@@ -10,7 +10,9 @@
 //   used evicted first. A kernel touching an evicted piece fetches it from the host; evicting a
 //   piece something wrote writes it back. Freed activations leave the cache without a write-back
 //   (the allocator hands their addresses to the next allocation, which overwrites them). The
-//   figures are those of a steady step: a second step after a first.
+//   figures are those of a steady step: a second step after a first. A pipeline rank replays
+//   its schedule: forwards and backwards of different micro-batches interleaved, each
+//   in-flight micro-batch's activations its own.
 //
 // The unit of placement is a tensor, except for model state: one layer's weights are one tensor
 // in the step graph, read piece by piece by its products, so each state tensor is split into
@@ -34,6 +36,7 @@
 
 #include <vector>
 
+#include "workloads/parallel/schedule.h"
 #include "workloads/training/step_graph.h"
 
 namespace memwall {
@@ -57,7 +60,15 @@ struct HostTraffic {
 HostTraffic host_resident_traffic(const StepGraph& g);
 
 /// Cache mode: device memory of `capacity` bytes caching every tensor of the step (`g` must
-/// keep nothing on the host itself), in the generator's order.
+/// keep nothing on the host itself): each micro-batch's forward, then its backward, then the
+/// optimizer.
 HostTraffic cache_traffic(const StepGraph& g, double capacity);
+
+/// Cache mode on one pipeline rank: the graphs of its model chunks (`chunks`, indexed by
+/// PipelineItem::chunk) run in the order of the rank's schedule `items`, each micro-batch's
+/// transient tensors its own while it is in flight (1F1B keeps up to pp of them), then each
+/// chunk's optimizer. One result per chunk.
+std::vector<HostTraffic> cache_traffic(const std::vector<const StepGraph*>& chunks,
+                                       const std::vector<PipelineItem>& items, double capacity);
 
 }  // namespace memwall
