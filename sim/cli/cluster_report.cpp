@@ -99,7 +99,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       b[int(TensorClass::Activations)] / kGiB, worst->max_in_flight,
       b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB,
       host_memory_text(r.host));
-  out += host_traffic_line(r.host);
+  out += host_traffic_line(r.host, r.step_time.sec());
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes)
     if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;

@@ -66,7 +66,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       b[int(TensorClass::Optimizer)] / kGiB, b[int(TensorClass::Activations)] / kGiB,
       b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time),
       host_memory_text(r.host));
-  out += host_traffic_line(r.host);
+  out += host_traffic_line(r.host, r.step_time.sec());
 
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -174,13 +174,16 @@ void add_host_memory_json(nlohmann::json& memory, const HostMemory& h) {
   }
 }
 
-std::string host_traffic_line(const HostMemory& h) {
+std::string host_traffic_line(const HostMemory& h, double step_seconds) {
   if (!h.cache && h.read + h.write <= 0) return "";
-  const std::string moved =
-      fmt::format("{:.1f} GB read and {:.1f} GB written per step over {} ({:.0f} GB/s per "
-                  "direction; host memory {:.0f} GB/s)",
-                  h.read * 1e-9, h.write * 1e-9, h.link, h.link_bandwidth.bps() * 1e-9,
-                  h.memory_bandwidth.bps() * 1e-9);
+  const double link = h.link_bandwidth.bps() * step_seconds;
+  const double memory = h.memory_bandwidth.bps() * step_seconds;
+  const std::string moved = fmt::format(
+      "{:.1f} GB read and {:.1f} GB written per step over {} ({:.0f} GB/s per direction, busy "
+      "{}; host memory {:.0f} GB/s, busy {})",
+      h.read * 1e-9, h.write * 1e-9, h.link, h.link_bandwidth.bps() * 1e-9,
+      pct(link > 0 ? std::max(h.read, h.write) / link : 0), h.memory_bandwidth.bps() * 1e-9,
+      pct(memory > 0 ? (h.read + h.write) / memory : 0));
   if (h.cache)
     return fmt::format("host      device memory is a {:.1f} GiB cache of host memory: {} of the "
                        "bytes touched hit; {}\n",

@@ -26,7 +26,8 @@ std::string host_memory_text(const HostMemory& h);
 void add_host_memory_json(nlohmann::json& memory, const HostMemory& h);
 /// The line on the device's own host-memory traffic (host-resident state, or device memory as
 /// a cache of host memory), "" where there is none.
-std::string host_traffic_line(const HostMemory& h);
+/// With the step time, how busy the traffic keeps the link and host memory.
+std::string host_traffic_line(const HostMemory& h, double step_seconds);
 /// Every operator's figures (one execution each, with their executions per step), and the
 /// device's peaks, as both kinds of run write them in JSON.
 nlohmann::json ops_json(const std::vector<NodeTiming>& nodes);
