@@ -572,14 +572,61 @@ TEST(OptimizerOffload, ZeroOffloadStreamsGradientShardsDuringTheBackward) {
   EXPECT_DOUBLE_EQ(backward.host.bytes, serial.host.bytes);
 }
 
+TEST(OptimizerOffload, TheDelayedUpdateRunsBesideTheNextStep) {
+  // ZeRO-Offload's delayed parameter update: the CPU's Adam and the weights' copy back leave
+  // the step's critical path, so the step is shorter by up to their time, and never shorter
+  // than they are: with a host slow enough, the step is the host's update.
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  auto setup = [](const std::string& schedule) {
+    return load_training_string(
+        "micro_batch: 1\nglobal_batch: 16\ndp: 8\nzero_stage: 2\noptimizer_offload: 1\n"
+        "host_overhead: 0 s\noptimizer_offload_schedule: " + schedule + "\n",
+        "training.yaml");
+  };
+  auto run = [&](const std::string& schedule, const std::vector<std::string>& overrides = {}) {
+    auto dev = load_device("h100-sxm5-80gb", overrides);
+    OpSimulator ops(*dev, Fidelity::Analytical);
+    return simulate_cluster(m, setup(schedule), ops, load_system("dgx-h100"), 8);
+  };
+  auto host_update = [](const ClusterResult& r) {
+    double t = 0;
+    for (const auto& n : r.nodes)
+      if (n.name == "optimizer.adam.cpu" || n.name == "optimizer.offload.weights.h2d")
+        t += n.time.sec();
+    return t;
+  };
+  ClusterResult backward = run("backward"), delayed = run("delayed");
+  const double update = host_update(backward);
+  ASSERT_GT(update, 0);
+  EXPECT_NEAR(delayed.delayed_update.sec(), update, 1e-9);
+  EXPECT_DOUBLE_EQ(backward.delayed_update.sec(), 0);
+  EXPECT_LT(delayed.step_time.sec(), backward.step_time.sec());
+  EXPECT_GE(delayed.step_time.sec(), backward.step_time.sec() - update - 1e-9);
+  EXPECT_GE(delayed.step_time.sec(), update);
+  // A host with a tenth of the memory bandwidth: the update outlasts the device's work, and
+  // the step is the update.
+  ClusterResult slow = run("delayed", {"host.memory_bandwidth=61.44GB/s"});
+  EXPECT_GT(slow.delayed_update, delayed.delayed_update);
+  EXPECT_DOUBLE_EQ(slow.step_time.sec(), slow.delayed_update.sec());
+  // Same state in the same places: only time moves.
+  EXPECT_DOUBLE_EQ(delayed.host.bytes, backward.host.bytes);
+  EXPECT_DOUBLE_EQ(delayed.peak_memory(), backward.peak_memory());
+}
+
 TEST_F(OffloadCli, StreamingGradientsNeedsZeroTwo) {
-  Result r = run("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len 256 "
-                 "--optimizer-offload 1 -p training.optimizer_offload_schedule=backward");
-  EXPECT_EQ(r.status, 2) << r.out << r.err;
-  EXPECT_NE(r.err.find("training.optimizer_offload_schedule"), std::string::npos) << r.err;
-  Result ok = run("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len 256 --zero 2 "
-                  "--optimizer-offload 1 -p training.optimizer_offload_schedule=backward");
-  EXPECT_EQ(ok.status, 0) << ok.err;
+  for (const char* schedule : {"backward", "delayed"}) {
+    SCOPED_TRACE(schedule);
+    Result r = run(std::string("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len "
+                               "256 --optimizer-offload 1 -p training.optimizer_offload_schedule=") +
+                   schedule);
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("training.optimizer_offload_schedule"), std::string::npos) << r.err;
+    Result ok = run(std::string("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len "
+                                "256 --zero 2 --optimizer-offload 1 "
+                                "-p training.optimizer_offload_schedule=") +
+                    schedule);
+    EXPECT_EQ(ok.status, 0) << ok.err;
+  }
 }
 
 }  // namespace

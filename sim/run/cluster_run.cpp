@@ -161,6 +161,8 @@ struct Task {
   // Compute: one product over blocks that arrive one by one (StepNode::paced_by_inputs); with
   // `waits` in issue order, the work on block i + 1 of waits + 1 starts once waits[i] ends.
   bool paced = false;
+  /// Compute: host work that runs beside the next step (StepNode::beside_next_step).
+  bool beside_next_step = false;
   Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
   // Compute: the part of the above that the first micro-batch of a step does not run (gradient
   // accumulation, StepNode::after_first_micro_batch).
@@ -257,8 +259,10 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       if (traffic.any())
         o = with_host_access(o, traffic.read[v], traffic.write[v], *sim.device().host());
       OpClass cls = classify(n);
-      P->compute += o.time;
-      P->by_class[int(cls)] += o.time;
+      if (!n.beside_next_step) {
+        P->compute += o.time;
+        P->by_class[int(cls)] += o.time;
+      }
       P->flops += o.flops;
       if (n.pass != Pass::Recompute) P->model_flops += o.flops;
       const int runs = n.pass == Pass::Optimizer ? 1
@@ -270,9 +274,11 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       // Consecutive operators with nothing to wait for run back to back: one task (a paced
       // product stays alone: its pacing is its own work's).
       if (!(waits.empty() && !n.paced_by_inputs && !P->tasks.empty() &&
-            P->tasks.back().kind == Task::Compute && !P->tasks.back().paced)) {
+            P->tasks.back().kind == Task::Compute && !P->tasks.back().paced &&
+            P->tasks.back().beside_next_step == n.beside_next_step)) {
         Task t2;
         t2.kind = Task::Compute;
+        t2.beside_next_step = n.beside_next_step;
         std::sort(waits.begin(), waits.end());
         t2.waits = waits;
         t2.paced = n.paced_by_inputs;
@@ -479,6 +485,7 @@ struct RankState {
   std::array<Time, kParallelGroups> stream_free{};
   std::array<Time, 2> host_copy_free{};  // the copy streams to and from the host
   Time async_end;  // latest end of any non-blocking collective issued so far
+  Time delayed_update;  // host work beside the next step (ZeRO-Offload's delayed update)
   int async_group = int(ParallelGroup::DP);  // the group of that collective
   // Overlapped collectives in flight: [start, end) and the share of compute units they hold.
   struct UnitHold {
@@ -604,6 +611,13 @@ class ClusterSim {
     optimizer_phase();
 
     for (const auto& s : r.stages) r.step_time = max(r.step_time, s.finish);
+    // ZeRO-Offload's delayed update runs beside the next step: steps come no faster than the
+    // host's update, and a device that finishes first waits for its weights.
+    for (int s = 0; s < p_.pp; ++s) r.delayed_update = max(r.delayed_update, states_[s].delayed_update);
+    if (r.delayed_update > r.step_time) {
+      for (auto& s : r.stages) s.host_copy_wait += r.delayed_update - r.step_time;
+      r.step_time = r.delayed_update;
+    }
     // Whatever a rank's compute stream spends neither computing nor waiting on a collective is
     // pipeline bubble: waiting for another stage at the start, between passes, and at the end.
     for (auto& s : r.stages) {
@@ -1098,6 +1112,13 @@ class ClusterSim {
         Cursor& c = cur[s];
         while (c.next < c.tasks.size() && !blocked_at(s)) {
           auto [P, i] = c.tasks[c.next++];
+          if (P->tasks[i].beside_next_step) {
+            // The delayed update: the CPU's Adam and the weights' copy back run while the
+            // device goes on with the next step, so they do not hold this one up.
+            states_[s].delayed_update += P->tasks[i].duration;
+            moved = true;
+            continue;
+          }
           Program one;
           one.tasks.push_back(P->tasks[i]);
           one.tasks.back().waits.clear();

@@ -90,6 +90,9 @@ struct ClusterResult {
   double hardware_flops = 0;   ///< per step, whole job, with recomputation
   double peak_flops = 0;       ///< per device, for the matmul type
   double peak_memory_bandwidth = 0;  ///< per device, B/s (datasheet)
+  /// ZeRO-Offload's delayed update: the host's part of the optimizer (CPU Adam, weights back),
+  /// which runs beside the next step; a step takes no less.
+  Time delayed_update;
   std::array<Time, 4> time_by_class{};  ///< compute time by OpClass on stage 0, per step
   std::array<GroupComm, kParallelGroups> comm{};
   std::vector<StageResult> stages;

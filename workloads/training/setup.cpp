@@ -255,8 +255,12 @@ const Schema& training_schema() {
         "group's update running while the next arrives and the previous leaves (its "
         "--overlap-cpu-optimizer-d2h-h2d). backward: DeepSpeed ZeRO-Offload, each micro-batch's "
         "reduced gradient shard copied out on a copy stream while the backward goes on, then "
-        "the CPU's Adam and the weights back; needs zero_stage 2 and optimizer_offload 1.");
-    off_sched.choices = {"serial", "pipelined", "backward"};
+        "the CPU's Adam and the weights back; needs zero_stage 2 and optimizer_offload 1. "
+        "delayed: as backward, with ZeRO-Offload's one-step delayed parameter update (DPU): "
+        "the CPU's Adam and the weights' copy back run beside the next step's forward and "
+        "backward, which use weights a step old, so a step takes the longer of the device's "
+        "work and the host's.");
+    off_sched.choices = {"serial", "pipelined", "backward", "delayed"};
     x.params.push_back(off_sched);
     ParamSpec act_off = param(
         "activation_offload_layers", ParamType::Int, "layers", "0",
@@ -383,11 +387,11 @@ TrainingSetup training_from_config(const Config& c) {
   const std::string os = c.get_string("optimizer_offload_schedule");
   t.offload_schedule = os == "pipelined"  ? TrainingSetup::OffloadSchedule::Pipelined
                        : os == "backward" ? TrainingSetup::OffloadSchedule::Backward
+                       : os == "delayed"  ? TrainingSetup::OffloadSchedule::Delayed
                                           : TrainingSetup::OffloadSchedule::Serial;
-  if (t.offload_schedule == TrainingSetup::OffloadSchedule::Backward &&
-      (c.get_int("zero_stage") != 2 || t.optimizer_offload != 1.0))
+  if (t.streams_gradients() && (c.get_int("zero_stage") != 2 || t.optimizer_offload != 1.0))
     c.fail("optimizer_offload_schedule",
-           "backward streams each micro-batch's reduced gradient shard to the host, as DeepSpeed "
+           os + " streams each micro-batch's reduced gradient shard to the host, as DeepSpeed "
            "ZeRO-Offload does on ZeRO 2: it needs zero_stage 2 and optimizer_offload 1");
   t.activation_offload_layers = int(c.get_int("activation_offload_layers"));
   t.weight_offload = c.get_bool("weight_offload");

@@ -94,8 +94,14 @@ struct TrainingSetup {
   /// after another after the backward (Megatron-core's hybrid optimizer). Pipelined: the three
   /// pipelined over the parameter groups (its --overlap-cpu-optimizer-d2h-h2d). Backward:
   /// DeepSpeed ZeRO-Offload (ZeRO 2), each micro-batch's reduced gradient shard copied out on a
-  /// copy stream as the backward produces it, CPU Adam and the weights back after it.
-  enum class OffloadSchedule { Serial, Pipelined, Backward };
+  /// copy stream as the backward produces it, CPU Adam and the weights back after it. Delayed:
+  /// as Backward, with ZeRO-Offload's one-step delayed parameter update: the CPU's Adam and the
+  /// weights' copy back run beside the next step's forward and backward.
+  enum class OffloadSchedule { Serial, Pipelined, Backward, Delayed };
+  bool streams_gradients() const {
+    return offload_schedule == OffloadSchedule::Backward ||
+           offload_schedule == OffloadSchedule::Delayed;
+  }
   OffloadSchedule offload_schedule = OffloadSchedule::Serial;
   /// Activation offload: the first this many layers' saved activations go to host memory after
   /// their forward and come back one layer ahead of their backward, on copy streams (Megatron-
@@ -123,8 +129,7 @@ struct TrainingSetup {
   /// and weight offload, ZeRO-Offload's gradient streaming): only the cluster runner overlaps
   /// them; the single-device replay runs one stream.
   bool host_copy_streams() const {
-    return activation_offload_layers > 0 || weight_offload ||
-           offload_schedule == OffloadSchedule::Backward;
+    return activation_offload_layers > 0 || weight_offload || streams_gradients();
   }
 
   /// Forward/backward passes per optimizer step (gradient accumulation).

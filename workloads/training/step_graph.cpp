@@ -241,8 +241,7 @@ class Builder {
     // (a graph built with ZeRO below 3 to count FLOPs keeps its shards on the device)
     wo_ = t.weight_offload && zero_ >= 3;
     // ZeRO-Offload's gradient streaming (a graph built with ZeRO below 2 to count FLOPs has none)
-    stream_grads_ = t.offload_schedule == TrainingSetup::OffloadSchedule::Backward && zero_ == 2 &&
-                    t.optimizer_offload > 0;
+    stream_grads_ = t.streams_gradients() && zero_ == 2 && t.optimizer_offload > 0;
     rd_ = ac_ ? DType::FP32 : ad_;
     re_ = dtype_bytes(rd_);
     wb_ = t.mixed_precision() && !ac_ ? 2 : 4;
@@ -1636,10 +1635,13 @@ class Builder {
              make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size())), O, -1,
              adam_reads, {}, all);
       } else if (on_host > 0) {
-        node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
-        node("optimizer.offload.weights.h2d",
-             make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_), O, -1,
-             all, {}, all);
+        const bool delayed = t_.offload_schedule == TrainingSetup::OffloadSchedule::Delayed;
+        StepVertex a = node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1,
+                            adam_reads, {}, all);
+        StepVertex b = node("optimizer.offload.weights.h2d",
+                            make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_),
+                            O, -1, all, {}, all);
+        g_.dag[a].beside_next_step = g_.dag[b].beside_next_step = delayed;
       }
     }
     // ZeRO 1 and 2: every rank gathers the others' updated 16-bit weights, bucket by bucket

@@ -104,6 +104,9 @@ struct StepNode {
   /// A host copy on its own stream (activation offload): the compute stream goes on, and only
   /// nodes with a DAG edge from it wait.
   bool async = false;
+  /// Runs beside the next step's forward and backward instead of ending this one (ZeRO-
+  /// Offload's delayed parameter update: the CPU's Adam and the weights' copy back).
+  bool beside_next_step = false;
   std::vector<TensorId> frees;   ///< tensors whose last use this is, in the generation order
 };
 
