@@ -182,11 +182,21 @@ TEST(HostResident, TheClusterRunnerChargesTheSameTraffic) {
   StepGraph g = build_step_graph(m, t);
   EXPECT_NEAR(r.host.read, g.host_bytes(), 1e-6 * g.host_bytes());
   EXPECT_NEAR(r.host.write, g.host_bytes(), 1e-6 * g.host_bytes());
+  double adam = 0;
   for (const auto& n : r.nodes) {
     if (n.name != "optimizer.adam") continue;
+    adam = n.time.sec();
     EXPECT_GE(n.time.sec() * (1 + 1e-12),
               2 * g.host_bytes() / dev->host()->device_memory_bandwidth().bps());
   }
+  // The rank's time bound by the host tier is that Adam's (nothing else touches the host).
+  ASSERT_EQ(r.stages.size(), 1u);
+  EXPECT_NEAR(r.stages[0].host_tier.sec(), adam, 1e-12);
+  EXPECT_LE(r.stages[0].host_tier, r.stages[0].compute_busy);
+  const TrainingSetup flat = load_training_string(
+      "micro_batch: 1\nglobal_batch: 4\ndp: 4\nzero_stage: 1\n", "training.yaml");
+  EXPECT_DOUBLE_EQ(
+      simulate_cluster(m, flat, ops, load_system("gh200-cluster"), 4).stages[0].host_tier.sec(), 0);
 }
 
 // ---- device memory as a cache of host memory ----------------------------------------------------

@@ -57,23 +57,26 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     exposed += fmt::format("{}{} {:.1f}", exposed.empty() ? "" : ", ", parallel_group_name(g),
                            100 * c.exposed.sec() / step);
   }
-  double host = 0, copies = 0;
+  double host = 0, copies = 0, tier = 0;
   for (const auto& s : r.stages) {
     host += s.host_stall.sec();
     copies += s.host_copy_wait.sec();
+    tier += s.host_tier.sec();
   }
+  tier /= std::max<std::size_t>(1, r.stages.size());
   // (rounding can leave a stall of -1e-17 s; it is none)
   host = std::max(0.0, host / std::max<std::size_t>(1, r.stages.size()));
   copies /= std::max<std::size_t>(1, r.stages.size());
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  exposed "
-      "comm {} ({})  overlap slowdown {}  bubble {}{}   (stage 0 compute; the rest averaged over "
-      "stages)\n",
+      "comm {} ({})  overlap slowdown {}  bubble {}{}{}   (stage 0 compute; the rest averaged "
+      "over stages)\n",
       pct(cls(OpClass::Matrix)), pct(cls(OpClass::Attention)), pct(cls(OpClass::MemoryBound)),
       pct(cls(OpClass::Optimizer)), pct(host / step), pct(r.exposed_comm().sec() / step),
       exposed.empty() ? "none" : exposed, pct(r.comm_interference().sec() / step),
       pct(r.bubble_fraction()),
-      copies > 0 ? "  waiting on host copies " + pct(copies / step) : std::string());
+      copies > 0 ? "  waiting on host copies " + pct(copies / step) : std::string(),
+      tier > 0 ? "  host tier " + pct(tier / step) : std::string());
   out += "comm     ";
   for (ParallelGroup g : kGroups) {
     const GroupComm& c = r.comm[int(g)];
@@ -167,6 +170,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
                       {"compute_s", s.compute_busy.sec()},
                       {"bubble_s", s.bubble.sec()},
                       {"host_stall_s", s.host_stall.sec()},
+                      {"host_tier_s", s.host_tier.sec()},
                       {"host_copy_wait_s", s.host_copy_wait.sec()},
                       {"comm_interference_s", s.comm_interference.sec()},
                       {"exposed_comm_s", ex},

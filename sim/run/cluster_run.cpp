@@ -164,9 +164,10 @@ struct Task {
   /// Compute: host work that runs beside the next step (StepNode::beside_next_step).
   bool beside_next_step = false;
   Time memory_bound;           // Compute: the part of `duration` in memory-bound operators
+  Time host_bound;             // Compute: the part bound by the host tier (link, memory, CPU)
   // Compute: the part of the above that the first micro-batch of a step does not run (gradient
   // accumulation, StepNode::after_first_micro_batch).
-  Time first_skip, first_skip_memory;
+  Time first_skip, first_skip_memory, first_skip_host;
   int first_skip_kernels = 0;
 };
 
@@ -291,10 +292,13 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       task.kernels += c.nodes.back().kernels;
       if (!n.launched_with_previous) task.host_kernels += c.nodes.back().kernels;
       if (o.bound == "memory") task.memory_bound += o.time;
+      const bool host_bound = o.bound.rfind("host", 0) == 0;
+      if (host_bound) task.host_bound += o.time;
       if (n.after_first_micro_batch) {
         task.first_skip += o.time;
         task.first_skip_kernels += c.nodes.back().kernels;
         if (o.bound == "memory") task.first_skip_memory += o.time;
+        if (host_bound) task.first_skip_host += o.time;
         P->first_skip_by_class[int(cls)] += o.time;
       }
       task_of[v] = int(P->tasks.size()) - 1;
@@ -749,6 +753,7 @@ class ClusterSim {
         first = *task;
         first.duration -= first.first_skip;
         first.memory_bound -= first.first_skip_memory;
+        first.host_bound -= first.first_skip_host;
         first.kernels -= first.first_skip_kernels;
         first.host_kernels -= first.first_skip_kernels;
         if (first.kernels == 0) continue;
@@ -821,6 +826,7 @@ class ClusterSim {
           st.comm_interference += run - k.duration;
           t = end;
           st.compute_busy += k.duration;
+          st.host_tier += k.host_bound;
         }
         continue;
       }

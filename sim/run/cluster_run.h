@@ -56,6 +56,9 @@ struct StageResult {
   Time finish;              ///< when its optimizer step ended
   Time compute_busy;        ///< operator time on the compute stream
   Time host_stall;          ///< compute stream idle, waiting for the host to issue operators
+  /// Of compute_busy, operators bound by the host tier: host-resident state or a cache-mode
+  /// device memory's misses over the link, the CPU's optimizer and its copies.
+  Time host_tier;
   /// Compute stretched by overlapped collectives holding compute units (comm_uses_units).
   Time comm_interference;
   Time bubble;  ///< step time neither computing nor waiting on a collective (pipeline idle)
