@@ -17,6 +17,7 @@ namespace {
 using testing_support::has;
 using testing_support::read_file;
 using testing_support::Result;
+namespace fs = std::filesystem;
 
 std::vector<std::string> lines(const std::string& text) {
   std::vector<std::string> out;
@@ -129,6 +130,16 @@ TEST_F(Sweep, APointThatCannotRunIsARowAndTheOthersRun) {
   EXPECT_TRUE(has(rows[2], "training.")) << rows[2];
   EXPECT_TRUE(has(rows[3], ",ok,")) << rows[3];
   EXPECT_TRUE(has(r.out, "1 of 3 points did not run")) << r.out;
+}
+
+TEST_F(Sweep, ADryRunChecksEveryPointAndRunsNone) {
+  write("s.yaml", experiment() + "parameters:\n  training.pp: [1, 5]\n  gpus: [2]\n");
+  Result r = run("sweep s.yaml --dry-run -o dry.csv");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "2 points, 1 invalid")) << r.out;
+  EXPECT_TRUE(has(r.out, "valid")) << r.out;
+  EXPECT_TRUE(has(r.out, "invalid: ")) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "dry.csv"));
 }
 
 TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {

@@ -147,7 +147,7 @@ struct SweepOptions {
   std::string file, out, fidelity;
   std::vector<std::string> overrides;
   int jobs = 0;
-  bool fresh = false;
+  bool fresh = false, dry_run = false;
 };
 
 int default_jobs() {
@@ -267,6 +267,8 @@ void add_sweep_command(CLI::App& app) {
   cmd->add_option("--out,-o", o->out, "Results CSV (default: the sweep's name + .csv)");
   cmd->add_option("--jobs,-j", o->jobs, "Worker processes (default: one per core)");
   cmd->add_flag("--fresh", o->fresh, "Run every point again, replacing the CSV");
+  cmd->add_flag("--dry-run", o->dry_run,
+                "List the points, check that each is a valid experiment, and run none");
   cmd->add_option("-p,--param", o->overrides, "Override a key at every point");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the experiment's)")
       ->check(CLI::IsMember({"analytical", "tile"}));
@@ -281,6 +283,35 @@ void add_sweep_command(CLI::App& app) {
     const std::vector<std::string> metrics =
         !spec.metrics.empty() ? spec.metrics : training ? kTrainingMetrics : kOpsMetrics;
     const std::string csv = o->out.empty() ? spec.name + ".csv" : o->out;
+    if (o->dry_run) {
+      // Every point loaded as it would run; an invalid one is listed with its message.
+      const std::vector<SweepPoint> points = spec.expand();
+      std::vector<std::string> header = {"point"};
+      for (const auto& k : spec.keys()) header.push_back(k);
+      header.push_back("experiment");
+      std::vector<std::vector<std::string>> rows;
+      int invalid = 0;
+      for (const SweepPoint& p : points) {
+        std::vector<std::string> row = {std::to_string(p.index)};
+        for (const auto& [k, v] : p.assignments) row.push_back(v.empty() ? "-" : v);
+        try {
+          point_experiment(spec, p, o->overrides, o->fidelity);
+          row.push_back("valid");
+        } catch (const std::exception& e) {
+          ++invalid;
+          std::string m = e.what();
+          for (char& c : m)
+            if (c == '\n') c = ' ';
+          row.push_back("invalid: " + m);
+        }
+        rows.push_back(row);
+      }
+      std::cout << fmt::format("memwall sweep · {} · {} points, {} invalid · dry run (nothing "
+                               "run, {} untouched)\n",
+                               spec.name, points.size(), invalid, csv);
+      std::cout << table(header, rows, 1000);
+      return;
+    }
     if (launched_by_mpi()) {
       MpiSweep mpi;
       const int rc = sweep(spec, metrics, o->overrides, o->fidelity, csv, 0, o->fresh, true, &mpi);
