@@ -132,6 +132,38 @@ TEST_F(Sweep, APointThatCannotRunIsARowAndTheOthersRun) {
   EXPECT_TRUE(has(r.out, "1 of 3 points did not run")) << r.out;
 }
 
+TEST_F(Sweep, AnOperatorExperimentSweepsToo) {
+  // Operators instead of a model: the default metric is the total time, and a metric may index
+  // the operator list. A wider HBM never slows the memory-bound triad, and it moves its bytes
+  // no faster than the sustained bandwidth.
+  write("s.yaml",
+        "experiment:\n"
+        "  device: h100-sxm5-80gb\n"
+        "  fidelity: analytical\n"
+        "  ops:\n"
+        "    - {op: stream_triad, name: triad, bytes: 1 GiB}\n"
+        "parameters:\n"
+        "  device.memory.bandwidth: [1TB/s, 2TB/s, 4TB/s]\n"
+        "metrics: [total_time_s, ops.0.time_s, ops.0.name]\n");
+  Result r = run("sweep s.yaml -j 2 -o ops.csv");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  std::vector<std::string> rows = lines(read_file(dir_ / "ops.csv"));
+  ASSERT_EQ(rows.size(), 4u);
+  double previous = 1e30;
+  for (int i = 1; i <= 3; ++i) {
+    std::vector<std::string> f;
+    ASSERT_TRUE(split_csv_line(rows[i], f));
+    ASSERT_EQ(f[2], "ok") << rows[i];
+    const double total = std::stod(f[3]), op = std::stod(f[4]);
+    EXPECT_DOUBLE_EQ(total, op);
+    EXPECT_EQ(f[5], "triad");
+    EXPECT_LT(op, previous);
+    previous = op;
+    const double bw = std::vector<double>{1e12, 2e12, 4e12}[i - 1];
+    EXPECT_GE(op, 1024.0 * 1024 * 1024 / bw);  // at least the bytes it reads, at the peak
+  }
+}
+
 TEST_F(Sweep, ADryRunChecksEveryPointAndRunsNone) {
   write("s.yaml", experiment() + "parameters:\n  training.pp: [1, 5]\n  gpus: [2]\n");
   Result r = run("sweep s.yaml --dry-run -o dry.csv");
