@@ -40,7 +40,7 @@ double node_seconds(const TrainingResult& r, const std::string& name) {
 
 TEST(HostTier, PresetsWithAHostDescribeIt) {
   for (const char* d : {"gh200", "h100-sxm5-80gb", "h200-sxm-141gb", "a100-sxm4-80gb", "mi300x",
-                        "a100-sxm4-40gb", "gb200"}) {
+                        "a100-sxm4-40gb", "gb200", "xeon-max-9480"}) {
     SCOPED_TRACE(d);
     auto dev = load_device(d);
     ASSERT_NE(dev->host(), nullptr);
