@@ -65,7 +65,8 @@ const Schema& host_schema() {
               "managed cache of host memory (Xeon Max's cache mode; a large cache in front of a "
               "larger, slower tier): every tensor lives in host memory, capacity is the host's "
               "share, and a kernel touching a tensor the cache has evicted fetches it over the "
-              "link (whole tensors, least recently used first; dirty ones are written back).");
+              "link (whole tensors, and model state in one piece per operator using it; least recently "
+              "used first; dirty ones are written back). A pipeline rank replays its schedule.");
           p.choices = {"flat", "cache"};
           return p;
         }(),
