@@ -465,6 +465,19 @@ bool launched_by_mpi() {
 namespace {
 constexpr int kResultTag = 1;  // worker -> rank 0: a finished row (empty: ready for work)
 constexpr int kWorkTag = 2;    // rank 0 -> worker: a pending index, or -1: stop
+
+// Rank 0: the next worker's message (a finished row, or "" when it asks for its first point),
+// and which rank sent it.
+std::pair<int, std::string> next_message() {
+  MPI_Status st;
+  MPI_Probe(MPI_ANY_SOURCE, kResultTag, MPI_COMM_WORLD, &st);
+  int n = 0;
+  MPI_Get_count(&st, MPI_CHAR, &n);
+  std::string line(std::size_t(n), '\0');
+  MPI_Recv(line.data(), n, MPI_CHAR, st.MPI_SOURCE, kResultTag, MPI_COMM_WORLD,
+           MPI_STATUS_IGNORE);
+  return {st.MPI_SOURCE, line};
+}
 }  // namespace
 
 MpiSweep::MpiSweep() {
@@ -495,21 +508,13 @@ SweepRun MpiSweep::run(const SweepSpec& spec, const std::vector<std::string>& me
   }
   // Rank 0 hands out the pending points one at a time and appends each row as it arrives.
   std::unique_ptr<Prepared> prep;
-  std::string failure;
   try {
     prep = std::make_unique<Prepared>(prepare(spec, metrics, csv, fresh));
   } catch (const std::exception&) {
     // Stop every worker before reporting it.
     for (int w = 1; w < size_; ++w) {
-      MPI_Status st;
-      MPI_Probe(MPI_ANY_SOURCE, kResultTag, MPI_COMM_WORLD, &st);
-      int n = 0;
-      MPI_Get_count(&st, MPI_CHAR, &n);
-      std::string ignored(std::size_t(n), '\0');
-      MPI_Recv(ignored.data(), n, MPI_CHAR, st.MPI_SOURCE, kResultTag, MPI_COMM_WORLD,
-               MPI_STATUS_IGNORE);
       const int stop = -1;
-      MPI_Send(&stop, 1, MPI_INT, st.MPI_SOURCE, kWorkTag, MPI_COMM_WORLD);
+      MPI_Send(&stop, 1, MPI_INT, next_message().first, kWorkTag, MPI_COMM_WORLD);
     }
     throw;
   }
@@ -517,21 +522,15 @@ SweepRun MpiSweep::run(const SweepSpec& spec, const std::vector<std::string>& me
   std::size_t next = 0;
   int ran = 0, stopped = 0;
   while (stopped < size_ - 1) {
-    MPI_Status st;
-    MPI_Probe(MPI_ANY_SOURCE, kResultTag, MPI_COMM_WORLD, &st);
-    int n = 0;
-    MPI_Get_count(&st, MPI_CHAR, &n);
-    std::string line(std::size_t(n), '\0');
-    MPI_Recv(line.data(), n, MPI_CHAR, st.MPI_SOURCE, kResultTag, MPI_COMM_WORLD,
-             MPI_STATUS_IGNORE);
-    if (n > 0) {
+    const auto [worker, line] = next_message();
+    if (!line.empty()) {
       out << line << std::flush;
       ++ran;
       if (progress) progress(prep->resumed + ran, int(prep->points.size()));
     }
     const int index = next < prep->pending.size() ? prep->pending[next++] : -1;
     if (index < 0) ++stopped;
-    MPI_Send(&index, 1, MPI_INT, st.MPI_SOURCE, kWorkTag, MPI_COMM_WORLD);
+    MPI_Send(&index, 1, MPI_INT, worker, kWorkTag, MPI_COMM_WORLD);
   }
   out.close();
   return finish(spec, metrics, csv, *prep, ran, {});
