@@ -221,6 +221,14 @@ TEST_F(Sweep, CompareRunsOneWorkloadOnEachDevice) {
   ASSERT_TRUE(split_csv_line(rows[2], h));
   ASSERT_TRUE(split_csv_line(rows[3], a));
   EXPECT_GT(std::stod(a[3]), std::stod(h[3]));
+  // A cluster run: each device on its own standard system, with the exposed communication and
+  // the bubble as shares of the step.
+  Result cluster = run("compare h100-sxm5-80gb --baseline a100-sxm4-80gb --model gpt2-124m "
+                       "--seq-len 256 --micro-batch 1 --global-batch 16 --gpus 8 --pp 2 "
+                       "--fidelity analytical");
+  ASSERT_EQ(cluster.status, 0) << cluster.out << cluster.err;
+  EXPECT_TRUE(has(cluster.out, "exposed comm / bubble")) << cluster.out;
+  EXPECT_TRUE(has(cluster.out, "8 GPUs (tp 1 pp 2 dp 4)")) << cluster.out;
   // Bad input: no model; an unknown baseline names the key.
   Result none = run("compare gh200 --baseline h100-sxm5-80gb");
   EXPECT_EQ(none.status, 2);
