@@ -540,29 +540,49 @@ TEST(OptimizerOffload, ZeroOffloadStreamsGradientShardsDuringTheBackward) {
   // DeepSpeed ZeRO-Offload on ZeRO 2: every micro-batch's reduced gradient shard goes to the host
   // on the copy stream as the backward produces it; the optimizer step has no copy out left.
   TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
-  auto setup = [](const std::string& schedule) {
+  auto setup = [](const std::string& schedule, int micro_batches = 2) {
     return load_training_string(
-        "micro_batch: 1\nglobal_batch: 16\ndp: 8\nzero_stage: 2\noptimizer_offload: 1\n"
-        "host_overhead: 0 s\noptimizer_offload_schedule: " + schedule + "\n",
+        fmt::format("micro_batch: 1\nglobal_batch: {}\ndp: 8\nzero_stage: 2\n"
+                    "optimizer_offload: 1\nhost_overhead: 0 s\noptimizer_offload_schedule: {}\n",
+                    8 * micro_batches, schedule),
         "training.yaml");
   };
   StepGraph g = build_step_graph(m, setup("backward"));
-  double streamed = 0;
+  double streamed = 0, returned = 0;
   for (std::size_t v = 0; v < g.size(); ++v) {
     const StepNode& n = g.node(StepVertex(v));
     EXPECT_NE(n.name, "optimizer.offload.grads.d2h");
-    if (n.async && n.pass == Pass::BackwardWeight && n.op && n.op->on_host())
-      streamed += std::get<HostOp>(n.op->body).bytes();
+    if (!n.async || n.pass != Pass::BackwardWeight || !n.op || !n.op->on_host()) continue;
+    const HostOp& h = std::get<HostOp>(n.op->body);
+    if (h.work == HostWork::CopyToHost) {
+      streamed += h.bytes();
+      EXPECT_FALSE(n.after_first_micro_batch);
+    } else {
+      // DeepSpeed's accumulation: the host's running sum comes back from the second
+      // micro-batch on, to be added on the device before the shard goes out again.
+      returned += h.bytes();
+      EXPECT_TRUE(n.after_first_micro_batch) << n.name;
+    }
   }
-  // One micro-batch streams this rank's whole 16-bit gradient shard.
-  EXPECT_NEAR(streamed, 2.0 * double(m.parameter_count()) / 8, 1e-3 * double(m.parameter_count()));
-  auto run = [&](const std::string& schedule) {
+  // One micro-batch streams this rank's whole 16-bit gradient shard out, and (after the first)
+  // its running sum in.
+  const double shard = 2.0 * double(m.parameter_count()) / 8;
+  EXPECT_NEAR(streamed, shard, 1e-3 * double(m.parameter_count()));
+  EXPECT_NEAR(returned, shard, 1e-3 * double(m.parameter_count()));
+  // With one micro-batch there is nothing to accumulate.
+  StepGraph one = build_step_graph(m, setup("backward", 1));
+  for (std::size_t v = 0; v < one.size(); ++v) {
+    const StepNode& n = one.node(StepVertex(v));
+    if (n.pass == Pass::BackwardWeight) EXPECT_EQ(n.name.find(".h2d"), std::string::npos);
+  }
+  auto run = [&](const std::string& schedule, int micro_batches) {
     auto dev = load_device("h100-sxm5-80gb");
     OpSimulator ops(*dev, Fidelity::Analytical);
-    return simulate_cluster(m, setup(schedule), ops, load_system("dgx-h100"), 8);
+    return simulate_cluster(m, setup(schedule, micro_batches), ops, load_system("dgx-h100"), 8);
   };
-  ClusterResult serial = run("serial"), backward = run("backward");
-  // The copies out hide behind the backward: the step is shorter by up to the serial copy out.
+  // One micro-batch: the copy out hides behind the backward, and the step is shorter by up to
+  // the serial copy out.
+  ClusterResult serial = run("serial", 1), backward = run("backward", 1);
   double d2h = 0;
   for (const auto& n : serial.nodes)
     if (n.name == "optimizer.offload.grads.d2h") d2h = n.time.sec();
@@ -570,6 +590,16 @@ TEST(OptimizerOffload, ZeroOffloadStreamsGradientShardsDuringTheBackward) {
   EXPECT_LT(backward.step_time.sec(), serial.step_time.sec());
   EXPECT_GE(backward.step_time.sec(), serial.step_time.sec() - d2h - 1e-9);
   EXPECT_DOUBLE_EQ(backward.host.bytes, serial.host.bytes);
+  // Four micro-batches: the shard goes out every micro-batch and its running sum comes in from
+  // the second; the step is no shorter than either copy stream's work.
+  ClusterResult four = run("backward", 4);
+  double out = 0, in = 0;
+  for (const auto& n : four.nodes) {
+    if (n.pass != Pass::BackwardWeight || !n.beside_compute) continue;
+    (n.name.find(".d2h") != std::string::npos ? out : in) += n.time.sec() * n.executions;
+  }
+  EXPECT_GT(in, 0);
+  EXPECT_GE(four.step_time.sec(), std::max(out, in));
 }
 
 TEST(OptimizerOffload, TheDelayedUpdateRunsBesideTheNextStep) {

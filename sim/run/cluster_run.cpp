@@ -149,6 +149,7 @@ struct Task {
   enum Kind { Compute, Comm, Join, HostCopy } kind = Compute;
   Time duration;               // Compute: merged operator time; HostCopy: the copy's
   bool to_host = false;        // HostCopy: device to host (else host to device)
+  bool after_first = false;    // HostCopy: not on a step's first micro-batch
   double bytes = 0;            // HostCopy: device-memory bytes it reads or writes
   CommSpec comm;               // Comm
   std::vector<int> waits;      // async Comm tasks (indices) this task waits for
@@ -242,13 +243,15 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       // A host copy beside the compute: it shows in the operator table, not in compute time.
       OpResult o = sim.run(*n.op);
       NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops, o.memory_read + o.memory_written,
-                   o.time, o.bound, int(micro_batches)};
+                   o.time, o.bound,
+                   int(micro_batches) - (n.after_first_micro_batch ? 1 : 0)};
       t.beside_compute = true;
       c.nodes.push_back(std::move(t));
       Task k;
       k.kind = Task::HostCopy;
       k.duration = o.time;
       k.to_host = std::get<HostOp>(n.op->body).work == HostWork::CopyToHost;
+      k.after_first = n.after_first_micro_batch;
       k.bytes = o.min_bytes.count();
       k.name = n.name;
       k.waits = waits;
@@ -761,6 +764,11 @@ class ClusterSim {
       }
       const Task& k = *task;
       if (k.kind == Task::HostCopy) {
+        if (first_micro_batch && k.after_first) {  // nothing to copy yet: no wait on it
+          ends[i] = t;
+          end_group[i] = kHostCopies;
+          continue;
+        }
         // Issued by the host (a cudaMemcpyAsync) once what it reads is done; runs on its
         // direction's copy stream.
         rs.cpu += h_;

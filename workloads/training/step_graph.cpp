@@ -744,10 +744,14 @@ class Builder {
         from.push_back(groups_[gi].grads);
         to.push_back(groups_[gi].host_grads);
       }
-      host_copy(fmt::format("dp.{}grads.bucket{}.d2h", k ? "expert_" : "", buckets_[k].size()),
-                HostWork::CopyToHost,
-                double(b.params) * gb_ / double(groups_[b.groups.front()].shard),
-                Pass::BackwardWeight, b.layer, from, {}, to);
+      const std::string base =
+          fmt::format("dp.{}grads.bucket{}", k ? "expert_" : "", buckets_[k].size());
+      const double bytes = double(b.params) * gb_ / double(groups_[b.groups.front()].shard);
+      std::vector<TensorId> out = from;
+      if (TensorId sum = accumulate_via_device(base, bytes, b.layer, to); sum >= 0)
+        out.push_back(sum);
+      host_copy(base + ".d2h", HostWork::CopyToHost, bytes, Pass::BackwardWeight, b.layer, out,
+                {}, to);
     }
     if (zero_ < 2)
       for (int gi : b.groups) {
@@ -761,8 +765,31 @@ class Builder {
   // to its host copy on the copy stream, every micro-batch (accumulated there).
   void grads_to_host(int gi, TensorId from, int layer) {
     const Group& g = groups_[gi];
+    std::vector<TensorId> out = {from};
+    if (stream_grads_)
+      if (TensorId sum = accumulate_via_device(g.name + ".grads", g_.tensors[from].bytes, layer,
+                                               {g.host_grads});
+          sum >= 0)
+        out.push_back(sum);
     host_copy(g.name + ".grads.d2h", HostWork::CopyToHost, g_.tensors[from].bytes,
-              Pass::BackwardWeight, layer, {from}, {}, {wo_ ? g.grads : g.host_grads});
+              Pass::BackwardWeight, layer, out, {}, {wo_ ? g.grads : g.host_grads});
+  }
+
+  // DeepSpeed ZeRO-Offload's accumulation over micro-batches (stage_1_and_2's
+  // async_accumulate_grad_in_cpu_via_gpu, on its reduction stream): from the second micro-batch
+  // on, the host's running sum of a shard (`sum`, `bytes` of it) comes back to the device into a
+  // staging buffer and is added to the new shard there, before the shard goes out again. The
+  // copy in runs on the host-to-device copy stream and the copy out waits for it; the addition,
+  // a pass over the shard on that stream, is left out. Returns the staging buffer, for the copy
+  // out to read (-1 with one micro-batch: nothing to accumulate).
+  TensorId accumulate_via_device(const std::string& base, double bytes, int layer,
+                                 const std::vector<TensorId>& sum) {
+    if (g_.accumulation_steps < 2) return -1;
+    TensorId staging = tensor(base + ".host_sum", bytes, TensorClass::Gradients);
+    StepVertex in = host_copy(base + ".h2d", HostWork::CopyToDevice, bytes, Pass::BackwardWeight,
+                              layer, sum, {staging});
+    g_.dag[in].after_first_micro_batch = true;
+    return staging;
   }
 
   void finish_grad_sync() {
