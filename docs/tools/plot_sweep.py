@@ -14,6 +14,7 @@ against the last key, one line per combination of the others.
 Pareto front (the points no other point beats on both: lower X, higher Y) joined; points whose
 memory.fits is false are drawn as crosses and kept off the front.
 """
+import argparse
 import csv
 import sys
 
@@ -84,27 +85,16 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name):
 
 
 def main(argv):
-    args = [a for a in argv[1:]]
-    metric = None
-    if "--metric" in args:
-        i = args.index("--metric")
-        if i + 1 >= len(args):
-            print(__doc__, file=sys.stderr)
-            return 2
-        metric = args[i + 1]
-        del args[i : i + 2]
-    pareto = None
-    if "--pareto" in args:
-        i = args.index("--pareto")
-        if i + 2 >= len(args):
-            print(__doc__, file=sys.stderr)
-            return 2
-        pareto = (args[i + 1], args[i + 2])
-        del args[i : i + 3]
-    if len(args) != 2:
-        print(__doc__, file=sys.stderr)
+    parser = argparse.ArgumentParser(usage=__doc__)
+    parser.add_argument("src")
+    parser.add_argument("out")
+    parser.add_argument("--metric")
+    parser.add_argument("--pareto", nargs=2, metavar=("X", "Y"))
+    try:
+        a = parser.parse_args(argv[1:])
+    except SystemExit:
         return 2
-    src, out = args
+    src, out, metric, pareto = a.src, a.out, a.metric, a.pareto
     with open(src) as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
