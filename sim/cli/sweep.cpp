@@ -91,6 +91,18 @@ std::string field(const nlohmann::json& j, const std::string& path) {
   return at->dump();
 }
 
+// Runs one point and picks its metrics out of the run's JSON.
+PointRunner point_runner(const SweepSpec& spec, const std::vector<std::string>& metrics,
+                         const std::vector<std::string>& overrides, const std::string& fidelity) {
+  return [&spec, metrics, overrides, fidelity](const SweepPoint& p) {
+    Experiment e = point_experiment(spec, p, overrides, fidelity);
+    const nlohmann::json j = evaluate(e);
+    PointResult r{"ok", {}, ""};
+    for (const auto& m : metrics) r.values.push_back(field(j, m));
+    return r;
+  };
+}
+
 std::string clock(double s) {
   const int t = int(std::lround(s));
   return fmt::format("{}:{:02d}", t / 60, t % 60);
@@ -197,13 +209,7 @@ int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
           const std::vector<std::string>& overrides, const std::string& fidelity,
           const std::string& csv, int jobs, bool fresh, bool print_table,
           MpiSweep* mpi = nullptr) {
-  PointRunner runner = [&](const SweepPoint& p) {
-    Experiment e = point_experiment(spec, p, overrides, fidelity);
-    const nlohmann::json j = evaluate(e);
-    PointResult r{"ok", {}, ""};
-    for (const auto& m : metrics) r.values.push_back(field(j, m));
-    return r;
-  };
+  const PointRunner runner = point_runner(spec, metrics, overrides, fidelity);
   const int total = int(spec.expand().size());
   if (mpi && mpi->rank() != 0) {  // a worker rank: runs points, prints nothing
     mpi->run(spec, metrics, runner, csv, fresh);
@@ -376,13 +382,9 @@ void add_compare_command(CLI::App& app) {
     // per device.
     const Experiment first_run =
         point_experiment(spec, spec.expand().front(), workload_overrides(o->run), o->run.fidelity);
-    SweepRun r = run_sweep(spec, metrics, [&](const SweepPoint& p) {
-      Experiment e = point_experiment(spec, p, workload_overrides(o->run), o->run.fidelity);
-      const nlohmann::json j = evaluate(e);
-      PointResult pr{"ok", {}, ""};
-      for (const auto& m : metrics) pr.values.push_back(field(j, m));
-      return pr;
-    }, csv, o->jobs > 0 ? o->jobs : default_jobs(), true, progress_bar(0));
+    SweepRun r = run_sweep(spec, metrics,
+                           point_runner(spec, metrics, workload_overrides(o->run), o->run.fidelity),
+                           csv, o->jobs > 0 ? o->jobs : default_jobs(), true, progress_bar(0));
     if (!keep) {
       fs::remove(csv);
     } else {
