@@ -369,6 +369,8 @@ double parse_param_value(const ParamSpec& spec, const std::string& text) {
     case ParamType::Time: v = require_finite(parse_time(text).base()); break;
     case ParamType::Frequency: v = require_finite(parse_frequency(text).base()); break;
     case ParamType::FlopRate: v = require_finite(parse_flop_rate(text).base()); break;
+    case ParamType::Power: v = require_finite(parse_power(text).base()); break;
+    case ParamType::Energy: v = require_finite(parse_energy(text).base()); break;
   }
   if (spec.positive && !(v > 0))
     throw std::invalid_argument("'" + text + "' must be greater than zero");
@@ -547,6 +549,8 @@ Bandwidth Config::get_bandwidth(const std::string& key) const { return Bandwidth
 Time Config::get_time(const std::string& key) const { return Time(get_real(key)); }
 Frequency Config::get_frequency(const std::string& key) const { return Frequency(get_real(key)); }
 FlopRate Config::get_flop_rate(const std::string& key) const { return FlopRate(get_real(key)); }
+Power Config::get_power(const std::string& key) const { return Power(get_real(key)); }
+Energy Config::get_energy(const std::string& key) const { return Energy(get_real(key)); }
 
 Config Config::section(const std::string& key) const {
   const Schema* sub = schema_->find_section(key);

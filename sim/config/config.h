@@ -100,6 +100,8 @@ class Config {
   Time get_time(const std::string& key) const;
   Frequency get_frequency(const std::string& key) const;
   FlopRate get_flop_rate(const std::string& key) const;
+  Power get_power(const std::string& key) const;
+  Energy get_energy(const std::string& key) const;
 
   Config section(const std::string& key) const;
   /// Entries of a named-section map, in file order.

@@ -19,6 +19,8 @@ const char* param_type_name(ParamType t) {
     case ParamType::Time: return "time";
     case ParamType::Frequency: return "frequency";
     case ParamType::FlopRate: return "rate";
+    case ParamType::Power: return "power";
+    case ParamType::Energy: return "energy";
   }
   return "?";
 }

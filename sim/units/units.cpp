@@ -100,10 +100,40 @@ FlopRate parse_flop_rate(const std::string& text) {
   return FlopRate(parse_with(text, s, "compute rate", "FLOP/s, GFLOP/s, TFLOP/s, PFLOP/s, TOPS"));
 }
 
+Power parse_power(const std::string& text) {
+  static const std::vector<Suffix> s = {{"W", 1}, {"mW", 1e-3}, {"kW", 1e3}, {"MW", 1e6}};
+  return Power(parse_with(text, s, "power", "mW, W, kW, MW"));
+}
+
+Energy parse_energy(const std::string& text) {
+  static const std::vector<Suffix> s = {{"J", 1},     {"fJ", 1e-15}, {"pJ", 1e-12}, {"nJ", 1e-9},
+                                        {"uJ", 1e-6}, {"µJ", 1e-6},  {"mJ", 1e-3},  {"kJ", 1e3},
+                                        {"MJ", 1e6}};
+  return Energy(parse_with(text, s, "energy", "fJ, pJ, nJ, uJ, mJ, J, kJ, MJ"));
+}
+
 std::string to_string(Bytes b) { return fmt_prefixed(b.count(), "B", true); }
 std::string to_string(Bandwidth bw) { return fmt_prefixed(bw.bps(), "B/s", false); }
 std::string to_string(Frequency f) { return fmt_prefixed(f.hz(), "Hz", false); }
 std::string to_string(FlopRate r) { return fmt_prefixed(r.per_s(), "FLOP/s", false); }
+std::string to_string(Power p) { return fmt_prefixed(p.w(), "W", false); }
+std::string to_string(Energy e) {
+  // fmt_prefixed has no sub-unit prefixes; energies per operation are picojoules.
+  double v = e.j();
+  char buf[64];
+  double a = std::fabs(v);
+  if (a >= 1.0 || a == 0.0) return fmt_prefixed(v, "J", false);
+  static const char* names[] = {"mJ", "uJ", "nJ", "pJ", "fJ"};
+  double scale = 1e3;
+  for (const char* n : names) {
+    if (a * scale >= 1.0 || n == names[4]) {
+      std::snprintf(buf, sizeof buf, "%.3g %s", v * scale, n);
+      return buf;
+    }
+    scale *= 1e3;
+  }
+  return buf;
+}
 std::string to_string(Time t) {
   double s = t.sec();
   char buf[64];

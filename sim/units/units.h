@@ -118,6 +118,28 @@ class FlopRate : public detail::Quantity<FlopRate> {
   constexpr double tflops_value() const { return v_ * 1e-12; }
 };
 
+/// A power draw, in watts.
+class Power : public detail::Quantity<Power> {
+ public:
+  using Quantity::Quantity;
+  static constexpr Power watts(double v) { return Power(v); }
+  constexpr double w() const { return v_; }
+};
+
+/// An amount of energy, in joules (per-operation figures are tiny: "0.6 pJ" is 6e-13).
+class Energy : public detail::Quantity<Energy> {
+ public:
+  using Quantity::Quantity;
+  static constexpr Energy joules(double v) { return Energy(v); }
+  static constexpr Energy pj(double v) { return Energy(v * 1e-12); }
+  constexpr double j() const { return v_; }
+  constexpr double pj_value() const { return v_ * 1e12; }
+};
+
+constexpr Energy operator*(Power p, Time t) { return Energy(p.base() * t.base()); }
+constexpr Energy operator*(Time t, Power p) { return Energy(p.base() * t.base()); }
+constexpr Power operator/(Energy e, Time t) { return Power(e.base() / t.base()); }
+
 constexpr Time operator/(Bytes b, Bandwidth bw) { return Time(b.base() / bw.base()); }
 constexpr Bytes operator*(Bandwidth bw, Time t) { return Bytes(bw.base() * t.base()); }
 constexpr Bytes operator*(Time t, Bandwidth bw) { return Bytes(bw.base() * t.base()); }
@@ -133,11 +155,15 @@ Bandwidth parse_bandwidth(const std::string& text);
 Time parse_time(const std::string& text);
 Frequency parse_frequency(const std::string& text);
 FlopRate parse_flop_rate(const std::string& text);
+Power parse_power(const std::string& text);
+Energy parse_energy(const std::string& text);
 
 // Formatting with an automatically chosen prefix, e.g. "3.35 TB/s", "80 GiB", "12.4 us".
 std::string to_string(Bytes b);
 std::string to_string(Bandwidth bw);
 std::string to_string(Time t);
+std::string to_string(Power p);
+std::string to_string(Energy e);
 std::string to_string(Frequency f);
 std::string to_string(FlopRate r);
 
