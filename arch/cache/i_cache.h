@@ -58,6 +58,9 @@ class CacheLevel {
   virtual const CacheStats& stats() const = 0;
   /// Total bytes this level's ports have moved.
   virtual Bytes bytes_moved() const = 0;
+  /// Energy of one byte through its ports (array access and the wires to the units); 0: not
+  /// counted (arch/power).
+  virtual Energy access_energy() const = 0;
 };
 
 }  // namespace memwall

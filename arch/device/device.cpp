@@ -53,6 +53,7 @@ const Schema& device_schema() {
         {"noc", &polymorphic("noc", "noc", "crossbar",
                              "The network between compute units and shared caches.")},
         {"host", &host_schema()},
+        {"power", &power_schema()},
     };
     x.named_sections = {{"caches", &polymorphic("cache", "cache", "lru",
                                                 "The cache levels, by name (l1, l2, ...).")}};
@@ -73,6 +74,7 @@ Device::Device(const Config& cfg)
   noc_latency_ = ns.latency;
   memory_ = Registry<MemoryModel>::instance().create(cfg.section("memory"));
   if (cfg.node()["host"]) host_ = HostSpec::from_config(cfg.section("host"));
+  if (cfg.node()["power"]) power_ = PowerSpec::from_config(cfg.section("power"));
 
   std::vector<std::pair<std::string, Config>> levels = cfg.named("caches");
   for (auto& [n, c] : levels) caches_.push_back(make_cache_level(n, c, compute_.units));

@@ -31,11 +31,16 @@ class MemoryModel {
   virtual Time latency() const = 0;
   virtual std::string describe() const = 0;
 
+  /// Energy of one bit read or written (the DRAM core's activation and column access and the
+  /// I/O to the processor), for arch/power.
+  Energy energy_per_bit() const { return energy_per_bit_; }
+
   Bytes bytes_read() const { return read_; }
   Bytes bytes_written() const { return written_; }
 
  protected:
   Bytes read_{0}, written_{0};
+  Energy energy_per_bit_{0};
 };
 
 }  // namespace memwall

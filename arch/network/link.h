@@ -29,12 +29,18 @@ LinkClass parse_link_class(const std::string& s);
 enum class LinkFamily { ScaleUp, Pci, Net };
 LinkFamily link_family(LinkClass c);
 
+/// Energy per bit of a link class where a system file gives none (docs/power.md: estimates).
+Energy default_link_energy(LinkClass c);
+
 struct LinkSpec {
   LinkClass cls = LinkClass::NVLink;
   Bandwidth bandwidth = Bandwidth::gb_per_s(25);  ///< per physical link, per direction
   int count = 1;                                  ///< physical links ganged between two endpoints
   Time latency = Time::ns(500);                   ///< one hop, one way
   double efficiency = 1.0;                        ///< achievable fraction of the raw bandwidth
+  /// Energy of one bit crossing the link once (both ends' PHYs, and for a network link the NIC,
+  /// optics and a switch hop), arch/power; default_link_energy() where a file gives none.
+  Energy energy_per_bit = Energy::pj(0);
 
   /// Raw bandwidth per direction of the ganged connection.
   Bandwidth raw_bandwidth() const { return bandwidth * double(count); }

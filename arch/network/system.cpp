@@ -26,6 +26,24 @@ LinkClass parse_link_class(const std::string& s) {
                               "' (nvlink, xgmi, pcie, infiniband, ethernet, ici, c2c)");
 }
 
+Energy default_link_energy(LinkClass c) {
+  // Per crossing of one link (a route through a switch crosses two). Order-of-magnitude
+  // estimates, not in ../shared/data (docs/power.md). NVLink-C2C: 1.3 pJ/bit, NVIDIA's own
+  // figure for Grace Hopper (as remembered). Off-package SerDes (NVLink, xGMI, ICI, PCIe): about
+  // 5 pJ/bit per PHY pair, plus a switch's core where there is one. Network links: a port's PHY
+  // and optics at both ends, NIC or switch logic: about 20 pJ/bit.
+  switch (c) {
+    case LinkClass::C2C: return Energy::pj(1.3);
+    case LinkClass::PCIe:
+    case LinkClass::ICI: return Energy::pj(5);
+    case LinkClass::NVLink:
+    case LinkClass::XGMI: return Energy::pj(6);
+    case LinkClass::InfiniBand:
+    case LinkClass::Ethernet: return Energy::pj(20);
+  }
+  return Energy::pj(0);
+}
+
 LinkFamily link_family(LinkClass c) {
   switch (c) {
     case LinkClass::PCIe: return LinkFamily::Pci;
@@ -209,6 +227,8 @@ LinkSpec link_from_config(const Config& c) {
   l.count = int(c.get_int("count"));
   l.latency = c.get_time("latency");
   l.efficiency = c.get_real("efficiency");
+  l.energy_per_bit = c.node()["energy_per_bit"] ? c.get_energy("energy_per_bit")
+                                                : default_link_energy(l.cls);
   return l;
 }
 
@@ -239,6 +259,10 @@ const Schema& link_schema() {
         param("latency", ParamType::Time, "s", "500 ns", "One hop, one way."),
         fraction("efficiency", "1.0",
                  "Achievable fraction of raw bandwidth for large transfers (cite a source)."),
+        optional_param("energy_per_bit", ParamType::Energy, "J/bit",
+                       "Energy of one bit crossing the link once: both PHYs, and for a "
+                       "network link the NICs, optics and a switch hop (arch/power). Absent: "
+                       "by class, docs/power.md."),
     };
     return x;
   }();
@@ -330,7 +354,7 @@ SystemSpec system_from_config(const Config& c) {
     } else {
       // PCIe Gen5 x16: 32 GT/s x 16 lanes, 128b/130b = 63 GB/s per direction.
       s.scale_out.host_link = LinkSpec{LinkClass::PCIe, Bandwidth::gb_per_s(63), 1, Time::ns(500),
-                                       1.0};
+                                       1.0, default_link_energy(LinkClass::PCIe)};
     }
     if (s.scale_out.switch_radix < 2)
       out.fail("switch_radix", "a leaf needs at least one down and one up port");

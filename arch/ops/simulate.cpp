@@ -1,5 +1,7 @@
 #include "arch/ops/simulate.h"
 
+#include "arch/power/power.h"
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -86,6 +88,7 @@ OpResult OpSimulator::run(const Op& op) {
   OpResult r = op.on_host() ? simulate_host(op)
                : fidelity_ == Fidelity::Tile ? simulate_tile(op)
                                              : simulate_analytical(op);
+  r.energy = op_energy(op, r, device_);
   memo_[key] = r;
   return r;
 }

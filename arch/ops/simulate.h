@@ -49,6 +49,9 @@ struct OpResult {
   long events = 0;
   bool memoised = false;
   StatGroup stats;  ///< the device's statistics tree for this op (tile fidelity)
+  /// Dynamic energy of one execution (arch/power; zero without the device's `power:` section).
+  /// The idle power over `time` is not in it: whoever owns the timeline charges that.
+  EnergyBreakdown energy;
 
   FlopRate achieved() const { return FlopRate(flops / time.sec()); }
   Bandwidth memory_bandwidth() const {

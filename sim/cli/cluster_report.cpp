@@ -1,5 +1,7 @@
 #include "sim/cli/cluster_report.h"
 
+#include "sim/cli/report.h"
+
 #include "sim/cli/training_report.h"
 
 #include <algorithm>
@@ -103,6 +105,9 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       b[int(TensorClass::Workspace)] / kGiB, worst->comm_buffers / kGiB,
       host_memory_text(r.host));
   out += host_traffic_line(r.host, r.step_time.sec());
+  if (r.power.tdp.w() > 0)
+    out += power_line(r.power, r.tokens_per_step / r.gpus, r.link_energy / double(r.gpus),
+                      r.stages.size() > 1 ? r.hottest_rank_power() : Power(0));
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes)
     if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -232,6 +237,19 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops_json(r.nodes)}};
   add_host_memory_json(doc["memory"], r.host);
+  doc["energy"] = nullptr;
+  if (r.power.tdp.w() > 0) {
+    // One device's (the mean rank's), then the job's with the links.
+    nlohmann::json e = energy_json(r.power.energy, r.step_time, r.power.tdp);
+    e["links_j_per_gpu"] = r.link_energy.j() / r.gpus;
+    e["average_power_w"] = r.per_gpu_power().w();
+    e["above_tdp"] = std::max(r.per_gpu_power(), r.hottest_rank_power()) > r.power.tdp;
+    e["hottest_rank_power_w"] = r.hottest_rank_power().w();
+    e["job_j"] = r.job_energy().j();
+    e["job_power_w"] = (r.job_energy() / r.step_time).w();
+    e["tokens_per_j"] = r.tokens_per_step / r.job_energy().j();
+    doc["energy"] = e;
+  }
   return doc;
 }
 

@@ -20,11 +20,19 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
   for (const auto& r : results) w = std::max(w, r.name.size());
   std::string levels;
   for (const auto& l : d.caches()) levels += fmt::format(" {:>7}", l->name() + " hit");
-  out += fmt::format("{:<{}}  {:>10}  {:>9} {:>6}  {:>9} {:>6}  {:<8}{}\n", "op", w, "time",
-                     "TFLOP/s", "%peak", "mem GB/s", "%peak", "bound", levels);
+  const PowerSpec* power = d.power();
+  // An operator's average board power: its dynamic energy and the idle power over its time.
+  auto watts = [&](const OpResult& r) {
+    return power ? fmt::format(" {:>6.0f}", ((r.energy.dynamic() / r.time) + power->idle).w())
+                 : std::string();
+  };
+  out += fmt::format("{:<{}}  {:>10}  {:>9} {:>6}  {:>9} {:>6}  {:<8}{}{}\n", "op", w, "time",
+                     "TFLOP/s", "%peak", "mem GB/s", "%peak", "bound", levels,
+                     power ? fmt::format(" {:>6}", "W") : "");
   Time total;
   double flops = 0;
   Bytes bytes(0);
+  EnergyBreakdown energy;
   for (const auto& r : results) {
     double peak = d.compute().peak(r.dtype_for_peak).per_s();
     std::string lv;
@@ -32,11 +40,13 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
       lv += l.lookups > 0 ? fmt::format(" {:>6.1f}%", 100 * l.hit_rate) : fmt::format(" {:>7}", "-");
     if (r.levels.empty())
       for (size_t i = 0; i < d.caches().size(); ++i) lv += fmt::format(" {:>7}", "-");
-    out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>5.1f}%  {:>9.0f} {:>5.1f}%  {:<8}{}\n", r.name,
-                       w, to_string(r.time), r.achieved().tflops_value(),
+    out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>5.1f}%  {:>9.0f} {:>5.1f}%  {:<8}{}{}\n",
+                       r.name, w, to_string(r.time), r.achieved().tflops_value(),
                        peak > 0 ? 100 * r.flops / r.time.sec() / peak : 0.0,
-                       r.memory_bandwidth().gbps(), 100 * r.memory_utilisation, r.bound, lv);
+                       r.memory_bandwidth().gbps(), 100 * r.memory_utilisation, r.bound, lv,
+                       watts(r));
     total += r.time;
+    energy += r.energy;
     flops += r.flops;
     bytes += r.memory_read + r.memory_written;
   }
@@ -44,7 +54,55 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
     out += fmt::format("{:<{}}  {:>10}  {:>9.1f} {:>6}  {:>9.0f} {:>5.1f}%\n", "total", w,
                        to_string(total), flops / total.sec() * 1e-12, "", bytes.count() / total.sec() * 1e-9,
                        100 * bytes.count() / total.sec() / d.memory().peak_bandwidth().bps());
+  if (power) {
+    energy.idle = power->idle * total;
+    out += energy_text(energy, total, power->tdp) + "\n";
+  }
   return out;
+}
+
+nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {
+  const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
+  return {{"total_j", e.total().j()},
+          {"by_part_j",
+           {{"matrix", e.matrix.j()},
+            {"vector", e.vector.j()},
+            {"caches", e.cache.j()},
+            {"memory", e.memory.j()},
+            {"idle", e.idle.j()}}},
+          {"average_power_w", avg.w()},
+          {"tdp_w", tdp.w()},
+          {"above_tdp", tdp.w() > 0 && avg > tdp}};
+}
+
+std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energy links,
+                       Power hottest) {
+  const EnergyBreakdown& e = per_gpu.energy;
+  const double total = (e.total() + links).j();
+  auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
+  const Power avg = per_gpu.time.sec() > 0 ? (e.total() + links) / per_gpu.time : Power(0);
+  std::string hot = hottest.w() > 0 ? fmt::format(" (busiest stage {:.0f} W)", hottest.w()) : "";
+  return fmt::format(
+      "power     {:.0f} W per GPU average of {:.0f} W TDP{}{} · {} per GPU per step · {:.3g} "
+      "tokens/J · matrix {:.0f}%  vector {:.0f}%  caches {:.0f}%  memory {:.0f}%{}  idle "
+      "{:.0f}%\n",
+      avg.w(), per_gpu.tdp.w(), hot,
+      std::max(avg, hottest) > per_gpu.tdp ? " ABOVE THE LIMIT (the clock would drop)" : "",
+      to_string(e.total() + links), total > 0 ? tokens_per_gpu / total : 0.0, pct(e.matrix),
+      pct(e.vector), pct(e.cache), pct(e.memory),
+      links.j() > 0 ? fmt::format("  links {:.1f}%", pct(links)) : std::string(), pct(e.idle));
+}
+
+std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp) {
+  const double total = e.total().j();
+  const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
+  auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
+  return fmt::format(
+      "energy {} · {:.0f} W average of {:.0f} W TDP{} · matrix {:.0f}%, vector {:.0f}%, caches "
+      "{:.0f}%, memory {:.0f}%, idle {:.0f}%",
+      to_string(e.total()), avg.w(), tdp.w(),
+      avg > tdp ? " (above it: the clock would drop)" : "", pct(e.matrix), pct(e.vector),
+      pct(e.cache), pct(e.memory), pct(e.idle));
 }
 
 nlohmann::json op_json(const OpResult& r, const Device& d) {
@@ -53,6 +111,12 @@ nlohmann::json op_json(const OpResult& r, const Device& d) {
     levels.push_back({{"name", l.name}, {"hit_rate", l.hit_rate}, {"lookups", l.lookups},
                       {"bytes", l.bytes.count()}});
   double peak = d.compute().peak(r.dtype_for_peak).per_s();
+  nlohmann::json energy = nullptr;
+  if (const PowerSpec* p = d.power()) {
+    EnergyBreakdown e = r.energy;
+    e.idle = p->idle * r.time;
+    energy = energy_json(e, r.time, p->tdp);
+  }
   return {{"name", r.name},
           {"kind", r.kind},
           {"signature", r.signature},
@@ -75,6 +139,7 @@ nlohmann::json op_json(const OpResult& r, const Device& d) {
           {"kernels", r.kernels},
           {"events", r.events},
           {"memoised", r.memoised},
+          {"energy", energy},
           {"stats", r.stats.to_json()}};
 }
 
@@ -86,7 +151,8 @@ nlohmann::json device_json(const Device& d) {
           {"peak_bf16_flops_per_s", c.peak(DType::BF16).per_s()},
           {"memory_capacity_bytes", d.memory().capacity().count()},
           {"memory_peak_bandwidth_bytes_per_s", d.memory().peak_bandwidth().bps()},
-          {"memory_efficiency", d.memory().efficiency()}};
+          {"memory_efficiency", d.memory().efficiency()},
+          {"tdp_w", d.power() ? nlohmann::json(d.power()->tdp.w()) : nlohmann::json(nullptr)}};
 }
 
 }  // namespace memwall

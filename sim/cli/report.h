@@ -18,5 +18,15 @@ std::string device_line(const Device& d, Fidelity f);
 std::string op_table(const std::vector<OpResult>& results, const Device& d);
 nlohmann::json op_json(const OpResult& r, const Device& d);
 nlohmann::json device_json(const Device& d);
+/// The `energy` object of a span of `time` that spent `e` (idle included) against `tdp`:
+/// joules by part, average watts, and whether the average is above the limit.
+nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp);
+/// The training reports' power line: one device's average draw against its limit, its
+/// energy per step by part, and tokens per joule. `links` is one device's share of the links'
+/// energy; `hottest` (0: one rank) the busiest pipeline rank's draw.
+std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energy links,
+                       Power hottest);
+/// "energy 4.38 J · 702 W average of 700 W TDP (above it) · matrix 71% ..." for a terminal.
+std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp);
 
 }  // namespace memwall

@@ -1,5 +1,7 @@
 #include "sim/cli/training_report.h"
 
+#include "sim/cli/report.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +69,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       b[int(TensorClass::Workspace)] / kGiB, to_string(r.peak_memory_time),
       host_memory_text(r.host));
   out += host_traffic_line(r.host, r.step_time.sec());
+  if (r.power.tdp.w() > 0) out += power_line(r.power, r.tokens_per_step, Energy(0), Power(0));
 
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -98,6 +101,7 @@ nlohmann::json ops_json(const std::vector<NodeTiming>& nodes) {
                    {"executions", n.executions},
                    {"kernels", n.kernels},
                    {"bound", n.bound},
+                   {"energy_j", n.energy.dynamic().j()},
                    {"beside_compute", n.beside_compute}});
   return ops;
 }
@@ -152,6 +156,11 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops}};
   add_host_memory_json(doc["memory"], r.host);
+  doc["energy"] = nullptr;
+  if (r.power.tdp.w() > 0) {
+    doc["energy"] = energy_json(r.power.energy, r.step_time, r.power.tdp);
+    doc["energy"]["tokens_per_j"] = r.tokens_per_step / r.power.energy.total().j();
+  }
   return doc;
 }
 

@@ -184,6 +184,11 @@ const std::map<std::string, CellType>& checked_columns() {
   return m;
 }
 
+// This project's extension of the format (configs/validation/README.md): a board's average
+// power while it ran the case (NVML), for every kind memwall simulates on one device.
+constexpr const char* kPowerMetric = "average_power_w";
+
+
 // The metric each simulated kind is measured in (README, "Metrics and their conventions").
 const std::map<std::string, std::string>& simulated_metrics() {
   static const std::map<std::string, std::string> m = {
@@ -192,7 +197,8 @@ const std::map<std::string, std::string>& simulated_metrics() {
 }
 const std::set<std::string>& training_metrics() {
   static const std::set<std::string> m = {"iteration_time_s", "tokens_per_s_per_gpu",
-                                          "activation_memory_gib", "model_state_memory_gib"};
+                                          "activation_memory_gib", "model_state_memory_gib",
+                                          kPowerMetric};
   return m;
 }
 const std::set<std::string>& documented_kinds() {
@@ -222,6 +228,15 @@ struct Case {
 struct CaseError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// The device's average power over a span: its dynamic energy and its idle power.
+double average_power(const Device& d, const EnergyBreakdown& dynamic, Time t) {
+  const PowerSpec* p = d.power();
+  if (!p)
+    throw CaseError(fmt::format("device '{}' has no power: section, so no power is predicted",
+                                d.name()));
+  return (dynamic.dynamic() / t + p->idle).w();
+}
 
 int64_t need_count(const Case& c, const std::string& col) {
   if (c.blank(col)) throw CaseError(fmt::format("column '{}' is blank; {} needs it", col, c.kind()));
@@ -519,8 +534,8 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
   std::string metric = lower(p.metric);
   if (!training_metrics().count(metric))
     throw CaseError(fmt::format("metric '{}' is not defined for kind 'training' (expected "
-                                "iteration_time_s, tokens_per_s_per_gpu, activation_memory_gib "
-                                "or model_state_memory_gib)",
+                                "iteration_time_s, tokens_per_s_per_gpu, activation_memory_gib, "
+                                "model_state_memory_gib or average_power_w)",
                                 p.metric));
   for (const char* col : {"tp", "pp", "dp", "cp", "ep"})
     if (!c.blank(col) && c.count(col) != 1)
@@ -539,6 +554,7 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
   if (!(step > 0) || !std::isfinite(step))
     throw CaseError(fmt::format("the simulated step time {} s is not positive", step));
   if (metric == "iteration_time_s") p.predicted = step;
+  else if (metric == kPowerMetric) p.predicted = average_power(device, r.power.energy, r.step_time);
   else if (metric == "tokens_per_s_per_gpu") p.predicted = r.tokens_per_s();
   else if (metric == "activation_memory_gib")
     p.predicted = r.memory.max_of(TensorClass::Activations) / kGiB;
@@ -604,7 +620,10 @@ void predict_cluster_training(const Case& c, DevicePool& pool, Prediction& p) {
   for (const auto& s : r.stages)
     if (s.peak_memory > worst->peak_memory) worst = &s;
   if (metric == "iteration_time_s") p.predicted = step;
-  else if (metric == "tokens_per_s_per_gpu") p.predicted = r.tokens_per_s() / gpus;
+  else if (metric == kPowerMetric) {
+    average_power(ops.device(), r.power.energy, r.step_time);  // throws without a power section
+    p.predicted = r.per_gpu_power().w();
+  } else if (metric == "tokens_per_s_per_gpu") p.predicted = r.tokens_per_s() / gpus;
   else if (metric == "activation_memory_gib")
     p.predicted = worst->memory[int(TensorClass::Activations)] / kGiB;
   else
@@ -683,16 +702,17 @@ Prediction predict(const Case& c, DevicePool& pool) {
     return p;
   }
   try {
-    if (lower(p.metric) != m->second)
-      throw CaseError(fmt::format("metric '{}' is not defined for kind '{}' (expected '{}')",
-                                  p.metric, p.kind, m->second));
+    const bool power = lower(p.metric) == kPowerMetric;
+    if (lower(p.metric) != m->second && !power)
+      throw CaseError(fmt::format("metric '{}' is not defined for kind '{}' (expected '{}' or {})",
+                                  p.metric, p.kind, m->second, kPowerMetric));
     CaseOp co = build_op(c);
     OpSimulator& sim = pool.simulator(c.get("device"));
     OpResult r = sim.run(co.op);
     double t = r.time.sec();
     if (!(t > 0) || !std::isfinite(t))
       throw CaseError(fmt::format("the simulated time {} s is not positive", t));
-    p.predicted = co.per_second_scale / t;
+    p.predicted = power ? average_power(sim.device(), r.energy, r.time) : co.per_second_scale / t;
     p.status = "ok";
   } catch (const std::exception& e) {
     p.status = "error";

@@ -59,6 +59,13 @@ double ClusterResult::peak_memory() const {
   return p;
 }
 
+Power ClusterResult::hottest_rank_power() const {
+  Power p(0);
+  if (step_time.sec() <= 0) return p;
+  for (const auto& st : stages) p = std::max(p, st.energy.total() / step_time);
+  return p;
+}
+
 double ClusterResult::bubble_fraction() const {
   if (stages.empty() || step_time.sec() <= 0) return 0;
   double b = 0;
@@ -274,6 +281,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
                    o.time, o.bound, runs};
       t.kernels = std::max(1, o.kernels);
+      t.energy = o.energy;
       c.nodes.push_back(std::move(t));
       // Consecutive operators with nothing to wait for run back to back: one task (a paced
       // product stays alone: its pacing is its own work's).
@@ -634,6 +642,7 @@ class ClusterSim {
     }
     memory(r);
     flops(r);
+    energy(r);
     for (int k = 0; k < 4; ++k) {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
@@ -659,6 +668,32 @@ class ClusterSim {
   }
 
  private:
+  // Each rank's operators at their executions per step, its idle power over the whole step
+  // (bubbles and waits included), and the links' energy for every byte the network carried.
+  void energy(ClusterResult& r) {
+    const PowerSpec* p = device_.power();
+    if (!p) return;
+    for (int s = 0; s < p_.pp; ++s) {
+      StageResult& st = r.stages[s];
+      st.energy = EnergyBreakdown{};
+      for (int v = 0; v < p_.vpp; ++v)
+        for (const NodeTiming& n : chunk_of_[v * p_.pp + s]->nodes)
+          st.energy += n.energy * double(n.executions);
+      st.energy.idle = p->idle * r.step_time;
+    }
+    r.power = PowerSummary{};
+    for (const auto& st : r.stages) r.power.energy += st.energy * (1.0 / p_.pp);
+    for (const auto& u : net_.utilisation(r.step_time))
+      r.link_energy += link_energy_per_bit(u.cls) * (8.0 * u.bytes);
+    r.power.time = r.step_time;
+    r.power.tdp = p->tdp;
+  }
+  Energy link_energy_per_bit(LinkClass c) const {
+    for (const LinkSpec* l : {&sys_.scale_up.link, &sys_.scale_out.nic, &sys_.scale_out.host_link})
+      if (l->cls == c) return l->energy_per_bit;
+    return default_link_energy(c);
+  }
+
   std::shared_ptr<ChunkModel> model_for(const ModelChunk& ch) {
     // One graph per chunk, so operator names carry the chunk's own layer numbers (traces, CSV);
     // the operators themselves are memoised by the OpSimulator, so this costs graph building only.

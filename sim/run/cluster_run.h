@@ -79,6 +79,8 @@ struct StageResult {
   /// Memory over the step (bytes at a time), for the trace's counter track (only when tracing):
   /// state + kept activations of in-flight micro-batches + the running pass's working set.
   std::vector<std::pair<Time, double>> memory_samples;
+  /// One of its ranks' step energy: its operators' dynamic energy and idle power over the step.
+  EnergyBreakdown energy;
 };
 
 struct ClusterResult {
@@ -107,6 +109,20 @@ struct ClusterResult {
   HostMemory host;  ///< the largest rank's host bytes against the device's host share
   std::vector<NodeTiming> nodes;  ///< stage 0's operators, all its chunks (top-ops table)
   int distinct_ops = 0;
+  /// One device's step energy, the mean over ranks (idle power over the step included),
+  /// against its limit. Empty (tdp 0) without the device's `power:` section.
+  PowerSummary power;
+  /// Energy of the bytes the links carried per step (the whole network; not in `power`).
+  Energy link_energy;
+  /// Energy per step of the whole job: every device and the links.
+  Energy job_energy() const { return power.energy.total() * double(gpus) + link_energy; }
+  /// Average draw of the busiest rank (the pipeline stage that spends most).
+  Power hottest_rank_power() const;
+  /// Average draw of one device with its share of the links' energy.
+  Power per_gpu_power() const {
+    return step_time.sec() > 0 ? (power.energy.total() + link_energy / double(gpus)) / step_time
+                               : Power(0);
+  }
   long collectives = 0;  ///< collective requests timed
   long pipeline_transfers = 0;  ///< activation and gradient sends between pipeline ranks
 

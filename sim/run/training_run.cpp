@@ -112,12 +112,14 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops,
                  o.memory_read + o.memory_written, o.time, o.bound, 1};
     t.kernels = std::max(1, o.kernels);
+    t.energy = o.energy;
     bool per_micro_batch = n.pass != Pass::Optimizer;
     t.executions = per_micro_batch ? static_cast<int>(g.accumulation_steps) -
                                          (n.after_first_micro_batch ? 1 : 0)
                                    : 1;
     double runs = t.executions;
     device_time += o.time * runs;
+    r.power.energy += t.energy * runs;
     (per_micro_batch ? mb_ops : opt_ops)
         .push_back({o.time, n.launched_with_previous ? 0 : t.kernels, n.after_first_micro_batch});
     r.time_by_class[static_cast<int>(t.cls)] += o.time * runs;
@@ -168,6 +170,13 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   for (const auto& op : opt_ops) issue(op);
   r.step_time = gpu;
   r.host_stall = r.step_time > device_time ? r.step_time - device_time : Time::zero();
+  if (const PowerSpec* p = device.power()) {
+    r.power.energy.idle = p->idle * r.step_time;
+    r.power.time = r.step_time;
+    r.power.tdp = p->tdp;
+  } else {
+    r.power = PowerSummary{};
+  }
   r.l2_hit_rate = l2_lookups > 0 ? l2_hits / l2_lookups : 0;
   r.memory_utilisation = mem_bytes / (r.step_time.sec() * device.memory().peak_bandwidth().bps());
   r.distinct_ops = static_cast<int>(r.nodes.size()) - static_cast<int>(sim.cache_hits());

@@ -64,6 +64,8 @@ struct NodeTiming {
   /// Runs on a copy stream beside the compute (activation offload's host copies): not part of
   /// the compute stream's time, so not in the top-operators share of the step.
   bool beside_compute = false;
+  /// Dynamic energy of one execution (arch/power; zero without the device's `power:` section).
+  EnergyBreakdown energy = {};
 };
 
 /// Kernels the host issues per optimizer step for these operators (each execution counted).
@@ -92,6 +94,9 @@ struct TrainingResult {
   double l2_hit_rate = 0;         ///< of the last shared cache level, weighted by lookups
   double memory_utilisation = 0;  ///< memory bytes / (step time x peak bandwidth)
   int distinct_ops = 0;           ///< operators actually simulated (after memoisation)
+  /// The step's energy (idle power over the step included) against the board's limit; empty
+  /// (tdp 0) without the device's `power:` section.
+  PowerSummary power;
 
   double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
   double mfu() const { return model_flops / (step_time.sec() * peak_flops); }

@@ -27,7 +27,8 @@ class LruCacheLevel : public CacheLevel {
         line_(c.get_bytes("line_size")),
         bandwidth_(c.get_bandwidth("bandwidth")),
         latency_(c.get_time("latency")),
-        inclusive_(c.get_bool("inclusive")) {
+        inclusive_(c.get_bool("inclusive")),
+        access_energy_(c.get_energy("access_energy")) {
     int instances = scope_ == CacheScope::Private ? units : 1;
     int slices = scope_ == CacheScope::Private ? 1 : static_cast<int>(c.get_int("slices"));
     for (int i = 0; i < instances; ++i) lru_.emplace_back(size_.count());
@@ -83,6 +84,7 @@ class LruCacheLevel : public CacheLevel {
   Time latency() const override { return latency_; }
   bool inclusive() const override { return inclusive_; }
   const CacheStats& stats() const override { return stats_; }
+  Energy access_energy() const override { return access_energy_; }
   Bytes bytes_moved() const override {
     Bytes b(0);
     for (const auto& p : ports_) b += p.bytes();
@@ -112,6 +114,7 @@ class LruCacheLevel : public CacheLevel {
   Bandwidth bandwidth_;
   Time latency_;
   bool inclusive_;
+  Energy access_energy_;
   int slices_ = 1;
   std::vector<LruBytes> lru_;
   std::vector<Server> ports_;
@@ -157,7 +160,10 @@ const Schema& lru_cache_schema() {
     ParamSpec incl = param("inclusive", ParamType::Bool, "", "false",
                            "Whether this level holds a copy of everything in the levels above "
                            "it (then it must be at least as large as all of them together).");
-    x.params = {level, scope, size, line, bw, lat, slices, incl};
+    ParamSpec energy = param("access_energy", ParamType::Energy, "J/B", "0 pJ",
+                             "Energy of one byte moved through the level's ports: the array "
+                             "access and the wires to the units (arch/power). 0: not counted.");
+    x.params = {level, scope, size, line, bw, lat, slices, incl, energy};
     return x;
   }();
   return s;

@@ -11,6 +11,16 @@
 namespace memwall {
 namespace {
 
+// Energy per bit by generation, where a preset does not give its own (docs/power.md). HBM2:
+// 3.9 pJ/bit, O'Connor et al., "Fine-Grained DRAM", MICRO 2017 (as remembered; not in
+// ../shared/data). No later HBM figure is in the sources, so HBM2e-HBM4 use it too. DDR4/DDR5
+// (with the DIMM's I/O) and LPDDR5/5X are order-of-magnitude estimates.
+Energy default_energy_per_bit(const std::string& generation) {
+  if (generation.rfind("hbm", 0) == 0) return Energy::pj(3.9);
+  if (generation.rfind("lpddr", 0) == 0) return Energy::pj(5);
+  return Energy::pj(15);  // ddr4, ddr5
+}
+
 class DramTier : public MemoryModel {
  public:
   explicit DramTier(const Config& c)
@@ -21,6 +31,8 @@ class DramTier : public MemoryModel {
         efficiency_(c.get_real("efficiency")),
         latency_(c.get_time("latency")),
         interleave_(c.get_bytes("interleave")) {
+    energy_per_bit_ = c.node()["energy_per_bit"] ? c.get_energy("energy_per_bit")
+                                                 : default_energy_per_bit(generation_);
     int channels = static_cast<int>(c.get_int("channels"));
     Bandwidth per_channel = peak_ * efficiency_ / channels;
     for (int i = 0; i < channels; ++i)
@@ -100,7 +112,11 @@ std::vector<ParamSpec> dram_params(const char* generation_default,
   ParamSpec il = param("interleave", ParamType::Bytes, "B", interleave_default,
                        "Bytes mapped to one channel before the address moves to the next.");
   il.positive = true;
-  return {gen, channels, capacity, bw, eff, lat, il};
+  ParamSpec energy = optional_param(
+      "energy_per_bit", ParamType::Energy, "J/bit",
+      "Energy of one bit read or written, core and I/O (arch/power). Absent: by generation, "
+      "HBM 3.9 pJ, LPDDR 5 pJ, DDR 15 pJ (docs/power.md).");
+  return {gen, channels, capacity, bw, eff, lat, il, energy};
 }
 
 const Schema& hbm_schema() {
