@@ -371,6 +371,7 @@ double parse_param_value(const ParamSpec& spec, const std::string& text) {
     case ParamType::FlopRate: v = require_finite(parse_flop_rate(text).base()); break;
     case ParamType::Power: v = require_finite(parse_power(text).base()); break;
     case ParamType::Energy: v = require_finite(parse_energy(text).base()); break;
+    case ParamType::Area: v = require_finite(parse_area(text).base()); break;
   }
   if (spec.positive && !(v > 0))
     throw std::invalid_argument("'" + text + "' must be greater than zero");
@@ -551,6 +552,7 @@ Frequency Config::get_frequency(const std::string& key) const { return Frequency
 FlopRate Config::get_flop_rate(const std::string& key) const { return FlopRate(get_real(key)); }
 Power Config::get_power(const std::string& key) const { return Power(get_real(key)); }
 Energy Config::get_energy(const std::string& key) const { return Energy(get_real(key)); }
+Area Config::get_area(const std::string& key) const { return Area(get_real(key)); }
 
 Config Config::section(const std::string& key) const {
   const Schema* sub = schema_->find_section(key);

@@ -102,6 +102,7 @@ class Config {
   FlopRate get_flop_rate(const std::string& key) const;
   Power get_power(const std::string& key) const;
   Energy get_energy(const std::string& key) const;
+  Area get_area(const std::string& key) const;
 
   Config section(const std::string& key) const;
   /// Entries of a named-section map, in file order.

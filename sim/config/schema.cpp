@@ -21,6 +21,7 @@ const char* param_type_name(ParamType t) {
     case ParamType::FlopRate: return "rate";
     case ParamType::Power: return "power";
     case ParamType::Energy: return "energy";
+    case ParamType::Area: return "area";
   }
   return "?";
 }

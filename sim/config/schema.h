@@ -22,7 +22,7 @@
 namespace memwall {
 
 enum class ParamType { Int, Real, Bool, String, Enum, Bytes, Bandwidth, Time, Frequency, FlopRate,
-                       Power, Energy };
+                       Power, Energy, Area };
 
 /// Human-readable name of a parameter type, with its unit form, for messages and docs.
 const char* param_type_name(ParamType t);

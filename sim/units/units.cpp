@@ -112,10 +112,22 @@ Energy parse_energy(const std::string& text) {
   return Energy(parse_with(text, s, "energy", "fJ, pJ, nJ, uJ, mJ, J, kJ, MJ"));
 }
 
+Area parse_area(const std::string& text) {
+  static const std::vector<Suffix> s = {{"mm2", 1e-6}, {"mm^2", 1e-6}, {"mm²", 1e-6},
+                                        {"cm2", 1e-4}, {"cm^2", 1e-4}, {"cm²", 1e-4},
+                                        {"m2", 1},     {"m^2", 1},     {"m²", 1}};
+  return Area(parse_with(text, s, "area", "mm2, cm2, m2 (or mm^2, mm²)"));
+}
+
 std::string to_string(Bytes b) { return fmt_prefixed(b.count(), "B", true); }
 std::string to_string(Bandwidth bw) { return fmt_prefixed(bw.bps(), "B/s", false); }
 std::string to_string(Frequency f) { return fmt_prefixed(f.hz(), "Hz", false); }
 std::string to_string(FlopRate r) { return fmt_prefixed(r.per_s(), "FLOP/s", false); }
+std::string to_string(Area a) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g mm²", a.mm2_value());
+  return buf;
+}
 std::string to_string(Power p) { return fmt_prefixed(p.w(), "W", false); }
 std::string to_string(Energy e) {
   // fmt_prefixed has no sub-unit prefixes; energies per operation are picojoules.

@@ -136,6 +136,14 @@ class Energy : public detail::Quantity<Energy> {
   constexpr double pj_value() const { return v_ * 1e12; }
 };
 
+/// A silicon area, in square metres (dies are hundreds of mm²: 814 mm² is 8.14e-4).
+class Area : public detail::Quantity<Area> {
+ public:
+  using Quantity::Quantity;
+  static constexpr Area mm2(double v) { return Area(v * 1e-6); }
+  constexpr double mm2_value() const { return v_ * 1e6; }
+};
+
 constexpr Energy operator*(Power p, Time t) { return Energy(p.base() * t.base()); }
 constexpr Energy operator*(Time t, Power p) { return Energy(p.base() * t.base()); }
 constexpr Power operator/(Energy e, Time t) { return Power(e.base() / t.base()); }
@@ -157,6 +165,7 @@ Frequency parse_frequency(const std::string& text);
 FlopRate parse_flop_rate(const std::string& text);
 Power parse_power(const std::string& text);
 Energy parse_energy(const std::string& text);
+Area parse_area(const std::string& text);
 
 // Formatting with an automatically chosen prefix, e.g. "3.35 TB/s", "80 GiB", "12.4 us".
 std::string to_string(Bytes b);
@@ -164,6 +173,7 @@ std::string to_string(Bandwidth bw);
 std::string to_string(Time t);
 std::string to_string(Power p);
 std::string to_string(Energy e);
+std::string to_string(Area a);  ///< always in mm²
 std::string to_string(Frequency f);
 std::string to_string(FlopRate r);
 
