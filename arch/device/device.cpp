@@ -54,6 +54,7 @@ const Schema& device_schema() {
                              "The network between compute units and shared caches.")},
         {"host", &host_schema()},
         {"power", &power_schema()},
+        {"package", &package_schema()},
     };
     x.named_sections = {{"caches", &polymorphic("cache", "cache", "lru",
                                                 "The cache levels, by name (l1, l2, ...).")}};
@@ -75,6 +76,12 @@ Device::Device(const Config& cfg)
   memory_ = Registry<MemoryModel>::instance().create(cfg.section("memory"));
   if (cfg.node()["host"]) host_ = HostSpec::from_config(cfg.section("host"));
   if (cfg.node()["power"]) power_ = PowerSpec::from_config(cfg.section("power"));
+  if (cfg.node()["package"]) {
+    Config pc = cfg.section("package");
+    package_ = PackageSpec::from_config(pc);
+    if (package_->spare_units % package_->dies != 0 || compute_.units % package_->dies != 0)
+      pc.fail("dies", "compute.units and spare_units must split evenly over the dies");
+  }
 
   std::vector<std::pair<std::string, Config>> levels = cfg.named("caches");
   for (auto& [n, c] : levels) caches_.push_back(make_cache_level(n, c, compute_.units));

@@ -18,6 +18,7 @@
 #include "arch/cache/i_cache.h"
 #include "arch/compute/compute_unit.h"
 #include "arch/host/host.h"
+#include "arch/package/package.h"
 #include "arch/power/power.h"
 #include "arch/memory/i_memory.h"
 #include "arch/noc/noc.h"
@@ -46,6 +47,8 @@ class Device {
   const HostSpec* host() const { return host_ ? &*host_ : nullptr; }
   /// Power limit and energy figures, or nullptr where its file has no `power:` section.
   const PowerSpec* power() const { return power_ ? &*power_ : nullptr; }
+  /// Area and cost figures, or nullptr where its file has no `package:` section.
+  const PackageSpec* package() const { return package_ ? &*package_ : nullptr; }
   /// How many of the node's devices use the host in this run (each gets an equal share).
   void use_host_with(int devices) {
     if (host_) host_->active = devices;
@@ -92,6 +95,7 @@ class Device {
   std::unique_ptr<MemoryModel> memory_;
   std::optional<HostSpec> host_;
   std::optional<PowerSpec> power_;
+  std::optional<PackageSpec> package_;
   YAML::Node resolved_;
 };
 

@@ -61,6 +61,41 @@ std::string op_table(const std::vector<OpResult>& results, const Device& d) {
   return out;
 }
 
+nlohmann::json package_json(const Device& d) {
+  if (!d.package()) return nullptr;
+  const PackageResult p = package_of(d);
+  return {{"process", p.process},
+          {"area_mm2", p.total().mm2_value()},
+          {"die_area_mm2", p.die().mm2_value()},
+          {"dies", p.dies},
+          {"area_by_part_mm2",
+           {{"units", p.units.mm2_value()},
+            {"caches", p.caches.mm2_value()},
+            {"memory_interfaces", p.memory_interfaces.mm2_value()},
+            {"other", p.other.mm2_value()}}},
+          {"within_reticle", p.within_reticle},
+          {"dies_per_wafer", p.dies_per_wafer},
+          {"yield", p.yield},
+          {"cost_usd", p.total_usd()},
+          {"cost_by_part_usd",
+           {{"dies", p.die_usd * p.dies}, {"memory", p.memory_usd}, {"assembly", p.assembly_usd}}}};
+}
+
+std::string package_line(const Device& d) {
+  if (!d.package()) return "";
+  const PackageResult p = package_of(d);
+  const double a = p.total().mm2_value();
+  auto pct = [&](Area x) { return a > 0 ? 100 * x.mm2_value() / a : 0.0; };
+  return fmt::format(
+      "package   {}{} {:.0f} mm² (units {:.0f}%, caches {:.0f}%, memory PHYs {:.0f}%, other "
+      "{:.0f}%){} · yield {:.0f}% · ${:.2g}k estimated: dies ${:.0f}, memory ${:.0f}, assembly "
+      "${:.0f}\n",
+      p.process.empty() ? "" : p.process + " ", p.dies > 1 ? fmt::format("{} dies", p.dies) : "die",
+      a, pct(p.units), pct(p.caches), pct(p.memory_interfaces), pct(p.other),
+      p.within_reticle ? "" : " ABOVE THE RETICLE LIMIT", 100 * p.yield, p.total_usd() * 1e-3,
+      p.die_usd * p.dies, p.memory_usd, p.assembly_usd);
+}
+
 nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {
   const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
   return {{"total_j", e.total().j()},
@@ -98,7 +133,7 @@ std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp) {
   const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
   auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
   return fmt::format(
-      "energy {} · {:.0f} W average of {:.0f} W TDP{} · matrix {:.0f}%, vector {:.0f}%, caches "
+      "energy    {} · {:.0f} W average of {:.0f} W TDP{} · matrix {:.0f}%, vector {:.0f}%, caches "
       "{:.0f}%, memory {:.0f}%, idle {:.0f}%",
       to_string(e.total()), avg.w(), tdp.w(),
       avg > tdp ? " (above it: the clock would drop)" : "", pct(e.matrix), pct(e.vector),
@@ -152,7 +187,8 @@ nlohmann::json device_json(const Device& d) {
           {"memory_capacity_bytes", d.memory().capacity().count()},
           {"memory_peak_bandwidth_bytes_per_s", d.memory().peak_bandwidth().bps()},
           {"memory_efficiency", d.memory().efficiency()},
-          {"tdp_w", d.power() ? nlohmann::json(d.power()->tdp.w()) : nlohmann::json(nullptr)}};
+          {"tdp_w", d.power() ? nlohmann::json(d.power()->tdp.w()) : nlohmann::json(nullptr)},
+          {"package", package_json(d)}};
 }
 
 }  // namespace memwall

@@ -18,6 +18,10 @@ std::string device_line(const Device& d, Fidelity f);
 std::string op_table(const std::vector<OpResult>& results, const Device& d);
 nlohmann::json op_json(const OpResult& r, const Device& d);
 nlohmann::json device_json(const Device& d);
+/// The device's area and cost (arch/package), or null without a `package:` section.
+nlohmann::json package_json(const Device& d);
+/// "package   814 mm² die ... $2.2k" and a newline, or "" without a `package:` section.
+std::string package_line(const Device& d);
 /// The `energy` object of a span of `time` that spent `e` (idle included) against `tdp`:
 /// joules by part, average watts, and whether the average is above the limit.
 nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp);

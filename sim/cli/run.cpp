@@ -95,6 +95,7 @@ void write_resolved(const Experiment& e, const std::string& result_path) {
 // A training result's JSON with the run's provenance, and the resolved configuration beside it.
 void write_json(const RunOptions& o, const Experiment& e, nlohmann::json doc) {
   doc["memwall_version"] = MEMWALL_VERSION;
+  doc["package"] = package_json(*e.device);
   doc["experiment"] = e.file;
   doc["resolved_config"] = YAML::Dump(e.resolved);
   write_file(o.json_out, doc.dump(2) + "\n");
@@ -106,7 +107,7 @@ int run_cluster(const RunOptions& o, Experiment& e) {
   OpSimulator ops(*e.device, e.fidelity);
   ClusterResult r = simulate_cluster(*e.model, e.training, ops, *e.system, e.gpus,
                                      !o.trace_out.empty());
-  std::cout << cluster_summary(r, *e.model, e.training);
+  std::cout << cluster_summary(r, *e.model, e.training) << package_line(*e.device);
   if (!o.json_out.empty()) write_json(o, e, cluster_json(r, *e.model, e.training));
   if (!o.csv_dir.empty()) {
     write_cluster_csv(r, o.csv_dir);
@@ -131,7 +132,7 @@ int run_training(const RunOptions& o, Experiment& e) {
   std::unique_ptr<TraceWriter> trace;
   if (!o.trace_out.empty()) trace = std::make_unique<TraceWriter>();
   TrainingResult r = simulate_training(g, *e.device, e.fidelity, trace.get());
-  std::cout << training_summary(r, g, *e.device);
+  std::cout << training_summary(r, g, *e.device) << package_line(*e.device);
   if (!o.json_out.empty()) write_json(o, e, training_json(r, g));
   if (!o.csv_dir.empty()) {
     write_training_csv(r, o.csv_dir);
@@ -160,7 +161,7 @@ int run(const RunOptions& o) {
   for (const Op& op : e.ops) results.push_back(sim.run(op));
 
   std::cout << device_line(*e.device, e.fidelity);
-  std::cout << op_table(results, *e.device);
+  std::cout << op_table(results, *e.device) << package_line(*e.device);
 
   YAML::Emitter em;
   em << e.resolved;
