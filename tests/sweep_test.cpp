@@ -132,6 +132,35 @@ TEST_F(Sweep, APointThatCannotRunIsARowAndTheOthersRun) {
   EXPECT_TRUE(has(r.out, "1 of 3 points did not run")) << r.out;
 }
 
+TEST_F(Sweep, APointOverALimitRanAndSaysWhichLimit) {
+  // An iso-area study: H100 SXMs with more SMs, at most today's 814 mm² die.
+  write("s.yaml", experiment() +
+                      "parameters:\n  device.compute.units: [100, 132, 148]\n"
+                      "limits:\n  package.area_mm2: 814\n  energy.average_power_w: 700\n"
+                      "metrics: [step_time_s, package.area_mm2]\n");
+  Result r = run("sweep s.yaml -j 1 -o out.csv");
+  EXPECT_EQ(r.status, 0) << r.err;
+  std::vector<std::string> rows = lines(read_file(dir_ / "out.csv"));
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_TRUE(has(rows[1], ",ok,")) << rows[1];
+  EXPECT_TRUE(has(rows[2], ",ok,")) << rows[2];  // 132 SMs is the die itself
+  EXPECT_TRUE(has(rows[3], ",over_limit,")) << rows[3];
+  EXPECT_TRUE(has(rows[3], "package.area_mm2 = 867.9 > 814")) << rows[3];
+  EXPECT_TRUE(has(r.out, "1 of 3 points ran over a limit")) << r.out;
+  EXPECT_FALSE(has(r.out, "did not run")) << r.out;
+  // Its figures are kept: a step time and the area.
+  EXPECT_FALSE(has(rows[3], ",over_limit,,")) << rows[3];
+  // Resuming keeps the row rather than running it again.
+  Result again = run("sweep s.yaml -j 1 -o out.csv");
+  EXPECT_TRUE(has(again.out, "3 points were in out.csv already")) << again.out;
+  // A limit on a field the run does not have is the point's error, not a silent pass.
+  write("t.yaml", experiment() + "parameters:\n  model.seq_len: [128]\n"
+                                 "limits:\n  package.are_mm2: 814\n");
+  Result t = run("sweep t.yaml -j 1 -o t.csv");
+  EXPECT_TRUE(has(read_file(dir_ / "t.csv"), ",error,")) << read_file(dir_ / "t.csv");
+  EXPECT_TRUE(has(t.out, "package.are_mm2")) << t.out;
+}
+
 TEST_F(Sweep, AnOperatorExperimentSweepsToo) {
   // Operators instead of a model: the default metric is the total time, and a metric may index
   // the operator list. A wider HBM never slows the memory-bound triad, and it moves its bytes
@@ -188,6 +217,10 @@ TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {
            Case{experiment() + "points: [{model.seq_len: 128}]\nparameters:\n  model.seq_len: [256]\n",
                 "parameters.model.seq_len"},
            Case{experiment() + "points: [seq_len]\n", "points.0"},
+           Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits:\n  package.area_mm2: big\n",
+                "limits.package.area_mm2"},
+           Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits: [package.area_mm2]\n",
+                "limits"},
        }) {
     SCOPED_TRACE(c.yaml);
     write("bad.yaml", c.yaml);

@@ -51,12 +51,16 @@ nlohmann::json evaluate(Experiment& e) {
   if (e.model && e.system) {
     OpSimulator ops(*e.device, e.fidelity);
     ClusterResult r = simulate_cluster(*e.model, e.training, ops, *e.system, e.gpus);
-    return cluster_json(r, *e.model, e.training);
+    nlohmann::json j = cluster_json(r, *e.model, e.training);
+    j["package"] = package_json(*e.device);
+    return j;
   }
   if (e.model) {
     StepGraph g = build_step_graph(*e.model, e.training);
     TrainingResult r = simulate_training(g, *e.device, e.fidelity);
-    return training_json(r, g);
+    nlohmann::json j = training_json(r, g);
+    j["package"] = package_json(*e.device);
+    return j;
   }
   OpSimulator sim(*e.device, e.fidelity);
   nlohmann::json ops = nlohmann::json::array();
@@ -66,7 +70,10 @@ nlohmann::json evaluate(Experiment& e) {
     total += r.time;
     ops.push_back(op_json(r, *e.device));
   }
-  return {{"device", e.device->name()}, {"total_time_s", total.sec()}, {"ops", ops}};
+  return {{"device", e.device->name()},
+          {"total_time_s", total.sec()},
+          {"package", package_json(*e.device)},
+          {"ops", ops}};
 }
 
 // The field at a dotted path ("memory.peak_gib", "ops.0.time_s"), as text; "" if absent.
@@ -99,6 +106,20 @@ PointRunner point_runner(const SweepSpec& spec, const std::vector<std::string>& 
     const nlohmann::json j = evaluate(e);
     PointResult r{"ok", {}, ""};
     for (const auto& m : metrics) r.values.push_back(field(j, m));
+    for (const auto& [key, most] : spec.limits) {
+      const std::string v = field(j, key);
+      char* end = nullptr;
+      const double x = std::strtod(v.c_str(), &end);
+      if (v.empty() || !end || *end != '\0')
+        throw std::runtime_error("limit " + key + ": the run has no number there (fields are the "
+                                 "keys of `memwall run --json`; package.* needs the device's "
+                                 "package: section, energy.* its power: section)");
+      if (x > most) {
+        r.status = "over_limit";
+        r.message += fmt::format("{}{} = {:.4g} > {:.4g}", r.message.empty() ? "" : "; ", key, x,
+                                 most);
+      }
+    }
     return r;
   };
 }
@@ -241,7 +262,7 @@ int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
   const std::size_t status_col = 1 + spec.keys().size();
   int crashed = 0, shown_errors = 0;
   for (const auto& row : r.rows) {
-    if (row[status_col] == "ok") continue;
+    if (row[status_col] == "ok" || row[status_col] == "over_limit") continue;
     crashed += row[status_col] == "crashed";
     if (shown_errors++ < 5)
       std::cout << fmt::format("point {}: {}: {}\n", row[0], row[status_col], row.back());
@@ -254,6 +275,13 @@ int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
       std::cout << fmt::format("note: no point has a field '{}' (fields are the keys of `memwall "
                                "run --json`, dotted: memory.peak_gib)\n",
                                metrics[m]);
+  }
+  if (r.over_limit > 0) {
+    std::string which;
+    for (const auto& [key, most] : spec.limits)
+      which += fmt::format("{}{} <= {:.4g}", which.empty() ? "" : ", ", key, most);
+    std::cout << fmt::format("{} of {} points ran over a limit ({}): status over_limit\n",
+                             r.over_limit, r.points, which);
   }
   std::cout << fmt::format("wrote {} and {}{}\n", csv, config_path_beside(csv),
                            r.failed ? fmt::format(" ({} of {} points did not run)", r.failed,

@@ -18,6 +18,8 @@
 #include <set>
 #include <thread>
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #ifdef MEMWALL_HAVE_MPI
@@ -118,13 +120,13 @@ SweepSpec load_sweep(const std::string& file) {
   SweepSpec s;
   s.file = file;
   if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "a sweep is a map of keys");
-  static const std::set<std::string> known = {"name",       "description", "experiment",
-                                              "parameters", "points",      "metrics"};
+  static const std::set<std::string> known = {"name",   "description", "experiment", "parameters",
+                                              "points", "metrics",     "limits"};
   for (const auto& kv : doc.root) {
     const std::string k = kv.first.as<std::string>();
     if (!known.count(k))
       fail(doc, k, "is not a sweep key (a sweep has name, description, experiment, parameters, "
-                   "points and metrics)");
+                   "points, metrics and limits)");
   }
   s.name = doc.root["name"] ? scalar(doc, doc.root["name"], "name")
                             : fs::path(file).stem().string();
@@ -190,6 +192,22 @@ SweepSpec load_sweep(const std::string& file) {
     if (!m.IsSequence() || m.size() == 0)
       fail(doc, "metrics", "must be a list of result fields such as [step_time_s, mfu]");
     for (std::size_t i = 0; i < m.size(); ++i) s.metrics.push_back(scalar(doc, m[i], "metrics"));
+  }
+  if (const YAML::Node l = doc.root["limits"]) {
+    if (!l.IsMap() || l.size() == 0)
+      fail(doc, "limits", "must map result fields to the largest value allowed, such as "
+                          "{package.area_mm2: 814, energy.average_power_w: 700}");
+    for (const auto& kv : l) {
+      const std::string key = kv.first.as<std::string>();
+      const std::string where = "limits." + key;
+      if (!dotted_key(key)) fail(doc, where, "is not a result field such as package.area_mm2");
+      const std::string v = scalar(doc, kv.second, where);
+      char* end = nullptr;
+      const double x = std::strtod(v.c_str(), &end);
+      if (v.empty() || !end || *end != '\0' || !std::isfinite(x))
+        fail(doc, where, "'" + v + "' is not a number (limits are in the field's own unit)");
+      s.limits.emplace_back(key, x);
+    }
   }
   return s;
 }
@@ -285,7 +303,7 @@ bool read_rows(const std::string& csv, const std::vector<std::string>& header,
     bool same = true;
     for (std::size_t k = 0; k < keys; ++k) same = same && f[1 + k] == points[i].assignments[k].second;
     const std::string& status = f[1 + keys];
-    if (same && (status == "ok" || status == "error")) rows[i] = f;
+    if (same && (status == "ok" || status == "error" || status == "over_limit")) rows[i] = f;
   }
   return true;
 }
@@ -362,7 +380,8 @@ SweepRun finish(const SweepSpec& spec, const std::vector<std::string>& metrics,
   write_all(csv, p.header, p.rows);
   const std::size_t status = 1 + spec.keys().size();
   for (const auto& [i, r] : p.rows) {
-    if (r[status] != "ok") ++result.failed;
+    if (r[status] == "over_limit") ++result.over_limit;
+    else if (r[status] != "ok") ++result.failed;
     result.rows.push_back(r);
   }
   return result;

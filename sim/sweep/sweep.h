@@ -8,7 +8,8 @@
 //                presets such as `device: b200-sxm-180gb`);
 // with both, every point of `points` is crossed with every combination of `parameters`.
 // `metrics` names the result fields (dotted paths into the run's JSON) that become the
-// results' columns.
+// results' columns; `limits` maps result fields to the largest value a point may have (a design
+// budget: package.area_mm2, energy.average_power_w, package.cost_usd).
 //
 // Points are independent. run_sweep() runs them in `jobs` forked worker processes (SystemC has
 // one kernel per process, and a point that crashes takes only its worker down), each taking
@@ -47,6 +48,10 @@ struct SweepSpec {
   std::vector<SweepAxis> parameters;
   std::vector<Assignments> points;
   std::vector<std::string> metrics;  ///< empty: the runner's defaults
+  /// Budgets a point must keep (result field -> largest value allowed): a point above one ran,
+  /// and is marked "over_limit" with its figures kept, so a sweep can hold area, power or cost
+  /// fixed while it trades compute for bandwidth.
+  std::vector<std::pair<std::string, double>> limits;
 
   /// Every assigned key, in column order: those of `points` first (in first appearance), then
   /// those of `parameters`.
@@ -65,8 +70,9 @@ Document point_document(const SweepSpec& spec, const SweepPoint* point,
 /// Loads and checks a sweep file. Bad input throws ConfigError naming the file, line and key.
 SweepSpec load_sweep(const std::string& file);
 
-/// One point's outcome: "ok" with a value per metric, or "error" with a message (a point that
-/// does not fit in memory is "ok": its `fits` metric says so).
+/// One point's outcome: "ok" with a value per metric, "over_limit" with its values and the
+/// limit it broke, or "error" with a message (a point that does not fit in memory is "ok": its
+/// `fits` metric says so).
 struct PointResult {
   std::string status;
   std::vector<std::string> values;
@@ -78,7 +84,8 @@ struct SweepRun {
   int points = 0;   ///< in the sweep
   int ran = 0;      ///< run now
   int resumed = 0;  ///< found in the file from an earlier run
-  int failed = 0;   ///< of all points, those whose status is "error"
+  int failed = 0;   ///< of all points, those that did not run ("error", "crashed")
+  int over_limit = 0;  ///< of all points, those that ran above a limit
   /// The file's rows after the run, in point order: each is point, assignments, status,
   /// metrics, message.
   std::vector<std::vector<std::string>> rows;
