@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "arch/device/device.h"
 #include "arch/network/system.h"
@@ -140,6 +142,51 @@ TEST(Power, LongGemmsDrawWhatWasMeasured) {
     EXPECT_NEAR(w, watts, 0.10 * watts) << device;
     // Never below idle, and most of it in the matrix unit.
     EXPECT_GT(r.energy.matrix.j(), 0.7 * r.energy.dynamic().j()) << device;
+  }
+}
+
+// The power-limited clock (power.limit_clock): the H100's measured GEMMs at the 700 W limit ran
+// at a median 1410 MHz (gpubase JSON); the model, from its energy figures alone, solves for the
+// clock at which such a product draws 700 W.
+TEST(PowerLimit, TheH100ClockAtItsLimitIsTheMeasuredOne) {
+  auto d = load_device("h100-sxm5-80gb", {"power.limit_clock=true"});
+  EXPECT_NEAR(d->compute().sustained_clock.hz(), 1.41e9, 0.02 * 1.41e9);
+  // At that clock the reference product draws the TDP.
+  GemmOp g;
+  g.m = 8192;
+  g.n = 8192;
+  g.k = 32768;
+  OpSimulator sim(*d, Fidelity::Tile);
+  OpResult r = sim.run(Op{"g", g});
+  EXPECT_NEAR((r.energy.dynamic() / r.time + d->power()->idle).w(), 700, 7);
+}
+
+TEST(PowerLimit, MoreUnitsOrLessPowerLowerTheClockAndNothingPassesTheBoost) {
+  auto clock = [](std::vector<std::string> o) {
+    o.push_back("power.limit_clock=true");
+    return load_device("h100-sxm5-80gb", o)->compute().sustained_clock.hz();
+  };
+  const double base = clock({});
+  EXPECT_LT(clock({"compute.units=148"}), base);
+  EXPECT_GT(clock({"compute.units=100"}), base);
+  EXPECT_LT(clock({"power.tdp=500 W"}), base);
+  // Dynamic power goes as the clock cubed: 16 more SMs (12% more) take about 4% off.
+  EXPECT_NEAR(clock({"compute.units=148"}) / base, std::cbrt(132.0 / 148.0), 0.02);
+  // A limit no product reaches leaves the clock at the one the peaks are quoted at.
+  EXPECT_DOUBLE_EQ(clock({"power.tdp=5000 W"}), 1.83e9);
+}
+
+TEST(PowerLimit, EnergyPerFlopGoesAsTheClockSquared) {
+  auto slow = load_device("h100-sxm5-80gb", {"compute.sustained_clock=1.0 GHz"});
+  auto fast = load_device("h100-sxm5-80gb", {"compute.sustained_clock=1.41 GHz"});
+  EXPECT_NEAR(matrix_flop_energy(*slow, DType::BF16).j() / matrix_flop_energy(*fast, DType::BF16).j(),
+              (1.0 / 1.41) * (1.0 / 1.41), 1e-9);
+  try {
+    load_device("grace", {"power.tdp=300 W", "power.idle=50 W", "power.matrix_flop=1 pJ",
+                          "power.vector_flop=1 pJ", "power.limit_clock=true"});
+    ADD_FAILURE() << "limit_clock without at_clock was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key_path(), "power.limit_clock") << e.what();
   }
 }
 

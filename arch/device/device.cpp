@@ -196,7 +196,9 @@ std::unique_ptr<Device> load_device(const std::string& name_or_file,
   resolve_preset(doc, "", "devices");
   for (const auto& o : overrides) apply_override(doc, o);
   validate(doc.root, device_schema(), "", *doc.sources);
-  return std::make_unique<Device>(Config(doc.root, device_schema(), "", doc.sources));
+  auto d = std::make_unique<Device>(Config(doc.root, device_schema(), "", doc.sources));
+  apply_power_limit(*d);
+  return d;
 }
 
 }  // namespace memwall

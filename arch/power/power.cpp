@@ -35,6 +35,17 @@ const Schema& power_schema() {
         positive(required("vector_flop", ParamType::Energy, "J/FLOP",
                           "Energy of one fp32 vector FLOP (FMA = 2), register reads included; "
                           "other types scale with the pipe's rate.")),
+        [] {
+          ParamSpec p = optional_param(
+              "at_clock", ParamType::Frequency, "Hz",
+              "The sustained clock the FLOP energies are quoted at. At another sustained clock "
+              "they scale with its square (voltage follows the clock). Absent: no scaling.");
+          p.positive = true;
+          return p;
+        }(),
+        param("limit_clock", ParamType::Bool, "", "false",
+              "Set compute.sustained_clock from the power limit: the clock at which a long "
+              "dense product draws the TDP (needs at_clock)."),
     };
     return x;
   }();
@@ -48,6 +59,10 @@ PowerSpec PowerSpec::from_config(const Config& c) {
   p.matrix_flop = c.get_energy("matrix_flop");
   p.vector_flop = c.get_energy("vector_flop");
   if (p.idle >= p.tdp) c.fail("idle", "is not below tdp (" + to_string(p.tdp) + ")");
+  if (c.node()["at_clock"]) p.at_clock = c.get_frequency("at_clock");
+  p.limit_clock = c.get_bool("limit_clock");
+  if (p.limit_clock && p.at_clock.hz() <= 0)
+    c.fail("limit_clock", "needs at_clock: the clock the FLOP energies are quoted at");
   return p;
 }
 
@@ -70,14 +85,22 @@ EnergyBreakdown EnergyBreakdown::operator*(double runs) const {
   return e;
 }
 
+double voltage_scale(const Device& d) {
+  const PowerSpec* p = d.power();
+  if (!p || p->at_clock.hz() <= 0) return 1;
+  const double r = d.compute().sustained_clock.hz() / p->at_clock.hz();
+  return r * r;
+}
+
 Energy vector_flop_energy(const Device& d, DType t) {
   const PowerSpec* p = d.power();
   if (!p) return Energy(0);
   const ComputeSpec& c = d.compute();
   const double fp32 = c.vector_flops_per_cycle(DType::FP32);
   const double rate = c.vector_flops_per_cycle(t);
-  if (fp32 <= 0 || rate <= 0) return p->vector_flop;
-  return p->vector_flop * (fp32 / rate);
+  const Energy e = p->vector_flop * voltage_scale(d);
+  if (fp32 <= 0 || rate <= 0) return e;
+  return e * (fp32 / rate);
 }
 
 Energy matrix_flop_energy(const Device& d, DType t) {
@@ -88,7 +111,42 @@ Energy matrix_flop_energy(const Device& d, DType t) {
   if (ref <= 0) ref = c.matrix_macs_per_cycle(DType::FP16);
   const double rate = c.matrix_macs_per_cycle(t);
   if (ref <= 0 || rate <= 0) return vector_flop_energy(d, t);
-  return p->matrix_flop * (ref / rate);
+  return p->matrix_flop * (voltage_scale(d) * ref / rate);
+}
+
+Frequency limit_clock(Device& d) {
+  const PowerSpec* p = d.power();
+  if (!p) throw std::invalid_argument("device '" + d.name() + "' has no power: section");
+  const ComputeSpec& c = d.compute();
+  GemmOp g;
+  g.m = 8192;
+  g.n = 8192;
+  g.k = 32768;
+  g.dtype = c.matrix_macs_per_cycle(DType::BF16) > 0 ? DType::BF16 : DType::FP16;
+  const Op op{"power-limit reference", g};
+  const double budget = (p->tdp - p->idle).w();
+  const Frequency top = c.matrix_boost_clock;
+  for (int i = 0; i < 8; ++i) {
+    const Frequency f = d.compute().sustained_clock;
+    OpSimulator sim(d, Fidelity::Tile);
+    const OpResult r = sim.run(op);
+    const double t = r.time.sec();
+    const double a = r.energy.matrix.j() / t, b = (r.energy.dynamic() - r.energy.matrix).j() / t;
+    // At x times the clock: matrix power a x^3, the rest b x (its energy per byte is fixed).
+    double lo = 0.05, hi = 4;
+    for (int k = 0; k < 60; ++k) {
+      const double x = 0.5 * (lo + hi);
+      (a * x * x * x + b * x > budget ? hi : lo) = x;
+    }
+    Frequency next = Frequency(std::min(top.hz(), f.hz() * lo));
+    d.set_sustained_clock(next);
+    if (std::abs(next.hz() / f.hz() - 1) < 1e-3) break;
+  }
+  return d.compute().sustained_clock;
+}
+
+void apply_power_limit(Device& d) {
+  if (d.power() && d.power()->limit_clock) limit_clock(d);
 }
 
 namespace {

@@ -41,6 +41,12 @@ struct PowerSpec {
   Power idle;             ///< board power with nothing running (static, always-on)
   Energy matrix_flop;     ///< one matrix FLOP of the unit's 16-bit type (bf16, else fp16)
   Energy vector_flop;     ///< one fp32 vector FLOP (FMA = 2)
+  /// The clock the FLOP energies are quoted at; 0: they do not scale. At another sustained
+  /// clock they scale with its square (the voltage follows the clock near the top of the
+  /// range, and energy per operation goes as the voltage squared).
+  Frequency at_clock;
+  /// The sustained clock is set by the power limit (limit_clock()) instead of the preset.
+  bool limit_clock = false;
 
   static PowerSpec from_config(const Config& c);
 };
@@ -67,6 +73,19 @@ Energy vector_flop_energy(const Device& d, DType t);
 /// idle power is charged over wall time by whoever owns the timeline). All zero when the device
 /// has no `power:` section.
 EnergyBreakdown op_energy(const Op& op, const OpResult& r, const Device& d);
+
+/// How a FLOP's energy scales at the device's sustained clock: (clock / at_clock)², or 1.
+double voltage_scale(const Device& d);
+
+/// The power-limited sustained clock (`power.limit_clock`): the clock at which a long dense
+/// product (8192 x 8192 x 32768 in the unit's 16-bit type, at tile fidelity) draws the TDP, no
+/// higher than the matrix boost clock. It is what a preset's measured sustained clock is, so
+/// a design with more units, a lower TDP or costlier FLOPs gets a lower clock. Solved by
+/// simulating the product, taking its time as inverse to the clock and its matrix energy as
+/// the clock squared, and simulating again at the answer until it moves by under 0.1%.
+Frequency limit_clock(Device& d);
+/// Sets the device's sustained clock to limit_clock() where its `power:` section asks for it.
+void apply_power_limit(Device& d);
 
 /// Power summary of a span of `time` that spent `e` (whose idle part the caller filled).
 struct PowerSummary {

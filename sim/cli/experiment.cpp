@@ -112,6 +112,7 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
   e.name = root.get_string("name");
   e.fidelity = parse_fidelity(root.get_string("fidelity"));
   e.device = std::make_unique<Device>(root.section("device"));
+  apply_power_limit(*e.device);
   for (const Config& c : root.list("ops")) e.ops.push_back(op_from_config(c));
   if (doc.root["model"]) {
     e.model = model_from_config(root.section("model"));

@@ -81,8 +81,18 @@ nlohmann::json package_json(const Device& d) {
            {{"dies", p.die_usd * p.dies}, {"memory", p.memory_usd}, {"assembly", p.assembly_usd}}}};
 }
 
+void add_device_figures(nlohmann::json& doc, const Device& d) {
+  doc["package"] = package_json(d);
+  doc["sustained_clock_hz"] = d.compute().sustained_clock.hz();
+}
+
 std::string package_line(const Device& d) {
-  if (!d.package()) return "";
+  std::string clock;
+  if (d.power() && d.power()->limit_clock)
+    clock = fmt::format("clock     {:.3g} GHz sustained, set by the {:.0f} W limit "
+                        "(power.limit_clock)\n",
+                        d.compute().sustained_clock.hz() * 1e-9, d.power()->tdp.w());
+  if (!d.package()) return clock;
   const PackageResult p = package_of(d);
   const double a = p.total().mm2_value();
   auto pct = [&](Area x) { return a > 0 ? 100 * x.mm2_value() / a : 0.0; };
@@ -93,7 +103,7 @@ std::string package_line(const Device& d) {
       p.process.empty() ? "" : p.process + " ", p.dies > 1 ? fmt::format("{} dies", p.dies) : "die",
       a, pct(p.units), pct(p.caches), pct(p.memory_interfaces), pct(p.other),
       p.within_reticle ? "" : " ABOVE THE RETICLE LIMIT", 100 * p.yield, p.total_usd() * 1e-3,
-      p.die_usd * p.dies, p.memory_usd, p.assembly_usd);
+      p.die_usd * p.dies, p.memory_usd, p.assembly_usd) + clock;
 }
 
 nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {

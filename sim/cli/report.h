@@ -20,7 +20,11 @@ nlohmann::json op_json(const OpResult& r, const Device& d);
 nlohmann::json device_json(const Device& d);
 /// The device's area and cost (arch/package), or null without a `package:` section.
 nlohmann::json package_json(const Device& d);
-/// "package   814 mm² die ... $2.2k" and a newline, or "" without a `package:` section.
+/// Adds what a training or cluster result does not know of its device to its JSON: `package`
+/// and `sustained_clock_hz` (the clock its matrix work ran at, power-limited or the preset's).
+void add_device_figures(nlohmann::json& doc, const Device& d);
+/// "package   814 mm² die ... $2.2k" and a newline (none without a `package:` section), and
+/// the sustained clock where the power limit set it.
 std::string package_line(const Device& d);
 /// The `energy` object of a span of `time` that spent `e` (idle included) against `tdp`:
 /// joules by part, average watts, and whether the average is above the limit.

@@ -95,7 +95,7 @@ void write_resolved(const Experiment& e, const std::string& result_path) {
 // A training result's JSON with the run's provenance, and the resolved configuration beside it.
 void write_json(const RunOptions& o, const Experiment& e, nlohmann::json doc) {
   doc["memwall_version"] = MEMWALL_VERSION;
-  doc["package"] = package_json(*e.device);
+  add_device_figures(doc, *e.device);
   doc["experiment"] = e.file;
   doc["resolved_config"] = YAML::Dump(e.resolved);
   write_file(o.json_out, doc.dump(2) + "\n");

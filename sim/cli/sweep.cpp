@@ -52,14 +52,14 @@ nlohmann::json evaluate(Experiment& e) {
     OpSimulator ops(*e.device, e.fidelity);
     ClusterResult r = simulate_cluster(*e.model, e.training, ops, *e.system, e.gpus);
     nlohmann::json j = cluster_json(r, *e.model, e.training);
-    j["package"] = package_json(*e.device);
+    add_device_figures(j, *e.device);
     return j;
   }
   if (e.model) {
     StepGraph g = build_step_graph(*e.model, e.training);
     TrainingResult r = simulate_training(g, *e.device, e.fidelity);
     nlohmann::json j = training_json(r, g);
-    j["package"] = package_json(*e.device);
+    add_device_figures(j, *e.device);
     return j;
   }
   OpSimulator sim(*e.device, e.fidelity);
@@ -70,10 +70,9 @@ nlohmann::json evaluate(Experiment& e) {
     total += r.time;
     ops.push_back(op_json(r, *e.device));
   }
-  return {{"device", e.device->name()},
-          {"total_time_s", total.sec()},
-          {"package", package_json(*e.device)},
-          {"ops", ops}};
+  nlohmann::json j = {{"device", e.device->name()}, {"total_time_s", total.sec()}, {"ops", ops}};
+  add_device_figures(j, *e.device);
+  return j;
 }
 
 // The field at a dotted path ("memory.peak_gib", "ops.0.time_s"), as text; "" if absent.
