@@ -261,6 +261,22 @@ TEST_F(PowerCli, RunJsonHasTheEnergyAndTheTerminalItsLine) {
   EXPECT_NE(r.out.find("W average of 700 W TDP"), std::string::npos) << r.out;
 }
 
+TEST_F(PowerCli, TheTraceHasAPowerTrackNeverBelowIdle) {
+  Result r = run("run --device h100-sxm5-80gb --model gpt2-124m --seq-len 256 --micro-batch 2 "
+                 "--global-batch 2 --trace t.json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto doc = nlohmann::json::parse(read_file(dir_ / "t.json"));
+  const auto& events = doc.is_object() ? doc["traceEvents"] : doc;
+  int n = 0;
+  for (const auto& e : events)
+    if (e.value("ph", "") == "C" && e.value("name", "") == "power W") {
+      ++n;
+      EXPECT_GE(e["args"]["value"].get<double>(), 73.0);
+      EXPECT_LE(e["args"]["value"].get<double>(), 2000.0);
+    }
+  EXPECT_GT(n, 10);
+}
+
 TEST_F(PowerCli, ValidatePredictsBoardPowerAndSaysWhyNot) {
   Result r = run("validate --cases " +
                  source("configs/validation/gpupower-h200-sxm-141gb-2026-11-28.csv") + " -j 1");

@@ -143,6 +143,9 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
                   {{"pass", pass_name(n.pass)}, {"bound", o.bound}});
       trace->counter(device.name(), "memory GiB", clock,
                      total_bytes(r.memory.during[i]) / (1024.0 * 1024 * 1024));
+      // Board power while the operator runs: its dynamic energy over its time, and idle.
+      if (const PowerSpec* p = device.power(); p && o.time.sec() > 0)
+        trace->counter(device.name(), "power W", clock, (o.energy.dynamic() / o.time + p->idle).w());
     }
     clock += o.time;
     r.nodes.push_back(std::move(t));
