@@ -9,8 +9,9 @@ Left: every operator with FLOPs at its arithmetic intensity (FLOPs over the memo
 moved) and achieved rate (FLOPs over its time), against the device's roofline (the matmul peak
 and the HBM peak, datasheet figures); marker area is the operator's share of the step (time x
 executions, every layer's copy of an operator summed into one point), colour its class, the
-six largest named. Right: memory per GPU by class at the
-peak (the largest pipeline stage of a cluster run) against the capacity.
+six largest named. Middle: memory per GPU by class at the
+peak (the largest pipeline stage of a cluster run) against the capacity. Right, where the device
+has a power: section: one GPU's energy per step by part, with its average power against the TDP.
 """
 import json
 import re
@@ -41,7 +42,13 @@ def main(argv):
     bw = run["peaks"]["memory_bandwidth_bytes_per_s"]
     step = run["step_time_s"]
 
-    fig, (ax, mem) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [2.2, 1]})
+    energy = run.get("energy")
+    if energy:
+        fig, (ax, mem, en) = plt.subplots(1, 3, figsize=(17, 6),
+                                          gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    else:
+        fig, (ax, mem) = plt.subplots(1, 2, figsize=(14, 6),
+                                      gridspec_kw={"width_ratios": [2.2, 1]})
     shown = [o for o in run["ops"] if o["flops"] > 0 and o["bytes"] > 0 and o["time_s"] > 0
              and not o.get("beside_compute")]
     hidden = sum(o["time_s"] * o["executions"] for o in run["ops"]
@@ -108,6 +115,23 @@ def main(argv):
     mem.legend(fontsize=8)
     mem.set_title(f"memory at the peak: {memory['peak_gib']:.1f} GiB, "
                   f"{'fits' if memory['fits'] else 'does not fit'}", fontsize=9)
+    if energy:
+        parts = dict(energy["by_part_j"])
+        if energy.get("links_j_per_gpu"):
+            parts["links"] = energy["links_j_per_gpu"]
+        bottom = 0.0
+        for name in ["matrix", "vector", "caches", "memory", "links", "idle"]:
+            v = parts.get(name, 0.0)
+            if v > 0:
+                en.bar([0], [v], bottom=[bottom], label=f"{name} {v:.3g} J")
+                bottom += v
+        en.set_xticks([])
+        en.set_ylabel("J per GPU per step")
+        en.set_ylim(0, bottom * 1.15)
+        en.legend(fontsize=8)
+        en.set_title(f"energy: {energy['average_power_w']:.0f} W average of "
+                     f"{energy['tdp_w']:.0f} W TDP, {energy['tokens_per_j']:.3g} tokens/J",
+                     fontsize=9)
     fig.tight_layout()
     fig.savefig(argv[2], dpi=120)
     print(f"wrote {argv[2]}")
