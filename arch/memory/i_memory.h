@@ -20,6 +20,11 @@ class MemoryModel {
   virtual ~MemoryModel() = default;
 
   virtual Time access(Time earliest, uint64_t key, Bytes bytes, bool write) = 0;
+  /// Bank-level timing (the `cycle` fidelity): each channel's banks open and close rows, with
+  /// activation, precharge, four-activate window, refresh and bus turnaround, at the full pin
+  /// rate; the losses that `efficiency()` folds into one factor emerge instead. Off: channels
+  /// at peak x efficiency. A tier without a bank model ignores it.
+  virtual void set_bank_timing(bool on) { (void)on; }
   /// Forgets queue state and statistics; free from `now`.
   virtual void reset(Time now) = 0;
 

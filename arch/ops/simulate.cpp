@@ -15,12 +15,20 @@
 
 namespace memwall {
 
-const char* fidelity_name(Fidelity f) { return f == Fidelity::Analytical ? "analytical" : "tile"; }
+const char* fidelity_name(Fidelity f) {
+  switch (f) {
+    case Fidelity::Analytical: return "analytical";
+    case Fidelity::Tile: return "tile";
+    case Fidelity::Cycle: return "cycle";
+  }
+  return "?";
+}
 
 Fidelity parse_fidelity(const std::string& s) {
   if (s == "analytical") return Fidelity::Analytical;
   if (s == "tile") return Fidelity::Tile;
-  throw std::invalid_argument("fidelity '" + s + "' is not one of analytical, tile");
+  if (s == "cycle") return Fidelity::Cycle;
+  throw std::invalid_argument("fidelity '" + s + "' is not one of analytical, tile, cycle");
 }
 
 namespace {
@@ -85,9 +93,9 @@ OpResult OpSimulator::run(const Op& op) {
     return r;
   }
   check_supported(op, device_);
-  OpResult r = op.on_host() ? simulate_host(op)
-               : fidelity_ == Fidelity::Tile ? simulate_tile(op)
-                                             : simulate_analytical(op);
+  OpResult r = op.on_host()                         ? simulate_host(op)
+               : fidelity_ == Fidelity::Analytical ? simulate_analytical(op)
+                                                   : simulate_tile(op);
   r.energy = op_energy(op, r, device_);
   memo_[key] = r;
   return r;
@@ -156,8 +164,14 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   r.name = op.name;
   r.kind = op.kind();
   r.signature = op.signature();
-  r.fidelity = Fidelity::Tile;
+  r.fidelity = fidelity_;
   r.dtype_for_peak = op.dtype();
+  // The cycle fidelity runs the same tiles against the memory tier's bank model.
+  struct BankTiming {
+    MemoryModel& m;
+    BankTiming(MemoryModel& mm, bool on) : m(mm) { m.set_bank_timing(on); }
+    ~BankTiming() { m.set_bank_timing(false); }
+  } bank_timing(device_.memory(), fidelity_ == Fidelity::Cycle);
   r.flops = op.flops();
   r.min_bytes = op.min_bytes();
   auto kernels = map_op(op, device_);

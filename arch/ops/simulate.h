@@ -20,7 +20,10 @@ namespace memwall {
 
 class TraceWriter;
 
-enum class Fidelity { Analytical, Tile };
+/// analytical: a roofline. tile: the discrete-event run of tiles through caches and channels.
+/// cycle: the same, with the memory tier at bank level (rows, activations, refresh, bus
+/// turnaround), for small kernels and for checking the tile level's memory efficiency.
+enum class Fidelity { Analytical, Tile, Cycle };
 const char* fidelity_name(Fidelity f);
 Fidelity parse_fidelity(const std::string& s);  // throws std::invalid_argument
 

@@ -18,8 +18,9 @@ const Schema& experiment_schema() {
                 param("description", ParamType::String, "", "", "Free text."),
                 [] {
                   ParamSpec f = param("fidelity", ParamType::Enum, "", "tile",
-                                      "analytical (roofline) or tile (discrete-event).");
-                  f.choices = {"analytical", "tile"};
+                                      "analytical (roofline), tile (discrete-event) or cycle "
+                                      "(tile with the memory tier at bank level).");
+                  f.choices = {"analytical", "tile", "cycle"};
                   return f;
                 }(),
                 [] {

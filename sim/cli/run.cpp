@@ -229,7 +229,7 @@ void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
                   "optimizer (comma-separated)");
   cmd->add_option("-p,--param", o.overrides, "Override a key: -p device.memory.bandwidth=6TB/s");
   cmd->add_option("--fidelity", o.fidelity, "analytical or tile (default: the file's)")
-      ->check(CLI::IsMember({"analytical", "tile"}));
+      ->check(CLI::IsMember({"analytical", "tile", "cycle"}));
 }
 
 void add_run_command(CLI::App& app) {

@@ -304,7 +304,7 @@ void add_sweep_command(CLI::App& app) {
                 "List the points, check that each is a valid experiment, and run none");
   cmd->add_option("-p,--param", o->overrides, "Override a key at every point");
   cmd->add_option("--fidelity", o->fidelity, "analytical or tile (default: the experiment's)")
-      ->check(CLI::IsMember({"analytical", "tile"}));
+      ->check(CLI::IsMember({"analytical", "tile", "cycle"}));
   cmd->callback([o] {
     const SweepSpec spec = load_sweep(o->file);
     const YAML::Node& base = spec.experiment.root;

@@ -1024,7 +1024,7 @@ void add_validate_command(CLI::App& app) {
   cmd->add_option("--cases", o->cases, "Cases CSV file")->required();
   cmd->add_option("--out", o->out, "Write predictions as CSV: id,kind,metric,measured,predicted,error_pct,status,reason");
   cmd->add_option("--fidelity", o->fidelity, "tile (default) or analytical")
-      ->check(CLI::IsMember({"analytical", "tile"}));
+      ->check(CLI::IsMember({"analytical", "tile", "cycle"}));
   cmd->add_option("--host-overhead", o->host_overhead,
                   "Host issue cost per kernel for training cases, e.g. '20 us' (default: "
                   "training.host_overhead's default)");
