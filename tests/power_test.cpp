@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "arch/device/device.h"
+#include "arch/host/host.h"
 #include "arch/network/system.h"
 #include "arch/ops/simulate.h"
 #include "arch/power/power.h"
@@ -102,6 +103,34 @@ TEST(Power, AMatrixUnitDrawsThePowerOfABusyCycleWhateverTheType) {
   OpResult native = sim.run(Op{"a", a}), warp = sim.run(Op{"w", w});
   EXPECT_NEAR(warp.energy.matrix.j() * d->compute().warp_matrix_efficiency,
               native.energy.matrix.j(), 1e-9 * native.energy.matrix.j());
+}
+
+TEST(Power, TheHostTierPaysForItsBitsAndFlopsOutsideTheBoard) {
+  auto d = load_device("gh200");
+  const HostSpec& h = *d->host();
+  OpSimulator sim(*d, Fidelity::Tile);
+  // A copy: every bit across NVLink-C2C and into LPDDR5X, and read from HBM.
+  const int64_t n = 1 << 26;
+  OpResult copy = sim.run(make_host_copy("offload", HostWork::CopyToHost, n, 2));
+  const double bits = 8.0 * 2 * n;
+  EXPECT_NEAR(copy.energy.host.j(),
+              bits * (h.link_energy_per_bit + h.memory_energy_per_bit).j(), 1e-9);
+  EXPECT_NEAR(copy.energy.memory.j(), bits * d->memory().energy_per_bit().j(), 1e-9);
+  // CPU Adam: 24 FLOPs per parameter on the CPUs; 30 bytes through host memory (fp32 master
+  // and moments read and written, the fp32 gradient read, the bf16 weight written).
+  OpResult adam = sim.run(make_host_adam(n, 4, 2));
+  EXPECT_NEAR(adam.energy.host.j(),
+              24.0 * n * h.cpu_flop_energy.j() + 8.0 * 30 * n * h.memory_energy_per_bit.j(),
+              1e-9);
+  EXPECT_EQ(adam.energy.matrix.j(), 0);
+  // Not the board's: the TDP bounds total(), which leaves it out.
+  EXPECT_EQ(adam.energy.total(), adam.energy.dynamic() + adam.energy.idle);
+  EXPECT_EQ(adam.energy.with_host(), adam.energy.total() + adam.energy.host);
+  // A kernel reading host-resident state pays the link and host memory for it.
+  OpResult k = sim.run(make_stream_triad(Bytes::mib(64), DType::FP32));
+  OpResult resident = with_host_access(k, 1e9, 0, h);
+  EXPECT_NEAR((resident.energy.host - k.energy.host).j(),
+              8e9 * (h.link_energy_per_bit + h.memory_energy_per_bit).j(), 1e-9);
 }
 
 TEST(Power, NoPowerSectionNoEnergy) {

@@ -70,6 +70,15 @@ const Schema& host_schema() {
           p.choices = {"flat", "cache"};
           return p;
         }(),
+        param("link_energy_per_bit", ParamType::Energy, "J/bit", "5 pJ",
+              "Energy of a bit across the host link, both PHYs (arch/power): PCIe about 5 pJ "
+              "(estimate), NVLink-C2C 1.3 pJ (NVIDIA's figure)."),
+        param("memory_energy_per_bit", ParamType::Energy, "J/bit", "15 pJ",
+              "Energy of a bit read or written in host memory: DDR4/DDR5 DIMMs about 15 pJ, "
+              "LPDDR5X about 5 pJ (estimates, docs/power.md)."),
+        param("cpu_flop_energy", ParamType::Energy, "J/FLOP", "50 pJ",
+              "Energy of one fp32 FLOP on the host CPUs' vector units, all-in (a 350 W Xeon "
+              "at its 7 TFLOP/s peak: 50 pJ; estimate)."),
     };
     return x;
   }();
@@ -90,6 +99,9 @@ HostSpec HostSpec::from_config(const Config& c) {
   h.link_latency = c.get_time("link_latency");
   h.link_shared_by = int(c.get_int("link_shared_by"));
   h.cache_mode = c.get_string("memory_mode") == "cache";
+  h.link_energy_per_bit = c.get_energy("link_energy_per_bit");
+  h.memory_energy_per_bit = c.get_energy("memory_energy_per_bit");
+  h.cpu_flop_energy = c.get_energy("cpu_flop_energy");
   return h;
 }
 

@@ -44,6 +44,10 @@ struct HostSpec {
   /// (Xeon Max's cache mode; a large cache in front of a larger, slower tier). Flat (false): two
   /// tiers, and what goes where is the workload's choice (offload, host_resident).
   bool cache_mode = false;
+  /// Energy figures (arch/power): a bit across the link, a bit in host memory, a CPU FLOP.
+  Energy link_energy_per_bit = Energy::pj(5);
+  Energy memory_energy_per_bit = Energy::pj(15);
+  Energy cpu_flop_energy = Energy::pj(50);
   /// Devices of the node that use the host in this run (a one-GPU run has the host to itself);
   /// 0: all of shared_by. Set by the run (Device::use_host_with).
   int active = 0;

@@ -3,6 +3,7 @@
 #include <variant>
 
 #include "arch/device/device.h"
+#include "arch/host/host.h"
 #include "arch/ops/op.h"
 #include "arch/ops/simulate.h"
 
@@ -72,6 +73,7 @@ EnergyBreakdown& EnergyBreakdown::operator+=(const EnergyBreakdown& o) {
   cache += o.cache;
   memory += o.memory;
   idle += o.idle;
+  host += o.host;
   return *this;
 }
 
@@ -82,6 +84,7 @@ EnergyBreakdown EnergyBreakdown::operator*(double runs) const {
   e.cache = e.cache * runs;
   e.memory = e.memory * runs;
   e.idle = e.idle * runs;
+  e.host = e.host * runs;
   return e;
 }
 
@@ -175,9 +178,41 @@ DType vector_type(const Op& op) {
 
 }  // namespace
 
+Energy host_access_energy(double bytes, const HostSpec& h) {
+  return (h.link_energy_per_bit + h.memory_energy_per_bit) * (8.0 * bytes);
+}
+
+namespace {
+
+// A host op: a copy crosses the link and touches host memory once per byte; a CPU kernel
+// streams its arrays through host memory and does its FLOPs on the CPUs; a round trip both.
+Energy host_op_energy(const HostOp& op, const HostSpec& h) {
+  const double n = double(op.stream.elements);
+  double kernel_bytes = 0;
+  for (double b : op.stream.in_bytes) kernel_bytes += b;
+  for (double b : op.stream.out_bytes) kernel_bytes += b;
+  const Energy cpu = h.cpu_flop_energy * (op.stream.vector_flops * n) +
+                     h.memory_energy_per_bit * (8.0 * kernel_bytes * n);
+  switch (op.work) {
+    case HostWork::CopyToHost:
+    case HostWork::CopyToDevice: return host_access_energy(op.bytes(), h);
+    case HostWork::Compute: return cpu;
+    case HostWork::RoundTrip: return cpu + host_access_energy((op.to_host + op.to_device) * n, h);
+  }
+  return Energy(0);
+}
+
+}  // namespace
+
 EnergyBreakdown op_energy(const Op& op, const OpResult& r, const Device& d) {
   EnergyBreakdown e;
-  if (!d.power() || op.on_host()) return e;
+  if (!d.power()) return e;
+  if (const auto* h = std::get_if<HostOp>(&op.body)) {
+    if (d.host()) e.host = host_op_energy(*h, *d.host());
+    // The device side of a copy: its bytes read or written in device memory.
+    e.memory = d.memory().energy_per_bit() * (8.0 * (r.memory_read + r.memory_written).count());
+    return e;
+  }
   if (std::holds_alternative<GemmOp>(op.body) || std::holds_alternative<AttentionOp>(op.body))
     e.matrix = matrix_flop_energy(d, r.dtype_for_peak) * r.flops;
   // The warp-level instruction (FlashAttention-2's mma.sync) issues at a fraction of the unit's

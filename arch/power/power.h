@@ -33,6 +33,7 @@
 namespace memwall {
 
 class Device;
+struct HostSpec;
 struct Op;
 struct OpResult;
 
@@ -57,8 +58,15 @@ const Schema& power_schema();
 /// Energy by where it is spent.
 struct EnergyBreakdown {
   Energy matrix, vector, cache, memory, idle;
+  /// The host tier's share: bits across the host link and in host memory, the CPUs' FLOPs.
+  /// Not the board's: the TDP does not bound it.
+  Energy host;
+  /// The board's dynamic energy.
   Energy dynamic() const { return matrix + vector + cache + memory; }
+  /// The board's energy: what its TDP bounds.
   Energy total() const { return dynamic() + idle; }
+  /// Everything, the host tier's share included.
+  Energy with_host() const { return total() + host; }
   EnergyBreakdown& operator+=(const EnergyBreakdown& o);
   EnergyBreakdown operator*(double runs) const;
 };
@@ -87,11 +95,16 @@ Frequency limit_clock(Device& d);
 /// Sets the device's sustained clock to limit_clock() where its `power:` section asks for it.
 void apply_power_limit(Device& d);
 
+/// Host-tier energy of `bytes` moved between the device and host memory by the device's own
+/// kernels (host-resident state, a cache-mode device memory's misses): the link and host memory.
+Energy host_access_energy(double bytes, const HostSpec& h);
+
 /// Power summary of a span of `time` that spent `e` (whose idle part the caller filled).
 struct PowerSummary {
   EnergyBreakdown energy;
   Time time;
   Power tdp;
+  /// The board's average draw (the host tier's share is not the board's).
   Power average() const { return time.sec() > 0 ? energy.total() / time : Power(0); }
   bool above_limit() const { return tdp.w() > 0 && average() > tdp; }
 };

@@ -108,13 +108,15 @@ std::string package_line(const Device& d) {
 
 nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {
   const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
-  return {{"total_j", e.total().j()},
+  return {{"total_j", e.with_host().j()},
+          {"board_j", e.total().j()},
           {"by_part_j",
            {{"matrix", e.matrix.j()},
             {"vector", e.vector.j()},
             {"caches", e.cache.j()},
             {"memory", e.memory.j()},
-            {"idle", e.idle.j()}}},
+            {"idle", e.idle.j()},
+            {"host", e.host.j()}}},
           {"average_power_w", avg.w()},
           {"tdp_w", tdp.w()},
           {"above_tdp", tdp.w() > 0 && avg > tdp}};
@@ -123,31 +125,34 @@ nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {
 std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energy links,
                        Power hottest) {
   const EnergyBreakdown& e = per_gpu.energy;
-  const double total = (e.total() + links).j();
+  const double total = (e.with_host() + links).j();
   auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
+  // The board's draw against its limit, with its share of the links; the host tier apart.
   const Power avg = per_gpu.time.sec() > 0 ? (e.total() + links) / per_gpu.time : Power(0);
   std::string hot = hottest.w() > 0 ? fmt::format(" (busiest stage {:.0f} W)", hottest.w()) : "";
   return fmt::format(
       "power     {:.0f} W per GPU average of {:.0f} W TDP{}{} · {} per GPU per step · {:.3g} "
       "tokens/J · matrix {:.0f}%  vector {:.0f}%  caches {:.0f}%  memory {:.0f}%{}  idle "
-      "{:.0f}%\n",
+      "{:.0f}%{}\n",
       avg.w(), per_gpu.tdp.w(), hot,
       std::max(avg, hottest) > per_gpu.tdp ? " ABOVE THE LIMIT (the clock would drop)" : "",
-      to_string(e.total() + links), total > 0 ? tokens_per_gpu / total : 0.0, pct(e.matrix),
+      to_string(e.with_host() + links), total > 0 ? tokens_per_gpu / total : 0.0, pct(e.matrix),
       pct(e.vector), pct(e.cache), pct(e.memory),
-      links.j() > 0 ? fmt::format("  links {:.1f}%", pct(links)) : std::string(), pct(e.idle));
+      links.j() > 0 ? fmt::format("  links {:.1f}%", pct(links)) : std::string(), pct(e.idle),
+      e.host.j() > 0 ? fmt::format("  host tier {:.0f}%", pct(e.host)) : std::string());
 }
 
 std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp) {
-  const double total = e.total().j();
+  const double total = e.with_host().j();
   const Power avg = time.sec() > 0 ? e.total() / time : Power(0);
   auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
   return fmt::format(
       "energy    {} · {:.0f} W average of {:.0f} W TDP{} · matrix {:.0f}%, vector {:.0f}%, caches "
-      "{:.0f}%, memory {:.0f}%, idle {:.0f}%",
-      to_string(e.total()), avg.w(), tdp.w(),
+      "{:.0f}%, memory {:.0f}%, idle {:.0f}%{}",
+      to_string(e.with_host()), avg.w(), tdp.w(),
       avg > tdp ? " (above it: the clock would drop)" : "", pct(e.matrix), pct(e.vector),
-      pct(e.cache), pct(e.memory), pct(e.idle));
+      pct(e.cache), pct(e.memory), pct(e.idle),
+      e.host.j() > 0 ? fmt::format(", host tier {:.0f}%", pct(e.host)) : std::string());
 }
 
 nlohmann::json op_json(const OpResult& r, const Device& d) {

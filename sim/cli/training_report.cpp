@@ -101,7 +101,7 @@ nlohmann::json ops_json(const std::vector<NodeTiming>& nodes) {
                    {"executions", n.executions},
                    {"kernels", n.kernels},
                    {"bound", n.bound},
-                   {"energy_j", n.energy.dynamic().j()},
+                   {"energy_j", (n.energy.dynamic() + n.energy.host).j()},
                    {"beside_compute", n.beside_compute}});
   return ops;
 }
@@ -159,7 +159,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
   doc["energy"] = nullptr;
   if (r.power.tdp.w() > 0) {
     doc["energy"] = energy_json(r.power.energy, r.step_time, r.power.tdp);
-    doc["energy"]["tokens_per_j"] = r.tokens_per_step / r.power.energy.total().j();
+    doc["energy"]["tokens_per_j"] = r.tokens_per_step / r.power.energy.with_host().j();
   }
   return doc;
 }

@@ -115,7 +115,7 @@ struct ClusterResult {
   /// Energy of the bytes the links carried per step (the whole network; not in `power`).
   Energy link_energy;
   /// Energy per step of the whole job: every device and the links.
-  Energy job_energy() const { return power.energy.total() * double(gpus) + link_energy; }
+  Energy job_energy() const { return power.energy.with_host() * double(gpus) + link_energy; }
   /// Average draw of the busiest rank (the pipeline stage that spends most).
   Power hottest_rank_power() const;
   /// Average draw of one device with its share of the links' energy.
