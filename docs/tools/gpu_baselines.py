@@ -17,6 +17,10 @@ What it measures (all bf16 unless said), each as rows in the case format of
 Beside the cases it writes a JSON profile that the CSV cannot hold:
   - the SM clock and board power sampled (NVML, every 5 ms) during every measurement, so the
     sustained clock under load can be compared with the preset's;
+  - with --power-seconds T, each measurement is then repeated for T more seconds and the
+    readings of the last half kept (`power_steady_w`, `clock_steady_mhz`): NVML averages power
+    over about a second, so a short measurement reads what ran before it. Idle power is
+    sampled the same way at the start (`idle`). docs/tools/power_cases.py prefers these;
   - per training step, from torch.profiler: GPU busy time, the time per kernel class (matrix,
     attention, other), the kernel count, and the GPU idle time; a host-bound step (a small model
     at micro-batch 1) gives the host cost per launched kernel, the source for
@@ -156,8 +160,30 @@ class Run:
     def measure(self, key, fn, warmup=None, iters=None):
         with Sampler() as s:
             t = time_call(fn, warmup or self.args.warmup, iters or self.args.iters)
-        self.profile["measurements"][key] = {"seconds": t, **s.summary()}
+        self.profile["measurements"][key] = {"seconds": t, **s.summary(),
+                                             **self.steady_power(fn)}
         return t
+
+    def steady_power(self, fn=None):
+        """Board power and SM clock with `fn` running back to back (None: idle) for
+        --power-seconds, from the readings of the second half, after NVML's average settled."""
+        seconds = self.args.power_seconds
+        if seconds <= 0:
+            return {}
+        with Sampler() as s:
+            end = time.time() + seconds
+            while time.time() < end:
+                if fn is None:
+                    time.sleep(0.01)
+                else:
+                    fn()
+                    torch.cuda.synchronize()
+        half = len(s.power) // 2
+        if not s.power[half:]:
+            return {}
+        return {"power_steady_w": statistics.median(s.power[half:]),
+                "clock_steady_mhz": statistics.median(s.clocks[half:]),
+                "steady_seconds": seconds}
 
     # --- kernels ----------------------------------------------------------------------------------
     def gemms(self):
@@ -463,6 +489,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--train-iters", type=int, default=6)
+    ap.add_argument("--power-seconds", type=float, default=0,
+                    help="after each measurement, run it back to back this long and record the "
+                         "settled board power (0: off; 2 doubles the run's time)")
     ap.add_argument("--train-only", help="comma-separated training configs to run (default: all)")
     ap.add_argument("--only", default="gemm,attention,memory,training",
                     help="comma-separated parts to run")
@@ -472,6 +501,9 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     run = Run(args)
     print(f"{run.name} -> preset {run.preset}; {run.source}", flush=True)
+    idle = run.steady_power(None)
+    if idle:
+        run.profile["measurements"]["idle"] = {"seconds": 0, **idle}
     parts = args.only.split(",")
     try:
         for part, fn in (("gemm", run.gemms), ("attention", run.attention),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU baseline of this project in one run on a lent device machine (about 4 minutes):
 # each part of gpu_baselines.py in its own process (a crash loses one part only), then
-# gpu_alignment.py; the parts are merged into one CSV and one JSON under OUT.
+# gpu_alignment.py; the parts are merged into one CSV and one JSON under OUT. Each measurement
+# is also run back to back for POWER_SECONDS (default 1.5) for its settled board power
+# (docs/tools/power_cases.py makes power cases of it); POWER_SECONDS=0 saves about 2 minutes.
 #   bash docs/tools/gpu_session.sh "$OUT"
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR}
@@ -14,7 +16,8 @@ mkdir -p "$out"
   nproc; python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'
   preset=$(python3 -c "import sys; sys.path.insert(0, '$here'); import torch, gpu_baselines as g; print(g.preset_for(torch.cuda.get_device_name(0)))")
   for part in gemm attention memory training; do
-    timeout 150 python3 "$here/gpu_baselines.py" --out "$work/$part" --only "$part" || echo "part $part failed: $?"
+    timeout 200 python3 "$here/gpu_baselines.py" --out "$work/$part" --only "$part" \
+      --power-seconds "${POWER_SECONDS:-1.5}" || echo "part $part failed: $?"
   done
   timeout 60 python3 "$here/gpu_alignment.py" --out "$out" --preset "$preset" || echo "alignment failed: $?"
   python3 - "$work" "$out" "$preset" <<'PY'

@@ -9,8 +9,10 @@ one row per settled GEMM or attention measurement, metric `average_power_w` (thi
 extension of the case format, configs/validation/README.md), measured = the median NVML reading.
 
 NVML reports power averaged over about a second, and a part of the run starts from idle, so a
-short measurement reads the power of what ran before it. A row is kept only when the reading had
-settled on its own kind of work:
+short measurement reads the power of what ran before it. A run made with --power-seconds has
+each measurement's settled power (`power_steady_w`, the kernel back to back with the readings of
+its second half): every GEMM, attention, copy and training row is kept with it. Without it, a
+row is kept only when the reading had settled on its own kind of work:
 - it starts at least 1 s of sampled time into its part (gemm, attention), and
 - its median is within 5% of the previous row's median, and its maximum within 5% of its median.
 Training rows are not kept: the sampler also ran while each model was built, so their medians mix
@@ -33,6 +35,12 @@ def main(stem):
             return f"gemm_{r['m']}x{r['n']}x{r['k']}"
         if r["kind"] == "attention":
             return f"attention_hd{r['head_dim']}_c{r['causal']}_s{r['seq_len']}"
+        steady = any("power_steady_w" in v for v in by_key.values())
+        if steady and r["kind"] in ("memcopy", "stream_triad"):
+            mib = int(r["bytes"]) // (1024 * 1024)
+            return f"{'memcopy' if r['kind'] == 'memcopy' else 'triad'}_{mib}MiB"
+        if steady and r["kind"] == "training":
+            return "train_" + r["id"].split("_")[3]
         return None
 
     # Sampled time since the start of each part, and the previous row's median, in run order.
@@ -51,17 +59,23 @@ def main(stem):
         if k is None or k not in by_key:
             continue
         v = by_key[k]
-        med, mx, p = v["power_w_median"], v["power_w_max"], prev[k]
-        if start[k] < 1.0 or p is None or abs(med / p - 1) > 0.05 or mx > 1.05 * med:
-            continue
         row = dict(r)
+        if "power_steady_w" in v:
+            med = v["power_steady_w"]
+            how = (f"NVML board power, median of the readings of the second half of "
+                   f"{v['steady_seconds']} s of the kernel back to back (SM clock "
+                   f"{v['clock_steady_mhz']} MHz)")
+        else:
+            med, mx, p = v["power_w_median"], v["power_w_max"], prev[k]
+            if start[k] < 1.0 or p is None or abs(med / p - 1) > 0.05 or mx > 1.05 * med:
+                continue
+            how = (f"NVML board power, median of {v['samples']} readings every 5 ms during the "
+                   f"measurement (SM clock median {v['sm_clock_mhz_median']} MHz); kept by "
+                   "docs/tools/power_cases.py's settling rule")
         row["id"] = r["id"].replace("gpubase_", "gpupower_", 1)
         row["metric"] = "average_power_w"
         row["measured"] = f"{med:.1f}"
-        row["source"] = (f"NVML board power, median of {v['samples']} readings every 5 ms during "
-                         f"the measurement (SM clock median {v['sm_clock_mhz_median']} MHz); "
-                         f"{os.path.basename(stem)}.json by docs/tools/gpu_baselines.py; "
-                         "kept by docs/tools/power_cases.py's settling rule")
+        row["source"] = f"{how}; {os.path.basename(stem)}.json by docs/tools/gpu_baselines.py"
         out.append(row)
     name = os.path.join(os.path.dirname(stem),
                         os.path.basename(stem).replace("gpubase-", "gpupower-") + ".csv")
