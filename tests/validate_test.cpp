@@ -177,7 +177,7 @@ TEST(ValidateCommand, WorkerProcessesGiveTheSamePredictionsAsOne) {
 }
 
 // The project's own measured baselines (configs/validation/: every file of cases, gpubase-,
-// gpualign- and gpumeg-) are read and every row simulated.
+// gpualign-, gpumeg- and gpupower-) are read and every row simulated.
 TEST(ValidateCommand, ProjectBaselinesAreReadAndEveryRowSimulated) {
   TempDir d;
   int files = 0;
@@ -186,7 +186,7 @@ TEST(ValidateCommand, ProjectBaselinesAreReadAndEveryRowSimulated) {
     const std::string name = entry.path().filename().string();
     if (entry.path().extension() != ".csv" ||
         !(name.rfind("gpubase-", 0) == 0 || name.rfind("gpualign-", 0) == 0 ||
-          name.rfind("gpumeg-", 0) == 0))
+          name.rfind("gpumeg-", 0) == 0 || name.rfind("gpupower-", 0) == 0))
       continue;
     SCOPED_TRACE(name);
     ++files;
@@ -200,7 +200,8 @@ TEST(ValidateCommand, ProjectBaselinesAreReadAndEveryRowSimulated) {
     for (size_t i = 1; i < rows.size(); ++i)
       EXPECT_EQ(rows[i][6], "ok") << rows[i][0] << ": " << rows[i][7];
   }
-  EXPECT_GE(files, 5) << "the H100 and H200 baseline, alignment and Megatron-shaped files";
+  EXPECT_GE(files, 7)
+      << "the H100 and H200 baseline, alignment, Megatron-shaped and board-power files";
 }
 
 TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {
