@@ -152,6 +152,10 @@ void apply_power_limit(Device& d) {
   if (d.power() && d.power()->limit_clock) limit_clock(d);
 }
 
+Energy host_access_energy(double bytes, const HostSpec& h) {
+  return (h.link_energy_per_bit + h.memory_energy_per_bit) * (8.0 * bytes);
+}
+
 namespace {
 
 // Vector FLOPs of one execution (see the header for the counts).
@@ -176,14 +180,6 @@ DType vector_type(const Op& op) {
   return DType::FP32;  // softmax and epilogues accumulate in fp32
 }
 
-}  // namespace
-
-Energy host_access_energy(double bytes, const HostSpec& h) {
-  return (h.link_energy_per_bit + h.memory_energy_per_bit) * (8.0 * bytes);
-}
-
-namespace {
-
 // A host op: a copy crosses the link and touches host memory once per byte; a CPU kernel
 // streams its arrays through host memory and does its FLOPs on the CPUs; a round trip both.
 Energy host_op_energy(const HostOp& op, const HostSpec& h) {
@@ -207,10 +203,10 @@ Energy host_op_energy(const HostOp& op, const HostSpec& h) {
 EnergyBreakdown op_energy(const Op& op, const OpResult& r, const Device& d) {
   EnergyBreakdown e;
   if (!d.power()) return e;
+  // Every bit read or written in device memory (a host copy's device side included).
+  e.memory = d.memory().energy_per_bit() * (8.0 * (r.memory_read + r.memory_written).count());
   if (const auto* h = std::get_if<HostOp>(&op.body)) {
     if (d.host()) e.host = host_op_energy(*h, *d.host());
-    // The device side of a copy: its bytes read or written in device memory.
-    e.memory = d.memory().energy_per_bit() * (8.0 * (r.memory_read + r.memory_written).count());
     return e;
   }
   if (std::holds_alternative<GemmOp>(op.body) || std::holds_alternative<AttentionOp>(op.body))
@@ -225,7 +221,6 @@ EnergyBreakdown op_energy(const Op& op, const OpResult& r, const Device& d) {
   for (const LevelResult& l : r.levels)
     for (const auto& c : d.caches())
       if (c->name() == l.name) e.cache += c->access_energy() * l.bytes.count();
-  e.memory = d.memory().energy_per_bit() * (8.0 * (r.memory_read + r.memory_written).count());
   return e;
 }
 
