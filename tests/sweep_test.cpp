@@ -153,6 +153,14 @@ TEST_F(Sweep, APointOverALimitRanAndSaysWhichLimit) {
   // Resuming keeps the row rather than running it again.
   Result again = run("sweep s.yaml -j 1 -o out.csv");
   EXPECT_TRUE(has(again.out, "3 points were in out.csv already")) << again.out;
+  // A requirement (">= x") breaks the other way: no GPU does a billion tokens a second.
+  write("r.yaml", experiment() + "parameters:\n  model.seq_len: [128]\n"
+                                 "limits:\n  tokens_per_s_per_gpu: \">= 1e9\"\n");
+  Result req = run("sweep r.yaml -j 1 -o r.csv");
+  EXPECT_EQ(req.status, 0) << req.err;
+  EXPECT_TRUE(has(read_file(dir_ / "r.csv"), ",over_limit,")) << read_file(dir_ / "r.csv");
+  EXPECT_TRUE(has(read_file(dir_ / "r.csv"), "< 1e+09")) << read_file(dir_ / "r.csv");
+  EXPECT_TRUE(has(req.out, "tokens_per_s_per_gpu >= 1e+09")) << req.out;
   // A limit on a field the run does not have is the point's error, not a silent pass.
   write("t.yaml", experiment() + "parameters:\n  model.seq_len: [128]\n"
                                  "limits:\n  package.are_mm2: 814\n");
@@ -219,6 +227,8 @@ TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {
            Case{experiment() + "points: [seq_len]\n", "points.0"},
            Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits:\n  package.area_mm2: big\n",
                 "limits.package.area_mm2"},
+           Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits:\n  mfu: \">= lots\"\n",
+                "limits.mfu"},
            Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits: [package.area_mm2]\n",
                 "limits"},
        }) {

@@ -105,18 +105,18 @@ PointRunner point_runner(const SweepSpec& spec, const std::vector<std::string>& 
     const nlohmann::json j = evaluate(e);
     PointResult r{"ok", {}, ""};
     for (const auto& m : metrics) r.values.push_back(field(j, m));
-    for (const auto& [key, most] : spec.limits) {
-      const std::string v = field(j, key);
+    for (const auto& lim : spec.limits) {
+      const std::string v = field(j, lim.field);
       char* end = nullptr;
       const double x = std::strtod(v.c_str(), &end);
       if (v.empty() || !end || *end != '\0')
-        throw std::runtime_error("limit " + key + ": the run has no number there (fields are the "
-                                 "keys of `memwall run --json`; package.* needs the device's "
-                                 "package: section, energy.* its power: section)");
-      if (x > most) {
+        throw std::runtime_error("limit " + lim.field + ": the run has no number there (fields "
+                                 "are the keys of `memwall run --json`; package.* needs the "
+                                 "device's package: section, energy.* its power: section)");
+      if (lim.broken_by(x)) {
         r.status = "over_limit";
-        r.message += fmt::format("{}{} = {:.4g} > {:.4g}", r.message.empty() ? "" : "; ", key, x,
-                                 most);
+        r.message += fmt::format("{}{} = {:.4g} {} {:.4g}", r.message.empty() ? "" : "; ",
+                                 lim.field, x, lim.at_least ? "<" : ">", lim.value);
       }
     }
     return r;
@@ -277,8 +277,8 @@ int sweep(const SweepSpec& spec, const std::vector<std::string>& metrics,
   }
   if (r.over_limit > 0) {
     std::string which;
-    for (const auto& [key, most] : spec.limits)
-      which += fmt::format("{}{} <= {:.4g}", which.empty() ? "" : ", ", key, most);
+    for (const auto& lim : spec.limits)
+      which += (which.empty() ? "" : ", ") + lim.text();
     std::cout << fmt::format("{} of {} points ran over a limit ({}): status over_limit\n",
                              r.over_limit, r.points, which);
   }

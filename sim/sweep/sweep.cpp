@@ -115,6 +115,10 @@ Document point_document(const SweepSpec& s, const SweepPoint* p,
   return d;
 }
 
+std::string SweepSpec::Limit::text() const {
+  return fmt::format("{} {} {:.4g}", field, at_least ? ">=" : "<=", value);
+}
+
 SweepSpec load_sweep(const std::string& file) {
   Document doc = load_yaml_file(file);
   SweepSpec s;
@@ -196,17 +200,27 @@ SweepSpec load_sweep(const std::string& file) {
   if (const YAML::Node l = doc.root["limits"]) {
     if (!l.IsMap() || l.size() == 0)
       fail(doc, "limits", "must map result fields to the largest value allowed, such as "
-                          "{package.area_mm2: 814, energy.average_power_w: 700}");
+                          "{package.area_mm2: 814, energy.average_power_w: 700}, or to \">= x\" "
+                          "for the least");
     for (const auto& kv : l) {
-      const std::string key = kv.first.as<std::string>();
-      const std::string where = "limits." + key;
-      if (!dotted_key(key)) fail(doc, where, "is not a result field such as package.area_mm2");
-      const std::string v = scalar(doc, kv.second, where);
+      SweepSpec::Limit lim;
+      lim.field = kv.first.as<std::string>();
+      const std::string where = "limits." + lim.field;
+      if (!dotted_key(lim.field)) fail(doc, where, "is not a result field such as package.area_mm2");
+      std::string v = scalar(doc, kv.second, where);
+      for (const char* op : {">=", "<="})
+        if (v.rfind(op, 0) == 0) {
+          lim.at_least = op[0] == '>';
+          v = v.substr(2);
+        }
+      v.erase(0, v.find_first_not_of(' '));
       char* end = nullptr;
       const double x = std::strtod(v.c_str(), &end);
       if (v.empty() || !end || *end != '\0' || !std::isfinite(x))
-        fail(doc, where, "'" + v + "' is not a number (limits are in the field's own unit)");
-      s.limits.emplace_back(key, x);
+        fail(doc, where, "'" + v + "' is not a number (a limit is a number in the field's own "
+                         "unit, or \">= number\" for the least allowed)");
+      lim.value = x;
+      s.limits.push_back(lim);
     }
   }
   return s;

@@ -9,7 +9,8 @@
 // with both, every point of `points` is crossed with every combination of `parameters`.
 // `metrics` names the result fields (dotted paths into the run's JSON) that become the
 // results' columns; `limits` maps result fields to the largest value a point may have (a design
-// budget: package.area_mm2, energy.average_power_w, package.cost_usd).
+// budget: package.area_mm2, energy.average_power_w, package.cost_usd), or, written ">= x", the
+// least (a requirement: tokens_per_s_per_gpu).
 //
 // Points are independent. run_sweep() runs them in `jobs` forked worker processes (SystemC has
 // one kernel per process, and a point that crashes takes only its worker down), each taking
@@ -48,10 +49,18 @@ struct SweepSpec {
   std::vector<SweepAxis> parameters;
   std::vector<Assignments> points;
   std::vector<std::string> metrics;  ///< empty: the runner's defaults
-  /// Budgets a point must keep (result field -> largest value allowed): a point above one ran,
-  /// and is marked "over_limit" with its figures kept, so a sweep can hold area, power or cost
-  /// fixed while it trades compute for bandwidth.
-  std::vector<std::pair<std::string, double>> limits;
+  /// Budgets a point must keep: a point past one ran, and is marked "over_limit" with its
+  /// figures kept, so a sweep can hold area, power or cost fixed while it trades compute for
+  /// bandwidth.
+  struct Limit {
+    std::string field;
+    double value = 0;
+    bool at_least = false;  ///< a requirement (">= x") rather than a budget
+    /// Whether `x` breaks it.
+    bool broken_by(double x) const { return at_least ? x < value : x > value; }
+    std::string text() const;  ///< "package.area_mm2 <= 814"
+  };
+  std::vector<Limit> limits;
 
   /// Every assigned key, in column order: those of `points` first (in first appearance), then
   /// those of `parameters`.
