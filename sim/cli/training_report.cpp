@@ -201,11 +201,11 @@ std::string host_traffic_line(const HostMemory& h, double step_seconds) {
 }
 
 void write_ops_csv(std::ostream& out, const std::vector<NodeTiming>& nodes) {
-  out << "name,class,pass,layer,flops,bytes,time_s,executions,kernels,bound\n";
+  out << "name,class,pass,layer,flops,bytes,time_s,executions,kernels,bound,energy_j\n";
   for (const auto& n : nodes)
-    out << fmt::format("{},{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
+    out << fmt::format("{},{},{},{},{},{},{},{},{},{},{}\n", n.name, op_class_name(n.cls),
                        pass_name(n.pass), n.layer, n.flops, n.bytes.count(), n.time.sec(),
-                       n.executions, n.kernels, n.bound);
+                       n.executions, n.kernels, n.bound, (n.energy.dynamic() + n.energy.host).j());
 }
 
 void write_training_csv(const TrainingResult& r, const std::string& dir) {
