@@ -2,7 +2,7 @@
 """Plot a `memwall sweep` results CSV. Runs under Debian's /usr/bin/python3, which sees
 python3-matplotlib (the pyenv python3 on PATH does not).
 
-usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y]
+usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y [--higher-x]]
 
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
@@ -11,8 +11,9 @@ run are blank; points whose memory.fits is false are marked "OOM"). More keys: t
 against the last key, one line per combination of the others.
 
 --pareto X Y: every point that ran, Y against X, each labelled with its swept values, and the
-Pareto front (the points no other point beats on both: lower X, higher Y) joined; points whose
-memory.fits is false are drawn as crosses and kept off the front.
+Pareto front (the points no other point beats on both: lower X, higher Y; with --higher-x, higher
+X too, as for tokens per joule) joined; points whose memory.fits is false are drawn as crosses and
+kept off the front.
 """
 import argparse
 import csv
@@ -48,7 +49,7 @@ def ordered(values):
     return seen
 
 
-def plot_pareto(src, out, rows, keys, metrics, x_name, y_name):
+def plot_pareto(src, out, rows, keys, metrics, x_name, y_name, higher_x=False):
     for m in (x_name, y_name):
         if m not in metrics:
             print(f"{src}: no metric '{m}' (metrics: {', '.join(metrics)})", file=sys.stderr)
@@ -64,15 +65,18 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name):
     if not pts:
         print(f"{src}: no point ran with values of {x_name} and {y_name}", file=sys.stderr)
         return 1
+    # x is a cost (lower is better) unless --higher-x says it is a gain (tokens per joule).
+    sx = -1 if higher_x else 1
     front = [p for p in pts if p[3] and not any(
-        q[3] and q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1]) for q in pts)]
+        q[3] and sx * q[0] <= sx * p[0] and q[1] >= p[1] and (q[0] != p[0] or q[1] > p[1])
+        for q in pts)]
     front.sort()
     fig, ax = plt.subplots(figsize=(9, 6))
     for x, y, label, fits in pts:
         ax.scatter([x], [y], marker="o" if fits else "x", color="tab:blue" if fits else "tab:red")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="tab:green", lw=1.5,
-            label="Pareto front (lower x, higher y; fits)")
+            label=f"Pareto front ({'higher' if higher_x else 'lower'} x, higher y; fits)")
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
     ax.grid(alpha=0.3)
@@ -90,6 +94,8 @@ def main(argv):
     parser.add_argument("out")
     parser.add_argument("--metric")
     parser.add_argument("--pareto", nargs=2, metavar=("X", "Y"))
+    parser.add_argument("--higher-x", action="store_true",
+                        help="with --pareto: a higher X is better (tokens per joule)")
     try:
         a = parser.parse_args(argv[1:])
     except SystemExit:
@@ -105,7 +111,7 @@ def main(argv):
     keys = columns[columns.index("point") + 1 : columns.index("status")]
     metrics = columns[columns.index("status") + 1 : -1]
     if pareto:
-        return plot_pareto(src, out, rows, keys, metrics, *pareto)
+        return plot_pareto(src, out, rows, keys, metrics, *pareto, higher_x=a.higher_x)
     metric = metric or (metrics[0] if metrics else None)
     if metric not in metrics:
         print(f"{src}: no metric '{metric}' (metrics: {', '.join(metrics)})", file=sys.stderr)
