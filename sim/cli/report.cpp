@@ -81,6 +81,21 @@ nlohmann::json package_json(const Device& d) {
            {{"dies", p.die_usd * p.dies}, {"memory", p.memory_usd}, {"assembly", p.assembly_usd}}}};
 }
 
+nlohmann::json ops_run_json(const std::vector<OpResult>& results, const Device& d, Fidelity f) {
+  nlohmann::json ops = nlohmann::json::array();
+  Time total;
+  for (const auto& r : results) {
+    ops.push_back(op_json(r, d));
+    total += r.time;
+  }
+  nlohmann::json doc = {{"fidelity", fidelity_name(f)},
+                        {"device", device_json(d)},
+                        {"total_time_s", total.sec()},
+                        {"ops", ops}};
+  add_device_figures(doc, d);
+  return doc;
+}
+
 void add_device_figures(nlohmann::json& doc, const Device& d) {
   doc["package"] = package_json(d);
   doc["sustained_clock_hz"] = d.compute().sustained_clock.hz();

@@ -18,6 +18,9 @@ std::string device_line(const Device& d, Fidelity f);
 std::string op_table(const std::vector<OpResult>& results, const Device& d);
 nlohmann::json op_json(const OpResult& r, const Device& d);
 nlohmann::json device_json(const Device& d);
+/// The document of an operator run (what `run --json` writes and a sweep's metrics read):
+/// fidelity, device, total time, every operator, and the device's package and clock.
+nlohmann::json ops_run_json(const std::vector<OpResult>& results, const Device& d, Fidelity f);
 /// The device's area and cost (arch/package), or null without a `package:` section.
 nlohmann::json package_json(const Device& d);
 /// Adds what a training or cluster result does not know of its device to its JSON: `package`

@@ -168,17 +168,10 @@ int run(const RunOptions& o) {
   std::string resolved_text = std::string("# resolved configuration written by memwall ") +
                               MEMWALL_VERSION + "\n" + em.c_str() + "\n";
   if (!o.json_out.empty()) {
-    nlohmann::json ops = nlohmann::json::array();
-    for (const auto& r : results) ops.push_back(op_json(r, *e.device));
-    Time total;
-    for (const auto& r : results) total += r.time;
-    nlohmann::json doc = {{"memwall_version", MEMWALL_VERSION},
-                          {"experiment", e.file},
-                          {"fidelity", fidelity_name(e.fidelity)},
-                          {"device", device_json(*e.device)},
-                          {"total_time_s", total.sec()},
-                          {"ops", ops},
-                          {"resolved_config", YAML::Dump(e.resolved)}};
+    nlohmann::json doc = ops_run_json(results, *e.device, e.fidelity);
+    doc["memwall_version"] = MEMWALL_VERSION;
+    doc["experiment"] = e.file;
+    doc["resolved_config"] = YAML::Dump(e.resolved);
     write_file(o.json_out, doc.dump(2) + "\n");
     write_file(config_path_beside(o.json_out), resolved_text);
     std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";

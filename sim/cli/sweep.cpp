@@ -63,16 +63,9 @@ nlohmann::json evaluate(Experiment& e) {
     return j;
   }
   OpSimulator sim(*e.device, e.fidelity);
-  nlohmann::json ops = nlohmann::json::array();
-  Time total;
-  for (const Op& op : e.ops) {
-    OpResult r = sim.run(op);
-    total += r.time;
-    ops.push_back(op_json(r, *e.device));
-  }
-  nlohmann::json j = {{"device", e.device->name()}, {"total_time_s", total.sec()}, {"ops", ops}};
-  add_device_figures(j, *e.device);
-  return j;
+  std::vector<OpResult> results;
+  for (const Op& op : e.ops) results.push_back(sim.run(op));
+  return ops_run_json(results, *e.device, e.fidelity);
 }
 
 // The field at a dotted path ("memory.peak_gib", "ops.0.time_s"), as text; "" if absent.
