@@ -141,6 +141,27 @@ TEST(Power, NoPowerSectionNoEnergy) {
   EXPECT_EQ(r.energy.total().j(), 0);
 }
 
+TEST(Power, AnEnergyInTheWrongUnitNamesItsKey) {
+  for (auto [override, key] :
+       {std::pair{"host.link_energy_per_bit=5 W", "host.link_energy_per_bit"},
+        {"memory.energy_per_bit=3.9", "memory.energy_per_bit"},
+        {"caches.l2.access_energy=10 pJ/B", "caches.l2.access_energy"}}) {
+    try {
+      load_device("h100-sxm5-80gb", {override});
+      ADD_FAILURE() << override << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.key_path(), key) << e.what();
+      EXPECT_NE(e.message().find("pJ"), std::string::npos) << e.what();  // the units it takes
+    }
+  }
+  try {
+    load_system("dgx-h100", {"scale_up.link.energy_per_bit=6 W"});
+    ADD_FAILURE() << "a power was accepted as an energy";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key_path(), "scale_up.link.energy_per_bit") << e.what();
+  }
+}
+
 TEST(Power, IdleAtOrAboveTheLimitNamesTheKey) {
   try {
     load_device("h100-sxm5-80gb", {"power.idle=800 W"});
