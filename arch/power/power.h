@@ -6,8 +6,9 @@
 // and one vector FLOP at the sustained operating point; each cache level gives its energy per
 // byte moved (`access_energy`), the memory tier its energy per bit (`energy_per_bit`). An
 // operator's dynamic energy is the sum of its counted work times those figures; its static
-// energy is the idle power over its wall time. Nothing here changes timing: a run whose average
-// power exceeds the limit is reported as such (a real board would lower its clock).
+// energy is the idle power over its wall time. Nothing here changes timing, except where the
+// `power:` section asks the limit to set the sustained clock (limit_clock()); otherwise a run
+// whose average power exceeds the limit is reported as such (a real board would lower its clock).
 //
 // Contract: op_energy() needs only the operator and its simulated result; every term is a
 // count the simulation produced (FLOPs, the bytes each level's ports moved, memory bytes), so
