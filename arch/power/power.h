@@ -107,7 +107,6 @@ struct PowerSummary {
   Power tdp;
   /// The board's average draw (the host tier's share is not the board's).
   Power average() const { return time.sec() > 0 ? energy.total() / time : Power(0); }
-  bool above_limit() const { return tdp.w() > 0 && average() > tdp; }
 };
 
 }  // namespace memwall
