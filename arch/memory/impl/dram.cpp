@@ -114,7 +114,7 @@ class DramTier : public MemoryModel {
         c.banks[k].refresh_offset = now + timing_.t_refi * ((double(k) + double(i) / n) / nb);
       }
     }
-    bus_bytes_ = Bytes(0);
+
     read_ = written_ = Bytes(0);
   }
   Bytes capacity() const override { return capacity_; }
@@ -226,7 +226,6 @@ class DramTier : public MemoryModel {
       b.ready = end;
       c.any = true;
       c.last_write = write;
-      bus_bytes_ += per;
       done = max(done, end);
     }
     return done + latency_;
@@ -241,7 +240,6 @@ class DramTier : public MemoryModel {
   std::vector<Server> channels_;
   DramTiming timing_;
   std::vector<Channel> banked_;
-  Bytes bus_bytes_{0};
   bool bank_timing_ = false;
 };
 
