@@ -264,6 +264,21 @@ TEST(Power, AStepIsItsOperatorsAtTheirExecutionsPlusIdleOverTheStep) {
   EXPECT_EQ(c.link_energy.j(), 0);  // nothing crossed a link
 }
 
+TEST(Power, ADeviceIsTheMeanOfItsPipelineStages) {
+  auto d = load_device("a100-sxm4-80gb");
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=512", "layers=4"});
+  OpSimulator ops(*d, Fidelity::Analytical);
+  ClusterResult c = simulate_cluster(m, small_setup("pp: 2\n"), ops, load_system("dgx-a100"), 2);
+  ASSERT_EQ(c.stages.size(), 2u);
+  Energy sum(0);
+  for (const StageResult& s : c.stages) {
+    EXPECT_GE(s.energy.total(), d->power()->idle * c.step_time);  // every rank idles at least
+    sum += s.energy.total();
+  }
+  EXPECT_NEAR(c.power.energy.total().j(), sum.j() / 2, 1e-9 * sum.j());
+  EXPECT_GE(c.hottest_rank_power(), c.power.average());
+}
+
 TEST(Power, LinksPayForEveryByteTheyCarry) {
   auto d = load_device("a100-sxm4-80gb");
   TransformerModel m = load_model("gpt2-124m", {"seq_len=512", "layers=4"});

@@ -129,8 +129,9 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   if (r.stages.size() > 1) {
     std::size_t lw = 6;
     for (const auto& s : r.stages) lw = std::max(lw, s.layer_ranges().size());
-    out += fmt::format("stage  {:<{}}  compute   bubble   exposed comm   peak memory   in flight\n",
-                       "layers", lw);
+    const bool power = r.power.tdp.w() > 0;
+    out += fmt::format("stage  {:<{}}  compute   bubble   exposed comm   peak memory   in flight{}\n",
+                       "layers", lw, power ? "    power" : "");
     std::size_t shown = 0;
     for (const auto& s : r.stages) {
       if (r.stages.size() > 12 && shown >= 4 && s.stage < int(r.stages.size()) - 4) {
@@ -141,10 +142,12 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       ++shown;
       Time ex;
       for (Time e : s.exposed) ex += e;
-      out += fmt::format("{:>5}  {:<{}}  {:>7}  {:>7}  {:>12}  {:>8.1f} GiB  {:>9}\n", s.stage,
+      out += fmt::format("{:>5}  {:<{}}  {:>7}  {:>7}  {:>12}  {:>8.1f} GiB  {:>9}{}\n", s.stage,
                          s.layer_ranges(), lw, to_string(s.compute_busy),
                          to_string(s.bubble), to_string(ex), s.peak_memory / kGiB,
-                         s.max_in_flight);
+                         s.max_in_flight,
+                         power ? fmt::format("  {:>5.0f} W", (s.energy.total() / r.step_time).w())
+                               : std::string());
     }
   }
   return out;
@@ -180,6 +183,9 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
                       {"comm_interference_s", s.comm_interference.sec()},
                       {"exposed_comm_s", ex},
                       {"max_in_flight", s.max_in_flight},
+                      {"power_w", r.power.tdp.w() > 0 && r.step_time.sec() > 0
+                                      ? nlohmann::json((s.energy.total() / r.step_time).w())
+                                      : nlohmann::json(nullptr)},
                       {"memory",
                        {{"peak_gib", s.peak_memory / kGiB},
                         {"weights_gib", b[int(TensorClass::Weights)] / kGiB},
@@ -265,12 +271,13 @@ void write_cluster_csv(const ClusterResult& r, const std::string& dir) {
   std::ofstream st = open("stages.csv");
   st << "stage,layers,compute_s,bubble_s";
   for (ParallelGroup g : kGroups) st << "," << parallel_group_name(g) << "_exposed_s";
-  st << ",peak_memory_gib,max_in_flight,finish_s\n";
+  st << ",peak_memory_gib,max_in_flight,finish_s,power_w\n";
   for (const auto& s : r.stages) {
     st << fmt::format("{},\"{}\",{},{}", s.stage, s.layer_ranges(), s.compute_busy.sec(),
                       s.bubble.sec());
     for (ParallelGroup g : kGroups) st << "," << s.exposed[int(g)].sec();
-    st << fmt::format(",{},{},{}\n", s.peak_memory / kGiB, s.max_in_flight, s.finish.sec());
+    st << fmt::format(",{},{},{},{}\n", s.peak_memory / kGiB, s.max_in_flight, s.finish.sec(),
+                      r.step_time.sec() > 0 ? (s.energy.total() / r.step_time).w() : 0.0);
   }
   std::ofstream cm = open("comm.csv");
   cm << "group,total_s,exposed_s,overlapped_s,collectives,bytes\n";
