@@ -301,6 +301,39 @@ TEST(Power, LinksPayForEveryByteTheyCarry) {
 
 using namespace testing_support;
 
+// The always-on network: a DGX H100 SuperPOD-sized job (128 nodes, 8 rails of 400 Gb/s) takes
+// 1,024 NIC ports, 32 leaves of 32 down ports and 16 spines for their uplinks, NVIDIA's reference
+// layout for 127-128 nodes (48 switches).
+TEST(NetworkPower, PartsFollowTheTopologyAndTheJobPaysForThemOverItsStep) {
+  SystemSpec s = load_system("dgx-h100");
+  NetworkParts p = network_parts(s, 1024);
+  EXPECT_EQ(p.nics, 1024);
+  EXPECT_EQ(p.leaves, 32);
+  EXPECT_EQ(p.spines, 16);
+  EXPECT_NEAR(p.power.w(), 1024 * s.scale_out.nic_power.w() + 48 * s.scale_out.switch_power.w(),
+              1e-6);
+  // One node needs no scale-out network; an oversubscribed network needs fewer spines.
+  EXPECT_EQ(network_parts(s, 8).nics, 0);
+  EXPECT_EQ(network_parts(s, 8).power.w(), 0);
+  SystemSpec thin = load_system("dgx-h100", {"scale_out.oversubscription=2"});
+  EXPECT_EQ(network_parts(thin, 1024).spines, 8);
+  // A torus has NICs and no switches.
+  NetworkParts torus = network_parts(load_system("tpu-v4-torus"), 64);
+  EXPECT_EQ(torus.leaves + torus.spines, 0);
+
+  auto d = load_device("h100-sxm5-80gb");
+  TransformerModel m = load_model("gpt2-124m", {"seq_len=512", "layers=4"});
+  OpSimulator ops(*d, Fidelity::Analytical);
+  TrainingSetup t = load_training_string("micro_batch: 2\nglobal_batch: 32\ndp: 16\n",
+                                         "training.yaml");
+  ClusterResult c = simulate_cluster(m, t, ops, s, 16);
+  EXPECT_EQ(c.network.nics, 16);
+  EXPECT_NEAR(c.job_energy().j(),
+              16 * c.power.energy.with_host().j() + c.link_energy.j() +
+                  (c.network.power * c.step_time).j(),
+              1e-9 * c.job_energy().j());
+}
+
 class PowerCli : public BinaryTest {
  protected:
   std::string source(const std::string& rel) { return quote((kSource / rel).string()); }

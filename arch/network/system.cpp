@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <stdexcept>
 
 namespace memwall {
@@ -106,6 +107,13 @@ const Schema& scale_up_schema() {
                "switch: each device has link.count links into the node's switch; full_mesh: "
                "link.count links to each peer; torus: links to each torus neighbour."),
         positive_int("switches", "1", "Physical switch chips (merged into one vertex)."),
+        [] {
+          ParamSpec p = param("switch_power", ParamType::Power, "W", "0 W",
+                              "One switch chip's draw, always on, for the job's energy "
+                              "(docs/power.md). 0: not counted.");
+          p.min = 0;
+          return p;
+        }(),
         param("switch_latency", ParamType::Time, "s", "0 ns",
               "Added per traversal of the switch, beyond the link latency."),
         param("in_switch_reduction", ParamType::Bool, "", "false",
@@ -163,6 +171,20 @@ const Schema& scale_out_schema() {
               "multi-node NVLS): all-reduces over nodes may reduce in the network."),
         param("dims", ParamType::String, "", "",
               "torus2d/torus3d: nodes per dimension, x fastest, e.g. \"4x4\"."),
+        [] {
+          ParamSpec p = param("nic_power", ParamType::Power, "W", "35 W",
+                              "One NIC port with its transceiver, always on (estimate: a "
+                              "400 Gb/s ConnectX-7 and an OSFP module; docs/power.md).");
+          p.min = 0;
+          return p;
+        }(),
+        [] {
+          ParamSpec p = param("switch_power", ParamType::Power, "W", "1500 W",
+                              "One leaf or spine switch with its transceivers, always on "
+                              "(estimate for a 64-port 400 Gb/s switch; docs/power.md).");
+          p.min = 0;
+          return p;
+        }(),
     };
     x.sections = {{"nic", &link_schema()}, {"host_link", &link_schema()}};
     return x;
@@ -310,6 +332,7 @@ SystemSpec system_from_config(const Config& c) {
                     : kind == "torus"     ? ScaleUpKind::Torus
                                           : ScaleUpKind::Switch;
   s.scale_up.switches = int(up.get_int("switches"));
+  s.scale_up.switch_power = up.get_power("switch_power");
   s.scale_up.switch_latency = up.get_time("switch_latency");
   s.scale_up.in_switch_reduction = up.get_bool("in_switch_reduction");
   s.scale_up.in_switch_efficiency = up.get_real("in_switch_efficiency");
@@ -337,6 +360,8 @@ SystemSpec system_from_config(const Config& c) {
   s.scale_out.dims = parse_dims(out, "dims");
   s.scale_out.in_network_reduction = out.get_bool("in_network_reduction");
   s.scale_out.spines = int(out.get_int("spines"));
+  s.scale_out.nic_power = out.get_power("nic_power");
+  s.scale_out.switch_power = out.get_power("switch_power");
   if (s.scale_out.spines > 0 && s.scale_out.topology != ScaleOutTopology::RailOptimized &&
       s.scale_out.topology != ScaleOutTopology::FatTree)
     out.fail("spines", "spines sit above the leaves of a switched network (rail_optimized or "
@@ -424,6 +449,31 @@ SystemSpec system_for_case(const std::string& device_preset, int gpus_per_node,
     return load_system(preset, overrides);
   }
   return probe;
+}
+
+NetworkParts network_parts(const SystemSpec& s, int devices) {
+  NetworkParts p;
+  const int per_node = std::max(1, s.gpus_per_node);
+  const int nodes = (devices + per_node - 1) / per_node;
+  if (s.scale_up.kind == ScaleUpKind::Switch && per_node > 1)
+    p.scale_up_switches = nodes * s.scale_up.switches;
+  const ScaleOutSpec& o = s.scale_out;
+  if (o.topology != ScaleOutTopology::None && o.nics_per_node > 0 && nodes > 1) {
+    p.nics = nodes * o.nics_per_node;
+    const bool switched =
+        o.topology == ScaleOutTopology::RailOptimized || o.topology == ScaleOutTopology::FatTree;
+    if (switched) {
+      const int down = std::max(1, o.switch_radix / 2);
+      p.leaves = (p.nics + down - 1) / down;
+      if (p.leaves > 1) {
+        const double uplinks = double(p.leaves) * down / o.oversubscription;
+        p.spines = o.spines > 0 ? o.spines : int(std::ceil(uplinks / o.switch_radix));
+      }
+    }
+  }
+  p.power = o.nic_power * double(p.nics) + o.switch_power * double(p.leaves + p.spines) +
+            s.scale_up.switch_power * double(p.scale_up_switches);
+  return p;
 }
 
 }  // namespace memwall

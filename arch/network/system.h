@@ -48,6 +48,7 @@ struct ScaleUpSpec {
   int switches = 1;              ///< physical switch chips (documentation; merged in the graph)
   Time switch_latency = Time::zero();  ///< added per switch traversal
   bool in_switch_reduction = false;    ///< NVLS / SHARP: the switch reduces and multicasts
+  Power switch_power;            ///< one switch chip's draw, always on (arch/power)
   double in_switch_efficiency = 1.0;   ///< fraction of link bandwidth an in-switch reduction gets
   std::vector<int> dims;         ///< torus only, x fastest
 };
@@ -69,6 +70,8 @@ struct ScaleOutSpec {
   /// shares, as adaptive routing or packet spraying spread them.
   int spines = 0;
   std::vector<int> dims;         ///< torus2d/torus3d: node grid, x fastest
+  Power nic_power;               ///< one NIC port with its transceiver, always on
+  Power switch_power;            ///< one leaf or spine switch with its transceivers, always on
 };
 
 /// Collective-library figures that belong to a system rather than to an algorithm.
@@ -124,5 +127,16 @@ std::string standard_system_for_device(const std::string& device_preset);
 /// direction (0: the preset's), split evenly over the node's NICs.
 SystemSpec system_for_case(const std::string& device_preset, int gpus_per_node,
                            double node_nic_gbps);
+
+/// The network parts a job of `devices` devices occupies, and their always-on draw: the nodes'
+/// NIC ports and scale-up switch chips, and the scale-out switches. Switched networks count
+/// leaves of switch_radix / 2 down ports for the NICs and, over more than one leaf, a spine
+/// layer with the leaves' uplinks (`spines` where given): two tiers, as a rail-optimised
+/// cluster of up to radix² / 2 NICs has; a larger one would need a third tier, not counted.
+struct NetworkParts {
+  int nics = 0, leaves = 0, spines = 0, scale_up_switches = 0;
+  Power power;
+};
+NetworkParts network_parts(const SystemSpec& s, int devices);
 
 }  // namespace memwall

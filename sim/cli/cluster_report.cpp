@@ -107,7 +107,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   out += host_traffic_line(r.host, r.step_time.sec());
   if (r.power.tdp.w() > 0)
     out += power_line(r.power, r.tokens_per_step / r.gpus, r.link_energy / double(r.gpus),
-                      r.stages.size() > 1 ? r.hottest_rank_power() : Power(0));
+                      r.stages.size() > 1 ? r.hottest_rank_power() : Power(0),
+                      r.network.power * r.step_time / double(r.gpus));
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes)
     if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -251,6 +252,12 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
     e["average_power_w"] = r.per_gpu_power().w();
     e["above_tdp"] = std::max(r.per_gpu_power(), r.hottest_rank_power()) > r.power.tdp;
     e["hottest_rank_power_w"] = r.hottest_rank_power().w();
+    e["network_always_on_j_per_gpu"] = (r.network.power * r.step_time).j() / r.gpus;
+    e["network_parts"] = {{"nics", r.network.nics},
+                          {"leaf_switches", r.network.leaves},
+                          {"spine_switches", r.network.spines},
+                          {"scale_up_switches", r.network.scale_up_switches},
+                          {"always_on_w", r.network.power.w()}};
     e["job_j"] = r.job_energy().j();
     e["job_power_w"] = (r.job_energy() / r.step_time).w();
     e["tokens_per_j"] = r.tokens_per_step / r.job_energy().j();

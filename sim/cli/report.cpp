@@ -138,9 +138,9 @@ nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp) {
 }
 
 std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energy links,
-                       Power hottest) {
+                       Power hottest, Energy network) {
   const EnergyBreakdown& e = per_gpu.energy;
-  const double total = (e.with_host() + links).j();
+  const double total = (e.with_host() + links + network).j();
   auto pct = [&](Energy x) { return total > 0 ? 100 * x.j() / total : 0.0; };
   // The board's draw against its limit, with its share of the links; the host tier apart.
   const Power avg = per_gpu.time.sec() > 0 ? (e.total() + links) / per_gpu.time : Power(0);
@@ -148,13 +148,15 @@ std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energ
   return fmt::format(
       "power     {:.0f} W per GPU average of {:.0f} W TDP{}{} · {} per GPU per step · {:.3g} "
       "tokens/J · matrix {:.0f}%  vector {:.0f}%  caches {:.0f}%  memory {:.0f}%{}  idle "
-      "{:.0f}%{}\n",
+      "{:.0f}%{}{}\n",
       avg.w(), per_gpu.tdp.w(), hot,
       std::max(avg, hottest) > per_gpu.tdp ? " ABOVE THE LIMIT (the clock would drop)" : "",
-      to_string(e.with_host() + links), total > 0 ? tokens_per_gpu / total : 0.0, pct(e.matrix),
-      pct(e.vector), pct(e.cache), pct(e.memory),
+      to_string(e.with_host() + links + network), total > 0 ? tokens_per_gpu / total : 0.0,
+      pct(e.matrix), pct(e.vector), pct(e.cache), pct(e.memory),
       links.j() > 0 ? fmt::format("  links {:.1f}%", pct(links)) : std::string(), pct(e.idle),
-      e.host.j() > 0 ? fmt::format("  host tier {:.0f}%", pct(e.host)) : std::string());
+      e.host.j() > 0 ? fmt::format("  host tier {:.0f}%", pct(e.host)) : std::string(),
+      network.j() > 0 ? fmt::format("  network (always on) {:.0f}%", pct(network))
+                      : std::string());
 }
 
 std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp) {

@@ -34,9 +34,11 @@ std::string package_line(const Device& d);
 nlohmann::json energy_json(const EnergyBreakdown& e, Time time, Power tdp);
 /// The training reports' power line: one device's average draw against its limit, its
 /// energy per step by part, and tokens per joule. `links` is one device's share of the links'
-/// energy; `hottest` (0: one rank) the busiest pipeline rank's draw.
+/// energy; `hottest` (0: one rank) the busiest pipeline rank's draw; `network` one device's share
+/// of the network's always-on draw over the step (NICs, switches), counted in its tokens per
+/// joule but not in its board power.
 std::string power_line(const PowerSummary& per_gpu, double tokens_per_gpu, Energy links,
-                       Power hottest);
+                       Power hottest, Energy network = Energy(0));
 /// "energy 4.38 J · 702 W average of 700 W TDP (above it) · matrix 71% ..." for a terminal.
 std::string energy_text(const EnergyBreakdown& e, Time time, Power tdp);
 

@@ -687,6 +687,7 @@ class ClusterSim {
       r.link_energy += link_energy_per_bit(u.cls) * (8.0 * u.bytes);
     r.power.time = r.step_time;
     r.power.tdp = p->tdp;
+    r.network = network_parts(sys_, r.gpus);
   }
   Energy link_energy_per_bit(LinkClass c) const {
     for (const LinkSpec* l : {&sys_.scale_up.link, &sys_.scale_out.nic, &sys_.scale_out.host_link})

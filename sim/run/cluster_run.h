@@ -114,11 +114,15 @@ struct ClusterResult {
   PowerSummary power;
   /// Energy of the bytes the links carried per step (the whole network; not in `power`).
   Energy link_energy;
-  /// Energy per step of the whole job: every device and the links.
-  Energy job_energy() const { return power.energy.with_host() * double(gpus) + link_energy; }
+  /// The network parts the job occupies and their always-on draw (NICs, switches).
+  NetworkParts network;
+  /// The network's share of a step: its links' energy and its always-on draw over the step.
+  Energy network_energy() const { return link_energy + network.power * step_time; }
+  /// Energy per step of the whole job: every device and the network.
+  Energy job_energy() const { return power.energy.with_host() * double(gpus) + network_energy(); }
   /// Average draw of the busiest rank (the pipeline stage that spends most).
   Power hottest_rank_power() const;
-  /// Average draw of one device with its share of the links' energy.
+  /// Average draw of one device (its board) with its share of the links' energy.
   Power per_gpu_power() const {
     return step_time.sec() > 0 ? (power.energy.total() + link_energy / double(gpus)) / step_time
                                : Power(0);
