@@ -308,15 +308,18 @@ TEST(NetworkPower, PartsFollowTheTopologyAndTheJobPaysForThemOverItsStep) {
   SystemSpec s = load_system("dgx-h100");
   NetworkParts p = network_parts(s, 1024);
   EXPECT_EQ(p.nics, 1024);
-  EXPECT_EQ(p.leaves, 32);
-  EXPECT_EQ(p.spines, 16);
+  EXPECT_DOUBLE_EQ(p.leaves, 32);
+  EXPECT_DOUBLE_EQ(p.spines, 16);
   EXPECT_NEAR(p.power.w(), 1024 * s.scale_out.nic_power.w() + 48 * s.scale_out.switch_power.w(),
               1e-6);
   // One node needs no scale-out network; an oversubscribed network needs fewer spines.
   EXPECT_EQ(network_parts(s, 8).nics, 0);
   EXPECT_EQ(network_parts(s, 8).power.w(), 0);
   SystemSpec thin = load_system("dgx-h100", {"scale_out.oversubscription=2"});
-  EXPECT_EQ(network_parts(thin, 1024).spines, 8);
+  EXPECT_DOUBLE_EQ(network_parts(thin, 1024).spines, 8);
+  // A small job pays for the ports it uses: 4 nodes' 32 NICs fill one 64-port leaf's down side.
+  EXPECT_DOUBLE_EQ(network_parts(s, 32).leaves, 1);
+  EXPECT_DOUBLE_EQ(network_parts(s, 16).leaves, 0.5);
   // A torus has NICs and no switches.
   NetworkParts torus = network_parts(load_system("tpu-v4-torus"), 64);
   EXPECT_EQ(torus.leaves + torus.spines, 0);

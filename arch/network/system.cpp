@@ -463,15 +463,15 @@ NetworkParts network_parts(const SystemSpec& s, int devices) {
     const bool switched =
         o.topology == ScaleOutTopology::RailOptimized || o.topology == ScaleOutTopology::FatTree;
     if (switched) {
-      const int down = std::max(1, o.switch_radix / 2);
-      p.leaves = (p.nics + down - 1) / down;
+      const double down = std::max(1, o.switch_radix / 2);
+      p.leaves = p.nics / down;
       if (p.leaves > 1) {
-        const double uplinks = double(p.leaves) * down / o.oversubscription;
-        p.spines = o.spines > 0 ? o.spines : int(std::ceil(uplinks / o.switch_radix));
+        const double uplinks = p.nics / o.oversubscription;
+        p.spines = o.spines > 0 ? o.spines : uplinks / o.switch_radix;
       }
     }
   }
-  p.power = o.nic_power * double(p.nics) + o.switch_power * double(p.leaves + p.spines) +
+  p.power = o.nic_power * double(p.nics) + o.switch_power * (p.leaves + p.spines) +
             s.scale_up.switch_power * double(p.scale_up_switches);
   return p;
 }

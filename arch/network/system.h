@@ -129,12 +129,15 @@ SystemSpec system_for_case(const std::string& device_preset, int gpus_per_node,
                            double node_nic_gbps);
 
 /// The network parts a job of `devices` devices occupies, and their always-on draw: the nodes'
-/// NIC ports and scale-up switch chips, and the scale-out switches. Switched networks count
-/// leaves of switch_radix / 2 down ports for the NICs and, over more than one leaf, a spine
-/// layer with the leaves' uplinks (`spines` where given): two tiers, as a rail-optimised
-/// cluster of up to radix² / 2 NICs has; a larger one would need a third tier, not counted.
+/// NIC ports and scale-up switch chips, and its share of the scale-out switches. Switched
+/// networks count leaves of switch_radix / 2 down ports for the NICs and, over more than one
+/// leaf, a spine layer with the leaves' uplinks (`spines` where given): two tiers, as a
+/// rail-optimised cluster of up to radix² / 2 NICs has; a larger one would need a third tier,
+/// not counted. Switches are counted by the ports the job uses (8 NICs take a quarter of a
+/// 64-port leaf), so a small job does not pay for a whole switch.
 struct NetworkParts {
-  int nics = 0, leaves = 0, spines = 0, scale_up_switches = 0;
+  int nics = 0, scale_up_switches = 0;
+  double leaves = 0, spines = 0;
   Power power;
 };
 NetworkParts network_parts(const SystemSpec& s, int devices);
