@@ -7,8 +7,8 @@ usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y [--higher
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
 the metric, the first key down and the second across, each cell annotated (points that did not
-run, or ran over a sweep limit, are blank; points whose memory.fits is false are marked "OOM"). More keys: the metric
-against the last key, one line per combination of the others.
+run, or ran over a sweep limit, are blank; points whose memory.fits is false are marked "OOM").
+More keys: the metric against the last key, one line per combination of the others.
 
 --pareto X Y: every point that ran, Y against X, each labelled with its swept values, and the
 Pareto front (the points no other point beats on both: lower X, higher Y; with --higher-x, higher
