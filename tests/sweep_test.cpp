@@ -257,6 +257,10 @@ TEST_F(Sweep, CompareRunsOneWorkloadOnEachDevice) {
   for (const char* d : {"gh200", "h100-sxm5-80gb", "a100-sxm4-80gb"})
     EXPECT_TRUE(has(r.out, d)) << r.out;
   EXPECT_TRUE(has(r.out, "1.00x")) << r.out;  // the design against itself
+  // Each device's power against its own limit, and the estimated cost where it has a package.
+  EXPECT_TRUE(has(r.out, "of 700 W")) << r.out;
+  EXPECT_TRUE(has(r.out, "of 400 W")) << r.out;
+  EXPECT_TRUE(has(r.out, "$2.2k")) << r.out;
   std::vector<std::string> rows = lines(read_file(dir_ / "cmp.csv"));
   ASSERT_EQ(rows.size(), 4u);
   // The A100 is slower than the H100 on the same step.

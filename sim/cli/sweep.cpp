@@ -394,7 +394,7 @@ void add_compare_command(CLI::App& app) {
     const std::vector<std::string> metrics = {
         "step_time_s", "tokens_per_s_per_gpu", "mfu",         "memory.peak_gib",
         "memory.capacity_gib", "memory.fits", "comm.exposed_s", "pipeline.bubble_fraction",
-        "energy.average_power_w", "energy.tdp_w", "energy.tokens_per_j"};
+        "energy.average_power_w", "energy.tdp_w", "energy.tokens_per_j", "package.cost_usd"};
     const bool keep = !o->out.empty();
     const std::string csv =
         keep ? o->out
@@ -419,7 +419,7 @@ void add_compare_command(CLI::App& app) {
     bool cluster = false;
     for (const auto& row : r.rows) {
       if (row[2] != "ok") {
-        rows.push_back({row[1], row[2], "-", "-", "-", "-", "-", "-", "-"});
+        rows.push_back({row[1], row[2], "-", "-", "-", "-", "-", "-", "-", "-"});
         errors += fmt::format("{}: {}\n", row[1], row.back());
         continue;
       }
@@ -436,6 +436,7 @@ void add_compare_command(CLI::App& app) {
                                         100 * num(bubble)),
            row[11].empty() ? "-" : fmt::format("{:.0f} of {:.0f} W", num(row[11]), num(row[12])),
            row[13].empty() ? "-" : shown(row[13]),
+           row[14].empty() ? "-" : fmt::format("${:.2g}k", num(row[14]) * 1e-3),
            std::isnan(first) ? "-" : fmt::format("{:.2f}x", tps / first)});
     }
     const TrainingSetup& t = first_run.training;
@@ -450,7 +451,7 @@ void add_compare_command(CLI::App& app) {
         fidelity_name(first_run.fidelity));
     std::cout << table({"device", "step", "tokens/s/GPU", "MFU", "memory per GPU",
                         cluster ? "exposed comm / bubble" : "comm", "power per GPU",
-                        "tokens/J", "speed vs " + devices.front()},
+                        "tokens/J", "est. cost", "speed vs " + devices.front()},
                        rows, 100);
     std::cout << errors;
     if (keep) std::cout << "wrote " << csv << " and " << config_path_beside(csv) << "\n";
