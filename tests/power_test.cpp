@@ -128,7 +128,7 @@ TEST(Power, TheHostTierPaysForItsBitsAndFlopsOutsideTheBoard) {
   EXPECT_EQ(adam.energy.with_host(), adam.energy.total() + adam.energy.host);
   // A kernel reading host-resident state pays the link and host memory for it.
   OpResult k = sim.run(make_stream_triad(Bytes::mib(64), DType::FP32));
-  OpResult resident = with_host_access(k, 1e9, 0, h);
+  OpResult resident = with_host_access(k, 1e9, 0, *d);
   EXPECT_NEAR((resident.energy.host - k.energy.host).j(),
               8e9 * (h.link_energy_per_bit + h.memory_energy_per_bit).j(), 1e-9);
 }

@@ -275,10 +275,11 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   return r;
 }
 
-OpResult with_host_access(OpResult o, double read, double write, const HostSpec& host) {
+OpResult with_host_access(OpResult o, double read, double write, const Device& device) {
   if (read + write <= 0) return o;
-  // Its host-tier energy, where the device counts energy at all.
-  if (o.energy.dynamic().j() > 0) o.energy.host += host_access_energy(read + write, host);
+  const HostSpec& host = *device.host();
+  // Its host-tier energy, where the device counts energy (as op_energy does).
+  if (device.power()) o.energy.host += host_access_energy(read + write, host);
   const Time t = host_access_time(read, write, host);
   if (t > o.time) {
     o.time = t;

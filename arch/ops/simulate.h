@@ -94,7 +94,8 @@ Time roofline_bound(const Op& op, const Device& device);
 
 /// `o` with `read` and `write` bytes of the device's own traffic to host memory made while it
 /// runs (host-resident tensors, a cache-mode device memory's misses): it takes no less than
-/// host_access_time, and is bound by the host tier when that is longer.
-OpResult with_host_access(OpResult o, double read, double write, const HostSpec& host);
+/// host_access_time over `device`'s host tier, is bound by it when that is longer, and (where
+/// the device counts energy) pays the host link and host memory for those bytes.
+OpResult with_host_access(OpResult o, double read, double write, const Device& device);
 
 }  // namespace memwall

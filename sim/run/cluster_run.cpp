@@ -268,7 +268,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
     } else if (n.op) {
       OpResult o = sim.run(*n.op);
       if (traffic.any())
-        o = with_host_access(o, traffic.read[v], traffic.write[v], *sim.device().host());
+        o = with_host_access(o, traffic.read[v], traffic.write[v], sim.device());
       OpClass cls = classify(n);
       if (!n.beside_next_step) {
         P->compute += o.time;

@@ -108,7 +108,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (i == r.memory.peak_index) r.peak_memory_time = clock;
     if (!n.op) continue;
     OpResult o = sim.run(*n.op);
-    if (traffic.any()) o = with_host_access(o, traffic.read[v], traffic.write[v], *device.host());
+    if (traffic.any()) o = with_host_access(o, traffic.read[v], traffic.write[v], device);
     NodeTiming t{n.name, n.pass, n.layer, classify(n), o.flops,
                  o.memory_read + o.memory_written, o.time, o.bound, 1};
     t.kernels = std::max(1, o.kernels);
