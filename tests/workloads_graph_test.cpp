@@ -298,6 +298,56 @@ TEST(WorkloadGraph, TpCommOverlapMovesTheSameBytesBesideTheSameProducts) {
   for (std::size_t v = 0; v < plain.size(); ++v) EXPECT_FALSE(plain.dag[v].launched_with_previous);
 }
 
+// 2:4-sparse weights: exactly the forward and input-gradient products by the chosen weights
+// carry a sparse B (weight gradients, the LM head and the router stay dense), which halves their
+// useful FLOPs; the compressed copies (both layouts) sit beside the dense weights and are
+// rewritten once per step after the optimizer.
+TEST(WorkloadGraph, SparseWeightsHalveExactlyTheWeightProducts) {
+  TransformerModel m = load_model("gpt3-1.3b", {"seq_len=512"});
+  const std::string base = "micro_batch: 2\nglobal_batch: 4\n";
+  StepGraph dense = build_step_graph(m, setup(base));
+  const double h = double(m.hidden), f = double(m.ffn_hidden), qkv = double(m.qkv_width()),
+               L = double(m.layers), T = dense.tokens;
+  for (const char* which : {"mlp", "all"}) {
+    SCOPED_TRACE(which);
+    const bool all = std::string(which) == "all";
+    StepGraph g = build_step_graph(m, setup(base + "sparse_weights: " + which + "\n"));
+    int sparse_products = 0;
+    for (std::size_t v = 0; v < g.size(); ++v) {
+      const StepNode& n = g.dag[v];
+      const GemmOp* p = n.op ? std::get_if<GemmOp>(&n.op->body) : nullptr;
+      if (!p) continue;
+      const bool weight_product = n.name.find("bwd_weight") == std::string::npos &&
+                                  (n.name.find(".mlp.") != std::string::npos ||
+                                   (all && n.name.find(".attn.") != std::string::npos));
+      EXPECT_EQ(p->sparse_b, weight_product) << n.name;
+      sparse_products += p->sparse_b;
+    }
+    // fc1, fc2 (and qkv, proj) per layer, forward and input gradient.
+    EXPECT_EQ(sparse_products, int(L) * (all ? 8 : 4));
+    // Each halves 2 T (in x out) of forward and as much of input gradient.
+    const double sparse_params = L * (2 * h * f + (all ? h * qkv + h * h : 0));
+    EXPECT_NEAR(dense.micro_batch_flops() - g.micro_batch_flops(), 2 * T * sparse_params,
+                1e-9 * dense.micro_batch_flops());
+    // Two compressed layouts of 2 B/2 + 1/8 B per weight, beside the dense weights.
+    EXPECT_NEAR(g.state_bytes(TensorClass::Weights) - dense.state_bytes(TensorClass::Weights),
+                2 * 1.125 * sparse_params, 1.0);
+    const StepNode* c = find(g, "optimizer.sparse_compress");
+    ASSERT_NE(c, nullptr);
+    EXPECT_EQ(c->pass, Pass::Optimizer);
+    EXPECT_DOUBLE_EQ(c->op->min_bytes().count(), sparse_params * (2 + 2 * 1.125));
+  }
+  EXPECT_EQ(find(dense, "optimizer.sparse_compress"), nullptr);
+  for (const char* bad : {"zero_stage: 3\n", "autocast: true\n"}) {
+    try {
+      setup(std::string("sparse_weights: mlp\n") + bad);
+      FAIL() << "sparse_weights accepted with " << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("sparse_weights"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(WorkloadGraph, TpCommOverlapNeedsSequenceParallelism) {
   try {
     setup("tp: 4\ntp_comm_overlap: true\n");

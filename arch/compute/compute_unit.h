@@ -51,6 +51,11 @@ struct ComputeSpec {
   /// Thread-instructions a unit issues per cycle (NVIDIA SMs since Volta: 4 schedulers x 32
   /// threads = 128); 0: issue is not modelled.
   double issue_per_cycle = 0;
+  /// The matrix unit multiplies a 2:4 structured-sparse operand (two non-zeros in every four
+  /// values along k, stored compressed with 2-bit indices) at its dense rate of non-zero MACs,
+  /// skipping the zeros: twice the dense-equivalent throughput (NVIDIA's sparse tensor cores
+  /// since Ampere, mma.sp; AMD CDNA 3). 16- and 8-bit types and tf32, not fp32 or fp64.
+  bool structured_sparsity = false;
 
   static ComputeSpec from_config(const Config& c);
 
@@ -72,6 +77,12 @@ struct ComputeSpec {
   FlopRate peak(DType t) const {
     FlopRate m = peak_matrix(t), v = peak_vector(t);
     return m > v ? m : v;
+  }
+  /// Whether a product of type `t` with a 2:4-sparse operand skips its zeros on this unit; if
+  /// not, the library runs it as a dense product over the zero-filled operand.
+  bool skips_sparse_zeros(DType t) const {
+    return structured_sparsity && t != DType::FP64 && t != DType::FP32 &&
+           matrix_macs_per_cycle(t) > 0;
   }
   bool supports(DType t) const { return matrix_macs_per_cycle(t) > 0 || vector_flops_per_cycle(t) > 0; }
 };

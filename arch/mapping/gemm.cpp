@@ -32,7 +32,8 @@ class GemmProgram : public TileProgram {
   GemmProgram(const GemmOp& g, Tiling t, const ComputeSpec& c)
       : g_(g), t_(t), cluster_(c.multicast_cluster), acc_mem_(c.accumulator_memory),
         direct_(c.matrix_operands_from_scratchpad),
-        matrix_rate_(gemm_aligned(g) ? 1.0 : c.unaligned_matrix_efficiency) {
+        matrix_rate_(gemm_aligned(g) ? 1.0 : c.unaligned_matrix_efficiency),
+        sparse_(g.sparse_b && c.skips_sparse_zeros(g.dtype)) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
     // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
@@ -41,16 +42,20 @@ class GemmProgram : public TileProgram {
     chunk_ = static_cast<int>(ceil_div(ksteps, kMaxEventsPerTile));
     ksteps_ = static_cast<int>(ceil_div(ksteps, chunk_));
     e_ = dtype_bytes(g.dtype);
+    // A sparse B stays compressed in memory and the scratchpad where the unit skips its zeros
+    // (OpSimulator hands a unit without that path the dense product).
+    eb_ = sparse_ ? g.b_bytes_per_element() : e_;
     warps_m_ = std::max(1, t.bm / kWarpM);
     warps_n_ = std::max(1, t.bn / kWarpN);
   }
   std::string name() const override { return "gemm"; }
   std::string mapping() const override {
-    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}{}", t_.bm,
+    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}{}{}", t_.bm,
                        t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_,
                        matrix_rate_ < 1 ? fmt::format(", unaligned (matrix rate x {})",
                                                       matrix_rate_)
-                                        : "");
+                                        : "",
+                       sparse_ ? ", 2:4-sparse B (zeros skipped)" : "");
   }
   long groups() const override { return static_cast<long>(tm_ * tn_ * g_.batch); }
   int steps(long) const override { return ksteps_; }
@@ -64,16 +69,17 @@ class GemmProgram : public TileProgram {
     // Operand tiles go straight to the scratchpad (cp.async.cg / TMA), bypassing L1.
     out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_), 1, false});
     // A cluster of work groups along M receives each B block by one multicast read.
-    out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * e_),
+    out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * eb_),
                          static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
     // Accumulating into an fp32 C: the last step also reads the C tile.
     if (g_.accumulate_fp32 && s == ksteps_ - 1)
       out.loads.push_back({block_key(kC, b, im, in), Bytes(rows * cols * 4.0), 1, false});
     // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs. Unaligned
     // rows leave the library a slower kernel: the matrix pipe delivers a fraction of its rate.
-    double macs = double(t_.bm) * t_.bn * depth / matrix_rate_;
-    double smem = direct_ ? (double(t_.bm) + t_.bn) * depth * e_
-                          : (double(t_.bm) * depth * warps_n_ + double(t_.bn) * depth * warps_m_) * e_;
+    // A sparse B's zeros are skipped: half the MACs issue.
+    double macs = double(t_.bm) * t_.bn * depth / matrix_rate_ * (sparse_ ? 0.5 : 1.0);
+    double smem = direct_ ? (double(t_.bm) * e_ + double(t_.bn) * eb_) * depth
+                          : (double(t_.bm) * warps_n_ * e_ + double(t_.bn) * warps_m_ * eb_) * depth;
     out.phases.push_back(
         {{{Pipe::Matrix, macs, g_.dtype}, {Pipe::Scratchpad, smem, g_.dtype}}});
   }
@@ -92,7 +98,7 @@ class GemmProgram : public TileProgram {
 
   GroupFootprint footprint() const override {
     GroupFootprint f;
-    f.scratchpad = Bytes(double(t_.stages) * (t_.bm + t_.bn) * t_.bk * e_);
+    f.scratchpad = Bytes(double(t_.stages) * (t_.bm * e_ + t_.bn * eb_) * t_.bk);
     // fp32 accumulators, in registers or in dedicated accumulator memory when the unit has
     // enough, plus operand fragments and addressing (about a third of the accumulator size).
     Bytes acc(double(t_.bm) * t_.bn * 4);
@@ -128,9 +134,10 @@ class GemmProgram : public TileProgram {
   Bytes acc_mem_;
   bool direct_;
   double matrix_rate_;
+  bool sparse_;
   int64_t tm_, tn_;
   int ksteps_, chunk_;
-  double e_;
+  double e_, eb_;
   int warps_m_, warps_n_;
 };
 
@@ -140,7 +147,10 @@ class GemmProgram : public TileProgram {
 Tiling choose_tiling(const GemmOp& g, const Device& dev) {
   const ComputeSpec& c = dev.compute();
   double e = dtype_bytes(g.dtype);
+  const bool sparse = g.sparse_b && c.skips_sparse_zeros(g.dtype);
+  const double eb = sparse ? g.b_bytes_per_element() : e;
   double rate = c.matrix_macs_per_cycle(g.dtype);
+  if (sparse) rate *= 2;  // dense-equivalent MACs per cycle
   if (rate <= 0) rate = c.vector_flops_per_cycle(g.dtype) / 2;
   rate *= c.sustained_clock.hz();
   Bandwidth shared_bw = Bandwidth::infinite();
@@ -163,9 +173,9 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
           double per_unit_tiles = std::ceil(tiles / c.units);
           double kpad = std::ceil(double(g.k) / bk) * bk;
           double t_compute = per_unit_tiles * double(bm) * bn * kpad / rate;
-          double traffic = g.batch * (double(g.m) * g.k * std::ceil(double(g.n) / bn) +
+          double traffic = g.batch * (double(g.m) * g.k * std::ceil(double(g.n) / bn) * e +
                                       double(g.n) * g.k * std::ceil(double(g.m) / bm) /
-                                          c.multicast_cluster) * e;
+                                          c.multicast_cluster * eb);
           double t_mem = traffic / shared_bw.bps();
           // Shallow pipelines expose latency: prefer more stages when they fit.
           double est = std::max(t_compute, t_mem) * (1.0 + 0.02 / stages);

@@ -55,7 +55,9 @@ std::string Op::kind() const {
 
 double Op::flops() const {
   return std::visit(
-      overloaded{[](const GemmOp& g) { return 2.0 * g.m * g.n * g.k * g.batch; },
+      overloaded{[](const GemmOp& g) {
+                   return (g.sparse_b ? 1.0 : 2.0) * g.m * g.n * g.k * g.batch;
+                 },
                  [](const AttentionOp& a) {
                    double f = 4.0 * a.batch * a.heads * a.seq_q * a.seq_kv * a.head_dim;
                    if (a.causal) f *= 0.5;
@@ -72,7 +74,8 @@ Bytes Op::min_bytes() const {
           [](const GemmOp& g) {
             double e = dtype_bytes(g.dtype);
             double c = g.accumulate_fp32 ? 8.0 : e;  // fp32 C read and written
-            return Bytes(g.batch * (e * (double(g.m) * g.k + double(g.k) * g.n) +
+            return Bytes(g.batch * (e * double(g.m) * g.k +
+                                    g.b_bytes_per_element() * double(g.k) * g.n +
                                     c * double(g.m) * g.n));
           },
           [](const AttentionOp& a) {
@@ -113,6 +116,13 @@ DType Op::dtype() const {
                     body);
 }
 
+double GemmOp::b_bytes_per_element() const {
+  double e = dtype_bytes(dtype);
+  // Per four logical values: two kept, each with a 2-bit index (4 bits = 1/8 byte per value).
+  constexpr double kIndexBytesPerValue = 2 * 2 / 8.0 / 4;
+  return sparse_b ? e / 2 + kIndexBytesPerValue : e;
+}
+
 bool gemm_aligned(const GemmOp& g) {
   int64_t v = std::max<int64_t>(1, static_cast<int64_t>(16 / dtype_bytes(g.dtype)));
   auto pitch_ok = [&](char dim, int64_t size) { return g.row_count_dim == dim || size % v == 0; };
@@ -122,9 +132,10 @@ bool gemm_aligned(const GemmOp& g) {
 std::string Op::signature() const {
   return std::visit(
       overloaded{[](const GemmOp& g) {
-                   return fmt::format("gemm m={} n={} k={} batch={} {}{}{}", g.m, g.n, g.k,
+                   return fmt::format("gemm m={} n={} k={} batch={} {}{}{}{}", g.m, g.n, g.k,
                                       g.batch, dtype_name(g.dtype),
                                       g.accumulate_fp32 ? " acc_fp32" : "",
+                                      g.sparse_b ? " sparse_b=2:4" : "",
                                       g.row_count_dim ? fmt::format(" rows={}", g.row_count_dim)
                                                       : std::string());
                  },
@@ -357,7 +368,11 @@ const std::vector<Schema>& op_schemas() {
     v.push_back(op_impl("gemm", "Matrix product C[m,n] = A[m,k] B[k,n], optionally batched.",
                         {count("m", "Rows of A and C."), count("n", "Columns of B and C."),
                          count("k", "Inner dimension."), count("batch", "Independent products.", "1"),
-                         dtype_param("bf16")}));
+                         dtype_param("bf16"),
+                         flag("sparse_b", "false",
+                              "B is 2:4 structured-sparse along k (a pruned weight), stored "
+                              "compressed; the useful MACs are half the dense count, and only a "
+                              "unit with compute.structured_sparsity skips the zeros.")}));
     ParamSpec pass = param("pass", ParamType::Enum, "", "fwd_bwd",
                            "Which passes run: fwd, bwd or fwd_bwd.");
     pass.choices = {"fwd", "bwd", "fwd_bwd"};
@@ -451,6 +466,7 @@ Op op_from_config(const Config& c) {
   Op op;
   if (kind == "gemm") {
     GemmOp g{c.get_int("m"), c.get_int("n"), c.get_int("k"), c.get_int("batch"), dtype_of(c, "dtype")};
+    g.sparse_b = c.get_bool("sparse_b");
     op = Op{"gemm", g};
   } else if (kind == "attention") {
     AttentionOp a;

@@ -29,6 +29,14 @@ struct GemmOp {
   /// vectors (tokens, in a transformer): it is never a row pitch, so its size needs no
   /// alignment. 0: unknown layout, every dimension may be a pitch.
   char row_count_dim = 0;
+  /// B (a weight, k x n) is 2:4 structured-sparse along k: two non-zeros in every four values,
+  /// stored compressed (the values plus a 2-bit index each, b_bytes_per_element()). Useful MACs
+  /// are the non-zero ones, half the dense count; a unit that cannot skip zeros
+  /// (ComputeSpec::skips_sparse_zeros) multiplies the zero-filled dense B.
+  bool sparse_b = false;
+  /// Bytes per logical element of B as stored: the element size, or for a 2:4-sparse B half of
+  /// it plus an eighth of a byte of index.
+  double b_bytes_per_element() const;
 };
 
 /// Whether every row of the operands and the output is a whole number of 16-byte vectors: each

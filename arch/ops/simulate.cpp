@@ -93,10 +93,22 @@ OpResult OpSimulator::run(const Op& op) {
     return r;
   }
   check_supported(op, device_);
+  // A 2:4-sparse product on a unit that cannot skip zeros runs as the dense product over the
+  // zero-filled weight: its time, traffic and energy; its useful FLOPs stay the non-zero ones.
+  const auto* g = std::get_if<GemmOp>(&op.body);
+  const bool densified = g && g->sparse_b && !device_.compute().skips_sparse_zeros(g->dtype);
+  Op executed = op;
+  if (densified) std::get<GemmOp>(executed.body).sparse_b = false;
   OpResult r = op.on_host()                         ? simulate_host(op)
-               : fidelity_ == Fidelity::Analytical ? simulate_analytical(op)
-                                                   : simulate_tile(op);
-  r.energy = op_energy(op, r, device_);
+               : fidelity_ == Fidelity::Analytical ? simulate_analytical(executed)
+                                                   : simulate_tile(executed);
+  r.energy = op_energy(executed, r, device_);
+  if (densified) {
+    r.signature = op.signature();
+    r.flops = op.flops();
+    r.min_bytes = op.min_bytes();
+    r.mapping += ", 2:4-sparse B multiplied densely (no sparse matrix path)";
+  }
   memo_[key] = r;
   return r;
 }

@@ -45,7 +45,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       m.name, r.gpus, r.device, r.system, r.gpus_per_node, layout(p), precision_name(t.precision),
       recompute_name(t.recompute), pipeline_schedule_name(p.schedule), t.micro_batch,
       r.micro_batches, t.global_batch, t.flash_attention ? "flash" : "unfused",
-      moe_label(t), fidelity_name(r.fidelity));
+      options_label(t), fidelity_name(r.fidelity));
   const double step = r.step_time.sec();
   out += fmt::format("step      {}    {:.4g}k tokens/s ({:.4g} per GPU)    MFU {}   HFU {}\n",
                      to_string(r.step_time), r.tokens_per_s() * 1e-3,

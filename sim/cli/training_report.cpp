@@ -44,7 +44,7 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       g.model.name, d.name(), fmt::format("{:.3g}B", g.model.parameter_count() * 1e-9),
       g.model.seq_len, t.micro_batch, g.accumulation_steps, t.global_batch,
       precision_name(t.precision), recompute_name(t.recompute),
-      t.flash_attention ? "flash" : "unfused", moe_label(t), fidelity_name(r.fidelity));
+      t.flash_attention ? "flash" : "unfused", options_label(t), fidelity_name(r.fidelity));
   double step = r.step_time.sec();
   out += fmt::format("step      {}    {:.3g}k tokens/s    MFU {}   HFU {}\n", to_string(r.step_time),
                      r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));

@@ -289,12 +289,25 @@ const Schema& training_schema() {
         "its bytes over the link while it runs, and the device, not the CPU, runs the "
         "optimizer (compare optimizer_offload). Needs a device with a `host:` section in flat "
         "memory_mode. Empty: everything in device memory."));
+    ParamSpec sparse = param(
+        "sparse_weights", ParamType::Enum, "", "none",
+        "2:4 structured-sparse weights (NVIDIA ASP; sparse pre-training with transposable "
+        "masks, Hu et al. 2024): the weights are pruned to two non-zeros in every four, so the "
+        "forward and input-gradient products multiply compressed weights, twice as fast in "
+        "matrix work where the device has compute.structured_sparsity; weight gradients stay "
+        "dense. Every step the updated weights are pruned and compressed again (into both "
+        "layouts, one kernel), and the compressed copies stay in device memory beside the "
+        "dense weights. Useful FLOPs, and so MFU, count the non-zero products. mlp: the MLP's "
+        "(and experts') products; all: also attention's QKV and output projections. Not with "
+        "zero_stage 3 or autocast.");
+    sparse.choices = {"none", "mlp", "all"};
+    x.params.push_back(sparse);
     return x;
   }();
   return s;
 }
 
-std::string moe_label(const TrainingSetup& t) {
+std::string options_label(const TrainingSetup& t) {
   std::string s;
   if (t.moe_capacity_factor > 0)
     s = fmt::format(" · expert capacity {:g}", t.moe_capacity_factor);
@@ -302,6 +315,8 @@ std::string moe_label(const TrainingSetup& t) {
     s = fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
   if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
+  if (t.sparse_weights == TrainingSetup::SparseWeights::Mlp) s += " · 2:4-sparse MLP weights";
+  if (t.sparse_weights == TrainingSetup::SparseWeights::All) s += " · 2:4-sparse weights";
   return s;
 }
 
@@ -436,6 +451,18 @@ TrainingSetup training_from_config(const Config& c) {
     c.fail("optimizer_offload",
            "offloads the fp32 master weights and moments of mixed precision: needs bf16, fp16 "
            "or fp8 with 16-bit parameters (not fp32, not autocast)");
+  {
+    const std::string sw = c.get_string("sparse_weights");
+    t.sparse_weights = sw == "mlp"   ? TrainingSetup::SparseWeights::Mlp
+                       : sw == "all" ? TrainingSetup::SparseWeights::All
+                                     : TrainingSetup::SparseWeights::None;
+    if (t.sparse_weights != TrainingSetup::SparseWeights::None &&
+        (c.get_int("zero_stage") >= 3 || t.autocast))
+      c.fail("sparse_weights",
+             "sparse weights are compressed once per step from each rank's whole 16-bit "
+             "weights: not modelled with zero_stage 3 (weights gathered before each use) or "
+             "autocast (weights cast every forward)");
+  }
   if (t.autocast && t.precision != Precision::BF16 && t.precision != Precision::FP16)
     c.fail("autocast", "autocast casts to 16 bits: precision must be bf16 or fp16");
   par.first_stage_layers = int(c.get_int("first_stage_layers"));

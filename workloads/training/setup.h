@@ -120,6 +120,14 @@ struct TrainingSetup {
     bool any() const { return weights || gradients || optimizer; }
   };
   HostResident host_resident;
+  /// 2:4 structured-sparse weights (NVIDIA's ASP; trained sparse with transposable masks, Hu et
+  /// al. 2024, "Accelerating Transformer Pre-training with 2:4 Sparsity"): the layers' weights
+  /// are pruned to two non-zeros in every four, so the forward product and the input-gradient
+  /// product multiply a compressed weight (GemmOp::sparse_b) and the weight gradient stays
+  /// dense. Mlp: the MLP's products (experts' and shared expert's too); All: also attention's
+  /// QKV and output projections. Embeddings, the LM head and the router stay dense.
+  enum class SparseWeights { None, Mlp, All };
+  SparseWeights sparse_weights = SparseWeights::None;
   /// Tokens the simulated expert-parallel rank's experts process, over the balanced share.
   double moe_load(int ep) const {
     return moe_capacity_factor > 0 ? moe_capacity_factor : ep > 1 ? moe_load_imbalance : 1.0;
@@ -143,9 +151,10 @@ struct TrainingSetup {
 };
 
 const char* precision_name(Precision p);
-/// The MoE switches for a summary's first line: " · moe load 1.30x" or " · expert capacity
-/// 1.25", then " · shared expert overlapped"; empty with the defaults.
-std::string moe_label(const TrainingSetup& t);
+/// The MoE and sparsity switches for a summary's first line: " · moe load 1.30x" or " · expert
+/// capacity 1.25", then " · shared expert overlapped", " · 2:4-sparse weights"; empty with the
+/// defaults.
+std::string options_label(const TrainingSetup& t);
 const char* recompute_name(Recompute r);
 
 /// Schema of a `training:` section.

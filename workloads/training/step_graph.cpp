@@ -136,11 +136,18 @@ Op stream_op(const std::string& kind, int64_t n, std::vector<double> in, std::ve
 }
 
 // A product over tokens: `rows` names the token dimension, m (forward and input gradient) or k
-// (weight gradient), which is never a row pitch.
-Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1, char rows = 'm') {
+// (weight gradient), which is never a row pitch. `sparse`: B is a 2:4-pruned weight.
+Op gemm(int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1, char rows = 'm',
+        bool sparse = false) {
   GemmOp g{m, n, k, batch, dt};
   g.row_count_dim = rows;
+  g.sparse_b = sparse;
   return Op{"gemm", g};
+}
+// A product by a layer's weight (forward, or input gradient by its transpose): B is the weight,
+// 2:4-pruned when `sparse` (training.sparse_weights).
+Op weight_gemm(bool sparse, int64_t m, int64_t n, int64_t k, DType dt, int64_t batch = 1) {
+  return gemm(m, n, k, dt, batch, 'm', sparse);
 }
 
 // Tensors a dense MLP's forward leaves for its backward: its first product's output, the
@@ -269,6 +276,8 @@ class Builder {
       sfc1w_r_ = m.shared_fc1_width() / tp_;
     }
     g_.boundary_bytes = double(Tn_) * m.hidden * re_;
+    sparse_mlp_ = t.sparse_weights != TrainingSetup::SparseWeights::None;
+    sparse_attn_ = t.sparse_weights == TrainingSetup::SparseWeights::All;
   }
 
   StepGraph build() {
@@ -444,12 +453,12 @@ class Builder {
   // on the local block first and on each other block once it is in (paced_by_inputs).
   std::vector<TensorId> gathered_gemm(const std::string& name, Pass pass, int l, TensorId x,
                                       int64_t n, int64_t k, const std::vector<TensorId>& reads,
-                                      TensorId out) {
+                                      TensorId out, bool sparse) {
     if (!tp_overlap()) {
       TensorId full = tp_gather(name, pass, l, x);
       std::vector<TensorId> r = {full};
       r.insert(r.end(), reads.begin(), reads.end());
-      node(name, gemm(T_, n, k, md_), pass, l, r, {out});
+      node(name, weight_gemm(sparse, T_, n, k, md_), pass, l, r, {out});
       return {full};
     }
     // The copy engines pass the blocks round the ring; the product takes each block as it comes
@@ -468,7 +477,7 @@ class Builder {
     }
     std::vector<TensorId> r = blocks;
     r.insert(r.end(), reads.begin(), reads.end());
-    StepVertex v = node(name, gemm(T_, n, k, md_), pass, l, r, {out});
+    StepVertex v = node(name, weight_gemm(sparse, T_, n, k, md_), pass, l, r, {out});
     g_.dag[v].paced_by_inputs = true;
     call.add(v);
     return blocks;
@@ -482,10 +491,10 @@ class Builder {
   // last piece's reduce-scatter ends.
   static constexpr int kTpOverlapSplits = 4;  // TE's num_splits for the pipelined reduce-scatter
   TensorId reduced_gemm(const std::string& name, Pass pass, int l, int64_t n, int64_t k,
-                        const std::vector<TensorId>& reads) {
+                        const std::vector<TensorId>& reads, bool sparse) {
     TensorId partial = act(name + ".out", double(T_) * n);
     if (!tp_overlap() || T_ < kTpOverlapSplits) {
-      node(name, gemm(T_, n, k, md_), pass, l, reads, {partial});
+      node(name, weight_gemm(sparse, T_, n, k, md_), pass, l, reads, {partial});
       return tp_reduce(name, pass, l, partial);
     }
     OneCall call(g_);
@@ -493,7 +502,7 @@ class Builder {
     for (int p = 0; p < kTpOverlapSplits; ++p) {
       int64_t rows = T_ * (p + 1) / kTpOverlapSplits - T_ * p / kTpOverlapSplits;
       std::vector<TensorId> none, mine = {partial}, result = {out};
-      call.add(node(name, gemm(rows, n, k, md_), pass, l, reads, p == 0 ? mine : none,
+      call.add(node(name, weight_gemm(sparse, rows, n, k, md_), pass, l, reads, p == 0 ? mine : none,
                     p == 0 ? none : mine));
       call.add(comm(fmt::format("{}.tp_reduce_scatter{}", name, p), CollectiveKind::ReduceScatter,
                     ParallelGroup::TP, double(rows) * n * e_, false, false, pass, l, {partial},
@@ -586,6 +595,24 @@ class Builder {
           moe ? group(fmt::format("layer{}.experts", l), efc1_params() + efc2_params(), int(l),
                       true)
               : -1);
+    }
+    // 2:4-sparse weights: their compressed copies, one per layout (the forward multiplies W,
+    // the input gradient W^T, each compressed along its own k), beside the dense weights.
+    for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
+      if (sparse_attn_) sparse_params_ += h * qkvw_r_ + attnw_r_ * h;
+      if (!sparse_mlp_) continue;
+      sparse_params_ += m_.moe_layer(l) ? h * sfc1w_r_ + sffn_r_ * h +
+                                              experts_local_ * (h * efc1w_r_ + effn_r_ * h)
+                                        : h * fc1w_r_ + ffn_r_ * h;
+    }
+    if (sparse_params_ > 0) {
+      GemmOp w;
+      w.dtype = md_;
+      w.sparse_b = true;
+      compressed_ = tensor("sparse_weights.compressed",
+                           2.0 * double(sparse_params_) * w.b_bytes_per_element(),
+                           TensorClass::Weights, true);
+      state_tensors_.push_back(compressed_);
     }
     if (c_.head) {
       final_norm_ = group("final_norm", norm_params(), -1);
@@ -923,7 +950,8 @@ class Builder {
     TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
     a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
-    gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv);
+    gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv,
+                  sparse_attn_);
     if (m_.positions == PositionType::Rotary) {
       // Rotates queries and keys (x cos + rot(x) sin); values pass through.
       int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
@@ -940,7 +968,8 @@ class Builder {
 
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
     TensorId proj =
-        reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.attn_out, a.proj_w});
+        reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.attn_out, a.proj_w},
+                     sparse_attn_);
     TensorId branch = dropout(l, "attn.dropout", sfx, pass, proj, a.mask1);
     a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh, re_);
     node(nm(l, "attn.residual", sfx), residual_add(false), pass, l, {x, branch}, {a.x_mid});
@@ -974,13 +1003,15 @@ class Builder {
     TensorId x = cast(nm(l, n + ".fc1.cast_in", sfx), pass, l, in, double(Tn_) * h, true);
     ma.fc1_w = weight_copy(nm(l, n + ".fc1.cast_weight", sfx), pass, l, Wt, s.fc1_params, m_.bias);
     ma.fc1_out = act(nm(l, n + ".fc1", sfx) + ".out", double(T_) * s.fc1w_r);
-    gathered_gemm(nm(l, n + ".fc1", sfx), pass, l, x, s.fc1w_r, h, {ma.fc1_w}, ma.fc1_out);
+    gathered_gemm(nm(l, n + ".fc1", sfx), pass, l, x, s.fc1w_r, h, {ma.fc1_w}, ma.fc1_out,
+                  sparse_mlp_);
     ma.act_out = act(nm(l, n + ".act", sfx) + ".out", double(T_) * s.ffn_r);
     node(nm(l, n + ".act", sfx),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * s.ffn_r, ad_), pass,
          l, {ma.fc1_out}, {ma.act_out});
     ma.fc2_w = weight_copy(nm(l, n + ".fc2.cast_weight", sfx), pass, l, Wt, s.fc2_params, m_.bias);
-    return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.act_out, ma.fc2_w});
+    return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.act_out, ma.fc2_w},
+                        sparse_mlp_);
   }
 
   // The backward of mlp_forward: from the output's gradient (Tn tokens) to the gradient of its
@@ -995,7 +1026,8 @@ class Builder {
     const std::string n = s.name;
     TensorId d_act = act(nm(l, n + ".fc2", "bwd_input") + ".grad", double(T_) * s.ffn_r);
     std::vector<TensorId> d_out_full = gathered_gemm(
-        nm(l, n + ".fc2", "bwd_input"), BI, l, d_out, s.ffn_r, h, {ac_ ? ma.fc2_w : Wt}, d_act);
+        nm(l, n + ".fc2", "bwd_input"), BI, l, d_out, s.ffn_r, h, {ac_ ? ma.fc2_w : Wt}, d_act,
+        sparse_mlp_);
     weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, ma.act_out, d_out_full, gi,
                 s.fc2_params, 1, m_.bias);
     TensorId d_fc1 = act(nm(l, n + ".act", "bwd") + ".grad", double(T_) * s.fc1w_r);
@@ -1005,7 +1037,7 @@ class Builder {
          BI, l, {d_act, ma.fc1_out}, {d_fc1});
     TensorId in_full = tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, in, false);
     TensorId d_in = act(nm(l, n + ".fc1", "bwd_input") + ".grad", double(T_) * h);
-    node(nm(l, n + ".fc1", "bwd_input"), gemm(T_, h, s.fc1w_r, md_), BI, l,
+    node(nm(l, n + ".fc1", "bwd_input"), weight_gemm(sparse_mlp_, T_, h, s.fc1w_r, md_), BI, l,
          {d_fc1, ac_ ? ma.fc1_w : Wt}, {d_in});
     // With overlap, TE's bulk overlap: the reduce-scatter runs beside the weight gradient.
     d_in = tp_reduce(nm(l, n + ".fc1", "bwd_input"), BI, l, d_in, !tp_overlap());
@@ -1130,14 +1162,14 @@ class Builder {
       a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     }
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
-    node(nm(l, "moe.experts.fc1", sfx), gemm(te, efc1w_r_, h, md_, experts_local_), pass, l,
+    node(nm(l, "moe.experts.fc1", sfx), weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.dispatched, We}, {a.mlp.fc1_out});
     a.mlp.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.act", sfx),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
          l, {a.mlp.fc1_out}, {a.mlp.act_out});
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
-    node(nm(l, "moe.experts.fc2", sfx), gemm(te, h, effn_r_, md_, experts_local_), pass, l,
+    node(nm(l, "moe.experts.fc2", sfx), weight_gemm(sparse_mlp_, te, h, effn_r_, md_, experts_local_), pass, l,
          {a.mlp.act_out, We}, {out});
     TensorId y = -1;
     if (allgather()) {
@@ -1290,7 +1322,7 @@ class Builder {
     TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
     std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
                                                       d_proj, attnw_r_, h,
-                                                      {ac_ ? a.proj_w : Wt}, d_attn);
+                                                      {ac_ ? a.proj_w : Wt}, d_attn, sparse_attn_);
     weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj_full, gi,
                 proj_params(), 1, m_.bias);
 
@@ -1340,7 +1372,7 @@ class Builder {
     }
     TensorId ln1_full = tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, a.ln1_out, false);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
-    node(nm(l, "attn.qkv", "bwd_input"), gemm(T_, h, qkvw_r_, md_), BI, l,
+    node(nm(l, "attn.qkv", "bwd_input"), weight_gemm(sparse_attn_, T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
     d_ln1 = tp_reduce(nm(l, "attn.qkv", "bwd_input"), BI, l, d_ln1, !tp_overlap());
     auto qkv_wgrad = [&] {
@@ -1386,7 +1418,8 @@ class Builder {
       d_out = expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
     }
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
-    node(nm(l, "moe.experts.fc2", "bwd_input"), gemm(te, effn_r_, h, md_, experts_local_), BI, l,
+    node(nm(l, "moe.experts.fc2", "bwd_input"),
+         weight_gemm(sparse_mlp_, te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
     weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.mlp.act_out, {d_out}, ge,
                 efc2_params(), experts_local_, m_.bias);
@@ -1396,7 +1429,8 @@ class Builder {
                           ad_),
          BI, l, {d_act, a.mlp.fc1_out}, {d_fc1});
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
-    node(nm(l, "moe.experts.fc1", "bwd_input"), gemm(te, h, efc1w_r_, md_, experts_local_), BI, l,
+    node(nm(l, "moe.experts.fc1", "bwd_input"),
+         weight_gemm(sparse_mlp_, te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
                 ge, efc1_params(), experts_local_, m_.bias);
@@ -1683,6 +1717,20 @@ class Builder {
                CollectiveKind::AllGather, sync_group(k),
                double(b.params) * wb_, false, true, O, b.layer, {}, {}, w);
         }
+    // 2:4-sparse weights: the updated weights are pruned again (the two largest of every four)
+    // and compressed into both layouts, one pass over this rank's sparse weights.
+    if (compressed_ >= 0) {
+      std::vector<TensorId> w;
+      for (const Group& g : groups_) w.push_back(g.weights);
+      GemmOp c;
+      c.dtype = md_;
+      c.sparse_b = true;
+      const double out = 2.0 * c.b_bytes_per_element();
+      // Per weight: compare-and-select of its group of four and the index bits (~4 FLOP).
+      node("optimizer.sparse_compress",
+           stream_op("sparse_compress", sparse_params_, {double(wb_)}, {out}, 4, 0, DType::FP32),
+           O, -1, w, {}, {compressed_});
+    }
   }
 
   // Activation offload: layer l's saved activations are copied to the host once its forward is
@@ -1743,6 +1791,11 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
+  // training.sparse_weights: which weight products multiply a 2:4-compressed weight, and the
+  // weights on this rank that are pruned and compressed every step.
+  bool sparse_mlp_ = false, sparse_attn_ = false;
+  int64_t sparse_params_ = 0;
+  TensorId compressed_ = -1;
   int etp_ = 1;  // the experts' tensor-parallel degree (1 or tp)
   double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
   int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)
