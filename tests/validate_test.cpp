@@ -154,6 +154,33 @@ TEST(ValidateCommand, PredictsSupportedCasesAndReportsTheRest) {
   EXPECT_NE(r.out.find("xx_bad_device (line 5)"), std::string::npos);
 }
 
+// The project's sparse_tflops metric: a gemm case with a 2:4-sparse B, in dense-equivalent
+// TFLOP/s. Where the unit skips zeros (H100) it beats the dense case of the same shape by at
+// most 2x; where it cannot (V100) the two agree; another kind may not use the metric.
+TEST(ValidateCommand, SparseGemmCasesAreSimulatedWithACompressedWeight) {
+  TempDir d;
+  const std::string header = "id,kind,device,num_gpus,m,n,k,precision,metric,measured,source\n";
+  write(d.file("cases.csv"),
+        header +
+            "h_dense,gemm,h100-sxm5-80gb,1,8192,16384,4096,bf16,tflops,600,x\n"
+            "h_sparse,gemm,h100-sxm5-80gb,1,8192,16384,4096,bf16,sparse_tflops,900,x\n"
+            "v_dense,gemm,v100-sxm2-32gb,1,8192,16384,4096,fp16,tflops,100,x\n"
+            "v_sparse,gemm,v100-sxm2-32gb,1,8192,16384,4096,fp16,sparse_tflops,100,x\n"
+            "bad,memcopy,h100-sxm5-80gb,1,,,,,sparse_tflops,100,x\n");
+  CommandRun r = run_memwall(d, "validate --cases '" + d.file("cases.csv") + "' --out '" +
+                                    d.file("pred.csv") + "' -j 1");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  Rows rows = parse_csv(read(d.file("pred.csv")), "pred.csv", nullptr);
+  ASSERT_EQ(rows.size(), 6u);
+  auto pred = [&](int i) { return std::stod(rows[i][4]); };
+  for (int i : {1, 2, 3, 4}) EXPECT_EQ(rows[i][6], "ok") << rows[i][0] << ": " << rows[i][7];
+  EXPECT_GT(pred(2), 1.2 * pred(1));
+  EXPECT_LE(pred(2), 2.0 * pred(1));
+  EXPECT_NEAR(pred(4), pred(3), 1e-9 * pred(3));
+  EXPECT_EQ(rows[5][6], "error");
+  EXPECT_NE(rows[5][7].find("sparse_tflops"), std::string::npos) << rows[5][7];
+}
+
 // Worker processes (-j) split the cases; the predictions file is the same as one process gives,
 // byte for byte, in the file's order, errors included.
 TEST(ValidateCommand, WorkerProcessesGiveTheSamePredictionsAsOne) {

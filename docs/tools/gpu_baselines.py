@@ -8,6 +8,9 @@ What it measures (all bf16 unless said), each as rows in the case format of
                 transformer layers (h = 768 to 8192; fprop, dgrad and wgrad shapes)
   attention     scaled_dot_product_attention on the FlashAttention-2 backend, forward + backward,
                 the FlashAttention-2 benchmark's shapes (batch = 16k / seq, heads = 2048 / hd)
+  sparse        the layer GEMMs' forward shapes with the weight 2:4-pruned and compressed
+                (torch.sparse.to_sparse_semi_structured, F.linear), metric `sparse_tflops`
+                (dense-equivalent 2mnk/t, this project's extension), beside the dense product
   memcopy       Tensor.copy_ between two buffers
   stream_triad  a = b + s * c in fp64 (one fused kernel: torch.add with alpha)
   training      one optimizer step of a GPT-3-style model (LayerNorm, GELU, biases, learned
@@ -210,6 +213,28 @@ class Run:
             self.add(f"gpubase_gemm_{self.preset}_{m}x{n}x{k}", "gemm", "tflops",
                      2 * m * n * k / t / 1e12, m=m, n=n, k=k, precision="bf16")
             del a, b, c
+
+    def sparse(self):
+        """x[tokens, in] @ W^T with W[out, in] 2:4-sparse along `in`: memwall's gemm m = tokens,
+        n = out, k = in with a sparse B. Dense F.linear on the same shape is timed beside it."""
+        import torch.nn.functional as F
+        from torch.sparse import to_sparse_semi_structured
+        print("sparse gemm (bf16, weight 2:4 along k, F.linear)", flush=True)
+        tokens = 8192
+        shapes = [(8192, 8192, 8192)]
+        for h in ([2048, 4096, 8192] if not self.args.quick else [4096]):
+            shapes += [(tokens, 3 * h, h), (tokens, h, h), (tokens, 4 * h, h), (tokens, h, 4 * h)]
+        for m, n, k in dict.fromkeys(shapes):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            mask = torch.tensor([1, 1, 0, 0], device="cuda", dtype=torch.bool).repeat(n, k // 4)
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * mask
+            ws = to_sparse_semi_structured(w)
+            td = self.measure(f"sparse_dense_{m}x{n}x{k}", lambda: F.linear(x, w))
+            ts = self.measure(f"sparse_{m}x{n}x{k}", lambda: F.linear(x, ws))
+            self.add(f"gpusparse_gemm_{self.preset}_{m}x{n}x{k}", "gemm", "sparse_tflops",
+                     2 * m * n * k / ts / 1e12, m=m, n=n, k=k, precision="bf16")
+            self.profile["measurements"][f"sparse_{m}x{n}x{k}"]["dense_seconds"] = td
+            del x, w, ws
 
     def attention(self):
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -493,7 +518,7 @@ def main():
                     help="after each measurement, run it back to back this long and record the "
                          "settled board power (0: off; 2 doubles the run's time)")
     ap.add_argument("--train-only", help="comma-separated training configs to run (default: all)")
-    ap.add_argument("--only", default="gemm,attention,memory,training",
+    ap.add_argument("--only", default="gemm,sparse,attention,memory,training",
                     help="comma-separated parts to run")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -506,7 +531,7 @@ def main():
         run.profile["measurements"]["idle"] = {"seconds": 0, **idle}
     parts = args.only.split(",")
     try:
-        for part, fn in (("gemm", run.gemms), ("attention", run.attention),
+        for part, fn in (("gemm", run.gemms), ("sparse", run.sparse), ("attention", run.attention),
                          ("memory", run.memory), ("training", run.training)):
             if part in parts:
                 t0 = time.time()

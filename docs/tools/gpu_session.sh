@@ -15,7 +15,7 @@ mkdir -p "$out"
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,memory.total --format=csv
   nproc; python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'
   preset=$(python3 -c "import sys; sys.path.insert(0, '$here'); import torch, gpu_baselines as g; print(g.preset_for(torch.cuda.get_device_name(0)))")
-  for part in gemm attention memory training; do
+  for part in gemm sparse attention memory training; do
     timeout 200 python3 "$here/gpu_baselines.py" --out "$work/$part" --only "$part" \
       --power-seconds "${POWER_SECONDS:-1.5}" || echo "part $part failed: $?"
   done
@@ -24,7 +24,7 @@ mkdir -p "$out"
 import csv, glob, json, os, sys
 work, out, preset = sys.argv[1:]
 rows, profile, header = [], None, None
-for part in ("gemm", "attention", "memory", "training"):
+for part in ("gemm", "sparse", "attention", "memory", "training"):
     for path in glob.glob(os.path.join(work, part, "gpubase_*.csv")):
         with open(path) as f:
             r = csv.DictReader(f)
