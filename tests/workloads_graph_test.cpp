@@ -348,6 +348,57 @@ TEST(WorkloadGraph, SparseWeightsHalveExactlyTheWeightProducts) {
   }
 }
 
+// FP8 (Transformer Engine's recipe): the layers' products run in FP8, the LM head in 16 bits.
+// Each product gets its input in FP8 with a transpose (a cast-transpose reading 2 B and writing
+// 2 B per element; after a norm only the transpose, 1 B each way) and its output gradient
+// cast-transposed with the bias gradient fused (no separate bias kernel); the layer weights are
+// cast once per step into FP8 copies kept beside them. BF16 has none of these nodes.
+TEST(WorkloadGraph, Fp8CastsEachProductsInputsAndGradientsAndKeepsTheHeadInSixteenBits) {
+  TransformerModel m = load_model("gpt3-1.3b", {"seq_len=512"});
+  const std::string base = "micro_batch: 2\nglobal_batch: 4\n";
+  StepGraph bf16 = build_step_graph(m, setup(base));
+  StepGraph fp8 = build_step_graph(m, setup(base + "precision: fp8\n"));
+  const double T = double(fp8.tokens), h = double(m.hidden), f = double(m.ffn_hidden);
+  auto op_of = [](const StepGraph& g, const std::string& name) {
+    const StepNode* n = find(g, name);
+    EXPECT_NE(n, nullptr) << name;
+    return n ? *n->op : Op{};
+  };
+  EXPECT_EQ(op_of(fp8, "layer0.mlp.fc1.fwd").dtype(), DType::FP8);
+  EXPECT_EQ(op_of(fp8, "layer0.attn.qkv.bwd_weight").dtype(), DType::FP8);
+  EXPECT_EQ(op_of(fp8, "lm_head.fwd").dtype(), DType::BF16);
+  EXPECT_EQ(op_of(fp8, "lm_head.bwd_weight").dtype(), DType::BF16);
+  // Inputs: after a norm (QKV, fc1) only the transpose; otherwise the cast-transpose.
+  struct In { const char* name; double elements; bool fused; };
+  for (In in : {In{"layer0.attn.qkv.fp8_in.fwd", T * h, true}, In{"layer0.mlp.fc1.fp8_in.fwd", T * h, true},
+                In{"layer0.attn.proj.fp8_in.fwd", T * h, false},
+                In{"layer0.mlp.fc2.fp8_in.fwd", T * f, false}}) {
+    SCOPED_TRACE(in.name);
+    EXPECT_DOUBLE_EQ(op_of(fp8, in.name).min_bytes().count(), in.elements * (in.fused ? 2 : 4));
+    EXPECT_EQ(find(bf16, in.name), nullptr);
+  }
+  // Output gradients: each cast-transposed, 2 B in and 2 B out per element.
+  for (auto [name, elements] : {std::pair{"layer0.mlp.fc2.fp8_grad", T * h},
+                                {"layer0.mlp.fc1.fp8_grad", T * f},
+                                {"layer0.attn.proj.fp8_grad", T * h},
+                                {"layer0.attn.qkv.fp8_grad", T * 3 * h}}) {
+    SCOPED_TRACE(name);
+    EXPECT_DOUBLE_EQ(op_of(fp8, name).min_bytes().count(), elements * 4);
+  }
+  EXPECT_EQ(find(fp8, "layer0.mlp.fc1.bwd_bias"), nullptr);
+  EXPECT_NE(find(bf16, "layer0.mlp.fc1.bwd_bias"), nullptr);
+  // The weights once per step: 2 B read, 2 B written per layer weight (12 h^2 per layer).
+  const double w = double(m.layers) * 12 * h * h;
+  const StepNode* cast = find(fp8, "optimizer.fp8_weight_cast");
+  ASSERT_NE(cast, nullptr);
+  EXPECT_EQ(cast->pass, Pass::Optimizer);
+  EXPECT_DOUBLE_EQ(cast->op->min_bytes().count(), 4 * w);
+  EXPECT_DOUBLE_EQ(fp8.state_bytes(TensorClass::Weights) - bf16.state_bytes(TensorClass::Weights),
+                   2 * w);
+  // The same useful work either way.
+  EXPECT_NEAR(fp8.micro_batch_flops() / bf16.micro_batch_flops(), 1.0, 0.001);
+}
+
 TEST(WorkloadGraph, TpCommOverlapNeedsSequenceParallelism) {
   try {
     setup("tp: 4\ntp_comm_overlap: true\n");

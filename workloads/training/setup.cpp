@@ -70,8 +70,10 @@ const Schema& training_schema() {
                                   "gradient accumulation).");
     gb.positive = true;
     ParamSpec prec = param("precision", ParamType::Enum, "", "bf16",
-                           "bf16/fp16: mixed precision with fp32 master weights; fp32; fp8: fp8 "
-                           "matrix products, bf16 elsewhere.");
+                           "bf16/fp16: mixed precision with fp32 master weights; fp32; fp8: "
+                           "Transformer Engine's recipe, the layers' products in fp8 with their "
+                           "input and gradient cast-transposes and per-step weight casts, the LM "
+                           "head, router, attention and everything else in bf16.");
     prec.choices = {"bf16", "fp16", "fp32", "fp8"};
     ParamSpec opt = param("optimizer", ParamType::Enum, "", "adam",
                           "Optimizer; Adam keeps two fp32 moments per parameter.");

@@ -154,6 +154,8 @@ Op weight_gemm(bool sparse, int64_t m, int64_t n, int64_t k, DType dt, int64_t b
 // activation's, and with autocast the 16-bit weight copies.
 struct MlpActs {
   TensorId fc1_out = -1, act_out = -1, fc1_w = -1, fc2_w = -1;
+  // FP8: the FP8 inputs (with their transposes) of fc1 and fc2, which the weight gradients read.
+  TensorId fc1_in = -1, fc2_in = -1;
 };
 
 // Tensors a layer's forward leaves for its backward.
@@ -170,6 +172,8 @@ struct LayerActs {
   TensorId y = -1;  // layer output
   // Autocast: the 16-bit weight copies the forward made, which the backward's products read.
   TensorId qkv_w = -1, proj_w = -1;
+  // FP8: the FP8 inputs (with transposes) of QKV and the output projection.
+  TensorId qkv_in = -1, proj_in = -1;
 };
 
 // A dense, tensor-parallel MLP on this rank (column-parallel fc1, row-parallel fc2): a layer's
@@ -276,6 +280,7 @@ class Builder {
       sfc1w_r_ = m.shared_fc1_width() / tp_;
     }
     g_.boundary_bytes = double(Tn_) * m.hidden * re_;
+    fp8_ = t.precision == Precision::FP8;
     sparse_mlp_ = t.sparse_weights != TrainingSetup::SparseWeights::None;
     sparse_attn_ = t.sparse_weights == TrainingSetup::SparseWeights::All;
   }
@@ -573,6 +578,21 @@ class Builder {
     return experts_local_ * (effn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0));
   }
 
+  // Weights (no biases) of this rank's layers multiplied in the attention block (QKV and output
+  // projections) and in the MLP block (its two products, or the shared expert's and the local
+  // experts'); the router is not counted.
+  int64_t layer_weights(bool attention, bool mlp) const {
+    const int64_t h = m_.hidden;
+    int64_t n = 0;
+    for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
+      if (attention) n += h * qkvw_r_ + attnw_r_ * h;
+      if (!mlp) continue;
+      n += m_.moe_layer(l) ? h * sfc1w_r_ + sffn_r_ * h + experts_local_ * (h * efc1w_r_ + effn_r_ * h)
+                           : h * fc1w_r_ + ffn_r_ * h;
+    }
+    return n;
+  }
+
   void make_state() {
     const int64_t h = m_.hidden;
     if (c_.embedding) {
@@ -598,13 +618,7 @@ class Builder {
     }
     // 2:4-sparse weights: their compressed copies, one per layout (the forward multiplies W,
     // the input gradient W^T, each compressed along its own k), beside the dense weights.
-    for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
-      if (sparse_attn_) sparse_params_ += h * qkvw_r_ + attnw_r_ * h;
-      if (!sparse_mlp_) continue;
-      sparse_params_ += m_.moe_layer(l) ? h * sfc1w_r_ + sffn_r_ * h +
-                                              experts_local_ * (h * efc1w_r_ + effn_r_ * h)
-                                        : h * fc1w_r_ + ffn_r_ * h;
-    }
+    sparse_params_ = layer_weights(sparse_attn_, sparse_mlp_);
     if (sparse_params_ > 0) {
       GemmOp w;
       w.dtype = md_;
@@ -613,6 +627,14 @@ class Builder {
                            2.0 * double(sparse_params_) * w.b_bytes_per_element(),
                            TensorClass::Weights, true);
       state_tensors_.push_back(compressed_);
+    }
+    // FP8: each layer weight's FP8 copy and its transpose (the input-gradient product's
+    // operand), 1 B each, kept from the first micro-batch's cast to the step's end (TE's
+    // is_first_microbatch).
+    if (fp8_) {
+      fp8_params_ = layer_weights(true, true);
+      fp8_weights_ = tensor("fp8_weights", 2.0 * double(fp8_params_), TensorClass::Weights, true);
+      state_tensors_.push_back(fp8_weights_);
     }
     if (c_.head) {
       final_norm_ = group("final_norm", norm_params(), -1);
@@ -865,6 +887,33 @@ class Builder {
     return out;
   }
   double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * Tn_; }
+  // FP8 (Transformer Engine on Hopper, whose FP8 products take both operands K-major): a
+  // product's 16-bit input is cast to FP8 with its transpose for the weight gradient, one
+  // cast-transpose kernel (amax and scaling fused) reading 2 B and writing 1 + 1 B per element;
+  // that pair replaces the input as the product's (and the weight gradient's) operand. An input
+  // a fused module already wrote in FP8 (TE's LayerNormLinear: QKV and fc1 after their norm)
+  // only needs its transpose, a kernel reading and writing 1 B. Without FP8, `in` itself.
+  TensorId fp8_input(const std::string& name, Pass pass, int l, TensorId in, double elements,
+                     bool norm_fused) {
+    if (!fp8_) return in;
+    TensorId out = act(name + ".out", elements, 2.0);
+    Op op = norm_fused ? stream_op("fp8_transpose", int64_t(elements), {1}, {1}, 0, 0, ad_)
+                       : stream_op("fp8_cast_transpose", int64_t(elements), {e_}, {1, 1}, 4, 0, ad_);
+    node(name, op, pass, l, {in}, {out});
+    return out;
+  }
+  // FP8: the output gradient of a product, cast with its transpose (and the bias gradient
+  // fused: TE's cast_transpose_bgrad) for the input-gradient and weight-gradient products.
+  TensorId fp8_grad(const std::string& name, int l, TensorId dy, double elements) {
+    if (!fp8_) return dy;
+    TensorId out = act(name + ".out", elements, 2.0);
+    node(name, stream_op("fp8_cast_transpose_grad", int64_t(elements), {e_}, {1, 1}, 6, 0, ad_),
+         Pass::BackwardInput, l, {dy}, {out});
+    return out;
+  }
+  // The data type of a product: the layers' run in md_ (FP8 under the FP8 recipe); the LM head
+  // and the MoE router stay in 16 bits (Megatron builds them without Transformer Engine).
+  DType product_dtype(bool layer_product) const { return layer_product ? md_ : ad_; }
 
   AttentionOp attention(AttentionPass pass) const {
     AttentionOp a;
@@ -948,6 +997,7 @@ class Builder {
     node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, Wt}, {a.ln1_out, a.ln1_stats});
 
     TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
+    ln1_in = a.qkv_in = fp8_input(nm(l, "attn.qkv.fp8_in", sfx), pass, l, ln1_in, Tnh, true);
     a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
     gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv,
@@ -967,8 +1017,10 @@ class Builder {
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
+    a.proj_in = fp8_input(nm(l, "attn.proj.fp8_in", sfx), pass, l, a.attn_out,
+                          double(T_) * attnw_r_, false);
     TensorId proj =
-        reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.attn_out, a.proj_w},
+        reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.proj_in, a.proj_w},
                      sparse_attn_);
     TensorId branch = dropout(l, "attn.dropout", sfx, pass, proj, a.mask1);
     a.x_mid = act(nm(l, "attn.residual", sfx) + ".out", Tnh, re_);
@@ -1001,6 +1053,7 @@ class Builder {
     const TensorId Wt = W(lgi(l));
     const std::string n = s.name;
     TensorId x = cast(nm(l, n + ".fc1.cast_in", sfx), pass, l, in, double(Tn_) * h, true);
+    x = ma.fc1_in = fp8_input(nm(l, n + ".fc1.fp8_in", sfx), pass, l, x, double(Tn_) * h, true);
     ma.fc1_w = weight_copy(nm(l, n + ".fc1.cast_weight", sfx), pass, l, Wt, s.fc1_params, m_.bias);
     ma.fc1_out = act(nm(l, n + ".fc1", sfx) + ".out", double(T_) * s.fc1w_r);
     gathered_gemm(nm(l, n + ".fc1", sfx), pass, l, x, s.fc1w_r, h, {ma.fc1_w}, ma.fc1_out,
@@ -1010,7 +1063,9 @@ class Builder {
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * s.ffn_r, ad_), pass,
          l, {ma.fc1_out}, {ma.act_out});
     ma.fc2_w = weight_copy(nm(l, n + ".fc2.cast_weight", sfx), pass, l, Wt, s.fc2_params, m_.bias);
-    return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.act_out, ma.fc2_w},
+    ma.fc2_in = fp8_input(nm(l, n + ".fc2.fp8_in", sfx), pass, l, ma.act_out,
+                          double(T_) * s.ffn_r, false);
+    return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.fc2_in, ma.fc2_w},
                         sparse_mlp_);
   }
 
@@ -1025,17 +1080,20 @@ class Builder {
     const Pass BI = Pass::BackwardInput;
     const std::string n = s.name;
     TensorId d_act = act(nm(l, n + ".fc2", "bwd_input") + ".grad", double(T_) * s.ffn_r);
+    d_out = fp8_grad(nm(l, n + ".fc2", "fp8_grad"), l, d_out, Tnh);
     std::vector<TensorId> d_out_full = gathered_gemm(
         nm(l, n + ".fc2", "bwd_input"), BI, l, d_out, s.ffn_r, h, {ac_ ? ma.fc2_w : Wt}, d_act,
         sparse_mlp_);
-    weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, ma.act_out, d_out_full, gi,
-                s.fc2_params, 1, m_.bias);
+    weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, fp8_ ? ma.fc2_in : ma.act_out,
+                d_out_full, gi, s.fc2_params, 1, m_.bias);
     TensorId d_fc1 = act(nm(l, n + ".act", "bwd") + ".grad", double(T_) * s.fc1w_r);
     node(nm(l, n + ".act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * s.ffn_r,
                           ad_),
          BI, l, {d_act, ma.fc1_out}, {d_fc1});
-    TensorId in_full = tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, in, false);
+    d_fc1 = fp8_grad(nm(l, n + ".fc1", "fp8_grad"), l, d_fc1, double(T_) * s.fc1w_r);
+    TensorId in_full =
+        tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, fp8_ ? ma.fc1_in : in, false);
     TensorId d_in = act(nm(l, n + ".fc1", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, n + ".fc1", "bwd_input"), weight_gemm(sparse_mlp_, T_, h, s.fc1w_r, md_), BI, l,
          {d_fc1, ac_ ? ma.fc1_w : Wt}, {d_in});
@@ -1137,7 +1195,8 @@ class Builder {
                   te = expert_tokens(), G = group_tokens();
     const TensorId Wt = W(lgi(l)), We = W(egi(l));
     a.router_logits = act(nm(l, "moe.router", sfx) + ".out", double(Tn_) * E);
-    node(nm(l, "moe.router", sfx), gemm(Tn_, E, h, md_), pass, l, {in, Wt}, {a.router_logits});
+    node(nm(l, "moe.router", sfx), gemm(Tn_, E, h, product_dtype(false)), pass, l, {in, Wt},
+         {a.router_logits});
     // Softmax over the experts and top-k: fp32 probability and int32 expert id per choice.
     a.routing = act(nm(l, "moe.topk", sfx) + ".out", double(Tk), 8);
     node(nm(l, "moe.topk", sfx),
@@ -1162,15 +1221,21 @@ class Builder {
       a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     }
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
-    node(nm(l, "moe.experts.fc1", sfx), weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
-         {a.dispatched, We}, {a.mlp.fc1_out});
+    a.mlp.fc1_in = fp8_input(nm(l, "moe.experts.fc1.fp8_in", sfx), pass, l, a.dispatched,
+                             double(Rk) * h, false);
+    node(nm(l, "moe.experts.fc1", sfx),
+         weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
+         {a.mlp.fc1_in, We}, {a.mlp.fc1_out});
     a.mlp.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.act", sfx),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
          l, {a.mlp.fc1_out}, {a.mlp.act_out});
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
-    node(nm(l, "moe.experts.fc2", sfx), weight_gemm(sparse_mlp_, te, h, effn_r_, md_, experts_local_), pass, l,
-         {a.mlp.act_out, We}, {out});
+    a.mlp.fc2_in = fp8_input(nm(l, "moe.experts.fc2.fp8_in", sfx), pass, l, a.mlp.act_out,
+                             double(Rk) * effn_r_, false);
+    node(nm(l, "moe.experts.fc2", sfx),
+         weight_gemm(sparse_mlp_, te, h, effn_r_, md_, experts_local_), pass, l,
+         {a.mlp.fc2_in, We}, {out});
     TensorId y = -1;
     if (allgather()) {
       // Scatter-add of the weighted copies into the zeroed group buffer (tp-partial sums); the
@@ -1229,11 +1294,11 @@ class Builder {
   // the one written last).
   void weight_grad(const std::string& name, int l, int64_t m, int64_t n, int64_t k, TensorId x,
                    const std::vector<TensorId>& dy_parts, int gi, int64_t piece,
-                   int64_t batch = 1, bool bias = false) {
+                   int64_t batch = 1, bool bias = false, bool layer_product = true) {
     const TensorId dy = dy_parts.back();
     std::vector<TensorId> allocs, writes;
     grad_target(gi, allocs, writes);
-    Op product = gemm(m, n, k, md_, batch, 'k');
+    Op product = gemm(m, n, k, product_dtype(layer_product), batch, 'k');
     std::get<GemmOp>(product.body).accumulate_fp32 = ga_ == GradAccumulation::Fused;
     std::vector<TensorId> reads = {x};
     reads.insert(reads.end(), dy_parts.begin(), dy_parts.end());
@@ -1243,7 +1308,8 @@ class Builder {
     std::vector<TensorId> grads = writes;
     grads.insert(grads.end(), allocs.begin(), allocs.end());
     const std::string base = name.substr(0, name.rfind('.'));
-    if (bias)
+    // (FP8: the output gradient's cast-transpose summed the bias gradient, fp8_grad)
+    if (bias && !(fp8_ && layer_product))
       node(base + ".bwd_bias", stream_op("bias_grad", k * n * batch, {e_}, {}, 2, 1, ad_),
            Pass::BackwardWeight, l, {dy}, {}, grads);
     if (ac_) {
@@ -1320,10 +1386,11 @@ class Builder {
            {d_branch, a.mask1}, {d_proj});
     }
     TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
+    d_proj = fp8_grad(nm(l, "attn.proj", "fp8_grad"), l, d_proj, Tnh);
     std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
                                                       d_proj, attnw_r_, h,
                                                       {ac_ ? a.proj_w : Wt}, d_attn, sparse_attn_);
-    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.attn_out, d_proj_full, gi,
+    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.proj_in, d_proj_full, gi,
                 proj_params(), 1, m_.bias);
 
     LayerActs core = a;
@@ -1370,7 +1437,9 @@ class Builder {
            {d_qkv}, {d});
       d_qkv = d;
     }
-    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, a.ln1_out, false);
+    d_qkv = fp8_grad(nm(l, "attn.qkv", "fp8_grad"), l, d_qkv, double(T_) * qkvw_r_);
+    TensorId ln1_full =
+        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, fp8_ ? a.qkv_in : a.ln1_out, false);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, "attn.qkv", "bwd_input"), weight_gemm(sparse_attn_, T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
@@ -1418,22 +1487,26 @@ class Builder {
       d_out = expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
     }
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
+    d_out = fp8_grad(nm(l, "moe.experts.fc2", "fp8_grad"), l, d_out, double(Rk) * h);
     node(nm(l, "moe.experts.fc2", "bwd_input"),
          weight_gemm(sparse_mlp_, te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
-    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te, a.mlp.act_out, {d_out}, ge,
-                efc2_params(), experts_local_, m_.bias);
+    weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te,
+                fp8_ ? a.mlp.fc2_in : a.mlp.act_out, {d_out}, ge, efc2_params(), experts_local_,
+                m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Rk * effn_r_,
                           ad_),
          BI, l, {d_act, a.mlp.fc1_out}, {d_fc1});
+    d_fc1 = fp8_grad(nm(l, "moe.experts.fc1", "fp8_grad"), l, d_fc1, double(Rk) * efc1w_r_);
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"),
          weight_gemm(sparse_mlp_, te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
-    weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te, a.dispatched, {d_fc1},
-                ge, efc1_params(), experts_local_, m_.bias);
+    weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te,
+                fp8_ ? a.mlp.fc1_in : a.dispatched, {d_fc1}, ge, efc1_params(), experts_local_,
+                m_.bias);
     TensorId d_in = -1;
     if (allgather()) {
       // The permute's backward scatter-adds the copies' gradients into the zeroed group buffer;
@@ -1459,12 +1532,13 @@ class Builder {
     node(nm(l, "moe.topk", "bwd"), stream_op("moe_topk_bwd", Tn_ * E, {e_, e_}, {e_}, 4, 4, ad_),
          BI, l, {d_probs, a.router_logits}, {d_logits});
     TensorId d_router = act(nm(l, "moe.router", "bwd_input") + ".grad", double(Tn_) * h);
-    node(nm(l, "moe.router", "bwd_input"), gemm(Tn_, h, E, md_), BI, l, {d_logits, Wt},
+    node(nm(l, "moe.router", "bwd_input"), gemm(Tn_, h, E, product_dtype(false)), BI, l,
+         {d_logits, Wt},
          {d_router});
     // The router is replicated over tp: each rank's weight gradient covers its own tokens, summed
     // over tp with the norms' gradients before the optimizer (optimizer.sp_grads.tp_allreduce).
     weight_grad(nm(l, "moe.router", "bwd_weight"), l, h, E, Tn_, a.ln2_out, {d_logits}, gi,
-                router_params());
+                router_params(), 1, false, false);
     TensorId d = act(nm(l, "moe.router", "bwd") + ".grad", double(Tn_) * h);
     node(nm(l, "moe.router", "bwd"), make_elementwise("add", Tn_ * h, ad_), BI, l,
          {d_in, d_router}, {d});
@@ -1538,7 +1612,8 @@ class Builder {
       TensorId head_w =
           weight_copy("lm_head.cast_weight.fwd", F, -1, W(head_), vocab_r_ * h, false);
       TensorId logits = act("lm_head.fwd.out", double(T_) * vocab_r_);
-      node("lm_head.fwd", gemm(T_, vocab_r_, h, md_), F, -1, {xf_full, head_w}, {logits});
+      node("lm_head.fwd", gemm(T_, vocab_r_, h, product_dtype(false)), F, -1, {xf_full, head_w},
+           {logits});
       // The loss and the logits' gradient. Fused: both kernels run here, the gradient is
       // written over the logits (no second buffer). fp32: the forward leaves the fp32 softmax,
       // which the backward turns into the 16-bit gradient.
@@ -1566,13 +1641,13 @@ class Builder {
       }
 
       TensorId d_xf = act("lm_head.bwd_input.grad", Th);
-      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, md_), BI, -1,
+      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, product_dtype(false)), BI, -1,
            {d_logits, ac_ ? head_w : W(head_)}, {d_xf});
       d_xf = tp_reduce("lm_head.bwd_input", BI, -1, d_xf);
       d_xf = cast("lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
       TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
       weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, {d_logits}, head_,
-                  head_ == embed_ ? 0 : vocab_r_ * h);
+                  head_ == embed_ ? 0 : vocab_r_ * h, 1, false, false);
       gather(final_norm_, 3, BI);
       dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));
     } else {
@@ -1717,6 +1792,15 @@ class Builder {
                CollectiveKind::AllGather, sync_group(k),
                double(b.params) * wb_, false, true, O, b.layer, {}, {}, w);
         }
+    // FP8: the updated layer weights cast to FP8 with their transposes, for the next step's
+    // micro-batches (TE casts them in the first micro-batch's forward, once per step).
+    if (fp8_weights_ >= 0) {
+      std::vector<TensorId> w;
+      for (const Group& g : groups_) w.push_back(g.weights);
+      node("optimizer.fp8_weight_cast",
+           stream_op("fp8_cast_transpose", fp8_params_, {double(wb_)}, {1, 1}, 4, 0, DType::FP32),
+           O, -1, w, {}, {fp8_weights_});
+    }
     // 2:4-sparse weights: the updated weights are pruned again (the two largest of every four)
     // and compressed into both layouts, one pass over this rank's sparse weights.
     if (compressed_ >= 0) {
@@ -1796,6 +1880,11 @@ class Builder {
   bool sparse_mlp_ = false, sparse_attn_ = false;
   int64_t sparse_params_ = 0;
   TensorId compressed_ = -1;
+  // FP8 training (Transformer Engine's recipe): the layers' products in FP8 with their casts;
+  // the FP8 copies of this rank's layer weights, cast once per step.
+  bool fp8_ = false;
+  int64_t fp8_params_ = 0;
+  TensorId fp8_weights_ = -1;
   int etp_ = 1;  // the experts' tensor-parallel degree (1 or tp)
   double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
   int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)
