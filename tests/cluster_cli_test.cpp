@@ -119,6 +119,16 @@ TEST_F(ClusterCli, ZeroBubbleAndExpertTensorParallelRefuseWhatTheyDoNotModel) {
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 8 --pp 4 --vpp 2 --dp 2 "
              "--global-batch 8 --schedule zb-h1",
              "training.schedule", "vpp must be 1");
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 8 --pp 4 --vpp 3 --dp 2 "
+             "--global-batch 8 --schedule zb-v",
+             "training.vpp", "vpp must be 2");
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 4 --pp 4 --global-batch 8 "
+             "--schedule zb-v -p training.first_stage_layers=4",
+             "training.schedule", "both ends");
+  // 24 layers do not split into 2 x pp = 16 chunks.
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 8 --pp 8 --global-batch 8 "
+             "--schedule zb-v",
+             "training.pp", "model chunks");
   expect_bad("run --device h100-sxm5-80gb --model mixtral-8x7b --seq-len 1024 --gpus 16 --tp 4 "
              "--ep 2 --etp 2 --sequence-parallel true --global-batch 4",
              "training.etp", "1 or tp");

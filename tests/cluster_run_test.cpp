@@ -150,6 +150,40 @@ TEST(ClusterRun, GPipeHoldsEveryMicroBatch) {
 // weight gradients, the weight gradients deferred to fill the later stages' idle time. With the
 // three halves about equal the bubble falls from (p-1)(F+B+W) to (p-1)(F+B-W), about a third;
 // the FLOPs are the same and no stage holds more than p micro-batches, 1F1B's first-stage peak.
+// ZB-V (Qi et al. 2024, section 6): two chunks per rank in a V, backward split, ordered by
+// list scheduling within 1F1B's peak activation memory. On near-equal stages its bubble is
+// below ZB-H1's and interleaved 1F1B's; the V's turn on the last rank crosses no link, so it
+// sends 2 m fewer messages than interleaving with two chunks; every rank holds at most 2 p chunk
+// activations (p micro-batches of a stage, 1F1B's first-stage peak).
+TEST(ClusterRun, ZeroBubbleVHasTheSmallestBubbleWithinOneFOneBsMemory) {
+  const int p = 4;
+  const int64_t m = 8;
+  ClusterResult plain = uniform_pipeline(p, 1, m, "1f1b").run();
+  ClusterResult h1 = uniform_pipeline(p, 1, m, "zb-h1").run();
+  ClusterResult inter = uniform_pipeline(p, 2, m, "interleaved").run();
+  ClusterResult v = uniform_pipeline(p, 1, m, "zb-v").run();
+  std::printf("bubble: 1f1b %.1f%%, zb-h1 %.1f%%, interleaved %.1f%%, zb-v %.1f%%\n",
+              100 * plain.bubble_fraction(), 100 * h1.bubble_fraction(),
+              100 * inter.bubble_fraction(), 100 * v.bubble_fraction());
+  EXPECT_LT(v.bubble_fraction(), h1.bubble_fraction());
+  EXPECT_LT(v.bubble_fraction(), inter.bubble_fraction());
+  EXPECT_LT(v.step_time.sec(), h1.step_time.sec());
+  EXPECT_DOUBLE_EQ(v.model_flops, plain.model_flops);
+  EXPECT_EQ(v.pipeline_transfers, inter.pipeline_transfers - 2 * m);
+  for (const StageResult& s : v.stages) {
+    SCOPED_TRACE("stage " + std::to_string(s.stage));
+    EXPECT_LE(s.max_in_flight, 2 * p);
+    EXPECT_LE(s.peak_memory, 1.05 * plain.stages.front().peak_memory);
+  }
+  EXPECT_GT(v.step_time.sec(), v.model_flops / (v.gpus * v.peak_flops));
+  // Both ends on the first rank: the tied LM head multiplies the embedding's own table, so that
+  // rank holds one copy (interleaving's first rank holds the embedding, its last the head's
+  // copy); the two differ by the final norm only, far less than the 512 x 2048 table.
+  const double table = 512.0 * 2048 * 2;
+  EXPECT_NEAR(v.stages.front().memory[int(TensorClass::Weights)],
+              inter.stages.front().memory[int(TensorClass::Weights)], 0.1 * table);
+}
+
 TEST(ClusterRun, ZeroBubbleH1ShrinksTheBubbleWithinOneFOneBsMemory) {
   const int p = 4;
   ClusterResult plain = uniform_pipeline(p, 1, 8, "1f1b").run();

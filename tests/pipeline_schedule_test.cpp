@@ -129,3 +129,76 @@ TEST(PipelineSchedule, ZeroBubbleH1SplitsTheBackwardAndDefersWeightGradients) {
   EXPECT_EQ(last[last.size() - 5].micro_batch, 7);
   EXPECT_EQ(max_in_flight(last), 4);
 }
+
+// ZB-V: every (micro-batch, chunk) has one F, one B and one W on its rank, in that order, and
+// no rank holds more than 2 pp chunk activations (pp micro-batches of its stage: 1F1B's peak).
+// Replayed with every pass taking one unit, the ranks' orders (chunk v of rank r is global
+// chunk r or 2 pp - 1 - r) finish in 6 m + pp - 1 units, where 1F1B's stages (two chunks each,
+// F one unit per chunk, B and W one each) take 6 m + 6 (pp - 1): a sixth of its bubble.
+TEST(PipelineSchedule, ZeroBubbleVFillsTheVWithinOneFOneBsMemory) {
+  for (int pp : {1, 2, 4, 8})
+    for (int64_t m : {1, 3, 8, 16}) {
+      SCOPED_TRACE("pp " + std::to_string(pp) + " m " + std::to_string(m));
+      const int C = 2 * pp;
+      std::vector<std::vector<PipelineItem>> orders;
+      for (int r = 0; r < pp; ++r) {
+        orders.push_back(pipeline_schedule(PipelineSchedule::ZeroBubbleV, pp, 2, r, m));
+        const auto& items = orders.back();
+        ASSERT_EQ(items.size(), std::size_t(6 * m));
+        std::size_t distinct = 0;
+        std::map<std::tuple<int64_t, int, int>, int> at;  // (mb, chunk, 0 F / 1 B / 2 W)
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          const auto& it = items[i];
+          int kind = it.forward ? 0 : it.weight ? 2 : 1;
+          distinct += at.insert({{it.micro_batch, it.chunk, kind}, int(i)}).second;
+        }
+        EXPECT_EQ(distinct, std::size_t(6 * m));
+        for (int64_t mb = 0; mb < m; ++mb)
+          for (int v : {0, 1}) {
+            auto pos = [&](int kind) {
+              auto f = at.find({mb, v, kind});
+              return f == at.end() ? -1 : f->second;
+            };
+            ASSERT_GE(pos(0), 0);
+            EXPECT_LT(pos(0), pos(1));
+            EXPECT_LT(pos(1), pos(2));
+          }
+        EXPECT_LE(max_in_flight(items), 2 * pp);
+      }
+      // Replay: each rank runs its next pass once what it needs has finished.
+      auto global = [&](int r, int v) { return v == 0 ? r : C - 1 - r; };
+      std::map<std::tuple<int64_t, int, bool>, int64_t> done;  // (mb, global chunk, fwd) -> end
+      std::vector<std::size_t> next(pp, 0);
+      std::vector<int64_t> free(pp, 0);
+      int64_t makespan = 0;
+      for (bool moved = true; moved;) {
+        moved = false;
+        for (int r = 0; r < pp; ++r) {
+          if (next[r] >= orders[r].size()) continue;
+          const auto& it = orders[r][next[r]];
+          const int c = global(r, it.chunk);
+          int64_t ready = free[r];
+          auto need = [&](int64_t mb, int cc, bool fwd) {
+            auto f = done.find({mb, cc, fwd});
+            if (f == done.end()) return false;
+            ready = std::max(ready, f->second);
+            return true;
+          };
+          bool ok = it.weight ? need(it.micro_batch, c, false)
+                    : it.forward ? (c == 0 || need(it.micro_batch, c - 1, true))
+                                 : need(it.micro_batch, c, true) &&
+                                       (c == C - 1 || need(it.micro_batch, c + 1, false));
+          if (!ok) continue;
+          free[r] = ready + 1;
+          if (!it.weight) done[{it.micro_batch, c, it.forward}] = free[r];
+          makespan = std::max(makespan, free[r]);
+          ++next[r];
+          moved = true;
+        }
+      }
+      for (int r = 0; r < pp; ++r) ASSERT_EQ(next[r], orders[r].size()) << "deadlock";
+      if (m >= pp) EXPECT_EQ(makespan, 6 * m + pp - 1);
+      EXPECT_LT(makespan, 6 * m + 6 * (pp - 1) + (pp == 1 ? 1 : 0));
+    }
+  EXPECT_THROW(pipeline_schedule(PipelineSchedule::ZeroBubbleV, 4, 3, 0, 8), std::invalid_argument);
+}

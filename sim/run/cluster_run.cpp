@@ -553,6 +553,7 @@ class ClusterSim {
       ch.last_layer = bounds[gc + 1];
       ch.embedding = gc == 0;
       ch.head = gc == C - 1;
+      ch.ends_on_one_rank = p_.v_shape();
       return ch;
     };
     if (device_.host() && device_.host()->cache_mode && p_.pp > 1) {
@@ -564,7 +565,7 @@ class ClusterSim {
         std::vector<const StepGraph*> graphs;
         for (int v = 0; v < p_.vpp; ++v) {
           auto c = std::make_shared<ChunkModel>();
-          c->graph = build_step_graph(m_, t_, chunk(v * p_.pp + s));
+          c->graph = build_step_graph(m_, t_, chunk(p_.global_chunk(v, s)));
           mine.push_back(c);
           graphs.push_back(&c->graph);
         }
@@ -574,21 +575,29 @@ class ClusterSim {
         for (int v = 0; v < p_.vpp; ++v) {
           mine[v]->host_traffic = traffic[v];
           finish_model(*mine[v]);
-          chunk_of_[v * p_.pp + s] = mine[v];
+          chunk_of_[p_.global_chunk(v, s)] = mine[v];
         }
       }
     } else {
       for (int gc = 0; gc < C; ++gc) chunk_of_[gc] = model_for(chunk(gc));
     }
 
+    // List-scheduled orders (ZB-V) are built on the chunks' own pass times, as the zero-bubble
+    // paper's scheduler uses profiled ones.
+    PassTimes times;
+    for (int gc = 0; gc < C; ++gc) {
+      times.f.push_back(chunk_of_[gc]->fwd.compute.sec());
+      times.b.push_back(chunk_of_[gc]->bwd.compute.sec());
+      times.w.push_back(chunk_of_[gc]->wgt.compute.sec());
+    }
     states_.resize(p_.pp);
     r.stages.resize(p_.pp);
     for (int s = 0; s < p_.pp; ++s) {
-      states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_);
+      states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_, times);
       StageResult& st = r.stages[s];
       st.stage = s;
       for (int v = 0; v < p_.vpp; ++v) {
-        int gc = v * p_.pp + s;
+        int gc = p_.global_chunk(v, s);
         st.chunks.push_back(gc);
         st.layers.push_back({bounds[gc], bounds[gc + 1]});
       }
@@ -646,7 +655,7 @@ class ClusterSim {
     for (int k = 0; k < 4; ++k) {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
-        const ChunkModel& c = *chunk_of_[v * p_.pp];
+        const ChunkModel& c = *chunk_of_[p_.global_chunk(v, 0)];
         t += (c.fwd.by_class[k] + c.bwd.by_class[k] + c.wgt.by_class[k]) * double(mbs_) +
              c.opt.by_class[k] - c.fwd.first_skip_by_class[k] - c.bwd.first_skip_by_class[k] -
              c.wgt.first_skip_by_class[k];
@@ -654,7 +663,7 @@ class ClusterSim {
       r.time_by_class[k] = t;
     }
     for (int v = 0; v < p_.vpp; ++v) {
-      const auto& n = chunk_of_[v * p_.pp]->nodes;
+      const auto& n = chunk_of_[p_.global_chunk(v, 0)]->nodes;
       r.nodes.insert(r.nodes.end(), n.begin(), n.end());
     }
     r.distinct_ops = int(sim_.memo_size());
@@ -677,7 +686,7 @@ class ClusterSim {
       StageResult& st = r.stages[s];
       st.energy = EnergyBreakdown{};
       for (int v = 0; v < p_.vpp; ++v)
-        for (const NodeTiming& n : chunk_of_[v * p_.pp + s]->nodes)
+        for (const NodeTiming& n : chunk_of_[p_.global_chunk(v, s)]->nodes)
           st.energy += n.energy * double(n.executions);
       st.energy.idle = p->idle * r.step_time;
     }
@@ -721,7 +730,7 @@ class ClusterSim {
 
   /// When the item's input has arrived; zero if it needs none; negative if not sent yet.
   Time dependency(int s, const PipelineItem& it) const {
-    int gc = it.chunk * p_.pp + s;
+    int gc = p_.global_chunk(it.chunk, s);
     if (it.weight) return Time::zero();  // after its own B, on this rank
     if (it.forward && gc == 0) return Time::zero();
     if (!it.forward && gc == p_.chunks() - 1) return Time::zero();
@@ -997,7 +1006,7 @@ class ClusterSim {
                     const PipelineItem& it, bool exclude_own) const {
     double kept = 0;
     for (int v = 0; v < p_.vpp; ++v) {
-      const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+      const ChunkModel& c = *chunk_of_[p_.global_chunk(v, s)];
       const bool own = exclude_own && v == it.chunk;
       kept += double(live[v] - (own && !it.weight ? 1 : 0)) * c.saved +
               double(pending[v] - (own && it.weight ? 1 : 0)) * c.w_saved;
@@ -1011,7 +1020,7 @@ class ClusterSim {
       rs.live.assign(p_.vpp, 0);
       rs.w_pending.assign(p_.vpp, 0);
       for (int v = 0; v < p_.vpp; ++v)
-        for (double b : chunk_of_[v * p_.pp + s]->state) rs.state += b;
+        for (double b : chunk_of_[p_.global_chunk(v, s)]->state) rs.state += b;
     }
     const double kept =
         kept_bytes(s, rs.live, rs.w_pending, it, working > 0 && !it.forward);
@@ -1022,7 +1031,7 @@ class ClusterSim {
     RankState& rs = states_[s];
     StageResult& st = result_->stages[s];
     const PipelineItem it = rs.items[rs.cursor++];
-    const int gc = it.chunk * p_.pp + s;
+    const int gc = p_.global_chunk(it.chunk, s);
     const ChunkModel& c = *chunk_of_[gc];
     Time need = dependency(s, it);
     Time start = max(rs.compute_free, need);
@@ -1054,7 +1063,12 @@ class ClusterSim {
     // Send the activation forward, or the gradient back, to the rank of the next chunk.
     int next = it.forward ? gc + 1 : gc - 1;
     if (next < 0 || next >= p_.chunks()) return;
-    int to = next % p_.pp;
+    int to = p_.rank_of_chunk(next);
+    if (to == s) {  // the V's turn: the next chunk is on this rank, nothing crosses a link
+      arrival_[slot(it.micro_batch, next, it.forward)] = end;
+      transfer_start_[slot(it.micro_batch, next, it.forward)] = end;
+      return;
+    }
     Time t0 = max(end, rs.stream_free[int(ParallelGroup::PP)]);
     const CollectiveResult& cr =
         collective(ParallelGroup::PP, CollectiveKind::SendRecv, c.boundary_bytes, s, to, t0);
@@ -1120,7 +1134,7 @@ class ClusterSim {
       std::vector<std::pair<const Program*, std::size_t>> tied, rest;
       std::map<std::string, std::size_t> last_sum;
       for (int v = 0; v < p_.vpp; ++v) {
-        const Program& P = chunk_of_[v * p_.pp + s]->opt;
+        const Program& P = chunk_of_[p_.global_chunk(v, s)]->opt;
         for (std::size_t i = 0; i < P.tasks.size(); ++i) {
           const Task& k = P.tasks[i];
           bool pp = k.kind == Task::Comm && k.comm.group == ParallelGroup::PP;
@@ -1229,7 +1243,7 @@ class ClusterSim {
       ClassBytes state{};
       double persistent = 0;
       for (int v = 0; v < p_.vpp; ++v) {
-        const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+        const ChunkModel& c = *chunk_of_[p_.global_chunk(v, s)];
         for (int k = 0; k < kTensorClasses; ++k) state[k] += c.state[k];
       }
       for (double b : state) persistent += b;
@@ -1241,7 +1255,7 @@ class ClusterSim {
       ClassBytes best_parts{};
       int64_t in_flight = 0, max_flight = 0;
       for (const auto& it : states_[s].items) {
-        const ChunkModel& c = *chunk_of_[it.chunk * p_.pp + s];
+        const ChunkModel& c = *chunk_of_[p_.global_chunk(it.chunk, s)];
         if (it.forward) {
           live[it.chunk]++;
           in_flight++;
@@ -1276,7 +1290,7 @@ class ClusterSim {
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
       HostTraffic stage_traffic;
       for (int v = 0; v < p_.vpp; ++v) {
-        const ChunkModel& c = *chunk_of_[v * p_.pp + s];
+        const ChunkModel& c = *chunk_of_[p_.global_chunk(v, s)];
         st.host_memory += c.graph.host_bytes();
         stage_traffic.cache = c.host_traffic.cache;
         stage_traffic.capacity = c.host_traffic.capacity;

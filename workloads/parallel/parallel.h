@@ -11,7 +11,7 @@
 
 namespace memwall {
 
-enum class PipelineSchedule { GPipe, OneFOneB, Interleaved, ZeroBubbleH1 };
+enum class PipelineSchedule { GPipe, OneFOneB, Interleaved, ZeroBubbleH1, ZeroBubbleV };
 const char* pipeline_schedule_name(PipelineSchedule s);
 
 struct Parallelism {
@@ -34,7 +34,11 @@ struct Parallelism {
   int zero_stage = 0;  ///< 0 none, 1 optimizer states, 2 + gradients, 3 + weights (FSDP)
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
   /// The backward runs as two items, input gradient then weight gradient (zero-bubble schedules).
-  bool split_backward() const { return schedule == PipelineSchedule::ZeroBubbleH1; }
+  bool split_backward() const {
+    return schedule == PipelineSchedule::ZeroBubbleH1 || schedule == PipelineSchedule::ZeroBubbleV;
+  }
+  /// ZB-V's V shape: rank r holds chunks r and 2 pp - 1 - r, so the first rank holds both ends.
+  bool v_shape() const { return schedule == PipelineSchedule::ZeroBubbleV; }
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
   /// Megatron's --overlap-param-gather (ZeRO 1-2): the updated weights' all-gathers run under
@@ -57,6 +61,13 @@ struct Parallelism {
   int64_t devices() const { return int64_t(tp) * cp * dp * pp; }
   /// Pipeline model chunks in total: pp x vpp.
   int chunks() const { return pp * vpp; }
+  /// The global model chunk (0 .. chunks()-1, in forward order) that rank `s` holds as its
+  /// chunk `v`: v x pp + s (Megatron's interleaving), or in the V shape s, then 2 pp - 1 - s.
+  int global_chunk(int v, int s) const {
+    return v_shape() && v == 1 ? 2 * pp - 1 - s : v * pp + s;
+  }
+  /// The pipeline rank that holds global chunk `c`.
+  int rank_of_chunk(int c) const { return v_shape() && c >= pp ? 2 * pp - 1 - c : c % pp; }
   /// Tensor-parallel groups (consecutive blocks of tp ranks) that span more than one node of
   /// `gpus_per_node` devices: with tp <= gpus_per_node, those where gpus_per_node is not a
   /// multiple of tp (tp 16 over 72-GPU racks). Their collectives cross the scale-out network.
@@ -71,6 +82,10 @@ struct ModelChunk {
   int64_t last_layer = -1;  ///< exclusive; -1: the model's layer count
   bool embedding = true;
   bool head = true;
+  /// The chunk at the other end of the model is on the same pipeline rank (ZB-V's V shape): a
+  /// tied LM head multiplies the first chunk's embedding table, with no copy of its own and no
+  /// sum of the two copies' gradients over the pipeline.
+  bool ends_on_one_rank = false;
 };
 
 }  // namespace memwall

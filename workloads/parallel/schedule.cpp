@@ -1,6 +1,8 @@
 #include "workloads/parallel/schedule.h"
 
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -49,6 +51,105 @@ std::vector<PipelineItem> zb_h1(int pp, int rank, int64_t m) {
   return v;
 }
 
+// ZB-V by list scheduling (see the header): all ranks are scheduled together, in time, and rank
+// `rank`'s order is returned. Chunk v of rank r is global chunk r (v 0) or 2 pp - 1 - r (v 1); a
+// F needs the previous chunk's F of its micro-batch, a B the next chunk's B and its own F, a W
+// its own B. A rank free at time t runs, of the passes ready by t, a F (within the memory cap),
+// else a B, else a W (tried the other way round, B before F, the unit-time steps come out one
+// unit longer at pp 4); with none ready it waits for the next pass to finish anywhere.
+std::vector<PipelineItem> zb_v(int pp, int rank, int64_t m, const PassTimes& times) {
+  const int C = 2 * pp;
+  const int64_t limit = 2 * int64_t(pp);
+  auto global = [&](int r, int v) { return v == 0 ? r : C - 1 - r; };
+  auto dur = [&](const std::vector<double>& d, int c) {
+    return d.size() == std::size_t(C) ? d[c] : 1.0;
+  };
+  constexpr double kNotRun = std::numeric_limits<double>::infinity();
+  // Finish time of each (micro-batch, global chunk) F and B; infinite: not run yet.
+  std::vector<double> f_done(std::size_t(m) * C, kNotRun), b_done(f_done.size(), kNotRun);
+  auto at = [&](int64_t mb, int c) { return std::size_t(mb) * C + c; };
+  struct Rank {
+    int64_t next_f[2] = {0, 0}, next_b[2] = {0, 0}, held = 0, left = 0;
+    double free = 0;
+    std::vector<PipelineItem> items, pending_w;
+    std::size_t w_head = 0;
+  };
+  std::vector<Rank> ranks(pp);
+  for (Rank& R : ranks) R.left = 6 * m;
+  std::vector<double> finishes;  // every pass's finish time, for ranks that must wait
+  while (true) {
+    // The rank with work left that is free first.
+    int r = -1;
+    for (int q = 0; q < pp; ++q)
+      if (ranks[q].left > 0 && (r < 0 || ranks[q].free < ranks[r].free)) r = q;
+    if (r < 0) break;
+    if (ranks[r].free == kNotRun) throw std::logic_error("zb-v: the list schedule is stuck");
+    Rank& R = ranks[r];
+    const double t = R.free;
+    std::optional<PipelineItem> pick;
+    auto try_f = [&] {
+      if (pick || R.held >= limit) return;
+      for (int v : {1, 0}) {  // F, the later chunk first, within the memory cap
+        const int64_t mb = R.next_f[v];
+        const int c = global(r, v);
+        if (mb < m && (c == 0 || f_done[at(mb, c - 1)] <= t)) {
+          pick = PipelineItem{mb, v, true, false};
+          return;
+        }
+      }
+    };
+    auto try_b = [&] {
+      if (pick) return;
+      for (int v : {1, 0}) {  // B, the later chunk first
+        const int64_t mb = R.next_b[v];
+        const int c = global(r, v);
+        if (mb < m && f_done[at(mb, c)] <= t && (c == C - 1 || b_done[at(mb, c + 1)] <= t)) {
+          pick = PipelineItem{mb, v, false, false};
+          return;
+        }
+      }
+    };
+    try_f();
+    try_b();
+    if (!pick && R.w_head < R.pending_w.size()) pick = R.pending_w[R.w_head];
+    if (!pick) {
+      // Nothing ready: wait for the next pass to finish after t, or, if none is running yet,
+      // for the next pass any rank starts (infinity until then).
+      double next = kNotRun;
+      for (double f : finishes)
+        if (f > t && f < next) next = f;
+      R.free = next;
+      if (next == kNotRun) {
+        bool someone = false;
+        for (const Rank& Q : ranks) someone = someone || (Q.left > 0 && Q.free != kNotRun);
+        if (!someone) throw std::logic_error("zb-v: the list schedule is stuck");
+      }
+      continue;
+    }
+    const PipelineItem it = *pick;
+    const int c = global(r, it.chunk);
+    R.items.push_back(it);
+    R.left--;
+    if (it.forward) {
+      R.free = f_done[at(it.micro_batch, c)] = t + dur(times.f, c);
+      R.next_f[it.chunk]++;
+      R.held++;
+    } else if (!it.weight) {
+      R.free = b_done[at(it.micro_batch, c)] = t + dur(times.b, c);
+      R.next_b[it.chunk]++;
+      R.pending_w.push_back({it.micro_batch, it.chunk, false, true});
+    } else {
+      R.free = t + dur(times.w, c);
+      R.w_head++;
+      R.held--;
+    }
+    finishes.push_back(R.free);
+    for (Rank& Q : ranks)  // ranks waiting with nothing running re-check when this finishes
+      if (Q.left > 0 && Q.free == kNotRun) Q.free = R.free;
+  }
+  return ranks[rank].items;
+}
+
 // Megatron-LM's interleaved schedule. Virtual micro-batch k (0 .. m*vpp-1) in forward order
 // maps to chunk (k / pp) % vpp and micro-batch (k / (pp*vpp)) * pp + k % pp; backward runs the
 // chunks in reverse.
@@ -85,7 +186,7 @@ std::vector<PipelineItem> interleaved(int pp, int vpp, int rank, int64_t m) {
 }  // namespace
 
 std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
-                                            int64_t micro_batches) {
+                                            int64_t micro_batches, const PassTimes& times) {
   if (pp < 1 || rank < 0 || rank >= pp || micro_batches < 1 || vpp < 1)
     throw std::invalid_argument("pipeline schedule: bad pp/rank/micro-batch count");
   switch (s) {
@@ -97,6 +198,9 @@ std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp,
       return interleaved(pp, vpp, rank, micro_batches);
     case PipelineSchedule::ZeroBubbleH1:
       return zb_h1(pp, rank, micro_batches);
+    case PipelineSchedule::ZeroBubbleV:
+      if (vpp != 2) throw std::invalid_argument("zb-v runs two model chunks per rank: vpp must be 2");
+      return zb_v(pp, rank, micro_batches, times);
   }
   return {};
 }

@@ -17,6 +17,14 @@
 //   passes pending and runs them where 1F1B leaves it idle: at the end, after its last B. A
 //   micro-batch holds its activations until its W, so at most pp are in flight on any rank,
 //   1F1B's peak (rank 0's).
+// - ZB-V (Qi et al. 2024, section 6): two model chunks per rank in a V (rank r holds chunks r
+//   and 2 pp - 1 - r, so the forward turns on the last rank and both ends sit on the first),
+//   backward split into B and W. The order is built by list scheduling, as the paper's
+//   heuristic does on profiled pass times (PassTimes; one unit each by default): whenever a rank
+//   is free it runs, of what is ready, a F (the later chunk first) while fewer than 2 pp chunk
+//   activations are held (1F1B's peak: pp micro-batches of the whole stage), else a B (the
+//   later chunk first), else the oldest pending W. With equal pass times a step takes 6 m + pp - 1 units for m micro-batches
+//   where 1F1B's takes 6 m + 6 (pp - 1): a sixth of its bubble.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +43,18 @@ struct PipelineItem {
   bool weight = false;
 };
 
+/// How long each global model chunk's forward, input-gradient and weight-gradient passes take
+/// (any one unit), for the schedules built by list scheduling (ZB-V), as the zero-bubble paper
+/// profiles them first. Empty (or not one entry per chunk): every pass takes one unit.
+struct PassTimes {
+  std::vector<double> f, b, w;
+};
+
 /// Items of pipeline rank `rank` (0 .. pp-1) for `micro_batches` micro-batches. Throws
 /// std::invalid_argument for an interleaved schedule whose micro-batch count is not a multiple
 /// of pp (Megatron's requirement).
 std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
-                                            int64_t micro_batches);
+                                            int64_t micro_batches, const PassTimes& times = {});
 
 /// The most forward passes whose backward has not run yet (with a split backward: whose weight
 /// gradient has not run yet), over the rank's item list: the number of micro-batches of

@@ -127,8 +127,11 @@ const Schema& training_schema() {
                             "Pipeline schedule; interleaved needs vpp > 1. zb-h1: Qi et al. "
                             "2024's zero-bubble ZB-H1, 1F1B with each backward split into its "
                             "input gradient and its weight gradient, the latter deferred on the "
-                            "later stages to fill their idle time (vpp 1).");
-    sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1"};
+                            "later stages to fill their idle time (vpp 1). zb-v: their ZB-V, two "
+                            "model chunks per rank in a V (rank r holds chunks r and 2 pp - 1 - "
+                            "r), backward split likewise, ordered by list scheduling within "
+                            "1F1B's peak activation memory (vpp 2, set by itself).");
+    sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"};
     x.params.push_back(sched);
     ParamSpec bucket = param("dp_bucket", ParamType::Bytes, "B", "25 MiB",
                              "Gradient bucket of the data-parallel reduction (PyTorch DDP: 25 MiB).");
@@ -376,8 +379,16 @@ TrainingSetup training_from_config(const Config& c) {
   std::string sc = c.get_string("schedule");
   par.schedule = sc == "gpipe"   ? PipelineSchedule::GPipe
                  : sc == "zb-h1" ? PipelineSchedule::ZeroBubbleH1
+                 : sc == "zb-v"  ? PipelineSchedule::ZeroBubbleV
                                  : PipelineSchedule::OneFOneB;
-  if (par.vpp > 1) {
+  if (sc == "zb-v") {
+    if (par.vpp > 2) c.fail("vpp", "zb-v runs exactly two model chunks per rank: vpp must be 2 (or 1, "
+                                   "which zb-v raises to 2)");
+    par.vpp = 2;
+    if (c.get_int("first_stage_layers") > 0 || c.get_int("last_stage_layers") > 0)
+      c.fail("schedule", "zb-v puts both ends of the model on the first rank; "
+                         "first_stage_layers and last_stage_layers are for 1F1B's layout");
+  } else if (par.vpp > 1) {
     if (sc == "gpipe" || sc == "zb-h1")
       c.fail("schedule", sc + " has no virtual stages; vpp must be 1");
     par.schedule = PipelineSchedule::Interleaved;

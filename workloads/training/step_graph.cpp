@@ -641,7 +641,11 @@ class Builder {
       tp_replicated_ += norm_params();
       // Tied embeddings share the table when one chunk holds both ends; a last pipeline stage
       // keeps its own copy of the table for the head (Megatron), summed with the first's.
-      head_ = m_.tied_embeddings && c_.embedding ? embed_ : group("lm_head", vocab_r_ * h, -1);
+      // (V shape: a tied head's table is held by the first chunk of this same rank.)
+      const bool shared_elsewhere = m_.tied_embeddings && !c_.embedding && c_.ends_on_one_rank;
+      head_ = m_.tied_embeddings && c_.embedding
+                  ? embed_
+                  : group("lm_head", shared_elsewhere ? 0 : vocab_r_ * h, -1);
     }
     node("model_state", std::nullopt, Pass::Memory, -1, {}, state_tensors_);
   }
@@ -1647,7 +1651,7 @@ class Builder {
       d_xf = cast("lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
       TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
       weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, {d_logits}, head_,
-                  head_ == embed_ ? 0 : vocab_r_ * h, 1, false, false);
+                  head_ == embed_ ? 0 : groups_[head_].params, 1, false, false);
       gather(final_norm_, 3, BI);
       dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));
     } else {
@@ -1692,7 +1696,8 @@ class Builder {
     const Pass O = Pass::Optimizer;
     // Tied embeddings split over pipeline stages: the first and last stage sum their copies'
     // gradients (Megatron's embedding group) before the update.
-    const bool tied_split = m_.tied_embeddings && p_.pp > 1 && c_.embedding != c_.head;
+    const bool tied_split =
+        m_.tied_embeddings && p_.pp > 1 && c_.embedding != c_.head && !c_.ends_on_one_rank;
     if (tied_split) {
       const Group& g = groups_[c_.embedding ? embed_ : head_];
       // Only the shared word table is summed: the first stage's group also holds the position
