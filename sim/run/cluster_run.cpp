@@ -787,64 +787,121 @@ class ClusterSim {
     result_->comm[g].exposed += d / double(p_.pp);
   }
 
+  // A program being run: its next task, when each task ended, and its own timeline. `t` is
+  // when its next task may start; the compute stream it shares (with a second program, in a
+  // combined step) may be free earlier. Waits that moved `t` are kept as segments until a
+  // compute task starts: only the part of a wait during which the compute stream stood idle is
+  // exposed (or host stall), so a wait hidden under the other program's compute costs nothing.
+  struct Cursor {
+    const Program* P = nullptr;
+    std::size_t i = 0;
+    std::vector<Time> ends;
+    std::vector<int> end_group;
+    Time t;
+    bool first = false, last = false;
+    const char* what = "";
+    struct Wait {
+      Time from, to;
+      int group;  // a parallel group, kHostCopies, or kHostStall
+    };
+    std::vector<Wait> waits;
+    Cursor(const Program& p, Time start, bool first_mb, bool last_mb, const char* w)
+        : P(&p), ends(p.tasks.size(), Time::zero()), end_group(p.tasks.size(), 0), t(start),
+          first(first_mb), last(last_mb), what(w) {}
+    bool done() const { return i >= P->tasks.size(); }
+    void wait_until(Time to, int group) {
+      if (to <= t) return;
+      waits.push_back({t, to, group});
+      t = to;
+    }
+  };
+  static constexpr int kHostStall = -2;
+
+  // Charges the compute stream's idle time [free, until) to what the cursor waited on then.
+  void settle(StageResult& st, Cursor& c, Time free, Time until) {
+    for (const Cursor::Wait& w : c.waits) {
+      Time lo = max(w.from, free), hi = min(w.to, until);
+      if (hi <= lo) continue;
+      if (w.group == kHostStall) st.host_stall += hi - lo;
+      else expose(st, w.group, hi - lo);
+    }
+    c.waits.clear();
+  }
+
   /// Runs a program from `t` on stage s; returns when its compute stream is free.
   Time run_program(int s, const Program& P, Time t, bool first_micro_batch, bool last_micro_batch,
                    const char* what) {
+    Cursor c(P, t, first_micro_batch, last_micro_batch, what);
+    Time stream = t;
+    while (!c.done()) run_task(s, c, stream);
+    return finish(s, c, stream);
+  }
+  // After a cursor's last task: the compute stream is free once its last wait is over.
+  Time finish(int s, Cursor& c, Time& stream) {
+    settle(result_->stages[s], c, stream, c.t);
+    stream = max(stream, c.t);
+    return stream;
+  }
+
+  /// Runs the cursor's next task. `stream`: when the rank's compute stream is free.
+  void run_task(int s, Cursor& c, Time& stream) {
     RankState& rs = states_[s];
     StageResult& st = result_->stages[s];
-    std::vector<Time> ends(P.tasks.size(), Time::zero());
-    std::vector<int> end_group(P.tasks.size(), 0);
-    for (std::size_t i = 0; i < P.tasks.size(); ++i) {
+    const Program& P = *c.P;
+    std::vector<Time>& ends = c.ends;
+    std::vector<int>& end_group = c.end_group;
+    const std::size_t i = c.i++;
+    {
       const Task* task = &P.tasks[i];
       Task first;  // the task as the first micro-batch runs it
-      if (first_micro_batch && task->first_skip_kernels > 0) {
+      if (c.first && task->first_skip_kernels > 0) {
         first = *task;
         first.duration -= first.first_skip;
         first.memory_bound -= first.first_skip_memory;
         first.host_bound -= first.first_skip_host;
         first.kernels -= first.first_skip_kernels;
         first.host_kernels -= first.first_skip_kernels;
-        if (first.kernels == 0) continue;
+        if (first.kernels == 0) return;
         task = &first;
       }
       const Task& k = *task;
       if (k.kind == Task::HostCopy) {
-        if (first_micro_batch && k.after_first) {  // nothing to copy yet: no wait on it
-          ends[i] = t;
+        if (c.first && k.after_first) {  // nothing to copy yet: no wait on it
+          ends[i] = c.t;
           end_group[i] = kHostCopies;
-          continue;
+          return;
         }
         // Issued by the host (a cudaMemcpyAsync) once what it reads is done; runs on its
         // direction's copy stream.
         rs.cpu += h_;
-        Time& stream = rs.host_copy_free[k.to_host ? 0 : 1];
-        Time start = max(max(t, rs.cpu), stream);
+        Time& copies = rs.host_copy_free[k.to_host ? 0 : 1];
+        Time start = max(max(c.t, rs.cpu), copies);
         for (int j : k.waits) start = max(start, ends[j]);
         span(s, "host copies", k.name, start, k.duration);
-        stream = start + k.duration;
+        copies = start + k.duration;
         // The copy engines read (or write) device memory at the copy's rate, which the compute
         // it overlaps does not have; they hold no compute units.
         if (p_.comm_uses_units && k.duration > Time::zero())
-          rs.holds.push_back({start, stream, 0.0,
+          rs.holds.push_back({start, copies, 0.0,
                               std::min(k.bytes / k.duration.sec() /
                                            device_.sustained_memory_bandwidth().bps(),
                                        kMaxUnitShare)});
-        ends[i] = stream;
+        ends[i] = copies;
         end_group[i] = kHostCopies;
-        continue;
+        return;
       }
       if (k.kind != Task::Comm) {
-        Time w = t;
+        Time w = c.t;
         int wg = 0;
         for (int j : k.waits)
           if (ends[j] > w && !k.paced) {
             w = ends[j];
             wg = end_group[j];
           }
-        if (w > t) {
-          expose(st, wg, w - t);
-          t = w;
-        }
+        c.wait_until(w, wg);
+        // The stream is the other program's until it is free: that is no one's wait.
+        const Time t = max(c.t, stream);
+        settle(st, c, stream, t);
         if (k.kind == Task::Compute) {
           // Overlapped collectives hold some compute units: the task runs longer.
           Time run = k.duration + slowdown(rs, t, k);
@@ -861,11 +918,11 @@ class ClusterSim {
             const double n = double(k.waits.size() + 1);
             Time paced = end;
             int pg = 0;
-            for (std::size_t i = 0; i < k.waits.size(); ++i) {
-              Time e = ends[k.waits[i]] + run * ((n - double(i) - 1) / n);
+            for (std::size_t q = 0; q < k.waits.size(); ++q) {
+              Time e = ends[k.waits[q]] + run * ((n - double(q) - 1) / n);
               if (e > paced) {
                 paced = e;
-                pg = end_group[k.waits[i]];
+                pg = end_group[k.waits[q]];
               }
             }
             if (paced > end) {  // the product waited for a block: exposed communication
@@ -877,56 +934,53 @@ class ClusterSim {
           span(s, "compute", k.ops > 1 ? fmt::format("{} (+{})", k.name, k.ops - 1) : k.name,
                end - run, run);
           st.comm_interference += run - k.duration;
-          t = end;
           st.compute_busy += k.duration;
           st.host_tier += k.host_bound;
+          c.t = stream = end;
+        } else {
+          c.t = stream = t;
         }
-        continue;
+        return;
       }
-      const CommSpec& c = k.comm;
-      int g = int(c.group);
+      const CommSpec& cm = k.comm;
+      int g = int(cm.group);
       end_group[i] = g;
-      if (c.first_micro_batch_only && !first_micro_batch) {
-        ends[i] = t;
-        continue;
+      if (cm.first_micro_batch_only && !c.first) {
+        ends[i] = c.t;
+        return;
       }
       if (!k.host_free) rs.cpu += h_;
-      Time ready = t;  // the host copies it reads are in
+      Time ready = c.t;  // the host copies it reads are in
       for (int j : k.waits) ready = max(ready, ends[j]);
-      if (ready > t && c.blocking) {
-        expose(st, kHostCopies, ready - t);
-        t = ready;
+      if (cm.blocking) {
+        c.wait_until(ready, kHostCopies);
+        c.wait_until(rs.cpu, kHostStall);
       }
-      if (rs.cpu > t && c.blocking) {
-        st.host_stall += rs.cpu - t;
-        t = rs.cpu;
+      if (cm.once_per_step && !c.last) {
+        ends[i] = c.t;
+        return;
       }
-      if (c.once_per_step && !last_micro_batch) {
-        ends[i] = t;
-        continue;
-      }
-      if (c.group == ParallelGroup::DP && c.once_per_step && !c.blocking &&
-          !p_.overlap_grad_reduce && std::string(what) == "bwd") {
-        rs.deferred.push_back(c);
-        ends[i] = t;
-        continue;
+      if (cm.group == ParallelGroup::DP && cm.once_per_step && !cm.blocking &&
+          !p_.overlap_grad_reduce && std::string(c.what) == "bwd") {
+        rs.deferred.push_back(cm);
+        ends[i] = c.t;
+        return;
       }
       // A PP collective inside a chunk is the tied-embedding gradient sync between the first and
       // the last pipeline stage (Megatron's embedding group).
-      int peer = c.group == ParallelGroup::PP ? (s == 0 ? p_.pp - 1 : 0) : s;
-      if (c.blocking) {
-        const CollectiveResult& cr = collective(c.group, c.kind, c.bytes, s, peer, t);
-        Time d = cr.end - t;
-        span(s, parallel_group_name(c.group), k.name, t, d);
-        expose(st, g, d);
+      int peer = cm.group == ParallelGroup::PP ? (s == 0 ? p_.pp - 1 : 0) : s;
+      if (cm.blocking) {
+        const CollectiveResult& cr = collective(cm.group, cm.kind, cm.bytes, s, peer, c.t);
+        Time d = cr.end - c.t;
+        span(s, parallel_group_name(cm.group), k.name, c.t, d);
         result_->comm[g].total += d / double(p_.pp);
-        t = cr.end;
-        ends[i] = t;
+        c.wait_until(cr.end, g);
+        ends[i] = c.t;
       } else {
         Time start = max(ready, rs.stream_free[g]);
         const CollectiveResult& cr =
-            collective(c.group, c.kind, c.bytes, s, peer, start, c.copy_engine);
-        span(s, parallel_group_name(c.group), k.name, start, cr.end - start);
+            collective(cm.group, cm.kind, cm.bytes, s, peer, start, cm.copy_engine);
+        span(s, parallel_group_name(cm.group), k.name, start, cr.end - start);
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;
         if (cr.end > rs.async_end) {
@@ -934,11 +988,10 @@ class ClusterSim {
           rs.async_group = g;
         }
         // Copy engines move a ring exchange: no compute units, only memory bandwidth.
-        hold_units(rs, cr, start, c.copy_engine ? 0 : sys_.tuning.channels);
+        hold_units(rs, cr, start, cm.copy_engine ? 0 : sys_.tuning.channels);
         ends[i] = cr.end;
       }
     }
-    return t;
   }
 
   // An overlapped collective runs one thread block per NCCL channel, and a GEMM's thread blocks
