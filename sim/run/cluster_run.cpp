@@ -494,6 +494,40 @@ class Layout {
 
 // ---- the event run ----------------------------------------------------------------------------
 
+// What a rank runs at once: one pipeline item, or with combined 1F1B a forward and a backward
+// of different micro-batches.
+struct Step {
+  PipelineItem a, b;
+  bool paired = false;
+};
+
+// The schedule's items as steps. With `combine` (Megatron-core's combined 1F1B,
+// --overlap-moe-expert-parallel-comm) each backward joins the forward just before it when that
+// forward is of another micro-batch (1F1B's steady state: F_j then B_i); where a rank runs its
+// own micro-batch's backward right after its forward (the last stage, or pp 1), the next forward
+// is brought forward to pair with it instead (F_0, F_1 + B_0, F_2 + B_1, ..., B_last), one more
+// micro-batch in flight. Weight-gradient items stay alone.
+std::vector<Step> steps_of(const std::vector<PipelineItem>& items, bool combine) {
+  std::vector<Step> out;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const PipelineItem& it = items[i];
+    const bool backward = !it.forward && !it.weight;
+    if (combine && backward && !out.empty() && !out.back().paired && out.back().a.forward &&
+        (out.back().a.micro_batch != it.micro_batch || out.back().a.chunk != it.chunk)) {
+      out.back().b = it;
+      out.back().paired = true;
+      continue;
+    }
+    if (combine && backward && i + 1 < items.size() && items[i + 1].forward) {
+      out.push_back({items[i + 1], it, true});
+      ++i;
+      continue;
+    }
+    out.push_back({it, {}, false});
+  }
+  return out;
+}
+
 struct RankState {
   Time compute_free;
   Time cpu;  // when the host has issued everything so far
@@ -508,8 +542,9 @@ struct RankState {
     double units, memory;  // shares of the compute units and of the memory bandwidth
   };
   std::vector<UnitHold> holds;
-  std::size_t cursor = 0;
-  std::vector<PipelineItem> items;
+  std::size_t cursor = 0;           // the next step
+  std::vector<Step> steps;
+  std::vector<PipelineItem> items;  // the steps' items in order
   std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
   std::vector<int64_t> live;       // micro-batches whose activations each chunk keeps
   std::vector<int64_t> w_pending;  // of a split backward: B done, W not yet, per chunk
@@ -594,6 +629,12 @@ class ClusterSim {
     r.stages.resize(p_.pp);
     for (int s = 0; s < p_.pp; ++s) {
       states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_, times);
+      states_[s].steps = steps_of(states_[s].items, p_.combined_1f1b);
+      states_[s].items.clear();  // in the order the steps run them
+      for (const Step& st : states_[s].steps) {
+        states_[s].items.push_back(st.a);
+        if (st.paired) states_[s].items.push_back(st.b);
+      }
       StageResult& st = r.stages[s];
       st.stage = s;
       for (int v = 0; v < p_.vpp; ++v) {
@@ -608,16 +649,21 @@ class ClusterSim {
     transfer_start_.assign(arrival_.size(), Time(-1));
     result_ = &r;
 
-    // Run items in order of their start times, one stage at a time.
+    // Run steps in order of their start times, one stage at a time.
     std::size_t remaining = 0;
-    for (auto& s : states_) remaining += s.items.size();
+    for (auto& s : states_) remaining += s.steps.size();
     while (remaining > 0) {
       int best = -1;
       Time best_start = Time::infinite();
       for (int s = 0; s < p_.pp; ++s) {
         RankState& rs = states_[s];
-        if (rs.cursor >= rs.items.size()) continue;
-        Time need = dependency(s, rs.items[rs.cursor]);
+        if (rs.cursor >= rs.steps.size()) continue;
+        const Step& step = rs.steps[rs.cursor];
+        Time need = dependency(s, step.a);
+        if (step.paired) {
+          Time other = dependency(s, step.b);
+          need = other < Time::zero() ? other : max(need, other);
+        }
         if (need < Time::zero()) continue;  // not sent yet
         Time start = max(rs.compute_free, need);
         if (start < best_start) {
@@ -629,7 +675,7 @@ class ClusterSim {
         throw std::runtime_error(
             "pipeline schedule deadlocked: no stage can start its next item (schedule " +
             std::string(pipeline_schedule_name(p_.schedule)) + ")");
-      execute_item(best);
+      execute_step(best);
       --remaining;
     }
     optimizer_phase();
@@ -805,6 +851,7 @@ class ClusterSim {
       int group;  // a parallel group, kHostCopies, or kHostStall
     };
     std::vector<Wait> waits;
+    Cursor* other = nullptr;  // the other program of a combined step
     Cursor(const Program& p, Time start, bool first_mb, bool last_mb, const char* w)
         : P(&p), ends(p.tasks.size(), Time::zero()), end_group(p.tasks.size(), 0), t(start),
           first(first_mb), last(last_mb), what(w) {}
@@ -817,15 +864,36 @@ class ClusterSim {
   };
   static constexpr int kHostStall = -2;
 
-  // Charges the compute stream's idle time [free, until) to what the cursor waited on then.
+  // Charges the compute stream's idle time [free, until) to what the cursor resuming then waited
+  // on, and what it leaves uncovered to what the other program of a combined step (c.other)
+  // waited on. Idle gaps come in time order, so every wait is then trimmed to start at `until`.
   void settle(StageResult& st, Cursor& c, Time free, Time until) {
-    for (const Cursor::Wait& w : c.waits) {
-      Time lo = max(w.from, free), hi = min(w.to, until);
-      if (hi <= lo) continue;
-      if (w.group == kHostStall) st.host_stall += hi - lo;
-      else expose(st, w.group, hi - lo);
-    }
-    c.waits.clear();
+    std::vector<std::pair<Time, Time>> covered;
+    auto charge = [&](const Cursor::Wait& w) {
+      std::vector<std::pair<Time, Time>> pieces = {{max(w.from, free), min(w.to, until)}};
+      for (const auto& [a, b] : covered) {
+        std::vector<std::pair<Time, Time>> left;
+        for (const auto& [lo, hi] : pieces) {
+          if (lo < min(hi, a)) left.push_back({lo, min(hi, a)});
+          if (max(lo, b) < hi) left.push_back({max(lo, b), hi});
+        }
+        pieces = std::move(left);
+      }
+      for (const auto& [lo, hi] : pieces) {
+        if (hi <= lo) continue;
+        if (w.group == kHostStall) st.host_stall += hi - lo;
+        else expose(st, w.group, hi - lo);
+        covered.push_back({lo, hi});
+      }
+    };
+    for (Cursor* x : {&c, c.other})
+      if (x) {
+        for (const Cursor::Wait& w : x->waits) charge(w);
+        std::vector<Cursor::Wait> later;
+        for (Cursor::Wait w : x->waits)
+          if (w.to > until) later.push_back({max(w.from, until), w.to, w.group});
+        x->waits = std::move(later);
+      }
   }
 
   /// Runs a program from `t` on stage s; returns when its compute stream is free.
@@ -1080,26 +1148,78 @@ class ClusterSim {
     result_->stages[s].memory_samples.push_back({at, rs.state + kept + working});
   }
 
-  void execute_item(int s) {
+  // The program a pipeline item runs on its chunk.
+  const Program& program_of(const PipelineItem& it, const ChunkModel& c) const {
+    return it.forward ? c.fwd : it.weight ? c.wgt : c.bwd;
+  }
+
+  // Runs the rank's next step: one item, or (combined 1F1B) a forward and a backward of other
+  // micro-batches as one step, their tasks interleaved on the compute stream so that either's
+  // blocking communication runs while the other computes.
+  void execute_step(int s) {
     RankState& rs = states_[s];
     StageResult& st = result_->stages[s];
-    const PipelineItem it = rs.items[rs.cursor++];
-    const int gc = p_.global_chunk(it.chunk, s);
-    const ChunkModel& c = *chunk_of_[gc];
-    Time need = dependency(s, it);
+    const Step step = rs.steps[rs.cursor++];
+    std::vector<PipelineItem> its = {step.a};
+    if (step.paired) its.push_back(step.b);
+    // The step starts once every input has arrived.
+    Time need = Time::zero();
+    std::size_t later = 0;
+    for (std::size_t k = 0; k < its.size(); ++k) {
+      Time d = dependency(s, its[k]);
+      if (d > need) {
+        need = d;
+        later = k;
+      }
+    }
     Time start = max(rs.compute_free, need);
     rs.cpu = max(rs.cpu, need);  // the host waits for the receive before it issues the pass
     if (need > rs.compute_free) {
       // The wait splits into the sender still computing (bubble) and the transfer (pp comm).
+      const PipelineItem& it = its[later];
       Time wait = need - rs.compute_free;
-      Time sent = transfer_start_[slot(it.micro_batch, gc, it.forward)];
+      Time sent = transfer_start_[slot(it.micro_batch, p_.global_chunk(it.chunk, s), it.forward)];
       Time in_flight = min(wait, need - max(sent, rs.compute_free));
       expose(st, int(ParallelGroup::PP), in_flight);
     }
-    bool last = it.micro_batch == mbs_ - 1;
-    if (spans_) memory_sample(s, start, it, c.pass_peak);
-    Time end = run_program(s, it.forward ? c.fwd : it.weight ? c.wgt : c.bwd, start,
-                           it.micro_batch == 0, last, it.forward ? "fwd" : "bwd");
+    std::vector<Cursor> cur;
+    double working = 0;
+    for (const PipelineItem& it : its) {
+      const ChunkModel& c = *chunk_of_[p_.global_chunk(it.chunk, s)];
+      working += c.pass_peak;
+      cur.emplace_back(program_of(it, c), start, it.micro_batch == 0,
+                       it.micro_batch == mbs_ - 1, it.forward ? "fwd" : "bwd");
+    }
+    if (spans_) memory_sample(s, start, its.front(), working);
+    if (cur.size() == 2) {
+      cur[0].other = &cur[1];
+      cur[1].other = &cur[0];
+    }
+    Time stream = start;
+    // The program behind in its own time goes next (the forward on a tie).
+    for (;;) {
+      Cursor* next = nullptr;
+      for (Cursor& c : cur)
+        if (!c.done() && (!next || c.t < next->t)) next = &c;
+      if (!next) break;
+      run_task(s, *next, stream);
+    }
+    // The compute stream is free when the last program's last wait is over; the idle tail is
+    // that program's.
+    Cursor* last = &cur.front();
+    for (Cursor& c : cur)
+      if (c.t > last->t) last = &c;
+    const Time end = finish(s, *last, stream);
+    for (std::size_t k = 0; k < its.size(); ++k) end_item(s, its[k], cur[k].t);
+    rs.compute_free = end;
+  }
+
+  // After an item's program: its activations' bookkeeping, and the send of its output to the
+  // next chunk's rank once the program is done at `end`.
+  void end_item(int s, const PipelineItem& it, Time end) {
+    RankState& rs = states_[s];
+    const int gc = p_.global_chunk(it.chunk, s);
+    const ChunkModel& c = *chunk_of_[gc];
     if (spans_) {
       if (it.forward) {
         rs.live[it.chunk]++;
@@ -1111,7 +1231,6 @@ class ClusterSim {
       }
       memory_sample(s, end, it, 0);
     }
-    rs.compute_free = end;
     if (it.weight) return;  // nothing leaves the rank
     // Send the activation forward, or the gradient back, to the rank of the next chunk.
     int next = it.forward ? gc + 1 : gc - 1;
@@ -1138,6 +1257,7 @@ class ClusterSim {
     arrival_[slot(it.micro_batch, next, it.forward)] = cr.end;
     transfer_start_[slot(it.micro_batch, next, it.forward)] = t0;
   }
+
 
   // After its last backward each rank waits for its gradient buckets, then runs the optimizer
   // of its chunks. The optimizer's pipeline-group collectives (the tied-embedding gradient sum

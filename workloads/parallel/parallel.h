@@ -48,6 +48,12 @@ struct Parallelism {
   /// Collectives in flight take their NCCL channels' compute units (one thread block per channel)
   /// from the compute stream, which runs at (units - channels) / units meanwhile.
   bool comm_uses_units = true;
+  /// Megatron-core's combined 1F1B (--overlap-moe-expert-parallel-comm; DeepSeek-V3's DualPipe
+  /// overlaps the same way): in the steady state a forward and a backward of different
+  /// micro-batches run as one step, interleaved on the compute stream, so that either's blocking
+  /// communication (the experts' all-to-alls, tensor-parallel collectives) runs while the other
+  /// computes.
+  bool combined_1f1b = false;
   /// Layers on the first / last pipeline stage (Megatron's --decoder-first/last-pipeline-num-
   /// layers), to offset the embedding and the LM head; 0: an even split. Needs vpp == 1.
   int first_stage_layers = 0, last_stage_layers = 0;

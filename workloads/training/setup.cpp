@@ -133,6 +133,15 @@ const Schema& training_schema() {
                             "1F1B's peak activation memory (vpp 2, set by itself).");
     sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"};
     x.params.push_back(sched);
+    x.params.push_back(param(
+        "combined_1f1b", ParamType::Bool, "", "false",
+        "Megatron-core's combined 1F1B (--overlap-moe-expert-parallel-comm), the overlap "
+        "DeepSeek-V3's DualPipe also uses: in the steady state a forward and a backward of "
+        "different micro-batches run as one step, their kernels interleaved on the compute "
+        "stream, so that either's blocking communication (the experts' all-to-alls, "
+        "tensor-parallel collectives) runs while the other computes. A rank that runs its own "
+        "micro-batch's backward right after its forward (the last stage, or pp 1) pairs it with "
+        "the next forward instead, holding one more micro-batch. Any schedule, any pp."));
     ParamSpec bucket = param("dp_bucket", ParamType::Bytes, "B", "25 MiB",
                              "Gradient bucket of the data-parallel reduction (PyTorch DDP: 25 MiB).");
     bucket.positive = true;
@@ -403,6 +412,7 @@ TrainingSetup training_from_config(const Config& c) {
            "overlaps the distributed optimizer's weight all-gathers: needs zero_stage 1 or 2 "
            "(ZeRO 3 gathers weights before every use anyway)");
   par.comm_uses_units = c.get_bool("comm_uses_units");
+  par.combined_1f1b = c.get_bool("combined_1f1b");
   t.host_overhead = c.get_time("host_overhead");
   t.cuda_graphs = c.get_bool("cuda_graphs");
   t.vocab_padding = c.get_int("vocab_padding");
