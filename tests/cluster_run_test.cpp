@@ -758,8 +758,18 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
     EXPECT_EQ(combined.pipeline_transfers, plain.pipeline_transfers);
     EXPECT_LT(b.exposed.sec(), 0.7 * a.exposed.sec());
     EXPECT_LT(combined.step_time.sec(), plain.step_time.sec());
-    for (const StageResult& st : combined.stages)
+    for (std::size_t k = 0; k < combined.stages.size(); ++k) {
+      const StageResult &st = combined.stages[k], &ref = plain.stages[k];
       EXPECT_GT(combined.step_time.sec(), st.compute_busy.sec());
+      // Both passes' working sets at once: never less memory than one at a time.
+      EXPECT_GT(st.peak_memory, ref.peak_memory);
+    }
+    // Without pipelining the next forward moves up to pair with each backward: two
+    // micro-batches in flight where 1F1B on one stage holds one.
+    if (pp == 1) {
+      EXPECT_EQ(plain.stages[0].max_in_flight, 1);
+      EXPECT_EQ(combined.stages[0].max_in_flight, 2);
+    }
   }
 }
 

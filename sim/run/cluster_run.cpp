@@ -1422,12 +1422,26 @@ class ClusterSim {
       for (double b : state) persistent += b;
       // Walk the schedule: during each item the rank holds every other in-flight micro-batch's
       // saved activations (what a deferred weight gradient still reads, once its input gradient
-      // has run) plus this item's own working set (a weight gradient's: what it reads).
+      // has run) plus this item's own working set (a weight gradient's: what it reads); a
+      // combined step holds both its passes' working sets.
       std::vector<int64_t> live(p_.vpp, 0), pending(p_.vpp, 0);
       double best = -1;
       ClassBytes best_parts{};
       int64_t in_flight = 0, max_flight = 0;
-      for (const auto& it : states_[s].items) {
+      auto backward_done = [&](const PipelineItem& it) {
+        if (it.weight) {
+          pending[it.chunk]--;
+          in_flight--;
+        } else if (!it.forward) {
+          live[it.chunk]--;
+          if (p_.split_backward())
+            pending[it.chunk]++;
+          else
+            in_flight--;
+        }
+      };
+      for (const Step& step : states_[s].steps) {
+        const PipelineItem& it = step.a;
         const ChunkModel& c = *chunk_of_[p_.global_chunk(it.chunk, s)];
         if (it.forward) {
           live[it.chunk]++;
@@ -1440,21 +1454,18 @@ class ClusterSim {
           parts[int(TensorClass::Activations)] += c.w_saved;
         else
           for (int k = 0; k < kTensorClasses; ++k) parts[k] += c.at_peak[k];
+        if (step.paired) {  // the backward's own activations are in its working set
+          const ChunkModel& cb = *chunk_of_[p_.global_chunk(step.b.chunk, s)];
+          parts[int(TensorClass::Activations)] -= cb.saved;
+          for (int k = 0; k < kTensorClasses; ++k) parts[k] += cb.at_peak[k];
+        }
         const double here = total_bytes(parts);
         if (here > best) {
           best = here;
           best_parts = parts;
         }
-        if (it.weight) {
-          pending[it.chunk]--;
-          in_flight--;
-        } else if (!it.forward) {
-          live[it.chunk]--;
-          if (p_.split_backward())
-            pending[it.chunk]++;
-          else
-            in_flight--;
-        }
+        backward_done(it);
+        if (step.paired) backward_done(step.b);
       }
       st.max_in_flight = max_flight;
       st.memory = state;
