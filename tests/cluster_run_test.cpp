@@ -727,8 +727,10 @@ TEST(ClusterRun, SharedExpertOverlapHidesPartOfTheAllToAll) {
 // Combined 1F1B (Megatron-core's --overlap-moe-expert-parallel-comm): a forward and a backward
 // of different micro-batches run as one step, so either's all-to-alls run while the other
 // computes. Same FLOPs, same all-to-alls and pipeline transfers; less of the expert-parallel
-// time exposed, and a shorter step, with pipelining (pp 2) and without (pp 1, where the step
-// pairs F_{i+1} with B_i). Never shorter than the compute alone.
+// time exposed, and a shorter step, with interleaved pipelining (pp 2, vpp 2) and without
+// (pp 1, where the step pairs F_{i+1} with B_i). Never shorter than the compute alone. Plain
+// 1F1B over stages splits most steps: each stage's backward waits on the next stage's step,
+// which waits on this stage's forward.
 TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
   for (int pp : {1, 2}) {
     SCOPED_TRACE("pp " + std::to_string(pp));
@@ -738,9 +740,9 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
       j.device = load_device("h100-sxm5-80gb");
       j.system = load_system("dgx-h100");
       j.setup = load_training_string(
-          fmt::format("micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: {}\ndp: {}\nep: 8\n"
-                      "sequence_parallel: true\ncombined_1f1b: {}\n",
-                      pp, 16 / pp, combined),
+          fmt::format("micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: {}\nvpp: {}\ndp: {}\n"
+                      "ep: 8\nsequence_parallel: true\ncombined_1f1b: {}\n",
+                      pp, pp, 16 / pp, combined),
           "training.yaml");
       j.gpus = 32;
       return j.run();
@@ -756,6 +758,8 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
     EXPECT_EQ(b.count, a.count);
     EXPECT_DOUBLE_EQ(combined.model_flops, plain.model_flops);
     EXPECT_EQ(combined.pipeline_transfers, plain.pipeline_transfers);
+    EXPECT_GT(combined.combined_steps, 0);
+    EXPECT_EQ(plain.combined_steps, 0);
     EXPECT_LT(b.exposed.sec(), 0.7 * a.exposed.sec());
     EXPECT_LT(combined.step_time.sec(), plain.step_time.sec());
     for (std::size_t k = 0; k < combined.stages.size(); ++k) {
@@ -771,6 +775,21 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
       EXPECT_EQ(combined.stages[0].max_in_flight, 2);
     }
   }
+  // Plain 1F1B over two stages: steps split, yet every pass runs once.
+  Job j;
+  j.model = load_model("qwen2-57b-a14b", {"layers=4", "seq_len=1024"});
+  j.device = load_device("h100-sxm5-80gb");
+  j.system = load_system("dgx-h100");
+  j.gpus = 32;
+  j.setup = load_training_string("micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: 2\ndp: 8\nep: 8\n"
+                                 "sequence_parallel: true\n", "training.yaml");
+  ClusterResult plain = j.run();
+  j.setup.parallel.combined_1f1b = true;
+  ClusterResult split = j.run();
+  EXPECT_GT(split.split_combined_steps, 0);
+  EXPECT_DOUBLE_EQ(split.model_flops, plain.model_flops);
+  EXPECT_EQ(split.pipeline_transfers, plain.pipeline_transfers);
+  EXPECT_EQ(split.comm[int(ParallelGroup::EP)].count, plain.comm[int(ParallelGroup::EP)].count);
 }
 
 }  // namespace

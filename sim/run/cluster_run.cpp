@@ -543,8 +543,8 @@ struct RankState {
   };
   std::vector<UnitHold> holds;
   std::size_t cursor = 0;           // the next step
-  std::vector<Step> steps;
-  std::vector<PipelineItem> items;  // the steps' items in order
+  std::vector<Step> steps;  // the schedule's items as steps
+  std::vector<Step> ran;    // the steps as they ran (a split step as two)
   std::vector<CommSpec> deferred;  // DP syncs that wait for the end of backward
   std::vector<int64_t> live;       // micro-batches whose activations each chunk keeps
   std::vector<int64_t> w_pending;  // of a split backward: B done, W not yet, per chunk
@@ -628,13 +628,8 @@ class ClusterSim {
     states_.resize(p_.pp);
     r.stages.resize(p_.pp);
     for (int s = 0; s < p_.pp; ++s) {
-      states_[s].items = pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_, times);
-      states_[s].steps = steps_of(states_[s].items, p_.combined_1f1b);
-      states_[s].items.clear();  // in the order the steps run them
-      for (const Step& st : states_[s].steps) {
-        states_[s].items.push_back(st.a);
-        if (st.paired) states_[s].items.push_back(st.b);
-      }
+      states_[s].steps = steps_of(pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_, times),
+                                  p_.combined_1f1b);
       StageResult& st = r.stages[s];
       st.stage = s;
       for (int v = 0; v < p_.vpp; ++v) {
@@ -660,9 +655,10 @@ class ClusterSim {
         if (rs.cursor >= rs.steps.size()) continue;
         const Step& step = rs.steps[rs.cursor];
         Time need = dependency(s, step.a);
-        if (step.paired) {
+        if (step.paired) {  // it starts with the first pass whose input is sent
           Time other = dependency(s, step.b);
-          need = other < Time::zero() ? other : max(need, other);
+          if (need < Time::zero()) need = other;
+          else if (other >= Time::zero()) need = min(need, other);
         }
         if (need < Time::zero()) continue;  // not sent yet
         Time start = max(rs.compute_free, need);
@@ -675,8 +671,7 @@ class ClusterSim {
         throw std::runtime_error(
             "pipeline schedule deadlocked: no stage can start its next item (schedule " +
             std::string(pipeline_schedule_name(p_.schedule)) + ")");
-      execute_step(best);
-      --remaining;
+      remaining -= execute_step(best);
     }
     optimizer_phase();
 
@@ -1156,46 +1151,63 @@ class ClusterSim {
   // Runs the rank's next step: one item, or (combined 1F1B) a forward and a backward of other
   // micro-batches as one step, their tasks interleaved on the compute stream so that either's
   // blocking communication runs while the other computes.
-  void execute_step(int s) {
+  // Returns the steps finished (0 when a combined step split and its second pass is left).
+  std::size_t execute_step(int s) {
     RankState& rs = states_[s];
-    StageResult& st = result_->stages[s];
-    const Step step = rs.steps[rs.cursor++];
+    Step step = rs.steps[rs.cursor];
+    // A combined step one of whose inputs is not even sent yet (its sender waits, directly or
+    // not, for this rank's other pass: 1F1B without interleaving, where each stage's backward
+    // waits on the next stage's step that needs this stage's forward) splits: the pass that can
+    // go runs alone now, the other stays as the rank's next step.
+    const bool split = step.paired && (dependency(s, step.a) < Time::zero() ||
+                                       dependency(s, step.b) < Time::zero());
+    if (split) {
+      const bool a_ready = dependency(s, step.a) >= Time::zero();
+      rs.steps[rs.cursor] = Step{a_ready ? step.b : step.a, {}, false};
+      step = Step{a_ready ? step.a : step.b, {}, false};
+      ++result_->split_combined_steps;
+    } else {
+      ++rs.cursor;
+    }
+    rs.ran.push_back(step);
     std::vector<PipelineItem> its = {step.a};
-    if (step.paired) its.push_back(step.b);
-    // The step starts once every input has arrived.
-    Time need = Time::zero();
-    std::size_t later = 0;
+    if (step.paired) {
+      its.push_back(step.b);
+      ++result_->combined_steps;
+    }
+    // Each pass starts once its input has arrived (a combined step's second pass joins the
+    // first when its own input is in). Waiting for an input the sender has finished is exposed
+    // pipeline communication, for as long as the compute stream stands idle meanwhile; waiting
+    // for the sender to finish is bubble.
+    std::vector<Time> need(its.size());
+    Time first_need = Time::infinite();
     for (std::size_t k = 0; k < its.size(); ++k) {
-      Time d = dependency(s, its[k]);
-      if (d > need) {
-        need = d;
-        later = k;
-      }
+      need[k] = dependency(s, its[k]);
+      first_need = min(first_need, need[k]);
     }
-    Time start = max(rs.compute_free, need);
-    rs.cpu = max(rs.cpu, need);  // the host waits for the receive before it issues the pass
-    if (need > rs.compute_free) {
-      // The wait splits into the sender still computing (bubble) and the transfer (pp comm).
-      const PipelineItem& it = its[later];
-      Time wait = need - rs.compute_free;
-      Time sent = transfer_start_[slot(it.micro_batch, p_.global_chunk(it.chunk, s), it.forward)];
-      Time in_flight = min(wait, need - max(sent, rs.compute_free));
-      expose(st, int(ParallelGroup::PP), in_flight);
-    }
+    const Time start = max(rs.compute_free, first_need);
+    rs.cpu = max(rs.cpu, first_need);  // the host waits for a receive before it issues
     std::vector<Cursor> cur;
     double working = 0;
-    for (const PipelineItem& it : its) {
-      const ChunkModel& c = *chunk_of_[p_.global_chunk(it.chunk, s)];
+    for (std::size_t k = 0; k < its.size(); ++k) {
+      const PipelineItem& it = its[k];
+      const int gc = p_.global_chunk(it.chunk, s);
+      const ChunkModel& c = *chunk_of_[gc];
       working += c.pass_peak;
-      cur.emplace_back(program_of(it, c), start, it.micro_batch == 0,
+      cur.emplace_back(program_of(it, c), rs.compute_free, it.micro_batch == 0,
                        it.micro_batch == mbs_ - 1, it.forward ? "fwd" : "bwd");
+      if (need[k] > rs.compute_free) {
+        Time sent = transfer_start_[slot(it.micro_batch, gc, it.forward)];
+        cur.back().t = max(rs.compute_free, min(sent, need[k]));  // bubble until then
+        cur.back().wait_until(need[k], int(ParallelGroup::PP));
+      }
     }
     if (spans_) memory_sample(s, start, its.front(), working);
     if (cur.size() == 2) {
       cur[0].other = &cur[1];
       cur[1].other = &cur[0];
     }
-    Time stream = start;
+    Time stream = rs.compute_free;
     // The program behind in its own time goes next (the forward on a tie).
     for (;;) {
       Cursor* next = nullptr;
@@ -1212,6 +1224,7 @@ class ClusterSim {
     const Time end = finish(s, *last, stream);
     for (std::size_t k = 0; k < its.size(); ++k) end_item(s, its[k], cur[k].t);
     rs.compute_free = end;
+    return split ? 0 : 1;
   }
 
   // After an item's program: its activations' bookkeeping, and the send of its output to the
@@ -1440,7 +1453,7 @@ class ClusterSim {
             in_flight--;
         }
       };
-      for (const Step& step : states_[s].steps) {
+      for (const Step& step : states_[s].ran) {
         const PipelineItem& it = step.a;
         const ChunkModel& c = *chunk_of_[p_.global_chunk(it.chunk, s)];
         if (it.forward) {

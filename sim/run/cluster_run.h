@@ -129,6 +129,9 @@ struct ClusterResult {
   }
   long collectives = 0;  ///< collective requests timed
   long pipeline_transfers = 0;  ///< activation and gradient sends between pipeline ranks
+  /// Combined 1F1B: steps that ran a forward and a backward together, and those that split
+  /// because one pass's input was not sent yet (summed over the simulated pipeline ranks).
+  long combined_steps = 0, split_combined_steps = 0;
 
   double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
   double mfu() const { return model_flops / (step_time.sec() * peak_flops * gpus); }
