@@ -123,8 +123,11 @@ TEST_F(ClusterCli, ZeroBubbleAndExpertTensorParallelRefuseWhatTheyDoNotModel) {
              "--global-batch 8 --schedule zb-v",
              "training.vpp", "vpp must be 2");
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 4 --pp 4 --global-batch 8 "
+             "--schedule zb-v -p training.last_stage_layers=4",
+             "training.last_stage_layers", "both ends");
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 4 --pp 4 --global-batch 8 "
              "--schedule zb-v -p training.first_stage_layers=4",
-             "training.schedule", "both ends");
+             "training.first_stage_layers", "evenly");
   // 24 layers do not split into 2 x pp = 16 chunks.
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 8 --pp 8 --global-batch 8 "
              "--schedule zb-v",

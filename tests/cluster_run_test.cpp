@@ -490,6 +490,39 @@ TEST(ClusterPartition, EvenSplitOrFirstAndLastStageCounts) {
   }
 }
 
+// ZB-V: the first rank holds the embedding's chunk (0) and the loss's (2 pp - 1); its
+// first_stage_layers split over them, the embedding's the smaller half, and the other ranks'
+// chunks share the rest; a count that leaves them uneven is refused, as Megatron-core does.
+TEST(ClusterPartition, ZeroBubbleVFirstRankHoldsBothEnds) {
+  Parallelism p;
+  p.pp = 4;
+  p.vpp = 2;
+  p.schedule = PipelineSchedule::ZeroBubbleV;
+  EXPECT_EQ(chunk_boundaries(32, p), (std::vector<int64_t>{0, 4, 8, 12, 16, 20, 24, 28, 32}));
+  p.first_stage_layers = 2;  // 30 layers over 6 chunks: 5 each; 1 + 1 on the first rank
+  EXPECT_EQ(chunk_boundaries(32, p), (std::vector<int64_t>{0, 1, 6, 11, 16, 21, 26, 31, 32}));
+  EXPECT_EQ(p.rank_of_chunk(0), 0);
+  EXPECT_EQ(p.rank_of_chunk(7), 0);
+  EXPECT_EQ(p.rank_of_chunk(3), 3);
+  EXPECT_EQ(p.rank_of_chunk(4), 3);
+  EXPECT_EQ(p.global_chunk(1, 1), 6);
+  // Bad counts end the run naming the key.
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=32"});
+  SystemSpec sys = load_system("dgx-a100");
+  for (int first : {1, 4}) {
+    TrainingSetup t = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 8\npp: 4\nschedule: zb-v\n"
+                    "first_stage_layers: {}\n", first),
+        "training.yaml");
+    try {
+      check_layout(m, t, sys, 4);
+      FAIL() << "first_stage_layers " << first << " accepted";
+    } catch (const LayoutError& e) {
+      EXPECT_EQ(e.key, "first_stage_layers");
+    }
+  }
+}
+
 TEST(ClusterPartition, EndStageCountsMustGiveEveryChunkALayer) {
   TransformerModel m = load_model("gpt3-1.3b", {"layers=20"});
   SystemSpec sys = load_system("dgx-a100");

@@ -39,6 +39,19 @@ std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p) {
   // stage's last) the smaller share, as Llama 3 405B's partition does (one layer fewer on each
   // end stage, with interleaving).
   const int pp = p.pp, v = p.vpp;
+  if (p.v_shape()) {
+    // ZB-V: the first rank holds both ends (the embedding's chunk and the loss's) and takes
+    // `first` layers, the embedding's chunk the smaller half; the other ranks' chunks share the
+    // rest evenly.
+    const int64_t each = (layers - first) / (2 * int64_t(pp - 1));
+    for (int c = 0; c < C; ++c) {
+      int64_t n = each;
+      if (c == 0) n = first / 2;
+      else if (c == C - 1) n = first - first / 2;
+      b[c + 1] = b[c] + n;
+    }
+    return b;
+  }
   int middle = (pp - (first > 0) - (last > 0)) * v;
   int64_t rest = layers - first - last;
   int64_t each = middle > 0 ? rest / middle : 0;
@@ -98,7 +111,20 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
   if (p.devices() != gpus)
     fail("tp", fmt::format("tp x pp x dp x cp = {} x {} x {} x {} = {} is not the GPU count {}",
                            p.tp, p.pp, p.dp, p.cp, p.devices(), gpus));
-  if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
+  if (p.v_shape() && (p.first_stage_layers > 0 || p.last_stage_layers > 0)) {
+    // The V's first rank holds both ends: first_stage_layers is its count, over its two chunks.
+    if (p.last_stage_layers > 0)
+      fail("last_stage_layers", "zb-v puts the loss on the first rank with the embedding: give "
+                                "that rank's layers as first_stage_layers");
+    const int64_t first = p.first_stage_layers, rest = m.layers - first;
+    const int64_t chunks = 2 * int64_t(p.pp - 1);
+    if (first < 2 || p.pp < 2 || rest < chunks || rest % chunks != 0)
+      fail("first_stage_layers",
+           fmt::format("zb-v: {} layers minus first_stage_layers {} (at least 2, one per chunk "
+                       "of the first rank) do not divide evenly over the other {} ranks' {} "
+                       "chunks",
+                       m.layers, first, p.pp - 1, chunks));
+  } else if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
     // Each end stage's count splits over its vpp chunks, at least one layer each (the chunk
     // with the embedding or the LM head takes the smaller share when it does not split evenly),
     // and the rest evenly over the other stages' chunks.

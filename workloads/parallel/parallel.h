@@ -55,7 +55,8 @@ struct Parallelism {
   /// computes.
   bool combined_1f1b = false;
   /// Layers on the first / last pipeline stage (Megatron's --decoder-first/last-pipeline-num-
-  /// layers), to offset the embedding and the LM head; 0: an even split. Needs vpp == 1.
+  /// layers), to offset the embedding and the LM head, split over the stage's vpp chunks; 0: an
+  /// even split. ZB-V: first_stage_layers is the first rank's count (it holds both ends).
   int first_stage_layers = 0, last_stage_layers = 0;
 
   /// The experts' tensor-parallel degree: etp, or tp when unset.

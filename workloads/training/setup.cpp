@@ -169,7 +169,11 @@ const Schema& training_schema() {
                               "; split over its vpp chunks (the " +
                               (k[0] == 'f' ? "embedding's" : "LM head's") +
                               " chunk takes the smaller share when uneven), the other stages' "
-                              "chunks share the rest evenly (Megatron-core); 0: an even split.");
+                              "chunks share the rest evenly (Megatron-core); 0: an even split." +
+                              (k[0] == 'f' ? " With zb-v, the first rank's layers: it holds "
+                                             "both ends, the embedding's chunk takes the "
+                                             "smaller half."
+                                           : " Not with zb-v."));
       q.min = 0;
       x.params.push_back(q);
     }
@@ -394,9 +398,9 @@ TrainingSetup training_from_config(const Config& c) {
     if (par.vpp > 2) c.fail("vpp", "zb-v runs exactly two model chunks per rank: vpp must be 2 (or 1, "
                                    "which zb-v raises to 2)");
     par.vpp = 2;
-    if (c.get_int("first_stage_layers") > 0 || c.get_int("last_stage_layers") > 0)
-      c.fail("schedule", "zb-v puts both ends of the model on the first rank; "
-                         "first_stage_layers and last_stage_layers are for 1F1B's layout");
+    if (c.get_int("last_stage_layers") > 0)
+      c.fail("last_stage_layers", "zb-v puts both ends of the model on the first rank: give "
+                                  "that rank's layers as first_stage_layers");
   } else if (par.vpp > 1) {
     if (sc == "gpipe" || sc == "zb-h1")
       c.fail("schedule", sc + " has no virtual stages; vpp must be 1");
