@@ -328,6 +328,23 @@ TEST(Knobs, UnalignedRowsSlowAMatrixProduct) {
   }
 }
 
+// NVFP4 products on the B200: 16384 MACs per SM and cycle, 9.02 PFLOP/s at the tensor clock
+// (9 PF dense in the datasheet); a 4096-wide product is aligned (16 bytes hold 32 values, the
+// scales are separate), never faster than that peak, and faster than its fp8 twin while
+// compute-bound. NVFP4 stores a value in half a byte plus an E4M3 scale per 16.
+TEST(Knobs, Fp4ProductsRunAtTheB200sFp4Peak) {
+  auto dev = load_device("b200-sxm-180gb");
+  EXPECT_NEAR(dev->compute().peak_matrix(DType::FP4).per_s() / 1e15, 9.02, 0.01);
+  EXPECT_DOUBLE_EQ(dtype_bytes(DType::FP4), 0.5625);
+  Op f4 = gemm(8192, 8192, 8192, DType::FP4), f8 = gemm(8192, 8192, 8192, DType::FP8);
+  EXPECT_TRUE(gemm_aligned(std::get<GemmOp>(f4.body)));
+  OpSimulator s(*dev, Fidelity::Tile);
+  OpResult r4 = s.run(f4), r8 = s.run(f8);
+  EXPECT_LE(r4.flops / r4.time.sec(), dev->compute().peak_matrix(DType::FP4).per_s());
+  EXPECT_LT(r4.time.sec(), 0.8 * r8.time.sec());
+  EXPECT_FALSE(load_device("h100-sxm5-80gb")->compute().supports(DType::FP4));
+}
+
 // A 2:4-sparse weight halves the useful MACs and compresses B to half its values plus 2-bit
 // indices. Where the unit skips zeros (H100, A100) the product is faster than the dense one but
 // its non-zero MACs never run faster than the dense peak, so at most twice as fast; where it

@@ -399,6 +399,34 @@ TEST(WorkloadGraph, Fp8CastsEachProductsInputsAndGradientsAndKeepsTheHeadInSixte
   EXPECT_NEAR(fp8.micro_batch_flops() / bf16.micro_batch_flops(), 1.0, 0.001);
 }
 
+// FP4 (NVFP4: 0.5625 B per value with its scales): the FP8 recipe's structure with NVFP4 bytes;
+// every input quantized from 16 bits (the column copy's Hadamard transform needs them, so no
+// norm-fused shortcut), 32 more vector FLOPs per value for the transform and, on gradients, 12
+// for stochastic rounding.
+TEST(WorkloadGraph, Fp4QuantizesEveryInputFromSixteenBitsWithTheHadamardTransform) {
+  TransformerModel m = load_model("gpt3-1.3b", {"seq_len=512"});
+  const std::string base = "micro_batch: 2\nglobal_batch: 4\n";
+  StepGraph bf16 = build_step_graph(m, setup(base));
+  StepGraph fp4 = build_step_graph(m, setup(base + "precision: fp4\n"));
+  const double T = double(fp4.tokens), h = double(m.hidden), q = 0.5625;
+  const StepNode* qkv_in = find(fp4, "layer0.attn.qkv.fp4_in.fwd");
+  const StepNode* grad = find(fp4, "layer0.mlp.fc2.fp4_grad");
+  const StepNode* fwd = find(fp4, "layer0.mlp.fc1.fwd");
+  ASSERT_TRUE(qkv_in && grad && fwd);
+  EXPECT_EQ(fwd->op->dtype(), DType::FP4);
+  EXPECT_EQ(find(fp4, "lm_head.fwd")->op->dtype(), DType::BF16);
+  EXPECT_DOUBLE_EQ(qkv_in->op->min_bytes().count(), T * h * (2 + 2 * q));
+  EXPECT_DOUBLE_EQ(grad->op->min_bytes().count(), T * h * (2 + 2 * q));
+  const StreamOp& in = std::get<StreamOp>(qkv_in->op->body);
+  const StreamOp& g = std::get<StreamOp>(grad->op->body);
+  EXPECT_DOUBLE_EQ(in.vector_flops, 4 + 32);
+  EXPECT_DOUBLE_EQ(g.vector_flops, 6 + 32 + 12);
+  const double w = double(m.layers) * 12 * h * h;
+  EXPECT_DOUBLE_EQ(fp4.state_bytes(TensorClass::Weights) - bf16.state_bytes(TensorClass::Weights),
+                   2 * q * w);
+  ASSERT_NE(find(fp4, "optimizer.fp4_weight_cast"), nullptr);
+}
+
 TEST(WorkloadGraph, TpCommOverlapNeedsSequenceParallelism) {
   try {
     setup("tp: 4\ntp_comm_overlap: true\n");

@@ -25,9 +25,9 @@ struct ComputeSpec {
   /// while the boost clock is 1.98 GHz); equals boost_clock unless the preset says otherwise.
   Frequency matrix_boost_clock;
   /// Dense matrix MACs per cycle per unit, by dtype; 0 where the unit has no matrix path.
-  std::array<double, 8> matrix_macs{};
+  std::array<double, kDTypes> matrix_macs{};
   /// Vector FLOPs per cycle per unit, by dtype (fp64, fp32, fp16/bf16); 0 where absent.
-  std::array<double, 8> vector_flops{};
+  std::array<double, kDTypes> vector_flops{};
   double sfu_ops_per_cycle = 0;   ///< transcendental ops (exp) per cycle per unit
   Bytes register_file{0};         ///< per unit
   Bytes shared_memory{0};         ///< usable scratchpad per unit

@@ -164,7 +164,7 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
     for (int bn : {8, 16, 32, 64, 128, 256})
       for (int bk_bytes : {64, 128})
         for (int stages : {2, 3, 4}) {
-          int bk = std::max(8, static_cast<int>(bk_bytes / e));
+          int bk = std::max(8, bk_bytes * 8 / dtype_bits(g.dtype));
           Tiling t{bm, bn, bk, stages};
           GemmProgram p(g, t, c);
           int occ = occupancy(c, p.footprint());

@@ -124,7 +124,7 @@ double GemmOp::b_bytes_per_element() const {
 }
 
 bool gemm_aligned(const GemmOp& g) {
-  int64_t v = std::max<int64_t>(1, static_cast<int64_t>(16 / dtype_bytes(g.dtype)));
+  int64_t v = std::max<int64_t>(1, 128 / dtype_bits(g.dtype));
   auto pitch_ok = [&](char dim, int64_t size) { return g.row_count_dim == dim || size % v == 0; };
   return pitch_ok('m', g.m) && pitch_ok('n', g.n) && pitch_ok('k', g.k);
 }

@@ -195,7 +195,7 @@ void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
   cmd->add_option("--model", o.model, "Model preset or file, e.g. gpt3-1.3b");
   cmd->add_option("--micro-batch", o.micro_batch, "Sequences per forward/backward pass");
   cmd->add_option("--global-batch", o.global_batch, "Sequences per optimizer step");
-  cmd->add_option("--precision", o.precision, "bf16, fp16, fp32 or fp8");
+  cmd->add_option("--precision", o.precision, "bf16, fp16, fp32, fp8 or fp4");
   cmd->add_option("--recompute", o.recompute, "none, selective or full");
   cmd->add_option("--seq-len", o.seq_len, "Override the model's sequence length");
   cmd->add_option("--flash-attention", o.flash_attention, "true or false");

@@ -339,7 +339,7 @@ std::vector<Case> read_cases(const std::string& file) {
     if (!c.blank("precision") && !parse_dtype(lower(c.get("precision"))))
       throw ConfigError({file, line}, "",
                         fmt::format("column 'precision' (column {}): '{}' is not one of fp32, tf32, "
-                                    "fp16, bf16, fp8, fp64",
+                                    "fp16, bf16, fp8, fp4, int8, int4, fp64",
                                     index["precision"] + 1, c.get("precision")));
     auto [it, fresh] = seen.emplace(c.id(), line);
     if (!fresh)
@@ -522,8 +522,9 @@ TrainingSetup training_setup(const Case& c) {
   else if (p == "fp16") t.precision = Precision::FP16;
   else if (p == "fp32") t.precision = Precision::FP32;
   else if (p == "fp8") t.precision = Precision::FP8;
-  else throw CaseError(fmt::format("precision '{}' is not a training precision (bf16, fp16, fp32 "
-                                   "or fp8)", p));
+  else if (p == "fp4") t.precision = Precision::FP4;
+  else throw CaseError(fmt::format("precision '{}' is not a training precision (bf16, fp16, fp32, "
+                                   "fp8 or fp4)", p));
   std::string r = c.blank("recompute") ? "none" : lower(c.get("recompute"));
   if (r == "none") t.recompute = Recompute::None;
   else if (r == "selective") t.recompute = Recompute::Selective;

@@ -14,6 +14,8 @@ DType TrainingSetup::matmul_dtype() const {
       return DType::FP32;
     case Precision::FP8:
       return DType::FP8;
+    case Precision::FP4:
+      return DType::FP4;
   }
   return DType::BF16;
 }
@@ -39,6 +41,8 @@ const char* precision_name(Precision p) {
       return "fp32";
     case Precision::FP8:
       return "fp8";
+    case Precision::FP4:
+      return "fp4";
   }
   return "?";
 }
@@ -73,8 +77,11 @@ const Schema& training_schema() {
                            "bf16/fp16: mixed precision with fp32 master weights; fp32; fp8: "
                            "Transformer Engine's recipe, the layers' products in fp8 with their "
                            "input and gradient cast-transposes and per-step weight casts, the LM "
-                           "head, router, attention and everything else in bf16.");
-    prec.choices = {"bf16", "fp16", "fp32", "fp8"};
+                           "head, router, attention and everything else in bf16. fp4: the same "
+                           "recipe in NVFP4 (E2M1 with an E4M3 scale per 16 values; NVIDIA's "
+                           "NVFP4 pre-training), with a 16-point Hadamard transform on the "
+                           "weight gradient's operands.");
+    prec.choices = {"bf16", "fp16", "fp32", "fp8", "fp4"};
     ParamSpec opt = param("optimizer", ParamType::Enum, "", "adam",
                           "Optimizer; Adam keeps two fp32 moments per parameter.");
     opt.choices = {"adam"};
@@ -366,6 +373,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.precision = p == "fp16"   ? Precision::FP16
                 : p == "fp32" ? Precision::FP32
                 : p == "fp8"  ? Precision::FP8
+                : p == "fp4"  ? Precision::FP4
                               : Precision::BF16;
   t.optimizer = c.get_string("optimizer");
   std::string r = c.get_string("recompute");

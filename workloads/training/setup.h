@@ -17,7 +17,7 @@ namespace memwall {
 /// bf16/fp16: mixed precision (16-bit weights, gradients and activations; fp32 master weights
 /// and Adam moments). fp32: everything in fp32, no master copy. fp8: matrix products in fp8,
 /// everything else as bf16.
-enum class Precision { BF16, FP16, FP32, FP8 };
+enum class Precision { BF16, FP16, FP32, FP8, FP4 };
 enum class Recompute { None, Selective, Full };
 /// How gradients are accumulated over the micro-batches of a step (mixed precision, ZeRO < 2).
 /// Autograd: PyTorch's AccumulateGrad into the 16-bit .grad (DDP, DeepSpeed, Lightning), the

@@ -244,7 +244,7 @@ class Builder {
     ad_ = t.activation_dtype();
     md_ = t.matmul_dtype();
     e_ = dtype_bytes(ad_);
-    // The attention kernels run in 16 bits even when the matrix products use fp8.
+    // The attention kernels run in 16 bits even when the matrix products use fp8 or fp4.
     attn_dt_ = ad_;
     // 16-bit weights and gradients with an fp32 master copy and moments (12 B), or fp32 weights
     // and gradients with fp32 moments (8 B): fp32 training and autocast.
@@ -280,7 +280,8 @@ class Builder {
       sfc1w_r_ = m.shared_fc1_width() / tp_;
     }
     g_.boundary_bytes = double(Tn_) * m.hidden * re_;
-    fp8_ = t.precision == Precision::FP8;
+    lp_ = t.precision == Precision::FP8 || t.precision == Precision::FP4;
+    lpb_ = dtype_bytes(md_);
     sparse_mlp_ = t.sparse_weights != TrainingSetup::SparseWeights::None;
     sparse_attn_ = t.sparse_weights == TrainingSetup::SparseWeights::All;
   }
@@ -628,13 +629,14 @@ class Builder {
                            TensorClass::Weights, true);
       state_tensors_.push_back(compressed_);
     }
-    // FP8: each layer weight's FP8 copy and its transpose (the input-gradient product's
-    // operand), 1 B each, kept from the first micro-batch's cast to the step's end (TE's
-    // is_first_microbatch).
-    if (fp8_) {
-      fp8_params_ = layer_weights(true, true);
-      fp8_weights_ = tensor("fp8_weights", 2.0 * double(fp8_params_), TensorClass::Weights, true);
-      state_tensors_.push_back(fp8_weights_);
+    // FP8 and FP4: each layer weight's quantized copy and its transpose (the input-gradient
+    // product's operand; FP4 scales 16 x 16 blocks so the two agree), kept from the first
+    // micro-batch's cast to the step's end (TE's is_first_microbatch).
+    if (lp_) {
+      lp_params_ = layer_weights(true, true);
+      lp_weights_ = tensor(lp_kind("weights"), 2.0 * lpb_ * double(lp_params_),
+                           TensorClass::Weights, true);
+      state_tensors_.push_back(lp_weights_);
     }
     if (c_.head) {
       final_norm_ = group("final_norm", norm_params(), -1);
@@ -891,29 +893,45 @@ class Builder {
     return out;
   }
   double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * Tn_; }
-  // FP8 (Transformer Engine on Hopper, whose FP8 products take both operands K-major): a
-  // product's 16-bit input is cast to FP8 with its transpose for the weight gradient, one
-  // cast-transpose kernel (amax and scaling fused) reading 2 B and writing 1 + 1 B per element;
-  // that pair replaces the input as the product's (and the weight gradient's) operand. An input
+  // FP8 and FP4 (Transformer Engine's recipes; Hopper's FP8 products take both operands
+  // K-major, Blackwell's block-scaled ones scale along K): a product's 16-bit input is quantized
+  // twice, along its rows for the product and along its columns (its transpose) for the weight
+  // gradient, one kernel (amax and scaling fused) reading 2 B and writing the two copies; that
+  // pair replaces the input as the product's (and the weight gradient's) operand. FP8: an input
   // a fused module already wrote in FP8 (TE's LayerNormLinear: QKV and fc1 after their norm)
-  // only needs its transpose, a kernel reading and writing 1 B. Without FP8, `in` itself.
-  TensorId fp8_input(const std::string& name, Pass pass, int l, TensorId in, double elements,
-                     bool norm_fused) {
-    if (!fp8_) return in;
-    TensorId out = act(name + ".out", elements, 2.0);
-    Op op = norm_fused ? stream_op("fp8_transpose", int64_t(elements), {1}, {1}, 0, 0, ad_)
-                       : stream_op("fp8_cast_transpose", int64_t(elements), {e_}, {1, 1}, 4, 0, ad_);
+  // only needs its transpose, a kernel reading and writing 1 B. FP4 (NVFP4 pre-training, NVIDIA
+  // 2025): the column copy first takes a 16-point random Hadamard transform (16 FMAs per
+  // value), so every input is quantized from 16 bits, none fused. Else `in` itself.
+  TensorId lp_input(const std::string& name, Pass pass, int l, TensorId in, double elements,
+                    bool norm_fused) {
+    if (!lp_) return in;
+    TensorId out = act(name + ".out", elements, 2.0 * lpb_);
+    const bool fp4 = md_ == DType::FP4;
+    Op op = norm_fused && !fp4
+                ? stream_op("fp8_transpose", int64_t(elements), {lpb_}, {lpb_}, 0, 0, ad_)
+                : stream_op(lp_kind("cast_transpose"), int64_t(elements), {e_}, {lpb_, lpb_},
+                            fp4 ? 4 + kHadamardFlops : 4, 0, ad_);
     node(name, op, pass, l, {in}, {out});
     return out;
   }
-  // FP8: the output gradient of a product, cast with its transpose (and the bias gradient
-  // fused: TE's cast_transpose_bgrad) for the input-gradient and weight-gradient products.
-  TensorId fp8_grad(const std::string& name, int l, TensorId dy, double elements) {
-    if (!fp8_) return dy;
-    TensorId out = act(name + ".out", elements, 2.0);
-    node(name, stream_op("fp8_cast_transpose_grad", int64_t(elements), {e_}, {1, 1}, 6, 0, ad_),
+  // FP8 and FP4: the output gradient of a product, quantized both ways (and the bias gradient
+  // fused: TE's cast_transpose_bgrad) for the input-gradient and weight-gradient products; FP4
+  // with the Hadamard transform on the column copy and stochastic rounding (a random number
+  // per value, as dropout's).
+  TensorId lp_grad(const std::string& name, int l, TensorId dy, double elements) {
+    if (!lp_) return dy;
+    TensorId out = act(name + ".out", elements, 2.0 * lpb_);
+    const double flops = md_ == DType::FP4 ? 6 + kHadamardFlops + kRandomFlops : 6;
+    node(name, stream_op(lp_kind("cast_transpose_grad"), int64_t(elements), {e_}, {lpb_, lpb_},
+                         flops, 0, ad_),
          Pass::BackwardInput, l, {dy}, {out});
     return out;
+  }
+  static constexpr double kHadamardFlops = 32;  // a 16-point transform: 16 FMAs per value
+  static constexpr double kRandomFlops = 12;    // Philox per value, as dropout's masks
+  // "fp8_<what>" or "fp4_<what>": the quantization kernels' names.
+  std::string lp_kind(const char* what) const {
+    return std::string(md_ == DType::FP4 ? "fp4_" : "fp8_") + what;
   }
   // The data type of a product: the layers' run in md_ (FP8 under the FP8 recipe); the LM head
   // and the MoE router stay in 16 bits (Megatron builds them without Transformer Engine).
@@ -1001,7 +1019,7 @@ class Builder {
     node(nm(l, "ln1", sfx), norm_op(false), pass, l, {x, Wt}, {a.ln1_out, a.ln1_stats});
 
     TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
-    ln1_in = a.qkv_in = fp8_input(nm(l, "attn.qkv.fp8_in", sfx), pass, l, ln1_in, Tnh, true);
+    ln1_in = a.qkv_in = lp_input(nm(l, "attn.qkv." + lp_kind("in"), sfx), pass, l, ln1_in, Tnh, true);
     a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
     gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv,
@@ -1021,7 +1039,7 @@ class Builder {
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
-    a.proj_in = fp8_input(nm(l, "attn.proj.fp8_in", sfx), pass, l, a.attn_out,
+    a.proj_in = lp_input(nm(l, "attn.proj." + lp_kind("in"), sfx), pass, l, a.attn_out,
                           double(T_) * attnw_r_, false);
     TensorId proj =
         reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.proj_in, a.proj_w},
@@ -1057,7 +1075,7 @@ class Builder {
     const TensorId Wt = W(lgi(l));
     const std::string n = s.name;
     TensorId x = cast(nm(l, n + ".fc1.cast_in", sfx), pass, l, in, double(Tn_) * h, true);
-    x = ma.fc1_in = fp8_input(nm(l, n + ".fc1.fp8_in", sfx), pass, l, x, double(Tn_) * h, true);
+    x = ma.fc1_in = lp_input(nm(l, n + ".fc1." + lp_kind("in"), sfx), pass, l, x, double(Tn_) * h, true);
     ma.fc1_w = weight_copy(nm(l, n + ".fc1.cast_weight", sfx), pass, l, Wt, s.fc1_params, m_.bias);
     ma.fc1_out = act(nm(l, n + ".fc1", sfx) + ".out", double(T_) * s.fc1w_r);
     gathered_gemm(nm(l, n + ".fc1", sfx), pass, l, x, s.fc1w_r, h, {ma.fc1_w}, ma.fc1_out,
@@ -1067,7 +1085,7 @@ class Builder {
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", T_ * s.ffn_r, ad_), pass,
          l, {ma.fc1_out}, {ma.act_out});
     ma.fc2_w = weight_copy(nm(l, n + ".fc2.cast_weight", sfx), pass, l, Wt, s.fc2_params, m_.bias);
-    ma.fc2_in = fp8_input(nm(l, n + ".fc2.fp8_in", sfx), pass, l, ma.act_out,
+    ma.fc2_in = lp_input(nm(l, n + ".fc2." + lp_kind("in"), sfx), pass, l, ma.act_out,
                           double(T_) * s.ffn_r, false);
     return reduced_gemm(nm(l, n + ".fc2", sfx), pass, l, h, s.ffn_r, {ma.fc2_in, ma.fc2_w},
                         sparse_mlp_);
@@ -1084,20 +1102,20 @@ class Builder {
     const Pass BI = Pass::BackwardInput;
     const std::string n = s.name;
     TensorId d_act = act(nm(l, n + ".fc2", "bwd_input") + ".grad", double(T_) * s.ffn_r);
-    d_out = fp8_grad(nm(l, n + ".fc2", "fp8_grad"), l, d_out, Tnh);
+    d_out = lp_grad(nm(l, n + ".fc2", lp_kind("grad").c_str()), l, d_out, Tnh);
     std::vector<TensorId> d_out_full = gathered_gemm(
         nm(l, n + ".fc2", "bwd_input"), BI, l, d_out, s.ffn_r, h, {ac_ ? ma.fc2_w : Wt}, d_act,
         sparse_mlp_);
-    weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, fp8_ ? ma.fc2_in : ma.act_out,
+    weight_grad(nm(l, n + ".fc2", "bwd_weight"), l, s.ffn_r, h, T_, lp_ ? ma.fc2_in : ma.act_out,
                 d_out_full, gi, s.fc2_params, 1, m_.bias);
     TensorId d_fc1 = act(nm(l, n + ".act", "bwd") + ".grad", double(T_) * s.fc1w_r);
     node(nm(l, n + ".act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", T_ * s.ffn_r,
                           ad_),
          BI, l, {d_act, ma.fc1_out}, {d_fc1});
-    d_fc1 = fp8_grad(nm(l, n + ".fc1", "fp8_grad"), l, d_fc1, double(T_) * s.fc1w_r);
+    d_fc1 = lp_grad(nm(l, n + ".fc1", lp_kind("grad").c_str()), l, d_fc1, double(T_) * s.fc1w_r);
     TensorId in_full =
-        tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, fp8_ ? ma.fc1_in : in, false);
+        tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, lp_ ? ma.fc1_in : in, false);
     TensorId d_in = act(nm(l, n + ".fc1", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, n + ".fc1", "bwd_input"), weight_gemm(sparse_mlp_, T_, h, s.fc1w_r, md_), BI, l,
          {d_fc1, ac_ ? ma.fc1_w : Wt}, {d_in});
@@ -1225,7 +1243,7 @@ class Builder {
       a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     }
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
-    a.mlp.fc1_in = fp8_input(nm(l, "moe.experts.fc1.fp8_in", sfx), pass, l, a.dispatched,
+    a.mlp.fc1_in = lp_input(nm(l, "moe.experts.fc1." + lp_kind("in"), sfx), pass, l, a.dispatched,
                              double(Rk) * h, false);
     node(nm(l, "moe.experts.fc1", sfx),
          weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
@@ -1235,7 +1253,7 @@ class Builder {
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
          l, {a.mlp.fc1_out}, {a.mlp.act_out});
     TensorId out = act(nm(l, "moe.experts.fc2", sfx) + ".out", double(Rk) * h);
-    a.mlp.fc2_in = fp8_input(nm(l, "moe.experts.fc2.fp8_in", sfx), pass, l, a.mlp.act_out,
+    a.mlp.fc2_in = lp_input(nm(l, "moe.experts.fc2." + lp_kind("in"), sfx), pass, l, a.mlp.act_out,
                              double(Rk) * effn_r_, false);
     node(nm(l, "moe.experts.fc2", sfx),
          weight_gemm(sparse_mlp_, te, h, effn_r_, md_, experts_local_), pass, l,
@@ -1312,8 +1330,8 @@ class Builder {
     std::vector<TensorId> grads = writes;
     grads.insert(grads.end(), allocs.begin(), allocs.end());
     const std::string base = name.substr(0, name.rfind('.'));
-    // (FP8: the output gradient's cast-transpose summed the bias gradient, fp8_grad)
-    if (bias && !(fp8_ && layer_product))
+    // (FP8, FP4: the output gradient's quantization summed the bias gradient, lp_grad)
+    if (bias && !(lp_ && layer_product))
       node(base + ".bwd_bias", stream_op("bias_grad", k * n * batch, {e_}, {}, 2, 1, ad_),
            Pass::BackwardWeight, l, {dy}, {}, grads);
     if (ac_) {
@@ -1390,7 +1408,7 @@ class Builder {
            {d_branch, a.mask1}, {d_proj});
     }
     TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
-    d_proj = fp8_grad(nm(l, "attn.proj", "fp8_grad"), l, d_proj, Tnh);
+    d_proj = lp_grad(nm(l, "attn.proj", lp_kind("grad").c_str()), l, d_proj, Tnh);
     std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
                                                       d_proj, attnw_r_, h,
                                                       {ac_ ? a.proj_w : Wt}, d_attn, sparse_attn_);
@@ -1441,9 +1459,9 @@ class Builder {
            {d_qkv}, {d});
       d_qkv = d;
     }
-    d_qkv = fp8_grad(nm(l, "attn.qkv", "fp8_grad"), l, d_qkv, double(T_) * qkvw_r_);
+    d_qkv = lp_grad(nm(l, "attn.qkv", lp_kind("grad").c_str()), l, d_qkv, double(T_) * qkvw_r_);
     TensorId ln1_full =
-        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, fp8_ ? a.qkv_in : a.ln1_out, false);
+        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, lp_ ? a.qkv_in : a.ln1_out, false);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, "attn.qkv", "bwd_input"), weight_gemm(sparse_attn_, T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
@@ -1491,25 +1509,25 @@ class Builder {
       d_out = expert_tp(nm(l, "moe.combine", "bwd") + ".tp_allgather", BI, l, d_ret, true);
     }
     TensorId d_act = act(nm(l, "moe.experts.fc2", "bwd_input") + ".grad", double(Rk) * effn_r_);
-    d_out = fp8_grad(nm(l, "moe.experts.fc2", "fp8_grad"), l, d_out, double(Rk) * h);
+    d_out = lp_grad(nm(l, "moe.experts.fc2", lp_kind("grad").c_str()), l, d_out, double(Rk) * h);
     node(nm(l, "moe.experts.fc2", "bwd_input"),
          weight_gemm(sparse_mlp_, te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
     weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te,
-                fp8_ ? a.mlp.fc2_in : a.mlp.act_out, {d_out}, ge, efc2_params(), experts_local_,
+                lp_ ? a.mlp.fc2_in : a.mlp.act_out, {d_out}, ge, efc2_params(), experts_local_,
                 m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Rk * effn_r_,
                           ad_),
          BI, l, {d_act, a.mlp.fc1_out}, {d_fc1});
-    d_fc1 = fp8_grad(nm(l, "moe.experts.fc1", "fp8_grad"), l, d_fc1, double(Rk) * efc1w_r_);
+    d_fc1 = lp_grad(nm(l, "moe.experts.fc1", lp_kind("grad").c_str()), l, d_fc1, double(Rk) * efc1w_r_);
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"),
          weight_gemm(sparse_mlp_, te, h, efc1w_r_, md_, experts_local_), BI, l,
          {d_fc1, We}, {d_disp});
     weight_grad(nm(l, "moe.experts.fc1", "bwd_weight"), l, h, efc1w_r_, te,
-                fp8_ ? a.mlp.fc1_in : a.dispatched, {d_fc1}, ge, efc1_params(), experts_local_,
+                lp_ ? a.mlp.fc1_in : a.dispatched, {d_fc1}, ge, efc1_params(), experts_local_,
                 m_.bias);
     TensorId d_in = -1;
     if (allgather()) {
@@ -1799,12 +1817,13 @@ class Builder {
         }
     // FP8: the updated layer weights cast to FP8 with their transposes, for the next step's
     // micro-batches (TE casts them in the first micro-batch's forward, once per step).
-    if (fp8_weights_ >= 0) {
+    if (lp_weights_ >= 0) {
       std::vector<TensorId> w;
       for (const Group& g : groups_) w.push_back(g.weights);
-      node("optimizer.fp8_weight_cast",
-           stream_op("fp8_cast_transpose", fp8_params_, {double(wb_)}, {1, 1}, 4, 0, DType::FP32),
-           O, -1, w, {}, {fp8_weights_});
+      node("optimizer." + lp_kind("weight_cast"),
+           stream_op(lp_kind("cast_transpose"), lp_params_, {double(wb_)}, {lpb_, lpb_}, 4, 0,
+                     DType::FP32),
+           O, -1, w, {}, {lp_weights_});
     }
     // 2:4-sparse weights: the updated weights are pruned again (the two largest of every four)
     // and compressed into both layouts, one pass over this rank's sparse weights.
@@ -1887,9 +1906,10 @@ class Builder {
   TensorId compressed_ = -1;
   // FP8 training (Transformer Engine's recipe): the layers' products in FP8 with their casts;
   // the FP8 copies of this rank's layer weights, cast once per step.
-  bool fp8_ = false;
-  int64_t fp8_params_ = 0;
-  TensorId fp8_weights_ = -1;
+  bool lp_ = false;
+  double lpb_ = 1;  // bytes per quantized value, its block scales included
+  int64_t lp_params_ = 0;
+  TensorId lp_weights_ = -1;
   int etp_ = 1;  // the experts' tensor-parallel degree (1 or tp)
   double load_ = 1.0;  // the simulated rank's expert tokens over the balanced share
   int64_t sffn_r_ = 0, sfc1w_r_ = 0;  // the shared expert's widths on this rank (0: none)
