@@ -101,6 +101,36 @@ TEST(HostTier, CpuAdamIsBoundByHostMemoryAndItsShare) {
               24.0 * double(n) / h.device_cpu_rate().per_s(), 1e-9);
 }
 
+// With the state on the host's drives the CPU's Adam also streams it in and back: never faster
+// than the device's share of the drives' read or write rate, bound by the slower; the bytes pass
+// through host memory too. Without drives it is refused.
+TEST(HostTier, CpuAdamFromDrivesNeverBeatsTheirShare) {
+  auto dev = load_device("h100-sxm5-80gb");
+  HostSpec h = *dev->host();
+  ASSERT_TRUE(h.has_storage());
+  const int64_t n = 1000000000;
+  Op adam = make_host_adam(n, 2, 2);
+  const double in_memory = host_body(adam).bytes();
+  HostOp& body = std::get<HostOp>(adam.body);
+  body.from_storage = body.to_storage = 12;
+  EXPECT_DOUBLE_EQ(body.bytes(), in_memory + 24.0 * double(n));
+  const Time t = host_op_time(body, h);
+  const double read = 12.0 * double(n) / h.device_storage_read().bps();
+  const double write = 12.0 * double(n) / h.device_storage_write().bps();
+  EXPECT_GE(t.sec(), std::max(read, write) * (1 - 1e-12));
+  EXPECT_NEAR(t.sec(), std::max({read, write, body.bytes() / h.device_memory_bandwidth().bps()}),
+              1e-9);
+  EXPECT_STREQ(host_op_bound(body, h), write > read ? "host nvme write" : "host nvme read");
+  // Twice the drives' rates: the drive-bound time halves.
+  HostSpec fast = h;
+  fast.storage_read_bandwidth = h.storage_read_bandwidth * 2.0;
+  fast.storage_write_bandwidth = h.storage_write_bandwidth * 2.0;
+  EXPECT_LT(host_op_time(body, fast).sec(), t.sec());
+  HostSpec none = h;
+  none.storage_capacity = Bytes(0);
+  EXPECT_THROW(host_op_time(body, none), std::invalid_argument);
+}
+
 TEST(HostTier, ARoundTripPipelinesItsStagesButNeverBeatsTheSlowestOrHostMemory) {
   auto dev = load_device("a100-sxm4-80gb");
   const HostSpec& h = *dev->host();
@@ -177,6 +207,37 @@ TEST(OptimizerOffload, MovesTheMasterWeightsAndMomentsToTheHostByteForByte) {
   // With ZeRO the host holds this rank's shard only.
   StepGraph z = build_step_graph(m, offload_setup(1, "zero_stage: 1\n", 8));
   EXPECT_NEAR(z.host_bytes(), (12 + 2) * params / 8, 1e-3 * params);
+}
+
+// ZeRO-Infinity's NVMe target: the offloaded master weights and moments move from host memory
+// to the drives byte for byte (host memory keeps the gradients' copy), the device's memory is
+// unchanged, and the step pays the CPU's Adam streaming them: no shorter than over host memory.
+TEST(OptimizerOffload, NvmeHoldsTheOffloadedStateAndTheUpdateStreamsIt) {
+  TransformerModel m = load_model("gpt3-1.3b", {"layers=4", "seq_len=512"});
+  StepGraph host = build_step_graph(m, offload_setup(1, "host_overhead: 0 s\n"));
+  StepGraph nvme = build_step_graph(
+      m, offload_setup(1, "host_overhead: 0 s\noptimizer_offload_target: nvme\n"));
+  const double params = double(m.parameter_count());
+  EXPECT_DOUBLE_EQ(host.storage_bytes(), 0);
+  EXPECT_NEAR(nvme.storage_bytes(), 12 * params, 1e-3 * 12 * params);  // (vocabulary padding)
+  EXPECT_NEAR(host.host_bytes() - nvme.host_bytes(), nvme.storage_bytes(), 1e-3 * params);
+  EXPECT_DOUBLE_EQ(memory_timeline(nvme).peak_bytes, memory_timeline(host).peak_bytes);
+  auto dev = load_device("h100-sxm5-80gb");
+  TrainingResult rh = simulate_training(host, *dev, Fidelity::Analytical);
+  TrainingResult rn = simulate_training(nvme, *dev, Fidelity::Analytical);
+  const double adam = node_seconds(rn, "optimizer.adam.cpu");
+  EXPECT_GT(adam, node_seconds(rh, "optimizer.adam.cpu"));
+  const HostSpec& h = *dev->host();  // one device: the whole host and its drives
+  EXPECT_GE(adam, 12 * params / h.storage_write_bandwidth.bps() * 0.999);
+  EXPECT_GT(rn.step_time, rh.step_time);
+  EXPECT_NEAR(rn.host.storage, nvme.storage_bytes(), 1);
+  EXPECT_TRUE(rn.host.fits());
+  try {
+    load_training_string("optimizer_offload_target: nvme\n", "training.yaml");
+    FAIL() << "nvme accepted with nothing offloaded";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer_offload_target"), std::string::npos);
+  }
 }
 
 TEST(OptimizerOffload, TheStepPaysItsHostPhaseAndAFasterLinkShortensIt) {
@@ -300,6 +361,8 @@ TEST_F(OffloadCli, BadInputNamesTheKey) {
            Case{"--device gh200 --optimizer-offload 1.5", "training.optimizer_offload"},
            Case{"--device gh200 -p device.host.link_bandwidth=0GB/s --optimizer-offload 1",
                 "device.host.link_bandwidth"},
+           Case{"--device gh200 --optimizer-offload 1 -p training.optimizer_offload_target=nvme",
+                "training.optimizer_offload_target"},
        }) {
     SCOPED_TRACE(c.args);
     Result r = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 " + c.args);

@@ -1,6 +1,7 @@
 #include "arch/host/host.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "arch/ops/op.h"
 
@@ -79,6 +80,31 @@ const Schema& host_schema() {
         param("cpu_flop_energy", ParamType::Energy, "J/FLOP", "50 pJ",
               "Energy of one fp32 FLOP on the host CPUs' vector units, all-in (a 350 W Xeon "
               "at its 7 TFLOP/s peak: 50 pJ; estimate)."),
+        [] {
+          ParamSpec p = param("storage_capacity", ParamType::Bytes, "B", "0 B",
+                              "The node's NVMe drives, a tier behind host memory that the CPUs' "
+                              "kernels stream state from and back to (ZeRO-Infinity's "
+                              "offload_optimizer to nvme). 0 B: none.");
+          p.min = 0;
+          return p;
+        }(),
+        [] {
+          ParamSpec p = param("storage_read_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
+                              "Sequential read rate of the node's drives together (a PCIe Gen4 "
+                              "U.2 drive: about 7 GB/s).");
+          p.min = 0;
+          return p;
+        }(),
+        [] {
+          ParamSpec p = param("storage_write_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
+                              "Sequential write rate of the node's drives together (a PCIe Gen4 "
+                              "U.2 drive: about 4 GB/s).");
+          p.min = 0;
+          return p;
+        }(),
+        param("storage_energy_per_bit", ParamType::Energy, "J/bit", "400 pJ",
+              "Energy of a bit read from or written to the drives, all-in (a 25 W drive moving "
+              "7 GB/s: about 450 pJ; estimate)."),
     };
     return x;
   }();
@@ -102,6 +128,12 @@ HostSpec HostSpec::from_config(const Config& c) {
   h.link_energy_per_bit = c.get_energy("link_energy_per_bit");
   h.memory_energy_per_bit = c.get_energy("memory_energy_per_bit");
   h.cpu_flop_energy = c.get_energy("cpu_flop_energy");
+  h.storage_capacity = c.get_bytes("storage_capacity");
+  h.storage_read_bandwidth = c.get_bandwidth("storage_read_bandwidth");
+  h.storage_write_bandwidth = c.get_bandwidth("storage_write_bandwidth");
+  h.storage_energy_per_bit = c.get_energy("storage_energy_per_bit");
+  if (h.has_storage() && (h.storage_read_bandwidth.bps() <= 0 || h.storage_write_bandwidth.bps() <= 0))
+    c.fail("storage_capacity", "drives need storage_read_bandwidth and storage_write_bandwidth");
   return h;
 }
 
@@ -120,14 +152,26 @@ Timed copy(double bytes, const HostSpec& h) {
   return {h.link_latency + max(link, memory), link >= memory ? "host link" : "host memory"};
 }
 
-// The CPU kernel over `elements`: its host-memory traffic or its FLOPs, whichever takes longer.
-Timed kernel(const StreamOp& s, double elements, const HostSpec& h) {
-  double bytes = 0;
+// The CPU kernel over `elements`: its host-memory traffic, its FLOPs or its state streamed from
+// and back to the drives (read ahead and written behind, as ZeRO-Infinity's pipelined swapper
+// does; those bytes also land in host memory), whichever takes longest.
+Timed kernel(const HostOp& op, double elements, const HostSpec& h) {
+  const StreamOp& s = op.stream;
+  double bytes = op.from_storage + op.to_storage;
   for (double b : s.in_bytes) bytes += b;
   for (double b : s.out_bytes) bytes += b;
   const Time memory = Bytes(bytes * elements) / h.device_memory_bandwidth();
   const Time cpu(s.vector_flops * elements / h.device_cpu_rate().per_s());
-  return {max(memory, cpu), cpu > memory ? "host cpu" : "host memory"};
+  Timed t{max(memory, cpu), cpu > memory ? "host cpu" : "host memory"};
+  if (op.from_storage + op.to_storage > 0) {
+    if (!h.has_storage())
+      throw std::invalid_argument("host '" + h.name + "' has no drives (storage_capacity) for " +
+                                  s.kind + "'s state");
+    const Time read = Bytes(op.from_storage * elements) / h.device_storage_read();
+    const Time write = Bytes(op.to_storage * elements) / h.device_storage_write();
+    if (max(read, write) > t.time) t = {max(read, write), read >= write ? "host nvme read" : "host nvme write"};
+  }
+  return t;
 }
 
 Timed timed(const HostOp& op, const HostSpec& h) {
@@ -135,13 +179,13 @@ Timed timed(const HostOp& op, const HostSpec& h) {
   switch (op.work) {
     case HostWork::CopyToHost:
     case HostWork::CopyToDevice: return copy(op.bytes(), h);
-    case HostWork::Compute: return kernel(op.stream, n, h);
+    case HostWork::Compute: return kernel(op, n, h);
     case HostWork::RoundTrip: {
       // Three stages over G pieces: the first piece goes through all three, then each later one
       // adds the slowest stage. Host memory serves all three at once, so the whole round trip
       // takes at least all its bytes over the host-memory share.
       const double G = op.chunks;
-      const Timed in = copy(op.to_host * n / G, h), cpu = kernel(op.stream, n / G, h),
+      const Timed in = copy(op.to_host * n / G, h), cpu = kernel(op, n / G, h),
                   out = copy(op.to_device * n / G, h);
       const Timed& slowest = cpu.time >= in.time && cpu.time >= out.time ? cpu
                              : in.time >= out.time                       ? in

@@ -48,6 +48,11 @@ struct HostSpec {
   Energy link_energy_per_bit = Energy::pj(5);
   Energy memory_energy_per_bit = Energy::pj(15);
   Energy cpu_flop_energy = Energy::pj(50);
+  /// A third tier behind the host: the node's NVMe drives (ZeRO-Infinity's offload target),
+  /// which the CPUs' kernels stream state from and back to. 0 B: none.
+  Bytes storage_capacity{0};
+  Bandwidth storage_read_bandwidth, storage_write_bandwidth;  ///< the node's drives together
+  Energy storage_energy_per_bit = Energy::pj(400);
   /// Devices of the node that use the host in this run (a one-GPU run has the host to itself);
   /// 0: all of shared_by. Set by the run (Device::use_host_with).
   int active = 0;
@@ -60,6 +65,10 @@ struct HostSpec {
     return memory_bandwidth * (memory_efficiency / sharers());
   }
   FlopRate device_cpu_rate() const { return FlopRate(cpu_rate.per_s() / sharers()); }
+  bool has_storage() const { return storage_capacity.count() > 0; }
+  Bytes device_storage_capacity() const { return storage_capacity / double(sharers()); }
+  Bandwidth device_storage_read() const { return storage_read_bandwidth * (1.0 / sharers()); }
+  Bandwidth device_storage_write() const { return storage_write_bandwidth * (1.0 / sharers()); }
   /// Sustained copy rate between this device and the host, per direction.
   Bandwidth device_link_bandwidth() const {
     return link_bandwidth * (link_efficiency / link_sharers());
@@ -81,7 +90,8 @@ const char* host_access_bound(double read, double write, const HostSpec& host);
 
 /// Time of one host op on this device's share of `host`.
 Time host_op_time(const HostOp& op, const HostSpec& host);
-/// What bounds it: "host link" (copies), "host memory" or "host cpu".
+/// What bounds it: "host link" (copies), "host memory", "host cpu", or with drives "host nvme
+/// read" or "host nvme write".
 const char* host_op_bound(const HostOp& op, const HostSpec& host);
 
 }  // namespace memwall

@@ -147,9 +147,11 @@ std::string Op::signature() const {
                        a.fused, a.dropout, a.warp_mma, pass_name(a.pass), dtype_name(a.dtype));
                  },
                  [](const HostOp& h) {
-                   return fmt::format("host {} {} n={} bytes={} in={} out={} chunks={}",
+                   return fmt::format("host {} {} n={} bytes={} in={} out={} chunks={} "
+                                      "storage={},{}",
                                       host_work_name(h.work), h.stream.kind, h.stream.elements,
-                                      h.bytes(), h.to_host, h.to_device, h.chunks);
+                                      h.bytes(), h.to_host, h.to_device, h.chunks, h.from_storage,
+                                      h.to_storage);
                  },
                  [](const StreamOp& s) {
                    std::string in, out;
@@ -283,7 +285,7 @@ const char* host_work_name(HostWork w) {
 double HostOp::bytes() const {
   if (work == HostWork::CopyToHost || work == HostWork::CopyToDevice)
     return double(stream.elements) * stream.in_bytes.at(0);
-  double per = to_host + to_device;
+  double per = to_host + to_device + from_storage + to_storage;
   for (double b : stream.in_bytes) per += b;
   for (double b : stream.out_bytes) per += b;
   return per * double(stream.elements);

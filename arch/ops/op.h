@@ -102,8 +102,11 @@ struct HostOp {
   /// `chunks` equal pieces; piece i's kernel runs while piece i+1 arrives and piece i-1 leaves.
   double to_host = 0, to_device = 0;
   int chunks = 1;
+  /// Compute and RoundTrip: bytes per element the CPU kernel streams in from the host's drives
+  /// and writes back to them (state offloaded to NVMe), pipelined with it.
+  double from_storage = 0, to_storage = 0;
   /// Bytes it moves through host memory: a copy's bytes; a kernel's traffic (and, for a round
-  /// trip, its copies' too).
+  /// trip, its copies' too; with drives, the state they stream in and out).
   double bytes() const;
 };
 

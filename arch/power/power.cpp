@@ -184,11 +184,13 @@ DType vector_type(const Op& op) {
 // streams its arrays through host memory and does its FLOPs on the CPUs; a round trip both.
 Energy host_op_energy(const HostOp& op, const HostSpec& h) {
   const double n = double(op.stream.elements);
-  double kernel_bytes = 0;
+  const double storage = op.from_storage + op.to_storage;  // through host memory too
+  double kernel_bytes = storage;
   for (double b : op.stream.in_bytes) kernel_bytes += b;
   for (double b : op.stream.out_bytes) kernel_bytes += b;
   const Energy cpu = h.cpu_flop_energy * (op.stream.vector_flops * n) +
-                     h.memory_energy_per_bit * (8.0 * kernel_bytes * n);
+                     h.memory_energy_per_bit * (8.0 * kernel_bytes * n) +
+                     h.storage_energy_per_bit * (8.0 * storage * n);
   switch (op.work) {
     case HostWork::CopyToHost:
     case HostWork::CopyToDevice: return host_access_energy(op.bytes(), h);

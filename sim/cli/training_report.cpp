@@ -165,15 +165,21 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
 }
 
 std::string host_memory_text(const HostMemory& h) {
-  if (h.bytes <= 0) return "";
-  return fmt::format("   host {:.1f} of {:.1f} GiB{}", h.bytes / kGiB, h.capacity.count() / kGiB,
-                     h.fits() ? "" : ", DOES NOT FIT");
+  if (h.bytes <= 0 && h.storage <= 0) return "";
+  std::string out = fmt::format("   host {:.1f} of {:.1f} GiB", h.bytes / kGiB,
+                                h.capacity.count() / kGiB);
+  if (h.storage > 0)
+    out += fmt::format(", nvme {:.1f} of {:.1f} GiB", h.storage / kGiB,
+                       h.storage_capacity.count() / kGiB);
+  return out + (h.fits() ? "" : ", DOES NOT FIT");
 }
 
 void add_host_memory_json(nlohmann::json& memory, const HostMemory& h) {
   memory["host_gib"] = h.bytes / kGiB;
   memory["host_capacity_gib"] = h.capacity.count() / kGiB;
   memory["host_fits"] = h.fits();
+  memory["storage_gib"] = h.storage / kGiB;
+  memory["storage_capacity_gib"] = h.storage_capacity.count() / kGiB;
   memory["host_read_gb_per_step"] = h.read * 1e-9;
   memory["host_write_gb_per_step"] = h.write * 1e-9;
   memory["device_memory_mode"] = h.cache ? "cache" : "flat";

@@ -1523,6 +1523,9 @@ class ClusterSim {
         stage_traffic.hits += c.host_traffic.hits;
       }
       r.host.bytes = std::max(r.host.bytes, st.host_memory);
+      double storage = 0;
+      for (int v = 0; v < p_.vpp; ++v) storage += chunk_of_[p_.global_chunk(v, s)]->graph.storage_bytes();
+      r.host.storage = std::max(r.host.storage, storage);
       note_host_traffic(r.host, stage_traffic);
     }
   }

@@ -42,6 +42,7 @@ HostMemory host_memory_of(const Device& d) {
   h.link = s.link;
   h.link_bandwidth = s.device_link_bandwidth();
   h.memory_bandwidth = s.device_memory_bandwidth();
+  h.storage_capacity = s.device_storage_capacity();
   return h;
 }
 
@@ -83,6 +84,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   r.memory = memory_timeline(g);
   r.host = host_memory_of(device);
   r.host.bytes = g.host_bytes();
+  r.host.storage = g.storage_bytes();
   const HostTraffic traffic = device_host_traffic(g, device);
   note_host_traffic(r.host, traffic);
   // In cache mode the step lives in host memory; device memory only caches it.

@@ -42,7 +42,11 @@ struct HostMemory {
   double hit_rate = 1;  ///< of the bytes the step touches, the share found in device memory
   std::string link;                            ///< the link to the host, for reports
   Bandwidth link_bandwidth, memory_bandwidth;  ///< this device's shares, sustained
-  bool fits() const { return bytes <= capacity.count(); }
+  /// On the host's drives (optimizer state offloaded to NVMe), the largest rank's, against the
+  /// device's share of them.
+  double storage = 0;
+  Bytes storage_capacity{0};
+  bool fits() const { return bytes <= capacity.count() && storage <= storage_capacity.count(); }
 };
 
 /// A device's share of its host (none: all zero), before any run's figures.

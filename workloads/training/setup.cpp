@@ -287,6 +287,17 @@ const Schema& training_schema() {
         "work and the host's.");
     off_sched.choices = {"serial", "pipelined", "backward", "delayed"};
     x.params.push_back(off_sched);
+    ParamSpec off_target = param(
+        "optimizer_offload_target", ParamType::Enum, "", "host",
+        "Where the offloaded optimizer state lives. host: host memory. nvme: the host's drives "
+        "(DeepSpeed ZeRO-Infinity's offload_optimizer device nvme): each step the CPU's Adam "
+        "streams the master weights and moments in from them and writes them back, read ahead "
+        "and written behind its compute, so the update takes the longest of its compute, its "
+        "host-memory traffic and the drives' share; host memory then holds only the gradients' "
+        "copy. Needs optimizer_offload > 0 and a device whose host has drives "
+        "(host.storage_capacity).");
+    off_target.choices = {"host", "nvme"};
+    x.params.push_back(off_target);
     ParamSpec act_off = param(
         "activation_offload_layers", ParamType::Int, "layers", "0",
         "Activation offload (Megatron-core's --cpu-offloading --cpu-offloading-num-layers, "
@@ -443,6 +454,10 @@ TrainingSetup training_from_config(const Config& c) {
     c.fail("optimizer_offload_schedule",
            os + " streams each micro-batch's reduced gradient shard to the host, as DeepSpeed "
            "ZeRO-Offload does on ZeRO 2: it needs zero_stage 2 and optimizer_offload 1");
+  t.optimizer_offload_nvme = c.get_string("optimizer_offload_target") == "nvme";
+  if (t.optimizer_offload_nvme && t.optimizer_offload <= 0)
+    c.fail("optimizer_offload_target", "nvme holds the offloaded optimizer state: set "
+                                       "optimizer_offload above 0");
   t.activation_offload_layers = int(c.get_int("activation_offload_layers"));
   t.weight_offload = c.get_bool("weight_offload");
   if (t.weight_offload &&

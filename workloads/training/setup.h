@@ -103,6 +103,9 @@ struct TrainingSetup {
            offload_schedule == OffloadSchedule::Delayed;
   }
   OffloadSchedule offload_schedule = OffloadSchedule::Serial;
+  /// The offloaded optimizer state lives on the host's drives, not in host memory (ZeRO-
+  /// Infinity's offload_optimizer to nvme): the CPU's Adam streams it in and back each step.
+  bool optimizer_offload_nvme = false;
   /// Activation offload: the first this many layers' saved activations go to host memory after
   /// their forward and come back one layer ahead of their backward, on copy streams (Megatron-
   /// core's --cpu-offloading-num-layers). 0: none.

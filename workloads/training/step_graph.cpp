@@ -114,7 +114,14 @@ double StepGraph::state_bytes(TensorClass c) const {
 double StepGraph::host_bytes() const {
   double b = 0;
   for (const auto& t : tensors)
-    if (t.host) b += t.bytes;
+    if (t.host && !t.storage) b += t.bytes;
+  return b;
+}
+
+double StepGraph::storage_bytes() const {
+  double b = 0;
+  for (const auto& t : tensors)
+    if (t.storage) b += t.bytes;
   return b;
 }
 
@@ -552,6 +559,8 @@ class Builder {
         if (bytes <= 0) continue;
         TensorId t = tensor(name + suffix, bytes, cls, true);
         g_.tensors[t].host = true;
+        // ZeRO-Infinity: the optimizer's share on the host's drives instead of host memory.
+        g_.tensors[t].storage = cls == TensorClass::Optimizer && t_.optimizer_offload_nvme;
         state_tensors_.push_back(t);
         if (cls == TensorClass::Gradients) g.host_grads = t;
       }
@@ -932,6 +941,15 @@ class Builder {
   // "fp8_<what>" or "fp4_<what>": the quantization kernels' names.
   std::string lp_kind(const char* what) const {
     return std::string(md_ == DType::FP4 ? "fp4_" : "fp8_") + what;
+  }
+  // The CPU's Adam: with the state on the host's drives (ZeRO-Infinity), it streams the master
+  // weights and moments (ob_ bytes per parameter) in from them and back.
+  Op cpu_adam(Op op) const {
+    if (t_.optimizer_offload_nvme) {
+      HostOp& h = std::get<HostOp>(op.body);
+      h.from_storage = h.to_storage = double(ob_);
+    }
+    return op;
   }
   // The data type of a product: the layers' run in md_ (FP8 under the FP8 recipe); the LM head
   // and the MoE router stay in 16 bits (Megatron builds them without Transformer Engine).
@@ -1777,7 +1795,8 @@ class Builder {
     const bool piped = t_.offload_schedule == TrainingSetup::OffloadSchedule::Pipelined;
     if (wo_) {
       // Weights, gradients and optimizer state all on the host: the CPU updates them in place.
-      node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1, adam_reads, {}, all);
+      node("optimizer.adam.cpu", cpu_adam(make_host_adam(on_host, gb_, wb_)), O, -1, adam_reads,
+           {}, all);
     } else {
       // (ZeRO-Offload's gradients reached the host during the backward)
       if (on_host > 0 && !piped && !stream_grads_)
@@ -1791,11 +1810,11 @@ class Builder {
       if (on_host > 0 && piped) {
         // One piece per parameter group (a layer, the embedding, the head).
         node("optimizer.adam.cpu",
-             make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size())), O, -1,
+             cpu_adam(make_host_adam_round_trip(on_host, gb_, wb_, int(groups_.size()))), O, -1,
              adam_reads, {}, all);
       } else if (on_host > 0) {
         const bool delayed = t_.offload_schedule == TrainingSetup::OffloadSchedule::Delayed;
-        StepVertex a = node("optimizer.adam.cpu", make_host_adam(on_host, gb_, wb_), O, -1,
+        StepVertex a = node("optimizer.adam.cpu", cpu_adam(make_host_adam(on_host, gb_, wb_)), O, -1,
                             adam_reads, {}, all);
         StepVertex b = node("optimizer.offload.weights.h2d",
                             make_host_copy("weights_to_device", HostWork::CopyToDevice, on_host, wb_),

@@ -48,6 +48,8 @@ struct Tensor {
   /// Held in host memory, not the device's (offloaded optimizer state): persistent, and not
   /// counted in the device's memory.
   bool host = false;
+  /// Held on the host's drives (optimizer state offloaded to NVMe): in neither memory.
+  bool storage = false;
 };
 
 /// The ranks a collective runs among (Megatron's process groups).
@@ -147,6 +149,8 @@ struct StepGraph {
   double state_bytes(TensorClass c) const;
   /// Bytes this rank keeps in host memory (offloaded optimizer state and its gradient copies).
   double host_bytes() const;
+  /// Bytes on the host's drives.
+  double storage_bytes() const;
   /// Collective nodes, in generation order.
   std::vector<StepVertex> comm_nodes() const;
 };
