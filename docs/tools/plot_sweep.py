@@ -55,11 +55,20 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name, higher_x=False):
             print(f"{src}: no metric '{m}' (metrics: {', '.join(metrics)})", file=sys.stderr)
             return 1
     pts = []
+    # Label each point with the swept keys that vary, less those that only vary along with an
+    # earlier one (a point's gpus and batch that follow its model): the same split of the rows.
+    varying = []
+    for k in keys:
+        if len(ordered(q[k] for q in rows)) < 2:
+            continue
+        same = lambda a, b: all((rows[i][a] == rows[j][a]) == (rows[i][b] == rows[j][b])
+                                for i in range(len(rows)) for j in range(i))
+        if not any(same(k, v) for v in varying):
+            varying.append(k)
     for r in rows:
         x, y = number(r[x_name]) if r["status"] == "ok" else None, number(r[y_name])
         if x is None or y is None:
             continue
-        varying = [k for k in keys if len(ordered(q[k] for q in rows)) > 1]
         label = " ".join(f"{k.split('.')[-1]}={r[k]}" for k in varying)
         pts.append((x, y, label, r.get("memory.fits") != "false"))
     if not pts:
@@ -83,7 +92,7 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name, higher_x=False):
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{src}: {y_name} against {x_name} (x: does not fit)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     print(f"wrote {out}")
     return 0
 
