@@ -397,6 +397,20 @@ TEST(WorkloadGraph, Fp8CastsEachProductsInputsAndGradientsAndKeepsTheHeadInSixte
                    2 * w);
   // The same useful work either way.
   EXPECT_NEAR(fp8.micro_batch_flops() / bf16.micro_batch_flops(), 1.0, 0.001);
+  // With sequence parallelism TE gathers the quantized inputs: the QKV input's all-gather moves
+  // 1 B a value instead of 2; the reduce-scatters stay 16-bit.
+  const std::string sp = base + "tp: 2\nsequence_parallel: true\n";
+  StepGraph sp16 = build_step_graph(m, setup(sp)), sp8 = build_step_graph(m, setup(sp + "precision: fp8\n"));
+  auto comm_bytes = [&](const StepGraph& g, const std::string& name) {
+    const StepNode* n = find(g, name);
+    EXPECT_NE(n, nullptr) << name;
+    return n && n->comm ? n->comm->bytes : -1.0;
+  };
+  for (const char* name : {"layer0.attn.qkv.fwd.tp_allgather", "layer0.mlp.fc1.fwd.tp_allgather",
+                           "layer0.mlp.fc2.bwd_input.tp_allgather"})
+    EXPECT_DOUBLE_EQ(comm_bytes(sp8, name), comm_bytes(sp16, name) / 2) << name;
+  EXPECT_DOUBLE_EQ(comm_bytes(sp8, "layer0.mlp.fc2.fwd.tp_reduce_scatter"),
+                   comm_bytes(sp16, "layer0.mlp.fc2.fwd.tp_reduce_scatter"));
 }
 
 // FP4 (NVFP4: 0.5625 B per value with its scales): the FP8 recipe's structure with NVFP4 bytes;

@@ -409,13 +409,15 @@ class Builder {
   // Before a column-parallel GEMM `op` (a full name such as "layer3.attn.qkv.fwd"): with sequence
   // parallelism, all-gathers the T/tp-token input into all T tokens (Megatron's g); otherwise the
   // input is already whole. `blocking` false: the backward's re-gather for the weight gradient,
-  // overlapped with the input-gradient GEMM as Megatron does.
+  // overlapped with the input-gradient GEMM as Megatron does. `quantized`: the input is an FP8 or
+  // FP4 operand (lp_input, lp_grad), which Transformer Engine gathers quantized: one copy, lpb_
+  // bytes a value, not the 16-bit one.
   TensorId tp_gather(const std::string& op, Pass pass, int layer, TensorId x,
-                     bool blocking = true) {
+                     bool blocking = true, bool quantized = false) {
     if (!sp_) return x;
-    const double Th = double(T_) * m_.hidden;
-    TensorId out = act(op + ".tp_allgather.out", Th);
-    comm(op + ".tp_allgather", CollectiveKind::AllGather, ParallelGroup::TP, Th * e_, blocking,
+    const double Th = double(T_) * m_.hidden, b = quantized && lp_ ? lpb_ : e_;
+    TensorId out = act(op + ".tp_allgather.out", Th, b);
+    comm(op + ".tp_allgather", CollectiveKind::AllGather, ParallelGroup::TP, Th * b, blocking,
          false, pass, layer, {x}, {out});
     return out;
   }
@@ -468,7 +470,7 @@ class Builder {
                                       int64_t n, int64_t k, const std::vector<TensorId>& reads,
                                       TensorId out, bool sparse) {
     if (!tp_overlap()) {
-      TensorId full = tp_gather(name, pass, l, x);
+      TensorId full = tp_gather(name, pass, l, x, true, true);
       std::vector<TensorId> r = {full};
       r.insert(r.end(), reads.begin(), reads.end());
       node(name, weight_gemm(sparse, T_, n, k, md_), pass, l, r, {out});
@@ -477,12 +479,12 @@ class Builder {
     // The copy engines pass the blocks round the ring; the product takes each block as it comes
     // (TE runs its pieces on several streams, so together they fill the device as one product).
     OneCall call(g_);
-    const double block = double(Tn_) * k;
+    const double block = double(Tn_) * k, be = lp_ ? lpb_ : e_;  // quantized blocks (TE)
     std::vector<TensorId> blocks = {x};
     for (int j = 1; j < tp_; ++j) {
       std::string shift = fmt::format("{}.tp_ring{}", name, j);
-      TensorId b = act(shift + ".out", block);
-      StepVertex v = comm(shift, CollectiveKind::SendRecv, ParallelGroup::TP, block * e_, false,
+      TensorId b = act(shift + ".out", block, be);
+      StepVertex v = comm(shift, CollectiveKind::SendRecv, ParallelGroup::TP, block * be, false,
                           false, pass, l, {blocks.back()}, {b});
       g_.dag[v].comm->copy_engine = true;
       call.add(v);
@@ -1133,7 +1135,7 @@ class Builder {
          BI, l, {d_act, ma.fc1_out}, {d_fc1});
     d_fc1 = lp_grad(nm(l, n + ".fc1", lp_kind("grad").c_str()), l, d_fc1, double(T_) * s.fc1w_r);
     TensorId in_full =
-        tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, lp_ ? ma.fc1_in : in, false);
+        tp_gather(nm(l, n + ".fc1", "bwd_weight"), BI, l, lp_ ? ma.fc1_in : in, false, true);
     TensorId d_in = act(nm(l, n + ".fc1", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, n + ".fc1", "bwd_input"), weight_gemm(sparse_mlp_, T_, h, s.fc1w_r, md_), BI, l,
          {d_fc1, ac_ ? ma.fc1_w : Wt}, {d_in});
@@ -1479,7 +1481,7 @@ class Builder {
     }
     d_qkv = lp_grad(nm(l, "attn.qkv", lp_kind("grad").c_str()), l, d_qkv, double(T_) * qkvw_r_);
     TensorId ln1_full =
-        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, lp_ ? a.qkv_in : a.ln1_out, false);
+        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, lp_ ? a.qkv_in : a.ln1_out, false, true);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, "attn.qkv", "bwd_input"), weight_gemm(sparse_attn_, T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
