@@ -60,6 +60,21 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
 
 // tp 4 over nodes of 6 devices: every third group of 4 straddles two nodes; the summary says so
 // (the layout runs: a 72-GPU rack with tp 16 is the real case).
+// --combined-1f1b and --schedule zb-v reach the run: the summary counts the combined steps,
+// the JSON carries them, and the first line names the schedule.
+TEST_F(ClusterCli, CombinedStepsAndZeroBubbleVAreReported) {
+  Result r = run("run " + kCluster + " --vpp 2 --combined-1f1b true --json " +
+                 quote((dir_ / "c.json").string()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "combined 1F1B")) << r.out;
+  nlohmann::json j = nlohmann::json::parse(read_file(dir_ / "c.json"));
+  EXPECT_GT(j["pipeline"]["combined_steps"].get<long>(), 0);
+  Result v = run("run " + kCluster + " --schedule zb-v");
+  ASSERT_EQ(v.status, 0) << v.err;
+  EXPECT_TRUE(has(v.out, "zb-v")) << v.out;
+  EXPECT_FALSE(has(v.out, "combined 1F1B")) << v.out;
+}
+
 TEST_F(ClusterCli, TensorParallelGroupsAcrossNodesAreNamed) {
   const std::string base =
       "run --device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=2 --seq-len 256 --gpus 12 "

@@ -90,6 +90,9 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
                        c.count, algos);
   }
   if (r.collectives == 0) out += " none (one device per replica, nothing to exchange)";
+  if (r.combined_steps + r.split_combined_steps > 0)
+    out += fmt::format("  combined 1F1B {} steps ({} split: an input not yet sent)",
+                       r.combined_steps, r.split_combined_steps);
   out += "\n";
   auto worst = std::max_element(r.stages.begin(), r.stages.end(),
                                 [](const auto& a, const auto& b) { return a.peak_memory < b.peak_memory; });

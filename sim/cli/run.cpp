@@ -59,6 +59,7 @@ std::vector<std::string> workload_overrides(const RunOptions& o) {
   count("training.activation_offload_layers", o.activation_offload);
   flag("training.host_resident", o.host_resident);
   flag("training.sparse_weights", o.sparse_weights);
+  flag("training.combined_1f1b", o.combined_1f1b);
   flag("system.preset", o.system);
   count("system.gpus_per_node", o.gpus_per_node);
   if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
@@ -221,6 +222,9 @@ void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
   cmd->add_option("--host-resident", o.host_resident,
                   "Model state the device reads in place in host memory: weights, gradients, "
                   "optimizer (comma-separated)");
+  cmd->add_option("--combined-1f1b", o.combined_1f1b,
+                  "true or false: a forward and a backward as one step, each one's blocking "
+                  "collectives under the other's compute (training.combined_1f1b)");
   cmd->add_option("--sparse-weights", o.sparse_weights,
                   "2:4 structured-sparse weights: none, mlp or all (training.sparse_weights)");
   cmd->add_option("-p,--param", o.overrides, "Override a key: -p device.memory.bandwidth=6TB/s");

@@ -23,7 +23,7 @@ struct RunOptions {
   std::string flash_attention;
   // A cluster run: the validation case columns as flags.
   std::string system, sequence_parallel, schedule, optimizer_offload, host_resident;
-  std::string sparse_weights;
+  std::string sparse_weights, combined_1f1b;
   int64_t activation_offload = -1;
   int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
           etp = -1, zero = -1;
