@@ -148,6 +148,9 @@ TEST(Configs, Gb200IsTheB200PackageAtGb200Peaks) {
   auto gb = load_device("gb200"), b = load_device("b200-sxm-180gb");
   EXPECT_NEAR(gb->compute().peak_matrix(DType::BF16).per_s() / 2500e12, 1.0, 0.005);
   EXPECT_NEAR(gb->compute().peak_matrix(DType::FP8).per_s() / 5000e12, 1.0, 0.005);
+  // FP4 (NVFP4) dense: GB200 10000, B200 9000 TFLOPS [S21].
+  EXPECT_NEAR(gb->compute().peak_matrix(DType::FP4).per_s() / 10000e12, 1.0, 0.005);
+  EXPECT_NEAR(b->compute().peak_matrix(DType::FP4).per_s() / 9000e12, 1.0, 0.005);
   EXPECT_EQ(gb->compute().units, b->compute().units);
   EXPECT_NEAR(gb->memory().peak_bandwidth().bps(), b->memory().peak_bandwidth().bps(), 1.0);
   EXPECT_NEAR(gb->memory().capacity().gib_value(), 186, 1e-9);
