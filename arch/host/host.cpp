@@ -28,6 +28,10 @@ const Schema& host_schema() {
       p.min = 1;
       return p;
     };
+    auto nonnegative = [](ParamSpec p) {
+      p.min = 0;
+      return p;
+    };
     x.params = {
         param("name", ParamType::String, "", "host", "What the host is, for reports."),
         positive(required("capacity", ParamType::Bytes, "B",
@@ -49,12 +53,8 @@ const Schema& host_schema() {
                           "31.5 GB/s; Gen5 x16: 63 GB/s; NVLink-C2C: 450 GB/s).")),
         fraction(param("link_efficiency", ParamType::Real, "fraction", "0.8",
                        "Sustained DMA over link peak (PCIe packet and flow-control overhead).")),
-        [] {
-          ParamSpec p = param("link_latency", ParamType::Time, "s", "10 us",
-                              "Fixed cost of one copy (DMA setup and the link's round trip).");
-          p.min = 0;
-          return p;
-        }(),
+        nonnegative(param("link_latency", ParamType::Time, "s", "10 us",
+                          "Fixed cost of one copy (DMA setup and the link's round trip).")),
         count(param("link_shared_by", ParamType::Int, "devices", "1",
                     "Devices sharing the link's uplink to the host (2 GPUs behind one PCIe "
                     "switch on a DGX A100).")),
@@ -80,28 +80,16 @@ const Schema& host_schema() {
         param("cpu_flop_energy", ParamType::Energy, "J/FLOP", "50 pJ",
               "Energy of one fp32 FLOP on the host CPUs' vector units, all-in (a 350 W Xeon "
               "at its 7 TFLOP/s peak: 50 pJ; estimate)."),
-        [] {
-          ParamSpec p = param("storage_capacity", ParamType::Bytes, "B", "0 B",
-                              "The node's NVMe drives, a tier behind host memory that the CPUs' "
-                              "kernels stream state from and back to (ZeRO-Infinity's "
-                              "offload_optimizer to nvme). 0 B: none.");
-          p.min = 0;
-          return p;
-        }(),
-        [] {
-          ParamSpec p = param("storage_read_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
-                              "Sequential read rate of the node's drives together (a PCIe Gen4 "
-                              "U.2 drive: about 7 GB/s).");
-          p.min = 0;
-          return p;
-        }(),
-        [] {
-          ParamSpec p = param("storage_write_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
-                              "Sequential write rate of the node's drives together (a PCIe Gen4 "
-                              "U.2 drive: about 4 GB/s).");
-          p.min = 0;
-          return p;
-        }(),
+        nonnegative(param("storage_capacity", ParamType::Bytes, "B", "0 B",
+                          "The node's NVMe drives, a tier behind host memory that the CPUs' "
+                          "kernels stream state from and back to (ZeRO-Infinity's "
+                          "offload_optimizer to nvme). 0 B: none.")),
+        nonnegative(param("storage_read_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
+                          "Sequential read rate of the node's drives together (a PCIe Gen4 U.2 "
+                          "drive: about 7 GB/s).")),
+        nonnegative(param("storage_write_bandwidth", ParamType::Bandwidth, "B/s", "0 B/s",
+                          "Sequential write rate of the node's drives together (a PCIe Gen4 U.2 "
+                          "drive: about 4 GB/s).")),
         param("storage_energy_per_bit", ParamType::Energy, "J/bit", "400 pJ",
               "Energy of a bit read from or written to the drives, all-in (a 25 W drive moving "
               "7 GB/s: about 450 pJ; estimate)."),
