@@ -653,9 +653,10 @@ class ClusterSim {
     }
     states_.resize(p_.pp);
     r.stages.resize(p_.pp);
+    const std::vector<std::vector<PipelineItem>> orders =
+        pipeline_schedules(p_.schedule, p_.pp, p_.vpp, mbs_, times);
     for (int s = 0; s < p_.pp; ++s) {
-      states_[s].steps = steps_of(pipeline_schedule(p_.schedule, p_.pp, p_.vpp, s, mbs_, times),
-                                  p_.combined_1f1b);
+      states_[s].steps = steps_of(orders[s], p_.combined_1f1b);
       StageResult& st = r.stages[s];
       st.stage = s;
       for (int v = 0; v < p_.vpp; ++v) {

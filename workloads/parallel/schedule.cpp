@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -57,7 +58,7 @@ std::vector<PipelineItem> zb_h1(int pp, int rank, int64_t m) {
 // its own B. A rank free at time t runs, of the passes ready by t, a F (within the memory cap),
 // else a B, else a W (tried the other way round, B before F, the unit-time steps come out one
 // unit longer at pp 4); with none ready it waits for the next pass to finish anywhere.
-std::vector<PipelineItem> zb_v(int pp, int rank, int64_t m, const PassTimes& times) {
+std::vector<std::vector<PipelineItem>> zb_v(int pp, int64_t m, const PassTimes& times) {
   const int C = 2 * pp;
   const int64_t limit = 2 * int64_t(pp);
   auto global = [&](int r, int v) { return v == 0 ? r : C - 1 - r; };
@@ -76,7 +77,7 @@ std::vector<PipelineItem> zb_v(int pp, int rank, int64_t m, const PassTimes& tim
   };
   std::vector<Rank> ranks(pp);
   for (Rank& R : ranks) R.left = 6 * m;
-  std::vector<double> finishes;  // every pass's finish time, for ranks that must wait
+  std::multiset<double> finishes;  // every pass's finish time, for ranks that must wait
   while (true) {
     // The rank with work left that is free first.
     int r = -1;
@@ -115,9 +116,8 @@ std::vector<PipelineItem> zb_v(int pp, int rank, int64_t m, const PassTimes& tim
     if (!pick) {
       // Nothing ready: wait for the next pass to finish after t, or, if none is running yet,
       // for the next pass any rank starts (infinity until then).
-      double next = kNotRun;
-      for (double f : finishes)
-        if (f > t && f < next) next = f;
+      auto later = finishes.upper_bound(t);
+      const double next = later == finishes.end() ? kNotRun : *later;
       R.free = next;
       if (next == kNotRun) {
         bool someone = false;
@@ -143,11 +143,13 @@ std::vector<PipelineItem> zb_v(int pp, int rank, int64_t m, const PassTimes& tim
       R.w_head++;
       R.held--;
     }
-    finishes.push_back(R.free);
+    finishes.insert(R.free);
     for (Rank& Q : ranks)  // ranks waiting with nothing running re-check when this finishes
       if (Q.left > 0 && Q.free == kNotRun) Q.free = R.free;
   }
-  return ranks[rank].items;
+  std::vector<std::vector<PipelineItem>> out;
+  for (Rank& R : ranks) out.push_back(std::move(R.items));
+  return out;
 }
 
 // Megatron-LM's interleaved schedule. Virtual micro-batch k (0 .. m*vpp-1) in forward order
@@ -185,6 +187,20 @@ std::vector<PipelineItem> interleaved(int pp, int vpp, int rank, int64_t m) {
 
 }  // namespace
 
+std::vector<std::vector<PipelineItem>> pipeline_schedules(PipelineSchedule s, int pp, int vpp,
+                                                          int64_t micro_batches,
+                                                          const PassTimes& times) {
+  if (pp < 1 || micro_batches < 1 || vpp < 1)
+    throw std::invalid_argument("pipeline schedule: bad pp/micro-batch count");
+  if (s == PipelineSchedule::ZeroBubbleV) {  // list-scheduled: every rank's order at once
+    if (vpp != 2) throw std::invalid_argument("zb-v runs two model chunks per rank: vpp must be 2");
+    return zb_v(pp, micro_batches, times);
+  }
+  std::vector<std::vector<PipelineItem>> all;
+  for (int r = 0; r < pp; ++r) all.push_back(pipeline_schedule(s, pp, vpp, r, micro_batches, times));
+  return all;
+}
+
 std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
                                             int64_t micro_batches, const PassTimes& times) {
   if (pp < 1 || rank < 0 || rank >= pp || micro_batches < 1 || vpp < 1)
@@ -199,8 +215,7 @@ std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp,
     case PipelineSchedule::ZeroBubbleH1:
       return zb_h1(pp, rank, micro_batches);
     case PipelineSchedule::ZeroBubbleV:
-      if (vpp != 2) throw std::invalid_argument("zb-v runs two model chunks per rank: vpp must be 2");
-      return zb_v(pp, rank, micro_batches, times);
+      return pipeline_schedules(s, pp, vpp, micro_batches, times)[rank];
   }
   return {};
 }

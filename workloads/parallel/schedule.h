@@ -55,6 +55,10 @@ struct PassTimes {
 /// of pp (Megatron's requirement).
 std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp, int rank,
                                             int64_t micro_batches, const PassTimes& times = {});
+/// Every rank's items, 0 .. pp-1 (a list-scheduled order is built once for all ranks).
+std::vector<std::vector<PipelineItem>> pipeline_schedules(PipelineSchedule s, int pp, int vpp,
+                                                          int64_t micro_batches,
+                                                          const PassTimes& times = {});
 
 /// The most forward passes whose backward has not run yet (with a split backward: whose weight
 /// gradient has not run yet), over the rank's item list: the number of micro-batches of
