@@ -890,6 +890,7 @@ class ClusterSim {
   // on, and what it leaves uncovered to what the other program of a combined step (c.other)
   // waited on. Idle gaps come in time order, so every wait is then trimmed to start at `until`.
   void settle(StageResult& st, Cursor& c, Time free, Time until) {
+    if (c.waits.empty() && (!c.other || c.other->waits.empty())) return;  // the common case
     std::vector<std::pair<Time, Time>> covered;
     auto charge = [&](const Cursor::Wait& w) {
       std::vector<std::pair<Time, Time>> pieces = {{max(w.from, free), min(w.to, until)}};
