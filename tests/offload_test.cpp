@@ -363,6 +363,9 @@ TEST_F(OffloadCli, BadInputNamesTheKey) {
                 "device.host.link_bandwidth"},
            Case{"--device gh200 --optimizer-offload 1 -p training.optimizer_offload_target=nvme",
                 "training.optimizer_offload_target"},
+           Case{"--device h100-sxm5-80gb -p device.host.storage_read_bandwidth=0GB/s "
+                "--optimizer-offload 1",
+                "device.host.storage_capacity"},
        }) {
     SCOPED_TRACE(c.args);
     Result r = run("run --model gpt2-124m --micro-batch 2 --seq-len 256 " + c.args);
