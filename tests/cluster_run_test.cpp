@@ -45,6 +45,18 @@ ClusterResult mixtral_on_dgx_h100(const std::string& training, int gpus) {
   return j.run();
 }
 
+// Qwen2-57B-A14B (fine-grained experts with a shared one) cut to 4 layers at seq 1024 on 32 H100
+// of DGX H100 nodes.
+ClusterResult qwen_moe_on_32_h100(const std::string& training) {
+  Job j;
+  j.model = load_model("qwen2-57b-a14b", {"layers=4", "seq_len=1024"});
+  j.device = load_device("h100-sxm5-80gb");
+  j.system = load_system("dgx-h100");
+  j.setup = load_training_string(training, "training.yaml");
+  j.gpus = 32;
+  return j.run();
+}
+
 // A GPT-style model whose embedding and head are small next to its layers, so pipeline stages
 // are nearly equal and the 1F1B bubble is close to its textbook value.
 Job uniform_pipeline(int pp, int vpp, int64_t micro_batches, const std::string& schedule) {
@@ -733,17 +745,10 @@ TEST(ClusterRun, BusiestLinkBoundsTheMeanAndFindsTheOversubscribedUplink) {
 // the expert-parallel group; less of it exposed, so a shorter step.
 TEST(ClusterRun, SharedExpertOverlapHidesPartOfTheAllToAll) {
   auto run = [](bool overlap) {
-    Job j;
-    j.model = load_model("qwen2-57b-a14b", {"layers=4", "seq_len=1024"});
-    j.device = load_device("h100-sxm5-80gb");
-    j.system = load_system("dgx-h100");
-    j.setup = load_training_string(fmt::format("micro_batch: 1\nglobal_batch: 32\ntp: 2\n"
-                                               "dp: 16\nep: 8\nsequence_parallel: true\n"
-                                               "moe_shared_expert_overlap: {}\n",
-                                               overlap),
-                                   "training.yaml");
-    j.gpus = 32;
-    return j.run();
+    return qwen_moe_on_32_h100(fmt::format("micro_batch: 1\nglobal_batch: 32\ntp: 2\ndp: 16\n"
+                                           "ep: 8\nsequence_parallel: true\n"
+                                           "moe_shared_expert_overlap: {}\n",
+                                           overlap));
   };
   ClusterResult serial = run(false), overlapped = run(true);
   const GroupComm &a = serial.comm[int(ParallelGroup::EP)],
@@ -768,17 +773,10 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
   for (int pp : {1, 2}) {
     SCOPED_TRACE("pp " + std::to_string(pp));
     auto run = [&](bool combined) {
-      Job j;
-      j.model = load_model("qwen2-57b-a14b", {"layers=4", "seq_len=1024"});
-      j.device = load_device("h100-sxm5-80gb");
-      j.system = load_system("dgx-h100");
-      j.setup = load_training_string(
+      return qwen_moe_on_32_h100(
           fmt::format("micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: {}\nvpp: {}\ndp: {}\n"
                       "ep: 8\nsequence_parallel: true\ncombined_1f1b: {}\n",
-                      pp, pp, 16 / pp, combined),
-          "training.yaml");
-      j.gpus = 32;
-      return j.run();
+                      pp, pp, 16 / pp, combined));
     };
     ClusterResult plain = run(false), combined = run(true);
     const GroupComm &a = plain.comm[int(ParallelGroup::EP)],
@@ -814,16 +812,10 @@ TEST(ClusterRun, CombinedOneFOneBHidesTheAllToAllsUnderTheOtherPass) {
     }
   }
   // Plain 1F1B over two stages: steps split, yet every pass runs once.
-  Job j;
-  j.model = load_model("qwen2-57b-a14b", {"layers=4", "seq_len=1024"});
-  j.device = load_device("h100-sxm5-80gb");
-  j.system = load_system("dgx-h100");
-  j.gpus = 32;
-  j.setup = load_training_string("micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: 2\ndp: 8\nep: 8\n"
-                                 "sequence_parallel: true\n", "training.yaml");
-  ClusterResult plain = j.run();
-  j.setup.parallel.combined_1f1b = true;
-  ClusterResult split = j.run();
+  const std::string plain_1f1b =
+      "micro_batch: 1\nglobal_batch: 64\ntp: 2\npp: 2\ndp: 8\nep: 8\nsequence_parallel: true\n";
+  ClusterResult plain = qwen_moe_on_32_h100(plain_1f1b);
+  ClusterResult split = qwen_moe_on_32_h100(plain_1f1b + "combined_1f1b: true\n");
   EXPECT_GT(split.split_combined_steps, 0);
   EXPECT_DOUBLE_EQ(split.model_flops, plain.model_flops);
   EXPECT_EQ(split.pipeline_transfers, plain.pipeline_transfers);
