@@ -431,6 +431,38 @@ TEST(Knobs, WarpLevelMatrixInstructionSlowsOnlyWhereItIsNotNative) {
   EXPECT_GT(h.run(Op{"warp", wfwd}).time.sec(), 1.1 * h.run(Op{"native", fwd}).time.sec());
 }
 
+// Latent attention's kernel (DeepSeek-V3): 192-wide queries and keys, 128-wide values. Its
+// FLOPs are 2 b h s^2 (d_qk + d_v) per pass unit, it moves the narrower V and O, and its time
+// lies between the kernels with both heads 128 and both 192, never beating the peak.
+TEST(Knobs, AttentionWithNarrowerValuesCostsBetweenTheEqualHeads) {
+  auto dev = load_device("h100-sxm5-80gb");
+  for (Fidelity fid : {Fidelity::Tile, Fidelity::Analytical})
+    for (AttentionPass pass : {AttentionPass::Forward, AttentionPass::Backward}) {
+      SCOPED_TRACE(fmt::format("{} pass {}", fidelity_name(fid), static_cast<int>(pass)));
+      AttentionOp a;
+      a.batch = 1;
+      a.heads = 32;
+      a.seq_q = a.seq_kv = 4096;
+      a.causal = true;
+      a.pass = pass;
+      AttentionOp narrow = a, wide = a, mla = a;
+      narrow.head_dim = 128;
+      wide.head_dim = 192;
+      mla.head_dim = 192;
+      mla.v_head_dim = 128;
+      const double units = pass == AttentionPass::Forward ? 1.0 : 2.5;
+      EXPECT_DOUBLE_EQ((Op{"mla", mla}).flops(),
+                       units * 2.0 * 32 * 4096.0 * 4096 * (192 + 128) * 0.5);
+      EXPECT_LT((Op{"mla", mla}).min_bytes().count(), (Op{"wide", wide}).min_bytes().count());
+      EXPECT_GT((Op{"mla", mla}).min_bytes().count(), (Op{"narrow", narrow}).min_bytes().count());
+      OpSimulator sim(*dev, fid);
+      const OpResult m = sim.run(Op{"mla", mla});
+      EXPECT_GT(m.time.sec(), sim.run(Op{"narrow", narrow}).time.sec());
+      EXPECT_LT(m.time.sec(), sim.run(Op{"wide", wide}).time.sec());
+      EXPECT_GE(m.time.sec(), (Op{"mla", mla}).flops() / dev->compute().peak(DType::BF16).per_s());
+    }
+}
+
 // A LayerNorm issues a fixed number of instructions per row (its reductions) and some per
 // element. Short rows are bound by instruction issue, not by memory: per element they cost more
 // than long rows, and never less than the issue bound at the boost clock or the memory bound.

@@ -72,33 +72,34 @@ class FlashForward : public TileProgram {
   void step(long g, int s, Step& out) const override {
     int64_t m = g % mblocks_, bh = g / mblocks_;
     int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
-    double d = double(a_.head_dim);
-    if (s == 0) out.loads.push_back({block_key(kQ, b * a_.heads + h, m), Bytes(t_.bm * d * e_), 1, false});
-    out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_), 1, false});
-    out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * d * e_), 1, false});
+    // Queries and keys are dk wide, values and the output dv (equal but for latent attention).
+    double dk = double(a_.head_dim), dv = double(a_.value_dim());
+    if (s == 0) out.loads.push_back({block_key(kQ, b * a_.heads + h, m), Bytes(t_.bm * dk * e_), 1, false});
+    out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, s), Bytes(t_.bn * dk * e_), 1, false});
+    out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, s), Bytes(t_.bn * dv * e_), 1, false});
     double scores = double(t_.bm) * t_.bn;
     // Warps split the query rows: S = Q K^T reads Q and all of K per warp; O += P V keeps P in
     // registers and reads all of V per warp.
-    double qk_smem = smem_bytes(t_.bm, t_.bn, d, kWarps, 1, e_);
-    double pv_smem = kWarps * t_.bn * d * e_;
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, qk_smem}}});
-    Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + 2.0 * t_.bm * d, DType::FP32},
+    double qk_smem = smem_bytes(t_.bm, t_.bn, dk, kWarps, 1, e_);
+    double pv_smem = kWarps * t_.bn * dv * e_;
+    out.phases.push_back({{{Pipe::Matrix, scores * dk, a_.dtype}, {Pipe::Scratchpad, qk_smem}}});
+    Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + 2.0 * t_.bm * dv, DType::FP32},
                    {Pipe::Sfu, scores}}};
     if (a_.dropout) softmax.work[0].amount += scores * 12;  // Philox per element
     out.phases.push_back(softmax);
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, pv_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, scores * dv, a_.dtype}, {Pipe::Scratchpad, pv_smem}}});
   }
   void epilogue(long g, Step& out) const override {
     int64_t m = g % mblocks_, bh = g / mblocks_;
-    double d = double(a_.head_dim);
-    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * d, DType::FP32}}});
-    out.stores.push_back({block_key(kO, bh, m), Bytes(t_.bm * d * e_)});
+    double dv = double(a_.value_dim());
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * dv, DType::FP32}}});
+    out.stores.push_back({block_key(kO, bh, m), Bytes(t_.bm * dv * e_)});
     out.stores.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
   }
   GroupFootprint footprint() const override {
     GroupFootprint f;
-    double d = double(a_.head_dim);
-    f.scratchpad = Bytes((t_.bm * d + 2.0 * t_.bn * d) * e_);
+    double dk = double(a_.head_dim), dv = double(a_.value_dim());
+    f.scratchpad = Bytes((t_.bm * dk + t_.bn * (dk + dv)) * e_);
     f.registers = Bytes(kWarps * 32.0 * 255 * 4);
     f.stages = 2;
     f.lockstep = true;
@@ -136,48 +137,49 @@ class FlashBackward : public TileProgram {
   void step(long g, int s, Step& out) const override {
     int64_t bh = g / nblocks_, n = g % nblocks_;
     int64_t m = first_block(g) + s;
-    double d = double(a_.head_dim);
+    double dk = double(a_.head_dim), dv = double(a_.value_dim());
     int64_t b = bh / a_.heads, h = bh % a_.heads, kvh = h / (a_.heads / a_.kv_heads);
     if (s == 0) {
-      out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_), 1, false});
-      out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, n), Bytes(t_.bn * d * e_), 1, false});
+      out.loads.push_back({block_key(kK, b * a_.kv_heads + kvh, n), Bytes(t_.bn * dk * e_), 1, false});
+      out.loads.push_back({block_key(kV, b * a_.kv_heads + kvh, n), Bytes(t_.bn * dv * e_), 1, false});
     }
-    out.loads.push_back({block_key(kQ, bh, m), Bytes(t_.bm * d * e_), 1, false});
-    out.loads.push_back({block_key(kDO, bh, m), Bytes(t_.bm * d * e_), 1, false});
+    out.loads.push_back({block_key(kQ, bh, m), Bytes(t_.bm * dk * e_), 1, false});
+    out.loads.push_back({block_key(kDO, bh, m), Bytes(t_.bm * dv * e_), 1, false});
     out.loads.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0), 1, false});
     out.loads.push_back({block_key(kDelta, bh, m), Bytes(t_.bm * 4.0), 1, false});
     double scores = double(t_.bm) * t_.bn;
     double bm = t_.bm, bn = t_.bn;
     // FlashAttention-2's backward warp layouts (8 warps): S and dP as 2 (hd 128) or 4 (hd 64)
     // warps along the query rows; dK/dV with 4 along the key rows; dQ like S.
-    int w_sdp = a_.head_dim <= 64 ? 4 : 2;
+    int w_sdp = std::max(a_.head_dim, a_.value_dim()) <= 64 ? 4 : 2;
     int w_dkv = 4;
     int warps = 2 * kWarps;
-    double s_smem = smem_bytes(bm, bn, d, w_sdp, warps / w_sdp, e_);     // S = Q K^T, dP = dO V^T
-    double kv_smem = smem_bytes(bn, d, bm, w_dkv, warps / w_dkv, e_);    // dV = P^T dO, dK = dS^T Q
-    double dq_smem = smem_bytes(bm, d, bn, w_sdp, warps / w_sdp, e_);    // dQ = dS K
+    // S = Q K^T over dk; dP = dO V^T and dV = P^T dO over dv; dK = dS^T Q and dQ = dS K over dk.
+    auto s_smem = [&](double d) { return smem_bytes(bm, bn, d, w_sdp, warps / w_sdp, e_); };
+    auto kv_smem = [&](double d) { return smem_bytes(bn, d, bm, w_dkv, warps / w_dkv, e_); };
+    double dq_smem = smem_bytes(bm, dk, bn, w_sdp, warps / w_sdp, e_);
     double p_store = bm * bn * e_;  // P and dS go through the scratchpad for the transposed products
     // S = Q K^T; P = exp(S - LSE); dV += P^T dO and dP = dO V^T; dS = P (dP - D);
     // dK += dS^T Q and dQ = dS K.
-    out.phases.push_back({{{Pipe::Matrix, scores * d, a_.dtype}, {Pipe::Scratchpad, s_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, scores * dk, a_.dtype}, {Pipe::Scratchpad, s_smem(dk)}}});
     out.phases.push_back({{{Pipe::Vector, scores * 4, DType::FP32}, {Pipe::Sfu, scores}, {Pipe::Scratchpad, p_store}}});
-    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem + s_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * dv, a_.dtype}, {Pipe::Scratchpad, kv_smem(dv) + s_smem(dv)}}});
     out.phases.push_back({{{Pipe::Vector, scores * (kBwdVectorPerScore - 4), DType::FP32}, {Pipe::Scratchpad, p_store}}});
-    out.phases.push_back({{{Pipe::Matrix, 2 * scores * d, a_.dtype}, {Pipe::Scratchpad, kv_smem + dq_smem}}});
+    out.phases.push_back({{{Pipe::Matrix, 2 * scores * dk, a_.dtype}, {Pipe::Scratchpad, kv_smem(dk) + dq_smem}}});
     // dQ accumulates in fp32 in memory (atomic adds resolved in the shared cache).
-    out.stores.push_back({block_key(kDQ, bh, m), Bytes(t_.bm * d * 4.0)});
+    out.stores.push_back({block_key(kDQ, bh, m), Bytes(t_.bm * dk * 4.0)});
   }
   void epilogue(long g, Step& out) const override {
     int64_t bh = g / nblocks_, n = g % nblocks_;
-    double d = double(a_.head_dim);
-    out.phases.push_back({{{Pipe::Vector, 4.0 * t_.bn * d, DType::FP32}}});
-    out.stores.push_back({block_key(kDK, bh, n), Bytes(t_.bn * d * e_)});
-    out.stores.push_back({block_key(kDV, bh, n), Bytes(t_.bn * d * e_)});
+    double dk = double(a_.head_dim), dv = double(a_.value_dim());
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bn * (dk + dv), DType::FP32}}});
+    out.stores.push_back({block_key(kDK, bh, n), Bytes(t_.bn * dk * e_)});
+    out.stores.push_back({block_key(kDV, bh, n), Bytes(t_.bn * dv * e_)});
   }
   GroupFootprint footprint() const override {
     GroupFootprint f;
-    double d = double(a_.head_dim);
-    f.scratchpad = Bytes((2.0 * t_.bn * d + 2.0 * 2 * t_.bm * d) * e_);
+    double d = double(a_.head_dim + a_.value_dim());  // a K and a V row, a Q and a dO row
+    f.scratchpad = Bytes((t_.bn * d + 2.0 * t_.bm * d) * e_);
     f.registers = Bytes(2 * kWarps * 32.0 * 255 * 4);  // 8 warps
     f.stages = 2;
     f.lockstep = true;
@@ -218,17 +220,19 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
   std::vector<std::unique_ptr<TileProgram>> out;
   bool fwd = a.pass != AttentionPass::Backward, bwd = a.pass != AttentionPass::Forward;
   if (a.fused) {
-    if (fwd) out.push_back(fitting<FlashForward>(a, fwd_tiles(a.head_dim), dev));
+    const int64_t dmax = std::max(a.head_dim, a.value_dim());
+    if (fwd) out.push_back(fitting<FlashForward>(a, fwd_tiles(dmax), dev));
     if (bwd) {
       // Preprocessing: D = rowsum(dO * O), read dO and O, write D, and clear the fp32 dQ
       // accumulator (FlashAttention-2's flash_bwd_dot_do_o_kernel<Clear_dQaccum=true>); then the
       // main kernel; then the fp32 dQ accumulator is converted to the output type.
       int64_t rows = a.batch * a.heads * a.seq_q;
       double e = dtype_bytes(a.dtype);
-      StreamOp pre{"flash_bwd_dot_do_o", rows * a.head_dim, {e, e}, {4.0 / a.head_dim, 4.0}, 4,
-                   0, 0, DType::FP32};
+      const int64_t dv = a.value_dim();
+      StreamOp pre{"flash_bwd_dot_do_o", rows * dv, {e, e}, {4.0 / dv, 4.0}, 4, 0, 0,
+                   DType::FP32};
       out.push_back(map_stream(pre, dev));
-      out.push_back(fitting<FlashBackward>(a, bwd_tiles(a.head_dim), dev));
+      out.push_back(fitting<FlashBackward>(a, bwd_tiles(dmax), dev));
       StreamOp post{"flash_bwd_convert_dq", rows * a.head_dim, {4}, {e}, 2, 0, 0, DType::FP32};
       out.push_back(map_stream(post, dev));
     }
@@ -241,24 +245,25 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
   int64_t bh = a.batch * a.heads;
   int64_t rows = bh * a.seq_q;
   double e = dtype_bytes(a.dtype);
-  StreamOp relayout{"attention_relayout", rows * a.head_dim, {e}, {e}, 0, 0, 0, DType::FP32};
+  const int64_t dk = a.head_dim, dv = a.value_dim();
+  StreamOp relayout{"attention_relayout", rows * dv, {e}, {e}, 0, 0, 0, DType::FP32};
   if (fwd) {
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // S = QK^T
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, dk, bh, a.dtype}, dev));  // S = QK^T
     out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, false).body), dev));
     if (a.dropout)
       out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout", rows * a.seq_kv, a.dtype).body), dev));
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.head_dim, a.seq_kv, bh, a.dtype}, dev));  // O = PV
+    out.push_back(map_gemm(GemmOp{a.seq_q, dv, a.seq_kv, bh, a.dtype}, dev));  // O = PV
     out.push_back(map_stream(relayout, dev));
   }
   if (bwd) {
     out.push_back(map_stream(relayout, dev));
-    out.push_back(map_gemm(GemmOp{a.seq_kv, a.head_dim, a.seq_q, bh, a.dtype}, dev));  // dV = P^T dO
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, a.head_dim, bh, a.dtype}, dev));  // dP = dO V^T
+    out.push_back(map_gemm(GemmOp{a.seq_kv, dv, a.seq_q, bh, a.dtype}, dev));  // dV = P^T dO
+    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, dv, bh, a.dtype}, dev));  // dP = dO V^T
     if (a.dropout)
       out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout_bwd", rows * a.seq_kv, a.dtype).body), dev));
     out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, true).body), dev));
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.head_dim, a.seq_kv, bh, a.dtype}, dev));  // dQ = dS K
-    out.push_back(map_gemm(GemmOp{a.seq_kv, a.head_dim, a.seq_q, bh, a.dtype}, dev));  // dK = dS^T Q
+    out.push_back(map_gemm(GemmOp{a.seq_q, dk, a.seq_kv, bh, a.dtype}, dev));  // dQ = dS K
+    out.push_back(map_gemm(GemmOp{a.seq_kv, dk, a.seq_q, bh, a.dtype}, dev));  // dK = dS^T Q
   }
   return out;
 }

@@ -59,7 +59,9 @@ double Op::flops() const {
                    return (g.sparse_b ? 1.0 : 2.0) * g.m * g.n * g.k * g.batch;
                  },
                  [](const AttentionOp& a) {
-                   double f = 4.0 * a.batch * a.heads * a.seq_q * a.seq_kv * a.head_dim;
+                   // S = Q K^T over the query/key head, O = P V over the value head.
+                   double f = 2.0 * a.batch * a.heads * a.seq_q * a.seq_kv *
+                              double(a.head_dim + a.value_dim());
                    if (a.causal) f *= 0.5;
                    return f * attention_pass_units(a.pass);
                  },
@@ -80,10 +82,11 @@ Bytes Op::min_bytes() const {
           },
           [](const AttentionOp& a) {
             double e = dtype_bytes(a.dtype);
-            double q = double(a.batch) * a.heads * a.seq_q * a.head_dim * e;
-            double kv = double(a.batch) * a.kv_heads * a.seq_kv * a.head_dim * e;
-            double fwd = 2 * q + 2 * kv;           // Q, K, V in; O out
-            double bwd = 4 * q + 4 * kv;           // Q, K, V, O, dO in; dQ, dK, dV out
+            const double dk = double(a.head_dim), dv = double(a.value_dim());
+            double q = double(a.batch) * a.heads * a.seq_q * e;     // per unit of head size
+            double kv = double(a.batch) * a.kv_heads * a.seq_kv * e;
+            double fwd = q * (dk + dv) + kv * (dk + dv);          // Q, K, V in; O out
+            double bwd = q * (2 * dk + 2 * dv) + kv * 2 * (dk + dv);  // Q, K, V, O, dO in; dQ, dK, dV out
             switch (a.pass) {
               case AttentionPass::Forward: return Bytes(fwd);
               case AttentionPass::Backward: return Bytes(bwd);
@@ -141,9 +144,11 @@ std::string Op::signature() const {
                  },
                  [](const AttentionOp& a) {
                    return fmt::format(
-                       "attention b={} h={} kvh={} sq={} skv={} d={} causal={} fused={} "
+                       "attention b={} h={} kvh={} sq={} skv={} d={}{} causal={} fused={} "
                        "dropout={} warp_mma={} {} {}",
-                       a.batch, a.heads, a.kv_heads, a.seq_q, a.seq_kv, a.head_dim, a.causal,
+                       a.batch, a.heads, a.kv_heads, a.seq_q, a.seq_kv, a.head_dim,
+                       a.v_head_dim > 0 ? fmt::format(" dv={}", a.v_head_dim) : std::string(),
+                       a.causal,
                        a.fused, a.dropout, a.warp_mma, pass_name(a.pass), dtype_name(a.dtype));
                  },
                  [](const HostOp& h) {
@@ -394,7 +399,15 @@ const std::vector<Schema>& op_schemas() {
            p.positive = true;
            return p;
          }(),
-         count("head_dim", "Head size."), flag("causal", "false", "Causal mask."),
+         count("head_dim", "Head size (queries and keys)."),
+         [] {
+           ParamSpec p = optional_param("v_head_dim", ParamType::Int, "count",
+                                        "Value head size when it differs (multi-head latent "
+                                        "attention); absent: head_dim.");
+           p.positive = true;
+           return p;
+         }(),
+         flag("causal", "false", "Causal mask."),
          flag("fused", "true", "Flash-attention style kernel that keeps scores on chip."),
          flag("dropout", "false", "Attention dropout on the probabilities."),
          flag("warp_mma", "false",
@@ -478,6 +491,7 @@ Op op_from_config(const Config& c) {
     a.seq_q = c.get_int("seq_len");
     a.seq_kv = c.node()["kv_seq_len"] ? c.get_int("kv_seq_len") : a.seq_q;
     a.head_dim = c.get_int("head_dim");
+    a.v_head_dim = c.node()["v_head_dim"] ? c.get_int("v_head_dim") : 0;
     a.causal = c.get_bool("causal");
     a.fused = c.get_bool("fused");
     a.dropout = c.get_bool("dropout");

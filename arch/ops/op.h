@@ -52,6 +52,9 @@ enum class AttentionPass { Forward, Backward, ForwardBackward };
 /// written to memory between a batched GEMM, a softmax and a second batched GEMM.
 struct AttentionOp {
   int64_t batch = 1, heads = 1, kv_heads = 1, seq_q = 1, seq_kv = 1, head_dim = 64;
+  /// Size of a value head when it differs from the query/key head (multi-head latent attention:
+  /// DeepSeek-V3's queries and keys are 192 wide, its values 128); 0: head_dim.
+  int64_t v_head_dim = 0;
   bool causal = false;
   bool fused = true;
   bool dropout = false;
@@ -61,6 +64,9 @@ struct AttentionOp {
   bool warp_mma = false;
   AttentionPass pass = AttentionPass::Forward;
   DType dtype = DType::BF16;
+
+  /// The value (and output) head size.
+  int64_t value_dim() const { return v_head_dim > 0 ? v_head_dim : head_dim; }
 };
 
 /// A memory-bound kernel that streams arrays: elementwise, normalisation, softmax, embedding,
