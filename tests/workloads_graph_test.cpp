@@ -452,3 +452,77 @@ TEST(WorkloadGraph, TpCommOverlapNeedsSequenceParallelism) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// DeepSeek-V3's shape on four layers (the first dense) and 16 experts: latent attention, a
+// shared expert, group-limited routing.
+TransformerModel small_deepseek() {
+  return load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=16",
+                                    "router_groups=4", "router_group_topk=2", "seq_len=1024"});
+}
+
+// Latent attention's products: the down-projections on the rank's own tokens (replicated
+// weights), the up-projections column-parallel over the heads with their latent inputs
+// all-gathered (sequence parallelism), an attention kernel of 192-wide queries and keys and
+// 128-wide values; the FLOPs are 6 N T (N: active parameters that multiply) plus attention.
+TEST(WorkloadGraph, LatentAttentionProductsAndFlops) {
+  const TransformerModel m = small_deepseek();
+  {
+    StepGraph g = build_step_graph(m, setup("micro_batch: 2"));
+    const double n = double(m.active_parameter_count() - m.lookup_parameter_count());
+    const double attn = m.layers * 3.5 * 2.0 * 2 * m.heads * double(m.seq_len) * m.seq_len *
+                        double(m.head_dim + m.v_head_dim) * 0.5;
+    const double expect = 6.0 * n * g.tokens + attn;
+    EXPECT_NEAR(g.micro_batch_flops() / expect, 1.0, 0.01)
+        << g.micro_batch_flops() << " vs " << expect;
+  }
+  const int tp = 2;
+  StepGraph g = build_step_graph(
+      m, setup("micro_batch: 1\ntp: 2\nsequence_parallel: true\nprecision: bf16"));
+  const int64_t T = m.seq_len, Tn = T / tp, h = m.hidden;
+  auto gemm = [&](const std::string& n) {
+    const StepNode* x = find(g, n);
+    EXPECT_NE(x, nullptr) << n;
+    return x ? std::get<GemmOp>(x->op->body) : GemmOp{};
+  };
+  auto expect = [](GemmOp g, int64_t m, int64_t n, int64_t k) {
+    EXPECT_EQ(g.m, m);
+    EXPECT_EQ(g.n, n);
+    EXPECT_EQ(g.k, k);
+  };
+  expect(gemm("layer1.attn.q_down.fwd"), Tn, 1536, h);
+  expect(gemm("layer1.attn.kv_down.fwd"), Tn, 512 + 64, h);
+  expect(gemm("layer1.attn.q_up.fwd"), T, 128 / tp * 192, 1536);
+  expect(gemm("layer1.attn.kv_up.fwd"), T, 128 / tp * 256, 512);
+  expect(gemm("layer1.attn.proj.fwd"), T, h, 128 / tp * 128);
+  expect(gemm("layer1.attn.kv_up.bwd_input"), T, 512, 128 / tp * 256);
+  expect(gemm("layer1.attn.q_down.bwd_weight"), h, 1536, Tn);
+  // The latents, not the hidden state, are gathered; their gradients reduce-scattered.
+  for (auto [name, width] : {std::pair{"layer1.attn.q_up.fwd.tp_allgather", 1536},
+                             std::pair{"layer1.attn.kv_up.fwd.tp_allgather", 512},
+                             std::pair{"layer1.attn.k_rope.fwd.tp_allgather", 64},
+                             std::pair{"layer1.attn.q_up.bwd_input.tp_reduce_scatter", 1536}}) {
+    const StepNode* c = find(g, name);
+    ASSERT_NE(c, nullptr) << name;
+    ASSERT_TRUE(c->comm.has_value());
+    EXPECT_DOUBLE_EQ(c->comm->bytes, double(T) * width * 2) << name;
+  }
+  const StepNode* core = find(g, "layer1.attn.core.fwd");
+  ASSERT_NE(core, nullptr);
+  const auto& a = std::get<AttentionOp>(core->op->body);
+  EXPECT_EQ(a.heads, 128 / tp);
+  EXPECT_EQ(a.kv_heads, 128 / tp);
+  EXPECT_EQ(a.head_dim, 192);
+  EXPECT_EQ(a.value_dim(), 128);
+  // Weights on the two ranks: the model's, plus the second copy of what tp replicates (the
+  // down-projections, the latent and layer norms, the routers).
+  double sum = tp * g.state_bytes(TensorClass::Weights);
+  const int64_t replicated = m.layers * (h * (1536 + 576) + 1536 + 512 + 2 * h) + h +
+                             (m.layers - 1) * h * m.experts;
+  EXPECT_DOUBLE_EQ(sum, 2.0 * (double(m.parameter_count()) + double(tp - 1) * replicated));
+}
+
+}  // namespace
+}  // namespace memwall

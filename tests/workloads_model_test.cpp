@@ -1,9 +1,11 @@
 // Model presets reproduce their published parameter counts, and bad shapes are config errors.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 
 #include "workloads/model/transformer.h"
@@ -45,6 +47,7 @@ const std::map<std::string, Published>& published() {
       // rounded figure whose counting is not stated (this model is 1.7% under it).
       {"bert-large", {335.14e6, 0.01, "HF bert-large-uncased: 335,141,888 incl. 1M pooler"}},
       {"mixtral-8x7b", {46.7e9, 0.01, "Mixtral paper / HF card: 46.7B total (12.9B active)"}},
+      {"deepseek-v3", {671e9, 0.005, "DeepSeek-V3 report: 671B total (37B active), MTP excluded"}},
       {"qwen2-57b-a14b", {57.4e9, 0.01, "HF Qwen/Qwen2-57B-A14B: 57.4B total (14B activated)"}},
   };
   return p;
@@ -119,6 +122,79 @@ TEST(ModelPresets, SharedExpertIsActiveForEveryToken) {
   EXPECT_EQ(m.parameter_count() - no_shared.parameter_count(),
             28 * m.shared_expert_parameter_count());
   EXPECT_THROW(load_model("llama3-8b", {"shared_expert_ffn_hidden=1024"}), ConfigError);
+}
+
+// Multi-head latent attention and dense leading layers (DeepSeek-V3): the published 671B
+// total and 37B activated parameters (the MTP module's 14B excluded) follow from the shape.
+TEST(ModelPresets, DeepSeekV3LatentAttentionParameters) {
+  TransformerModel m = load_model("deepseek-v3");
+  ASSERT_TRUE(m.mla());
+  EXPECT_EQ(m.head_dim, 192);
+  EXPECT_EQ(m.kv_heads, m.heads);
+  EXPECT_EQ(m.attn_width(), 128 * 128);
+  // Down-projections, latent norms, up-projections.
+  const int64_t h = 7168;
+  EXPECT_EQ(m.attention_in_parameter_count(),
+            h * 1536 + 1536 + 1536LL * 128 * 192 + h * (512 + 64) + 512 + 512LL * 128 * (128 + 128));
+  EXPECT_FALSE(m.moe_layer(2));
+  EXPECT_TRUE(m.moe_layer(3));
+  EXPECT_EQ(m.layer_parameter_count(0), m.attention_in_parameter_count() + 128LL * 128 * h +
+                                            3 * h * 18432 + 2 * h);
+  EXPECT_NEAR(double(m.parameter_count()) / 671e9, 1.0, 0.005);
+  EXPECT_NEAR(double(m.active_parameter_count()) / 37e9, 1.0, 0.02);
+  std::printf("  deepseek-v3: %lld total, %lld active\n", (long long)m.parameter_count(),
+              (long long)m.active_parameter_count());
+  // Each latent key is the keys of all 128 heads: a bad combination names its key.
+  EXPECT_THROW(load_model("deepseek-v3", {"kv_heads=8"}), ConfigError);
+  EXPECT_THROW(load_model("deepseek-v3", {"positions=learned"}), ConfigError);
+  EXPECT_THROW(load_model("deepseek-v3", {"head_dim=128"}), ConfigError);
+  EXPECT_THROW(load_model("llama3-8b", {"q_lora_rank=512"}), ConfigError);
+  EXPECT_THROW(load_model("llama3-8b", {"first_dense_layers=1"}), ConfigError);
+  EXPECT_THROW(load_model("deepseek-v3", {"first_dense_layers=61"}), ConfigError);
+}
+
+// Expected distinct nodes holding a token's experts, against enumeration of every choice of
+// groups and of experts in them (balanced routing: each choice equally likely); DeepSeek-V3's
+// node-limited routing on 8 nodes reaches 3.6 nodes per token, 5.3 without the limit. (Where
+// groups and nodes do not divide each other the limit is ignored, as documented.)
+TEST(ModelRouting, ExpectedNodesPerTokenMatchesEnumeration) {
+  auto brute = [](int E, int k, int nodes, int G, int M) {
+    const int per_group = G ? E / G : E, per_node = E / nodes;
+    double sum = 0, count = 0;
+    for (int gmask = 0; gmask < (1 << (G ? G : 1)); ++gmask) {
+      if (G && __builtin_popcount(gmask) != M) continue;
+      std::vector<int> pool;
+      for (int e = 0; e < E; ++e)
+        if (!G || (gmask >> (e / per_group) & 1)) pool.push_back(e);
+      for (int emask = 0; emask < (1 << pool.size()); ++emask) {
+        if (__builtin_popcount(emask) != k) continue;
+        std::set<int> hit;
+        for (size_t i = 0; i < pool.size(); ++i)
+          if (emask >> i & 1) hit.insert(pool[i] / per_node);
+        sum += double(hit.size());
+        count += 1;
+      }
+    }
+    return sum / count;
+  };
+  struct Case { int E, k, nodes, G, M; };
+  for (Case c : {Case{12, 3, 4, 0, 0}, Case{12, 3, 4, 4, 2}, Case{16, 4, 4, 8, 3},
+                 Case{16, 2, 8, 4, 2}, Case{12, 2, 2, 6, 3}, Case{12, 3, 6, 3, 1}}) {
+    SCOPED_TRACE(fmt::format("E {} k {} nodes {} groups {} of {}", c.E, c.k, c.nodes, c.M, c.G));
+    TransformerModel m;
+    m.experts = c.E;
+    m.top_k = c.k;
+    m.router_groups = c.G;
+    m.router_group_topk = c.M;
+    EXPECT_NEAR(m.expected_token_nodes(c.nodes), brute(c.E, c.k, c.nodes, c.G, c.M), 1e-9);
+  }
+  TransformerModel ds = load_model("deepseek-v3");
+  EXPECT_NEAR(ds.expected_token_nodes(8), 3.63, 0.01);
+  ds.router_groups = ds.router_group_topk = 0;
+  EXPECT_NEAR(ds.expected_token_nodes(8), 5.29, 0.01);
+  EXPECT_DOUBLE_EQ(ds.expected_token_nodes(1), 1.0);
+  EXPECT_THROW(load_model("deepseek-v3", {"router_group_topk=9"}), ConfigError);
+  EXPECT_THROW(load_model("deepseek-v3", {"router_groups=7"}), ConfigError);
 }
 
 TEST(ModelPresets, ShapesFollowTheFamily) {

@@ -1,12 +1,61 @@
 #include "workloads/model/transformer.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace memwall {
 
+double TransformerModel::expected_token_nodes(int64_t nodes) const {
+  if (experts == 0 || nodes <= 1) return 1.0;
+  // P(none of top_k distinct experts drawn uniformly from `pool` lies among `these` of them).
+  auto miss = [&](double pool, double these) {
+    double p = 1;
+    for (int64_t i = 0; i < top_k; ++i) {
+      if (pool - these - double(i) <= 0) return 0.0;
+      p *= (pool - these - double(i)) / (pool - double(i));
+    }
+    return p;
+  };
+  auto choose = [](int64_t n, int64_t r) {
+    if (r < 0 || r > n) return 0.0;
+    double c = 1;
+    for (int64_t i = 1; i <= r; ++i) c = c * double(n - r + i) / double(i);
+    return c;
+  };
+  const double E = double(experts), per_node = E / double(nodes);
+  const int64_t G = router_groups, M = router_group_topk;
+  if (G <= 1 || M >= G || (G % nodes != 0 && nodes % G != 0))
+    return double(nodes) * (1 - miss(E, per_node));
+  const double per_group = E / double(G), pool = double(M) * per_group;
+  // Each group spans whole nodes: a node is reached when its group is chosen.
+  if (nodes % G == 0) return double(nodes) * double(M) / double(G) * (1 - miss(pool, per_node));
+  // Each node holds G / nodes whole groups, x of them chosen (hypergeometric).
+  const int64_t per = G / nodes;
+  double reached = 0;
+  for (int64_t x = 1; x <= std::min(per, M); ++x)
+    reached += choose(per, x) * choose(G - per, M - x) / choose(G, M) *
+               (1 - miss(pool, double(x) * per_group));
+  return double(nodes) * reached;
+}
+
+int64_t TransformerModel::attention_in_parameter_count() const {
+  const int64_t h = hidden;
+  if (!mla()) return h * qkv_width();
+  const int64_t norm_w = norm == NormType::LayerNorm ? 2 : 1;
+  // Queries: h -> q latent (normalised) -> heads x head_dim, or h -> heads x head_dim. Keys
+  // and values: h -> kv latent (normalised) plus the shared rotary key, then the latent ->
+  // heads x (nope + value).
+  int64_t q = q_lora_rank > 0 ? h * q_lora_rank + norm_w * q_lora_rank + q_lora_rank * mla_q_width()
+                              : h * mla_q_width();
+  int64_t kv = h * (kv_lora_rank + qk_rope_head_dim) + norm_w * kv_lora_rank +
+               kv_lora_rank * mla_kv_width();
+  return q + kv;
+}
+
 int64_t TransformerModel::layer_parameter_count() const {
   const int64_t h = hidden;
-  int64_t attn = h * qkv_width() + attn_width() * h;
+  int64_t attn = attention_in_parameter_count() + attn_width() * h;
   int64_t mlp_w = h * fc1_width() + ffn_hidden * h;
   int64_t norms = 2 * (norm == NormType::LayerNorm ? 2 * h : h);
   int64_t biases = bias ? qkv_width() + h + fc1_width() + h : 0;
@@ -104,6 +153,19 @@ const Schema& model_schema() {
         count("heads", "Query heads."),
         optional_count("kv_heads", "Key/value heads (grouped-query attention); absent: heads."),
         optional_count("head_dim", "Head size; absent: hidden / heads."),
+        optional_count("q_lora_rank",
+                       "Multi-head latent attention (DeepSeek-V2/V3): width of the query latent; "
+                       "absent: queries projected directly from the hidden state."),
+        optional_count("kv_lora_rank",
+                       "Multi-head latent attention: width of the key/value latent; absent: "
+                       "standard attention. Needs qk_nope_head_dim, qk_rope_head_dim and "
+                       "v_head_dim, rotary positions and no biases."),
+        optional_count("qk_nope_head_dim",
+                       "Latent attention: the part of each query and key head from the latent."),
+        optional_count("qk_rope_head_dim",
+                       "Latent attention: the rotary part of each query head, and of the key "
+                       "that all heads share."),
+        optional_count("v_head_dim", "Latent attention: the value head size."),
         count("seq_len", "Training sequence length."),
         count("vocab", "Vocabulary size (default: GPT-2's BPE, 50257).", "50257"),
         optional_count("max_position",
@@ -136,6 +198,20 @@ const Schema& model_schema() {
               "Every this many layers is an MoE layer, from layer 0 (Megatron's moe_layer_freq); "
               "1: all.",
               "1"),
+        [] {
+          ParamSpec p = param("first_dense_layers", ParamType::Int, "count", "0",
+                              "Leading layers that keep a dense MLP in an MoE model "
+                              "(DeepSeek-V3's first_k_dense_replace).");
+          p.min = 0;
+          return p;
+        }(),
+        optional_count("router_groups",
+                       "Group-limited routing (DeepSeek-V3's node-limited routing, n_group; "
+                       "Megatron's --moe-router-num-groups): the experts form this many groups "
+                       "of consecutive experts; absent: none."),
+        optional_count("router_group_topk",
+                       "Groups a token's experts are chosen from (DeepSeek-V3's topk_group: 4 of "
+                       "8; Megatron's --moe-router-group-topk). Needs router_groups."),
         optional_count("expert_ffn_hidden", "Inner width of one expert; absent: ffn_hidden."),
         optional_count("shared_expert_ffn_hidden",
                        "Inner width of the shared expert that every token passes through beside "
@@ -163,7 +239,35 @@ TransformerModel model_from_config(const Config& c) {
     c.fail("kv_heads", fmt::format("heads ({}) must be a multiple of kv_heads ({}): each key/value "
                                    "head serves a whole group of query heads",
                                    m.heads, m.kv_heads));
-  if (present("head_dim")) {
+  if (present("kv_lora_rank")) {
+    // Multi-head latent attention: every head has its own key and value after the
+    // up-projection, and a query/key head of nope + rope.
+    for (const char* k : {"qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"})
+      if (!present(k))
+        c.fail("kv_lora_rank",
+               fmt::format("latent attention needs {} beside kv_lora_rank", k));
+    if (present("kv_heads") && c.get_int("kv_heads") != m.heads)
+      c.fail("kv_heads", "latent attention up-projects a key and a value for every head: "
+                         "kv_heads must equal heads or be left out");
+    m.kv_heads = m.heads;
+    m.kv_lora_rank = c.get_int("kv_lora_rank");
+    m.q_lora_rank = present("q_lora_rank") ? c.get_int("q_lora_rank") : 0;
+    m.qk_rope_head_dim = c.get_int("qk_rope_head_dim");
+    m.v_head_dim = c.get_int("v_head_dim");
+    const int64_t d = c.get_int("qk_nope_head_dim") + m.qk_rope_head_dim;
+    if (present("head_dim") && c.get_int("head_dim") != d)
+      c.fail("head_dim", fmt::format("with latent attention head_dim is qk_nope_head_dim + "
+                                     "qk_rope_head_dim ({}); leave it out",
+                                     d));
+    m.head_dim = d;
+  } else if (present("q_lora_rank") || present("qk_nope_head_dim") ||
+             present("qk_rope_head_dim") || present("v_head_dim")) {
+    const char* k = present("q_lora_rank")        ? "q_lora_rank"
+                    : present("qk_nope_head_dim") ? "qk_nope_head_dim"
+                    : present("qk_rope_head_dim") ? "qk_rope_head_dim"
+                                                  : "v_head_dim";
+    c.fail(k, "a latent-attention key: set kv_lora_rank too (or remove it)");
+  } else if (present("head_dim")) {
     m.head_dim = c.get_int("head_dim");
   } else {
     if (m.hidden % m.heads != 0)
@@ -191,11 +295,42 @@ TransformerModel model_from_config(const Config& c) {
   }
   m.tied_embeddings = c.get_bool("tied_embeddings");
   m.bias = c.get_bool("bias");
+  if (m.mla() && m.positions != PositionType::Rotary)
+    c.fail("positions", "latent attention rotates a decoupled part of each query and key: set "
+                        "positions: rotary");
+  if (m.mla() && m.bias)
+    c.fail("bias", "latent attention is modelled without biases (DeepSeek-V2/V3 have none): set "
+                   "bias: false");
   m.dropout = c.get_bool("dropout");
   m.encoder = c.get_bool("encoder");
   m.experts = c.get_int("experts");
   m.top_k = c.get_int("top_k");
   m.moe_layer_frequency = c.get_int("moe_layer_frequency");
+  m.first_dense_layers = c.get_int("first_dense_layers");
+  if (present("router_groups") != present("router_group_topk"))
+    c.fail(present("router_groups") ? "router_groups" : "router_group_topk",
+           "group-limited routing needs both router_groups and router_group_topk");
+  if (present("router_groups")) {
+    m.router_groups = c.get_int("router_groups");
+    m.router_group_topk = c.get_int("router_group_topk");
+    if (m.experts == 0) c.fail("router_groups", "groups experts: set experts");
+    if (m.experts % m.router_groups != 0)
+      c.fail("router_groups", fmt::format("experts ({}) must be divisible by router_groups ({})",
+                                          m.experts, m.router_groups));
+    if (m.router_group_topk > m.router_groups)
+      c.fail("router_group_topk", fmt::format("router_group_topk ({}) exceeds router_groups ({})",
+                                              m.router_group_topk, m.router_groups));
+    if (m.router_group_topk * (m.experts / m.router_groups) < m.top_k)
+      c.fail("router_group_topk",
+             fmt::format("{} groups of {} experts cannot hold a token's top_k ({}) experts",
+                         m.router_group_topk, m.experts / m.router_groups, m.top_k));
+  }
+  if (m.first_dense_layers > 0 && m.experts == 0)
+    c.fail("first_dense_layers", "dense leading layers are a choice of an MoE model: set experts");
+  if (m.experts > 0 && m.first_dense_layers >= m.layers)
+    c.fail("first_dense_layers",
+           fmt::format("first_dense_layers ({}) leaves no MoE layer of the {}", m.first_dense_layers,
+                       m.layers));
   m.expert_ffn_hidden = present("expert_ffn_hidden") ? c.get_int("expert_ffn_hidden") : 0;
   m.shared_expert_ffn_hidden =
       present("shared_expert_ffn_hidden") ? c.get_int("shared_expert_ffn_hidden") : 0;

@@ -32,6 +32,14 @@ struct TransformerModel {
   int64_t heads = 1;      ///< query heads a
   int64_t kv_heads = 1;   ///< key/value heads (== heads: multi-head; < heads: grouped-query)
   int64_t head_dim = 64;  ///< d; heads * head_dim is the attention width (usually == hidden)
+  // Multi-head latent attention (DeepSeek-V2, V3): queries and keys/values pass through low-rank
+  // latents; each head's query and key are a "nope" part from the latent and a rotary part
+  // (the key's shared by all heads); values have their own head size. head_dim is then
+  // qk_nope_head_dim + qk_rope_head_dim. kv_lora_rank 0: standard attention.
+  int64_t q_lora_rank = 0;       ///< query latent width; 0: queries projected directly from h
+  int64_t kv_lora_rank = 0;      ///< key/value latent width
+  int64_t qk_rope_head_dim = 0;  ///< rotary part of each query and key head
+  int64_t v_head_dim = 0;        ///< value head size (MLA); 0: head_dim
   int64_t seq_len = 128;  ///< training sequence length s
   int64_t vocab = 50257;  ///< V
   int64_t max_position = 0;  ///< rows of the learned position table (0 with rotary positions)
@@ -47,6 +55,14 @@ struct TransformerModel {
   int64_t experts = 0;              ///< experts per MoE layer; each is a full MLP
   int64_t top_k = 2;                ///< experts each token is routed to
   int64_t moe_layer_frequency = 1;  ///< layer l is MoE when l % frequency == 0 (Megatron)
+  /// Leading layers that keep a dense MLP (DeepSeek-V3's first_k_dense_replace: 3).
+  int64_t first_dense_layers = 0;
+  /// Group-limited routing (DeepSeek-V3's node-limited routing; Megatron's
+  /// --moe-router-num-groups and --moe-router-group-topk): the experts form this many groups of
+  /// consecutive experts, and a token's top_k experts come from its best router_group_topk
+  /// groups. 0: no groups.
+  int64_t router_groups = 0;
+  int64_t router_group_topk = 0;
   int64_t expert_ffn_hidden = 0;    ///< inner width of one expert; 0: ffn_hidden
   /// Inner width of the shared expert every token passes through beside its routed ones
   /// (DeepSeekMoE, Qwen2-MoE; Megatron's --moe-shared-expert-intermediate-size, the shared
@@ -54,16 +70,31 @@ struct TransformerModel {
   int64_t shared_expert_ffn_hidden = 0;
 
   bool causal() const { return !encoder; }
-  /// Attention width: heads * head_dim.
-  int64_t attn_width() const { return heads * head_dim; }
-  /// Width of the fused QKV projection's output: (heads + 2 kv_heads) * head_dim.
-  int64_t qkv_width() const { return (heads + 2 * kv_heads) * head_dim; }
+  bool mla() const { return kv_lora_rank > 0; }
+  /// Value head size: v_head_dim with latent attention, else head_dim.
+  int64_t value_dim() const { return v_head_dim > 0 ? v_head_dim : head_dim; }
+  /// Attention width, the output projection's input: heads * value_dim().
+  int64_t attn_width() const { return heads * value_dim(); }
+  /// Width of the fused QKV projection's output: (heads + 2 kv_heads) * head_dim. With latent
+  /// attention, what the attention kernel reads per token: heads x (2 head_dim + value_dim()).
+  int64_t qkv_width() const {
+    return mla() ? heads * (2 * head_dim + value_dim()) : (heads + 2 * kv_heads) * head_dim;
+  }
+  /// Latent attention: the query up-projection's output, heads x head_dim, and the key/value
+  /// one's, heads x (qk_nope_head_dim + v_head_dim).
+  int64_t mla_q_width() const { return heads * head_dim; }
+  int64_t mla_kv_width() const { return heads * (head_dim - qk_rope_head_dim + value_dim()); }
+  /// Weights of the attention block before the core: the QKV projection, or latent attention's
+  /// down- and up-projections (and its latent norms).
+  int64_t attention_in_parameter_count() const;
   /// Output width of the first MLP matrix: f (GELU) or 2f (SwiGLU gate and up, fused).
   int64_t fc1_width() const { return mlp == MlpType::SwiGlu ? 2 * ffn_hidden : ffn_hidden; }
 
   bool moe() const { return experts > 0; }
   /// Whether layer `l` (from 0) replaces its MLP with experts.
-  bool moe_layer(int64_t l) const { return experts > 0 && l % moe_layer_frequency == 0; }
+  bool moe_layer(int64_t l) const {
+    return experts > 0 && l >= first_dense_layers && l % moe_layer_frequency == 0;
+  }
   /// Inner width of one expert.
   int64_t expert_ffn() const { return expert_ffn_hidden > 0 ? expert_ffn_hidden : ffn_hidden; }
   /// Output width of an expert's first matrix: f_e (GELU) or 2 f_e (SwiGLU).
@@ -74,6 +105,12 @@ struct TransformerModel {
   int64_t shared_fc1_width() const {
     return mlp == MlpType::SwiGlu ? 2 * shared_expert_ffn_hidden : shared_expert_ffn_hidden;
   }
+  /// The expected number of distinct nodes that hold a token's top_k experts, with the
+  /// experts spread evenly over `nodes` nodes in order, the token's experts drawn uniformly
+  /// (balanced routing) from its router groups (all experts without groups), each group chosen
+  /// with equal chance. Exact when groups fall on node boundaries (or nodes on group
+  /// boundaries); otherwise the group limit is ignored.
+  double expected_token_nodes(int64_t nodes) const;
   /// Parameters of the shared expert's MLP (weights and biases); 0 without one.
   int64_t shared_expert_parameter_count() const;
 

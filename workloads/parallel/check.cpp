@@ -25,6 +25,8 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
     fail("autocast", "autocast (eager PyTorch AMP) holds each layer's 16-bit weight casts until "
                      "the backward; ZeRO-3 (FSDP) gathers 16-bit weights per layer and frees them, "
                      "which is not modelled with autocast: use zero_stage 0-2 or 16-bit parameters");
+  if (t.autocast && m.mla())
+    fail("autocast", "autocast (eager PyTorch AMP) is not modelled for latent attention");
   if (t.autocast && m.moe())
     fail("autocast", "autocast (eager PyTorch AMP) is not modelled for mixture-of-experts layers");
   if (m.heads % p.tp != 0)
@@ -71,6 +73,12 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                      "core's token dispatcher routes each rank's sequence shard and refuses to "
                      "train without it)",
                      p.tp));
+  if (t.moe_deepep && !m.moe())
+    fail("moe_token_dispatcher",
+         fmt::format("dispatches tokens to experts; '{}' is a dense model (no experts)", m.name));
+  if (t.moe_deepep && t.moe_capacity_factor != 0.0)
+    fail("moe_capacity_factor", "an expert capacity is modelled with the alltoall token "
+                                "dispatcher only; deepep is dropless here");
   if (t.moe_allgather_dispatcher && !m.moe())
     fail("moe_token_dispatcher",
          fmt::format("dispatches tokens to experts; '{}' is a dense model (no experts)", m.name));

@@ -181,6 +181,11 @@ struct LayerActs {
   TensorId qkv_w = -1, proj_w = -1;
   // FP8: the FP8 inputs (with transposes) of QKV and the output projection.
   TensorId qkv_in = -1, proj_in = -1;
+  // Latent attention: the down-projections' outputs (the q latent; the kv latent with the
+  // rotary key), the latent norms' statistics, and the up-projections' inputs as the products
+  // read them (the normalised latents, quantized under FP8), which their weight gradients read.
+  TensorId q_lat = -1, kv_lat = -1, q_lat_stats = -1, kv_lat_stats = -1, q_up_in = -1,
+           kv_up_in = -1;
 };
 
 // A dense, tensor-parallel MLP on this rank (column-parallel fc1, row-parallel fc2): a layer's
@@ -272,8 +277,15 @@ class Builder {
     // multiple of vocab_padding x tp, as Megatron's --make-vocab-size-divisible-by).
     heads_r_ = m.heads / tp_;
     kv_r_ = m.kv_heads >= tp_ ? m.kv_heads / tp_ : 1;
-    qkvw_r_ = (heads_r_ + 2 * kv_r_) * m.head_dim;
-    attnw_r_ = heads_r_ * m.head_dim;
+    // The attention kernel's inputs per token: Q, K, V (latent attention: every head's, after
+    // the up-projections, with its own value size).
+    qkvw_r_ = m.mla() ? heads_r_ * (2 * m.head_dim + m.value_dim())
+                      : (heads_r_ + 2 * kv_r_) * m.head_dim;
+    attnw_r_ = heads_r_ * m.value_dim();
+    if (m.mla()) {
+      qup_r_ = m.mla_q_width() / tp_;
+      kvup_r_ = m.mla_kv_width() / tp_;
+    }
     ffn_r_ = m.ffn_hidden / tp_;
     fc1w_r_ = m.fc1_width() / tp_;
     const int64_t pad = t.vocab_padding * tp_;
@@ -413,9 +425,10 @@ class Builder {
   // FP4 operand (lp_input, lp_grad), which Transformer Engine gathers quantized: one copy, lpb_
   // bytes a value, not the 16-bit one.
   TensorId tp_gather(const std::string& op, Pass pass, int layer, TensorId x,
-                     bool blocking = true, bool quantized = false) {
+                     bool blocking = true, bool quantized = false, int64_t width = 0) {
     if (!sp_) return x;
-    const double Th = double(T_) * m_.hidden, b = quantized && lp_ ? lpb_ : e_;
+    const double Th = double(T_) * (width > 0 ? width : m_.hidden),
+                 b = quantized && lp_ ? lpb_ : e_;
     TensorId out = act(op + ".tp_allgather.out", Th, b);
     comm(op + ".tp_allgather", CollectiveKind::AllGather, ParallelGroup::TP, Th * b, blocking,
          false, pass, layer, {x}, {out});
@@ -426,15 +439,16 @@ class Builder {
   // sums over the tp ranks: an all-reduce in place, or with sequence parallelism a
   // reduce-scatter into T/tp tokens.
   TensorId tp_reduce(const std::string& op, Pass pass, int layer, TensorId partial,
-                     bool blocking = true) {
+                     bool blocking = true, int64_t width = 0) {
     if (tp_ == 1) return partial;
-    const double Th = double(T_) * m_.hidden;
+    if (width <= 0) width = m_.hidden;
+    const double Th = double(T_) * width;
     if (!sp_) {
       comm(op + ".tp_allreduce", CollectiveKind::AllReduce, ParallelGroup::TP, Th * e_, true,
            false, pass, layer, {partial}, {}, {partial});
       return partial;
     }
-    TensorId out = act(op + ".tp_reduce_scatter.out", double(Tn_) * m_.hidden);
+    TensorId out = act(op + ".tp_reduce_scatter.out", double(Tn_) * width);
     comm(op + ".tp_reduce_scatter", CollectiveKind::ReduceScatter, ParallelGroup::TP, Th * e_,
          blocking, false, pass, layer, {partial}, {out});
     return out;
@@ -470,7 +484,7 @@ class Builder {
                                       int64_t n, int64_t k, const std::vector<TensorId>& reads,
                                       TensorId out, bool sparse) {
     if (!tp_overlap()) {
-      TensorId full = tp_gather(name, pass, l, x, true, true);
+      TensorId full = tp_gather(name, pass, l, x, true, true, k);
       std::vector<TensorId> r = {full};
       r.insert(r.end(), reads.begin(), reads.end());
       node(name, weight_gemm(sparse, T_, n, k, md_), pass, l, r, {out});
@@ -574,7 +588,26 @@ class Builder {
   int64_t norm_params() const { return m_.norm == NormType::LayerNorm ? 2 * m_.hidden : m_.hidden; }
   // Parameters of each piece of a layer on this rank: the weight and its bias. Column-parallel
   // biases are split; row-parallel biases (proj, fc2) and norms are replicated.
-  int64_t qkv_params() const { return m_.hidden * qkvw_r_ + (m_.bias ? qkvw_r_ : 0); }
+  int64_t qkv_params() const {
+    return m_.mla() ? mla_down_params() + mla_norm_params() + mla_up_weights()
+                    : m_.hidden * qkvw_r_ + (m_.bias ? qkvw_r_ : 0);
+  }
+  // Latent attention (Megatron-core's MLASelfAttention): the down-projections h -> q latent
+  // and h -> kv latent + rotary key are replicated over tp (run on each rank's own tokens),
+  // as are the latent norms; the up-projections are column-parallel over the heads.
+  int64_t q_lora() const { return m_.q_lora_rank; }
+  int64_t kv_down_width() const { return m_.kv_lora_rank + m_.qk_rope_head_dim; }
+  int64_t mla_down_params() const { return m_.hidden * (q_lora() + kv_down_width()); }
+  int64_t mla_norm_params() const {
+    return (m_.norm == NormType::LayerNorm ? 2 : 1) * (q_lora() + m_.kv_lora_rank);
+  }
+  int64_t mla_up_weights() const {
+    return (q_lora() > 0 ? q_lora() : m_.hidden) * qup_r_ + m_.kv_lora_rank * kvup_r_;
+  }
+  // Weights (no biases, no norms) multiplied before the attention core on this rank.
+  int64_t attn_in_weights() const {
+    return m_.mla() ? mla_down_params() + mla_up_weights() : m_.hidden * qkvw_r_;
+  }
   int64_t proj_params() const { return attnw_r_ * m_.hidden + (m_.bias ? m_.hidden : 0); }
   int64_t fc1_params() const { return m_.hidden * fc1w_r_ + (m_.bias ? fc1w_r_ : 0); }
   int64_t fc2_params() const { return ffn_r_ * m_.hidden + (m_.bias ? m_.hidden : 0); }
@@ -597,7 +630,7 @@ class Builder {
     const int64_t h = m_.hidden;
     int64_t n = 0;
     for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
-      if (attention) n += h * qkvw_r_ + attnw_r_ * h;
+      if (attention) n += attn_in_weights() + attnw_r_ * h;
       if (!mlp) continue;
       n += m_.moe_layer(l) ? h * sfc1w_r_ + sffn_r_ * h + experts_local_ * (h * efc1w_r_ + effn_r_ * h)
                            : h * fc1w_r_ + ffn_r_ * h;
@@ -622,7 +655,8 @@ class Builder {
       // Replicated over tp, on sequence shards with sp: the norms, the router, the row-parallel
       // products' biases (attention output, fc2 or the shared expert's fc2).
       tp_replicated_ += 2 * norm_params() + (moe ? router_params() : 0) +
-                        (m_.bias ? h + (!moe || sffn_r_ > 0 ? h : 0) : 0);
+                        (m_.bias ? h + (!moe || sffn_r_ > 0 ? h : 0) : 0) +
+                        (m_.mla() ? mla_down_params() + mla_norm_params() : 0);
       expert_group_.push_back(
           moe ? group(fmt::format("layer{}.experts", l), efc1_params() + efc2_params(), int(l),
                       true)
@@ -872,9 +906,10 @@ class Builder {
   }
 
   // Norms, dropout and residual adds run on this rank's Tn tokens (T / tp with SP).
-  Op norm_op(bool backward) {
-    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", Tn_, m_.hidden, rd_,
-                     backward);
+  // `width`: a latent attention norm's (0: the hidden size).
+  Op norm_op(bool backward, int64_t width = 0) {
+    return make_norm(m_.norm == NormType::RmsNorm ? "rmsnorm" : "layernorm", Tn_,
+                     width > 0 ? width : m_.hidden, rd_, backward);
   }
   // A residual add: the stream plus a branch (forward), or two gradients of the stream
   // (backward). Autocast adds a 16-bit branch to the fp32 stream.
@@ -904,6 +939,9 @@ class Builder {
     return out;
   }
   double stats_bytes() const { return (m_.norm == NormType::RmsNorm ? 4.0 : 8.0) * Tn_; }
+  int64_t norm_params(int64_t width) const {
+    return (m_.norm == NormType::LayerNorm ? 2 : 1) * width;
+  }
   // FP8 and FP4 (Transformer Engine's recipes; Hopper's FP8 products take both operands
   // K-major, Blackwell's block-scaled ones scale along K): a product's 16-bit input is quantized
   // twice, along its rows for the product and along its columns (its transpose) for the weight
@@ -966,6 +1004,7 @@ class Builder {
     a.seq_q = sq_;
     a.seq_kv = s_;
     a.head_dim = m_.head_dim;
+    a.v_head_dim = m_.mla() ? m_.value_dim() : 0;
     a.causal = m_.causal();
     a.fused = t_.flash_attention;
     a.dropout = m_.dropout;
@@ -976,7 +1015,9 @@ class Builder {
   // Elements of b a s_q s_kv (this rank's heads and queries).
   double scores() const { return double(b_) * heads_r_ * sq_ * s_; }
   // Bytes of this rank's keys and values.
-  double kv_bytes() const { return 2.0 * b_ * sq_ * kv_r_ * m_.head_dim * e_; }
+  double kv_bytes() const {
+    return double(b_) * sq_ * kv_r_ * double(m_.head_dim + m_.value_dim()) * e_;
+  }
 
   // Context parallelism: the ring exchange of keys and values (and in the backward their
   // gradients) runs on its own stream beside the attention kernel; returns its receive buffer
@@ -1041,6 +1082,11 @@ class Builder {
     TensorId ln1_in = cast(nm(l, "attn.qkv.cast_in", sfx), pass, l, a.ln1_out, Tnh, true);
     ln1_in = a.qkv_in = lp_input(nm(l, "attn.qkv." + lp_kind("in"), sfx), pass, l, ln1_in, Tnh, true);
     a.qkv_w = weight_copy(nm(l, "attn.qkv.cast_weight", sfx), pass, l, Wt, qkv_params(), m_.bias);
+    if (m_.mla()) {
+      a.qkv = mla_forward(l, sfx, pass, ln1_in, a);
+      attention_core(l, sfx, pass, a);
+      return attention_out_and_mlp(l, sfx, pass, a);
+    }
     TensorId qkv = act(nm(l, "attn.qkv", sfx) + ".out", double(T_) * qkvw_r_);
     gathered_gemm(nm(l, "attn.qkv", sfx), pass, l, ln1_in, qkvw_r_, h, {a.qkv_w}, qkv,
                   sparse_attn_);
@@ -1056,6 +1102,79 @@ class Builder {
 
     // With selective recomputation the forward keeps no attention-core tensor but the output.
     attention_core(l, sfx, pass, a);
+    return attention_out_and_mlp(l, sfx, pass, a);
+  }
+
+  // Latent attention's projections (Megatron-core's MLASelfAttention), from the rank's Tn
+  // normalised tokens `x` (as the products read them) to the attention kernel's Q, K and V:
+  // the down-projections on the rank's own tokens with replicated weights; the latent norms;
+  // the column-parallel up-projections, whose inputs sequence parallelism all-gathers (the
+  // latents, narrower than the hidden state); the rotary key all-gathered beside them; and one
+  // fused kernel that rotates the rotary parts and lays Q, K (the rotary key broadcast to every
+  // head) and V out for the attention kernel (Megatron-core's fused MLA RoPE).
+  TensorId mla_forward(int l, const char* sfx, Pass pass, TensorId x, LayerActs& a) {
+    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank,
+                  rope = m_.qk_rope_head_dim;
+    const TensorId w = a.qkv_w;
+    // Queries: the latent, its norm and the up-projection, or straight from h.
+    TensorId q = act(nm(l, "attn.q_up", sfx) + ".out", double(T_) * qup_r_);
+    if (ql > 0) {
+      a.q_lat = act(nm(l, "attn.q_down", sfx) + ".out", double(Tn_) * ql);
+      node(nm(l, "attn.q_down", sfx), weight_gemm(sparse_attn_, Tn_, ql, h, md_), pass, l,
+           {x, w}, {a.q_lat});
+      TensorId qn = act(nm(l, "attn.q_norm", sfx) + ".out", double(Tn_) * ql);
+      a.q_lat_stats = act(nm(l, "attn.q_norm", sfx) + ".stats", stats_bytes(), 1);
+      node(nm(l, "attn.q_norm", sfx), norm_op(false, ql), pass, l, {a.q_lat, w},
+           {qn, a.q_lat_stats});
+      a.q_up_in = lp_input(nm(l, "attn.q_up." + lp_kind("in"), sfx), pass, l, qn,
+                           double(Tn_) * ql, true);
+      gathered_gemm(nm(l, "attn.q_up", sfx), pass, l, a.q_up_in, qup_r_, ql, {w}, q,
+                    sparse_attn_);
+    } else {
+      a.q_up_in = x;
+      gathered_gemm(nm(l, "attn.q_up", sfx), pass, l, x, qup_r_, h, {w}, q, sparse_attn_);
+    }
+    // Keys and values: the latent with the rotary key, the latent's norm, the up-projection.
+    a.kv_lat = act(nm(l, "attn.kv_down", sfx) + ".out", double(Tn_) * kv_down_width());
+    node(nm(l, "attn.kv_down", sfx), weight_gemm(sparse_attn_, Tn_, kv_down_width(), h, md_),
+         pass, l, {x, w}, {a.kv_lat});
+    TensorId kvn = act(nm(l, "attn.kv_norm", sfx) + ".out", double(Tn_) * kl);
+    a.kv_lat_stats = act(nm(l, "attn.kv_norm", sfx) + ".stats", stats_bytes(), 1);
+    node(nm(l, "attn.kv_norm", sfx), norm_op(false, kl), pass, l, {a.kv_lat, w},
+         {kvn, a.kv_lat_stats});
+    a.kv_up_in = lp_input(nm(l, "attn.kv_up." + lp_kind("in"), sfx), pass, l, kvn,
+                          double(Tn_) * kl, true);
+    TensorId kv = act(nm(l, "attn.kv_up", sfx) + ".out", double(T_) * kvup_r_);
+    gathered_gemm(nm(l, "attn.kv_up", sfx), pass, l, a.kv_up_in, kvup_r_, kl, {w}, kv,
+                  sparse_attn_);
+    TensorId k_rope = tp_gather(nm(l, "attn.k_rope", sfx), pass, l, a.kv_lat, true, false, rope);
+    TensorId qkv = act(nm(l, "attn.rope", sfx) + ".out", double(T_) * qkvw_r_);
+    node(nm(l, "attn.rope", sfx), mla_rope(false), pass, l, {q, kv, k_rope}, {qkv});
+    return qkv;
+  }
+  // The fused rotary kernel of latent attention, per element of Q, K and V as the attention
+  // kernel reads them: it reads the up-projections' outputs and the rotary key (fewer bytes
+  // than it writes: the rotary key is shared by the heads, and K's nope part and V come from
+  // one tensor), and rotates the rotary parts (6 FLOPs per rotated value, as `rope`). The
+  // backward reads the gradients and writes them back in the up-projections' layout, the
+  // rotary key's summed over the heads.
+  Op mla_rope(bool backward) const {
+    const double rope = double(m_.qk_rope_head_dim), per_token = double(qkvw_r_),
+                 up = double(qup_r_ + kvup_r_) + rope;
+    const double narrow = e_ * up / per_token, rotated = 2 * heads_r_ * rope / per_token;
+    return backward ? stream_op("mla_rope_bwd", T_ * qkvw_r_, {e_}, {narrow}, 6 * rotated + 1,
+                                3 * rotated, ad_)
+                    : stream_op("mla_rope", T_ * qkvw_r_, {narrow}, {e_}, 6 * rotated,
+                                3 * rotated, ad_);
+  }
+
+  // The attention block after the core (output projection, dropout, residual) and the MLP
+  // block (dense or MoE) of layer_forward.
+  LayerActs& attention_out_and_mlp(int l, const char* sfx, Pass pass, LayerActs& a) {
+    const int64_t h = m_.hidden;
+    const double Tnh = double(Tn_) * h;
+    const TensorId Wt = W(lgi(l));
+    const TensorId x = a.x;
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
@@ -1176,16 +1295,23 @@ class Builder {
   // An all-to-all over the expert-parallel group (none with ep 1). It lasts as long as the
   // busiest rank's exchange (received_ep() copies each way); `to_experts` sizes what this rank
   // receives: its experts' copies, or its own back.
+  // With the deepep dispatcher the transfers to another node go once per token and node, and
+  // under the FP8 recipe the forward dispatch (`fp8`) moves FP8 values with a 4-byte scale per
+  // 128 (DeepSeek-V3's 1 x 128 tiles), which the experts' first product reads as its quantized
+  // input.
   TensorId ep_all_to_all(const std::string& name, Pass pass, int l, TensorId in, bool to_experts,
-                         bool blocking = true) {
+                         bool blocking = true, bool fp8 = false) {
     if (ep_ == 1) return in;
-    const double bytes = double(received_ep()) * m_.hidden * e_;
+    const double per = fp8 && fp8_dispatch() ? 1.0 + 4.0 / 128 : e_;
+    const double bytes = double(received_ep()) * m_.hidden * per;
     TensorId out =
-        act(name + ".out", double(to_experts ? received_ep() : returned()) * m_.hidden);
-    comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, blocking, false, pass, l, {in},
-         {out});
+        act(name + ".out", double(to_experts ? received_ep() : returned()) * m_.hidden, per);
+    StepVertex v = comm(name, CollectiveKind::AllToAll, ParallelGroup::EP, bytes, blocking, false,
+                        pass, l, {in}, {out});
+    g_.dag[v].comm->once_per_node = t_.moe_deepep;
     return out;
   }
+  bool fp8_dispatch() const { return t_.moe_deepep && md_ == DType::FP8 && ep_ > 1; }
   // The shared expert overlapped with an all-to-all (Megatron's --moe-shared-expert-overlap).
   bool shared_overlap() const { return sffn_r_ > 0 && t_.moe_shared_expert_overlap; }
   // The experts' tokens over the etp group (etp = tp > 1): an all-gather of the copies the tp
@@ -1252,19 +1378,29 @@ class Builder {
       node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Rk * h, {e_}, {e_}, 0, 0, ad_),
            pass, l, {all, a.routing}, {a.dispatched});
     } else {
-      TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h);
-      node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {e_}, {e_}, 0, 0, ad_),
-           pass, l, {in, a.routing}, {perm});
+      // FP8 dispatch (deepep): the rank's tokens quantized once, in 1 x 128 tiles, before
+      // they are copied out.
+      TensorId src = in;
+      const double pb = fp8_dispatch() ? 1.0 + 4.0 / 128 : e_;
+      if (fp8_dispatch()) {
+        src = act(nm(l, "moe.fp8_quantize", sfx) + ".out", double(Tn_) * h, pb);
+        node(nm(l, "moe.fp8_quantize", sfx),
+             stream_op("fp8_quantize", Tn_ * h, {e_}, {pb}, 4, 0, ad_), pass, l, {in}, {src});
+      }
+      TensorId perm = act(nm(l, "moe.permute", sfx) + ".out", double(Tk) * h, pb);
+      node(nm(l, "moe.permute", sfx), stream_op("moe_permute", Tk * h, {pb}, {pb}, 0, 0, ad_),
+           pass, l, {src, a.routing}, {perm});
       // With the overlap, the dispatch runs on the communication stream while the compute
       // stream runs the shared expert; the routed experts wait for both.
-      TensorId disp =
-          ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true, !shared_overlap());
+      TensorId disp = ep_all_to_all(nm(l, "moe.dispatch", sfx), pass, l, perm, true,
+                                    !shared_overlap(), true);
       if (shared_overlap()) shared = mlp_forward(l, sfx, pass, in, shared_mlp(), a.shared);
       a.dispatched = expert_tp(nm(l, "moe.dispatch", sfx) + ".tp_allgather", pass, l, disp, true);
     }
     a.mlp.fc1_out = act(nm(l, "moe.experts.fc1", sfx) + ".out", double(Rk) * efc1w_r_);
+    // (after an FP8 dispatch only the transposed copy is made)
     a.mlp.fc1_in = lp_input(nm(l, "moe.experts.fc1." + lp_kind("in"), sfx), pass, l, a.dispatched,
-                             double(Rk) * h, false);
+                             double(Rk) * h, fp8_dispatch() && !allgather());
     node(nm(l, "moe.experts.fc1", sfx),
          weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.mlp.fc1_in, We}, {a.mlp.fc1_out});
@@ -1384,17 +1520,19 @@ class Builder {
     StepVertex v = node(base + ".grad_accumulate", op, Pass::BackwardWeight, l, {}, {}, grads);
     g_.dag[v].after_first_micro_batch = autograd;
   }
-  // A norm's backward: input gradient and its own (replicated) weight gradient.
+  // A norm's backward: input gradient and its own (replicated) weight gradient. `width`: a
+  // latent attention norm's (0: the hidden size).
   TensorId norm_backward(const std::string& name, int l, TensorId dy, TensorId x, TensorId stats,
-                         int gi, TensorId Wt) {
-    TensorId d = act(name + ".grad", double(Tn_) * m_.hidden, re_);
+                         int gi, TensorId Wt, int64_t width = 0) {
+    if (width <= 0) width = m_.hidden;
+    TensorId d = act(name + ".grad", double(Tn_) * width, re_);
     std::vector<TensorId> allocs = {d}, writes;
     grad_target(gi, allocs, writes);
-    node(name, norm_op(true), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
+    node(name, norm_op(true, width), Pass::BackwardInput, l, {dy, x, stats, Wt}, allocs, writes);
     // (With ZeRO >= 2, where grad_target allocates, no addition is modelled.)
-    accumulate_grad(name.substr(0, name.rfind('.')), l, norm_params(),
+    accumulate_grad(name.substr(0, name.rfind('.')), l, norm_params(width),
                     m_.norm == NormType::LayerNorm ? 2 : 1, writes);
-    grad_done(gi, norm_params(), l);
+    grad_done(gi, norm_params(width), l);
     return d;
   }
 
@@ -1472,6 +1610,7 @@ class Builder {
            in, {d_qkv}, {}, ws);
       cp_join(nm(l, "attn.core", "bwd"), BI, l, recv, {d_qkv});
     }
+    if (m_.mla()) return ln1_backward(l, a, d_mid, mla_backward(l, a, d_qkv));
     if (m_.positions == PositionType::Rotary) {
       int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
       TensorId d = act(nm(l, "attn.rope", "bwd") + ".grad", double(T_) * qkvw_r_);
@@ -1493,10 +1632,77 @@ class Builder {
     if (tp_overlap()) qkv_wgrad();
     d_ln1 = cast(nm(l, "attn.qkv", "bwd_cast"), BI, l, d_ln1, Tnh, false);
     if (!tp_overlap()) qkv_wgrad();
-    TensorId d_ln1_in = norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, Wt);
-    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", Tnh, re_);
-    node(nm(l, "attn.residual", "bwd"), residual_add(true), BI, l, {d_mid, d_ln1_in}, {dx});
+    return ln1_backward(l, a, d_mid, d_ln1);
+  }
+  // The first norm's backward from its output gradient `d_ln1`, and the residual's: the
+  // gradient of the layer input.
+  TensorId ln1_backward(int l, const LayerActs& a, TensorId d_mid, TensorId d_ln1) {
+    const int gi = lgi(l);
+    TensorId d_ln1_in =
+        norm_backward(nm(l, "ln1", "bwd"), l, d_ln1, a.x, a.ln1_stats, gi, W(gi));
+    TensorId dx = act(nm(l, "attn.residual", "bwd") + ".grad", double(Tn_) * m_.hidden, re_);
+    node(nm(l, "attn.residual", "bwd"), residual_add(true), Pass::BackwardInput, l,
+         {d_mid, d_ln1_in}, {dx});
     return dx;
+  }
+
+  // Latent attention's backward from the gradient of Q, K and V (`d_qkv`), the mirror of
+  // mla_forward; returns the gradient of the first norm's output (the rank's Tn tokens). The
+  // up-projections' input gradients are partial sums over tp (reduce-scattered with sequence
+  // parallelism, all-reduced without), as is the rotary key's (its heads are spread over tp);
+  // the down-projections' input gradients are complete and add into one buffer.
+  TensorId mla_backward(int l, const LayerActs& a, TensorId d_qkv) {
+    const Pass BI = Pass::BackwardInput;
+    const int gi = lgi(l);
+    const TensorId Wt = W(gi), w = ac_ ? a.qkv_w : Wt;
+    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank, rope = m_.qk_rope_head_dim;
+    const std::string rb = nm(l, "attn.rope", "bwd");
+    TensorId d_q = act(rb + ".q_grad", double(T_) * qup_r_),
+             d_kv = act(rb + ".kv_grad", double(T_) * kvup_r_),
+             d_rope = act(rb + ".k_rope_grad", double(T_) * rope);
+    node(rb, mla_rope(true), BI, l, {d_qkv}, {d_q, d_kv, d_rope});
+    // Keys and values: the up-projection's input and weight gradients, the latent norm's
+    // backward; the rotary key's gradient reduced over tp beside it.
+    d_kv = lp_grad(nm(l, "attn.kv_up", lp_kind("grad").c_str()), l, d_kv, double(T_) * kvup_r_);
+    TensorId kv_full = tp_gather(nm(l, "attn.kv_up", "bwd_weight"), BI, l, a.kv_up_in, false,
+                                 true, kl);
+    TensorId d_kvn = act(nm(l, "attn.kv_up", "bwd_input") + ".grad", double(T_) * kl);
+    node(nm(l, "attn.kv_up", "bwd_input"), weight_gemm(sparse_attn_, T_, kl, kvup_r_, md_), BI,
+         l, {d_kv, w}, {d_kvn});
+    d_kvn = tp_reduce(nm(l, "attn.kv_up", "bwd_input"), BI, l, d_kvn, true, kl);
+    weight_grad(nm(l, "attn.kv_up", "bwd_weight"), l, kl, kvup_r_, T_, kv_full, {d_kv}, gi,
+                kl * kvup_r_);
+    d_rope = tp_reduce(nm(l, "attn.k_rope", "bwd"), BI, l, d_rope, true, rope);
+    TensorId d_kvl = norm_backward(nm(l, "attn.kv_norm", "bwd"), l, d_kvn, a.kv_lat,
+                                   a.kv_lat_stats, gi, Wt, kl);
+    TensorId d_x = act(nm(l, "attn.kv_down", "bwd_input") + ".grad", double(Tn_) * h);
+    node(nm(l, "attn.kv_down", "bwd_input"), weight_gemm(sparse_attn_, Tn_, h, kv_down_width(), md_),
+         BI, l, {d_kvl, d_rope, w}, {d_x});
+    weight_grad(nm(l, "attn.kv_down", "bwd_weight"), l, h, kv_down_width(), Tn_, a.qkv_in,
+                {d_kvl, d_rope}, gi, h * kv_down_width());
+    // Queries: the same through their latent, or (no latent) a column-parallel projection of
+    // the hidden state, whose input gradient is reduced over tp and added.
+    d_q = lp_grad(nm(l, "attn.q_up", lp_kind("grad").c_str()), l, d_q, double(T_) * qup_r_);
+    const int64_t qk = ql > 0 ? ql : h;
+    TensorId q_full = tp_gather(nm(l, "attn.q_up", "bwd_weight"), BI, l, a.q_up_in, false, true, qk);
+    TensorId d_qn = act(nm(l, "attn.q_up", "bwd_input") + ".grad", double(T_) * qk);
+    node(nm(l, "attn.q_up", "bwd_input"), weight_gemm(sparse_attn_, T_, qk, qup_r_, md_), BI, l,
+         {d_q, w}, {d_qn});
+    d_qn = tp_reduce(nm(l, "attn.q_up", "bwd_input"), BI, l, d_qn, true, qk);
+    weight_grad(nm(l, "attn.q_up", "bwd_weight"), l, qk, qup_r_, T_, q_full, {d_q}, gi,
+                qk * qup_r_);
+    if (ql == 0) {
+      node(nm(l, "attn.q_up", "bwd_add"), make_elementwise("add", Tn_ * h, ad_), BI, l, {d_qn},
+           {}, {d_x});
+      return d_x;
+    }
+    TensorId d_ql = norm_backward(nm(l, "attn.q_norm", "bwd"), l, d_qn, a.q_lat, a.q_lat_stats,
+                                  gi, Wt, ql);
+    // (the second product adds into the first's output: beta = 1)
+    node(nm(l, "attn.q_down", "bwd_input"), weight_gemm(sparse_attn_, Tn_, h, ql, md_), BI, l,
+         {d_ql, w}, {}, {d_x});
+    weight_grad(nm(l, "attn.q_down", "bwd_weight"), l, h, ql, Tn_, a.qkv_in, {d_ql}, gi, h * ql);
+    return d_x;
   }
 
   // The MoE block's backward, the mirror of moe_forward; returns the gradient of its input (the
@@ -1919,6 +2125,7 @@ class Builder {
   int64_t dpcp_ = 1, edp_ = 1;
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
+  int64_t qup_r_ = 0, kvup_r_ = 0;  // latent attention: the up-projections' widths on this rank
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   // training.sparse_weights: which weight products multiply a 2:4-compressed weight, and the
   // weights on this rank that are pruned and compressed every step.
