@@ -469,6 +469,50 @@ TEST(ClusterRun, AllgatherDispatcherMovesFewerTensorParallelBytesAtEp1) {
   EXPECT_DOUBLE_EQ(ag.model_flops, a2a.model_flops);
 }
 
+// DeepEP's dispatcher on DeepSeek-V3's shape (4 layers, 32 experts in 4 router groups) with
+// its expert-parallel group over 4 HGX H800 nodes: a token's copies for another node cross
+// InfiniBand once, so the expert all-to-alls take less time than NCCL's exchange of every copy,
+// and less again when the router limits each token to 2 of the 4 nodes. The work is the same.
+TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
+  auto run = [](const char* dispatcher, const char* precision, bool groups) {
+    Job j;
+    std::vector<std::string> o = {"layers=4", "first_dense_layers=1", "experts=32",
+                                  "seq_len=1024"};
+    if (groups) o.insert(o.end(), {"router_groups=4", "router_group_topk=2"});
+    else o.insert(o.end(), {"router_groups=1", "router_group_topk=1"});
+    j.model = load_model("deepseek-v3", o);
+    j.device = load_device("h800-sxm5-80gb");
+    j.system = load_system("hgx-h800");
+    j.setup = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\nprecision: {}\n"
+                    "moe_token_dispatcher: {}\n",
+                    precision, dispatcher),
+        "training.yaml");
+    j.gpus = 32;
+    return j.run();
+  };
+  ClusterResult nccl = run("alltoall", "bf16", true), deepep = run("deepep", "bf16", true),
+                any_node = run("deepep", "bf16", false), fp8 = run("deepep", "fp8", true);
+  const GroupComm &a = nccl.comm[int(ParallelGroup::EP)], &b = deepep.comm[int(ParallelGroup::EP)],
+                  &c = any_node.comm[int(ParallelGroup::EP)], &d = fp8.comm[int(ParallelGroup::EP)];
+  EXPECT_EQ(b.algorithms.count("hierarchical"), 1u);
+  EXPECT_EQ(a.algorithms.count("hierarchical"), 0u);
+  EXPECT_EQ(b.count, a.count);
+  EXPECT_DOUBLE_EQ(b.bytes, a.bytes);
+  // Without the limit a token's 8 copies reach 3.7 of the 4 nodes (0.47 of the copies cross
+  // once per node); with 2 of the 4 groups, 2 nodes (0.25).
+  EXPECT_LT(c.total.sec(), 0.6 * a.total.sec());
+  EXPECT_LT(b.total.sec(), 0.9 * c.total.sec());
+  EXPECT_DOUBLE_EQ(deepep.model_flops, nccl.model_flops);
+  // FP8 dispatch: the forward dispatch's values in one byte (with a scale per 128), the other
+  // all-to-alls in 16 bits.
+  EXPECT_NEAR(d.bytes / b.bytes, (3.0 + (1.0 + 4.0 / 128) / 2) / 4, 1e-9);
+  std::printf("ep all-to-alls: nccl %.2f ms, deepep %.2f ms (any node %.2f ms), fp8 dispatch "
+              "%.2f ms\n",
+              a.total.sec() * 1e3, b.total.sec() * 1e3, c.total.sec() * 1e3,
+              d.total.sec() * 1e3);
+}
+
 }  // namespace
 }  // namespace memwall
 

@@ -588,3 +588,54 @@ TEST(CollectiveContention, EcmpFlowsCollideOnSpinesAMergedCoreSpreadsThem) {
     EXPECT_LE(t, 1.05 * b + 20e-6);
   }
 }
+
+// DeepEP's hierarchical all-to-all: each member sends its share for another node once, to the
+// member on its own rail there, which forwards it over NVLink. With every copy crossing on its
+// own (network_fraction 1) the NICs carry what NCCL's direct all-to-all (with PXN) puts on them;
+// a dispatch that sends a token once per node (fraction 0.5) halves that traffic and, where
+// the NICs bound the exchange, the time.
+TEST(CollectiveAllToAll, HierarchicalSendsOncePerNodeAndForwardsOverTheFabric) {
+  const double S = 256.0 * (1 << 20);
+  const int n = 32, k = 8;  // 4 DGX H100
+  SystemSpec s = load_system("dgx-h100");
+  Network net(s, n);
+  auto run = [&](CollectiveAlgorithm a, double fraction) {
+    net.reset();
+    CollectiveRequest r = request(CollectiveKind::AllToAll, {iota_group(n)}, S, a,
+                                  Protocol::Simple);
+    r.network_fraction = fraction;
+    return net.run(r, Time::zero());
+  };
+  auto direct = run(CollectiveAlgorithm::Direct, 1.0);
+  auto once = run(CollectiveAlgorithm::Hierarchical, 1.0);
+  auto half = run(CollectiveAlgorithm::Hierarchical, 0.5);
+  EXPECT_EQ(once.algorithm, CollectiveAlgorithm::Hierarchical);
+  // Each member's copies for the other 3 nodes, (n - k) / n of its buffer, up its NIC to the
+  // rail's leaf and down the peer's NIC: two network links.
+  const double across = n * S * (n - k) / n * 2;
+  EXPECT_NEAR(ib_bytes(direct), across, 1e-6 * across);
+  EXPECT_NEAR(ib_bytes(once), across, 1e-6 * across);
+  EXPECT_NEAR(ib_bytes(half), across / 2, 1e-6 * across);
+  // Never faster than the wires: the NIC share, and the NVLink share ((k - 1) / k of the
+  // buffer out of each member, direct pieces and forwards).
+  const double nic = s.scale_out.nic.effective_bandwidth().bps();
+  const double up = s.scale_up.link.effective_bandwidth().bps() * s.scale_up.link.count;
+  for (const auto& [r, f] : {std::pair{once, 1.0}, std::pair{half, 0.5}}) {
+    const double bound = std::max(f * S * (n - k) / n / nic, S * (k - 1) / k / up);
+    EXPECT_GE(r.duration().sec(), bound);
+    EXPECT_LE(r.duration().sec(), 1.15 * bound + 50e-6);
+  }
+  // NIC-bound at this size: the same time as the direct exchange, and half with half the bytes.
+  EXPECT_NEAR(once.duration().sec() / direct.duration().sec(), 1.0, 0.15);
+  EXPECT_NEAR(half.duration().sec() / once.duration().sec(), 0.5, 0.08);
+  std::printf("dgx-h100 x4, 256 MiB all-to-all: direct %.3f ms, hierarchical %.3f ms, once per "
+              "node (0.5) %.3f ms\n",
+              direct.duration().sec() * 1e3, once.duration().sec() * 1e3,
+              half.duration().sec() * 1e3);
+  // One node has no network to save: the algorithm refuses, naming the collective.
+  Network one(s, 8);
+  EXPECT_THROW(one.run(request(CollectiveKind::AllToAll, {iota_group(8)}, S,
+                               CollectiveAlgorithm::Hierarchical, Protocol::Simple),
+                       Time::zero()),
+               std::invalid_argument);
+}

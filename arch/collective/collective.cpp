@@ -1140,7 +1140,7 @@ LinkFamily up_family(const SystemSpec& s) {
 }  // namespace
 
 Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, double bytes,
-                       CollectiveAlgorithm a, Protocol p) const {
+                       CollectiveAlgorithm a, Protocol p, double network_fraction) const {
   const Time inf = Time::infinite();
   const SystemSpec& sys = topo_.system();
   if (p == Protocol::LL128 && !sys.tuning.ll128) return inf;
@@ -1215,6 +1215,15 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
       return in_network_latency(k, nvls) + max(intra, inter);
     }
     case CollectiveAlgorithm::Hierarchical: {
+      if (kind == CollectiveKind::AllToAll) {
+        // Out of each rank: its share for the other nodes over its NIC (network_fraction of
+        // the copies), and over the scale-up fabric its copies for its own node's members and
+        // those it forwards, (k - 1) / k of the buffer. The two run pipelined.
+        if (!multi || !sh.uniform || torus) return inf;
+        Time inter = Bytes(bytes * network_fraction * (n - k) / n) / capped(nic_rate(sys));
+        Time intra = Bytes(bytes * (k - 1) / k) / capped(up);
+        return base + alpha_net + (k > 1 ? alpha_up : Time::zero()) + max(inter, intra);
+      }
       if (kind != CollectiveKind::AllReduce || !multi || !sh.uniform || k < 2) return inf;
       Time intra = ring_time(k, 1, k - 1, bytes / k, up);
       Time inter = ring_time(sh.nodes, sh.nodes, 2 * (sh.nodes - 1), bytes / k / sh.nodes,
@@ -1244,7 +1253,8 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
 }
 
 Network::Choice Network::choose(CollectiveKind kind, const std::vector<int>& group, double bytes,
-                                CollectiveAlgorithm algorithm, Protocol protocol) const {
+                                CollectiveAlgorithm algorithm, Protocol protocol,
+                                double network_fraction) const {
   std::vector<CollectiveAlgorithm> algs;
   if (algorithm != CollectiveAlgorithm::Auto)
     algs = {algorithm};
@@ -1261,7 +1271,7 @@ Network::Choice Network::choose(CollectiveKind kind, const std::vector<int>& gro
   Choice best{algs.front(), protos.back(), Time::infinite()};
   for (auto a : algs)
     for (auto p : protos) {
-      Time t = estimate(kind, group, bytes, a, p);
+      Time t = estimate(kind, group, bytes, a, p, network_fraction);
       if (t < best.estimate) best = {a, p, t};
     }
   return best;
@@ -1274,8 +1284,8 @@ namespace {
 /// The memo key: the request's kind, algorithm, protocol, exact size and its groups (by the id
 /// of the group list among those seen before).
 std::string signature(const CollectiveRequest& r, int groups_id) {
-  return fmt::format("{}|{}|{}|{:a}|{}|{}", int(r.kind), int(r.algorithm), int(r.protocol),
-                     r.bytes, groups_id, r.copy_engine);
+  return fmt::format("{}|{}|{}|{:a}|{}|{}|{:a}", int(r.kind), int(r.algorithm), int(r.protocol),
+                     r.bytes, groups_id, r.copy_engine, r.network_fraction);
 }
 
 }  // namespace
@@ -1380,7 +1390,8 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
     throw std::invalid_argument(fmt::format("{}: only a send-recv can be a copy-engine copy", who));
   Choice choice = req.copy_engine
                       ? Choice{CollectiveAlgorithm::Direct, Protocol::Simple, Time::zero()}
-                      : choose(req.kind, g0, req.bytes, req.algorithm, req.protocol);
+                      : choose(req.kind, g0, req.bytes, req.algorithm, req.protocol,
+                               req.network_fraction);
   if (n0 <= 1 || req.bytes <= 0) {
     res.algorithm = choice.algorithm;
     res.protocol = protocol_name(choice.protocol == Protocol::Auto ? Protocol::Simple
@@ -1396,7 +1407,8 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
                           "scale_up.in_switch_reduction, or nodes with equal members on a "
                           "network whose switches reduce, scale_out.in_network_reduction)"
                         : req.algorithm == CollectiveAlgorithm::Hierarchical
-                              ? " (hierarchical needs several nodes with equal members each)"
+                              ? " (hierarchical needs several nodes with equal members each, "
+                                "joined by a switched network)"
                               : ""));
   res.algorithm = choice.algorithm;
   res.estimate = choice.estimate;
@@ -1578,6 +1590,47 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
         break;
       }
       case CollectiveAlgorithm::Hierarchical: {
+        if (req.kind == CollectiveKind::AllToAll) {
+          // Each rank sends its share for every other node to that node's member on its own
+          // rail, and its own node's members their pieces directly; a rail peer forwards what
+          // it receives to its node's members as it arrives (chunk by chunk), over the
+          // scale-up fabric.
+          const int k = sh0.max_per_node, m = sh0.nodes;
+          const double piece = req.bytes / n, grain = chunk_bytes(proto);
+          res.steps = 2;
+          struct Forward {
+            int peer, node;
+            Impl::Arrival in;
+          };
+          std::vector<Forward> forwards;
+          std::vector<GroupShape> shapes;
+          for (const auto& g : req.groups) shapes.push_back(shape_of(topo_, g));
+          // Issued in this order, as the links serve them: the node-local pieces, the
+          // transfers across the network, then the forwards.
+          for (const GroupShape& sh : shapes)
+            for (const auto& mem : sh.by_node)
+              for (int src : mem)
+                for (int dst : mem) res.end = max(res.end, im.send(src, dst, piece, base, ctx));
+          for (const GroupShape& sh : shapes)
+            for (int a = 0; a < m; ++a)
+              for (int i = 0; i < k; ++i)
+                for (int b = 0; b < m; ++b) {
+                  if (b == a) continue;
+                  const int peer = sh.by_node[b][i];
+                  Impl::Arrival in = im.stream(sh.by_node[a][i], peer,
+                                               req.network_fraction * k * piece, base, base, 0, ctx);
+                  res.end = max(res.end, in.tail);
+                  forwards.push_back({peer, b, in});
+                }
+          size_t f = 0;
+          for (const GroupShape& sh : shapes)
+            for (size_t e = 0; e < size_t(m) * k * (m - 1); ++e, ++f)
+              for (int dst : sh.by_node[forwards[f].node])
+                res.end = max(res.end, im.stream(forwards[f].peer, dst, piece, forwards[f].in.head,
+                                                 forwards[f].in.tail, grain, ctx)
+                                           .tail);
+          break;
+        }
         res.steps = 0;
         std::unordered_map<int, Time> ready;
         for (const auto& g : req.groups)

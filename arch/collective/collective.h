@@ -54,6 +54,13 @@ struct CollectiveRequest {
   /// Transformer Engine's ring exchange does), not an NCCL kernel: no protocol, no NCCL base or
   /// step latency; the message takes the route's wire latency and the links' full rate.
   bool copy_engine = false;
+  /// All-to-all with the hierarchical algorithm (DeepEP's normal kernels): each rank sends what
+  /// it has for another node once, to the member of that node on its own rail, which forwards
+  /// it over the scale-up fabric to the node's members. This is the share of the per-member
+  /// copies bound for other nodes that cross the network: below 1 when copies for several
+  /// members of one node are one transfer (an expert-parallel dispatch sends a token once per
+  /// node, however many of its experts are there). 1: every copy crosses on its own.
+  double network_fraction = 1.0;
   std::string label;  ///< shown in errors and results
 };
 
@@ -121,10 +128,11 @@ class Network {
   };
   Choice choose(CollectiveKind kind, const std::vector<int>& group, double bytes,
                 CollectiveAlgorithm algorithm = CollectiveAlgorithm::Auto,
-                Protocol protocol = Protocol::Auto) const;
+                Protocol protocol = Protocol::Auto, double network_fraction = 1.0) const;
   /// Alpha-beta estimate of one algorithm x protocol for one group; infinite where not usable.
   Time estimate(CollectiveKind kind, const std::vector<int>& group, double bytes,
-                CollectiveAlgorithm algorithm, Protocol protocol) const;
+                CollectiveAlgorithm algorithm, Protocol protocol,
+                double network_fraction = 1.0) const;
 
   /// Frees every link from time zero and forgets utilisation (the memo is kept).
   void reset();

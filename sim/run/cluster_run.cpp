@@ -806,7 +806,8 @@ class ClusterSim {
   }
 
   const CollectiveResult& collective(ParallelGroup g, CollectiveKind kind, double bytes, int s,
-                                     int to, Time start, bool copy_engine = false) {
+                                     int to, Time start, bool copy_engine = false,
+                                     bool once_per_node = false) {
     // A send-recv outside the pipeline is a shift round each group's ring (tensor-parallel ring
     // exchange): every member sends to the next, all at once.
     const bool shift = kind == CollectiveKind::SendRecv && g != ParallelGroup::PP;
@@ -829,6 +830,22 @@ class ClusterSim {
     req.bytes = bytes;
     req.copy_engine = copy_engine;
     req.label = parallel_group_name(g);
+    if (once_per_node) {
+      // DeepEP: hierarchical across the nodes the expert-parallel group spans, each token's
+      // copies for a node crossing the network once (the routing's expected distinct nodes
+      // per token over its top_k copies); inside one node, or over nodes holding unequal
+      // shares of the group, a plain exchange.
+      std::map<int, int> per_node;
+      for (int d : req.groups.front()) ++per_node[d / sys_.gpus_per_node];
+      const bool even = std::all_of(per_node.begin(), per_node.end(), [&](const auto& kv) {
+        return kv.second == per_node.begin()->second;
+      });
+      if (per_node.size() > 1 && even) {
+        req.algorithm = CollectiveAlgorithm::Hierarchical;
+        req.network_fraction =
+            m_.expected_token_nodes(int64_t(per_node.size())) / double(m_.top_k);
+      }
+    }
     last_ = net_.run(req, start);
     ++collectives_;
     GroupComm& gc = result_->comm[int(g)];
@@ -1061,7 +1078,8 @@ class ClusterSim {
       // the last pipeline stage (Megatron's embedding group).
       int peer = cm.group == ParallelGroup::PP ? (s == 0 ? p_.pp - 1 : 0) : s;
       if (cm.blocking) {
-        const CollectiveResult& cr = collective(cm.group, cm.kind, cm.bytes, s, peer, c.t);
+        const CollectiveResult& cr = collective(cm.group, cm.kind, cm.bytes, s, peer, c.t,
+                                                cm.copy_engine, cm.once_per_node);
         Time d = cr.end - c.t;
         span(s, parallel_group_name(cm.group), k.name, c.t, d);
         result_->comm[g].total += d / double(p_.pp);
@@ -1070,7 +1088,8 @@ class ClusterSim {
       } else {
         Time start = max(ready, rs.stream_free[g]);
         const CollectiveResult& cr =
-            collective(cm.group, cm.kind, cm.bytes, s, peer, start, cm.copy_engine);
+            collective(cm.group, cm.kind, cm.bytes, s, peer, start, cm.copy_engine,
+                       cm.once_per_node);
         span(s, parallel_group_name(cm.group), k.name, start, cr.end - start);
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;

@@ -258,8 +258,13 @@ const Schema& training_schema() {
         "then over tp), keeps its experts' copies, and the outputs return by reduce-scatter; "
         "its bytes do not depend on top_k or the routing (top_k times fewer than alltoall at ep "
         "1, more at large ep). allgather takes no capacity factor or shared-expert overlap, as "
-        "in Megatron-core.");
-    disp.choices = {"alltoall", "allgather"};
+        "in Megatron-core. deepep: the flex dispatcher with DeepEP (--moe-token-dispatcher-type "
+        "flex --moe-enable-deepep; DeepSeek-V3's): the all-to-alls' copies for another node "
+        "cross the network once per token and node, to the rank on the sender's rail there, "
+        "which forwards them over the scale-up fabric (with the model's group-limited routing, "
+        "to at most router_group_topk nodes); under fp8 the forward dispatch moves FP8 values "
+        "with their 1 x 128 scales. Its expert-parallel group must not split a node.");
+    disp.choices = {"alltoall", "allgather", "deepep"};
     x.params.push_back(disp);
     ParamSpec off = param(
         "optimizer_offload", ParamType::Real, "fraction", "0",
@@ -351,6 +356,7 @@ std::string options_label(const TrainingSetup& t) {
     s = fmt::format(" · moe load {:.2f}x", t.moe_load_imbalance);
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
   if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
+  if (t.moe_deepep) s += " · deepep dispatcher";
   if (t.sparse_weights == TrainingSetup::SparseWeights::Mlp) s += " · 2:4-sparse MLP weights";
   if (t.sparse_weights == TrainingSetup::SparseWeights::All) s += " · 2:4-sparse weights";
   return s;
@@ -444,6 +450,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_capacity_factor = c.get_real("moe_capacity_factor");
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
+  t.moe_deepep = c.get_string("moe_token_dispatcher") == "deepep";
   t.optimizer_offload = c.get_real("optimizer_offload");
   const std::string os = c.get_string("optimizer_offload_schedule");
   t.offload_schedule = os == "pipelined"  ? TrainingSetup::OffloadSchedule::Pipelined

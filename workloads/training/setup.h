@@ -86,6 +86,11 @@ struct TrainingSetup {
   /// its experts' copies locally; the outputs return by reduce-scatter. Its bytes do not depend
   /// on top_k or the routing: top_k times fewer than all-to-all at ep 1, more at large ep.
   bool moe_allgather_dispatcher = false;
+  /// deepep: Megatron-core's flex dispatcher with DeepEP (--moe-token-dispatcher-type flex
+  /// --moe-enable-deepep), an all-to-all whose transfers cross the network once per token per
+  /// destination node and fan out over the scale-up fabric there (hierarchical), the forward
+  /// dispatch in FP8 under the FP8 recipe.
+  bool moe_deepep = false;
   /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.

@@ -80,6 +80,10 @@ struct CommSpec {
   /// Moved by the copy engines (peer-to-peer copies, as Transformer Engine's ring exchange does):
   /// it takes memory bandwidth but no compute units from the work it overlaps.
   bool copy_engine = false;
+  /// An expert-parallel all-to-all of the deepep dispatcher: its copies for another node cross
+  /// the network once per token and node (hierarchical, with the share the model's routing
+  /// gives for the nodes the group spans).
+  bool once_per_node = false;
 };
 
 struct StepNode {
