@@ -156,6 +156,22 @@ TEST(Configs, Gb200IsTheB200PackageAtGb200Peaks) {
   EXPECT_NEAR(gb->memory().capacity().gib_value(), 186, 1e-9);
 }
 
+// The H800 is the H100 SXM5 with 8 NVLinks (200 GB/s per direction: NVIDIA's "400 GB/s") and
+// 1 TFLOPS FP64; DeepSeek-V3's cluster measured about 160 GB/s of NVLink (report section 3.2.2).
+TEST(Configs, H800IsTheH100WithEightNvlinksAndLittleFp64) {
+  auto h800 = load_device("h800-sxm5-80gb"), h100 = load_device("h100-sxm5-80gb");
+  for (DType t : {DType::BF16, DType::FP8})
+    EXPECT_DOUBLE_EQ(h800->compute().peak(t).per_s(), h100->compute().peak(t).per_s());
+  EXPECT_NEAR(h800->compute().peak(DType::FP64).per_s() / 1e12, 1.0, 0.1);
+  EXPECT_DOUBLE_EQ(h800->memory().peak_bandwidth().bps(), h100->memory().peak_bandwidth().bps());
+  SystemSpec s = load_system("hgx-h800"), d = load_system("dgx-h100");
+  EXPECT_DOUBLE_EQ(s.scale_up.link.bandwidth.bps() * s.scale_up.link.count, 200e9);
+  const double eff = s.scale_up.link.effective_bandwidth().bps();  // all links
+  EXPECT_NEAR(eff / 160e9, 1.0, 0.05);
+  EXPECT_DOUBLE_EQ(s.scale_out.nic.bandwidth.bps(), d.scale_out.nic.bandwidth.bps());
+  EXPECT_EQ(s.scale_out.nics_per_node, 8);
+}
+
 TEST(Configs, OverridesReachASystemNamedByPreset) {
   // `system: dgx-h100` is a preset name; `-p system.KEY=...` changes that preset's key.
   auto f = kConfigs / "experiments" / "cluster" / "gpt3-175b-on-1024-h100.yaml";
