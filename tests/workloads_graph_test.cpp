@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "workloads/memory/timeline.h"
 #include "workloads/training/step_graph.h"
 
 namespace memwall {
@@ -522,6 +523,50 @@ TEST(WorkloadGraph, LatentAttentionProductsAndFlops) {
   const int64_t replicated = m.layers * (h * (1536 + 576) + 1536 + 512 + 2 * h) + h +
                              (m.layers - 1) * h * m.experts;
   EXPECT_DOUBLE_EQ(sum, 2.0 * (double(m.parameter_count()) + double(tp - 1) * replicated));
+}
+
+}  // namespace
+}  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// recompute_modules (Megatron-core's --recompute-modules): mla_up_proj rebuilds Q, K and V from
+// the kept latents before the attention backward, adding exactly the up-projections and the
+// rope kernel as recompute work and keeping a.qkv (T x heads x (2 x 192 + 128) values) out of
+// the saved activations; moe_act reruns the experts' activation. The model FLOPs do not move.
+TEST(WorkloadGraph, RecomputeModulesRunTheirForwardAgainAndKeepLess) {
+  const TransformerModel m = small_deepseek();
+  const std::string base = "micro_batch: 1\nprecision: fp8\n";
+  const StepGraph none = build_step_graph(m, setup(base));
+  const StepGraph up = build_step_graph(m, setup(base + "recompute_modules: mla_up_proj\n"));
+  const StepGraph both =
+      build_step_graph(m, setup(base + "recompute_modules: mla_up_proj, moe_act\n"));
+  EXPECT_EQ(none.flops(Pass::Recompute), 0.0);
+  const double T = double(m.seq_len), a = double(m.heads);
+  const double per_layer = 2 * T * a * 192 * 1536 + 2 * T * a * 256 * 512;  // q_up + kv_up
+  double rope = 0;
+  for (std::size_t v = 0; v < up.size(); ++v)
+    if (up.dag[v].pass == Pass::Recompute && up.dag[v].name.find("attn.rope") != std::string::npos)
+      rope += up.dag[v].op->flops();
+  EXPECT_NEAR(up.flops(Pass::Recompute), m.layers * per_layer + rope, 1e-6 * per_layer);
+  EXPECT_GT(both.flops(Pass::Recompute), up.flops(Pass::Recompute));
+  EXPECT_DOUBLE_EQ(up.flops(Pass::Forward), none.flops(Pass::Forward));
+  // Saved activations: at the peak (the end of the forward) each layer holds a.qkv fewer.
+  const double qkv = T * a * (2 * 192 + 128) * 2;
+  const double saved = memory_timeline(none).max_of(TensorClass::Activations) -
+                       memory_timeline(up).max_of(TensorClass::Activations);
+  EXPECT_GE(saved, (m.layers - 1) * qkv);
+  EXPECT_LE(saved, m.layers * qkv);
+  EXPECT_LT(memory_timeline(both).max_of(TensorClass::Activations),
+            memory_timeline(up).max_of(TensorClass::Activations));
+  // Bad lists name the key: a module memwall does not recompute, one the model lacks, or
+  // modules with full recomputation.
+  EXPECT_THROW(setup("recompute_modules: mlp\n"), ConfigError);
+  EXPECT_THROW(setup("recompute: full\nrecompute_modules: moe_act\n"), ConfigError);
+  EXPECT_THROW(build_step_graph(load_model("llama3-8b", {"layers=2"}),
+                                setup("recompute_modules: mla_up_proj\n")),
+               ConfigError);
 }
 
 }  // namespace

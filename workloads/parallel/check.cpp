@@ -73,6 +73,14 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                      "core's token dispatcher routes each rank's sequence shard and refuses to "
                      "train without it)",
                      p.tp));
+  if (t.recompute_modules.mla_up_proj && !m.mla())
+    fail("recompute_modules",
+         fmt::format("mla_up_proj recomputes latent attention's up-projections; '{}' has standard "
+                     "attention (no kv_lora_rank)",
+                     m.name));
+  if (t.recompute_modules.moe_act && !m.moe())
+    fail("recompute_modules",
+         fmt::format("moe_act recomputes the experts' activation; '{}' has no experts", m.name));
   if (t.moe_deepep && !m.moe())
     fail("moe_token_dispatcher",
          fmt::format("dispatches tokens to experts; '{}' is a dense model (no experts)", m.name));

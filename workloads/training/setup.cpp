@@ -322,6 +322,14 @@ const Schema& training_schema() {
         "shard is copied back; the CPU clips and updates. Needs zero_stage 3 and "
         "optimizer_offload 1; tp and pp 1."));
     x.params.push_back(param(
+        "recompute_modules", ParamType::String, "modules", "",
+        "Megatron-core's --recompute-modules: a comma-separated list of modules whose outputs "
+        "the forward does not keep and the backward computes again just before it needs them "
+        "(HFU counts the second run, MFU does not). mla_up_proj: latent attention's "
+        "up-projections and rotary layout, so the layer keeps the latents instead of every "
+        "head's Q, K and V (DeepSeek-V3 recomputes them); moe_act: the routed experts' "
+        "activation. With recompute none or selective; full recomputes everything already."));
+    x.params.push_back(param(
         "host_resident", ParamType::String, "classes", "",
         "Model state the device reads and writes in place in host memory, over its host link, "
         "instead of keeping it in device memory: a comma-separated list of weights, gradients "
@@ -357,6 +365,11 @@ std::string options_label(const TrainingSetup& t) {
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
   if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
   if (t.moe_deepep) s += " · deepep dispatcher";
+  if (t.recompute_modules.any())
+    s += std::string(" · recompute modules ") +
+         (t.recompute_modules.mla_up_proj && t.recompute_modules.moe_act ? "mla_up_proj,moe_act"
+          : t.recompute_modules.mla_up_proj                              ? "mla_up_proj"
+                                                                         : "moe_act");
   if (t.sparse_weights == TrainingSetup::SparseWeights::Mlp) s += " · 2:4-sparse MLP weights";
   if (t.sparse_weights == TrainingSetup::SparseWeights::All) s += " · 2:4-sparse weights";
   return s;
@@ -474,6 +487,28 @@ TrainingSetup training_from_config(const Config& c) {
            "weight offload keeps the ZeRO-3 shards on the host and updates them there: it "
            "needs zero_stage 3 and optimizer_offload 1, with tp and pp 1 (FSDP's and "
            "ZeRO-Infinity's data-parallel layout)");
+  {
+    const std::string list = c.get_string("recompute_modules");
+    std::size_t at = 0;
+    while (at <= list.size() && !list.empty()) {
+      std::size_t end = list.find(',', at);
+      if (end == std::string::npos) end = list.size();
+      std::string name = list.substr(at, end - at);
+      name.erase(0, name.find_first_not_of(' '));
+      name.erase(name.find_last_not_of(' ') + 1);
+      if (name == "mla_up_proj") t.recompute_modules.mla_up_proj = true;
+      else if (name == "moe_act") t.recompute_modules.moe_act = true;
+      else
+        c.fail("recompute_modules",
+               "'" + name + "' is not a module memwall recomputes on its own: list mla_up_proj "
+                            "and moe_act, separated by commas (recompute: selective recomputes "
+                            "the unfused attention core, full every layer)");
+      at = end + 1;
+    }
+    if (t.recompute_modules.any() && t.recompute == Recompute::Full)
+      c.fail("recompute_modules", "recompute: full recomputes every layer's forward already; "
+                                  "list modules with recompute none or selective");
+  }
   {
     const std::string list = c.get_string("host_resident");
     std::size_t at = 0;

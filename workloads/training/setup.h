@@ -38,6 +38,14 @@ struct TrainingSetup {
   Precision precision = Precision::BF16;
   std::string optimizer = "adam";
   Recompute recompute = Recompute::None;
+  /// Megatron-core's --recompute-modules (with recompute none or selective): the modules whose
+  /// outputs the forward does not keep; the backward runs them again just before it needs them.
+  /// mla_up_proj: latent attention's up-projections and rotary layout (Q, K, V are rebuilt from
+  /// the latents); moe_act: the routed experts' activation (and its FP8 copy).
+  struct RecomputeModules {
+    bool mla_up_proj = false, moe_act = false;
+    bool any() const { return mla_up_proj || moe_act; }
+  } recompute_modules;
   bool flash_attention = true;
   /// The loss kernel: Megatron's fp32 vocab-parallel cross-entropy as separate ops (the default
   /// of Megatron-LM and of eager PyTorch under autocast), or fused (one kernel per pass on the

@@ -1113,11 +1113,9 @@ class Builder {
   // fused kernel that rotates the rotary parts and lays Q, K (the rotary key broadcast to every
   // head) and V out for the attention kernel (Megatron-core's fused MLA RoPE).
   TensorId mla_forward(int l, const char* sfx, Pass pass, TensorId x, LayerActs& a) {
-    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank,
-                  rope = m_.qk_rope_head_dim;
+    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank;
     const TensorId w = a.qkv_w;
-    // Queries: the latent, its norm and the up-projection, or straight from h.
-    TensorId q = act(nm(l, "attn.q_up", sfx) + ".out", double(T_) * qup_r_);
+    // Queries: the latent and its norm (the up-projection in mla_up), or straight from h.
     if (ql > 0) {
       a.q_lat = act(nm(l, "attn.q_down", sfx) + ".out", double(Tn_) * ql);
       node(nm(l, "attn.q_down", sfx), weight_gemm(sparse_attn_, Tn_, ql, h, md_), pass, l,
@@ -1128,11 +1126,8 @@ class Builder {
            {qn, a.q_lat_stats});
       a.q_up_in = lp_input(nm(l, "attn.q_up." + lp_kind("in"), sfx), pass, l, qn,
                            double(Tn_) * ql, true);
-      gathered_gemm(nm(l, "attn.q_up", sfx), pass, l, a.q_up_in, qup_r_, ql, {w}, q,
-                    sparse_attn_);
     } else {
       a.q_up_in = x;
-      gathered_gemm(nm(l, "attn.q_up", sfx), pass, l, x, qup_r_, h, {w}, q, sparse_attn_);
     }
     // Keys and values: the latent with the rotary key, the latent's norm, the up-projection.
     a.kv_lat = act(nm(l, "attn.kv_down", sfx) + ".out", double(Tn_) * kv_down_width());
@@ -1144,6 +1139,18 @@ class Builder {
          {kvn, a.kv_lat_stats});
     a.kv_up_in = lp_input(nm(l, "attn.kv_up." + lp_kind("in"), sfx), pass, l, kvn,
                           double(Tn_) * kl, true);
+    return mla_up(l, sfx, pass, a, w, x);
+  }
+  // Latent attention's up-projections from the kept latents (a.q_up_in, a.kv_up_in, and the
+  // rotary key in a.kv_lat), the rotary key's gather and the fused rope/layout kernel: Q, K and
+  // V for the attention kernel. The forward runs it; with recompute_modules mla_up_proj the
+  // backward runs it again (Pass::Recompute) instead of keeping Q, K and V. `w`: the layer's
+  // weights; `x`: the first norm's output, which the queries take without a q latent.
+  TensorId mla_up(int l, const char* sfx, Pass pass, const LayerActs& a, TensorId w, TensorId x) {
+    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank, rope = m_.qk_rope_head_dim;
+    TensorId q = act(nm(l, "attn.q_up", sfx) + ".out", double(T_) * qup_r_);
+    gathered_gemm(nm(l, "attn.q_up", sfx), pass, l, ql > 0 ? a.q_up_in : x, qup_r_,
+                  ql > 0 ? ql : h, {w}, q, sparse_attn_);
     TensorId kv = act(nm(l, "attn.kv_up", sfx) + ".out", double(T_) * kvup_r_);
     gathered_gemm(nm(l, "attn.kv_up", sfx), pass, l, a.kv_up_in, kvup_r_, kl, {w}, kv,
                   sparse_attn_);
@@ -1574,6 +1581,9 @@ class Builder {
                 proj_params(), 1, m_.bias);
 
     LayerActs core = a;
+    // recompute_modules mla_up_proj: Q, K and V again from the kept latents.
+    if (m_.mla() && t_.recompute_modules.mla_up_proj)
+      core.qkv = mla_up(l, "recompute", Pass::Recompute, a, ac_ ? a.qkv_w : Wt, a.qkv_in);
     if (selective_unfused()) {
       // Selective recomputation: the attention core runs again, from the saved Q, K, V, just
       // before its backward needs the probabilities.
@@ -1739,8 +1749,18 @@ class Builder {
     node(nm(l, "moe.experts.fc2", "bwd_input"),
          weight_gemm(sparse_mlp_, te, effn_r_, h, md_, experts_local_), BI, l,
          {d_out, We}, {d_act});
+    TensorId fc2_in = lp_ ? a.mlp.fc2_in : a.mlp.act_out;
+    if (t_.recompute_modules.moe_act) {
+      // The activation again from its kept input, and its FP8 copy, for the weight gradient.
+      TensorId again = act(nm(l, "moe.experts.act", "recompute") + ".out", double(Rk) * effn_r_);
+      node(nm(l, "moe.experts.act", "recompute"),
+           make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_),
+           Pass::Recompute, l, {a.mlp.fc1_out}, {again});
+      fc2_in = lp_input(nm(l, "moe.experts.fc2." + lp_kind("in"), "recompute"), Pass::Recompute,
+                        l, again, double(Rk) * effn_r_, false);
+    }
     weight_grad(nm(l, "moe.experts.fc2", "bwd_weight"), l, effn_r_, h, te,
-                lp_ ? a.mlp.fc2_in : a.mlp.act_out, {d_out}, ge, efc2_params(), experts_local_,
+                fc2_in, {d_out}, ge, efc2_params(), experts_local_,
                 m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
     node(nm(l, "moe.experts.act", "bwd"),
