@@ -196,6 +196,38 @@ TEST(ClusterRun, ZeroBubbleVHasTheSmallestBubbleWithinOneFOneBsMemory) {
               inter.stages.front().memory[int(TensorClass::Weights)], 0.1 * table);
 }
 
+// DualPipe (DeepSeek-V3): half the micro-batches enter at each end. On near-equal stages its
+// bubble is below 1F1B's and ZB-V's; every rank holds two stages' weights (twice 1F1B's on a
+// middle rank) and at most pp + 1 chunk activations; the work is the same.
+TEST(ClusterRun, DualPipeHalvesTheBubbleWithTwoCopiesOfTheWeights) {
+  const int p = 4;
+  const int64_t m = 16;
+  ClusterResult plain = uniform_pipeline(p, 1, m, "1f1b").run();
+  ClusterResult v = uniform_pipeline(p, 1, m, "zb-v").run();
+  ClusterResult dual = uniform_pipeline(p, 1, m, "dualpipe").run();
+  std::printf("bubble: 1f1b %.1f%%, zb-v %.1f%%, dualpipe %.1f%%\n",
+              100 * plain.bubble_fraction(), 100 * v.bubble_fraction(),
+              100 * dual.bubble_fraction());
+  EXPECT_LT(dual.bubble_fraction(), 0.5 * plain.bubble_fraction());
+  EXPECT_LT(dual.step_time.sec(), plain.step_time.sec());
+  EXPECT_DOUBLE_EQ(dual.model_flops, plain.model_flops);
+  EXPECT_GT(dual.step_time.sec(), dual.model_flops / (dual.gpus * dual.peak_flops));
+  for (const StageResult& s : dual.stages) {
+    SCOPED_TRACE("stage " + std::to_string(s.stage));
+    EXPECT_LE(s.max_in_flight, p + 1);
+    EXPECT_EQ(s.chunks.size(), 2u);
+  }
+  EXPECT_NEAR(dual.stages[1].memory[int(TensorClass::Weights)],
+              2 * plain.stages[1].memory[int(TensorClass::Weights)],
+              0.01 * plain.stages[1].memory[int(TensorClass::Weights)]);
+  // Rank 1 holds stage 1 (first direction) and stage 2 (second): layers 4-7 and 8-11.
+  EXPECT_EQ(dual.stages[1].layers[0], (std::pair<int64_t, int64_t>{4, 8}));
+  EXPECT_EQ(dual.stages[1].layers[1], (std::pair<int64_t, int64_t>{8, 12}));
+  // Bad layouts: an odd pp, or fewer than pp micro-batches each way.
+  EXPECT_THROW(uniform_pipeline(3, 1, 12, "dualpipe"), ConfigError);
+  EXPECT_THROW(uniform_pipeline(p, 1, 6, "dualpipe").run(), LayoutError);
+}
+
 TEST(ClusterRun, ZeroBubbleH1ShrinksTheBubbleWithinOneFOneBsMemory) {
   const int p = 4;
   ClusterResult plain = uniform_pipeline(p, 1, 8, "1f1b").run();

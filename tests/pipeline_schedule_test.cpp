@@ -197,8 +197,102 @@ TEST(PipelineSchedule, ZeroBubbleVFillsTheVWithinOneFOneBsMemory) {
         }
       }
       for (int r = 0; r < pp; ++r) ASSERT_EQ(next[r], orders[r].size()) << "deadlock";
-      if (m >= pp) EXPECT_EQ(makespan, 6 * m + pp - 1);
+      if (m >= pp) { EXPECT_EQ(makespan, 6 * m + pp - 1); }
       EXPECT_LT(makespan, 6 * m + 6 * (pp - 1) + (pp == 1 ? 1 : 0));
     }
   EXPECT_THROW(pipeline_schedule(PipelineSchedule::ZeroBubbleV, 4, 3, 0, 8), std::invalid_argument);
+}
+
+// DualPipe (DeepSeek-V3): two pipelines in opposite directions over the same ranks. Each rank
+// runs every one of its two chunks' m/2 micro-batches once forward, once backward (input
+// gradient) and once weight gradient, in order; a rank and its mirror run the same order; the
+// overlapped pairs are a forward of one chunk with a backward of the other; at most pp + 1
+// chunk activations are held (the report's Table 2); and with unit pass times it replays
+// without deadlock in 3 m + pp/2 - 1 units, the report's bubble, where 1F1B takes
+// 3 m + 3 (pp - 1) for the same work.
+TEST(PipelineSchedule, DualPipeRunsBothDirectionsWithinPpPlusOneActivations) {
+  for (int pp : {2, 4, 8})
+    for (int64_t m : {int64_t(2 * pp), int64_t(2 * pp + 2), int64_t(40)}) {
+      SCOPED_TRACE("pp " + std::to_string(pp) + " m " + std::to_string(m));
+      Parallelism par;
+      par.pp = pp;
+      par.vpp = 2;
+      par.schedule = PipelineSchedule::DualPipe;
+      const auto orders = pipeline_schedules(PipelineSchedule::DualPipe, pp, 2, m);
+      ASSERT_EQ(orders.size(), std::size_t(pp));
+      for (int r = 0; r < pp; ++r) {
+        SCOPED_TRACE("rank " + std::to_string(r));
+        const auto& items = orders[r];
+        ASSERT_EQ(items.size(), std::size_t(3 * m));
+        std::map<std::tuple<int64_t, int, int>, int> at;  // (mb, chunk, 0 F / 1 B / 2 W)
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          const auto& it = items[i];
+          const int kind = it.forward ? 0 : it.weight ? 2 : 1;
+          EXPECT_TRUE(at.insert({{it.micro_batch, it.chunk, kind}, int(i)}).second);
+          // Chunk 0 is the near direction: micro-batches 0 .. m/2-1 below pp/2.
+          const bool first_half = it.micro_batch < m / 2;
+          EXPECT_EQ(first_half, (it.chunk == 0) == (2 * r < pp));
+          if (it.overlap_next) {
+            ASSERT_TRUE(it.forward);
+            ASSERT_LT(i + 1, items.size());
+            EXPECT_FALSE(items[i + 1].forward || items[i + 1].weight);
+            EXPECT_NE(items[i + 1].chunk, it.chunk);
+          }
+        }
+        for (const auto& [key, pos] : at) {
+          auto [mb, c, kind] = key;
+          if (kind > 0) {
+            EXPECT_LT(at.at({mb, c, kind - 1}), pos);
+          }
+        }
+        EXPECT_LE(max_in_flight(items), pp + 1);
+        const auto& mirror = orders[pp - 1 - r];
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          EXPECT_EQ(items[i].chunk, mirror[i].chunk);
+          EXPECT_EQ(items[i].forward, mirror[i].forward);
+          EXPECT_EQ(items[i].weight, mirror[i].weight);
+        }
+      }
+      // Replay with unit pass times.
+      std::map<std::tuple<int64_t, int, bool>, int64_t> done;  // (mb, global chunk, fwd) -> end
+      std::vector<std::size_t> next(pp, 0);
+      std::vector<int64_t> free(pp, 0);
+      int64_t makespan = 0;
+      for (bool moved = true; moved;) {
+        moved = false;
+        for (int r = 0; r < pp; ++r) {
+          if (next[r] >= orders[r].size()) continue;
+          const auto& it = orders[r][next[r]];
+          const int c = par.global_chunk(it.chunk, r);
+          int64_t ready = free[r];
+          auto need = [&](int64_t mb, int cc, bool fwd) {
+            auto f = done.find({mb, cc, fwd});
+            if (f == done.end()) return false;
+            ready = std::max(ready, f->second);
+            return true;
+          };
+          const bool ok =
+              it.weight    ? need(it.micro_batch, c, false)
+              : it.forward ? (par.first_chunk(c) || need(it.micro_batch, c - 1, true))
+                           : need(it.micro_batch, c, true) &&
+                                 (par.last_chunk(c) || need(it.micro_batch, c + 1, false));
+          if (!ok) continue;
+          free[r] = ready + 1;
+          if (!it.weight) done[{it.micro_batch, c, it.forward}] = free[r];
+          makespan = std::max(makespan, free[r]);
+          ++next[r];
+          moved = true;
+        }
+      }
+      for (int r = 0; r < pp; ++r) ASSERT_EQ(next[r], orders[r].size()) << "deadlock";
+      // The report's bubble, (pp/2 - 1)(F&B + B - 3W), with F = B = W = 1 and F&B = F + B.
+      EXPECT_EQ(makespan, 3 * m + (pp / 2 - 1));
+      EXPECT_LT(makespan, 3 * m + 3 * (pp - 1));
+      std::printf("  dualpipe pp %d m %lld: makespan %lld units, 1F1B %lld\n", pp,
+                  static_cast<long long>(m), static_cast<long long>(makespan),
+                  static_cast<long long>(3 * m + 3 * (pp - 1)));
+    }
+  EXPECT_THROW(pipeline_schedules(PipelineSchedule::DualPipe, 3, 2, 12), std::invalid_argument);
+  EXPECT_THROW(pipeline_schedules(PipelineSchedule::DualPipe, 4, 2, 6), std::invalid_argument);
+  EXPECT_THROW(pipeline_schedules(PipelineSchedule::DualPipe, 4, 2, 9), std::invalid_argument);
 }

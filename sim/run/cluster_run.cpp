@@ -25,6 +25,13 @@ std::string StageResult::layer_ranges() const {
 }
 
 std::vector<int64_t> chunk_boundaries(int64_t layers, const Parallelism& p) {
+  if (p.dual()) {
+    // DualPipe: pp stages, split as 1F1B's (both directions run the same stages).
+    Parallelism q = p;
+    q.vpp = 1;
+    q.schedule = PipelineSchedule::OneFOneB;
+    return chunk_boundaries(layers, q);
+  }
   const int C = p.chunks();
   std::vector<int64_t> b(C + 1, 0);
   int64_t first = p.first_stage_layers, last = p.last_stage_layers;
@@ -124,6 +131,14 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
                        "of the first rank) do not divide evenly over the other {} ranks' {} "
                        "chunks",
                        m.layers, first, p.pp - 1, chunks));
+  } else if (p.dual()) {
+    Parallelism q = p;
+    q.vpp = 1;
+    q.schedule = PipelineSchedule::OneFOneB;
+    TrainingSetup u = t;
+    u.parallel = q;
+    if (m.layers % p.pp != 0 || p.first_stage_layers > 0 || p.last_stage_layers > 0)
+      check_layout(m, u, sys, gpus);  // the stages are 1F1B's
   } else if (p.first_stage_layers > 0 || p.last_stage_layers > 0) {
     // Each end stage's count splits over its vpp chunks, at least one layer each (the chunk
     // with the embedding or the LM head takes the smaller share when it does not split evenly),
@@ -160,6 +175,12 @@ void check_layout(const TransformerModel& m, const TrainingSetup& t, const Syste
     fail("vpp", fmt::format("interleaved 1F1B needs the micro-batches per pipeline ({}) to be a "
                             "multiple of pp ({})",
                             mbs, p.pp));
+  if (p.dual() && (mbs % 2 != 0 || mbs < 2 * p.pp))
+    fail("global_batch",
+         fmt::format("dualpipe sends half the micro-batches each way and needs at least pp of "
+                     "them in each direction: the micro-batches per pipeline ({}) must be even "
+                     "and at least 2 x pp = {}",
+                     mbs, 2 * p.pp));
 }
 
 namespace {
@@ -535,6 +556,20 @@ struct Step {
 // micro-batch in flight. Weight-gradient items stay alone.
 std::vector<Step> steps_of(const std::vector<PipelineItem>& items, bool combine) {
   std::vector<Step> out;
+  // A schedule that names its overlapped pairs (DualPipe) pairs those and no others.
+  const bool named = std::any_of(items.begin(), items.end(),
+                                 [](const PipelineItem& i) { return i.overlap_next; });
+  if (named) {
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (items[i].overlap_next && i + 1 < items.size()) {
+        out.push_back({items[i], items[i + 1], true});
+        ++i;
+      } else {
+        out.push_back({items[i], {}, false});
+      }
+    }
+    return out;
+  }
   for (std::size_t i = 0; i < items.size(); ++i) {
     const PipelineItem& it = items[i];
     const bool backward = !it.forward && !it.weight;
@@ -610,11 +645,13 @@ class ClusterSim {
     chunk_of_.resize(C);
     auto chunk = [&](int gc) {
       ModelChunk ch;
-      ch.first_layer = bounds[gc];
-      ch.last_layer = bounds[gc + 1];
-      ch.embedding = gc == 0;
-      ch.head = gc == C - 1;
-      ch.ends_on_one_rank = p_.v_shape();
+      ch.first_layer = bounds[p_.stage_of_chunk(gc)];
+      ch.last_layer = bounds[p_.stage_of_chunk(gc) + 1];
+      ch.embedding = p_.first_chunk(gc);
+      ch.head = p_.last_chunk(gc);
+      // (DualPipe: ranks 0 and pp-1 hold the embedding of one direction and the head of the
+      // other, one table for a tied head)
+      ch.ends_on_one_rank = p_.v_shape() || p_.dual();
       return ch;
     };
     if (device_.host() && device_.host()->cache_mode && p_.pp > 1) {
@@ -662,10 +699,10 @@ class ClusterSim {
       for (int v = 0; v < p_.vpp; ++v) {
         int gc = p_.global_chunk(v, s);
         st.chunks.push_back(gc);
-        st.layers.push_back({bounds[gc], bounds[gc + 1]});
+        st.layers.push_back({bounds[p_.stage_of_chunk(gc)], bounds[p_.stage_of_chunk(gc) + 1]});
       }
-      st.first_layer = bounds[s];
-      st.last_layer = bounds[s + 1];
+      st.first_layer = st.layers.front().first;
+      st.last_layer = st.layers.front().second;
     }
     arrival_.assign(std::size_t(mbs_) * C * 2, Time(-1));
     transfer_start_.assign(arrival_.size(), Time(-1));
@@ -724,7 +761,7 @@ class ClusterSim {
       Time t;
       for (int v = 0; v < p_.vpp; ++v) {
         const ChunkModel& c = *chunk_of_[p_.global_chunk(v, 0)];
-        t += (c.fwd.by_class[k] + c.bwd.by_class[k] + c.wgt.by_class[k]) * double(mbs_) +
+        t += (c.fwd.by_class[k] + c.bwd.by_class[k] + c.wgt.by_class[k]) * double(runs()) +
              c.opt.by_class[k] - c.fwd.first_skip_by_class[k] - c.bwd.first_skip_by_class[k] -
              c.wgt.first_skip_by_class[k];
       }
@@ -788,7 +825,7 @@ class ClusterSim {
   // Times a chunk's operators and measures its memory, once its graph is built.
   void finish_model(ChunkModel& c) {
     c.boundary_bytes = c.graph.boundary_bytes;
-    build_programs(c, sim_, mbs_, p_.split_backward());
+    build_programs(c, sim_, runs(), p_.split_backward());
     measure_memory(c);
   }
 
@@ -800,8 +837,8 @@ class ClusterSim {
   Time dependency(int s, const PipelineItem& it) const {
     int gc = p_.global_chunk(it.chunk, s);
     if (it.weight) return Time::zero();  // after its own B, on this rank
-    if (it.forward && gc == 0) return Time::zero();
-    if (!it.forward && gc == p_.chunks() - 1) return Time::zero();
+    if (it.forward && p_.first_chunk(gc)) return Time::zero();
+    if (!it.forward && p_.last_chunk(gc)) return Time::zero();
     return arrival_[slot(it.micro_batch, gc, it.forward)];
   }
 
@@ -1241,8 +1278,8 @@ class ClusterSim {
       const int gc = p_.global_chunk(it.chunk, s);
       const ChunkModel& c = *chunk_of_[gc];
       working += c.pass_peak;
-      cur.emplace_back(program_of(it, c), rs.compute_free, it.micro_batch == 0,
-                       it.micro_batch == mbs_ - 1, it.forward ? "fwd" : "bwd");
+      cur.emplace_back(program_of(it, c), rs.compute_free, it.micro_batch == first_mb(gc),
+                       it.micro_batch == first_mb(gc) + runs() - 1, it.forward ? "fwd" : "bwd");
       if (need[k] > rs.compute_free) {
         Time sent = transfer_start_[slot(it.micro_batch, gc, it.forward)];
         cur.back().t = max(rs.compute_free, min(sent, need[k]));  // bubble until then
@@ -1293,8 +1330,8 @@ class ClusterSim {
     }
     if (it.weight) return;  // nothing leaves the rank
     // Send the activation forward, or the gradient back, to the rank of the next chunk.
-    int next = it.forward ? gc + 1 : gc - 1;
-    if (next < 0 || next >= p_.chunks()) return;
+    int next = p_.next_chunk(gc, it.forward);
+    if (next < 0) return;
     int to = p_.rank_of_chunk(next);
     if (to == s) {  // the V's turn: the next chunk is on this rank, nothing crosses a link
       arrival_[slot(it.micro_batch, next, it.forward)] = end;
@@ -1625,6 +1662,10 @@ class ClusterSim {
   Network net_;
   OpSimulator& sim_;
   int64_t mbs_ = 1;
+  // Micro-batches each model chunk runs per step (DualPipe: half, one direction's), and the first
+  // of them.
+  int64_t runs() const { return p_.dual() ? mbs_ / 2 : mbs_; }
+  int64_t first_mb(int gc) const { return p_.dual() && gc >= p_.pp ? mbs_ / 2 : 0; }
   std::map<std::tuple<int64_t, int64_t, bool, bool>, std::shared_ptr<ChunkModel>> models_;
   std::vector<std::shared_ptr<ChunkModel>> chunk_of_;
   std::vector<RankState> states_;

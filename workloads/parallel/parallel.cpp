@@ -9,6 +9,7 @@ const char* pipeline_schedule_name(PipelineSchedule s) {
     case PipelineSchedule::Interleaved: return "interleaved-1f1b";
     case PipelineSchedule::ZeroBubbleH1: return "zb-h1";
     case PipelineSchedule::ZeroBubbleV: return "zb-v";
+    case PipelineSchedule::DualPipe: return "dualpipe";
   }
   return "?";
 }

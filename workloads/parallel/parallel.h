@@ -11,7 +11,7 @@
 
 namespace memwall {
 
-enum class PipelineSchedule { GPipe, OneFOneB, Interleaved, ZeroBubbleH1, ZeroBubbleV };
+enum class PipelineSchedule { GPipe, OneFOneB, Interleaved, ZeroBubbleH1, ZeroBubbleV, DualPipe };
 const char* pipeline_schedule_name(PipelineSchedule s);
 
 struct Parallelism {
@@ -35,10 +35,17 @@ struct Parallelism {
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;  ///< Interleaved when vpp > 1
   /// The backward runs as two items, input gradient then weight gradient (zero-bubble schedules).
   bool split_backward() const {
-    return schedule == PipelineSchedule::ZeroBubbleH1 || schedule == PipelineSchedule::ZeroBubbleV;
+    return schedule == PipelineSchedule::ZeroBubbleH1 || schedule == PipelineSchedule::ZeroBubbleV ||
+           schedule == PipelineSchedule::DualPipe;
   }
   /// ZB-V's V shape: rank r holds chunks r and 2 pp - 1 - r, so the first rank holds both ends.
   bool v_shape() const { return schedule == PipelineSchedule::ZeroBubbleV; }
+  /// DualPipe (DeepSeek-V3): two pipelines over the same ranks in opposite directions. The model
+  /// is split into pp stages; micro-batches 0 .. m/2-1 enter at rank 0 (global chunks 0 .. pp-1,
+  /// stage k on rank k), the others at rank pp-1 (global chunks pp .. 2 pp-1, stage k on rank
+  /// pp-1-k). Each rank holds two stages' weights: its own for the first direction and its
+  /// mirror's for the second.
+  bool dual() const { return schedule == PipelineSchedule::DualPipe; }
   double dp_bucket_bytes = 25.0 * 1024 * 1024;  ///< gradient bucket (PyTorch DDP default 25 MiB)
   bool overlap_grad_reduce = true;  ///< DP gradient sync overlapped with backward
   /// Megatron's --overlap-param-gather (ZeRO 1-2): the updated weights' all-gathers run under
@@ -70,11 +77,27 @@ struct Parallelism {
   int chunks() const { return pp * vpp; }
   /// The global model chunk (0 .. chunks()-1, in forward order) that rank `s` holds as its
   /// chunk `v`: v x pp + s (Megatron's interleaving), or in the V shape s, then 2 pp - 1 - s.
+  /// DualPipe: chunk 0 is the direction that enters nearer to the rank (the first direction on
+  /// ranks below pp/2), chunk 1 the other.
   int global_chunk(int v, int s) const {
+    if (dual()) return (v == 0) == (2 * s < pp) ? s : 2 * pp - 1 - s;
     return v_shape() && v == 1 ? 2 * pp - 1 - s : v * pp + s;
   }
   /// The pipeline rank that holds global chunk `c`.
-  int rank_of_chunk(int c) const { return v_shape() && c >= pp ? 2 * pp - 1 - c : c % pp; }
+  int rank_of_chunk(int c) const {
+    return (v_shape() || dual()) && c >= pp ? 2 * pp - 1 - c : c % pp;
+  }
+  /// The stage (the model's layer slice, 0 .. chunks()-1; DualPipe 0 .. pp-1) of global chunk `c`.
+  int stage_of_chunk(int c) const { return dual() ? c % pp : c; }
+  /// Whether global chunk `c` starts (runs the embedding) or ends (runs the loss) the pipeline
+  /// its micro-batches go through.
+  bool first_chunk(int c) const { return dual() ? c % pp == 0 : c == 0; }
+  bool last_chunk(int c) const { return dual() ? c % pp == pp - 1 : c == chunks() - 1; }
+  /// The chunk after `c` in the forward (`forward`) or backward direction, -1 past an end.
+  int next_chunk(int c, bool forward) const {
+    if (forward) return last_chunk(c) ? -1 : c + 1;
+    return first_chunk(c) ? -1 : c - 1;
+  }
   /// Tensor-parallel groups (consecutive blocks of tp ranks) that span more than one node of
   /// `gpus_per_node` devices: with tp <= gpus_per_node, those where gpus_per_node is not a
   /// multiple of tp (tp 16 over 72-GPU racks). Their collectives cross the scale-out network.

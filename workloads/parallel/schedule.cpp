@@ -1,6 +1,7 @@
 #include "workloads/parallel/schedule.h"
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <optional>
 #include <set>
@@ -185,6 +186,71 @@ std::vector<PipelineItem> interleaved(int pp, int vpp, int rank, int64_t m) {
   return v;
 }
 
+// DualPipe's order for rank `rank` (deepseek-ai/DualPipe, DualPipe.step), with m micro-batches
+// per pipeline, half in each direction. Chunk 0 is the near direction: micro-batches 0 .. m/2-1
+// on ranks below pp/2, the others above; chunk 1 the far one. A backward with its weight
+// gradient deferred ("zero bubble") leaves its W to a later W item, in order; otherwise its W
+// follows at once.
+std::vector<PipelineItem> dualpipe(int pp, int rank, int64_t m) {
+  const int half = pp / 2, hr = std::min(rank, pp - 1 - rank);
+  const int64_t n = m / 2;
+  const bool lower = 2 * rank < pp;
+  const int64_t base[2] = {lower ? 0 : n, lower ? n : 0};  // first micro-batch of each chunk
+  int64_t f[2] = {0, 0}, b[2] = {0, 0};
+  std::deque<PipelineItem> deferred;
+  std::vector<PipelineItem> out;
+  auto F = [&](int c, bool overlap = false) {
+    PipelineItem it{base[c] + f[c]++, c, true, false};
+    it.overlap_next = overlap;
+    out.push_back(it);
+  };
+  auto B = [&](int c, bool zb) {
+    const int64_t mb = base[c] + b[c]++;
+    out.push_back({mb, c, false, false});
+    if (zb) deferred.push_back({mb, c, false, true});
+    else out.push_back({mb, c, false, true});
+  };
+  auto W = [&] {
+    out.push_back(deferred.front());
+    deferred.pop_front();
+  };
+  auto FB = [&](int cf, int cb) {  // a forward and a backward overlapped, as one step
+    F(cf, true);
+    B(cb, false);
+  };
+  for (int i = 0; i < (half - hr - 1) * 2; ++i) F(0);  // 1: nF0
+  for (int i = 0; i <= hr; ++i) {                       // 2: nF0F1
+    F(0);
+    F(1);
+  }
+  for (int i = 0; i < half - hr - 1; ++i) {  // 3: nB1W1F1
+    B(1, true);
+    W();
+    F(1);
+  }
+  for (int64_t i = 0; i < n - pp + hr + 1; ++i) {  // 4: nF0B1F1B0, the main phase
+    FB(0, 1);
+    FB(1, 0);
+  }
+  for (int i = 0; i < half - hr - 1; ++i) {  // 5: nB1F1B0
+    B(1, false);
+    FB(1, 0);
+  }
+  bool zb = false;  // 6: nB1B0, the second half with deferred weight gradients
+  for (int i = 0; i <= hr; ++i) {
+    if (i == (hr + 1) / 2 && hr % 2 == 1) zb = true;
+    B(1, zb);
+    if (i == (hr + 1) / 2 && hr % 2 == 0) zb = true;
+    B(0, zb);
+  }
+  for (int i = 0; i < half - hr - 1; ++i) {  // 7: nWB0
+    W();
+    B(0, true);
+  }
+  while (!deferred.empty()) W();  // 8: nW
+  return out;
+}
+
 }  // namespace
 
 std::vector<std::vector<PipelineItem>> pipeline_schedules(PipelineSchedule s, int pp, int vpp,
@@ -192,6 +258,15 @@ std::vector<std::vector<PipelineItem>> pipeline_schedules(PipelineSchedule s, in
                                                           const PassTimes& times) {
   if (pp < 1 || micro_batches < 1 || vpp < 1)
     throw std::invalid_argument("pipeline schedule: bad pp/micro-batch count");
+  if (s == PipelineSchedule::DualPipe) {
+    if (vpp != 2) throw std::invalid_argument("dualpipe runs two model chunks per rank: vpp 2");
+    if (pp < 2 || pp % 2 != 0 || micro_batches % 2 != 0 || micro_batches < 2 * pp)
+      throw std::invalid_argument(
+          "dualpipe needs an even pp and an even number of micro-batches of at least 2 pp");
+    std::vector<std::vector<PipelineItem>> all;
+    for (int r = 0; r < pp; ++r) all.push_back(dualpipe(pp, r, micro_batches));
+    return all;
+  }
   if (s == PipelineSchedule::ZeroBubbleV) {  // list-scheduled: every rank's order at once
     if (vpp != 2) throw std::invalid_argument("zb-v runs two model chunks per rank: vpp must be 2");
     return zb_v(pp, micro_batches, times);
@@ -215,6 +290,7 @@ std::vector<PipelineItem> pipeline_schedule(PipelineSchedule s, int pp, int vpp,
     case PipelineSchedule::ZeroBubbleH1:
       return zb_h1(pp, rank, micro_batches);
     case PipelineSchedule::ZeroBubbleV:
+    case PipelineSchedule::DualPipe:
       return pipeline_schedules(s, pp, vpp, micro_batches, times)[rank];
   }
   return {};

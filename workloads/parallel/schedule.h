@@ -25,6 +25,13 @@
 //   activations are held (1F1B's peak: pp micro-batches of the whole stage), else a B (the
 //   later chunk first), else the oldest pending W. With equal pass times a step takes 6 m + pp - 1 units for m micro-batches
 //   where 1F1B's takes 6 m + 6 (pp - 1): a sixth of its bubble.
+// - DualPipe (DeepSeek-AI 2024, DeepSeek-V3 report section 3.2.1; deepseek-ai/DualPipe): two
+//   pipelines in opposite directions over the same ranks (Parallelism::dual), m/2 micro-batches
+//   each; rank r and its mirror pp-1-r run the same order, in eight phases: forwards of the
+//   near direction, then of both, backwards of the far direction with deferred weight
+//   gradients, the main phase of overlapped pairs (a forward of one direction with a backward of
+//   the other, as one step), and the drain, whose second half defers weight gradients too.
+//   Needs pp even and m >= 2 pp, m even. Chunk 0 of an item is the rank's near direction.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +48,9 @@ struct PipelineItem {
   /// A backward's weight-gradient half (forward is false); only split-backward schedules have
   /// these, and their other backward items are then the input-gradient half alone.
   bool weight = false;
+  /// DualPipe: this forward runs as one step with the next item, a backward of the other
+  /// direction (each one's communication under the other's compute).
+  bool overlap_next = false;
 };
 
 /// How long each global model chunk's forward, input-gradient and weight-gradient passes take

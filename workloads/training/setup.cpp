@@ -137,8 +137,15 @@ const Schema& training_schema() {
                             "later stages to fill their idle time (vpp 1). zb-v: their ZB-V, two "
                             "model chunks per rank in a V (rank r holds chunks r and 2 pp - 1 - "
                             "r), backward split likewise, ordered by list scheduling within "
-                            "1F1B's peak activation memory (vpp 2, set by itself).");
-    sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"};
+                            "1F1B's peak activation memory (vpp 2, set by itself). dualpipe: "
+                            "DeepSeek-V3's DualPipe, two pipelines in opposite directions over "
+                            "the same ranks (each rank holds its stage and its mirror's, two "
+                            "copies of the weights), half the micro-batches entering at each "
+                            "end, a forward of one direction overlapped with a backward of the "
+                            "other in the steady state, weight gradients deferred at the edges "
+                            "(vpp 2, set by itself; pp even, micro-batches per pipeline even "
+                            "and at least 2 pp).");
+    sched.choices = {"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v", "dualpipe"};
     x.params.push_back(sched);
     x.params.push_back(param(
         "combined_1f1b", ParamType::Bool, "", "false",
@@ -431,8 +438,17 @@ TrainingSetup training_from_config(const Config& c) {
   par.schedule = sc == "gpipe"   ? PipelineSchedule::GPipe
                  : sc == "zb-h1" ? PipelineSchedule::ZeroBubbleH1
                  : sc == "zb-v"  ? PipelineSchedule::ZeroBubbleV
+                 : sc == "dualpipe" ? PipelineSchedule::DualPipe
                                  : PipelineSchedule::OneFOneB;
-  if (sc == "zb-v") {
+  if (sc == "dualpipe") {
+    if (par.vpp > 2)
+      c.fail("vpp", "dualpipe runs two model chunks per rank (its stage and its mirror's): vpp "
+                    "must be 2 (or 1, which dualpipe raises to 2)");
+    par.vpp = 2;
+    if (par.pp % 2 != 0)
+      c.fail("pp", fmt::format("dualpipe pairs rank r with rank pp-1-r: pp ({}) must be even",
+                               par.pp));
+  } else if (sc == "zb-v") {
     if (par.vpp > 2) c.fail("vpp", "zb-v runs exactly two model chunks per rank: vpp must be 2 (or 1, "
                                    "which zb-v raises to 2)");
     par.vpp = 2;
