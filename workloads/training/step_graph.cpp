@@ -7,6 +7,7 @@
 #include <map>
 #include <stdexcept>
 #include <tuple>
+#include <unordered_map>
 
 #include "sim/config/error.h"
 #include "workloads/parallel/check.h"
@@ -365,6 +366,12 @@ class Builder {
     }
     n.pass = pass;
     n.layer = layer;
+    // A forward reader of a quantized input (lp_input) reads its row-wise copy too.
+    if ((pass == Pass::Forward || pass == Pass::Recompute) && !row_of_.empty()) {
+      const std::size_t given = reads.size();
+      for (std::size_t i = 0; i < given; ++i)
+        if (auto it = row_of_.find(reads[i]); it != row_of_.end()) reads.push_back(it->second);
+    }
     // The backward reads offloaded activations from their reloaded copies.
     if (!reload_.empty() && pass != Pass::Forward && pass != Pass::Optimizer)
       for (auto* ts : {&reads, &writes})
@@ -951,16 +958,23 @@ class Builder {
   // only needs its transpose, a kernel reading and writing 1 B. FP4 (NVFP4 pre-training, NVIDIA
   // 2025): the column copy first takes a 16-point random Hadamard transform (16 FMAs per
   // value), so every input is quantized from 16 bits, none fused. Else `in` itself.
+  //
+  // The two copies are two tensors: the returned column-wise one, which the weight gradient
+  // reads, and a row-wise one that only the forward's readers read (node() adds it to them),
+  // so it is freed after the forward product: Transformer Engine's Linear saves only the
+  // transposed FP8 input for the backward (saved_inputmat_t).
   TensorId lp_input(const std::string& name, Pass pass, int l, TensorId in, double elements,
                     bool norm_fused) {
     if (!lp_) return in;
-    TensorId out = act(name + ".out", elements, 2.0 * lpb_);
+    TensorId out = act(name + ".out", elements, lpb_);
+    TensorId row = act(name + ".row", elements, lpb_);
     const bool fp4 = md_ == DType::FP4;
     Op op = norm_fused && !fp4
                 ? stream_op("fp8_transpose", int64_t(elements), {lpb_}, {lpb_}, 0, 0, ad_)
                 : stream_op(lp_kind("cast_transpose"), int64_t(elements), {e_}, {lpb_, lpb_},
                             fp4 ? 4 + kHadamardFlops : 4, 0, ad_);
-    node(name, op, pass, l, {in}, {out});
+    node(name, op, pass, l, {in}, {out, row});
+    row_of_[out] = row;
     return out;
   }
   // FP8 and FP4: the output gradient of a product, quantized both ways (and the bias gradient
@@ -2146,6 +2160,8 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t qup_r_ = 0, kvup_r_ = 0;  // latent attention: the up-projections' widths on this rank
+  // FP8/FP4: a quantized input's column-wise copy -> its row-wise copy (lp_input).
+  std::unordered_map<TensorId, TensorId> row_of_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   // training.sparse_weights: which weight products multiply a 2:4-compressed weight, and the
   // weights on this rank that are pruned and compressed every step.
