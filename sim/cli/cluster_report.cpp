@@ -91,7 +91,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   }
   if (r.collectives == 0) out += " none (one device per replica, nothing to exchange)";
   if (r.combined_steps + r.split_combined_steps > 0)
-    out += fmt::format("  combined 1F1B {} steps ({} split: an input not yet sent)",
+    out += fmt::format("  {} {} steps ({} split: an input not yet sent)",
+                       r.parallel.dual() ? "dualpipe overlapped" : "combined 1F1B",
                        r.combined_steps, r.split_combined_steps);
   out += "\n";
   auto worst = std::max_element(r.stages.begin(), r.stages.end(),
