@@ -220,6 +220,12 @@ TEST(ClusterRun, DualPipeHalvesTheBubbleWithTwoCopiesOfTheWeights) {
   EXPECT_NEAR(dual.stages[1].memory[int(TensorClass::Weights)],
               2 * plain.stages[1].memory[int(TensorClass::Weights)],
               0.01 * plain.stages[1].memory[int(TensorClass::Weights)]);
+  // Each rank's two weight copies sum their gradients with the mirror rank's, once per step:
+  // the pipeline group's collectives are the sends, one all-reduce per stage (a pair of ranks
+  // runs two, one per stage it holds) and the gradient norm's; the tied embedding needs no sum
+  // of its own (ranks 0 and pp-1 hold both ends), where 1F1B has one.
+  EXPECT_EQ(dual.comm[int(ParallelGroup::PP)].count, dual.pipeline_transfers + p + 1);
+  EXPECT_EQ(plain.comm[int(ParallelGroup::PP)].count, plain.pipeline_transfers + 2);
   // Rank 1 holds stage 1 (first direction) and stage 2 (second): layers 4-7 and 8-11.
   EXPECT_EQ(dual.stages[1].layers[0], (std::pair<int64_t, int64_t>{4, 8}));
   EXPECT_EQ(dual.stages[1].layers[1], (std::pair<int64_t, int64_t>{8, 12}));

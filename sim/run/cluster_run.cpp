@@ -1113,7 +1113,11 @@ class ClusterSim {
       }
       // A PP collective inside a chunk is the tied-embedding gradient sync between the first and
       // the last pipeline stage (Megatron's embedding group).
-      int peer = cm.group == ParallelGroup::PP ? (s == 0 ? p_.pp - 1 : 0) : s;
+      // (DualPipe's weight copies sum their gradients with the mirror rank, pp-1-s.)
+      int peer = cm.group != ParallelGroup::PP ? s
+                 : p_.dual()                   ? p_.pp - 1 - s
+                 : s == 0                      ? p_.pp - 1
+                                               : 0;
       if (cm.blocking) {
         const CollectiveResult& cr = collective(cm.group, cm.kind, cm.bytes, s, peer, c.t,
                                                 cm.copy_engine, cm.once_per_node);
@@ -1361,9 +1365,15 @@ class ClusterSim {
   // between the first and last stage, the global gradient norm) join several simulated ranks:
   // each starts when the last participant reaches it, so the ranks advance in lockstep there.
   // Ranks meet at the pipeline-group collective of the same kind and name.
-  static std::string meet_id(const Task& k) {
-    return fmt::format("{}:{}", collective_kind_name(k.comm.kind), k.name);
+  // The ranks that meet at a pipeline-group collective of rank `s` share this id: the
+  // tied-embedding sum (ranks 0 and pp-1) and the gradient norm (all) by name; DualPipe's
+  // weight-copy sums by name and pair (ranks s and pp-1-s).
+  std::string meet_id(const Task& k, int s) const {
+    std::string id = fmt::format("{}:{}", collective_kind_name(k.comm.kind), k.name);
+    if (mirror(k)) id += fmt::format("@{}", std::min(s, p_.pp - 1 - s));
+    return id;
   }
+  static bool mirror(const Task& k) { return k.name.find("dualpipe_mirror") != std::string::npos; }
 
   void optimizer_phase() {
     struct Cursor {
@@ -1401,34 +1411,43 @@ class ClusterSim {
       rs.cpu = max(rs.cpu, t);  // the gradient-norm check syncs the host with the device
       // One optimizer step per rank over all its chunks, as Megatron's: the tied-embedding sums
       // first, then each chunk's work, with one pipeline-wide gradient-norm sum (the last chunk's).
+      // DualPipe's weight-copy sums come first too, one per chunk, in stage order, so that the
+      // two ranks of a pair sum the same stage together.
       std::vector<std::pair<const Program*, std::size_t>> tied, rest;
+      std::vector<std::tuple<int, const Program*, std::size_t>> mirrors;
       std::map<std::string, std::size_t> last_sum;
       for (int v = 0; v < p_.vpp; ++v) {
         const Program& P = chunk_of_[p_.global_chunk(v, s)]->opt;
         for (std::size_t i = 0; i < P.tasks.size(); ++i) {
           const Task& k = P.tasks[i];
           bool pp = k.kind == Task::Comm && k.comm.group == ParallelGroup::PP;
-          if (pp && meet_id(k).find("tied") != std::string::npos) {
+          if (pp && mirror(k)) {
+            mirrors.emplace_back(p_.stage_of_chunk(p_.global_chunk(v, s)), &P, i);
+            continue;
+          }
+          if (pp && meet_id(k, s).find("tied") != std::string::npos) {
             tied.push_back({&P, i});
             continue;
           }
-          if (pp) last_sum[meet_id(k)] = rest.size();
+          if (pp) last_sum[meet_id(k, s)] = rest.size();
           rest.push_back({&P, i});
         }
       }
+      std::sort(mirrors.begin(), mirrors.end());
+      for (const auto& [stage, P, i] : mirrors) tied.push_back({P, i});
       auto& list = cur[s].tasks;
       list = tied;
       for (std::size_t i = 0; i < rest.size(); ++i) {
         const Task& k = rest[i].first->tasks[rest[i].second];
         bool pp = k.kind == Task::Comm && k.comm.group == ParallelGroup::PP;
-        if (pp && last_sum[meet_id(k)] != i) continue;
+        if (pp && last_sum[meet_id(k, s)] != i) continue;
         list.push_back(rest[i]);
       }
       std::map<std::string, int> count;
       for (const auto& [P, i] : list) {
         const Task& k = P->tasks[i];
         if (k.kind == Task::Comm && k.comm.group == ParallelGroup::PP) {
-          std::string id = meet_id(k);
+          std::string id = meet_id(k, s);
           members[{id, count[id]++}].push_back(s);
         }
       }
@@ -1465,14 +1484,14 @@ class ClusterSim {
       for (int s = 0; s < p_.pp && !released; ++s) {
         const Task* k = blocked_at(s);
         if (!k) continue;
-        const std::string id = meet_id(*k);
+        const std::string id = meet_id(*k, s);
         auto key = std::make_pair(id, cur[s].seen[id]);
         const std::vector<int>& who = members[key];
         bool all = true;
         Time start;
         for (int w : who) {
           const Task* kw = blocked_at(w);
-          all = all && kw && meet_id(*kw) == id && cur[w].seen[id] == key.second;
+          all = all && kw && meet_id(*kw, w) == id && cur[w].seen[id] == key.second;
           start = max(start, cur[w].t);
         }
         if (!all) continue;

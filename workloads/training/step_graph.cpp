@@ -2001,6 +2001,16 @@ class Builder {
     if (p_.sequence_parallel && tp_ > 1 && tp_replicated_ > 0)
       comm("optimizer.sp_grads.tp_allreduce", CollectiveKind::AllReduce, ParallelGroup::TP,
            double(tp_replicated_) * gb, true, true, O, -1, grads, {}, grads);
+    // DualPipe: the same stage's weights live on rank r (one direction) and on rank pp-1-r (the
+    // other); each copy's gradient saw half the micro-batches, so the pair sums them (this
+    // rank's shard of each, after the data-parallel reduction) and both update alike.
+    if (p_.dual() && p_.pp > 1) {
+      double shard = 0;
+      for (const Group& g : groups_)
+        shard += gb * double(g.params) / (zero_ >= 1 ? double(g.shard) : 1.0);
+      comm("optimizer.dualpipe_mirror.allreduce", CollectiveKind::AllReduce, ParallelGroup::PP,
+           shard, true, true, O, -1, grads, {}, grads);
+    }
     if (t_.precision == Precision::FP16) {
       // Loss scaling: unscale the fp16 gradients and check them for inf/nan.
       Op unscale = stream_op("grad_unscale", n, {gb}, {gb}, 4, 2, DType::FP32);
