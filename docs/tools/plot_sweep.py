@@ -167,7 +167,9 @@ def main(argv):
         for r in ok:
             label = ", ".join(f"{k}={r[k]}" for k in axes[:-1]) or metric
             groups.setdefault(label, []).append(r)
-        fig, ax = plt.subplots(figsize=(8, 5))
+        # Many lines: the legend goes below the axes, where it hides none of them.
+        below = len(groups) > 4
+        fig, ax = plt.subplots(figsize=(8, 5 + (0.2 * len(groups) if below else 0)))
         numeric = all(number(x) is not None for x in xs)
         for label, rs in groups.items():
             px = [number(r[x_key]) if numeric else xs.index(r[x_key]) for r in rs]
@@ -182,7 +184,9 @@ def main(argv):
         ax.set_xlabel(x_key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        if len(groups) > 1:
+        if below:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        elif len(groups) > 1:
             ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
