@@ -461,7 +461,8 @@ namespace {
 // shared expert, group-limited routing.
 TransformerModel small_deepseek() {
   return load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=16",
-                                    "router_groups=4", "router_group_topk=2", "seq_len=1024"});
+                                    "router_groups=4", "router_group_topk=2", "seq_len=1024",
+                                    "mtp_layers=0"});
 }
 
 // Latent attention's products: the down-projections on the rank's own tokens (replicated
@@ -613,6 +614,41 @@ TEST(WorkloadGraph, Fp8KeepsOnlyTheTransposedInputForTheBackward) {
   std::printf("  llama3-8b, 2 layers: peak activations bf16 %.0f MiB, fp8 %.0f MiB\n",
               bf16 / (1 << 20), fp8 / (1 << 20));
   EXPECT_LT(fp8, bf16);
+}
+
+}  // namespace
+}  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// Multi-token prediction (DeepSeek-V3): one module after the trunk adds its layer's work, the
+// 2h x h projection and a second pass of the shared LM head (6 V h T), and its own weights (a
+// layer, three norms, the projection) but no second head or table; with tp > 1 it is refused.
+TEST(WorkloadGraph, MultiTokenPredictionAddsALayerAProjectionAndAHeadPass) {
+  const TransformerModel none = small_deepseek();
+  TransformerModel one = none;
+  one.mtp_layers = 1;
+  const TrainingSetup t = setup("micro_batch: 1\n");
+  const StepGraph g0 = build_step_graph(none, t), g1 = build_step_graph(one, t);
+  const double T = double(g1.tokens), h = double(one.hidden), V = double(one.vocab);
+  const double layer = double(one.layer_parameter_count(one.layers)) -
+                       double(one.experts - one.top_k) * double(one.expert_parameter_count());
+  const double attn = 3.5 * 2.0 * one.heads * T * T * double(one.head_dim + one.v_head_dim) * 0.5;
+  const double expect = 6.0 * (layer + 2 * h * h) * T + 6.0 * V * h * T + attn;
+  EXPECT_NEAR((g1.micro_batch_flops() - g0.micro_batch_flops()) / expect, 1.0, 0.01);
+  EXPECT_DOUBLE_EQ(g1.state_bytes(TensorClass::Weights) - g0.state_bytes(TensorClass::Weights),
+                   2.0 * double(one.mtp_parameter_count()));
+  EXPECT_NE(find(g1, "mtp0.lm_head.fwd"), nullptr);
+  EXPECT_NE(find(g1, "layer4.moe.experts.fc1.bwd_weight"), nullptr);
+  EXPECT_NE(find(g1, "mtp.trunk_grad_add"), nullptr);
+  EXPECT_THROW(build_step_graph(one, setup("tp: 2\n")), ConfigError);
+  // DeepSeek-V3's checkpoint: 671B, the 14B module and its copies of the table and the head.
+  const TransformerModel ds = load_model("deepseek-v3");
+  EXPECT_EQ(ds.mtp_layers, 1);
+  EXPECT_NEAR((double(ds.parameter_count() + ds.mtp_parameter_count()) +
+               2.0 * double(ds.vocab) * double(ds.hidden)) / 685e9,
+              1.0, 0.003);
 }
 
 }  // namespace

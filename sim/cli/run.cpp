@@ -214,7 +214,7 @@ void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
   cmd->add_option("--etp", o.etp, "Expert tensor-parallel degree: 1 or tp (default tp)");
   cmd->add_option("--sequence-parallel", o.sequence_parallel, "true or false");
   cmd->add_option("--zero", o.zero, "ZeRO stage 0-3");
-  cmd->add_option("--schedule", o.schedule, "gpipe, 1f1b, interleaved, zb-h1 or zb-v");
+  cmd->add_option("--schedule", o.schedule, "gpipe, 1f1b, interleaved, zb-h1, zb-v or dualpipe");
   cmd->add_option("--optimizer-offload", o.optimizer_offload,
                   "Fraction of the optimizer state kept and updated on the host (0-1)");
   cmd->add_option("--activation-offload", o.activation_offload,

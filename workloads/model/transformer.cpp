@@ -104,6 +104,14 @@ int64_t TransformerModel::parameter_count() const {
   return n;
 }
 
+int64_t TransformerModel::mtp_parameter_count() const {
+  const int64_t norm_w = norm == NormType::LayerNorm ? 2 * hidden : hidden;
+  int64_t n = 0;
+  for (int64_t k = 0; k < mtp_layers; ++k)
+    n += layer_parameter_count(layers + k) + 3 * norm_w + 2 * hidden * hidden;
+  return n;
+}
+
 int64_t TransformerModel::lookup_parameter_count() const {
   int64_t n = type_vocab * hidden;
   if (positions == PositionType::Learned) n += max_position * hidden;
@@ -212,6 +220,16 @@ const Schema& model_schema() {
         optional_count("router_group_topk",
                        "Groups a token's experts are chosen from (DeepSeek-V3's topk_group: 4 of "
                        "8; Megatron's --moe-router-group-topk). Needs router_groups."),
+        [] {
+          ParamSpec p = param("mtp_layers", ParamType::Int, "count", "0",
+                              "Multi-token-prediction modules after the trunk (DeepSeek-V3's "
+                              "num_nextn_predict_layers: 1; Megatron-core's --mtp-num-layers): "
+                              "each normalises the previous depth's hidden state and the next "
+                              "token's embedding, projects the pair (2h to h), runs one "
+                              "transformer layer and the shared LM head with a loss of its own.");
+          p.min = 0;
+          return p;
+        }(),
         optional_count("expert_ffn_hidden", "Inner width of one expert; absent: ffn_hidden."),
         optional_count("shared_expert_ffn_hidden",
                        "Inner width of the shared expert that every token passes through beside "
@@ -307,6 +325,7 @@ TransformerModel model_from_config(const Config& c) {
   m.top_k = c.get_int("top_k");
   m.moe_layer_frequency = c.get_int("moe_layer_frequency");
   m.first_dense_layers = c.get_int("first_dense_layers");
+  m.mtp_layers = c.get_int("mtp_layers");
   if (present("router_groups") != present("router_group_topk"))
     c.fail(present("router_groups") ? "router_groups" : "router_group_topk",
            "group-limited routing needs both router_groups and router_group_topk");

@@ -63,6 +63,12 @@ struct TransformerModel {
   /// groups. 0: no groups.
   int64_t router_groups = 0;
   int64_t router_group_topk = 0;
+  /// Multi-token prediction (DeepSeek-V3's MTP, num_nextn_predict_layers; Megatron-core's
+  /// --mtp-num-layers): modules after the trunk, module k predicting token i + k + 2 from the
+  /// previous depth's hidden state and the embedding of token i + k + 1, each a projection of
+  /// the two normalised inputs, one transformer layer (like the model's last), and the shared
+  /// LM head with a norm of its own. 0: none.
+  int64_t mtp_layers = 0;
   int64_t expert_ffn_hidden = 0;    ///< inner width of one expert; 0: ffn_hidden
   /// Inner width of the shared expert every token passes through beside its routed ones
   /// (DeepSeekMoE, Qwen2-MoE; Megatron's --moe-shared-expert-intermediate-size, the shared
@@ -127,8 +133,12 @@ struct TransformerModel {
   /// Parameters of the embedding tables (token, position, token type) and, when untied, the LM
   /// head; plus the final norm.
   int64_t embedding_parameter_count() const;
-  /// Every trainable parameter.
+  /// Every trainable parameter, without the multi-token-prediction modules (as model sizes are
+  /// published: DeepSeek-V3's 671B).
   int64_t parameter_count() const;
+  /// The multi-token-prediction modules' own parameters (three norms, the 2h x h projection and
+  /// a layer each; the embedding and the LM head are the model's).
+  int64_t mtp_parameter_count() const;
   /// Parameters used only as lookup tables, which no matrix product multiplies: position and
   /// token-type tables, and the token table when the LM head does not share it. The "6 N T"
   /// FLOP rule holds for N = parameter_count() - lookup_parameter_count().

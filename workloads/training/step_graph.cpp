@@ -636,7 +636,8 @@ class Builder {
   int64_t layer_weights(bool attention, bool mlp) const {
     const int64_t h = m_.hidden;
     int64_t n = 0;
-    for (int64_t l = c_.first_layer; l < c_.last_layer; ++l) {
+    const int64_t end = c_.last_layer + (c_.head ? m_.mtp_layers : 0);  // with MTP's layers
+    for (int64_t l = c_.first_layer; l < end; ++l) {
       if (attention) n += attn_in_weights() + attnw_r_ * h;
       if (!mlp) continue;
       n += m_.moe_layer(l) ? h * sfc1w_r_ + sffn_r_ * h + experts_local_ * (h * efc1w_r_ + effn_r_ * h)
@@ -689,6 +690,27 @@ class Builder {
       lp_weights_ = tensor(lp_kind("weights"), 2.0 * lpb_ * double(lp_params_),
                            TensorClass::Weights, true);
       state_tensors_.push_back(lp_weights_);
+    }
+    if (c_.head && m_.mtp_layers > 0) {
+      // Multi-token prediction: each module's own weights (its layer, its three norms and the
+      // 2h x h projection) in a group of their own, indexed as layers L, L+1, ...; the embedding
+      // table it reads is this chunk's, or a copy kept beside the head (Megatron-core's, as
+      // for a tied head), or on a V's or DualPipe's first rank the other chunk's.
+      for (int64_t k = 0; k < m_.mtp_layers; ++k) {
+        const int64_t l = m_.layers + k;
+        const bool moe = m_.moe_layer(l);
+        int64_t own = qkv_params() + proj_params() + 2 * norm_params() +
+                      (moe ? router_params() + sfc1_params() + sfc2_params()
+                           : fc1_params() + fc2_params()) +
+                      3 * norm_params() + 2 * h * h;
+        layer_group_.push_back(group(fmt::format("mtp{}", k), own, int(l)));
+        expert_group_.push_back(
+            moe ? group(fmt::format("mtp{}.experts", k), efc1_params() + efc2_params(), int(l),
+                        true)
+                : -1);
+      }
+      mtp_embed_ = c_.embedding ? embed_
+                                : group("mtp.embedding", c_.ends_on_one_rank ? 0 : vocab_r_ * h, -1);
     }
     if (c_.head) {
       final_norm_ = group("final_norm", norm_params(), -1);
@@ -1833,6 +1855,137 @@ class Builder {
   }
 
 
+  // The final norm, the LM head (vocab-parallel over tp) and the loss on the hidden state `x`
+  // (Tn tokens), forward and backward; returns the gradient of `x`. `p` prefixes the node names
+  // ("" for the model's own head, "mtp0." for a multi-token-prediction module's); `norm_gi` is
+  // the norm's group; `shared`: the head's weight gradient adds into the main head's, which
+  // completes the group.
+  TensorId output_head(const std::string& p, TensorId x, int norm_gi, TensorId tokens,
+                       bool shared) {
+    const int64_t h = m_.hidden;
+    const double Th = double(T_) * h, Tnh = double(Tn_) * h;
+    const Pass F = Pass::Forward, BI = Pass::BackwardInput;
+    gather(norm_gi, 2, F);
+    TensorId xf = act(p + "final_norm.fwd.out", Tnh, re_);
+    TensorId xf_stats = act(p + "final_norm.fwd.stats", stats_bytes(), 1);
+    node(p + "final_norm.fwd", norm_op(false), F, -1, {x, W(norm_gi)}, {xf, xf_stats});
+    gather(head_, 2, F);
+    TensorId xf_in = cast(p + "lm_head.cast_in.fwd", F, -1, xf, Tnh, true);
+    TensorId xf_full = tp_gather(p + "lm_head.fwd", F, -1, xf_in);
+    TensorId head_w =
+        weight_copy(p + "lm_head.cast_weight.fwd", F, -1, W(head_), vocab_r_ * h, false);
+    TensorId logits = act(p + "lm_head.fwd.out", double(T_) * vocab_r_);
+    node(p + "lm_head.fwd", gemm(T_, vocab_r_, h, product_dtype(false)), F, -1, {xf_full, head_w},
+         {logits});
+    // The loss and the logits' gradient. Fused: both kernels run here, the gradient is
+    // written over the logits (no second buffer). fp32: the forward leaves the fp32 softmax,
+    // which the backward turns into the 16-bit gradient.
+    const double logit_count = double(T_) * vocab_r_;
+    TensorId d_logits = logits, ce_out = logits;
+    if (t_.fused_cross_entropy) {
+      node(p + "loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_), F, -1,
+           {logits, tokens}, {}, {logits});
+    } else {
+      ce_out = act(p + "loss.cross_entropy.softmax", logit_count, 4);
+      node(p + "loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_, false, false), F, -1,
+           {logits, tokens}, {ce_out});
+    }
+    if (tp_ > 1) {
+      // Vocab-parallel cross-entropy: the max and the sum of exponentials over the vocabulary
+      // shards, one fp32 per token each.
+      for (const char* what : {"max", "sum"})
+        comm(fmt::format("{}loss.cross_entropy.tp_allreduce_{}", p, what), CollectiveKind::AllReduce,
+             ParallelGroup::TP, 4.0 * T_, true, false, F, -1, {ce_out}, {}, {ce_out});
+    }
+    if (!t_.fused_cross_entropy) {
+      d_logits = act(p + "loss.cross_entropy.grad", logit_count);
+      node(p + "loss.cross_entropy.bwd", make_cross_entropy(T_, vocab_r_, ad_, false, true), BI, -1,
+           {ce_out}, {d_logits});
+    }
+
+    TensorId d_xf = act(p + "lm_head.bwd_input.grad", Th);
+    node(p + "lm_head.bwd_input", gemm(T_, h, vocab_r_, product_dtype(false)), BI, -1,
+         {d_logits, ac_ ? head_w : W(head_)}, {d_xf});
+    d_xf = tp_reduce(p + "lm_head.bwd_input", BI, -1, d_xf);
+    d_xf = cast(p + "lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
+    TensorId xf_w = sp_ ? tp_gather(p + "lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
+    weight_grad(p + "lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, {d_logits}, head_,
+                shared || head_ == embed_ ? 0 : groups_[head_].params, 1, false, false);
+    gather(norm_gi, 3, BI);
+    return norm_backward(p + "final_norm.bwd", -1, d_xf, x, xf_stats, norm_gi, W(norm_gi));
+  }
+
+  // Multi-token prediction after the trunk's last layer (hidden state `x`, this rank's Tn
+  // tokens): every module's forward and its loss head (with its backward, output_head), then
+  // the modules' backwards from the last depth, each one's gradient on its input state adding
+  // into the previous depth's; returns the gradient on `x` (-1 without MTP). The projection
+  // runs in 16 bits, as Megatron-core's eh_proj.
+  TensorId mtp(TensorId x, TensorId tokens) {
+    if (m_.mtp_layers == 0) return -1;
+    const int64_t h = m_.hidden;
+    const double Tnh = double(Tn_) * h;
+    const Pass F = Pass::Forward, BI = Pass::BackwardInput;
+    struct Depth {
+      LayerActs a;
+      TensorId in, e, e_stats, en, hn, h_stats, dy;
+    };
+    std::vector<Depth> d(m_.mtp_layers);
+    TensorId prev = x;
+    for (int64_t k = 0; k < m_.mtp_layers; ++k) {
+      const int l = int(m_.layers + k), gi = lgi(l);
+      const std::string p = fmt::format("mtp{}.", k);
+      gather(gi, 0, F);
+      if (egi(l) >= 0) gather(egi(l), 0, F);
+      param_gather(gi);
+      if (egi(l) >= 0) param_gather(egi(l));
+      gather(mtp_embed_, 0, F);
+      Depth& z = d[k];
+      z.in = prev;
+      TensorId e = act(p + "embedding.fwd.out", Tnh, re_);
+      node(p + "embedding.fwd", make_embedding(T_, h, rd_), F, l, {tokens, W(mtp_embed_)}, {e});
+      z.e = e;
+      z.en = act(p + "enorm.fwd.out", Tnh);
+      z.e_stats = act(p + "enorm.fwd.stats", stats_bytes(), 1);
+      node(p + "enorm.fwd", norm_op(false), F, l, {e, W(gi)}, {z.en, z.e_stats});
+      z.hn = act(p + "hnorm.fwd.out", Tnh);
+      z.h_stats = act(p + "hnorm.fwd.stats", stats_bytes(), 1);
+      node(p + "hnorm.fwd", norm_op(false), F, l, {prev, W(gi)}, {z.hn, z.h_stats});
+      TensorId proj = act(p + "eh_proj.fwd.out", Tnh, re_);
+      node(p + "eh_proj.fwd", gemm(T_, h, 2 * h, ad_), F, l, {z.en, z.hn, W(gi)}, {proj});
+      z.a = layer_forward(l, proj, F);
+      z.dy = output_head(p, z.a.y, gi, tokens, true);
+      prev = z.a.y;
+    }
+    TensorId d_next = -1;  // the gradient on the next depth's input state
+    for (int64_t k = m_.mtp_layers - 1; k >= 0; --k) {
+      const int l = int(m_.layers + k), gi = lgi(l);
+      const std::string p = fmt::format("mtp{}.", k);
+      Depth& z = d[k];
+      gather(gi, 1, BI);
+      if (egi(l) >= 0) gather(egi(l), 1, BI);
+      TensorId dy = z.dy;
+      if (d_next >= 0) {
+        TensorId sum = act(p + "grad_add.out", Tnh, re_);
+        node(p + "grad_add", residual_add(true), BI, l, {dy, d_next}, {sum});
+        dy = sum;
+      }
+      TensorId d_proj = layer_backward(l, z.a, dy);
+      TensorId d_cat = act(p + "eh_proj.bwd_input.grad", 2 * Tnh);
+      node(p + "eh_proj.bwd_input", gemm(T_, 2 * h, h, ad_), BI, l, {d_proj, W(gi)}, {d_cat});
+      weight_grad(p + "eh_proj.bwd_weight", l, 2 * h, h, T_, z.en, {z.hn, d_proj}, gi, 2 * h * h, 1,
+                  false, false);
+      TensorId d_e = norm_backward(p + "enorm.bwd", l, d_cat, z.e, z.e_stats, gi, W(gi));
+      d_next = norm_backward(p + "hnorm.bwd", l, d_cat, z.in, z.h_stats, gi, W(gi));
+      // The embedding's gradient: a scatter-add into the table this module read.
+      std::vector<TensorId> allocs, writes;
+      grad_target(mtp_embed_, allocs, writes);
+      node(p + "embedding.bwd_weight", make_embedding(T_, h, rd_), Pass::BackwardWeight, l,
+           {d_e, tokens}, allocs, writes);
+      if (mtp_embed_ != embed_) grad_done(mtp_embed_, groups_[mtp_embed_].params, l);
+    }
+    return d_next;
+  }
+
   void forward_and_backward() {
     const int64_t h = m_.hidden;
     const double Th = double(T_) * h, Tnh = double(Tn_) * h;
@@ -1884,54 +2037,15 @@ class Builder {
 
     TensorId dy;
     if (c_.head) {
-      gather(final_norm_, 2, F);
-      TensorId xf = act("final_norm.fwd.out", Tnh, re_);
-      TensorId xf_stats = act("final_norm.fwd.stats", stats_bytes(), 1);
-      node("final_norm.fwd", norm_op(false), F, -1, {x, W(final_norm_)}, {xf, xf_stats});
-      gather(head_, 2, F);
-      TensorId xf_in = cast("lm_head.cast_in.fwd", F, -1, xf, Tnh, true);
-      TensorId xf_full = tp_gather("lm_head.fwd", F, -1, xf_in);
-      TensorId head_w =
-          weight_copy("lm_head.cast_weight.fwd", F, -1, W(head_), vocab_r_ * h, false);
-      TensorId logits = act("lm_head.fwd.out", double(T_) * vocab_r_);
-      node("lm_head.fwd", gemm(T_, vocab_r_, h, product_dtype(false)), F, -1, {xf_full, head_w},
-           {logits});
-      // The loss and the logits' gradient. Fused: both kernels run here, the gradient is
-      // written over the logits (no second buffer). fp32: the forward leaves the fp32 softmax,
-      // which the backward turns into the 16-bit gradient.
-      const double logit_count = double(T_) * vocab_r_;
-      TensorId d_logits = logits, ce_out = logits;
-      if (t_.fused_cross_entropy) {
-        node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_), F, -1,
-             {logits, tokens}, {}, {logits});
-      } else {
-        ce_out = act("loss.cross_entropy.softmax", logit_count, 4);
-        node("loss.cross_entropy", make_cross_entropy(T_, vocab_r_, ad_, false, false), F, -1,
-             {logits, tokens}, {ce_out});
+      // Multi-token prediction runs after the trunk, on its last hidden state; its gradient
+      // adds into the trunk's with the main head's.
+      TensorId d_mtp = mtp(x, tokens);
+      dy = output_head("", x, final_norm_, tokens, false);
+      if (d_mtp >= 0) {
+        TensorId sum = act("mtp.trunk_grad_add.out", Tnh, re_);
+        node("mtp.trunk_grad_add", residual_add(true), BI, -1, {dy, d_mtp}, {sum});
+        dy = sum;
       }
-      if (tp_ > 1) {
-        // Vocab-parallel cross-entropy: the max and the sum of exponentials over the vocabulary
-        // shards, one fp32 per token each.
-        for (const char* what : {"max", "sum"})
-          comm(fmt::format("loss.cross_entropy.tp_allreduce_{}", what), CollectiveKind::AllReduce,
-               ParallelGroup::TP, 4.0 * T_, true, false, F, -1, {ce_out}, {}, {ce_out});
-      }
-      if (!t_.fused_cross_entropy) {
-        d_logits = act("loss.cross_entropy.grad", logit_count);
-        node("loss.cross_entropy.bwd", make_cross_entropy(T_, vocab_r_, ad_, false, true), BI, -1,
-             {ce_out}, {d_logits});
-      }
-
-      TensorId d_xf = act("lm_head.bwd_input.grad", Th);
-      node("lm_head.bwd_input", gemm(T_, h, vocab_r_, product_dtype(false)), BI, -1,
-           {d_logits, ac_ ? head_w : W(head_)}, {d_xf});
-      d_xf = tp_reduce("lm_head.bwd_input", BI, -1, d_xf);
-      d_xf = cast("lm_head.bwd_cast", BI, -1, d_xf, Tnh, false);
-      TensorId xf_w = sp_ ? tp_gather("lm_head.bwd_weight", BI, -1, xf, false) : xf_full;
-      weight_grad("lm_head.bwd_weight", -1, vocab_r_, h, T_, xf_w, {d_logits}, head_,
-                  head_ == embed_ ? 0 : groups_[head_].params, 1, false, false);
-      gather(final_norm_, 3, BI);
-      dy = norm_backward("final_norm.bwd", -1, d_xf, x, xf_stats, final_norm_, W(final_norm_));
     } else {
       g_.pp_send_forward = int(node("pp.send.fwd", std::nullopt, F, last - 1, {x}, {}));
       dy = act("pp.recv.bwd.grad", Tnh, re_);
@@ -2170,6 +2284,7 @@ class Builder {
   int64_t b_, s_, sq_, T_, Tn_;
   int64_t heads_r_, kv_r_, qkvw_r_, attnw_r_, ffn_r_, fc1w_r_, vocab_r_;
   int64_t qup_r_ = 0, kvup_r_ = 0;  // latent attention: the up-projections' widths on this rank
+  int mtp_embed_ = -1;  // the embedding table multi-token prediction reads
   // FP8/FP4: a quantized input's column-wise copy -> its row-wise copy (lp_input).
   std::unordered_map<TensorId, TensorId> row_of_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
