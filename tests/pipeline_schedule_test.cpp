@@ -2,6 +2,7 @@
 // state, and the interleaved order that Megatron-LM uses.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <set>
 #include <tuple>
@@ -23,6 +24,49 @@ void expect_complete(const std::vector<PipelineItem>& items, int64_t m, int vpp)
     else EXPECT_TRUE(fwd_pos.count({it.micro_batch, it.chunk})) << "backward before forward";
   }
   EXPECT_EQ(seen.size(), std::size_t(m * vpp * 2));
+}
+
+// Replays every rank's order with unit pass times: a rank runs its next item once what it
+// needs has finished (a forward the previous chunk's forward, a backward its own forward and
+// the next chunk's backward, a weight gradient its backward). `global(rank, chunk)` is the
+// item's global chunk; `first` and `last` say which chunks start and end a pipeline. Returns
+// the makespan in units, -1 on a deadlock.
+int64_t replay(const std::vector<std::vector<PipelineItem>>& orders,
+               const std::function<int(int, int)>& global, const std::function<bool(int)>& first,
+               const std::function<bool(int)>& last) {
+  const int pp = int(orders.size());
+  std::map<std::tuple<int64_t, int, bool>, int64_t> done;  // (mb, global chunk, fwd) -> end
+  std::vector<std::size_t> next(pp, 0);
+  std::vector<int64_t> free(pp, 0);
+  int64_t makespan = 0;
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (int r = 0; r < pp; ++r) {
+      if (next[r] >= orders[r].size()) continue;
+      const auto& it = orders[r][next[r]];
+      const int c = global(r, it.chunk);
+      int64_t ready = free[r];
+      auto need = [&](int64_t mb, int cc, bool fwd) {
+        auto f = done.find({mb, cc, fwd});
+        if (f == done.end()) return false;
+        ready = std::max(ready, f->second);
+        return true;
+      };
+      const bool ok = it.weight    ? need(it.micro_batch, c, false)
+                      : it.forward ? (first(c) || need(it.micro_batch, c - 1, true))
+                                   : need(it.micro_batch, c, true) &&
+                                         (last(c) || need(it.micro_batch, c + 1, false));
+      if (!ok) continue;
+      free[r] = ready + 1;
+      if (!it.weight) done[{it.micro_batch, c, it.forward}] = free[r];
+      makespan = std::max(makespan, free[r]);
+      ++next[r];
+      moved = true;
+    }
+  }
+  for (int r = 0; r < pp; ++r)
+    if (next[r] < orders[r].size()) return -1;
+  return makespan;
 }
 
 }  // namespace
@@ -166,37 +210,10 @@ TEST(PipelineSchedule, ZeroBubbleVFillsTheVWithinOneFOneBsMemory) {
         EXPECT_LE(max_in_flight(items), 2 * pp);
       }
       // Replay: each rank runs its next pass once what it needs has finished.
-      auto global = [&](int r, int v) { return v == 0 ? r : C - 1 - r; };
-      std::map<std::tuple<int64_t, int, bool>, int64_t> done;  // (mb, global chunk, fwd) -> end
-      std::vector<std::size_t> next(pp, 0);
-      std::vector<int64_t> free(pp, 0);
-      int64_t makespan = 0;
-      for (bool moved = true; moved;) {
-        moved = false;
-        for (int r = 0; r < pp; ++r) {
-          if (next[r] >= orders[r].size()) continue;
-          const auto& it = orders[r][next[r]];
-          const int c = global(r, it.chunk);
-          int64_t ready = free[r];
-          auto need = [&](int64_t mb, int cc, bool fwd) {
-            auto f = done.find({mb, cc, fwd});
-            if (f == done.end()) return false;
-            ready = std::max(ready, f->second);
-            return true;
-          };
-          bool ok = it.weight ? need(it.micro_batch, c, false)
-                    : it.forward ? (c == 0 || need(it.micro_batch, c - 1, true))
-                                 : need(it.micro_batch, c, true) &&
-                                       (c == C - 1 || need(it.micro_batch, c + 1, false));
-          if (!ok) continue;
-          free[r] = ready + 1;
-          if (!it.weight) done[{it.micro_batch, c, it.forward}] = free[r];
-          makespan = std::max(makespan, free[r]);
-          ++next[r];
-          moved = true;
-        }
-      }
-      for (int r = 0; r < pp; ++r) ASSERT_EQ(next[r], orders[r].size()) << "deadlock";
+      const int64_t makespan = replay(
+          orders, [&](int r, int v) { return v == 0 ? r : C - 1 - r; },
+          [](int c) { return c == 0; }, [&](int c) { return c == C - 1; });
+      ASSERT_GE(makespan, 0) << "deadlock";
       if (m >= pp) { EXPECT_EQ(makespan, 6 * m + pp - 1); }
       EXPECT_LT(makespan, 6 * m + 6 * (pp - 1) + (pp == 1 ? 1 : 0));
     }
@@ -254,37 +271,10 @@ TEST(PipelineSchedule, DualPipeRunsBothDirectionsWithinPpPlusOneActivations) {
         }
       }
       // Replay with unit pass times.
-      std::map<std::tuple<int64_t, int, bool>, int64_t> done;  // (mb, global chunk, fwd) -> end
-      std::vector<std::size_t> next(pp, 0);
-      std::vector<int64_t> free(pp, 0);
-      int64_t makespan = 0;
-      for (bool moved = true; moved;) {
-        moved = false;
-        for (int r = 0; r < pp; ++r) {
-          if (next[r] >= orders[r].size()) continue;
-          const auto& it = orders[r][next[r]];
-          const int c = par.global_chunk(it.chunk, r);
-          int64_t ready = free[r];
-          auto need = [&](int64_t mb, int cc, bool fwd) {
-            auto f = done.find({mb, cc, fwd});
-            if (f == done.end()) return false;
-            ready = std::max(ready, f->second);
-            return true;
-          };
-          const bool ok =
-              it.weight    ? need(it.micro_batch, c, false)
-              : it.forward ? (par.first_chunk(c) || need(it.micro_batch, c - 1, true))
-                           : need(it.micro_batch, c, true) &&
-                                 (par.last_chunk(c) || need(it.micro_batch, c + 1, false));
-          if (!ok) continue;
-          free[r] = ready + 1;
-          if (!it.weight) done[{it.micro_batch, c, it.forward}] = free[r];
-          makespan = std::max(makespan, free[r]);
-          ++next[r];
-          moved = true;
-        }
-      }
-      for (int r = 0; r < pp; ++r) ASSERT_EQ(next[r], orders[r].size()) << "deadlock";
+      const int64_t makespan = replay(
+          orders, [&](int r, int v) { return par.global_chunk(v, r); },
+          [&](int c) { return par.first_chunk(c); }, [&](int c) { return par.last_chunk(c); });
+      ASSERT_GE(makespan, 0) << "deadlock";
       // The report's bubble, (pp/2 - 1)(F&B + B - 3W), with F = B = W = 1 and F&B = F + B.
       EXPECT_EQ(makespan, 3 * m + (pp / 2 - 1));
       EXPECT_LT(makespan, 3 * m + 3 * (pp - 1));

@@ -22,6 +22,20 @@ const StepNode* find(const StepGraph& g, const std::string& name) {
   return nullptr;
 }
 
+// The product node `name` of `g` (an empty GemmOp, and a failure, when there is none).
+GemmOp gemm_of(const StepGraph& g, const std::string& name) {
+  const StepNode* x = find(g, name);
+  EXPECT_NE(x, nullptr) << name;
+  return x ? std::get<GemmOp>(x->op->body) : GemmOp{};
+}
+
+// A product's m x n x k.
+void expect_mnk(const GemmOp& g, int64_t m, int64_t n, int64_t k) {
+  EXPECT_EQ(g.m, m);
+  EXPECT_EQ(g.n, n);
+  EXPECT_EQ(g.k, k);
+}
+
 // Attention FLOPs of one micro-batch, forward + backward, as counted by AttentionOp: the forward
 // is 4 b a s^2 d (QK^T and PV), halved for a causal mask; the backward is 2.5 x the forward
 // (the FlashAttention count). So A = L x 3.5 x 4 b a s^2 d x (1/2 if causal).
@@ -173,16 +187,8 @@ TEST(WorkloadGraph, BackwardGemmsHaveTheTransposedShapes) {
   m.layers = 2;
   StepGraph g = build_step_graph(m, setup("micro_batch: 2\nprecision: fp8"));
   const int64_t T = 2 * m.seq_len, h = m.hidden, f = m.ffn_hidden, q = m.qkv_width();
-  auto shape = [&](const std::string& n) {
-    const StepNode* x = find(g, n);
-    EXPECT_NE(x, nullptr) << n;
-    return x ? std::get<GemmOp>(x->op->body) : GemmOp{};
-  };
-  auto expect = [](GemmOp g, int64_t m, int64_t n, int64_t k) {
-    EXPECT_EQ(g.m, m);
-    EXPECT_EQ(g.n, n);
-    EXPECT_EQ(g.k, k);
-  };
+  auto shape = [&](const std::string& n) { return gemm_of(g, n); };
+  auto expect = expect_mnk;
   expect(shape("layer1.attn.qkv.fwd"), T, q, h);
   expect(shape("layer1.attn.qkv.bwd_input"), T, h, q);
   expect(shape("layer1.attn.qkv.bwd_weight"), h, q, T);
@@ -484,16 +490,8 @@ TEST(WorkloadGraph, LatentAttentionProductsAndFlops) {
   StepGraph g = build_step_graph(
       m, setup("micro_batch: 1\ntp: 2\nsequence_parallel: true\nprecision: bf16"));
   const int64_t T = m.seq_len, Tn = T / tp, h = m.hidden;
-  auto gemm = [&](const std::string& n) {
-    const StepNode* x = find(g, n);
-    EXPECT_NE(x, nullptr) << n;
-    return x ? std::get<GemmOp>(x->op->body) : GemmOp{};
-  };
-  auto expect = [](GemmOp g, int64_t m, int64_t n, int64_t k) {
-    EXPECT_EQ(g.m, m);
-    EXPECT_EQ(g.n, n);
-    EXPECT_EQ(g.k, k);
-  };
+  auto gemm = [&](const std::string& n) { return gemm_of(g, n); };
+  auto expect = expect_mnk;
   expect(gemm("layer1.attn.q_down.fwd"), Tn, 1536, h);
   expect(gemm("layer1.attn.kv_down.fwd"), Tn, 512 + 64, h);
   expect(gemm("layer1.attn.q_up.fwd"), T, 128 / tp * 192, 1536);

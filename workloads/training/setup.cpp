@@ -397,6 +397,23 @@ const char* grad_accumulation_name(GradAccumulation g) {
   return "autograd";
 }
 
+namespace {
+// The names of a comma-separated list, spaces trimmed ("a, b" -> {"a", "b"}; "" -> {}).
+std::vector<std::string> comma_list(const std::string& list) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0; at <= list.size() && !list.empty();) {
+    std::size_t end = list.find(',', at);
+    if (end == std::string::npos) end = list.size();
+    std::string name = list.substr(at, end - at);
+    name.erase(0, name.find_first_not_of(' '));
+    name.erase(name.find_last_not_of(' ') + 1);
+    out.push_back(name);
+    at = end + 1;
+  }
+  return out;
+}
+}  // namespace
+
 TrainingSetup training_from_config(const Config& c) {
   TrainingSetup t;
   t.micro_batch = c.get_int("micro_batch");
@@ -503,45 +520,25 @@ TrainingSetup training_from_config(const Config& c) {
            "weight offload keeps the ZeRO-3 shards on the host and updates them there: it "
            "needs zero_stage 3 and optimizer_offload 1, with tp and pp 1 (FSDP's and "
            "ZeRO-Infinity's data-parallel layout)");
-  {
-    const std::string list = c.get_string("recompute_modules");
-    std::size_t at = 0;
-    while (at <= list.size() && !list.empty()) {
-      std::size_t end = list.find(',', at);
-      if (end == std::string::npos) end = list.size();
-      std::string name = list.substr(at, end - at);
-      name.erase(0, name.find_first_not_of(' '));
-      name.erase(name.find_last_not_of(' ') + 1);
-      if (name == "mla_up_proj") t.recompute_modules.mla_up_proj = true;
-      else if (name == "moe_act") t.recompute_modules.moe_act = true;
-      else
-        c.fail("recompute_modules",
-               "'" + name + "' is not a module memwall recomputes on its own: list mla_up_proj "
-                            "and moe_act, separated by commas (recompute: selective recomputes "
-                            "the unfused attention core, full every layer)");
-      at = end + 1;
-    }
-    if (t.recompute_modules.any() && t.recompute == Recompute::Full)
-      c.fail("recompute_modules", "recompute: full recomputes every layer's forward already; "
-                                  "list modules with recompute none or selective");
+  for (const std::string& name : comma_list(c.get_string("recompute_modules"))) {
+    if (name == "mla_up_proj") t.recompute_modules.mla_up_proj = true;
+    else if (name == "moe_act") t.recompute_modules.moe_act = true;
+    else
+      c.fail("recompute_modules",
+             "'" + name + "' is not a module memwall recomputes on its own: list mla_up_proj "
+                          "and moe_act, separated by commas (recompute: selective recomputes "
+                          "the unfused attention core, full every layer)");
   }
-  {
-    const std::string list = c.get_string("host_resident");
-    std::size_t at = 0;
-    while (at <= list.size() && !list.empty()) {
-      std::size_t end = list.find(',', at);
-      if (end == std::string::npos) end = list.size();
-      std::string name = list.substr(at, end - at);
-      name.erase(0, name.find_first_not_of(' '));
-      name.erase(name.find_last_not_of(' ') + 1);
-      if (name == "weights") t.host_resident.weights = true;
-      else if (name == "gradients") t.host_resident.gradients = true;
-      else if (name == "optimizer") t.host_resident.optimizer = true;
-      else
-        c.fail("host_resident", "'" + name + "' is not a class of model state: list weights, "
-                                "gradients and optimizer, separated by commas");
-      at = end + 1;
-    }
+  if (t.recompute_modules.any() && t.recompute == Recompute::Full)
+    c.fail("recompute_modules", "recompute: full recomputes every layer's forward already; "
+                                "list modules with recompute none or selective");
+  for (const std::string& name : comma_list(c.get_string("host_resident"))) {
+    if (name == "weights") t.host_resident.weights = true;
+    else if (name == "gradients") t.host_resident.gradients = true;
+    else if (name == "optimizer") t.host_resident.optimizer = true;
+    else
+      c.fail("host_resident", "'" + name + "' is not a class of model state: list weights, "
+                              "gradients and optimizer, separated by commas");
   }
   if (t.host_resident.optimizer && t.optimizer_offload > 0)
     c.fail("host_resident",

@@ -1149,33 +1149,29 @@ class Builder {
   // fused kernel that rotates the rotary parts and lays Q, K (the rotary key broadcast to every
   // head) and V out for the attention kernel (Megatron-core's fused MLA RoPE).
   TensorId mla_forward(int l, const char* sfx, Pass pass, TensorId x, LayerActs& a) {
-    const int64_t h = m_.hidden, ql = q_lora(), kl = m_.kv_lora_rank;
+    const int64_t ql = q_lora(), kl = m_.kv_lora_rank;
     const TensorId w = a.qkv_w;
     // Queries: the latent and its norm (the up-projection in mla_up), or straight from h.
-    if (ql > 0) {
-      a.q_lat = act(nm(l, "attn.q_down", sfx) + ".out", double(Tn_) * ql);
-      node(nm(l, "attn.q_down", sfx), weight_gemm(sparse_attn_, Tn_, ql, h, md_), pass, l,
-           {x, w}, {a.q_lat});
-      TensorId qn = act(nm(l, "attn.q_norm", sfx) + ".out", double(Tn_) * ql);
-      a.q_lat_stats = act(nm(l, "attn.q_norm", sfx) + ".stats", stats_bytes(), 1);
-      node(nm(l, "attn.q_norm", sfx), norm_op(false, ql), pass, l, {a.q_lat, w},
-           {qn, a.q_lat_stats});
-      a.q_up_in = lp_input(nm(l, "attn.q_up." + lp_kind("in"), sfx), pass, l, qn,
-                           double(Tn_) * ql, true);
-    } else {
-      a.q_up_in = x;
-    }
-    // Keys and values: the latent with the rotary key, the latent's norm, the up-projection.
-    a.kv_lat = act(nm(l, "attn.kv_down", sfx) + ".out", double(Tn_) * kv_down_width());
-    node(nm(l, "attn.kv_down", sfx), weight_gemm(sparse_attn_, Tn_, kv_down_width(), h, md_),
-         pass, l, {x, w}, {a.kv_lat});
-    TensorId kvn = act(nm(l, "attn.kv_norm", sfx) + ".out", double(Tn_) * kl);
-    a.kv_lat_stats = act(nm(l, "attn.kv_norm", sfx) + ".stats", stats_bytes(), 1);
-    node(nm(l, "attn.kv_norm", sfx), norm_op(false, kl), pass, l, {a.kv_lat, w},
-         {kvn, a.kv_lat_stats});
-    a.kv_up_in = lp_input(nm(l, "attn.kv_up." + lp_kind("in"), sfx), pass, l, kvn,
-                          double(Tn_) * kl, true);
+    a.q_up_in = ql > 0 ? mla_latent(l, sfx, pass, "q", x, w, ql, ql, a.q_lat, a.q_lat_stats) : x;
+    // Keys and values: the latent with the rotary key, the latent's norm.
+    a.kv_up_in = mla_latent(l, sfx, pass, "kv", x, w, kv_down_width(), kl, a.kv_lat,
+                            a.kv_lat_stats);
     return mla_up(l, sfx, pass, a, w, x);
+  }
+  // One latent: the down-projection of the rank's tokens `x` to `width` (`lat`), the norm of its
+  // first `normed` values (`stats`), and the up-projection's input as it reads it (quantized
+  // under FP8). `what`: "q" or "kv".
+  TensorId mla_latent(int l, const char* sfx, Pass pass, const std::string& what, TensorId x,
+                      TensorId w, int64_t width, int64_t normed, TensorId& lat, TensorId& stats) {
+    const std::string down = "attn." + what + "_down", norm = "attn." + what + "_norm";
+    lat = act(nm(l, down, sfx) + ".out", double(Tn_) * width);
+    node(nm(l, down, sfx), weight_gemm(sparse_attn_, Tn_, width, m_.hidden, md_), pass, l,
+         {x, w}, {lat});
+    TensorId n = act(nm(l, norm, sfx) + ".out", double(Tn_) * normed);
+    stats = act(nm(l, norm, sfx) + ".stats", stats_bytes(), 1);
+    node(nm(l, norm, sfx), norm_op(false, normed), pass, l, {lat, w}, {n, stats});
+    return lp_input(nm(l, "attn." + what + "_up." + lp_kind("in"), sfx), pass, l, n,
+                    double(Tn_) * normed, true);
   }
   // Latent attention's up-projections from the kept latents (a.q_up_in, a.kv_up_in, and the
   // rotary key in a.kv_lat), the rotary key's gather and the fused rope/layout kernel: Q, K and
