@@ -632,6 +632,16 @@ TEST(CollectiveAllToAll, HierarchicalSendsOncePerNodeAndForwardsOverTheFabric) {
               "node (0.5) %.3f ms\n",
               direct.duration().sec() * 1e3, once.duration().sec() * 1e3,
               half.duration().sec() * 1e3);
+  // Concurrent groups laid out differently (2 nodes of 8, 4 nodes of 4) cannot share the
+  // first group's rails: refused, naming the group.
+  Network six(s, 48);
+  std::vector<int> spread;
+  for (int node : {2, 3, 4, 5})
+    for (int i = 0; i < 4; ++i) spread.push_back(8 * node + i);
+  EXPECT_THROW(six.run(request(CollectiveKind::AllToAll, {iota_group(16), spread}, S,
+                               CollectiveAlgorithm::Hierarchical, Protocol::Simple),
+                       Time::zero()),
+               std::invalid_argument);
   // One node has no network to save: the algorithm refuses, naming the collective.
   Network one(s, 8);
   EXPECT_THROW(one.run(request(CollectiveKind::AllToAll, {iota_group(8)}, S,

@@ -1604,7 +1604,17 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
           };
           std::vector<Forward> forwards;
           std::vector<GroupShape> shapes;
-          for (const auto& g : req.groups) shapes.push_back(shape_of(topo_, g));
+          for (const auto& g : req.groups) {
+            shapes.push_back(shape_of(topo_, g));
+            const GroupShape& sh = shapes.back();
+            bool alike = sh.nodes == m;
+            for (const auto& mem : sh.by_node) alike = alike && int(mem.size()) == k;
+            if (!alike)
+              throw std::invalid_argument(fmt::format(
+                  "group {}: a hierarchical all-to-all needs every group over {} nodes of {} "
+                  "members, as the first",
+                  group_text(g), m, k));
+          }
           // Issued in this order, as the links serve them: the node-local pieces, the
           // transfers across the network, then the forwards.
           for (const GroupShape& sh : shapes)
