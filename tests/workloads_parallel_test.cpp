@@ -750,6 +750,13 @@ TEST(WorkloadParallel, AllgatherDispatcherGathersTheGroupsTokens) {
                 .find("training.moe_shared_expert_overlap"),
             std::string::npos);
   EXPECT_THROW(setup("moe_token_dispatcher: flex"), ConfigError);
+  // The deepep dispatcher likewise: a dense model, and a padded capacity (modelled with the
+  // all-to-all dispatcher only), name their keys.
+  const std::string dp = "moe_token_dispatcher: deepep\n";
+  EXPECT_NE(layout_error(load_model("gpt3-1.3b"), dp).find("training.moe_token_dispatcher"),
+            std::string::npos);
+  EXPECT_NE(layout_error(m, dp + "moe_capacity_factor: 1.25").find("training.moe_capacity_factor"),
+            std::string::npos);
 }
 
 // Expert tensor parallelism 1 with tp 2 (Megatron-core's MoE parallel folding): every rank
