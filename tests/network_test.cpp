@@ -86,6 +86,7 @@ TEST(NetworkPresets, SystemForCase) {
   EXPECT_EQ(standard_system_for_device("a100-sxm4-80gb"), "dgx-a100");
   EXPECT_EQ(standard_system_for_device("h100-sxm5-80gb"), "dgx-h100");
   EXPECT_EQ(standard_system_for_device("h200-sxm-141gb"), "hgx-h200");
+  EXPECT_EQ(standard_system_for_device("h800-sxm5-80gb"), "hgx-h800");
   EXPECT_EQ(standard_system_for_device("b200-sxm-180gb"), "dgx-b200");
   EXPECT_EQ(standard_system_for_device("mi300x"), "mi300x-node");
   EXPECT_EQ(standard_system_for_device("h100-pcie-80gb"), "pcie-node");

@@ -422,6 +422,7 @@ std::string standard_system_for_device(const std::string& device) {
   auto starts = [&](const char* p) { return device.rfind(p, 0) == 0; };
   if (starts("a100")) return "dgx-a100";
   if (starts("h100-sxm")) return "dgx-h100";
+  if (starts("h800")) return "hgx-h800";
   if (starts("h200")) return "hgx-h200";
   if (starts("b200")) return "dgx-b200";
   if (starts("gb200")) return "gb200-nvl72";
