@@ -559,9 +559,36 @@ TEST(WorkloadGraph, RecomputeModulesRunTheirForwardAgainAndKeepLess) {
   EXPECT_LE(saved, m.layers * qkv);
   EXPECT_LT(memory_timeline(both).max_of(TensorClass::Activations),
             memory_timeline(up).max_of(TensorClass::Activations));
+  // layernorm: the two norms again (their FLOPs as recompute work), and the layers keep
+  // neither norm's output: Llama 3 8B in bf16 saves 2 x T x h x 2 bytes less per layer.
+  {
+    const TransformerModel ll = load_model("llama3-8b", {"layers=4", "seq_len=2048"});
+    const StepGraph g0 = build_step_graph(ll, setup("micro_batch: 1\n"));
+    const StepGraph g1 = build_step_graph(ll, setup("micro_batch: 1\nrecompute_modules: layernorm\n"));
+    double norms = 0;
+    for (std::size_t v = 0; v < g0.size(); ++v)
+      if (g0.dag[v].pass == Pass::Forward && g0.dag[v].op &&
+          (g0.dag[v].name.find(".ln1.") != std::string::npos ||
+           g0.dag[v].name.find(".ln2.") != std::string::npos))
+        norms += g0.dag[v].op->flops();
+    EXPECT_NEAR(g1.flops(Pass::Recompute), norms, 1e-9 * norms);
+    const double per_layer = 2.0 * 2048 * ll.hidden * 2;
+    const double saved = memory_timeline(g0).max_of(TensorClass::Activations) -
+                         memory_timeline(g1).max_of(TensorClass::Activations);
+    EXPECT_GE(saved, (ll.layers - 1) * per_layer);
+    EXPECT_LE(saved, ll.layers * per_layer);
+    // Under fp8 the norms' FP8 copies are what the layers keep, and those go too.
+    const StepGraph f0 = build_step_graph(m, setup(base));
+    const StepGraph f1 = build_step_graph(m, setup(base + "recompute_modules: layernorm\n"));
+    EXPECT_LT(memory_timeline(f1).max_of(TensorClass::Activations),
+              memory_timeline(f0).max_of(TensorClass::Activations));
+  }
   // Bad lists name the key: a module memwall does not recompute, one the model lacks, or
   // modules with full recomputation.
   EXPECT_THROW(setup("recompute_modules: mlp\n"), ConfigError);
+  EXPECT_THROW(build_step_graph(load_model("llama3-8b", {"layers=2"}),
+                                setup("autocast: true\nrecompute_modules: layernorm\n")),
+               ConfigError);
   EXPECT_THROW(setup("recompute: full\nrecompute_modules: moe_act\n"), ConfigError);
   EXPECT_THROW(build_step_graph(load_model("llama3-8b", {"layers=2"}),
                                 setup("recompute_modules: mla_up_proj\n")),

@@ -25,6 +25,9 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
     fail("autocast", "autocast (eager PyTorch AMP) holds each layer's 16-bit weight casts until "
                      "the backward; ZeRO-3 (FSDP) gathers 16-bit weights per layer and frees them, "
                      "which is not modelled with autocast: use zero_stage 0-2 or 16-bit parameters");
+  if (t.autocast && t.recompute_modules.any())
+    fail("recompute_modules", "recomputing modules is not modelled with autocast (eager PyTorch "
+                              "AMP)");
   if (t.autocast && m.mla())
     fail("autocast", "autocast (eager PyTorch AMP) is not modelled for latent attention");
   if (t.autocast && m.moe())

@@ -335,7 +335,9 @@ const Schema& training_schema() {
         "(HFU counts the second run, MFU does not). mla_up_proj: latent attention's "
         "up-projections and rotary layout, so the layer keeps the latents instead of every "
         "head's Q, K and V (DeepSeek-V3 recomputes them); moe_act: the routed experts' "
-        "activation. With recompute none or selective; full recomputes everything already."));
+        "activation; layernorm: the layers' two norms (DeepSeek-V3 recomputes them), whose "
+        "outputs (or their FP8 copies) the products' weight gradients read. With recompute none "
+        "or selective; full recomputes everything already. Not with autocast."));
     x.params.push_back(param(
         "host_resident", ParamType::String, "classes", "",
         "Model state the device reads and writes in place in host memory, over its host link, "
@@ -372,11 +374,14 @@ std::string options_label(const TrainingSetup& t) {
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
   if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
   if (t.moe_deepep) s += " · deepep dispatcher";
-  if (t.recompute_modules.any())
-    s += std::string(" · recompute modules ") +
-         (t.recompute_modules.mla_up_proj && t.recompute_modules.moe_act ? "mla_up_proj,moe_act"
-          : t.recompute_modules.mla_up_proj                              ? "mla_up_proj"
-                                                                         : "moe_act");
+  if (t.recompute_modules.any()) {
+    std::string list;
+    for (auto [on, name] : {std::pair{t.recompute_modules.mla_up_proj, "mla_up_proj"},
+                            std::pair{t.recompute_modules.moe_act, "moe_act"},
+                            std::pair{t.recompute_modules.layernorm, "layernorm"}})
+      if (on) list += (list.empty() ? "" : ",") + std::string(name);
+    s += " · recompute modules " + list;
+  }
   if (t.sparse_weights == TrainingSetup::SparseWeights::Mlp) s += " · 2:4-sparse MLP weights";
   if (t.sparse_weights == TrainingSetup::SparseWeights::All) s += " · 2:4-sparse weights";
   return s;
@@ -523,11 +528,12 @@ TrainingSetup training_from_config(const Config& c) {
   for (const std::string& name : comma_list(c.get_string("recompute_modules"))) {
     if (name == "mla_up_proj") t.recompute_modules.mla_up_proj = true;
     else if (name == "moe_act") t.recompute_modules.moe_act = true;
+    else if (name == "layernorm") t.recompute_modules.layernorm = true;
     else
       c.fail("recompute_modules",
-             "'" + name + "' is not a module memwall recomputes on its own: list mla_up_proj "
-                          "and moe_act, separated by commas (recompute: selective recomputes "
-                          "the unfused attention core, full every layer)");
+             "'" + name + "' is not a module memwall recomputes on its own: list mla_up_proj, "
+                          "moe_act and layernorm, separated by commas (recompute: selective "
+                          "recomputes the unfused attention core, full every layer)");
   }
   if (t.recompute_modules.any() && t.recompute == Recompute::Full)
     c.fail("recompute_modules", "recompute: full recomputes every layer's forward already; "

@@ -41,10 +41,11 @@ struct TrainingSetup {
   /// Megatron-core's --recompute-modules (with recompute none or selective): the modules whose
   /// outputs the forward does not keep; the backward runs them again just before it needs them.
   /// mla_up_proj: latent attention's up-projections and rotary layout (Q, K, V are rebuilt from
-  /// the latents); moe_act: the routed experts' activation (and its FP8 copy).
+  /// the latents); moe_act: the routed experts' activation (and its FP8 copy); layernorm: the
+  /// layers' two norms (and their outputs' FP8 copies).
   struct RecomputeModules {
-    bool mla_up_proj = false, moe_act = false;
-    bool any() const { return mla_up_proj || moe_act; }
+    bool mla_up_proj = false, moe_act = false, layernorm = false;
+    bool any() const { return mla_up_proj || moe_act || layernorm; }
   } recompute_modules;
   bool flash_attention = true;
   /// The loss kernel: Megatron's fp32 vocab-parallel cross-entropy as separate ops (the default

@@ -1591,8 +1591,11 @@ class Builder {
       node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
            {d_branch, a.mask2}, {d_fc2});
     }
-    TensorId d_ln2 = m_.moe_layer(l) ? moe_backward(l, a, d_fc2)
-                                     : mlp_backward(l, a.mlp, dense_mlp(), d_fc2, a.ln2_out);
+    // recompute_modules layernorm: the second norm's output (and its FP8 copy) again.
+    LayerActs n2 = a;
+    if (t_.recompute_modules.layernorm) recompute_norm(l, false, n2);
+    TensorId d_ln2 = m_.moe_layer(l) ? moe_backward(l, n2, d_fc2)
+                                     : mlp_backward(l, n2.mlp, dense_mlp(), d_fc2, n2.ln2_out);
     TensorId d_ln2_in = norm_backward(nm(l, "ln2", "bwd"), l, d_ln2, a.x_mid, a.ln2_stats, gi, Wt);
     TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh, re_);
     node(nm(l, "mlp.residual", "bwd"), residual_add(true), BI, l, {dy, d_ln2_in}, {d_mid});
@@ -1652,7 +1655,10 @@ class Builder {
            in, {d_qkv}, {}, ws);
       cp_join(nm(l, "attn.core", "bwd"), BI, l, recv, {d_qkv});
     }
-    if (m_.mla()) return ln1_backward(l, a, d_mid, mla_backward(l, a, d_qkv));
+    // recompute_modules layernorm: the first norm's output (and its FP8 copy) again.
+    LayerActs n1 = a;
+    if (t_.recompute_modules.layernorm) recompute_norm(l, true, n1);
+    if (m_.mla()) return ln1_backward(l, a, d_mid, mla_backward(l, n1, d_qkv));
     if (m_.positions == PositionType::Rotary) {
       int64_t n = T_ * (heads_r_ + kv_r_) * m_.head_dim;
       TensorId d = act(nm(l, "attn.rope", "bwd") + ".grad", double(T_) * qkvw_r_);
@@ -1661,8 +1667,8 @@ class Builder {
       d_qkv = d;
     }
     d_qkv = lp_grad(nm(l, "attn.qkv", lp_kind("grad").c_str()), l, d_qkv, double(T_) * qkvw_r_);
-    TensorId ln1_full =
-        tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l, lp_ ? a.qkv_in : a.ln1_out, false, true);
+    TensorId ln1_full = tp_gather(nm(l, "attn.qkv", "bwd_weight"), BI, l,
+                                  lp_ ? n1.qkv_in : n1.ln1_out, false, true);
     TensorId d_ln1 = act(nm(l, "attn.qkv", "bwd_input") + ".grad", double(T_) * h);
     node(nm(l, "attn.qkv", "bwd_input"), weight_gemm(sparse_attn_, T_, h, qkvw_r_, md_), BI, l,
          {d_qkv, ac_ ? a.qkv_w : Wt}, {d_ln1});
@@ -1676,6 +1682,32 @@ class Builder {
     if (!tp_overlap()) qkv_wgrad();
     return ln1_backward(l, a, d_mid, d_ln1);
   }
+  // recompute_modules layernorm (Megatron-core's): a norm's output again, from its kept input,
+  // just before the backward's products need it (the first norm's, `first`, before QKV's or
+  // latent attention's weight gradients; the second's before the MLP's or the MoE block's),
+  // with the FP8 copy its products' weight gradients read. The forward's copies then have no
+  // reader past the forward.
+  void recompute_norm(int l, bool first, LayerActs& a) {
+    const Pass R = Pass::Recompute;
+    const std::string n = first ? "ln1" : "ln2";
+    const double Tnh = double(Tn_) * m_.hidden;
+    TensorId out = act(nm(l, n, "recompute") + ".out", Tnh, re_);
+    TensorId stats = act(nm(l, n, "recompute") + ".stats", stats_bytes(), 1);
+    node(nm(l, n, "recompute"), norm_op(false), R, l, {first ? a.x : a.x_mid, W(lgi(l))},
+         {out, stats});
+    if (first) {
+      a.ln1_out = out;
+      a.qkv_in = lp_input(nm(l, "attn.qkv." + lp_kind("in"), "recompute"), R, l, out, Tnh, true);
+      return;
+    }
+    a.ln2_out = out;
+    if (!m_.moe_layer(l))
+      a.mlp.fc1_in = lp_input(nm(l, "mlp.fc1." + lp_kind("in"), "recompute"), R, l, out, Tnh, true);
+    else if (sffn_r_ > 0)
+      a.shared.fc1_in =
+          lp_input(nm(l, "moe.shared.fc1." + lp_kind("in"), "recompute"), R, l, out, Tnh, true);
+  }
+
   // The first norm's backward from its output gradient `d_ln1`, and the residual's: the
   // gradient of the layer input.
   TensorId ln1_backward(int l, const LayerActs& a, TensorId d_mid, TensorId d_ln1) {
