@@ -114,6 +114,24 @@ TEST_F(ClusterCli, LayoutNotMatchingTheGpuCount) {
              "training.dp", "is not the GPU count 16");
 }
 
+TEST_F(ClusterCli, NegativeCountsAreRefusedNotIgnored) {
+  // A negative flag used to read as "not given" and run the default silently.
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --micro-batch -1",
+             "training.micro_batch", "greater than zero");
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --zero -1", "training.zero_stage",
+             "below the minimum 0");
+  expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --node-nic-gbps -400",
+             "node_nic_gbps", "greater than zero");
+}
+
+TEST_F(ClusterCli, MoreDevicesThanATopologyCanHoldIsABoundNotACrash) {
+  // 10^8 devices used to end in std::bad_alloc with exit status 1.
+  expect_bad("run --device h100-sxm5-80gb --model gpt3-1.3b --gpus 100000000", "gpus",
+             "above the maximum 1048576");
+  expect_bad("run --device h100-sxm5-80gb --model gpt3-1.3b --dp 100000000", "gpus",
+             "above the maximum 1048576");
+}
+
 TEST_F(ClusterCli, LayersNotDivisibleIntoStages) {
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=10 --gpus 8 --pp 4 "
              "--global-batch 8",

@@ -26,8 +26,11 @@ const Schema& experiment_schema() {
                 [] {
                   ParamSpec g = optional_param("gpus", ParamType::Int, "devices",
                                                "Devices of a training run; absent: tp x pp x dp "
-                                               "x cp (1 without parallelism).");
+                                               "x cp (1 without parallelism). At most 2^20: the "
+                                               "topology holds every device, NIC and switch, "
+                                               "about 5.5 GB and 150 s at that size.");
                   g.positive = true;
+                  g.max = double(1 << 20);
                   return g;
                 }(),
                 [] {

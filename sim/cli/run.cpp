@@ -36,7 +36,7 @@ std::vector<std::string> workload_overrides(const RunOptions& o) {
     if (!v.empty()) overrides.push_back(std::string(key) + "=" + v);
   };
   auto count = [&](const char* key, int64_t v) {
-    if (v >= 0) overrides.push_back(std::string(key) + "=" + std::to_string(v));
+    if (v != kNotGiven) overrides.push_back(std::string(key) + "=" + std::to_string(v));
   };
   count("training.micro_batch", o.micro_batch);
   count("training.global_batch", o.global_batch);
@@ -62,7 +62,7 @@ std::vector<std::string> workload_overrides(const RunOptions& o) {
   flag("training.combined_1f1b", o.combined_1f1b);
   flag("system.preset", o.system);
   count("system.gpus_per_node", o.gpus_per_node);
-  if (o.node_nic_gbps >= 0) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
+  if (o.node_nic_gbps != kNotGivenGbps) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
   for (const auto& x : o.overrides) overrides.push_back(x);
   return overrides;
 }

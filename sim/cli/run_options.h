@@ -2,6 +2,7 @@
 // the training setup's keys as flags), and how they become an experiment.
 #pragma once
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,11 @@
 
 namespace memwall {
 
+/// A count or bandwidth flag that was not given. Any given value, zero and negatives included, goes
+/// to the schema, which names the key it rejects.
+constexpr int64_t kNotGiven = std::numeric_limits<int64_t>::min();
+constexpr double kNotGivenGbps = -std::numeric_limits<double>::infinity();
+
 struct RunOptions {
   std::string file;
   std::vector<std::string> overrides;
@@ -18,16 +24,16 @@ struct RunOptions {
   std::string json_out, trace_out, csv_dir;
   // A training run from flags alone.
   std::string device, model, precision, recompute;
-  // -1: not given. Any given value, zero included, goes to the schema, which rejects zero.
-  int64_t micro_batch = -1, global_batch = -1, seq_len = -1;
+  int64_t micro_batch = kNotGiven, global_batch = kNotGiven, seq_len = kNotGiven;
   std::string flash_attention;
   // A cluster run: the validation case columns as flags.
   std::string system, sequence_parallel, schedule, optimizer_offload, host_resident;
   std::string sparse_weights, combined_1f1b;
-  int64_t activation_offload = -1;
-  int64_t gpus = -1, gpus_per_node = -1, tp = -1, pp = -1, dp = -1, vpp = -1, cp = -1, ep = -1,
-          etp = -1, zero = -1;
-  double node_nic_gbps = -1;
+  int64_t activation_offload = kNotGiven;
+  int64_t gpus = kNotGiven, gpus_per_node = kNotGiven, tp = kNotGiven, pp = kNotGiven,
+          dp = kNotGiven, vpp = kNotGiven, cp = kNotGiven, ep = kNotGiven, etp = kNotGiven,
+          zero = kNotGiven;
+  double node_nic_gbps = kNotGivenGbps;
 };
 
 /// Registers --device (unless `device_flag` is false), --model, the training and layout flags,

@@ -1,12 +1,14 @@
 #include "sim/config/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <algorithm>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
+
+#include <fmt/format.h>
 
 namespace memwall {
 namespace fs = std::filesystem;
@@ -37,11 +39,8 @@ bool is_index(const std::string& s) {
   return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
 }
 
-std::string fmt_num(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
-}
+// Shortest form that reads back to the same value: 1048576, not 1.04858e+06.
+std::string fmt_num(double v) { return fmt::format("{}", v); }
 
 std::string list_text(const std::vector<std::string>& v) {
   std::string s;
