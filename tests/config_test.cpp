@@ -174,6 +174,18 @@ TEST(Config, SyntaxErrorNamesFileAndLine) {
   EXPECT_NE(e.message().find("YAML syntax error"), std::string::npos) << e.what();
 }
 
+TEST(Config, RepeatedKeyIsRejectedWithBothLines) {
+  // yaml-cpp keeps both entries and lookups return the first: the second would be ignored.
+  auto e = expect_error([] { parse("name: x\ncompute:\n  units: 4\n  units: 8\n"); });
+  EXPECT_EQ(e.loc().file, kFile);
+  EXPECT_EQ(e.loc().line, 4);
+  EXPECT_EQ(e.key_path(), "compute.units");
+  EXPECT_NE(e.message().find("first on line 3"), std::string::npos) << e.what();
+  // Inside a list of sections too.
+  auto l = expect_error([] { parse("ops:\n  - {op: gemm, m: 1, m: 2}\n"); });
+  EXPECT_EQ(l.key_path(), "ops[0].m");
+}
+
 TEST(Config, SustainedClockAboveBoostIsRejected) {
   auto e =
       expect_error([] { build(device_with("sustained_clock: 1 GHz", "sustained_clock: 2 GHz")); });

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -99,6 +100,29 @@ Document load_preset_or_file(const std::string& name_or_file, const std::string&
                           "command line (" + flag + " " + name_or_file + ")");
 }
 
+// yaml-cpp keeps both entries of a repeated key and lookups return the first, so
+// `tp: 2` then `tp: 4` would run tp 2 without a word; YAML 1.2 says keys are unique.
+void refuse_duplicate_keys(const YAML::Node& n, const std::string& path, const std::string& file) {
+  if (n.IsSequence()) {
+    for (std::size_t i = 0; i < n.size(); ++i)
+      refuse_duplicate_keys(n[i], path + "[" + std::to_string(i) + "]", file);
+    return;
+  }
+  if (!n.IsMap()) return;
+  std::map<std::string, int> seen;  // key -> line of its first entry
+  for (const auto& kv : n) {
+    if (!kv.first.IsScalar()) continue;
+    const std::string key = kv.first.Scalar();
+    const int line = kv.first.Mark().line + 1;
+    auto [it, fresh] = seen.emplace(key, line);
+    if (!fresh)
+      throw ConfigError(SourceLoc{file, line}, join(path, key),
+                        "is given twice (first on line " + std::to_string(it->second) +
+                            "); YAML keys are unique, so say which one you mean");
+    refuse_duplicate_keys(kv.second, join(path, key), file);
+  }
+}
+
 Document load_yaml_string(const std::string& text, const std::string& name) {
   Document doc;
   doc.file = name;
@@ -108,6 +132,7 @@ Document load_yaml_string(const std::string& text, const std::string& name) {
     throw ConfigError(SourceLoc{name, e.mark.line + 1}, "", "YAML syntax error: " + e.msg);
   }
   if (!doc.root.IsDefined() || doc.root.IsNull()) doc.root = YAML::Node(YAML::NodeType::Map);
+  refuse_duplicate_keys(doc.root, "", name);
   doc.sources->record(doc.root, "", name);
   return doc;
 }
