@@ -231,6 +231,11 @@ TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {
                 "limits.mfu"},
            Case{experiment() + "parameters:\n  model.seq_len: [128]\nlimits: [package.area_mm2]\n",
                 "limits"},
+           // A key no experiment has: every point would fail, so the sweep does not start.
+           Case{experiment() + "parameters:\n  device.memory.bandwith: [2TB/s, 3TB/s]\n",
+                "parameters.device.memory.bandwith"},
+           Case{experiment() + "points:\n  - {model.seq_len: 128}\n  - {training.tpp: 2}\n",
+                "points.training.tpp"},
        }) {
     SCOPED_TRACE(c.yaml);
     write("bad.yaml", c.yaml);

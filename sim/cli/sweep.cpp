@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -44,6 +45,34 @@ Experiment point_experiment(const SweepSpec& s, const SweepPoint& p,
   Experiment e = load_experiment(std::move(d), overrides);
   if (!fidelity.empty()) e.fidelity = parse_fidelity(fidelity);
   return e;
+}
+
+// A key that no experiment has fails at every point: refuse the sweep at that key's line before
+// any point runs. A value an experiment refuses (tp not dividing the GPUs) is a point's result.
+void refuse_unknown_keys(const SweepSpec& s, const std::vector<std::string>& overrides) {
+  std::set<std::string> unchecked;
+  for (const std::string& k : s.keys())
+    if (k != "device" && k != "model" && k != "system") unchecked.insert(k);
+  for (const SweepPoint& p : s.expand()) {
+    if (unchecked.empty()) return;
+    bool fresh = false;
+    for (const auto& [k, v] : p.assignments) fresh = fresh || (!v.empty() && unchecked.count(k));
+    if (!fresh) continue;
+    try {
+      point_experiment(s, p, overrides, "");
+    } catch (const ConfigError& e) {
+      if (e.message().rfind("unknown key", 0) == 0 && unchecked.count(e.key_path())) {
+        const bool axis = std::any_of(s.parameters.begin(), s.parameters.end(),
+                                      [&](const SweepAxis& a) { return a.key == e.key_path(); });
+        throw ConfigError(s.key_location(e.key_path()),
+                          (axis ? "parameters." : "points.") + e.key_path(),
+                          e.message() + " (every point would fail)");
+      }
+    } catch (const std::exception&) {
+    }
+    for (const auto& [k, v] : p.assignments)
+      if (!v.empty()) unchecked.erase(k);
+  }
 }
 
 // Every figure of one run, as `memwall run --json` writes them.
@@ -300,6 +329,7 @@ void add_sweep_command(CLI::App& app) {
       ->check(CLI::IsMember({"analytical", "tile", "cycle"}));
   cmd->callback([o] {
     const SweepSpec spec = load_sweep(o->file);
+    refuse_unknown_keys(spec, o->overrides);
     const YAML::Node& base = spec.experiment.root;
     const bool training = bool(base["model"]) ||
                           std::any_of(spec.points.begin(), spec.points.end(), [](const auto& p) {

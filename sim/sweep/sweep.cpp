@@ -158,6 +158,7 @@ SweepSpec load_sweep(const std::string& file) {
     for (const auto& kv : ps) {
       SweepAxis a;
       a.key = kv.first.as<std::string>();
+      s.key_lines.emplace(a.key, SourceLoc{file, kv.first.Mark().line + 1});
       const std::string where = "parameters." + a.key;
       if (!dotted_key(a.key)) fail(doc, where, "is not a key path such as device.memory.bandwidth");
       if (!kv.second.IsSequence() || kv.second.size() == 0)
@@ -177,6 +178,7 @@ SweepSpec load_sweep(const std::string& file) {
       Assignments a;
       for (const auto& kv : pts[i]) {
         const std::string key = kv.first.as<std::string>();
+        s.key_lines.emplace(key, SourceLoc{file, kv.first.Mark().line + 1});
         if (!dotted_key(key)) fail(doc, where, "'" + key + "' is not a key path");
         a.emplace_back(key, scalar(doc, kv.second, where + "." + key));
       }

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -61,6 +62,12 @@ struct SweepSpec {
     std::string text() const;  ///< "package.area_mm2 <= 814"
   };
   std::vector<Limit> limits;
+  /// Where each assigned key is first written in the sweep file (line 0 when built in code).
+  std::map<std::string, SourceLoc> key_lines;
+  SourceLoc key_location(const std::string& key) const {
+    auto it = key_lines.find(key);
+    return it != key_lines.end() ? it->second : SourceLoc{file.empty() ? "command line" : file, 0};
+  }
 
   /// Every assigned key, in column order: those of `points` first (in first appearance), then
   /// those of `parameters`.
