@@ -170,7 +170,8 @@ TEST_F(Cli, UnknownFlagIsRejected) {
 
 TEST_F(Cli, QuickstartWritesJsonTraceAndResolvedConfig) {
   fs::path quickstart = kSource / "configs" / "experiments" / "quickstart.yaml";
-  Result r = run("run " + quote(quickstart.string()) + " --json out.json --trace t.json");
+  Result r = run("run " + quote(quickstart.string()) +
+                 " --json out.json --trace t.json --csv tables");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("gemm-8192"), std::string::npos) << r.out;
 
@@ -185,6 +186,21 @@ TEST_F(Cli, QuickstartWritesJsonTraceAndResolvedConfig) {
     EXPECT_LE(op["fraction_of_peak_flops"].get<double>(), 1.0);
   }
   EXPECT_GT(doc["total_time_s"].get<double>(), 0);
+
+  // --csv: the same operators as a table (it used to be ignored for operator experiments).
+  std::istringstream csv(read_file(dir_ / "tables" / "ops.csv"));
+  std::string header, row;
+  std::getline(csv, header);
+  EXPECT_EQ(header.rfind("name,kind,time_s,flops,", 0), 0u) << header;
+  for (const auto& op : doc["ops"]) {
+    ASSERT_TRUE(std::getline(csv, row));
+    EXPECT_EQ(row.rfind(op["name"].get<std::string>() + "," + op["kind"].get<std::string>() +
+                            ",", 0), 0u) << row;
+    EXPECT_DOUBLE_EQ(std::stod(row.substr(row.find(',', row.find(',') + 1) + 1)),
+                     op["time_s"].get<double>());
+  }
+  EXPECT_FALSE(std::getline(csv, row)) << row;
+  EXPECT_TRUE(fs::exists(dir_ / "tables" / "run.config.yaml"));
 
   // The resolved configuration beside the result loads and describes the same run.
   fs::path resolved = dir_ / "out.config.yaml";

@@ -1,5 +1,10 @@
 #include "sim/cli/report.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
 #include <fmt/format.h>
 
 namespace memwall {
@@ -208,6 +213,41 @@ nlohmann::json op_json(const OpResult& r, const Device& d) {
           {"memoised", r.memoised},
           {"energy", energy},
           {"stats", r.stats.to_json()}};
+}
+
+void write_ops_run_csv(const std::vector<OpResult>& results, const Device& d,
+                       const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  const std::string path = dir + "/ops.csv";
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error("cannot write '" + path + "'");
+  // The cache levels are the device's, the same for every row.
+  std::vector<std::string> levels;
+  for (const OpResult& r : results)
+    for (const auto& l : r.levels)
+      if (std::find(levels.begin(), levels.end(), l.name) == levels.end()) levels.push_back(l.name);
+  out << "name,kind,time_s,flops,achieved_flops_per_s,fraction_of_peak_flops,min_bytes,"
+         "memory_read_bytes,memory_written_bytes,memory_bandwidth_bytes_per_s,"
+         "memory_utilisation,matrix_utilisation,vector_utilisation,bound,kernels";
+  for (const auto& l : levels) out << "," << l << "_hit_rate";
+  out << ",energy_j\n";
+  for (const OpResult& r : results) {
+    const nlohmann::json j = op_json(r, d);
+    out << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}", r.name, r.kind,
+                       r.time.sec(), r.flops, j["achieved_flops_per_s"].get<double>(),
+                       j["fraction_of_peak_flops"].get<double>(), r.min_bytes.count(),
+                       r.memory_read.count(), r.memory_written.count(),
+                       r.memory_bandwidth().bps(), r.memory_utilisation, r.matrix_utilisation,
+                       r.vector_utilisation, r.bound, r.kernels);
+    for (const auto& name : levels) {
+      auto it = std::find_if(r.levels.begin(), r.levels.end(),
+                             [&](const auto& l) { return l.name == name; });
+      out << "," << (it != r.levels.end() && it->lookups > 0 ? fmt::format("{}", it->hit_rate)
+                                                              : std::string());
+    }
+    out << "," << (d.power() ? fmt::format("{}", r.energy.dynamic().j()) : std::string()) << "\n";
+  }
 }
 
 nlohmann::json device_json(const Device& d) {

@@ -21,6 +21,11 @@ nlohmann::json device_json(const Device& d);
 /// The document of an operator run (what `run --json` writes and a sweep's metrics read):
 /// fidelity, device, total time, every operator, and the device's package and clock.
 nlohmann::json ops_run_json(const std::vector<OpResult>& results, const Device& d, Fidelity f);
+/// `run --csv DIR` for an operator experiment: DIR/ops.csv, a row per operator with the JSON's
+/// scalar figures (seconds, FLOPs, bytes, utilisations, the bound, each cache level's hit rate,
+/// joules). Throws naming the path when it cannot be written.
+void write_ops_run_csv(const std::vector<OpResult>& results, const Device& d,
+                       const std::string& dir);
 /// The device's area and cost (arch/package), or null without a `package:` section.
 nlohmann::json package_json(const Device& d);
 /// Adds what a training or cluster result does not know of its device to its JSON: `package`

@@ -178,6 +178,12 @@ int run(const RunOptions& o) {
     write_file(config_path_beside(o.json_out), resolved_text);
     std::cout << "wrote " << o.json_out << " and " << config_path_beside(o.json_out) << "\n";
   }
+  if (!o.csv_dir.empty()) {
+    write_ops_run_csv(results, *e.device, o.csv_dir);
+    write_file(config_path_beside(o.csv_dir + "/run"), resolved_text);
+    std::cout << "wrote " << o.csv_dir << "/ops.csv and " << config_path_beside(o.csv_dir + "/run")
+              << "\n";
+  }
   if (trace) {
     trace->write(o.trace_out);
     write_file(config_path_beside(o.trace_out), resolved_text);
