@@ -124,6 +124,18 @@ TEST_F(ClusterCli, NegativeCountsAreRefusedNotIgnored) {
              "node_nic_gbps", "greater than zero");
 }
 
+TEST_F(ClusterCli, AnEmptyOverrideIsTheEmptyString) {
+  // `-p key=` empties a list key set in a file (it used to be null: "expected a single string").
+  Result r = run("run --device h100-sxm5-80gb --model gpt3-1.3b -p model.layers=2 --seq-len 256 "
+                 "--fidelity analytical -p training.recompute_modules=layernorm "
+                 "-p training.recompute_modules=");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "step ")) << r.out;
+  EXPECT_FALSE(has(r.out, "recompute modules")) << r.out;
+  // A number left empty is named.
+  expect_bad("run --device h100-sxm5-80gb --model gpt3-1.3b -p training.tp=", "training.tp", "");
+}
+
 TEST_F(ClusterCli, MoreDevicesThanATopologyCanHoldIsABoundNotACrash) {
   // 10^8 devices used to end in std::bad_alloc with exit status 1.
   expect_bad("run --device h100-sxm5-80gb --model gpt3-1.3b --gpus 100000000", "gpus",

@@ -309,7 +309,8 @@ void apply_override(Document& doc, const std::string& assignment) {
   std::string value = assignment.substr(eq + 1);
   YAML::Node v;
   try {
-    v = YAML::Load(value);
+    // `key=` is the empty string (a list key such as recompute_modules emptied), not null.
+    v = value.empty() ? YAML::Node(std::string()) : YAML::Load(value);
   } catch (const YAML::Exception& e) {
     throw ConfigError(loc, path, "the value is not valid YAML: " + e.msg);
   }
