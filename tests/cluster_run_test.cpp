@@ -551,6 +551,42 @@ TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
               d.total.sec() * 1e3);
 }
 
+// In a DualPipe step one direction's expert all-to-alls run while the other direction computes,
+// and DeepEP's kernels hold training.deepep_sms units meanwhile (DeepSeek-V3: 20 of 132): the
+// more units they take, the longer the overlapped compute, and with comm_uses_units false the
+// budget changes nothing. Before, a collective the program waited for held no units, so the
+// other program of a combined step computed on the whole device.
+TEST(ClusterRun, DeepEpUnitsSlowTheOtherDirectionOfADualPipeStep) {
+  auto run = [](int sms, bool units) {
+    Job j;
+    j.model = load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=32",
+                                         "seq_len=1024", "router_groups=4", "router_group_topk=2"});
+    j.device = load_device("h800-sxm5-80gb");
+    j.system = load_system("hgx-h800");
+    j.setup = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 64\npp: 2\nvpp: 2\ndp: 16\nep: 16\n"
+                    "schedule: dualpipe\nmoe_token_dispatcher: deepep\ndeepep_sms: {}\n"
+                    "comm_uses_units: {}\n",
+                    sms, units ? "true" : "false"),
+        "training.yaml");
+    j.gpus = 32;
+    return j.run();
+  };
+  ClusterResult few = run(1, true), deepseek = run(20, true), many = run(66, true);
+  ClusterResult free_few = run(1, false), free_many = run(66, false);
+  EXPECT_GT(deepseek.combined_steps, 0);
+  EXPECT_LT(few.step_time.sec(), deepseek.step_time.sec());
+  EXPECT_LT(deepseek.step_time.sec(), many.step_time.sec());
+  EXPECT_DOUBLE_EQ(free_few.step_time.sec(), free_many.step_time.sec());
+  EXPECT_LE(free_few.step_time.sec(), few.step_time.sec());
+  // Half the units for the whole overlap at most doubles the overlapped compute: bounded by
+  // the step with none held plus its compute time.
+  EXPECT_LT(many.step_time.sec(), 2 * free_many.step_time.sec());
+  std::printf("dualpipe step: deepep on 1 / 20 / 66 units %.2f / %.2f / %.2f ms, free %.2f ms\n",
+              few.step_time.sec() * 1e3, deepseek.step_time.sec() * 1e3,
+              many.step_time.sec() * 1e3, free_few.step_time.sec() * 1e3);
+}
+
 }  // namespace
 }  // namespace memwall
 

@@ -1124,6 +1124,9 @@ class ClusterSim {
         Time d = cr.end - c.t;
         span(s, parallel_group_name(cm.group), k.name, c.t, d);
         result_->comm[g].total += d / double(p_.pp);
+        // This program waits for it, but the other program of a combined (or DualPipe) step
+        // may compute meanwhile, on the units the collective leaves.
+        if (c.other) hold_collective_units(rs, cm, cr, c.t);
         c.wait_until(cr.end, g);
         ends[i] = c.t;
       } else {
@@ -1138,8 +1141,7 @@ class ClusterSim {
           rs.async_end = cr.end;
           rs.async_group = g;
         }
-        // Copy engines move a ring exchange: no compute units, only memory bandwidth.
-        hold_units(rs, cr, start, cm.copy_engine ? 0 : sys_.tuning.channels);
+        hold_collective_units(rs, cm, cr, start);
         ends[i] = cr.end;
       }
     }
@@ -1155,9 +1157,21 @@ class ClusterSim {
     hold_units(rs, cr, start, sys_.tuning.channels);
   }
   void hold_units(RankState& rs, const CollectiveResult& cr, Time start, int max_channels) {
+    hold(rs, cr, start,
+         std::min<double>(max_channels, std::max(1.0, std::floor(cr.bytes / 32768.0))));
+  }
+  // The units of a collective the compute stream does not wait for: copy engines move a ring
+  // exchange with no compute units, only memory bandwidth; DeepEP's kernels hold a fixed budget
+  // of units whatever the message (training.deepep_sms); NCCL one thread block per channel.
+  void hold_collective_units(RankState& rs, const CommSpec& cm, const CollectiveResult& cr,
+                             Time start) {
+    if (cm.copy_engine) hold_units(rs, cr, start, 0);
+    else if (cm.once_per_node) hold(rs, cr, start, double(t_.deepep_sms));
+    else hold_units(rs, cr, start, sys_.tuning.channels);
+  }
+  // `channels` units held from `start` to the collective's end, and its memory traffic.
+  void hold(RankState& rs, const CollectiveResult& cr, Time start, double channels) {
     if (!p_.comm_uses_units || cr.end <= start) return;
-    double channels =
-        std::min<double>(max_channels, std::max(1.0, std::floor(cr.bytes / 32768.0)));
     double units = std::min(channels / device_.compute().units, kMaxUnitShare);
     double memory = std::min(kMemoryBytesPerBusByte * cr.bus_bandwidth_gbps() * 1e9 /
                                  device_.sustained_memory_bandwidth().bps(),

@@ -273,6 +273,14 @@ const Schema& training_schema() {
         "with their 1 x 128 scales. Its expert-parallel group must not split a node.");
     disp.choices = {"alltoall", "allgather", "deepep"};
     x.params.push_back(disp);
+    ParamSpec sms = param(
+        "deepep_sms", ParamType::Int, "units", "20",
+        "With moe_token_dispatcher deepep: the compute units (SMs) DeepEP's dispatch and combine "
+        "kernels occupy while in flight, whatever the message size (its Buffer.num_sms, 20 by "
+        "default; the DeepSeek-V3 report, section 3.2.2: 20 of the H800's 132 SMs). Compute "
+        "that overlaps them (the other pass of a combined or DualPipe step) runs on the rest.");
+    sms.positive = true;
+    x.params.push_back(sms);
     ParamSpec off = param(
         "optimizer_offload", ParamType::Real, "fraction", "0",
         "Fraction of this rank's optimizer state (fp32 master weights and moments) kept in "
@@ -502,6 +510,7 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_shared_expert_overlap = c.get_bool("moe_shared_expert_overlap");
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   t.moe_deepep = c.get_string("moe_token_dispatcher") == "deepep";
+  t.deepep_sms = int(c.get_int("deepep_sms"));
   t.optimizer_offload = c.get_real("optimizer_offload");
   const std::string os = c.get_string("optimizer_offload_schedule");
   t.offload_schedule = os == "pipelined"  ? TrainingSetup::OffloadSchedule::Pipelined

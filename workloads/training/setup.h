@@ -100,6 +100,9 @@ struct TrainingSetup {
   /// destination node and fan out over the scale-up fabric there (hierarchical), the forward
   /// dispatch in FP8 under the FP8 recipe.
   bool moe_deepep = false;
+  /// Units DeepEP's dispatch and combine kernels occupy while in flight, whatever the message
+  /// (its Buffer::num_sms; DeepSeek-V3 report, section 3.2.2: 20 of the H800's 132 SMs).
+  int deepep_sms = 20;
   /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.
