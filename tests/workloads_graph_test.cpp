@@ -595,6 +595,79 @@ TEST(WorkloadGraph, RecomputeModulesRunTheirForwardAgainAndKeepLess) {
                ConfigError);
 }
 
+// DeepSeek-V3's low-precision storage (report, section 3.3.2-3.3.3), each against the same step
+// without it, the work unchanged:
+// - moe_act_input_fp8: the experts' activation input, kept for moe_act's recomputation, in
+//   FP8 with 1 x 128 scales (1 + 4/128 bytes a value) instead of 16 bits;
+// - attn_out_e5m6: the attention output kept once in 12 bits (1.5 + 4/128 bytes a value)
+//   instead of 16 bits plus a transposed FP8 copy (3 bytes);
+// - optimizer_moments bf16: 8 bytes of optimizer state a parameter instead of 12.
+TEST(WorkloadGraph, DeepSeekLowPrecisionStorageKeepsFewerBytes) {
+  const TransformerModel m = small_deepseek();
+  const std::string base = "micro_batch: 1\nprecision: fp8\nrecompute_modules: moe_act\n";
+  auto saved_activations = [](const StepGraph& g) {
+    return memory_timeline(g).max_of(TensorClass::Activations);
+  };
+  const StepGraph ref = build_step_graph(m, setup(base));
+  const double T = double(m.seq_len);
+  const int moe_layers = int(m.layers - m.first_dense_layers);
+  {
+    const StepGraph g = build_step_graph(m, setup(base + "moe_act_input_fp8: true\n"));
+    const double per_layer = T * m.top_k * m.expert_fc1_width() * (2 - (1 + 4.0 / 128));
+    const double saved = saved_activations(ref) - saved_activations(g);
+    EXPECT_GE(saved, (moe_layers - 1) * per_layer);
+    EXPECT_LE(saved, moe_layers * per_layer * 1.001);
+    EXPECT_NEAR(g.flops(Pass::Forward), ref.flops(Pass::Forward), 1e-4 * ref.flops(Pass::Forward));
+  }
+  {
+    const StepGraph g = build_step_graph(m, setup(base + "attn_out_e5m6: true\n"));
+    const double per_layer = T * m.heads * m.value_dim() * (3 - (1.5 + 4.0 / 128));
+    const double saved = saved_activations(ref) - saved_activations(g);
+    EXPECT_GE(saved, (m.layers - 1) * per_layer);
+    EXPECT_LE(saved, m.layers * per_layer * 1.001);
+  }
+  {
+    const StepGraph g = build_step_graph(m, setup(base + "optimizer_moments: bf16\n"));
+    EXPECT_NEAR(g.state_bytes(TensorClass::Optimizer) / ref.state_bytes(TensorClass::Optimizer),
+                8.0 / 12.0, 1e-9);
+    EXPECT_DOUBLE_EQ(g.state_bytes(TensorClass::Weights), ref.state_bytes(TensorClass::Weights));
+  }
+  EXPECT_THROW(setup("micro_batch: 1\nprecision: fp8\nmoe_act_input_fp8: true\n"), ConfigError);
+  EXPECT_THROW(setup("micro_batch: 1\nprecision: bf16\nattn_out_e5m6: true\n"), ConfigError);
+  EXPECT_THROW(setup("micro_batch: 1\nprecision: fp32\noptimizer_moments: bf16\n"), ConfigError);
+}
+
+// moe_probs_in_activation: the routing weights multiply the experts' activation output, so the
+// combine's output (top_k x h values a token, 16 bits) is not kept for the weights' gradient,
+// which the activation's backward gives instead. The work is the same; the saved activations
+// fall by the combine's output of each MoE layer (all but the last, whose backward starts at
+// the peak), and the allgather dispatcher refuses the option.
+TEST(WorkloadGraph, RoutingWeightsInTheActivationKeepNoCombineOutput) {
+  const TransformerModel m = small_deepseek();
+  const std::string base = "micro_batch: 1\n";
+  const StepGraph out = build_step_graph(m, setup(base));
+  const StepGraph in = build_step_graph(m, setup(base + "moe_probs_in_activation: true\n"));
+  // (the unpermute's multiply moves into the activation: element-wise FLOPs only)
+  EXPECT_NEAR(in.flops(Pass::Forward), out.flops(Pass::Forward), 1e-4 * out.flops(Pass::Forward));
+  EXPECT_NEAR(in.flops(Pass::BackwardInput), out.flops(Pass::BackwardInput),
+              1e-4 * out.flops(Pass::BackwardInput));
+  const int moe_layers = int(m.layers - m.first_dense_layers);
+  const double combine = double(m.seq_len) * m.top_k * m.hidden * 2;
+  const double saved = memory_timeline(out).max_of(TensorClass::Activations) -
+                       memory_timeline(in).max_of(TensorClass::Activations);
+  EXPECT_GE(saved, (moe_layers - 1) * combine);
+  EXPECT_LE(saved, moe_layers * combine * 1.001);
+  // The weights' gradient now leaves the activation's backward.
+  bool from_act = false;
+  for (std::size_t v = 0; v < in.size(); ++v)
+    for (TensorId t : in.dag[v].allocs)
+      from_act = from_act || (in.dag[v].name.find("moe.experts.act.bwd") != std::string::npos &&
+                              in.tensors[t].name.find("probs_grad") != std::string::npos);
+  EXPECT_TRUE(from_act);
+  EXPECT_THROW(setup("moe_token_dispatcher: allgather\nmoe_probs_in_activation: true\n"),
+               ConfigError);
+}
+
 }  // namespace
 }  // namespace memwall
 

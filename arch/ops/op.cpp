@@ -270,11 +270,11 @@ Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt, bool fused, bool 
   return op;
 }
 
-Op make_adam(int64_t params, DType grad) {
+Op make_adam(int64_t params, DType grad, double moment_bytes) {
   // Reads fp32 master weight, both moments and the gradient; writes master, moments and the
   // low-precision weight copy.
-  double g = dtype_bytes(grad);
-  return stream("adam", params, {4, 4, 4, g}, {4, 4, 4, 2}, 24, 1, 12, DType::FP32);
+  double g = dtype_bytes(grad), m = moment_bytes;
+  return stream("adam", params, {4, m, m, g}, {4, m, m, 2}, 24, 1, 12, DType::FP32);
 }
 
 const char* host_work_name(HostWork w) {

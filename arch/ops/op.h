@@ -147,7 +147,7 @@ Op make_embedding(int64_t tokens, int64_t hidden, DType dtype);
 Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dtype, bool fused = true,
                       bool backward = false);
 /// Adam over `params` parameters: fp32 master weights and two moments, gradients in `grad`.
-Op make_adam(int64_t params, DType grad);
+Op make_adam(int64_t params, DType grad, double moment_bytes = 4);
 Op make_memcopy(Bytes bytes);
 /// A copy of `elements` x `bytes_per_element` between device and host memory.
 Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,

@@ -85,6 +85,12 @@ const Schema& training_schema() {
     ParamSpec opt = param("optimizer", ParamType::Enum, "", "adam",
                           "Optimizer; Adam keeps two fp32 moments per parameter.");
     opt.choices = {"adam"};
+    ParamSpec mom = param("optimizer_moments", ParamType::Enum, "", "fp32",
+                          "Type of Adam's two moments: fp32, or bf16 (DeepSeek-V3's, report "
+                          "section 3.3.3: 8 bytes of optimizer state a parameter instead of 12, "
+                          "the master weights still fp32). bf16 needs mixed precision (bf16, "
+                          "fp16, fp8 or fp4 without autocast) and no optimizer offload.");
+    mom.choices = {"fp32", "bf16"};
     ParamSpec rc = param("recompute", ParamType::Enum, "", "none",
                          "Activation recomputation: none, selective (attention core) or full "
                          "(each layer's forward again before its backward).");
@@ -93,6 +99,7 @@ const Schema& training_schema() {
                 mb,
                 prec,
                 opt,
+                mom,
                 rc,
                 param("flash_attention", ParamType::Bool, "", "true",
                       "Fused attention that never writes the seq x seq scores to memory.")};
@@ -281,6 +288,28 @@ const Schema& training_schema() {
         "that overlaps them (the other pass of a combined or DualPipe step) runs on the rest.");
     sms.positive = true;
     x.params.push_back(sms);
+    x.params.push_back(param(
+        "moe_probs_in_activation", ParamType::Bool, "", "false",
+        "The routing weights multiply the routed experts' activation output (Megatron-core's "
+        "weighted SwiGLU, the probabilities sent with the tokens; DeepSeek-V3 applies them "
+        "there) instead of the experts' outputs in the unpermute, so the combine's output (top_k "
+        "x hidden values a token) is not kept for the weights' gradient: the activation's "
+        "backward computes it from the input it keeps. With the alltoall or deepep "
+        "dispatcher."));
+    x.params.push_back(param(
+        "moe_act_input_fp8", ParamType::Bool, "", "false",
+        "DeepSeek-V3's low-precision storage (report, section 3.3.2): the routed experts' "
+        "activation input (fc1's output), which recompute_modules moe_act keeps to rerun the "
+        "activation, is quantized once after fc1 and kept in FP8 with 1 x 128 scales (1 + 4/128 "
+        "bytes a value) instead of 16 bits; the backward's recomputation and the activation's "
+        "backward read it. Needs precision fp8 and recompute_modules moe_act."));
+    x.params.push_back(param(
+        "attn_out_e5m6", ParamType::Bool, "", "false",
+        "DeepSeek-V3's low-precision storage (report, section 3.3.2) of the output projection's "
+        "input: the attention output is kept once, in 12-bit E5M6 with 1 x 128 scales, for both "
+        "the attention's backward and the projection's weight gradient (a kernel makes its "
+        "transposed FP8 copy in the backward), instead of the 16-bit output and a transposed "
+        "FP8 copy. Needs precision fp8; not with recompute full."));
     ParamSpec off = param(
         "optimizer_offload", ParamType::Real, "fraction", "0",
         "Fraction of this rank's optimizer state (fp32 master weights and moments) kept in "
@@ -382,6 +411,9 @@ std::string options_label(const TrainingSetup& t) {
   if (t.moe_shared_expert_overlap) s += " · shared expert overlapped";
   if (t.moe_allgather_dispatcher) s += " · allgather dispatcher";
   if (t.moe_deepep) s += " · deepep dispatcher";
+  if (t.moe_probs_in_activation) s += " · routing weights in the activation";
+  if (t.moe_act_input_fp8) s += " · experts' activation input kept in fp8";
+  if (t.attn_out_e5m6) s += " · attention output kept in e5m6";
   if (t.recompute_modules.any()) {
     std::string list;
     for (auto [on, name] : {std::pair{t.recompute_modules.mla_up_proj, "mla_up_proj"},
@@ -511,7 +543,17 @@ TrainingSetup training_from_config(const Config& c) {
   t.moe_allgather_dispatcher = c.get_string("moe_token_dispatcher") == "allgather";
   t.moe_deepep = c.get_string("moe_token_dispatcher") == "deepep";
   t.deepep_sms = int(c.get_int("deepep_sms"));
+  t.moe_probs_in_activation = c.get_bool("moe_probs_in_activation");
+  if (t.moe_probs_in_activation && t.moe_allgather_dispatcher)
+    c.fail("moe_probs_in_activation",
+           "is modelled with the alltoall and deepep dispatchers; the allgather dispatcher "
+           "applies the routing weights in its unpermute");
   t.optimizer_offload = c.get_real("optimizer_offload");
+  t.moment_bytes = c.get_string("optimizer_moments") == "bf16" ? 2 : 4;
+  if (t.moment_bytes != 4 && (!t.mixed_precision() || t.autocast || t.optimizer_offload > 0))
+    c.fail("optimizer_moments",
+           "bf16 moments are modelled for mixed precision on the device: precision bf16, fp16, "
+           "fp8 or fp4, without autocast or optimizer offload");
   const std::string os = c.get_string("optimizer_offload_schedule");
   t.offload_schedule = os == "pipelined"  ? TrainingSetup::OffloadSchedule::Pipelined
                        : os == "backward" ? TrainingSetup::OffloadSchedule::Backward
@@ -544,6 +586,16 @@ TrainingSetup training_from_config(const Config& c) {
                           "moe_act and layernorm, separated by commas (recompute: selective "
                           "recomputes the unfused attention core, full every layer)");
   }
+  t.moe_act_input_fp8 = c.get_bool("moe_act_input_fp8");
+  if (t.moe_act_input_fp8 && (t.precision != Precision::FP8 || !t.recompute_modules.moe_act))
+    c.fail("moe_act_input_fp8",
+           "keeps the experts' activation input in FP8 for its recomputation: it needs "
+           "precision fp8 and recompute_modules moe_act");
+  t.attn_out_e5m6 = c.get_bool("attn_out_e5m6");
+  if (t.attn_out_e5m6 && (t.precision != Precision::FP8 || t.recompute == Recompute::Full))
+    c.fail("attn_out_e5m6",
+           "keeps the attention output in E5M6 instead of 16 bits and FP8: it needs precision "
+           "fp8, and recompute none or selective (full recomputation keeps no attention output)");
   if (t.recompute_modules.any() && t.recompute == Recompute::Full)
     c.fail("recompute_modules", "recompute: full recomputes every layer's forward already; "
                                 "list modules with recompute none or selective");

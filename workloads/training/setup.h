@@ -37,6 +37,9 @@ struct TrainingSetup {
   int64_t micro_batch = 1;   ///< sequences per forward/backward pass
   Precision precision = Precision::BF16;
   std::string optimizer = "adam";
+  /// Bytes of each of Adam's two moments: 4 (fp32), or 2 (bf16, as DeepSeek-V3 keeps them;
+  /// report, section 3.3.3). The master weights stay fp32.
+  int moment_bytes = 4;
   Recompute recompute = Recompute::None;
   /// Megatron-core's --recompute-modules (with recompute none or selective): the modules whose
   /// outputs the forward does not keep; the backward runs them again just before it needs them.
@@ -103,6 +106,20 @@ struct TrainingSetup {
   /// Units DeepEP's dispatch and combine kernels occupy while in flight, whatever the message
   /// (its Buffer::num_sms; DeepSeek-V3 report, section 3.2.2: 20 of the H800's 132 SMs).
   int deepep_sms = 20;
+  /// The routing weights multiply the experts' activation output (Megatron-core's weighted
+  /// SwiGLU, the probabilities sent with the tokens) instead of the experts' outputs in the
+  /// unpermute: the combine's output is then not kept for the weights' gradient, which the
+  /// activation's backward computes from its kept input. alltoall and deepep dispatchers.
+  bool moe_probs_in_activation = false;
+  /// With recompute_modules moe_act under fp8: the routed experts' SwiGLU input (fc1's output)
+  /// is kept for the backward in FP8 with 1 x 128 scales instead of 16 bits (DeepSeek-V3
+  /// report, section 3.3.2, "low-precision storage").
+  bool moe_act_input_fp8 = false;
+  /// Under fp8: the output projection's input (the attention output) kept once for the
+  /// backward, in E5M6 (12 bits) with 1 x 128 scales, for both the attention's backward and the
+  /// projection's weight gradient (converted to a transposed FP8 copy there), instead of the
+  /// 16-bit output and a transposed FP8 copy (DeepSeek-V3 report, section 3.3.2).
+  bool attn_out_e5m6 = false;
   /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.

@@ -164,12 +164,16 @@ struct MlpActs {
   TensorId fc1_out = -1, act_out = -1, fc1_w = -1, fc2_w = -1;
   // FP8: the FP8 inputs (with their transposes) of fc1 and fc2, which the weight gradients read.
   TensorId fc1_in = -1, fc2_in = -1;
+  // What the backward reads in place of fc1_out (moe_act_input_fp8: its FP8 copy).
+  TensorId fc1_kept = -1;
 };
 
 // Tensors a layer's forward leaves for its backward.
 struct LayerActs {
   TensorId x = -1;  // layer input (residual stream)
   TensorId ln1_out = -1, ln1_stats = -1, qkv = -1, attn_out = -1, lse = -1;
+  // attn_out_e5m6: the attention output's one kept copy (else attn_out itself).
+  TensorId attn_kept = -1;
   TensorId probs = -1, attn_mask = -1, probs_dropped = -1;  // unfused attention
   TensorId mask1 = -1, x_mid = -1, ln2_out = -1, ln2_stats = -1, mask2 = -1;
   MlpActs mlp;  // the dense MLP, or an MoE layer's routed experts (fc1_out and act_out)
@@ -272,7 +276,7 @@ class Builder {
     // Gradient state: fp32 main_grad buffers under Megatron's accumulation (ZeRO < 2).
     ga_ = wb_ == 2 && zero_ < 2 ? t.grad_accumulation : GradAccumulation::Autograd;
     gb_ = ga_ == GradAccumulation::Autograd ? wb_ : 4;
-    ob_ = t.mixed_precision() && !ac_ ? 12 : 8;
+    ob_ = t.mixed_precision() && !ac_ ? 4 + 2 * t.moment_bytes : 8;
     // Widths on this rank (Megatron: column-parallel QKV and fc1, row-parallel proj and fc2;
     // key/value heads replicated when there are fewer than tp; the vocabulary padded to a
     // multiple of vocab_padding x tp, as Megatron's --make-vocab-size-divisible-by).
@@ -1217,8 +1221,20 @@ class Builder {
     if (selective_unfused() && pass == Pass::Forward) a.probs = a.attn_mask = a.probs_dropped = -1;
 
     a.proj_w = weight_copy(nm(l, "attn.proj.cast_weight", sfx), pass, l, Wt, proj_params(), m_.bias);
-    a.proj_in = lp_input(nm(l, "attn.proj." + lp_kind("in"), sfx), pass, l, a.attn_out,
-                          double(T_) * attnw_r_, false);
+    a.attn_kept = a.attn_out;
+    if (t_.attn_out_e5m6) {
+      // One kernel writes the forward product's FP8 input (freed after it) and the E5M6 copy
+      // the backward keeps; the 16-bit output is then free.
+      const double n = double(T_) * attnw_r_, cb = 1.5 + 4.0 / 128;
+      const std::string name = nm(l, "attn.proj.e5m6_in", sfx);
+      a.proj_in = act(name + ".row", n, lpb_);
+      a.attn_kept = act(name + ".out", n, cb);
+      node(name, stream_op("fp8_e5m6_quantize", int64_t(n), {e_}, {lpb_, cb}, 6, 0, ad_), pass,
+           l, {a.attn_out}, {a.proj_in, a.attn_kept});
+    } else {
+      a.proj_in = lp_input(nm(l, "attn.proj." + lp_kind("in"), sfx), pass, l, a.attn_out,
+                           double(T_) * attnw_r_, false);
+    }
     TensorId proj =
         reduced_gemm(nm(l, "attn.proj", sfx), pass, l, h, attnw_r_, {a.proj_in, a.proj_w},
                      sparse_attn_);
@@ -1353,6 +1369,8 @@ class Builder {
   bool fp8_dispatch() const { return t_.moe_deepep && md_ == DType::FP8 && ep_ > 1; }
   // The shared expert overlapped with an all-to-all (Megatron's --moe-shared-expert-overlap).
   bool shared_overlap() const { return sffn_r_ > 0 && t_.moe_shared_expert_overlap; }
+  // The routing weights applied in the experts' activation (weighted SwiGLU), not the unpermute.
+  bool probs_in_act() const { return t_.moe_probs_in_activation && !allgather(); }
   // The experts' tokens over the etp group (etp = tp > 1): an all-gather of the copies the tp
   // ranks received, or the reduce-scatter of the experts' partial outputs back to them.
   TensorId expert_tp(const std::string& name, Pass pass, int l, TensorId in, bool gather) {
@@ -1443,6 +1461,16 @@ class Builder {
     node(nm(l, "moe.experts.fc1", sfx),
          weight_gemm(sparse_mlp_, te, efc1w_r_, h, md_, experts_local_), pass, l,
          {a.mlp.fc1_in, We}, {a.mlp.fc1_out});
+    a.mlp.fc1_kept = a.mlp.fc1_out;
+    if (t_.moe_act_input_fp8) {
+      // Quantized once for the backward; the 16-bit output is freed after the activation.
+      const double pb = 1.0 + 4.0 / 128;
+      a.mlp.fc1_kept = act(nm(l, "moe.experts.fc1.fp8_cache", sfx) + ".out",
+                           double(Rk) * efc1w_r_, pb);
+      node(nm(l, "moe.experts.fc1.fp8_cache", sfx),
+           stream_op("fp8_quantize", Rk * efc1w_r_, {e_}, {pb}, 4, 0, ad_), pass, l,
+           {a.mlp.fc1_out}, {a.mlp.fc1_kept});
+    }
     a.mlp.act_out = act(nm(l, "moe.experts.act", sfx) + ".out", double(Rk) * effn_r_);
     node(nm(l, "moe.experts.act", sfx),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_), pass,
@@ -1469,9 +1497,11 @@ class Builder {
           expert_tp(nm(l, "moe.combine", sfx) + ".tp_reduce_scatter", pass, l, out, false);
       a.moe_back = ep_all_to_all(nm(l, "moe.combine", sfx), pass, l, back, false);
       y = act(nm(l, "moe.unpermute", sfx) + ".out", double(Tn_) * h);
+      // (with the weights already applied, a plain sum of each token's copies)
       node(nm(l, "moe.unpermute", sfx),
-           stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, 2, 2, ad_), pass, l,
-           {a.moe_back, a.routing}, {y});
+           stream_op("moe_unpermute", Tk * h, {e_}, {e_ / m_.top_k}, probs_in_act() ? 1 : 2,
+                     probs_in_act() ? 1 : 2, ad_),
+           pass, l, {a.moe_back, a.routing}, {y});
     }
     if (sffn_r_ == 0) return y;
     // The shared expert, a dense tp MLP on the same tokens, after the routed experts (Megatron
@@ -1612,7 +1642,16 @@ class Builder {
     std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
                                                       d_proj, attnw_r_, h,
                                                       {ac_ ? a.proj_w : Wt}, d_attn, sparse_attn_);
-    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, a.proj_in, d_proj_full, gi,
+    TensorId proj_in = a.proj_in;
+    if (t_.attn_out_e5m6) {
+      // The weight gradient's transposed FP8 input, made from the kept E5M6 copy.
+      const double n = double(T_) * attnw_r_;
+      const std::string name = nm(l, "attn.proj.e5m6_to_fp8", "bwd");
+      proj_in = act(name + ".out", n, lpb_);
+      node(name, stream_op("fp8_transpose", int64_t(n), {1.5 + 4.0 / 128}, {lpb_}, 2, 0, ad_), BI,
+           l, {a.attn_kept}, {proj_in});
+    }
+    weight_grad(nm(l, "attn.proj", "bwd_weight"), l, attnw_r_, h, T_, proj_in, d_proj_full, gi,
                 proj_params(), 1, m_.bias);
 
     LayerActs core = a;
@@ -1638,7 +1677,7 @@ class Builder {
     }
     TensorId d_qkv = act(nm(l, "attn.core", "bwd") + ".grad", double(T_) * qkvw_r_);
     {
-      std::vector<TensorId> in = {core.qkv, core.attn_out, d_attn};
+      std::vector<TensorId> in = {core.qkv, core.attn_kept, d_attn};
       double ws = 0;
       if (t_.flash_attention) {
         in.push_back(core.lse);
@@ -1799,10 +1838,17 @@ class Builder {
            {d_all, a.moe_back, a.routing}, {d_out, d_probs});
     } else {
       TensorId d_back = act(nm(l, "moe.unpermute", "bwd") + ".grad", double(Tk) * h);
-      d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Tk), 4);
-      node(nm(l, "moe.unpermute", "bwd"),
-           stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
-           {dy, a.moe_back, a.routing}, {d_back, d_probs});
+      if (probs_in_act()) {
+        // Each copy takes its token's gradient: the weights' gradient is the activation's.
+        node(nm(l, "moe.unpermute", "bwd"),
+             stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k}, {e_}, 0, 0, ad_), BI, l,
+             {dy, a.routing}, {d_back});
+      } else {
+        d_probs = act(nm(l, "moe.unpermute", "bwd") + ".probs_grad", double(Tk), 4);
+        node(nm(l, "moe.unpermute", "bwd"),
+             stream_op("moe_unpermute_bwd", Tk * h, {e_ / m_.top_k, e_}, {e_}, 4, 4, ad_), BI, l,
+             {dy, a.moe_back, a.routing}, {d_back, d_probs});
+      }
       TensorId d_ret =
           ep_all_to_all(nm(l, "moe.combine", "bwd"), BI, l, d_back, true, !shared_overlap());
       if (shared_overlap()) d_shared = mlp_backward(l, a.shared, shared_mlp(), dy, a.ln2_out);
@@ -1819,7 +1865,7 @@ class Builder {
       TensorId again = act(nm(l, "moe.experts.act", "recompute") + ".out", double(Rk) * effn_r_);
       node(nm(l, "moe.experts.act", "recompute"),
            make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu" : "gelu", Rk * effn_r_, ad_),
-           Pass::Recompute, l, {a.mlp.fc1_out}, {again});
+           Pass::Recompute, l, {a.mlp.fc1_kept}, {again});
       fc2_in = lp_input(nm(l, "moe.experts.fc2." + lp_kind("in"), "recompute"), Pass::Recompute,
                         l, again, double(Rk) * effn_r_, false);
     }
@@ -1827,10 +1873,18 @@ class Builder {
                 fc2_in, {d_out}, ge, efc2_params(), experts_local_,
                 m_.bias);
     TensorId d_fc1 = act(nm(l, "moe.experts.act", "bwd") + ".grad", double(Rk) * efc1w_r_);
+    std::vector<TensorId> act_grads = {d_fc1};
+    if (probs_in_act()) {
+      // The weighted activation's backward also gives each copy's weight gradient (the dot of
+      // the output gradient with the unweighted activation, rebuilt from the kept input); it
+      // returns to the token's rank with the dispatch's backward (4 bytes a copy, not added).
+      d_probs = act(nm(l, "moe.experts.act", "bwd") + ".probs_grad", double(Rk), 4);
+      act_grads.push_back(d_probs);
+    }
     node(nm(l, "moe.experts.act", "bwd"),
          make_elementwise(m_.mlp == MlpType::SwiGlu ? "swiglu_bwd" : "gelu_bwd", Rk * effn_r_,
                           ad_),
-         BI, l, {d_act, a.mlp.fc1_out}, {d_fc1});
+         BI, l, {d_act, a.mlp.fc1_kept}, act_grads);
     d_fc1 = lp_grad(nm(l, "moe.experts.fc1", lp_kind("grad").c_str()), l, d_fc1, double(Rk) * efc1w_r_);
     TensorId d_disp = act(nm(l, "moe.experts.fc1", "bwd_input") + ".grad", double(Rk) * h);
     node(nm(l, "moe.experts.fc1", "bwd_input"),
@@ -2179,7 +2233,8 @@ class Builder {
     std::vector<TensorId> adam_reads = grads;
     if (norm >= 0) adam_reads.push_back(norm);
     Op adam = t_.mixed_precision() && !ac_
-                  ? make_adam(n, gb_ == 4 ? DType::FP32 : t_.activation_dtype())
+                  ? make_adam(n, gb_ == 4 ? DType::FP32 : t_.activation_dtype(),
+                              t_.moment_bytes)
                   // fp32 training and autocast: no master copy; weights, moments and gradient
                   // in fp32.
                   : stream_op("adam", n, {4, 4, 4, 4}, {4, 4, 4}, 24, 12, DType::FP32);
