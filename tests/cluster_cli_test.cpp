@@ -50,6 +50,16 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
   EXPECT_LT(bubble, 1);
   EXPECT_EQ(j["pipeline"]["stages"].size(), 2u);
   EXPECT_GT(j["comm"]["by_kind"]["tp"]["collectives"].get<int>(), 0);
+  // Goodput on the system's reliability: a share of the step rate, checkpoints of the rank's
+  // state.
+  EXPECT_TRUE(has(r.out, "goodput")) << r.out;
+  const nlohmann::json& g = j["goodput"];
+  EXPECT_GT(g["fraction"].get<double>(), 0.9);
+  EXPECT_LE(g["fraction"].get<double>(), 1.0);
+  EXPECT_GT(g["checkpoint_bytes_per_rank"].get<double>(), 0);
+  EXPECT_GE(g["interval_steps"].get<int>(), 1);
+  EXPECT_NEAR(g["tokens_per_s"].get<double>(),
+              j["tokens_per_s"].get<double>() * g["fraction"].get<double>(), 1e-6);
   // One trace process per simulated pipeline rank, with compute and communication tracks.
   std::string trace = read_file(dir_ / "trace.json");
   EXPECT_TRUE(has(trace, "pp rank 0")) << trace.substr(0, 400);

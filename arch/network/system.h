@@ -88,6 +88,21 @@ struct CollectiveTuning {
   int channels = 32;
 };
 
+/// How often the job stops, what a restart costs, and where checkpoints go: the figures behind
+/// a run's goodput (sim/run/goodput.h).
+struct ReliabilitySpec {
+  /// Mean time between job-stopping failures, per device: the job of n devices stops every
+  /// device_mtbf / n. Default from Llama 3 405B (Meta 2024, "The Llama 3 Herd of Models",
+  /// section 3.3.4): 419 unexpected interruptions in 54 days on 16,384 H100s, all causes.
+  Time device_mtbf = Time::seconds(50700.0 * 3600);
+  /// From a failure to training again: detection, replacing or rescheduling the node, loading
+  /// the last checkpoint (estimate; the Llama 3 paper gives none).
+  Time restart = Time::seconds(600);
+  /// Storage bandwidth of one node for writing checkpoints (the background half of an
+  /// asynchronous checkpoint). Default: Llama 3's Tectonic, 2 TB/s sustained over 2,048 nodes.
+  Bandwidth checkpoint_write = Bandwidth::gb_per_s(1.0);
+};
+
 struct SystemSpec {
   std::string name = "custom-system";
   std::string description;
@@ -96,6 +111,7 @@ struct SystemSpec {
   ScaleUpSpec scale_up;
   ScaleOutSpec scale_out;
   CollectiveTuning tuning;
+  ReliabilitySpec reliability;
 
   /// Nodes needed for `devices` devices.
   int nodes_for(int devices) const { return (devices + gpus_per_node - 1) / gpus_per_node; }

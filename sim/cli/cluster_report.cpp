@@ -35,6 +35,29 @@ std::string layout(const Parallelism& p) {
 
 }  // namespace
 
+namespace {
+
+// Hours, minutes or seconds, three figures.
+std::string long_time(Time t) {
+  const double s = t.sec();
+  if (s >= 3600) return fmt::format("{:.3g} h", s / 3600);
+  if (s >= 60) return fmt::format("{:.3g} min", s / 60);
+  return to_string(t);
+}
+
+}  // namespace
+
+std::string goodput_line(const ClusterResult& r) {
+  const Goodput& g = r.goodput;
+  return fmt::format(
+      "goodput   {} of the step rate over a long run: the job stops every {} ({} devices); a "
+      "checkpoint every {} steps ({}), each rank stalling {} to copy {:.3g} GiB to host memory, "
+      "its node writing for {}   (system reliability)\n",
+      fmt::format("{:.1f}%", 100 * g.fraction), long_time(g.job_mtbf), r.gpus, g.interval_steps,
+      long_time(g.interval), to_string(g.snapshot), g.checkpoint_bytes / kGiB,
+      long_time(g.write));
+}
+
 std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
                             const TrainingSetup& t) {
   const Parallelism& p = r.parallel;
@@ -113,6 +136,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     out += power_line(r.power, r.tokens_per_step / r.gpus, r.link_energy / double(r.gpus),
                       r.stages.size() > 1 ? r.hottest_rank_power() : Power(0),
                       r.network.power * r.step_time / double(r.gpus));
+  out += goodput_line(r);
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes)
     if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -249,6 +273,16 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"peak_gib", r.peak_memory() / kGiB},
             {"fits", r.fits()}}},
           {"collectives_timed", r.collectives},
+          {"goodput",
+           {{"fraction", r.goodput.fraction},
+            {"job_mtbf_s", r.goodput.job_mtbf.sec()},
+            {"checkpoint_bytes_per_rank", r.goodput.checkpoint_bytes},
+            {"snapshot_s", r.goodput.snapshot.sec()},
+            {"write_s", r.goodput.write.sec()},
+            {"interval_steps", r.goodput.interval_steps},
+            {"checkpoint_loss", r.goodput.checkpoint_loss},
+            {"failure_loss", r.goodput.failure_loss},
+            {"tokens_per_s", r.tokens_per_s() * r.goodput.fraction}}},
           {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops_json(r.nodes)}};
   add_host_memory_json(doc["memory"], r.host);

@@ -773,6 +773,14 @@ class ClusterSim {
     }
     r.distinct_ops = int(sim_.memo_size());
     r.collectives = collectives_;
+    {
+      double ckpt = 0;
+      for (const StageResult& st : r.stages) ckpt = std::max(ckpt, st.checkpoint_bytes);
+      const HostSpec* host = device_.host();
+      const Bandwidth link =
+          host ? host->link_bandwidth * host->link_efficiency : Bandwidth(0.0);
+      r.goodput = goodput(sys_.reliability, r.step_time, ckpt, link, r.gpus, sys_.gpus_per_node);
+    }
     for (const auto& u : net_.utilisation(r.step_time))
       if (u.links > 0) {
         r.link_utilisation[link_class_name(u.cls)] = u.utilisation;
@@ -1601,6 +1609,9 @@ class ClusterSim {
       st.memory = state;
       for (int k = 0; k < kTensorClasses; ++k) st.memory[k] += best_parts[k];
       st.comm_buffers = comm_buffer_bytes(s);
+      st.checkpoint_bytes = state[int(TensorClass::Optimizer)] +
+                            state[int(TensorClass::Weights)] /
+                                (p_.zero_stage >= 3 ? 1.0 : double(p_.dp) * p_.cp);
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
       HostTraffic stage_traffic;
       for (int v = 0; v < p_.vpp; ++v) {

@@ -25,6 +25,7 @@
 #include "arch/device/device.h"
 #include "arch/network/system.h"
 #include "arch/ops/simulate.h"
+#include "sim/run/goodput.h"
 #include "sim/run/training_run.h"
 #include "workloads/model/transformer.h"
 #include "workloads/training/setup.h"
@@ -65,6 +66,9 @@ struct StageResult {
   std::array<Time, kParallelGroups> exposed{};  ///< compute waits per group
   int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak
   ClassBytes memory{};        ///< per-rank peak breakdown (TensorClass order)
+  /// The rank's share of a checkpoint: its optimizer state and its share of the weights (one
+  /// copy between data- and context-parallel replicas).
+  double checkpoint_bytes = 0;
   /// NCCL's buffers for the rank's communicators, bytes (in peak_memory, not in `memory`).
   double comm_buffers = 0;
   double peak_memory = 0;     ///< bytes
@@ -132,6 +136,8 @@ struct ClusterResult {
   /// Combined 1F1B: steps that ran a forward and a backward together, and those that split
   /// because one pass's input was not sent yet (summed over the simulated pipeline ranks).
   long combined_steps = 0, split_combined_steps = 0;
+  /// Progress kept on the system's reliability with asynchronous checkpoints (sim/run/goodput.h).
+  Goodput goodput;
 
   double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
   double mfu() const { return model_flops / (step_time.sec() * peak_flops * gpus); }

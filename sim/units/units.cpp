@@ -82,9 +82,10 @@ Bandwidth parse_bandwidth(const std::string& text) {
 }
 
 Time parse_time(const std::string& text) {
-  static const std::vector<Suffix> s = {{"s", 1},     {"ms", 1e-3}, {"us", 1e-6},
-                                        {"µs", 1e-6}, {"ns", 1e-9}, {"ps", 1e-12}};
-  return Time(parse_with(text, s, "time", "s, ms, us, ns, ps"));
+  static const std::vector<Suffix> s = {{"h", 3600},   {"min", 60},   {"s", 1},
+                                        {"ms", 1e-3},  {"us", 1e-6},  {"µs", 1e-6},
+                                        {"ns", 1e-9},  {"ps", 1e-12}};
+  return Time(parse_with(text, s, "time", "h, min, s, ms, us, ns, ps"));
 }
 
 Frequency parse_frequency(const std::string& text) {
