@@ -370,11 +370,16 @@ class Builder {
     }
     n.pass = pass;
     n.layer = layer;
-    // A forward reader of a quantized input (lp_input) reads its row-wise copy too.
-    if ((pass == Pass::Forward || pass == Pass::Recompute) && !row_of_.empty()) {
+    // A forward reader of a quantized input (lp_input) reads its row-wise copy too, and an
+    // input-gradient reader of a quantized output gradient (lp_grad) its row-wise copy: the
+    // weight gradient reads only the transposed copies, so a deferred one keeps only those.
+    const auto& rows = pass == Pass::Forward || pass == Pass::Recompute ? row_of_
+                       : pass == Pass::BackwardInput                     ? grad_row_of_
+                                                                         : no_rows_;
+    if (!rows.empty()) {
       const std::size_t given = reads.size();
       for (std::size_t i = 0; i < given; ++i)
-        if (auto it = row_of_.find(reads[i]); it != row_of_.end()) reads.push_back(it->second);
+        if (auto it = rows.find(reads[i]); it != rows.end()) reads.push_back(it->second);
     }
     // The backward reads offloaded activations from their reloaded copies.
     if (!reload_.empty() && pass != Pass::Forward && pass != Pass::Optimizer)
@@ -1007,13 +1012,17 @@ class Builder {
   // fused: TE's cast_transpose_bgrad) for the input-gradient and weight-gradient products; FP4
   // with the Hadamard transform on the column copy and stochastic rounding (a random number
   // per value, as dropout's).
+  // Returns the transposed copy (which the weight gradient reads); the input-gradient product
+  // reads the row-wise one beside it (grad_row_of_), freed after it.
   TensorId lp_grad(const std::string& name, int l, TensorId dy, double elements) {
     if (!lp_) return dy;
-    TensorId out = act(name + ".out", elements, 2.0 * lpb_);
+    TensorId out = act(name + ".out", elements, lpb_);
+    TensorId row = act(name + ".row", elements, lpb_);
     const double flops = md_ == DType::FP4 ? 6 + kHadamardFlops + kRandomFlops : 6;
     node(name, stream_op(lp_kind("cast_transpose_grad"), int64_t(elements), {e_}, {lpb_, lpb_},
                          flops, 0, ad_),
-         Pass::BackwardInput, l, {dy}, {out});
+         Pass::BackwardInput, l, {dy}, {out, row});
+    grad_row_of_[out] = row;
     return out;
   }
   static constexpr double kHadamardFlops = 32;  // a 16-point transform: 16 FMAs per value
@@ -2369,7 +2378,8 @@ class Builder {
   int64_t qup_r_ = 0, kvup_r_ = 0;  // latent attention: the up-projections' widths on this rank
   int mtp_embed_ = -1;  // the embedding table multi-token prediction reads
   // FP8/FP4: a quantized input's column-wise copy -> its row-wise copy (lp_input).
-  std::unordered_map<TensorId, TensorId> row_of_;
+  std::unordered_map<TensorId, TensorId> row_of_, grad_row_of_;
+  const std::unordered_map<TensorId, TensorId> no_rows_;
   int64_t effn_r_ = 0, efc1w_r_ = 0, experts_local_ = 0;
   // training.sparse_weights: which weight products multiply a 2:4-compressed weight, and the
   // weights on this rank that are pruned and compressed every step.
