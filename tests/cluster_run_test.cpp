@@ -551,6 +551,39 @@ TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
               d.total.sec() * 1e3);
 }
 
+// DeepEP sends a token once to each rank that holds any of its experts (and the combine returns
+// one sum per rank): with 4 experts a rank, its all-to-alls move the expected distinct ranks of
+// a token's 8 experts, not 8 copies, and the network still carries one per node. With one
+// expert a rank (the test above) nothing is saved.
+TEST(ClusterRun, DeepEpSendsATokenOncePerRank) {
+  auto run = [](const char* dispatcher) {
+    Job j;
+    j.model = load_model("deepseek-v3", {"layers=3", "first_dense_layers=1", "experts=128",
+                                         "seq_len=1024", "router_groups=4",
+                                         "router_group_topk=2", "mtp_layers=0"});
+    j.device = load_device("h800-sxm5-80gb");
+    j.system = load_system("hgx-h800");
+    j.setup = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\n"
+                    "moe_token_dispatcher: {}\n", dispatcher),
+        "training.yaml");
+    j.gpus = 32;
+    return j;
+  };
+  Job nccl_job = run("alltoall"), deepep_job = run("deepep");
+  const double ranks = deepep_job.model.expected_token_nodes(32);
+  EXPECT_GT(ranks, 6.0);
+  EXPECT_LT(ranks, 8.0);
+  ClusterResult nccl = nccl_job.run(), deepep = deepep_job.run();
+  const GroupComm &a = nccl.comm[int(ParallelGroup::EP)], &b = deepep.comm[int(ParallelGroup::EP)];
+  EXPECT_EQ(b.count, a.count);
+  EXPECT_NEAR(b.bytes / a.bytes, ranks / 8.0, 1e-9);
+  EXPECT_DOUBLE_EQ(deepep.model_flops, nccl.model_flops);
+  std::printf("4 experts a rank: a token reaches %.2f ranks of its 8 experts; ep time nccl %.2f ms, "
+              "deepep %.2f ms\n",
+              ranks, a.total.sec() * 1e3, b.total.sec() * 1e3);
+}
+
 // In a DualPipe step one direction's expert all-to-alls run while the other direction computes,
 // and DeepEP's kernels hold training.deepep_sms units meanwhile (DeepSeek-V3: 20 of 132): the
 // more units they take, the longer the overlapped compute, and with comm_uses_units false the

@@ -886,9 +886,12 @@ class ClusterSim {
         return kv.second == per_node.begin()->second;
       });
       if (per_node.size() > 1 && even) {
+        // The bytes are one copy per (token, destination rank) already (the step graph's
+        // de-duplication); of those, one per (token, destination node) crosses the network.
         req.algorithm = CollectiveAlgorithm::Hierarchical;
         req.network_fraction =
-            m_.expected_token_nodes(int64_t(per_node.size())) / double(m_.top_k);
+            m_.expected_token_nodes(int64_t(per_node.size())) /
+            m_.expected_token_nodes(int64_t(req.groups.front().size()));
       }
     }
     last_ = net_.run(req, start);
