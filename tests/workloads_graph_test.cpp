@@ -726,7 +726,10 @@ namespace {
 
 // Multi-token prediction (DeepSeek-V3): one module after the trunk adds its layer's work, the
 // 2h x h projection and a second pass of the shared LM head (6 V h T), and its own weights (a
-// layer, three norms, the projection) but no second head or table; with tp > 1 it is refused.
+// layer, three norms, the projection) but no second head or table. With tp 2 and sequence
+// parallelism (Megatron-core's layer: a vocab-parallel embedding, a column-parallel projection
+// whose output is gathered over its last dimension) each rank does half of that work and holds
+// half of those weights, and the module's tensor-parallel collectives appear.
 TEST(WorkloadGraph, MultiTokenPredictionAddsALayerAProjectionAndAHeadPass) {
   const TransformerModel none = small_deepseek();
   TransformerModel one = none;
@@ -744,7 +747,21 @@ TEST(WorkloadGraph, MultiTokenPredictionAddsALayerAProjectionAndAHeadPass) {
   EXPECT_NE(find(g1, "mtp0.lm_head.fwd"), nullptr);
   EXPECT_NE(find(g1, "layer4.moe.experts.fc1.bwd_weight"), nullptr);
   EXPECT_NE(find(g1, "mtp.trunk_grad_add"), nullptr);
-  EXPECT_THROW(build_step_graph(one, setup("tp: 2\n")), ConfigError);
+  {
+    const TrainingSetup t2 = setup("micro_batch: 1\ntp: 2\nsequence_parallel: true\n");
+    const StepGraph h0 = build_step_graph(none, t2), h1 = build_step_graph(one, t2);
+    EXPECT_NEAR((h1.micro_batch_flops() - h0.micro_batch_flops()) / (expect / 2), 1.0, 0.02);
+    EXPECT_NEAR((h1.state_bytes(TensorClass::Weights) - h0.state_bytes(TensorClass::Weights)) /
+                    double(one.mtp_parameter_count()),
+                1.0, 0.02);
+    int tp_comms = 0;
+    for (std::size_t v = 0; v < h1.size(); ++v)
+      if (h1.dag[v].comm && h1.dag[v].comm->group == ParallelGroup::TP &&
+          h1.dag[v].name.rfind("mtp0.", 0) == 0)
+        ++tp_comms;
+    EXPECT_GE(tp_comms, 6) << "embedding, eh_proj and their backward collectives";
+    EXPECT_NE(find(h1, "mtp0.eh_proj.fwd.tp_allgather_last"), nullptr);
+  }
   // DeepSeek-V3's checkpoint: 671B, the 14B module and its copies of the table and the head.
   const TransformerModel ds = load_model("deepseek-v3");
   EXPECT_EQ(ds.mtp_layers, 1);

@@ -76,10 +76,6 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
                      "core's token dispatcher routes each rank's sequence shard and refuses to "
                      "train without it)",
                      p.tp));
-  if (m.mtp_layers > 0 && p.tp > 1)
-    fail("tp", fmt::format("multi-token prediction (mtp_layers {}) is modelled with tp 1 only, "
-                           "as DeepSeek-V3 trained: its projection's split over tp is not",
-                           m.mtp_layers));
   if (t.recompute_modules.mla_up_proj && !m.mla())
     fail("recompute_modules",
          fmt::format("mla_up_proj recomputes latent attention's up-projections; '{}' has standard "

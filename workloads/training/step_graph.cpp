@@ -711,7 +711,7 @@ class Builder {
         int64_t own = qkv_params() + proj_params() + 2 * norm_params() +
                       (moe ? router_params() + sfc1_params() + sfc2_params()
                            : fc1_params() + fc2_params()) +
-                      3 * norm_params() + 2 * h * h;
+                      3 * norm_params() + 2 * h * h / tp_;  // eh_proj column-parallel
         layer_group_.push_back(group(fmt::format("mtp{}", k), own, int(l)));
         expert_group_.push_back(
             moe ? group(fmt::format("mtp{}.experts", k), efc1_params() + efc2_params(), int(l),
@@ -2023,7 +2023,9 @@ class Builder {
     struct Depth {
       LayerActs a;
       TensorId in, e, e_stats, en, hn, h_stats, dy;
+      std::vector<TensorId> cat;  // eh_proj's input as its product read it (gathered over tp)
     };
+    const int64_t hp = h / tp_;  // eh_proj's output columns on this rank
     std::vector<Depth> d(m_.mtp_layers);
     TensorId prev = x;
     for (int64_t k = 0; k < m_.mtp_layers; ++k) {
@@ -2036,8 +2038,10 @@ class Builder {
       gather(mtp_embed_, 0, F);
       Depth& z = d[k];
       z.in = prev;
-      TensorId e = act(p + "embedding.fwd.out", Tnh, re_);
+      TensorId e = act(p + "embedding.fwd.out", double(T_) * h, re_);
       node(p + "embedding.fwd", make_embedding(T_, h, rd_), F, l, {tokens, W(mtp_embed_)}, {e});
+      // Vocab-parallel, as the model's own embedding: partial rows summed over tp.
+      e = tp_reduce(p + "embedding.fwd", F, l, e);
       z.e = e;
       z.en = act(p + "enorm.fwd.out", Tnh);
       z.e_stats = act(p + "enorm.fwd.stats", stats_bytes(), 1);
@@ -2045,8 +2049,30 @@ class Builder {
       z.hn = act(p + "hnorm.fwd.out", Tnh);
       z.h_stats = act(p + "hnorm.fwd.stats", stats_bytes(), 1);
       node(p + "hnorm.fwd", norm_op(false), F, l, {prev, W(gi)}, {z.hn, z.h_stats});
-      TensorId proj = act(p + "eh_proj.fwd.out", Tnh, re_);
-      node(p + "eh_proj.fwd", gemm(T_, h, 2 * h, ad_), F, l, {z.en, z.hn, W(gi)}, {proj});
+      // Megatron-core's MultiTokenPredictionLayer: cat(norm(e), norm(h)), a column-parallel
+      // eh_proj (input gathered over the sequence under sequence parallelism), its output
+      // all-gathered over the last dimension, then this rank's tokens again.
+      TensorId proj;
+      if (tp_ == 1) {
+        proj = act(p + "eh_proj.fwd.out", Tnh, re_);
+        node(p + "eh_proj.fwd", gemm(T_, h, 2 * h, ad_), F, l, {z.en, z.hn, W(gi)}, {proj});
+        z.cat = {z.en, z.hn};
+      } else {
+        TensorId cat = act(p + "eh_cat.fwd.out", 2 * Tnh);
+        node(p + "eh_cat.fwd", stream_op("concat", Tn_ * 2 * h, {e_}, {e_}, 0, 0, ad_), F, l,
+             {z.en, z.hn}, {cat});
+        TensorId part = act(p + "eh_proj.fwd.out", double(T_) * hp);
+        z.cat = gathered_gemm(p + "eh_proj.fwd", F, l, cat, hp, 2 * h, {W(gi)}, part, false);
+        TensorId full = act(p + "eh_proj.fwd.tp_allgather_last.out", double(T_) * h);
+        comm(p + "eh_proj.fwd.tp_allgather_last", CollectiveKind::AllGather, ParallelGroup::TP,
+             double(T_) * h * e_, true, false, F, l, {part}, {full});
+        proj = full;
+        if (sp_) {
+          proj = act(p + "eh_proj.fwd.sp_scatter.out", Tnh);
+          node(p + "eh_proj.fwd.sp_scatter",
+               stream_op("split", Tn_ * h, {e_}, {e_}, 0, 0, ad_), F, l, {full}, {proj});
+        }
+      }
       z.a = layer_forward(l, proj, F);
       z.dy = output_head(p, z.a.y, gi, tokens, true);
       prev = z.a.y;
@@ -2065,13 +2091,32 @@ class Builder {
         dy = sum;
       }
       TensorId d_proj = layer_backward(l, z.a, dy);
-      TensorId d_cat = act(p + "eh_proj.bwd_input.grad", 2 * Tnh);
-      node(p + "eh_proj.bwd_input", gemm(T_, 2 * h, h, ad_), BI, l, {d_proj, W(gi)}, {d_cat});
-      weight_grad(p + "eh_proj.bwd_weight", l, 2 * h, h, T_, z.en, {z.hn, d_proj}, gi, 2 * h * h, 1,
-                  false, false);
+      TensorId d_cat;
+      if (tp_ == 1) {
+        d_cat = act(p + "eh_proj.bwd_input.grad", 2 * Tnh);
+        node(p + "eh_proj.bwd_input", gemm(T_, 2 * h, h, ad_), BI, l, {d_proj, W(gi)}, {d_cat});
+        weight_grad(p + "eh_proj.bwd_weight", l, 2 * h, h, T_, z.en, {z.hn, d_proj}, gi,
+                    2 * h * h, 1, false, false);
+      } else {
+        // The scatter's backward gathers the tokens; the last-dimension gather's is a split
+        // (this rank's columns, no exchange); the product's input gradient holds partial sums
+        // over tp, reduce-scattered back to this rank's tokens.
+        TensorId d_full = tp_gather(p + "eh_proj.bwd_input", BI, l, d_proj);
+        TensorId d_partial = act(p + "eh_proj.bwd_input.out", double(T_) * 2 * h);
+        node(p + "eh_proj.bwd_input", gemm(T_, 2 * h, hp, ad_), BI, l, {d_full, W(gi)},
+             {d_partial});
+        d_cat = tp_reduce(p + "eh_proj.bwd_input", BI, l, d_partial, true, 2 * h);
+        std::vector<TensorId> wg = z.cat;
+        wg.push_back(d_full);
+        weight_grad(p + "eh_proj.bwd_weight", l, 2 * h, hp, T_, wg.front(),
+                    std::vector<TensorId>(wg.begin() + 1, wg.end()), gi, 2 * h * hp, 1, false,
+                    false);
+      }
       TensorId d_e = norm_backward(p + "enorm.bwd", l, d_cat, z.e, z.e_stats, gi, W(gi));
       d_next = norm_backward(p + "hnorm.bwd", l, d_cat, z.in, z.h_stats, gi, W(gi));
-      // The embedding's gradient: a scatter-add into the table this module read.
+      // The embedding's gradient: a scatter-add into the table this module read (this rank's
+      // vocabulary rows, from all the tokens).
+      d_e = tp_gather(p + "embedding.bwd_weight", BI, l, d_e);
       std::vector<TensorId> allocs, writes;
       grad_target(mtp_embed_, allocs, writes);
       node(p + "embedding.bwd_weight", make_embedding(T_, h, rd_), Pass::BackwardWeight, l,
