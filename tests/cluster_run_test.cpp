@@ -551,6 +551,28 @@ TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
               d.total.sec() * 1e3);
 }
 
+// Multi-token prediction on a last pipeline stage reads a copy of the embedding table kept
+// beside the head; the first and the last stage sum the two copies' gradients once per step,
+// one more pipeline-group all-reduce, as Megatron-core's embedding group does for a tied head.
+TEST(ClusterRun, MtpsEmbeddingCopySumsItsGradientWithTheFirstStage) {
+  auto run = [](int mtp) {
+    Job j;
+    j.model = load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=16",
+                                         "seq_len=512", "router_groups=4", "router_group_topk=2",
+                                         fmt::format("mtp_layers={}", mtp)});
+    j.device = load_device("h800-sxm5-80gb");
+    j.system = load_system("hgx-h800");
+    j.setup = load_training_string("micro_batch: 1\nglobal_batch: 8\npp: 2\ndp: 4\nep: 4\n",
+                                   "training.yaml");
+    j.gpus = 8;
+    return j.run();
+  };
+  ClusterResult none = run(0), one = run(1);
+  const GroupComm &a = none.comm[int(ParallelGroup::PP)], &b = one.comm[int(ParallelGroup::PP)];
+  EXPECT_EQ(b.count - one.pipeline_transfers, a.count - none.pipeline_transfers + 1);
+  EXPECT_GT(b.bytes - a.bytes, 0.0);
+}
+
 // DeepEP sends a token once to each rank that holds any of its experts (and the combine returns
 // one sum per rank): with 4 experts a rank, its all-to-alls move the expected distinct ranks of
 // a token's 8 experts, not 8 copies, and the network still carries one per node. With one

@@ -2240,6 +2240,17 @@ class Builder {
            CollectiveKind::AllReduce, ParallelGroup::PP, g_.tensors[g.grads].bytes * shared, true,
            true, O, -1, {g.grads}, {}, {g.grads});
     }
+    // Multi-token prediction on a head chunk without the table reads a copy of it kept beside
+    // the head; Megatron-core ties the two as it ties a shared head: the first and the last
+    // stage sum the table's gradients before the update (the same collective on both).
+    const bool mtp_split = m_.mtp_layers > 0 && p_.pp > 1 && c_.embedding != c_.head &&
+                           !c_.ends_on_one_rank;
+    if (mtp_split) {
+      const Group& g = groups_[c_.embedding ? embed_ : mtp_embed_];
+      const double table = double(vocab_r_) * m_.hidden / double(g.params);
+      comm("mtp_embedding.grads.allreduce", CollectiveKind::AllReduce, ParallelGroup::PP,
+           g_.tensors[g.grads].bytes * table, true, true, O, -1, {g.grads}, {}, {g.grads});
+    }
     // This rank's parameters: its shard with ZeRO >= 1.
     int64_t n = 0;
     for (const Group& g : groups_) n += zero_ >= 1 ? (g.params + g.shard - 1) / g.shard : g.params;
