@@ -879,19 +879,26 @@ class ClusterSim {
       // DeepEP: hierarchical across the nodes the expert-parallel group spans, each token's
       // copies for a node crossing the network once (the routing's expected distinct nodes
       // per token over its top_k copies); inside one node, or over nodes holding unequal
-      // shares of the group, a plain exchange.
-      std::map<int, int> per_node;
-      for (int d : req.groups.front()) ++per_node[d / sys_.gpus_per_node];
-      const bool even = std::all_of(per_node.begin(), per_node.end(), [&](const auto& kv) {
-        return kv.second == per_node.begin()->second;
-      });
-      if (per_node.size() > 1 && even) {
+      // shares of the group, a plain exchange (fraction 0 below). Worked out once per group.
+      auto f = network_fraction_.find(key);
+      if (f == network_fraction_.end()) {
+        std::map<int, int> per_node;
+        for (int d : req.groups.front()) ++per_node[d / sys_.gpus_per_node];
+        const bool even = std::all_of(per_node.begin(), per_node.end(), [&](const auto& kv) {
+          return kv.second == per_node.begin()->second;
+        });
         // The bytes are one copy per (token, destination rank) already (the step graph's
         // de-duplication); of those, one per (token, destination node) crosses the network.
+        const double fraction =
+            per_node.size() > 1 && even
+                ? m_.expected_token_nodes(int64_t(per_node.size())) /
+                      m_.expected_token_nodes(int64_t(req.groups.front().size()))
+                : 0.0;
+        f = network_fraction_.emplace(key, fraction).first;
+      }
+      if (f->second > 0) {
         req.algorithm = CollectiveAlgorithm::Hierarchical;
-        req.network_fraction =
-            m_.expected_token_nodes(int64_t(per_node.size())) /
-            m_.expected_token_nodes(int64_t(req.groups.front().size()));
+        req.network_fraction = f->second;
       }
     }
     last_ = net_.run(req, start);
@@ -1718,6 +1725,8 @@ class ClusterSim {
   std::vector<RankState> states_;
   std::vector<Time> arrival_, transfer_start_;
   std::map<std::tuple<int, int, int, bool>, std::vector<std::vector<int>>> groups_;
+  /// DeepEP's share of a group's copies that cross the network (0: a plain exchange).
+  std::map<std::tuple<int, int, int, bool>, double> network_fraction_;
   CollectiveResult last_;
   long collectives_ = 0;
   ClusterResult* result_ = nullptr;
