@@ -11,6 +11,8 @@ TEST(Units, ParsesDecimalAndBinaryPrefixes) {
   EXPECT_DOUBLE_EQ(parse_frequency("1.98 GHz").hz(), 1.98e9);
   EXPECT_DOUBLE_EQ(parse_flop_rate("989 TFLOP/s").per_s(), 989e12);
   EXPECT_DOUBLE_EQ(parse_time("2 us").sec(), 2e-6);
+  EXPECT_DOUBLE_EQ(parse_time("10 min").sec(), 600);  // reliability: restarts, MTBF
+  EXPECT_DOUBLE_EQ(parse_time("50700 h").sec(), 50700.0 * 3600);
   EXPECT_DOUBLE_EQ(parse_bandwidth("400 Gb/s").bps(), 50e9);
 }
 
