@@ -22,7 +22,7 @@ Goodput goodput(const ReliabilitySpec& r, Time step, double checkpoint_bytes, Ba
   g.interval = Time::seconds(double(n) * S);
   // Expected wall time to complete one interval and its snapshot when failures arrive at
   // random (exponentially, mean M), each costing a restart R (itself exposed to failures) and
-  // the interval's work since the last checkpoint (Daly 2006, eq. 11).
+  // the interval's work since the last checkpoint (Daly 2006).
   const double tau = g.interval.sec(), R = r.restart.sec();
   const double wall = M * std::exp(R / M) * std::expm1((tau + C) / M);
   g.fraction = tau / wall;

@@ -8,7 +8,7 @@
 // the last checkpoint and redoes the work since. With a checkpoint every tau of progress and
 // failures arriving at random (exponentially, mean M; restarts fail too), an interval and its
 // snapshot take on average (Daly 2006, "A higher order estimate of the optimum checkpoint
-// interval for restart dumps", eq. 11)
+// interval for restart dumps", FGCS 22, 2006)
 //     E = M exp(R / M) (exp((tau + C) / M) - 1)
 // of wall time, and the job keeps tau / E of its failure-free rate; to first order the loss is
 // C / tau + (tau / 2 + R) / M, least at Young's tau = sqrt(2 C M) (Young 1974). memwall takes
