@@ -551,6 +551,35 @@ TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
               d.total.sec() * 1e3);
 }
 
+// A rank's share of a checkpoint (goodput): its optimizer state and one dp-th of its 16-bit
+// weights (data-parallel replicas split the save); under ZeRO 3 the weights are its own shard.
+TEST(ClusterRun, ACheckpointIsTheOptimizerStateAndAShareOfTheWeights) {
+  for (int zero : {1, 3}) {
+    SCOPED_TRACE(zero);
+    Job j;
+    j.model = load_model("llama3-8b", {"layers=2", "seq_len=1024"});
+    j.device = load_device("h100-sxm5-80gb");
+    j.system = load_system("dgx-h100");
+    j.setup = load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 4\ndp: 4\nzero_stage: {}\n", zero),
+        "training.yaml");
+    j.gpus = 4;
+    const ClusterResult r = j.run();
+    ASSERT_EQ(r.stages.size(), 1u);
+    const StageResult& st = r.stages[0];
+    // (the state alone at ZeRO 1; at ZeRO 3 the stage's memory also holds gathered weights)
+    const double weights = st.memory[int(TensorClass::Weights)];
+    const double optimizer = st.memory[int(TensorClass::Optimizer)];
+    if (zero == 1) {
+      EXPECT_NEAR(st.checkpoint_bytes, optimizer + weights / 4, 1e-6 * st.checkpoint_bytes);
+    } else {
+      EXPECT_GT(st.checkpoint_bytes, optimizer);
+      EXPECT_LT(st.checkpoint_bytes, optimizer + weights);
+    }
+    EXPECT_DOUBLE_EQ(r.goodput.checkpoint_bytes, st.checkpoint_bytes);
+  }
+}
+
 // Multi-token prediction on a last pipeline stage reads a copy of the embedding table kept
 // beside the head; the first and the last stage sum the two copies' gradients once per step,
 // one more pipeline-group all-reduce, as Megatron-core's embedding group does for a tied head.

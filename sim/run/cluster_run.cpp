@@ -243,6 +243,7 @@ struct ChunkModel {
   ClassBytes state{};          // persistent bytes by class
   double saved = 0;            // activation bytes kept from forward to backward
   double w_saved = 0;          // of those, what the weight-gradient half still reads
+  double checkpoint = 0;       // this chunk's share of a checkpoint on one rank
   double pass_peak = 0;        // peak non-persistent bytes during one micro-batch
   // Of those, by class: activations, and transient weights and gradients (ZeRO-3's gathered
   // layers, ZeRO-2's unsharded buffers, weight offload's shards in from the host), workspace.
@@ -432,6 +433,23 @@ void measure_memory(ChunkModel& c) {
     }
   }
   if (any) c.saved = tl.during[last_fwd][int(TensorClass::Activations)];
+  // A checkpoint's share on one rank: the chunk's optimizer state (fp32 master weights and
+  // moments) and its 16-bit weights, one copy between the ranks that hold them (dense: dp x cp;
+  // experts: the expert-data-parallel group), as a fully parallel save splits replicas. The
+  // quantized and compressed weight copies are derived, not saved.
+  const Parallelism& p = g.setup.parallel;
+  const double dense = p.zero_stage >= 3 ? 1.0 : double(p.dp) * p.cp;
+  const double expert =
+      p.zero_stage >= 3 ? 1.0 : double(p.dp) * p.cp * p.tp / (double(p.expert_tp()) * p.ep);
+  for (const Tensor& t : g.tensors) {
+    if (!t.persistent) continue;
+    const bool weights = t.cls == TensorClass::Weights && t.name.size() > 8 &&
+                         t.name.compare(t.name.size() - 8, 8, ".weights") == 0;
+    if (t.cls == TensorClass::Optimizer)
+      c.checkpoint += t.bytes;
+    else if (weights)
+      c.checkpoint += t.bytes / (t.name.find(".experts.") != std::string::npos ? expert : dense);
+  }
   if (g.setup.parallel.split_backward()) c.w_saved = weight_gradient_bytes(g);
   c.pass_peak = std::max(0.0, tl.peak_bytes - persistent);
   for (int k = 0; k < kTensorClasses; ++k)
@@ -1619,9 +1637,9 @@ class ClusterSim {
       st.memory = state;
       for (int k = 0; k < kTensorClasses; ++k) st.memory[k] += best_parts[k];
       st.comm_buffers = comm_buffer_bytes(s);
-      st.checkpoint_bytes = state[int(TensorClass::Optimizer)] +
-                            state[int(TensorClass::Weights)] /
-                                (p_.zero_stage >= 3 ? 1.0 : double(p_.dp) * p_.cp);
+      // (DualPipe: each stage's weights live on two ranks, which save half each)
+      for (int v = 0; v < p_.vpp; ++v)
+        st.checkpoint_bytes += chunk_of_[p_.global_chunk(v, s)]->checkpoint / (p_.dual() ? 2 : 1);
       st.peak_memory = persistent + std::max(0.0, best) + st.comm_buffers;
       HostTraffic stage_traffic;
       for (int v = 0; v < p_.vpp; ++v) {

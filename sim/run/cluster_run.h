@@ -67,7 +67,8 @@ struct StageResult {
   int64_t max_in_flight = 0;  ///< micro-batches of activations held at the peak
   ClassBytes memory{};        ///< per-rank peak breakdown (TensorClass order)
   /// The rank's share of a checkpoint: its optimizer state and its share of the weights (one
-  /// copy between data- and context-parallel replicas).
+  /// copy between the ranks holding each: dp x cp for dense weights, the expert-data-parallel
+  /// group for experts, two DualPipe ranks for a stage).
   double checkpoint_bytes = 0;
   /// NCCL's buffers for the rank's communicators, bytes (in peak_memory, not in `memory`).
   double comm_buffers = 0;

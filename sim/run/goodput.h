@@ -15,10 +15,10 @@
 // Young's interval in whole steps, no shorter than W, since a checkpoint cannot start before
 // the last one is written.
 //
-// Contract: a pure function of its inputs; every input has a unit. The state a rank saves is
-// its fp32 optimizer state (master weights, moments) and its share of the 16-bit weights
-// (replicas over data and context parallelism save one copy between them, as Megatron's
-// fully parallel save does).
+// Contract: a pure function of its inputs; every input has a unit. The state a rank saves
+// (StageResult::checkpoint_bytes, sim/run/cluster_run.cpp) is its fp32 optimizer state
+// (master weights, moments) and its share of the 16-bit weights: the ranks holding a copy save
+// one between them, as Megatron's fully parallel save does.
 #pragma once
 
 #include <cstdint>
