@@ -34,6 +34,18 @@ struct Job {
   }
 };
 
+// DeepSeek-V3's shape cut down by `model` overrides, on `gpus` H800s in HGX H800 nodes.
+Job deepseek_on_h800(const std::vector<std::string>& model, const std::string& training,
+                     int gpus) {
+  Job j;
+  j.model = load_model("deepseek-v3", model);
+  j.device = load_device("h800-sxm5-80gb");
+  j.system = load_system("hgx-h800");
+  j.setup = load_training_string(training, "training.yaml");
+  j.gpus = gpus;
+  return j;
+}
+
 // Mixtral 8x7B cut to 4 layers at seq 2048 on DGX H100 nodes.
 ClusterResult mixtral_on_dgx_h100(const std::string& training, int gpus) {
   Job j;
@@ -513,21 +525,16 @@ TEST(ClusterRun, AllgatherDispatcherMovesFewerTensorParallelBytesAtEp1) {
 // and less again when the router limits each token to 2 of the 4 nodes. The work is the same.
 TEST(ClusterRun, DeepEpSendsEachTokenOncePerNode) {
   auto run = [](const char* dispatcher, const char* precision, bool groups) {
-    Job j;
     std::vector<std::string> o = {"layers=4", "first_dense_layers=1", "experts=32",
                                   "seq_len=1024"};
     if (groups) o.insert(o.end(), {"router_groups=4", "router_group_topk=2"});
     else o.insert(o.end(), {"router_groups=1", "router_group_topk=1"});
-    j.model = load_model("deepseek-v3", o);
-    j.device = load_device("h800-sxm5-80gb");
-    j.system = load_system("hgx-h800");
-    j.setup = load_training_string(
-        fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\nprecision: {}\n"
-                    "moe_token_dispatcher: {}\n",
-                    precision, dispatcher),
-        "training.yaml");
-    j.gpus = 32;
-    return j.run();
+    return deepseek_on_h800(o,
+                            fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\n"
+                                        "precision: {}\nmoe_token_dispatcher: {}\n",
+                                        precision, dispatcher),
+                            32)
+        .run();
   };
   ClusterResult nccl = run("alltoall", "bf16", true), deepep = run("deepep", "bf16", true),
                 any_node = run("deepep", "bf16", false), fp8 = run("deepep", "fp8", true);
@@ -585,16 +592,11 @@ TEST(ClusterRun, ACheckpointIsTheOptimizerStateAndAShareOfTheWeights) {
 // one more pipeline-group all-reduce, as Megatron-core's embedding group does for a tied head.
 TEST(ClusterRun, MtpsEmbeddingCopySumsItsGradientWithTheFirstStage) {
   auto run = [](int mtp) {
-    Job j;
-    j.model = load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=16",
-                                         "seq_len=512", "router_groups=4", "router_group_topk=2",
-                                         fmt::format("mtp_layers={}", mtp)});
-    j.device = load_device("h800-sxm5-80gb");
-    j.system = load_system("hgx-h800");
-    j.setup = load_training_string("micro_batch: 1\nglobal_batch: 8\npp: 2\ndp: 4\nep: 4\n",
-                                   "training.yaml");
-    j.gpus = 8;
-    return j.run();
+    return deepseek_on_h800({"layers=4", "first_dense_layers=1", "experts=16", "seq_len=512",
+                             "router_groups=4", "router_group_topk=2",
+                             fmt::format("mtp_layers={}", mtp)},
+                            "micro_batch: 1\nglobal_batch: 8\npp: 2\ndp: 4\nep: 4\n", 8)
+        .run();
   };
   ClusterResult none = run(0), one = run(1);
   const GroupComm &a = none.comm[int(ParallelGroup::PP)], &b = one.comm[int(ParallelGroup::PP)];
@@ -608,18 +610,12 @@ TEST(ClusterRun, MtpsEmbeddingCopySumsItsGradientWithTheFirstStage) {
 // expert a rank (the test above) nothing is saved.
 TEST(ClusterRun, DeepEpSendsATokenOncePerRank) {
   auto run = [](const char* dispatcher) {
-    Job j;
-    j.model = load_model("deepseek-v3", {"layers=3", "first_dense_layers=1", "experts=128",
-                                         "seq_len=1024", "router_groups=4",
-                                         "router_group_topk=2", "mtp_layers=0"});
-    j.device = load_device("h800-sxm5-80gb");
-    j.system = load_system("hgx-h800");
-    j.setup = load_training_string(
-        fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\n"
-                    "moe_token_dispatcher: {}\n", dispatcher),
-        "training.yaml");
-    j.gpus = 32;
-    return j;
+    return deepseek_on_h800({"layers=3", "first_dense_layers=1", "experts=128", "seq_len=1024",
+                             "router_groups=4", "router_group_topk=2", "mtp_layers=0"},
+                            fmt::format("micro_batch: 1\nglobal_batch: 32\ndp: 32\nep: 32\n"
+                                        "moe_token_dispatcher: {}\n",
+                                        dispatcher),
+                            32);
   };
   Job nccl_job = run("alltoall"), deepep_job = run("deepep");
   const double ranks = deepep_job.model.expected_token_nodes(32);
@@ -642,19 +638,15 @@ TEST(ClusterRun, DeepEpSendsATokenOncePerRank) {
 // other program of a combined step computed on the whole device.
 TEST(ClusterRun, DeepEpUnitsSlowTheOtherDirectionOfADualPipeStep) {
   auto run = [](int sms, bool units) {
-    Job j;
-    j.model = load_model("deepseek-v3", {"layers=4", "first_dense_layers=1", "experts=32",
-                                         "seq_len=1024", "router_groups=4", "router_group_topk=2"});
-    j.device = load_device("h800-sxm5-80gb");
-    j.system = load_system("hgx-h800");
-    j.setup = load_training_string(
-        fmt::format("micro_batch: 1\nglobal_batch: 64\npp: 2\nvpp: 2\ndp: 16\nep: 16\n"
-                    "schedule: dualpipe\nmoe_token_dispatcher: deepep\ndeepep_sms: {}\n"
-                    "comm_uses_units: {}\n",
-                    sms, units ? "true" : "false"),
-        "training.yaml");
-    j.gpus = 32;
-    return j.run();
+    return deepseek_on_h800(
+               {"layers=4", "first_dense_layers=1", "experts=32", "seq_len=1024",
+                "router_groups=4", "router_group_topk=2"},
+               fmt::format("micro_batch: 1\nglobal_batch: 64\npp: 2\nvpp: 2\ndp: 16\nep: 16\n"
+                           "schedule: dualpipe\nmoe_token_dispatcher: deepep\ndeepep_sms: {}\n"
+                           "comm_uses_units: {}\n",
+                           sms, units ? "true" : "false"),
+               32)
+        .run();
   };
   ClusterResult few = run(1, true), deepseek = run(20, true), many = run(66, true);
   ClusterResult free_few = run(1, false), free_many = run(66, false);

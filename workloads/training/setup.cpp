@@ -291,8 +291,8 @@ const Schema& training_schema() {
     x.params.push_back(param(
         "moe_probs_in_activation", ParamType::Bool, "", "false",
         "The routing weights multiply the routed experts' activation output (Megatron-core's "
-        "weighted SwiGLU, the probabilities sent with the tokens; DeepSeek-V3 applies them "
-        "there) instead of the experts' outputs in the unpermute, so the combine's output (top_k "
+        "weighted SwiGLU, the probabilities sent with the tokens) instead of the experts' "
+        "outputs in the unpermute, so the combine's output (top_k "
         "x hidden values a token) is not kept for the weights' gradient: the activation's "
         "backward computes it from the input it keeps. With the alltoall or deepep "
         "dispatcher."));
