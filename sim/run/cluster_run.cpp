@@ -1196,9 +1196,11 @@ class ClusterSim {
     hold(rs, cr, start,
          std::min<double>(max_channels, std::max(1.0, std::floor(cr.bytes / 32768.0))));
   }
-  // The units of a collective the compute stream does not wait for: copy engines move a ring
-  // exchange with no compute units, only memory bandwidth; DeepEP's kernels hold a fixed budget
-  // of units whatever the message (training.deepep_sms); NCCL one thread block per channel.
+  // The units a collective holds while compute runs beside it (the compute stream does not wait
+  // for it, or the other program of a combined step computes while this one waits): copy
+  // engines move a ring exchange with no compute units, only memory bandwidth; DeepEP's kernels
+  // hold a fixed budget of units whatever the message (training.deepep_sms); NCCL one thread
+  // block per channel.
   void hold_collective_units(RankState& rs, const CommSpec& cm, const CollectiveResult& cr,
                              Time start) {
     if (cm.copy_engine) hold_units(rs, cr, start, 0);
