@@ -119,6 +119,35 @@ TEST_F(ClusterCli, TensorParallelGroupsAcrossNodesAreNamed) {
   EXPECT_FALSE(has(even.out, "span two nodes")) << even.out;
 }
 
+// A spread of device clocks runs the job at its slowest device's: the step slows, by no more
+// than the clock (communication does not slow), and the summary and JSON say so. A spread
+// beyond the bound is named.
+TEST_F(ClusterCli, StragglersRunTheJobAtTheSlowestClock) {
+  // kCluster's step is host-bound, which a GPU clock does not change: longer micro-batches.
+  const std::string job =
+      "--device a100-sxm4-80gb --model gpt3-1.3b -p model.layers=8 --seq-len 2048 --gpus 16 "
+      "--tp 2 --pp 2 --micro-batch 4 --global-batch 64 --fidelity analytical";
+  Result even = run("run " + job + " --json " + quote((dir_ / "even.json").string()));
+  ASSERT_EQ(even.status, 0) << even.err;
+  EXPECT_FALSE(has(even.out, "stragglers")) << even.out;
+  Result spread = run("run " + job + " -p system.reliability.clock_spread=0.05 --json " +
+                      quote((dir_ / "spread.json").string()));
+  ASSERT_EQ(spread.status, 0) << spread.err;
+  EXPECT_TRUE(has(spread.out, "slowest of 16 devices")) << spread.out;
+  nlohmann::json a = nlohmann::json::parse(read_file(dir_ / "even.json"));
+  nlohmann::json b = nlohmann::json::parse(read_file(dir_ / "spread.json"));
+  const double scale = b["stragglers"]["clock_scale"].get<double>();
+  EXPECT_NEAR(scale, std::exp(-0.05 * b["stragglers"]["slowest_score"].get<double>()), 1e-12);
+  EXPECT_NEAR(b["stragglers"]["sustained_clock_hz"].get<double>() /
+                  a["stragglers"]["sustained_clock_hz"].get<double>(),
+              scale, 1e-9);
+  const double slower = b["step_time_s"].get<double>() / a["step_time_s"].get<double>();
+  EXPECT_GT(slower, 1.0);
+  EXPECT_LE(slower, 1 / scale + 1e-9);
+  expect_bad("run " + job + " -p system.reliability.clock_spread=0.8",
+             "system.reliability.clock_spread", "above the maximum 0.5");
+}
+
 TEST_F(ClusterCli, LayoutNotMatchingTheGpuCount) {
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 --tp 2 --pp 2 --dp 2",
              "training.dp", "is not the GPU count 16");

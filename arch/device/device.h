@@ -49,6 +49,8 @@ class Device {
   const PowerSpec* power() const { return power_ ? &*power_ : nullptr; }
   /// Sets the clock matrix work runs at (arch/power's power limit derives it).
   void set_sustained_clock(Frequency f) { compute_.sustained_clock = f; }
+  /// Sets the clock work without matrix products runs at (sim/run/stragglers.h slows it).
+  void set_boost_clock(Frequency f) { compute_.boost_clock = f; }
   /// Area and cost figures, or nullptr where its file has no `package:` section.
   const PackageSpec* package() const { return package_ ? &*package_ : nullptr; }
   /// How many of the node's devices use the host in this run (each gets an equal share).

@@ -231,6 +231,11 @@ const Schema& reliability_schema() {
       p.positive = true;
       return p;
     };
+    auto bounded = [](ParamSpec p) {  // beyond 0.5, the slowest of 2^20 runs under 0.1x
+      p.min = 0;
+      p.max = 0.5;
+      return p;
+    };
     x.params = {
         positive(param("device_mtbf", ParamType::Time, "s", "50700 h",
                        "Mean time between job-stopping failures per device (all causes: GPU, "
@@ -243,6 +248,13 @@ const Schema& reliability_schema() {
         positive(param("checkpoint_write_bandwidth", ParamType::Bandwidth, "B/s", "1 GB/s",
                        "One node's storage bandwidth for writing checkpoints in the background "
                        "(Llama 3's Tectonic: 2 TB/s sustained over 2,048 nodes).")),
+        bounded(param("clock_spread", ParamType::Real, "fraction", "0",
+              "Spread of the devices' sustained clocks (power capping, cooling, silicon): the "
+              "standard deviation of their logarithm, about the coefficient of variation. A "
+              "synchronous job waits for its slowest device at every step, so every rank runs "
+              "at the clock the slowest of the job's n devices is expected to have: exp(-spread "
+              "x e_n), e_n the expected largest of n standard normal scores (3.97 for 16,384). "
+              "0: every device at the preset's clock (no published fleet spread is assumed).")),
     };
     return x;
   }();
@@ -430,6 +442,7 @@ SystemSpec system_from_config(const Config& c) {
   s.reliability.device_mtbf = rel.get_time("device_mtbf");
   s.reliability.restart = rel.get_time("restart_time");
   s.reliability.checkpoint_write = rel.get_bandwidth("checkpoint_write_bandwidth");
+  s.reliability.clock_spread = rel.get_real("clock_spread");
   return s;
 }
 

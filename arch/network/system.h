@@ -101,6 +101,10 @@ struct ReliabilitySpec {
   /// Storage bandwidth of one node for writing checkpoints (the background half of an
   /// asynchronous checkpoint). Default: Llama 3's Tectonic, 2 TB/s sustained over 2,048 nodes.
   Bandwidth checkpoint_write = Bandwidth::gb_per_s(1.0);
+  /// Spread of the devices' sustained clocks: the standard deviation of their logarithm (about
+  /// the coefficient of variation). A synchronous job runs at its slowest device's clock
+  /// (sim/run/stragglers.h). 0: every device at the preset's clock.
+  double clock_spread = 0;
 };
 
 struct SystemSpec {

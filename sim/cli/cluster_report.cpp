@@ -58,6 +58,18 @@ std::string goodput_line(const ClusterResult& r) {
       long_time(g.write));
 }
 
+std::string stragglers_line(const ClusterResult& r) {
+  const Stragglers& s = r.stragglers;
+  if (!s.any()) return "";
+  const double mean = r.sustained_clock.hz() / s.clock_scale;
+  return fmt::format(
+      "stragglers every rank at the slowest of {} devices' clock: {:.2f} standard deviations of "
+      "a {:.3g}% clock spread, {:.3f} GHz against {:.3f} GHz ({:.3f}x)   (system "
+      "reliability.clock_spread)\n",
+      r.gpus, s.score, 100 * s.clock_spread, r.sustained_clock.hz() * 1e-9, mean * 1e-9,
+      s.clock_scale);
+}
+
 std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
                             const TrainingSetup& t) {
   const Parallelism& p = r.parallel;
@@ -137,6 +149,7 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
                       r.stages.size() > 1 ? r.hottest_rank_power() : Power(0),
                       r.network.power * r.step_time / double(r.gpus));
   out += goodput_line(r);
+  out += stragglers_line(r);
   std::map<std::string, double> by_role;
   for (const auto& n : r.nodes)
     if (!n.beside_compute) by_role[op_role(n.name)] += n.time.sec() * n.executions;
@@ -283,6 +296,11 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"checkpoint_loss", r.goodput.checkpoint_loss},
             {"failure_loss", r.goodput.failure_loss},
             {"tokens_per_s", r.tokens_per_s() * r.goodput.fraction}}},
+          {"stragglers",
+           {{"clock_spread", r.stragglers.clock_spread},
+            {"slowest_score", r.stragglers.score},
+            {"clock_scale", r.stragglers.clock_scale},
+            {"sustained_clock_hz", r.sustained_clock.hz()}}},
           {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops_json(r.nodes)}};
   add_host_memory_json(doc["memory"], r.host);

@@ -4,6 +4,7 @@
 
 #include "arch/network/topology.h"
 #include "sim/run/cluster_run.h"
+#include "sim/run/stragglers.h"
 #include "workloads/parallel/check.h"
 
 namespace memwall {
@@ -178,6 +179,8 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     // A layout that cannot run is a configuration error at the training key that causes it.
     check_parallel_layout(*e.model, e.training);
     if (e.system) {
+      // The job runs at its slowest device's clock, set before any operator is simulated.
+      slow_to_straggler(*e.device, stragglers(e.system->reliability.clock_spread, e.gpus));
       try {
         Topology(*e.system, e.gpus).check_connected();
       } catch (const std::invalid_argument& ex) {

@@ -654,6 +654,8 @@ class ClusterSim {
     if (device_.host() && device_.host()->cache_mode) r.capacity = r.host.capacity;
     r.peak_flops = device_.compute().peak(t_.matmul_dtype()).per_s();
     r.peak_memory_bandwidth = device_.memory().peak_bandwidth().bps();
+    r.stragglers = stragglers(sys_.reliability.clock_spread, gpus_);
+    r.sustained_clock = device_.compute().sustained_clock;
     mbs_ = t_.accumulation_steps();
     r.micro_batches = mbs_;
     r.tokens_per_step = double(t_.global_batch) * m_.seq_len;

@@ -26,6 +26,7 @@
 #include "arch/network/system.h"
 #include "arch/ops/simulate.h"
 #include "sim/run/goodput.h"
+#include "sim/run/stragglers.h"
 #include "sim/run/training_run.h"
 #include "workloads/model/transformer.h"
 #include "workloads/training/setup.h"
@@ -139,6 +140,10 @@ struct ClusterResult {
   long combined_steps = 0, split_combined_steps = 0;
   /// Progress kept on the system's reliability with asynchronous checkpoints (sim/run/goodput.h).
   Goodput goodput;
+  /// The slowest device's clock, which every rank ran at (sim/run/stragglers.h), and the
+  /// sustained clock matrix work ran at.
+  Stragglers stragglers;
+  Frequency sustained_clock;
 
   double tokens_per_s() const { return tokens_per_step / step_time.sec(); }
   double mfu() const { return model_flops / (step_time.sec() * peak_flops * gpus); }
