@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "arch/device/device.h"
+#include "arch/device/tile_executor.h"
 #include "arch/ops/simulate.h"
 
 namespace memwall {
@@ -24,6 +25,52 @@ TEST(Watchdog, NamesTheStuckSlotInsteadOfHanging) {
   auto good = load_device("h100-sxm5-80gb");
   OpResult r = OpSimulator(*good, Fidelity::Tile).run(make_norm("layernorm", 64, 1024, DType::BF16, false));
   EXPECT_GT(r.time.sec(), 0);
+}
+
+// One step of matrix work per group, then an epilogue that only waits `latency` cycles; two
+// groups share each unit and advance in lockstep (FlashAttention-2's structure).
+class WorkThenLatency : public TileProgram {
+ public:
+  WorkThenLatency(long groups, double macs, double latency, Bytes regs)
+      : groups_(groups), macs_(macs), latency_(latency), regs_(regs) {}
+  std::string name() const override { return "work then latency"; }
+  std::string mapping() const override { return "test"; }
+  long groups() const override { return groups_; }
+  int steps(long) const override { return 1; }
+  void step(long, int, Step& out) const override {
+    out.phases.push_back({{{Pipe::Matrix, macs_, DType::BF16}}});
+  }
+  void epilogue(long, Step& out) const override { out.phases.push_back({{}, latency_}); }
+  GroupFootprint footprint() const override {
+    GroupFootprint f;
+    f.registers = regs_;
+    f.lockstep = true;
+    return f;
+  }
+
+ private:
+  long groups_;
+  double macs_, latency_;
+  Bytes regs_;
+};
+
+// A phase's latency delays its own group only: the unit's pipes serve the other resident group
+// meanwhile, so two groups on a unit take both their work but one latency, not two.
+TEST(Executor, APhasesLatencyDelaysItsGroupNotTheUnit) {
+  auto dev = load_device("h100-sxm5-80gb");
+  const ComputeSpec& c = dev->compute();
+  const double macs = 1e6, latency = 5000;  // cycles: 1e6 / 1024 MACs a cycle = 977
+  const Bytes half = c.register_file * 0.5;
+  TileExecutor ex(*dev);
+  const KernelStats none = ex.execute(WorkThenLatency(2 * c.units, macs, 0, half));
+  ASSERT_EQ(none.occupancy, 2);
+  const KernelStats lat = ex.execute(WorkThenLatency(2 * c.units, macs, latency, half));
+  const Frequency f = c.kernel_clock(true);
+  const double work = 2 * macs / c.matrix_macs_per_cycle(DType::BF16) / f.hz();
+  // (and a barrier per step: sync_cycles)
+  EXPECT_NEAR((none.duration - dev->launch_overhead()).sec(), work, 0.05 * work);
+  // Both groups' work, then the second group's latency: latency counts once.
+  EXPECT_NEAR((lat.duration - none.duration).sec(), latency / f.hz(), 0.02 * latency / f.hz());
 }
 
 }  // namespace

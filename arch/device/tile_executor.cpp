@@ -236,6 +236,7 @@ class KernelRun {
           for (const PipeWork& w : p.work)
             done = max(done, pipes_[sl.unit][static_cast<int>(w.pipe)].occupy(now, duration(w)));
         }
+        if (p.latency_cycles > 0) done = done + clock_.cycles(p.latency_cycles);
         if (wait_until(sl, done, now, stall_reason(p))) return;
         continue;
       }

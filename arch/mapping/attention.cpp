@@ -31,6 +31,18 @@ constexpr int64_t kMaxEventsPerGroup = 16;  // FlashAttention-2 uses 4 warps for
 // backward: scale-and-subtract, dS = P * (dP - D) (two), converts of P and dS.
 constexpr double kFwdVectorPerScore = 8;
 constexpr double kBwdVectorPerScore = 10;
+// A work group's latency that neither its pipes nor its loads account for: the prologue (Q into
+// registers, waiting on the first blocks) and the epilogue (O normalised, written through shared
+// memory), latency-bound at 1-2 CTAs (4-8 warps) per SM, where other resident groups can use
+// the pipes. Measured with Nsight Compute on the H200 (configs/validation/ncu-fa2-h200-*.csv,
+// head 64, non-causal): a CTA's time at 512 and 16,384 tokens, same grid, extrapolates to 2.45 us
+// (forward) and 3.01 us (backward) at zero steps; this model's own are 0.27 and 0.81 us (load
+// latency, the epilogue's arithmetic). The 2.2 us left, in both, is 3,100 cycles at the preset's
+// 1.41 GHz. Checked out of sample on the A100 FlashAttention-2 cases (docs/validation.md).
+constexpr double kGroupLatencyCycles = 3100;
+// Causal blocks on the diagonal: a compare and a select per score (FlashAttention-2's
+// apply_mask_causal on its masking steps).
+constexpr double kMaskPerScore = 4;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -83,16 +95,21 @@ class FlashForward : public TileProgram {
     double qk_smem = smem_bytes(t_.bm, t_.bn, dk, kWarps, 1, e_);
     double pv_smem = kWarps * t_.bn * dv * e_;
     out.phases.push_back({{{Pipe::Matrix, scores * dk, a_.dtype}, {Pipe::Scratchpad, qk_smem}}});
-    Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + 2.0 * t_.bm * dv, DType::FP32},
+    const double mask = masked(m, s) ? scores * kMaskPerScore : 0;
+    Phase softmax{{{Pipe::Vector, scores * kFwdVectorPerScore + mask + 2.0 * t_.bm * dv, DType::FP32},
                    {Pipe::Sfu, scores}}};
     if (a_.dropout) softmax.work[0].amount += scores * 12;  // Philox per element
     out.phases.push_back(softmax);
     out.phases.push_back({{{Pipe::Matrix, scores * dv, a_.dtype}, {Pipe::Scratchpad, pv_smem}}});
   }
+  // A key block reaching past the first query row of block m (causal): its scores are masked.
+  bool masked(int64_t m, int64_t n) const {
+    return a_.causal && (n + 1) * t_.bn - 1 > m * t_.bm + (a_.seq_kv - a_.seq_q);
+  }
   void epilogue(long g, Step& out) const override {
     int64_t m = g % mblocks_, bh = g / mblocks_;
     double dv = double(a_.value_dim());
-    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * dv, DType::FP32}}});
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bm * dv, DType::FP32}}, kGroupLatencyCycles});
     out.stores.push_back({block_key(kO, bh, m), Bytes(t_.bm * dv * e_)});
     out.stores.push_back({block_key(kLse, bh, m), Bytes(t_.bm * 4.0)});
   }
@@ -162,7 +179,9 @@ class FlashBackward : public TileProgram {
     // S = Q K^T; P = exp(S - LSE); dV += P^T dO and dP = dO V^T; dS = P (dP - D);
     // dK += dS^T Q and dQ = dS K.
     out.phases.push_back({{{Pipe::Matrix, scores * dk, a_.dtype}, {Pipe::Scratchpad, s_smem(dk)}}});
-    out.phases.push_back({{{Pipe::Vector, scores * 4, DType::FP32}, {Pipe::Sfu, scores}, {Pipe::Scratchpad, p_store}}});
+    const double mask =
+        a_.causal && (n + 1) * t_.bn - 1 > m * t_.bm + (a_.seq_kv - a_.seq_q) ? scores * kMaskPerScore : 0;
+    out.phases.push_back({{{Pipe::Vector, scores * 4 + mask, DType::FP32}, {Pipe::Sfu, scores}, {Pipe::Scratchpad, p_store}}});
     out.phases.push_back({{{Pipe::Matrix, 2 * scores * dv, a_.dtype}, {Pipe::Scratchpad, kv_smem(dv) + s_smem(dv)}}});
     out.phases.push_back({{{Pipe::Vector, scores * (kBwdVectorPerScore - 4), DType::FP32}, {Pipe::Scratchpad, p_store}}});
     out.phases.push_back({{{Pipe::Matrix, 2 * scores * dk, a_.dtype}, {Pipe::Scratchpad, kv_smem(dk) + dq_smem}}});
@@ -172,7 +191,7 @@ class FlashBackward : public TileProgram {
   void epilogue(long g, Step& out) const override {
     int64_t bh = g / nblocks_, n = g % nblocks_;
     double dk = double(a_.head_dim), dv = double(a_.value_dim());
-    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bn * (dk + dv), DType::FP32}}});
+    out.phases.push_back({{{Pipe::Vector, 2.0 * t_.bn * (dk + dv), DType::FP32}}, kGroupLatencyCycles});
     out.stores.push_back({block_key(kDK, bh, n), Bytes(t_.bn * dk * e_)});
     out.stores.push_back({block_key(kDV, bh, n), Bytes(t_.bn * dv * e_)});
   }

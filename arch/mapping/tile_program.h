@@ -61,6 +61,9 @@ class PipeList {
 
 struct Phase {
   PipeList work;  ///< concurrent work on distinct pipes
+  /// Cycles the group waits once its pipe work is done: a latency the group cannot hide itself
+  /// (a dependent chain of instructions), during which other resident groups use the pipes.
+  double latency_cycles = 0;
 };
 
 struct Block {
