@@ -94,15 +94,13 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     exposed += fmt::format("{}{} {:.1f}", exposed.empty() ? "" : ", ", parallel_group_name(g),
                            100 * c.exposed.sec() / step);
   }
-  double host = 0, copies = 0, tier = 0;
+  double copies = 0, tier = 0;
   for (const auto& s : r.stages) {
-    host += s.host_stall.sec();
     copies += s.host_copy_wait.sec();
     tier += s.host_tier.sec();
   }
   tier /= std::max<std::size_t>(1, r.stages.size());
-  // (rounding can leave a stall of -1e-17 s; it is none)
-  host = std::max(0.0, host / std::max<std::size_t>(1, r.stages.size()));
+  const double host = r.host_stall().sec();
   copies /= std::max<std::size_t>(1, r.stages.size());
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {}  exposed "
@@ -278,6 +276,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"split_combined_steps", r.split_combined_steps},
             {"stages", stages}}},
           {"host_copy_wait_s", host_copy_wait},
+          {"host_bound_s", r.host_stall().sec()},
           {"delayed_update_s", r.delayed_update.sec()},
           {"links", r.link_utilisation},
           {"links_busiest", r.link_peak},

@@ -105,6 +105,13 @@ Time ClusterResult::comm_interference() const {
   return stages.empty() ? t : t / double(stages.size());
 }
 
+Time ClusterResult::host_stall() const {
+  Time t;
+  for (const auto& s : stages) t += s.host_stall;
+  // (rounding can leave a stall of -1e-17 s; it is none)
+  return stages.empty() ? t : max(Time::zero(), t / double(stages.size()));
+}
+
 Time ClusterResult::overlapped_comm() const {
   Time t;
   for (const auto& g : comm) t += g.overlapped();

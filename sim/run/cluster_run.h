@@ -155,6 +155,8 @@ struct ClusterResult {
   Time exposed_comm() const;
   /// Compute-stream time lost to collectives holding compute units, averaged over ranks.
   Time comm_interference() const;
+  /// Compute-stream time waiting for the host to issue operators, averaged over ranks.
+  Time host_stall() const;
   Time overlapped_comm() const;
 };
 
