@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "arch/device/device.h"
+#include "arch/package/package.h"
 #include "sim/sweep/sweep.h"
 #include "tests/binary_fixture.h"
 
@@ -169,6 +171,75 @@ TEST_F(Sweep, APointOverALimitRanAndSaysWhichLimit) {
   EXPECT_TRUE(has(t.out, "package.are_mm2")) << t.out;
 }
 
+// `solve`: at each point, the most SMs whose die keeps 814 mm²; the area grows with every SM,
+// so the answer is the count at which one more would break the budget.
+TEST_F(Sweep, SolvesForTheMostUnitsWithinAnAreaBudget) {
+  write("s.yaml", experiment() +
+                      "parameters:\n  device.caches.l2.size: [25MiB, 100MiB]\n"
+                      "solve: {key: device.compute.units, range: [66, 264], integer: true}\n"
+                      "limits:\n  package.area_mm2: 814\n"
+                      "metrics: [package.area_mm2, step_time_s]\n");
+  Result r = run("sweep s.yaml -j 2 -o out.csv");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  std::vector<std::string> rows = lines(read_file(dir_ / "out.csv"));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0], "point,device.caches.l2.size,status,device.compute.units,package.area_mm2,"
+                     "step_time_s,message");
+  for (int i : {1, 2}) {
+    SCOPED_TRACE(rows[i]);
+    std::vector<std::string> f;
+    ASSERT_TRUE(split_csv_line(rows[i], f));
+    EXPECT_EQ(f[2], "ok");
+    const int units = std::stoi(f[3]);
+    auto area = [&](int n) {
+      return package_of(*load_device("h100-sxm5-80gb", {"compute.units=" + std::to_string(n),
+                                                        "caches.l2.size=" + f[1]}))
+          .total()
+          .mm2_value();
+    };
+    EXPECT_LE(area(units), 814.0);
+    EXPECT_GT(area(units + 1), 814.0);
+    EXPECT_NEAR(std::stod(f[4]), area(units), 1e-6);
+    EXPECT_TRUE(has(f.back(), "next: package.area_mm2")) << f.back();
+  }
+  // More L2 leaves room for fewer SMs.
+  std::vector<std::string> a, b;
+  split_csv_line(rows[1], a);
+  split_csv_line(rows[2], b);
+  EXPECT_GT(std::stoi(a[3]), std::stoi(b[3]));
+  // The smallest HBM bandwidth that keeps a throughput: goal min, against a requirement met at
+  // 3.35 TB/s (326k tokens/s; 75k at 0.5 TB/s: micro-batches of 32 are bandwidth-bound); the
+  // value found keeps it.
+  write("m.yaml", "experiment:\n  device: h100-sxm5-80gb\n  fidelity: analytical\n"
+                  "  model: {preset: gpt2-124m, seq_len: 256}\n"
+                  "  training: {micro_batch: 32, global_batch: 32}\n"
+                      "solve: {key: device.memory.bandwidth, range: [0.5, 8], unit: TB/s, "
+                      "goal: min, tolerance: 0.01}\n"
+                      "limits:\n  tokens_per_s_per_gpu: \">= 250000\"\n"
+                      "metrics: [tokens_per_s_per_gpu]\n");
+  Result m = run("sweep m.yaml -j 1 -o m.csv");
+  ASSERT_EQ(m.status, 0) << m.out << m.err;
+  rows = lines(read_file(dir_ / "m.csv"));
+  ASSERT_EQ(rows.size(), 2u);
+  std::vector<std::string> f;
+  split_csv_line(rows[1], f);
+  ASSERT_EQ(f[1], "ok") << rows[1];
+  EXPECT_GE(std::stod(f[3]), 250000) << rows[1];
+  const double tb = std::stod(f[2]);
+  EXPECT_GT(tb, 1.0);  // 148k tokens/s at 1 TB/s, 326k at 3.35
+  EXPECT_LT(tb, 3.35);
+  EXPECT_TRUE(has(f.back(), "next: tokens_per_s_per_gpu")) << f.back();
+  // A range whose best end already breaks the budget: over_limit, saying so.
+  write("x.yaml", experiment() +
+                      "solve: {key: device.compute.units, range: [200, 264], integer: true}\n"
+                      "limits:\n  package.area_mm2: 814\n");
+  Result x = run("sweep x.yaml -j 1 -o x.csv");
+  EXPECT_EQ(x.status, 0) << x.err;
+  EXPECT_TRUE(has(read_file(dir_ / "x.csv"), ",over_limit,")) << read_file(dir_ / "x.csv");
+  EXPECT_TRUE(has(read_file(dir_ / "x.csv"), "no device.compute.units in [200, 264]"))
+      << read_file(dir_ / "x.csv");
+}
+
 TEST_F(Sweep, AnOperatorExperimentSweepsToo) {
   // Operators instead of a model: the default metric is the total time, and a metric may index
   // the operator list. A wider HBM never slows the memory-bound triad, and it moves its bytes
@@ -236,6 +307,21 @@ TEST_F(Sweep, BadInputNamesTheFileLineAndKey) {
                 "parameters.device.memory.bandwith"},
            Case{experiment() + "points:\n  - {model.seq_len: 128}\n  - {training.tpp: 2}\n",
                 "points.training.tpp"},
+           // solve: its limits, its range, its keys, and a key no experiment has.
+           Case{experiment() + "solve: {key: device.compute.units, range: [66, 264]}\n", "solve"},
+           Case{experiment() + "solve: {key: device.compute.units, range: [264, 66]}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.range"},
+           Case{experiment() + "solve: {key: device.compute.units, range: [66]}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.range"},
+           Case{experiment() + "solve: {key: device.compute.units, range: [66, 264], goal: most}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.goal"},
+           Case{experiment() + "solve: {key: device.compute.units, range: [66, 264], step: 2}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.step"},
+           Case{experiment() + "parameters:\n  device.compute.units: [100]\n"
+                               "solve: {key: device.compute.units, range: [66, 264]}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.key"},
+           Case{experiment() + "solve: {key: device.compute.unitz, range: [66, 264]}\n"
+                               "limits: {package.area_mm2: 814}\n", "solve.key"},
        }) {
     SCOPED_TRACE(c.yaml);
     write("bad.yaml", c.yaml);

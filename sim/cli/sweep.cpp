@@ -50,6 +50,19 @@ Experiment point_experiment(const SweepSpec& s, const SweepPoint& p,
 // A key that no experiment has fails at every point: refuse the sweep at that key's line before
 // any point runs. A value an experiment refuses (tp not dividing the GPUs) is a point's result.
 void refuse_unknown_keys(const SweepSpec& s, const std::vector<std::string>& overrides) {
+  if (s.solve) {
+    // The solved key, at the low end of its range, on the first point.
+    SweepPoint p = s.expand().front();
+    p.assignments.emplace_back(s.solve->key, s.solve->value(s.solve->lo));
+    try {
+      point_experiment(s, p, overrides, "");
+    } catch (const ConfigError& e) {
+      if (e.key_path() == s.solve->key)
+        throw ConfigError(s.key_location(s.solve->key), "solve.key",
+                          e.message() + " (every point would fail)");
+    } catch (const std::exception&) {
+    }
+  }
   std::set<std::string> unchecked;
   for (const std::string& k : s.keys())
     if (k != "device" && k != "model" && k != "system") unchecked.insert(k);
@@ -119,27 +132,117 @@ std::string field(const nlohmann::json& j, const std::string& path) {
   return at->dump();
 }
 
-// Runs one point and picks its metrics out of the run's JSON.
+// The limits `j` breaks, as "field = x > limit" joined by "; " ("" when it keeps them all).
+std::string broken_limits(const SweepSpec& spec, const nlohmann::json& j) {
+  std::string broken;
+  for (const auto& lim : spec.limits) {
+    const std::string v = field(j, lim.field);
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || !end || *end != '\0')
+      throw std::runtime_error("limit " + lim.field + ": the run has no number there (fields "
+                               "are the keys of `memwall run --json`; package.* needs the "
+                               "device's package: section, energy.* its power: section)");
+    if (lim.broken_by(x))
+      broken += fmt::format("{}{} = {:.4g} {} {:.4g}", broken.empty() ? "" : "; ", lim.field, x,
+                            lim.at_least ? "<" : ">", lim.value);
+  }
+  return broken;
+}
+
+// One run of a point: its JSON and the limits it breaks.
+struct Trial {
+  nlohmann::json j;
+  std::string broken;
+  bool ok() const { return broken.empty(); }
+};
+
+// Solves for spec.solve's key at point `p` by bisection over its range: the largest value
+// that keeps every limit (the smallest, for goal min). `at` is the value found (or the end of
+// the range that already breaks a limit); `runs` the runs it took; `bound` what broke at the
+// first value past it ("" when the range's end keeps the limits).
+struct Solved {
+  double at = 0;
+  Trial trial;
+  int runs = 0;
+  std::string bound;
+  bool feasible = true;
+};
+Solved solve_point(const SweepSpec::Solve& s, const std::function<Trial(double)>& run) {
+  Solved r;
+  // `good` keeps the limits, `bad` breaks one; the answer lies between them.
+  double good = s.maximize ? s.lo : s.hi, bad = s.maximize ? s.hi : s.lo;
+  r.trial = run(good);
+  r.runs = 1;
+  r.at = good;
+  if (!r.trial.ok()) {
+    r.feasible = false;
+    return r;
+  }
+  Trial t = run(bad);
+  ++r.runs;
+  if (t.ok()) {
+    r.at = bad;
+    r.trial = std::move(t);
+    return r;
+  }
+  r.bound = t.broken;
+  while (!s.found(std::min(good, bad), std::max(good, bad))) {
+    const double mid = s.middle(std::min(good, bad), std::max(good, bad));
+    if (mid == good || mid == bad) break;
+    t = run(mid);
+    ++r.runs;
+    if (t.ok()) {
+      good = mid;
+      r.trial = std::move(t);
+    } else {
+      bad = mid;
+      r.bound = t.broken;
+    }
+  }
+  r.at = good;
+  return r;
+}
+
+// Runs one point and picks its metrics out of the run's JSON; with `solve`, solves for its key
+// first (the key's column is the value found).
 PointRunner point_runner(const SweepSpec& spec, const std::vector<std::string>& metrics,
                          const std::vector<std::string>& overrides, const std::string& fidelity) {
   return [&spec, metrics, overrides, fidelity](const SweepPoint& p) {
-    Experiment e = point_experiment(spec, p, overrides, fidelity);
-    const nlohmann::json j = evaluate(e);
+    auto trial = [&](const SweepPoint& q) {
+      Experiment e = point_experiment(spec, q, overrides, fidelity);
+      Trial t;
+      t.j = evaluate(e);
+      t.broken = broken_limits(spec, t.j);
+      return t;
+    };
     PointResult r{"ok", {}, ""};
-    for (const auto& m : metrics) r.values.push_back(field(j, m));
-    for (const auto& lim : spec.limits) {
-      const std::string v = field(j, lim.field);
-      char* end = nullptr;
-      const double x = std::strtod(v.c_str(), &end);
-      if (v.empty() || !end || *end != '\0')
-        throw std::runtime_error("limit " + lim.field + ": the run has no number there (fields "
-                                 "are the keys of `memwall run --json`; package.* needs the "
-                                 "device's package: section, energy.* its power: section)");
-      if (lim.broken_by(x)) {
+    if (!spec.solve) {
+      const Trial t = trial(p);
+      for (const auto& m : metrics) r.values.push_back(field(t.j, m));
+      if (!t.ok()) {
         r.status = "over_limit";
-        r.message += fmt::format("{}{} = {:.4g} {} {:.4g}", r.message.empty() ? "" : "; ",
-                                 lim.field, x, lim.at_least ? "<" : ">", lim.value);
+        r.message = t.broken;
       }
+      return r;
+    }
+    const SweepSpec::Solve& s = *spec.solve;
+    const Solved v = solve_point(s, [&](double x) {
+      SweepPoint q = p;
+      q.assignments.emplace_back(s.key, s.value(x));
+      return trial(q);
+    });
+    for (const auto& m : metrics)
+      r.values.push_back(m == s.key ? s.value(v.at) : field(v.trial.j, m));
+    if (!v.feasible) {
+      r.status = "over_limit";
+      r.message = fmt::format("no {} in [{}, {}] keeps the limits: at {}, {}", s.key,
+                              s.value(s.lo), s.value(s.hi), s.value(v.at), v.trial.broken);
+    } else if (v.bound.empty()) {
+      r.message = fmt::format("{} runs; the range's end keeps the limits (widen solve.range)",
+                              v.runs);
+    } else {
+      r.message = fmt::format("{} runs; next: {}", v.runs, v.bound);
     }
     return r;
   };
@@ -233,6 +336,19 @@ void write_beside(const SweepSpec& s, const std::vector<std::string>& metrics,
     for (const auto& [k, v] : p) m[k] = v;
     doc["points"].push_back(m);
   }
+  if (s.solve) {
+    const SweepSpec::Solve& v = *s.solve;
+    doc["solve"]["key"] = v.key;
+    doc["solve"]["range"].push_back(v.lo);
+    doc["solve"]["range"].push_back(v.hi);
+    if (!v.unit.empty()) doc["solve"]["unit"] = v.unit;
+    doc["solve"]["integer"] = v.integer;
+    doc["solve"]["goal"] = v.maximize ? "max" : "min";
+    doc["solve"]["tolerance"] = v.tolerance;
+  }
+  for (const auto& lim : s.limits)
+    doc["limits"][lim.field] = lim.at_least ? fmt::format(">= {}", lim.value)
+                                            : fmt::format("{}", lim.value);
   for (const auto& m : metrics) doc["metrics"].push_back(m);
   for (const auto& o : overrides) doc["overrides"].push_back(o);
   YAML::Emitter em;
@@ -336,8 +452,11 @@ void add_sweep_command(CLI::App& app) {
                             return std::any_of(p.begin(), p.end(),
                                                [](const auto& kv) { return kv.first == "model"; });
                           });
-    const std::vector<std::string> metrics =
+    std::vector<std::string> metrics =
         !spec.metrics.empty() ? spec.metrics : training ? kTrainingMetrics : kOpsMetrics;
+    // A solved key's value is the first figure of its row.
+    if (spec.solve && std::find(metrics.begin(), metrics.end(), spec.solve->key) == metrics.end())
+      metrics.insert(metrics.begin(), spec.solve->key);
     const std::string csv = o->out.empty() ? spec.name + ".csv" : o->out;
     if (o->dry_run) {
       // Every point loaded as it would run; an invalid one is listed with its message.

@@ -52,6 +52,61 @@ bool dotted_key(const std::string& k) {
   return true;
 }
 
+double number(const Document& doc, const YAML::Node& n, const std::string& key) {
+  const std::string v = scalar(doc, n, key);
+  char* end = nullptr;
+  const double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || !end || *end != '\0' || !std::isfinite(x))
+    fail(doc, key, "'" + v + "' is not a number (give the unit apart, in solve.unit)");
+  return x;
+}
+
+SweepSpec::Solve load_solve(const Document& doc, const YAML::Node& n, const SweepSpec& s) {
+  if (!n.IsMap())
+    fail(doc, "solve", "must be a map such as {key: device.compute.units, range: [66, 264], "
+                       "integer: true, goal: max}");
+  static const std::set<std::string> known = {"key", "range", "unit", "integer", "goal",
+                                              "tolerance"};
+  for (const auto& kv : n) {
+    const std::string k = kv.first.as<std::string>();
+    if (!known.count(k))
+      fail(doc, "solve." + k, "is not a solve key (key, range, unit, integer, goal, tolerance)");
+  }
+  SweepSpec::Solve v;
+  if (!n["key"]) fail(doc, "solve", "needs key: the key to solve for, such as device.compute.units");
+  v.key = scalar(doc, n["key"], "solve.key");
+  if (!dotted_key(v.key)) fail(doc, "solve.key", "is not a key path such as device.compute.units");
+  for (const auto& a : s.parameters)
+    if (a.key == v.key) fail(doc, "solve.key", "is varied by parameters too; solve or vary it");
+  for (const auto& p : s.points)
+    for (const auto& [k, x] : p)
+      if (k == v.key) fail(doc, "solve.key", "is assigned by points too; solve or assign it");
+  const YAML::Node r = n["range"];
+  if (!r || !r.IsSequence() || r.size() != 2)
+    fail(doc, "solve.range", "must be [low, high]: the values to search between");
+  v.lo = number(doc, r[0], "solve.range");
+  v.hi = number(doc, r[1], "solve.range");
+  if (!(v.lo < v.hi)) fail(doc, "solve.range", "must have its low end below its high end");
+  if (n["unit"]) v.unit = scalar(doc, n["unit"], "solve.unit");
+  if (n["integer"]) {
+    const std::string b = scalar(doc, n["integer"], "solve.integer");
+    if (b != "true" && b != "false") fail(doc, "solve.integer", "must be true or false");
+    v.integer = b == "true";
+  }
+  if (n["goal"]) {
+    const std::string g = scalar(doc, n["goal"], "solve.goal");
+    if (g != "max" && g != "min")
+      fail(doc, "solve.goal", "must be max (the largest value within the limits) or min");
+    v.maximize = g == "max";
+  }
+  if (n["tolerance"]) {
+    v.tolerance = number(doc, n["tolerance"], "solve.tolerance");
+    if (!(v.tolerance > 0 && v.tolerance < 1))
+      fail(doc, "solve.tolerance", "must be a fraction between 0 and 1, such as 0.001");
+  }
+  return v;
+}
+
 }  // namespace
 
 std::vector<std::string> SweepSpec::keys() const {
@@ -115,6 +170,20 @@ Document point_document(const SweepSpec& s, const SweepPoint* p,
   return d;
 }
 
+std::string SweepSpec::Solve::value(double x) const {
+  if (integer) return fmt::format("{}{}", std::llround(x), unit);
+  return fmt::format("{:.6g}{}", x, unit);
+}
+
+bool SweepSpec::Solve::found(double lo_x, double hi_x) const {
+  if (integer) return hi_x - lo_x <= 1;
+  return hi_x - lo_x <= tolerance * std::max(std::abs(lo_x), std::abs(hi_x));
+}
+
+double SweepSpec::Solve::middle(double lo_x, double hi_x) const {
+  return integer ? std::floor((lo_x + hi_x) / 2) : (lo_x + hi_x) / 2;
+}
+
 std::string SweepSpec::Limit::text() const {
   return fmt::format("{} {} {:.4g}", field, at_least ? ">=" : "<=", value);
 }
@@ -124,13 +193,14 @@ SweepSpec load_sweep(const std::string& file) {
   SweepSpec s;
   s.file = file;
   if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "a sweep is a map of keys");
-  static const std::set<std::string> known = {"name",   "description", "experiment", "parameters",
-                                              "points", "metrics",     "limits"};
+  static const std::set<std::string> known = {"name",    "description", "experiment",
+                                              "parameters", "points",   "metrics",
+                                              "limits",  "solve"};
   for (const auto& kv : doc.root) {
     const std::string k = kv.first.as<std::string>();
     if (!known.count(k))
       fail(doc, k, "is not a sweep key (a sweep has name, description, experiment, parameters, "
-                   "points, metrics and limits)");
+                   "points, metrics, limits and solve)");
   }
   s.name = doc.root["name"] ? scalar(doc, doc.root["name"], "name")
                             : fs::path(file).stem().string();
@@ -185,10 +255,14 @@ SweepSpec load_sweep(const std::string& file) {
       s.points.push_back(std::move(a));
     }
   }
-  if (s.parameters.empty() && s.points.empty())
+  if (const YAML::Node sv = doc.root["solve"]) {
+    s.solve = load_solve(doc, sv, s);
+    s.key_lines.emplace(s.solve->key, doc.sources->find("solve.key"));
+  }
+  if (s.parameters.empty() && s.points.empty() && !s.solve)
     throw ConfigError(SourceLoc{file, 1}, "parameters",
-                      "a sweep varies something: give parameters (keys to lists of values) or "
-                      "points (a list of assignments)");
+                      "a sweep varies something: give parameters (keys to lists of values), "
+                      "points (a list of assignments) or solve (a key to solve for)");
   for (const auto& a : s.parameters)
     for (const auto& p : s.points)
       for (const auto& [k, v] : p)
@@ -199,6 +273,9 @@ SweepSpec load_sweep(const std::string& file) {
       fail(doc, "metrics", "must be a list of result fields such as [step_time_s, mfu]");
     for (std::size_t i = 0; i < m.size(); ++i) s.metrics.push_back(scalar(doc, m[i], "metrics"));
   }
+  if (s.solve && !doc.root["limits"])
+    fail(doc, "solve", "needs limits: the budgets (or requirements) to solve against, such as "
+                       "limits: {package.area_mm2: 814}");
   if (const YAML::Node l = doc.root["limits"]) {
     if (!l.IsMap() || l.size() == 0)
       fail(doc, "limits", "must map result fields to the largest value allowed, such as "

@@ -10,7 +10,8 @@
 // `metrics` names the result fields (dotted paths into the run's JSON) that become the
 // results' columns; `limits` maps result fields to the largest value a point may have (a design
 // budget: package.area_mm2, energy.average_power_w, package.cost_usd), or, written ">= x", the
-// least (a requirement: tokens_per_s_per_gpu).
+// least (a requirement: tokens_per_s_per_gpu). `solve` names one key to solve for at every
+// point instead: the largest (or smallest) value within a range that keeps the limits.
 //
 // Points are independent. run_sweep() runs them in `jobs` forked worker processes (SystemC has
 // one kernel per process, and a point that crashes takes only its worker down), each taking
@@ -23,6 +24,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +64,25 @@ struct SweepSpec {
     std::string text() const;  ///< "package.area_mm2 <= 814"
   };
   std::vector<Limit> limits;
+  /// One key solved for instead of listed: at every point, the largest (goal max) or smallest
+  /// (goal min) value in [lo, hi] at which the run keeps every limit, found by bisection. The
+  /// limits must change once over the range (a budget broken above some value, for max): "the
+  /// most SMs that fit 814 mm²", "the lowest HBM bandwidth that keeps 20k tokens/s".
+  struct Solve {
+    std::string key;
+    double lo = 0, hi = 0;
+    std::string unit;  ///< written after the number ("GHz", "MiB"); "" for a count
+    bool integer = false;
+    bool maximize = true;
+    double tolerance = 1e-3;  ///< relative width at which a real value is found
+    /// The value as an override: "135", "1.41GHz".
+    std::string value(double x) const;
+    /// Whether [lo, hi] is narrow enough to stop.
+    bool found(double lo_x, double hi_x) const;
+    /// The next value to try between them.
+    double middle(double lo_x, double hi_x) const;
+  };
+  std::optional<Solve> solve;
   /// Where each assigned key is first written in the sweep file (line 0 when built in code).
   std::map<std::string, SourceLoc> key_lines;
   SourceLoc key_location(const std::string& key) const {
