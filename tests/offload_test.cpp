@@ -131,6 +131,32 @@ TEST(HostTier, CpuAdamFromDrivesNeverBeatsTheirShare) {
   EXPECT_THROW(host_op_time(body, none), std::invalid_argument);
 }
 
+// A copy into the device whose bytes come from the drives (ZeRO-Infinity's parameters on NVMe)
+// takes the slowest of the link, the drives' read share and host memory, which each byte
+// crosses twice (from the drives, then to the link), plus the link's latency.
+TEST(HostTier, ACopyFromTheDrivesNeverBeatsTheirShareOrTheLink) {
+  auto dev = load_device("h100-sxm5-80gb");
+  HostSpec h = *dev->host();
+  const int64_t n = int64_t(1) << 30;
+  HostOp copy = host_body(make_host_copy("weights_to_device", HostWork::CopyToDevice, n, 1));
+  const Time plain = host_op_time(copy, h);
+  copy.from_storage = 1;
+  const Time t = host_op_time(copy, h);
+  const double link = double(n) / h.device_link_bandwidth().bps();
+  const double drives = double(n) / h.device_storage_read().bps();
+  const double memory = 2.0 * double(n) / h.device_memory_bandwidth().bps();
+  EXPECT_NEAR(t.sec(), h.link_latency.sec() + std::max({link, drives, memory}), 1e-9);
+  EXPECT_GE(t, plain);
+  HostSpec slow = h;
+  slow.storage_read_bandwidth = Bandwidth::gb_per_s(2);
+  EXPECT_NEAR(host_op_time(copy, slow).sec(),
+              h.link_latency.sec() + double(n) / slow.device_storage_read().bps(), 1e-9);
+  EXPECT_STREQ(host_op_bound(copy, slow), "host nvme read");
+  HostSpec none = h;
+  none.storage_capacity = Bytes(0);
+  EXPECT_THROW(host_op_time(copy, none), std::invalid_argument);
+}
+
 TEST(HostTier, ARoundTripPipelinesItsStagesButNeverBeatsTheSlowestOrHostMemory) {
   auto dev = load_device("a100-sxm4-80gb");
   const HostSpec& h = *dev->host();
@@ -582,6 +608,53 @@ TEST(WeightOffload, TheStepIsNoShorterThanItsCopiesAndAFasterLinkShortensIt) {
   EXPECT_NEAR(pcie.bubble_fraction(), 0, 1e-3);  // waits are accounted, not bubble
 }
 
+// ZeRO-Infinity's parameters on NVMe: the weight shards move from host memory to the drives
+// byte for byte, each copy into the device reads its bytes from them, the CPU's Adam writes the
+// updated weights back, and the step is never faster than with the shards in host memory; with
+// slow drives it is no shorter than reading every copy's bytes from them.
+TEST(WeightOffload, ShardsOnTheDrivesAreReadOnTheirWayIn) {
+  TransformerModel m = load_model("llama3-8b", {"layers=4", "seq_len=1024"});
+  auto setup = [](bool nvme) {
+    return load_training_string(
+        fmt::format("micro_batch: 1\nglobal_batch: 2\nzero_stage: 3\nrecompute: full\n"
+                    "optimizer_offload: 1\nweight_offload: true\nhost_overhead: 0 s\n"
+                    "weight_offload_target: {}\n",
+                    nvme ? "nvme" : "host"),
+        "training.yaml");
+  };
+  StepGraph host = build_step_graph(m, setup(false)), nvme = build_step_graph(m, setup(true));
+  const double params = double(m.parameter_count());
+  EXPECT_DOUBLE_EQ(host.storage_bytes(), 0);
+  EXPECT_NEAR(nvme.storage_bytes(), 2 * params, 1e-3 * params);
+  EXPECT_NEAR(host.host_bytes() - nvme.host_bytes(), nvme.storage_bytes(), 1e-6 * params);
+  double read = 0, in = 0, written = 0;
+  for (std::size_t v = 0; v < nvme.size(); ++v) {
+    const StepNode& n = nvme.node(StepVertex(v));
+    if (!n.op || !n.op->on_host()) continue;
+    const HostOp& h = std::get<HostOp>(n.op->body);
+    if (h.work == HostWork::CopyToDevice) {
+      in += h.bytes();
+      read += h.from_storage * double(h.stream.elements);
+    }
+    if (n.name == "optimizer.adam.cpu") written = h.to_storage * double(h.stream.elements);
+  }
+  EXPECT_GT(in, 0);
+  EXPECT_DOUBLE_EQ(read, in);
+  EXPECT_NEAR(written, 2 * params, 1e-3 * params);
+  auto step = [&](const TrainingSetup& t, const std::vector<std::string>& dev_overrides) {
+    auto dev = load_device("h100-sxm5-80gb", dev_overrides);
+    OpSimulator ops(*dev, Fidelity::Analytical);
+    return simulate_cluster(m, t, ops, load_system("dgx-h100"), 1);
+  };
+  const ClusterResult rh = step(setup(false), {}), rn = step(setup(true), {});
+  EXPECT_GE(rn.step_time, rh.step_time);
+  EXPECT_NEAR(rn.host.storage, nvme.storage_bytes(), 1);
+  const ClusterResult slow = step(setup(true), {"host.storage_read_bandwidth=5GB/s"});
+  EXPECT_GT(slow.step_time, rn.step_time);
+  EXPECT_GE(slow.step_time.sec(), 2 * in / 5e9);  // two micro-batches
+  EXPECT_DOUBLE_EQ(slow.model_flops, rn.model_flops);
+}
+
 TEST_F(OffloadCli, WeightOffloadBadInputNamesTheKey) {
   for (const std::string& args : {
            std::string("--optimizer-offload 1 -p training.weight_offload=true"),  // zero 0
@@ -594,6 +667,17 @@ TEST_F(OffloadCli, WeightOffloadBadInputNamesTheKey) {
     EXPECT_EQ(r.status, 2) << r.out << r.err;
     EXPECT_NE(r.err.find("training.weight_offload"), std::string::npos) << r.err;
   }
+  // The drives: only with weight offload, and only on a host that has them (a GH200's has none).
+  Result r = run("run --device h100-sxm5-80gb --model gpt2-124m --micro-batch 2 --seq-len 256 "
+                 "-p training.weight_offload_target=nvme");
+  EXPECT_EQ(r.status, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("training.weight_offload_target"), std::string::npos) << r.err;
+  r = run("run --device gh200 --model gpt2-124m --micro-batch 2 --seq-len 256 --zero 3 "
+          "--optimizer-offload 1 -p training.weight_offload=true "
+          "-p training.weight_offload_target=nvme");
+  EXPECT_EQ(r.status, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("training.weight_offload_target"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("without drives"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -162,11 +162,34 @@ Timed kernel(const HostOp& op, double elements, const HostSpec& h) {
   return t;
 }
 
+// A copy whose bytes come from (or go on to) the host's drives (ZeRO-Infinity's parameters on
+// NVMe): the drives stream them through host memory, pipelined with the link, so the copy takes
+// the slowest of the link, the drives' share and host memory, which sees each byte twice.
+Timed copy_via_drives(const HostOp& op, const HostSpec& h) {
+  const double n = double(op.stream.elements), bytes = op.bytes();
+  if (!h.has_storage())
+    throw std::invalid_argument("host '" + h.name + "' has no drives (storage_capacity) for " +
+                                op.stream.kind);
+  const Time link = Bytes(bytes) / h.device_link_bandwidth();
+  const Time memory =
+      Bytes(bytes + (op.from_storage + op.to_storage) * n) / h.device_memory_bandwidth();
+  const Time read = Bytes(op.from_storage * n) / h.device_storage_read();
+  const Time write = Bytes(op.to_storage * n) / h.device_storage_write();
+  Timed t{link, "host link"};
+  if (memory > t.time) t = {memory, "host memory"};
+  if (read > t.time) t = {read, "host nvme read"};
+  if (write > t.time) t = {write, "host nvme write"};
+  t.time = h.link_latency + t.time;
+  return t;
+}
+
 Timed timed(const HostOp& op, const HostSpec& h) {
   const double n = double(op.stream.elements);
   switch (op.work) {
     case HostWork::CopyToHost:
-    case HostWork::CopyToDevice: return copy(op.bytes(), h);
+    case HostWork::CopyToDevice:
+      if (op.from_storage + op.to_storage > 0) return copy_via_drives(op, h);
+      return copy(op.bytes(), h);
     case HostWork::Compute: return kernel(op, n, h);
     case HostWork::RoundTrip: {
       // Three stages over G pieces: the first piece goes through all three, then each later one

@@ -193,7 +193,10 @@ Energy host_op_energy(const HostOp& op, const HostSpec& h) {
                      h.storage_energy_per_bit * (8.0 * storage * n);
   switch (op.work) {
     case HostWork::CopyToHost:
-    case HostWork::CopyToDevice: return host_access_energy(op.bytes(), h);
+    case HostWork::CopyToDevice:
+      // (through the drives: their energy, and host memory a second time)
+      return host_access_energy(op.bytes(), h) +
+             (h.memory_energy_per_bit + h.storage_energy_per_bit) * (8.0 * storage * n);
     case HostWork::Compute: return cpu;
     case HostWork::RoundTrip: return cpu + host_access_energy((op.to_host + op.to_device) * n, h);
   }

@@ -143,6 +143,10 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
                         "so every tensor already lives in host memory: placing or offloading "
                         "tensors needs memory_mode flat");
     }
+    if (e.training.weight_offload_nvme && e.device->host() && !e.device->host()->has_storage())
+      t.fail("weight_offload_target",
+             "the device '" + e.device->name() + "' has a host without drives; give its `host:` "
+             "section storage_capacity, storage_read_bandwidth and storage_write_bandwidth");
     if (e.training.optimizer_offload_nvme && e.device->host() && !e.device->host()->has_storage())
       t.fail("optimizer_offload_target",
              "the device '" + e.device->name() + "' has a host without drives; give its `host:` "

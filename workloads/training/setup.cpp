@@ -365,6 +365,16 @@ const Schema& training_schema() {
         "all-gathered, as ZeRO-3 does), one layer ahead; each micro-batch's reduced gradient "
         "shard is copied back; the CPU clips and updates. Needs zero_stage 3 and "
         "optimizer_offload 1; tp and pp 1."));
+    ParamSpec w_target = param(
+        "weight_offload_target", ParamType::Enum, "", "host",
+        "Where weight offload keeps the 16-bit weight shards. host: host memory. nvme: the "
+        "host's drives (DeepSpeed ZeRO-Infinity's offload_param device nvme): each layer's shard "
+        "is read from them into host memory on its way to the device, before its forward and "
+        "its backward, and the CPU's Adam writes the updated weights back to them; host memory "
+        "keeps the gradients. Needs weight_offload and a device whose host has drives "
+        "(host.storage_capacity).");
+    w_target.choices = {"host", "nvme"};
+    x.params.push_back(w_target);
     x.params.push_back(param(
         "recompute_modules", ParamType::String, "modules", "",
         "Megatron-core's --recompute-modules: a comma-separated list of modules whose outputs "
@@ -576,6 +586,10 @@ TrainingSetup training_from_config(const Config& c) {
            "weight offload keeps the ZeRO-3 shards on the host and updates them there: it "
            "needs zero_stage 3 and optimizer_offload 1, with tp and pp 1 (FSDP's and "
            "ZeRO-Infinity's data-parallel layout)");
+  t.weight_offload_nvme = c.get_string("weight_offload_target") == "nvme";
+  if (t.weight_offload_nvme && !t.weight_offload)
+    c.fail("weight_offload_target", "nvme holds the offloaded weight shards: set weight_offload "
+                                    "true");
   for (const std::string& name : comma_list(c.get_string("recompute_modules"))) {
     if (name == "mla_up_proj") t.recompute_modules.mla_up_proj = true;
     else if (name == "moe_act") t.recompute_modules.moe_act = true;

@@ -148,6 +148,10 @@ struct TrainingSetup {
   /// live in host memory; each layer's shard is copied in before use and each gradient shard
   /// copied out. Needs ZeRO-3 and the whole optimizer offloaded.
   bool weight_offload = false;
+  /// Weight offload's 16-bit shards live on the host's drives, not in host memory (ZeRO-
+  /// Infinity's offload_param to nvme): each copy in reads its shard from them first, and the
+  /// CPU's Adam writes the updated weights back.
+  bool weight_offload_nvme = false;
   /// Model state the device's own kernels read and write in place in host memory, over the
   /// host link, instead of holding it in device memory (CUDA managed or pinned host memory; on
   /// a GH200, Grace's LPDDR5X over NVLink-C2C). Nothing is copied and the GPU, not the CPU,

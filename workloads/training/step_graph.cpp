@@ -574,6 +574,8 @@ class Builder {
     // Weight offload: the weight and gradient shards themselves live in host memory; so do
     // the classes the device reaches there in place (host_resident).
     g_.tensors[g.weights].host = wo_ || t_.host_resident.weights;
+    // ZeRO-Infinity: the offloaded weight shard on the host's drives instead of host memory.
+    g_.tensors[g.weights].storage = wo_ && t_.weight_offload_nvme;
     g_.tensors[g.grads].host = wo_ || t_.host_resident.gradients;
     // Optimizer offload: that fraction of the master weights and moments lives in host memory,
     // beside a host copy of the gradients it updates from (ZeRO-Offload's fp32 gradient
@@ -757,8 +759,10 @@ class Builder {
       // Weight offload: the shard comes from the host first, on the copy stream.
       const double b = bytes / double(g.shard);
       shard = tensor(g.name + ".weights.h2d." + ph, b, TensorClass::Weights);
-      host_copy(g.name + ".weights.h2d." + ph, HostWork::CopyToDevice, b, pass, g.layer,
-                {g.weights}, {shard});
+      StepVertex v = host_copy(g.name + ".weights.h2d." + ph, HostWork::CopyToDevice, b, pass,
+                               g.layer, {g.weights}, {shard});
+      // On the drives: each byte is read from them into host memory on its way.
+      if (t_.weight_offload_nvme) std::get<HostOp>(g_.dag[v].op->body).from_storage = 1;
     }
     TensorId out = shard;
     if (g.shard > 1) {
@@ -1034,10 +1038,10 @@ class Builder {
   // The CPU's Adam: with the state on the host's drives (ZeRO-Infinity), it streams the master
   // weights and moments (ob_ bytes per parameter) in from them and back.
   Op cpu_adam(Op op) const {
-    if (t_.optimizer_offload_nvme) {
-      HostOp& h = std::get<HostOp>(op.body);
-      h.from_storage = h.to_storage = double(ob_);
-    }
+    HostOp& h = std::get<HostOp>(op.body);
+    if (t_.optimizer_offload_nvme) h.from_storage = h.to_storage = double(ob_);
+    // With the weight shards on the drives too, it writes the updated 16-bit weights there.
+    if (wo_ && t_.weight_offload_nvme) h.to_storage += double(wb_);
     return op;
   }
   // The data type of a product: the layers' run in md_ (FP8 under the FP8 recipe); the LM head
