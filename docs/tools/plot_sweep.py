@@ -3,6 +3,7 @@
 python3-matplotlib (the pyenv python3 on PATH does not).
 
 usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y [--higher-x]]
+                     [--stack F1,F2,... [--total FIELD] [--label KEY]] [--where KEY=VALUE]...
 
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
@@ -14,6 +15,11 @@ More keys: the metric against the last key, one line per combination of the othe
 Pareto front (the points no other point beats on both: lower X, higher Y; with --higher-x, higher
 X too, as for tokens per joule) joined; points whose memory.fits is false are drawn as crosses and
 kept off the front.
+
+--stack F1,F2,...: one horizontal bar per point that ran, its fields stacked (a breakdown: the
+step's time by class, memory by class), labelled with the point's varying keys (or --label KEY);
+with --total FIELD, the rest of that field is a last segment, "other". --where KEY=VALUE keeps the
+rows with that value (repeatable), for any kind of plot.
 """
 import argparse
 import csv
@@ -97,6 +103,46 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name, higher_x=False):
     return 0
 
 
+def plot_stack(src, out, rows, keys, metrics, fields, total=None, label_key=None):
+    for f in fields + ([total] if total else []):
+        if f not in metrics:
+            print(f"{src}: no metric '{f}' (metrics: {', '.join(metrics)})", file=sys.stderr)
+            return 1
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        print(f"{src}: no point ran (status ok)", file=sys.stderr)
+        return 1
+    varying = [k for k in keys if len(ordered(r[k] for r in rows)) > 1] or keys[:1]
+    labels = [r[label_key] if label_key else ", ".join(f"{k}={r[k]}" for k in varying)
+              for r in ok]
+    names = list(fields) + (["other"] if total else [])
+    values = []
+    for r in ok:
+        v = [number(r[f]) or 0.0 for f in fields]
+        if total:
+            v.append(max(0.0, (number(r[total]) or 0.0) - sum(v)))
+        values.append(v)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(ok) + 2))
+    left = [0.0] * len(ok)
+    for j, name in enumerate(names):
+        widths = [v[j] for v in values]
+        ax.barh(range(len(ok)), widths, left=left, label=name,
+                color="lightgrey" if name == "other" else None)
+        left = [a + b for a, b in zip(left, widths)]
+    for i, x in enumerate(left):
+        ax.text(x, i, " " + short(x), va="center", fontsize=8)
+    ax.set_yticks(range(len(ok)), labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(total or "sum of the fields")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+    ax.set_title(f"{src}: {total or 'breakdown'}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv):
     parser = argparse.ArgumentParser(usage=__doc__)
     parser.add_argument("src")
@@ -105,6 +151,10 @@ def main(argv):
     parser.add_argument("--pareto", nargs=2, metavar=("X", "Y"))
     parser.add_argument("--higher-x", action="store_true",
                         help="with --pareto: a higher X is better (tokens per joule)")
+    parser.add_argument("--stack")
+    parser.add_argument("--total")
+    parser.add_argument("--label")
+    parser.add_argument("--where", action="append", default=[])
     try:
         a = parser.parse_args(argv[1:])
     except SystemExit:
@@ -119,6 +169,14 @@ def main(argv):
         return 1
     keys = columns[columns.index("point") + 1 : columns.index("status")]
     metrics = columns[columns.index("status") + 1 : -1]
+    for w in a.where:
+        key, _, value = w.partition("=")
+        if key not in columns:
+            print(f"{src}: --where {w}: no column '{key}'", file=sys.stderr)
+            return 1
+        rows = [r for r in rows if r[key] == value]
+    if a.stack:
+        return plot_stack(src, out, rows, keys, metrics, a.stack.split(","), a.total, a.label)
     if pareto:
         return plot_pareto(src, out, rows, keys, metrics, *pareto, higher_x=a.higher_x)
     metric = metric or (metrics[0] if metrics else None)
