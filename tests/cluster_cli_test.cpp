@@ -151,6 +151,19 @@ TEST_F(ClusterCli, StragglersRunTheJobAtTheSlowestClock) {
              "system.reliability.clock_spread", "above the maximum 0.5");
 }
 
+TEST_F(ClusterCli, UlyssesContextParallelismNeedsWholeHeadsAndFlashAttention) {
+  const std::string base =
+      "run --device h100-sxm5-80gb --model llama3-8b -p model.layers=2 --seq-len 8192 "
+      "--micro-batch 1 --fidelity analytical -p training.cp_comm_type=a2a ";
+  Result ok = run(base + "--gpus 8 --cp 8");
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  // 32 heads over tp 2 leave 16, which 32 context-parallel ranks cannot split.
+  expect_bad(base + "--gpus 64 --cp 32 --tp 2 --sequence-parallel true", "training.cp_comm_type",
+             "divisible by cp");
+  expect_bad(base + "--gpus 8 --cp 8 -p training.flash_attention=false", "training.cp_comm_type",
+             "flash_attention");
+}
+
 TEST_F(ClusterCli, LayoutNotMatchingTheGpuCount) {
   expect_bad("run --device a100-sxm4-80gb --model gpt3-1.3b --gpus 16 --tp 2 --pp 2 --dp 2",
              "training.dp", "is not the GPU count 16");

@@ -183,7 +183,13 @@ TEST(WorkloadParallel, ContextParallelShardsConserveMatrixFlops) {
     ASSERT_NE(core, nullptr);
     const auto& a = std::get<AttentionOp>(core->op->body);
     EXPECT_EQ(a.seq_q, m.seq_len / cp);
-    EXPECT_EQ(a.seq_kv, m.seq_len);
+    // Megatron's load-balanced causal split: every rank's chunks see half the keys' worth of
+    // scores, unmasked; the attention's FLOPs are the whole causal attention's over cp.
+    EXPECT_EQ(a.seq_kv, m.seq_len / 2);
+    EXPECT_FALSE(a.causal);
+    const StepNode* whole_core = find(build_step_graph(m, setup("")), "layer0.attn.core.fwd");
+    const Op ring_op{"a", a};
+    EXPECT_NEAR(cp * ring_op.flops() / whole_core->op->flops(), 1.0, 1e-9);
   }
 }
 
@@ -518,6 +524,46 @@ TEST(WorkloadParallel, ContextParallelRingExchangeOverlapsTheAttention) {
   // Gradients sum over the dp x cp ranks even with dp 1.
   EXPECT_NE(find(g, "dp.grads.bucket0"), nullptr);
   EXPECT_THROW(build_step_graph(m, setup("cp: 3")), ConfigError);
+}
+
+// Ulysses (cp_comm_type a2a): blocking all-to-alls trade the sequence shard for a head shard
+// before the attention and back after it (backward: the output gradient in, Q, K and V's
+// gradients out), each this rank's tensor; the attention runs every token of heads / cp heads,
+// the same FLOPs as the ring's; no ring exchange.
+TEST(WorkloadParallel, UlyssesContextParallelTradesTokensForHeads) {
+  TransformerModel m = load_model("llama3-8b");
+  m.layers = 2;
+  const int cp = 4;
+  StepGraph g = build_step_graph(m, setup("micro_batch: 1\ncp: 4\ncp_comm_type: a2a"));
+  StepGraph ring = build_step_graph(m, setup("micro_batch: 1\ncp: 4"));
+  expect_well_formed(g);
+  const double tokens = double(m.seq_len / cp);
+  const double qkv = tokens * (m.heads + 2 * m.kv_heads) * m.head_dim * 2;
+  const double out = tokens * m.heads * m.head_dim * 2;
+  auto c = comms(g);
+  EXPECT_EQ(c["fwd all-to-all cp"].n, 2 * 2);
+  EXPECT_DOUBLE_EQ(c["fwd all-to-all cp"].bytes, 2 * (qkv + out));
+  EXPECT_EQ(c["bwd_input all-to-all cp"].n, 2 * 2);
+  EXPECT_DOUBLE_EQ(c["bwd_input all-to-all cp"].bytes, 2 * (qkv + out));
+  for (const auto& [k, v] : c) EXPECT_EQ(k.find("send-recv cp"), std::string::npos) << k;
+  const auto& a = std::get<AttentionOp>(find(g, "layer0.attn.core.fwd")->op->body);
+  EXPECT_EQ(a.heads, m.heads / cp);
+  EXPECT_EQ(a.seq_q, m.seq_len);
+  EXPECT_EQ(a.seq_kv, m.seq_len);
+  EXPECT_TRUE(a.causal);
+  const StepNode* r = find(ring, "layer0.attn.core.fwd");
+  const Op ulysses{"a", a};
+  EXPECT_NEAR(ulysses.flops() / r->op->flops(), 1.0, 1e-9);
+  // The attention waits for the exchange before it, the projection for the one after it.
+  int in = index_of(g, "layer1.attn.core.fwd.cp_a2a_qkv"), core = index_of(g, "layer1.attn.core.fwd"),
+      back = index_of(g, "layer1.attn.core.fwd.cp_a2a_out"), proj = index_of(g, "layer1.attn.proj.fwd");
+  ASSERT_GE(in, 0);
+  ASSERT_GE(back, 0);
+  EXPECT_TRUE(reaches(g, in, core));
+  EXPECT_TRUE(reaches(g, core, back));
+  EXPECT_TRUE(reaches(g, back, proj));
+  // Heads that do not split over cp are refused.
+  EXPECT_THROW(check_parallel_layout(m, setup("cp: 64\ncp_comm_type: a2a")), ConfigError);
 }
 
 TEST(WorkloadParallel, MixtureOfExpertsLayers) {

@@ -55,6 +55,22 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
   if (m.shared_expert() && m.shared_expert_ffn_hidden % p.tp != 0)
     fail("tp", fmt::format("the shared expert's ffn width ({}) must be divisible by tp ({})",
                            m.shared_expert_ffn_hidden, p.tp));
+  if (t.cp_a2a && p.cp > 1) {
+    if (!t.flash_attention)
+      fail("cp_comm_type", "a2a (Ulysses) context parallelism runs a fused attention kernel on "
+                           "each rank's heads: it needs flash_attention");
+    if ((m.heads / p.tp) % p.cp != 0)
+      fail("cp_comm_type",
+           fmt::format("a2a (Ulysses) gives each context-parallel rank whole heads: heads / tp "
+                       "({}) must be divisible by cp ({})",
+                       m.heads / p.tp, p.cp));
+    if (m.mla())
+      fail("cp_comm_type", "a2a (Ulysses) is not modelled for latent attention: use p2p");
+    if (t.attn_out_e5m6)
+      fail("cp_comm_type", "a2a keeps the attention output in two layouts (the attention's, by "
+                           "heads, and the projection's, by tokens); attn_out_e5m6's one copy "
+                           "for both is not modelled with it");
+  }
   if (m.seq_len % p.cp != 0)
     fail("cp", fmt::format("seq_len ({}) must be divisible by cp ({}): each context-parallel rank "
                            "holds an equal share of the sequence",

@@ -113,7 +113,20 @@ const Schema& training_schema() {
     x.params.push_back(degree("dp", "Data-parallel replicas."));
     x.params.push_back(
         degree("vpp", "Virtual pipeline stages per rank; above 1 selects interleaved 1F1B."));
-    x.params.push_back(degree("cp", "Context-parallel degree (ring attention over the sequence)."));
+    x.params.push_back(degree("cp", "Context-parallel degree: each rank holds seq_len / cp "
+                                    "tokens of every sequence (cp_comm_type says how the "
+                                    "attention sees the rest)."));
+    ParamSpec cp_comm = param(
+        "cp_comm_type", ParamType::Enum, "", "p2p",
+        "How context parallelism's attention reaches the other ranks' tokens (Megatron-core's "
+        "--cp-comm-type). p2p: ring attention, the keys and values passed round the cp ranks "
+        "beside the attention kernel (backward: their gradients too). a2a: DeepSpeed-Ulysses, a "
+        "blocking all-to-all before the attention trades each rank's sequence shard of Q, K and "
+        "V for all the tokens of heads / cp heads, and one after it trades the output back "
+        "(backward: the output gradient and Q, K, V's gradients); needs flash attention and "
+        "heads / tp divisible by cp.");
+    cp_comm.choices = {"p2p", "a2a"};
+    x.params.push_back(cp_comm);
     x.params.push_back(degree("ep", "Expert-parallel degree (MoE experts over the dp ranks)."));
     ParamSpec etp = param("etp", ParamType::Int, "ranks", "0",
                           "Expert tensor-parallel degree (Megatron-core's "
@@ -605,6 +618,7 @@ TrainingSetup training_from_config(const Config& c) {
     c.fail("moe_act_input_fp8",
            "keeps the experts' activation input in FP8 for its recomputation: it needs "
            "precision fp8 and recompute_modules moe_act");
+  t.cp_a2a = c.get_string("cp_comm_type") == "a2a";
   t.attn_out_e5m6 = c.get_bool("attn_out_e5m6");
   if (t.attn_out_e5m6 && (t.precision != Precision::FP8 || t.recompute == Recompute::Full))
     c.fail("attn_out_e5m6",

@@ -120,6 +120,10 @@ struct TrainingSetup {
   /// projection's weight gradient (converted to a transposed FP8 copy there), instead of the
   /// 16-bit output and a transposed FP8 copy (DeepSeek-V3 report, section 3.3.2).
   bool attn_out_e5m6 = false;
+  /// Context parallelism's communication (Megatron-core's --cp-comm-type): false, p2p, the
+  /// ring exchange of keys and values beside the attention; true, a2a (DeepSpeed-Ulysses):
+  /// all-to-alls before and after the attention trade the sequence shard for a head shard.
+  bool cp_a2a = false;
   /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.

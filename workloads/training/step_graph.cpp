@@ -174,6 +174,8 @@ struct LayerActs {
   TensorId ln1_out = -1, ln1_stats = -1, qkv = -1, attn_out = -1, lse = -1;
   // attn_out_e5m6: the attention output's one kept copy (else attn_out itself).
   TensorId attn_kept = -1;
+  // a2a context parallelism: the attention's own output, by heads (attn_out is by tokens).
+  TensorId attn_heads = -1;
   TensorId probs = -1, attn_mask = -1, probs_dropped = -1;  // unfused attention
   TensorId mask1 = -1, x_mid = -1, ln2_out = -1, ln2_stats = -1, mask2 = -1;
   MlpActs mlp;  // the dense MLP, or an MoE layer's routed experts (fc1_out and act_out)
@@ -244,6 +246,7 @@ class Builder {
     g_.chunk = c_;
     tp_ = p_.tp;
     cp_ = p_.cp;
+    a2a_ = t.cp_a2a && cp_ > 1;
     ep_ = p_.ep;
     etp_ = p_.expert_tp();
     zero_ = p_.zero_stage;
@@ -1063,6 +1066,19 @@ class Builder {
     a.dropout = m_.dropout;
     a.pass = pass;
     a.dtype = attn_dt_;
+    if (a2a_) {
+      // Ulysses: every token of heads / cp heads (key/value heads replicated below cp).
+      a.heads = heads_r_ / cp_;
+      a.kv_heads = std::max<int64_t>(1, kv_r_ / cp_);
+      a.seq_q = s_;
+    } else if (cp_ > 1 && a.causal && t_.flash_attention) {
+      // Ring attention with Megatron's load-balanced causal split: a rank holds chunks i and
+      // 2cp-1-i of 2cp, whose causal blocks together are exactly half of its queries against
+      // every key, s^2 / (2 cp) scores on every rank. As that work: its queries against half
+      // the keys, unmasked (the diagonal chunks' masking is not charged).
+      a.seq_kv = s_ / 2;
+      a.causal = false;
+    }
     return a;
   }
   // Elements of b a s_q s_kv (this rank's heads and queries).
@@ -1076,12 +1092,21 @@ class Builder {
   // gradients) runs on its own stream beside the attention kernel; returns its receive buffer
   // (double-buffered blocks), which the join after the kernel reads.
   TensorId cp_exchange(const std::string& name, Pass pass, int l, TensorId qkv, bool backward) {
-    if (cp_ == 1) return -1;
+    if (cp_ == 1 || a2a_) return -1;
     const double msg = (backward ? 2 : 1) * kv_bytes();
     TensorId recv = tensor(name + ".cp_recv", 2 * msg, TensorClass::Workspace);
     comm(name + ".cp_exchange", CollectiveKind::SendRecv, ParallelGroup::CP, (cp_ - 1) * msg,
          false, false, pass, l, {qkv}, {recv});
     return recv;
+  }
+  // a2a context parallelism: a blocking all-to-all over the CP group that trades this rank's
+  // `elements` (its sequence shard of every head, or all tokens of its heads) for the other
+  // layout, of the same size; returns the traded tensor.
+  TensorId cp_a2a(const std::string& name, Pass pass, int l, TensorId in, double elements) {
+    TensorId out = act(name + ".out", elements);
+    comm(name, CollectiveKind::AllToAll, ParallelGroup::CP, elements * e_, true, false, pass, l,
+         {in}, {out});
+    return out;
   }
   // A zero-cost node after the attention that waits for the exchange too: later readers of
   // `outs` depend on it.
@@ -1097,6 +1122,16 @@ class Builder {
     AttentionOp op = attention(AttentionPass::Forward);
     std::string name = nm(l, "attn.core", suffix);
     TensorId recv = cp_exchange(name, pass, l, a.qkv, false);
+    if (a2a_) {
+      // Ulysses: Q, K and V by heads over the whole sequence; the attention's output back by
+      // tokens for the projection. The backward reads both layouts' tensors.
+      a.qkv = cp_a2a(name + ".cp_a2a_qkv", pass, l, a.qkv, double(T_) * qkvw_r_);
+      a.attn_heads = act(name + ".out_heads", double(T_) * attnw_r_);
+      a.lse = act(name + ".lse", double(b_) * heads_r_ * sq_, 4);
+      node(name, Op{"attention", op}, pass, l, {a.qkv}, {a.attn_heads, a.lse});
+      a.attn_out = cp_a2a(name + ".cp_a2a_out", pass, l, a.attn_heads, double(T_) * attnw_r_);
+      return;
+    }
     if (t_.flash_attention) {
       a.attn_out = act(name + ".out", double(T_) * attnw_r_);
       a.lse = act(name + ".lse", double(b_) * heads_r_ * sq_, 4);
@@ -1693,7 +1728,15 @@ class Builder {
       cp_join(name, Pass::Recompute, l, recv, {core.probs});
     }
     TensorId d_qkv = act(nm(l, "attn.core", "bwd") + ".grad", double(T_) * qkvw_r_);
-    {
+    if (a2a_) {
+      // Ulysses: the output gradient by heads, the attention's backward, Q, K and V's gradients
+      // back by tokens.
+      const std::string name = nm(l, "attn.core", "bwd");
+      TensorId d_heads = cp_a2a(name + ".cp_a2a_dout", BI, l, d_attn, double(T_) * attnw_r_);
+      node(name, Op{"attention", attention(AttentionPass::Backward)}, BI, l,
+           {core.qkv, core.attn_heads, d_heads, core.lse}, {d_qkv});
+      d_qkv = cp_a2a(name + ".cp_a2a_dqkv", BI, l, d_qkv, double(T_) * qkvw_r_);
+    } else {
       std::vector<TensorId> in = {core.qkv, core.attn_kept, d_attn};
       double ws = 0;
       if (t_.flash_attention) {
@@ -2435,6 +2478,7 @@ class Builder {
   ModelChunk c_;
   StepGraph g_;
   int tp_ = 1, cp_ = 1, ep_ = 1, zero_ = 0;
+  bool a2a_ = false;  // context parallelism by all-to-all (Ulysses), not the ring
   bool sp_ = false;
   int64_t dpcp_ = 1, edp_ = 1;
   int64_t b_, s_, sq_, T_, Tn_;
