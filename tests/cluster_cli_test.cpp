@@ -44,6 +44,12 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
   for (const char* k : {"exposed_s", "overlapped_s", "interference_s", "by_kind"})
     EXPECT_TRUE(j["comm"].contains(k)) << k;
   EXPECT_GE(j["comm"]["interference_s"].get<double>(), 0);
+  // The mean rank's L2 hit rate (none simulated at analytical fidelity) and HBM utilisation, a
+  // fraction never above the peak.
+  EXPECT_TRUE(has(r.out, "hardware  L2 hit -")) << r.out;
+  EXPECT_TRUE(j["l2_hit_rate"].is_null()) << j["l2_hit_rate"];
+  EXPECT_GT(j["memory_utilisation"].get<double>(), 0);
+  EXPECT_LE(j["memory_utilisation"].get<double>(), 1);
   // kCluster's small step waits on the host's issue of kernels: part of the step, not more.
   EXPECT_GT(j["host_bound_s"].get<double>(), 0);
   EXPECT_LT(j["host_bound_s"].get<double>(), j["step_time_s"].get<double>());

@@ -807,6 +807,13 @@ TEST(ClusterRun, TpCommOverlapHidesMostTensorParallelCommunication) {
   EXPECT_NEAR(over.model_flops / plain.model_flops, 1.0, 1e-12);
   // Still never faster than its compute at peak.
   EXPECT_GT(over.step_time.sec(), over.model_flops / (over.gpus * over.peak_flops));
+  // The tile fidelity's caches: the mean rank's L2 hit rate and HBM utilisation are fractions.
+  for (const ClusterResult* r : {&plain, &over}) {
+    EXPECT_GT(r->l2_hit_rate, 0);
+    EXPECT_LE(r->l2_hit_rate, 1);
+    EXPECT_GT(r->memory_utilisation, 0);
+    EXPECT_LE(r->memory_utilisation, 1);
+  }
 }
 
 }  // namespace

@@ -157,7 +157,12 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
   for (size_t i = 0; i < std::min<size_t>(8, top.size()); ++i)
     out += fmt::format(" {} {}", top[i].first, pct(top[i].second / step)) +
            (i + 1 < std::min<size_t>(8, top.size()) ? "," : "");
-  out += "   (stage 0, share of the step)\nlinks    ";
+  out += "   (stage 0, share of the step)\n";
+  out += fmt::format("hardware  L2 hit {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   (mean rank)\n",
+                     r.l2_hit_rate >= 0 ? pct(r.l2_hit_rate) : "- (no caches at analytical fidelity)",
+                     r.memory_utilisation * r.peak_memory_bandwidth * 1e-12,
+                     r.peak_memory_bandwidth * 1e-12, pct(r.memory_utilisation));
+  out += "links    ";
   for (const auto& [cls_name, u] : r.link_utilisation)
     out += fmt::format(" {} busy {} (busiest {})", cls_name, pct(u), pct(r.link_peak.at(cls_name)));
   out += fmt::format("   {} collectives timed, {} distinct ops simulated\n", r.collectives,
@@ -278,6 +283,8 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"host_copy_wait_s", host_copy_wait},
           {"host_bound_s", r.host_stall().sec()},
           {"delayed_update_s", r.delayed_update.sec()},
+          {"l2_hit_rate", r.l2_hit_rate >= 0 ? nlohmann::json(r.l2_hit_rate) : nlohmann::json()},
+          {"memory_utilisation", r.memory_utilisation},
           {"links", r.link_utilisation},
           {"links_busiest", r.link_peak},
           {"memory",

@@ -257,6 +257,9 @@ struct ChunkModel {
   ClassBytes at_peak{};
   std::vector<NodeTiming> nodes;
   HostTraffic host_traffic;    // the device's own host-memory traffic (cache mode, host_resident)
+  // Per step, over its compute operators: lookups and hits of the last shared cache level, and
+  // device-memory bytes (the hardware line's L2 hit rate and HBM utilisation).
+  double l2_lookups = 0, l2_hits = 0, memory_bytes = 0;
 };
 
 OpClass classify(const StepNode& n) {
@@ -335,6 +338,11 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
                                                  : int(micro_batches) - (n.after_first_micro_batch ? 1 : 0);
       NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
                    o.time, o.bound, runs};
+      c.memory_bytes += t.bytes.count() * runs;
+      if (!o.levels.empty()) {
+        c.l2_lookups += o.levels.back().lookups * runs;
+        c.l2_hits += o.levels.back().hit_rate * o.levels.back().lookups * runs;
+      }
       t.kernels = std::max(1, o.kernels);
       t.energy = o.energy;
       c.nodes.push_back(std::move(t));
@@ -797,6 +805,17 @@ class ClusterSim {
     for (int v = 0; v < p_.vpp; ++v) {
       const auto& n = chunk_of_[p_.global_chunk(v, 0)]->nodes;
       r.nodes.insert(r.nodes.end(), n.begin(), n.end());
+    }
+    {
+      // The mean rank's cache and memory figures: every chunk, over the pipeline's ranks.
+      double lookups = 0, hits = 0, bytes = 0;
+      for (const auto& c : chunk_of_) {
+        lookups += c->l2_lookups;
+        hits += c->l2_hits;
+        bytes += c->memory_bytes;
+      }
+      r.l2_hit_rate = lookups > 0 ? hits / lookups : -1;
+      r.memory_utilisation = bytes / p_.pp / (r.step_time.sec() * r.peak_memory_bandwidth);
     }
     r.distinct_ops = int(sim_.memo_size());
     r.collectives = collectives_;

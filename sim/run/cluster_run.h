@@ -101,6 +101,10 @@ struct ClusterResult {
   double hardware_flops = 0;   ///< per step, whole job, with recomputation
   double peak_flops = 0;       ///< per device, for the matmul type
   double peak_memory_bandwidth = 0;  ///< per device, B/s (datasheet)
+  /// The mean rank's: hits over lookups of the last shared cache level (-1: no cache was
+  /// simulated, at analytical fidelity), and device-memory bytes over the step at peak
+  /// bandwidth.
+  double l2_hit_rate = -1, memory_utilisation = 0;
   /// ZeRO-Offload's delayed update: the host's part of the optimizer (CPU Adam, weights back),
   /// which runs beside the next step; a step takes no less.
   Time delayed_update;
