@@ -562,6 +562,12 @@ TEST(WorkloadParallel, UlyssesContextParallelTradesTokensForHeads) {
   EXPECT_TRUE(reaches(g, in, core));
   EXPECT_TRUE(reaches(g, core, back));
   EXPECT_TRUE(reaches(g, back, proj));
+  // The attention's output is kept in both layouts (by heads for its backward, by tokens for
+  // the projection's): one more output's bytes a layer at the activations' peak, and the ring's
+  // double-buffered receive block gone.
+  const double act_a2a = memory_timeline(g).max_of(TensorClass::Activations);
+  const double act_ring = memory_timeline(ring).max_of(TensorClass::Activations);
+  EXPECT_NEAR(act_a2a - act_ring, m.layers * out, 1e-6 * act_ring);
   // Heads that do not split over cp are refused.
   EXPECT_THROW(check_parallel_layout(m, setup("cp: 64\ncp_comm_type: a2a")), ConfigError);
 }
