@@ -3,7 +3,8 @@
 python3-matplotlib (the pyenv python3 on PATH does not).
 
 usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y [--higher-x]]
-                     [--stack F1,F2,... [--total FIELD] [--label KEY]] [--where KEY=VALUE]...
+                     [--stack F1,F2,... [--total FIELD] [--label KEY]] [--roofline [--label KEY]]
+                     [--where KEY=VALUE]...
 
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
@@ -20,6 +21,12 @@ kept off the front.
 step's time by class, memory by class), labelled with the point's varying keys (or --label KEY);
 with --total FIELD, the rest of that field is a last segment, "other". --where KEY=VALUE keeps the
 rows with that value (repeatable), for any kind of plot.
+
+--roofline: every training point that ran at its arithmetic intensity (FLOPs over device-memory
+bytes per GPU) and achieved rate (FLOP/s per GPU, recomputation included), under its own
+design's roofline (matmul peak, HBM peak). The sweep's metrics must include hardware_flops,
+step_time_s, memory_utilisation, peaks.matmul_flops_per_s and peaks.memory_bandwidth_bytes_per_s
+(and num_gpus for a cluster).
 """
 import argparse
 import csv
@@ -143,6 +150,59 @@ def plot_stack(src, out, rows, keys, metrics, fields, total=None, label_key=None
     return 0
 
 
+ROOFLINE_FIELDS = ["hardware_flops", "step_time_s", "memory_utilisation",
+                   "peaks.matmul_flops_per_s", "peaks.memory_bandwidth_bytes_per_s"]
+
+
+def plot_roofline(src, out, rows, keys, metrics, label_key=None):
+    missing = [f for f in ROOFLINE_FIELDS if f not in metrics]
+    if missing:
+        print(f"{src}: --roofline needs the metrics {', '.join(missing)} in the sweep",
+              file=sys.stderr)
+        return 1
+    varying = [k for k in keys if len(ordered(r[k] for r in rows)) > 1] or keys[:1]
+    points = []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        v = {f: number(r[f]) for f in ROOFLINE_FIELDS}
+        if any(x is None or x <= 0 for x in v.values()):
+            continue
+        gpus = number(r.get("num_gpus", "")) or 1.0
+        rate = v["hardware_flops"] / gpus / v["step_time_s"]
+        bytes_ = v["memory_utilisation"] * v["peaks.memory_bandwidth_bytes_per_s"] * v["step_time_s"]
+        label = r[label_key] if label_key else ", ".join(f"{k}={r[k]}" for k in varying)
+        points.append((label, v["hardware_flops"] / gpus / bytes_, rate,
+                       v["peaks.matmul_flops_per_s"], v["peaks.memory_bandwidth_bytes_per_s"]))
+    if not points:
+        print(f"{src}: no point ran (status ok) with all of {', '.join(ROOFLINE_FIELDS)}",
+              file=sys.stderr)
+        return 1
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs = [p[1] for p in points]
+    lo, hi = min(xs) / 4, max(xs) * 4
+    roofs = {}
+    for label, x, y, peak, bw in points:
+        colour = ax.plot([x], [y], "o", label=label)[0].get_color()
+        roof = (peak, bw)
+        if roof not in roofs:
+            roofs[roof] = colour
+            ridge = peak / bw
+            grid = sorted({lo, hi, min(max(ridge, lo), hi)})
+            ax.plot(grid, [min(peak, g * bw) for g in grid], "-", color=colour, alpha=0.5, lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity, FLOP per byte of device memory (per GPU, per step)")
+    ax.set_ylabel("achieved FLOP/s per GPU (recomputation included)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    ax.set_title(f"{src}: each design's step under its own roofline (lines)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv):
     parser = argparse.ArgumentParser(usage=__doc__)
     parser.add_argument("src")
@@ -152,6 +212,7 @@ def main(argv):
     parser.add_argument("--higher-x", action="store_true",
                         help="with --pareto: a higher X is better (tokens per joule)")
     parser.add_argument("--stack")
+    parser.add_argument("--roofline", action="store_true")
     parser.add_argument("--total")
     parser.add_argument("--label")
     parser.add_argument("--where", action="append", default=[])
@@ -177,6 +238,8 @@ def main(argv):
         rows = [r for r in rows if r[key] == value]
     if a.stack:
         return plot_stack(src, out, rows, keys, metrics, a.stack.split(","), a.total, a.label)
+    if a.roofline:
+        return plot_roofline(src, out, rows, keys, metrics, a.label)
     if pareto:
         return plot_pareto(src, out, rows, keys, metrics, *pareto, higher_x=a.higher_x)
     metric = metric or (metrics[0] if metrics else None)
