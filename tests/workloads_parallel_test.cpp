@@ -187,7 +187,8 @@ TEST(WorkloadParallel, ContextParallelShardsConserveMatrixFlops) {
     // scores, unmasked; the attention's FLOPs are the whole causal attention's over cp.
     EXPECT_EQ(a.seq_kv, m.seq_len / 2);
     EXPECT_FALSE(a.causal);
-    const StepNode* whole_core = find(build_step_graph(m, setup("")), "layer0.attn.core.fwd");
+    const StepGraph whole_graph = build_step_graph(m, setup(""));
+    const StepNode* whole_core = find(whole_graph, "layer0.attn.core.fwd");
     const Op ring_op{"a", a};
     EXPECT_NEAR(cp * ring_op.flops() / whole_core->op->flops(), 1.0, 1e-9);
   }
