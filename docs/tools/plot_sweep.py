@@ -53,6 +53,14 @@ def short(v):
     return f"{v:.3g}"
 
 
+def save(fig, out, tight_box=True):
+    """Writes the figure to `out` (PNG) and says so; 0, the script's exit status."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, **({"bbox_inches": "tight"} if tight_box else {}))
+    print(f"wrote {out}")
+    return 0
+
+
 def ordered(values):
     """Distinct values in first-appearance order (the sweep's own order)."""
     seen = []
@@ -104,10 +112,7 @@ def plot_pareto(src, out, rows, keys, metrics, x_name, y_name, higher_x=False):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{src}: {y_name} against {x_name} (x: does not fit)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    print(f"wrote {out}")
-    return 0
+    return save(fig, out)
 
 
 def plot_stack(src, out, rows, keys, metrics, fields, total=None, label_key=None):
@@ -144,10 +149,7 @@ def plot_stack(src, out, rows, keys, metrics, fields, total=None, label_key=None
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     ax.set_title(f"{src}: {total or 'breakdown'}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    print(f"wrote {out}")
-    return 0
+    return save(fig, out)
 
 
 ROOFLINE_FIELDS = ["hardware_flops", "step_time_s", "memory_utilisation",
@@ -197,10 +199,7 @@ def plot_roofline(src, out, rows, keys, metrics, label_key=None):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.set_title(f"{src}: each design's step under its own roofline (lines)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    print(f"wrote {out}")
-    return 0
+    return save(fig, out)
 
 
 def main(argv):
@@ -310,10 +309,7 @@ def main(argv):
         elif len(groups) > 1:
             ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
-    return 0
+    return save(fig, out, tight_box=False)
 
 
 if __name__ == "__main__":
