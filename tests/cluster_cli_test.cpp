@@ -44,6 +44,9 @@ TEST_F(ClusterCli, SummaryJsonAndTraceDescribeEveryStage) {
   for (const char* k : {"exposed_s", "overlapped_s", "interference_s", "by_kind"})
     EXPECT_TRUE(j["comm"].contains(k)) << k;
   EXPECT_GE(j["comm"]["interference_s"].get<double>(), 0);
+  EXPECT_NEAR(j["memory"]["headroom_gib"].get<double>(),
+              j["memory"]["capacity_gib"].get<double>() - j["memory"]["peak_gib"].get<double>(),
+              1e-9);
   // The mean rank's L2 hit rate (none simulated at analytical fidelity) and HBM utilisation, a
   // fraction never above the peak.
   EXPECT_TRUE(has(r.out, "hardware  L2 hit -")) << r.out;

@@ -82,6 +82,9 @@ TEST_F(TrainingCli, JsonHasTheDocumentedKeysAndCsvWritesTwoTables) {
   EXPECT_TRUE(m["fits"].is_boolean());
   EXPECT_TRUE(m["fits"].get<bool>());
   EXPECT_NEAR(m["capacity_gib"].get<double>(), 80.0, 1e-9);
+  // The headroom a budget can hold a sweep to (limits: {memory.headroom_gib: ">= 0"}).
+  EXPECT_NEAR(m["headroom_gib"].get<double>(),
+              m["capacity_gib"].get<double>() - m["peak_gib"].get<double>(), 1e-9);
   EXPECT_LE(m["weights_gib"].get<double>() + m["gradients_gib"].get<double>() +
                 m["optimizer_gib"].get<double>() + m["activations_gib"].get<double>(),
             m["peak_gib"].get<double>() * (1 + 1e-9));

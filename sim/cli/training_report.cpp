@@ -142,6 +142,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
           {"memory",
            {{"capacity_gib", r.capacity.count() / kGiB},
             {"peak_gib", r.memory.peak_bytes / kGiB},
+            {"headroom_gib", (r.capacity.count() - r.memory.peak_bytes) / kGiB},
             {"weights_gib", b[int(TensorClass::Weights)] / kGiB},
             {"gradients_gib", b[int(TensorClass::Gradients)] / kGiB},
             {"optimizer_gib", b[int(TensorClass::Optimizer)] / kGiB},
