@@ -345,6 +345,7 @@ TEST_F(Sweep, CompareRunsOneWorkloadOnEachDevice) {
                  "--seq-len 256 --micro-batch 4 --fidelity analytical -o cmp.csv");
   ASSERT_EQ(r.status, 0) << r.out << r.err;
   EXPECT_TRUE(has(r.out, "speed vs gh200")) << r.out;
+  EXPECT_TRUE(has(r.out, "HBM busy")) << r.out;  // which design its memory bounds
   for (const char* d : {"gh200", "h100-sxm5-80gb", "a100-sxm4-80gb"})
     EXPECT_TRUE(has(r.out, d)) << r.out;
   EXPECT_TRUE(has(r.out, "1.00x")) << r.out;  // the design against itself

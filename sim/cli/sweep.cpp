@@ -543,7 +543,8 @@ void add_compare_command(CLI::App& app) {
     const std::vector<std::string> metrics = {
         "step_time_s", "tokens_per_s_per_gpu", "mfu",         "memory.peak_gib",
         "memory.capacity_gib", "memory.fits", "comm.exposed_s", "pipeline.bubble_fraction",
-        "energy.average_power_w", "energy.tdp_w", "energy.tokens_per_j", "package.cost_usd"};
+        "energy.average_power_w", "energy.tdp_w", "energy.tokens_per_j", "package.cost_usd",
+        "memory_utilisation"};
     const bool keep = !o->out.empty();
     const std::string csv =
         keep ? o->out
@@ -568,7 +569,7 @@ void add_compare_command(CLI::App& app) {
     bool cluster = false;
     for (const auto& row : r.rows) {
       if (row[2] != "ok") {
-        rows.push_back({row[1], row[2], "-", "-", "-", "-", "-", "-", "-", "-"});
+        rows.push_back({row[1], row[2], "-", "-", "-", "-", "-", "-", "-", "-", "-"});
         errors += fmt::format("{}: {}\n", row[1], row.back());
         continue;
       }
@@ -578,6 +579,7 @@ void add_compare_command(CLI::App& app) {
       rows.push_back(
           {row[1], to_string(Time(step)), shown(row[4]),
            fmt::format("{:.0f}%", 100 * num(row[5])),
+           row[15].empty() ? "-" : fmt::format("{:.0f}%", 100 * num(row[15])),
            fmt::format("{:.1f} of {:.1f} GiB{}", num(row[6]), num(row[7]),
                        row[8] == "true" ? "" : ", DOES NOT FIT"),
            bubble.empty() ? "-"
@@ -598,7 +600,7 @@ void add_compare_command(CLI::App& app) {
         first_run.gpus > 1 ? "s" : "",
         first_run.gpus > 1 ? fmt::format(" (tp {} pp {} dp {})", par.tp, par.pp, par.dp) : "",
         fidelity_name(first_run.fidelity));
-    std::cout << table({"device", "step", "tokens/s/GPU", "MFU", "memory per GPU",
+    std::cout << table({"device", "step", "tokens/s/GPU", "MFU", "HBM busy", "memory per GPU",
                         cluster ? "exposed comm / bubble" : "comm", "power per GPU",
                         "tokens/J", "est. cost", "speed vs " + devices.front()},
                        rows, 100);
