@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "arch/device/device.h"
+#include "arch/device/tile_executor.h"
+#include "arch/mapping/mapping.h"
 #include "arch/mapping/tile_program.h"
 #include "arch/ops/op.h"
 #include "arch/ops/simulate.h"
@@ -538,6 +540,42 @@ TEST(Knobs, ABiggerL2NeverSlowsAnOperator) {
       previous = t;
     }
   }
+}
+
+// A weight gradient of a small layer (768 x 3072 outputs, 8192 tokens deep) has too few output
+// tiles to fill the H200's 132 SMs: the mapping splits K over work groups that write fp32
+// partials, and a reduction kernel sums them (cuBLAS's split-K, seen in the H200 profiles). The
+// split pays for its partials' traffic and still beats the unsplit tiling, stays under the peak,
+// and moves at least the partials. A square product fills the units and is not split, and the
+// roofline counts no reduction kernel.
+TEST(Knobs, SplitKFillsTheUnitsWhenOutputTilesAreFew) {
+  auto dev = load_device("h200-sxm-141gb");
+  const GemmOp g{768, 3072, 8192, 1, DType::BF16};
+  auto split = map_gemm(g, *dev, true), whole = map_gemm(g, *dev, false);
+  ASSERT_EQ(split.size(), 2u);
+  EXPECT_EQ(split[1]->name(), "splitk_reduce");
+  ASSERT_EQ(whole.size(), 1u);
+  auto run = [&](const std::vector<std::unique_ptr<TileProgram>>& ks) {
+    TileExecutor exec(*dev, nullptr);
+    double t = 0;
+    for (const auto& k : ks) t += exec.execute(*k).duration.sec();
+    return t;
+  };
+  EXPECT_LT(run(split), run(whole));
+
+  OpSimulator tile(*dev, Fidelity::Tile), roofline(*dev, Fidelity::Analytical);
+  Op op = gemm(768, 3072, 8192);
+  OpResult r = tile.run(op);
+  EXPECT_EQ(r.kernels, 2);
+  EXPECT_NE(r.mapping.find("split-K"), std::string::npos) << r.mapping;
+  EXPECT_LE(r.achieved().per_s(), dev->compute().peak(DType::BF16).per_s());
+  // At least two splits' fp32 partials written, and the bf16 product.
+  EXPECT_GE(r.memory_written.count(), (2 * 4.0 + 2.0) * 768 * 3072);
+  EXPECT_EQ(roofline.run(op).kernels, 1);
+
+  OpResult square = tile.run(gemm(8192, 8192, 8192));
+  EXPECT_EQ(square.kernels, 1);
+  EXPECT_EQ(square.mapping.find("split-K"), std::string::npos) << square.mapping;
 }
 
 // --- Fidelity ladder and memoisation -------------------------------------------------------------

@@ -235,7 +235,8 @@ std::unique_ptr<TileProgram> fitting(const AttentionOp& a, AttnTiles t, const De
 
 }  // namespace
 
-std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& dev) {
+std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& dev,
+                                                        bool split_k) {
   std::vector<std::unique_ptr<TileProgram>> out;
   bool fwd = a.pass != AttentionPass::Backward, bwd = a.pass != AttentionPass::Forward;
   if (a.fused) {
@@ -266,23 +267,26 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
   double e = dtype_bytes(a.dtype);
   const int64_t dk = a.head_dim, dv = a.value_dim();
   StreamOp relayout{"attention_relayout", rows * dv, {e}, {e}, 0, 0, 0, DType::FP32};
+  auto gemm = [&](const GemmOp& g) {
+    for (auto& k : map_gemm(g, dev, split_k)) out.push_back(std::move(k));
+  };
   if (fwd) {
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, dk, bh, a.dtype}, dev));  // S = QK^T
+    gemm(GemmOp{a.seq_q, a.seq_kv, dk, bh, a.dtype});  // S = QK^T
     out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, false).body), dev));
     if (a.dropout)
       out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout", rows * a.seq_kv, a.dtype).body), dev));
-    out.push_back(map_gemm(GemmOp{a.seq_q, dv, a.seq_kv, bh, a.dtype}, dev));  // O = PV
+    gemm(GemmOp{a.seq_q, dv, a.seq_kv, bh, a.dtype});  // O = PV
     out.push_back(map_stream(relayout, dev));
   }
   if (bwd) {
     out.push_back(map_stream(relayout, dev));
-    out.push_back(map_gemm(GemmOp{a.seq_kv, dv, a.seq_q, bh, a.dtype}, dev));  // dV = P^T dO
-    out.push_back(map_gemm(GemmOp{a.seq_q, a.seq_kv, dv, bh, a.dtype}, dev));  // dP = dO V^T
+    gemm(GemmOp{a.seq_kv, dv, a.seq_q, bh, a.dtype});  // dV = P^T dO
+    gemm(GemmOp{a.seq_q, a.seq_kv, dv, bh, a.dtype});  // dP = dO V^T
     if (a.dropout)
       out.push_back(map_stream(std::get<StreamOp>(make_elementwise("dropout_bwd", rows * a.seq_kv, a.dtype).body), dev));
     out.push_back(map_stream(std::get<StreamOp>(make_softmax(rows, a.seq_kv, a.dtype, true).body), dev));
-    out.push_back(map_gemm(GemmOp{a.seq_q, dk, a.seq_kv, bh, a.dtype}, dev));  // dQ = dS K
-    out.push_back(map_gemm(GemmOp{a.seq_kv, dk, a.seq_q, bh, a.dtype}, dev));  // dK = dS^T Q
+    gemm(GemmOp{a.seq_q, dk, a.seq_kv, bh, a.dtype});  // dQ = dS K
+    gemm(GemmOp{a.seq_kv, dk, a.seq_q, bh, a.dtype});  // dK = dS^T Q
   }
   return out;
 }

@@ -1,6 +1,10 @@
 // GEMM tiling: output tiles of BM x BN, a K loop of BK-deep steps, multi-stage buffering, and a
 // grouped rasterisation (CUTLASS "threadblock swizzle") so that neighbouring work groups share
-// operand panels in the shared cache.
+// operand panels in the shared cache. When the output tiles are too few to fill the units (a
+// weight gradient of a small layer: m x n small, k the tokens), the K loop is split across work
+// groups that store fp32 partial tiles, and a second kernel sums them into C: cuBLAS's split-K
+// kernels and its `splitKreduce_kernel`, as the H200 profiles of eager training steps show them
+// (configs/validation/gpubase-h200-*.json: GPT-3 125M's and 350M's smaller weight gradients).
 #include <algorithm>
 #include <cmath>
 
@@ -12,7 +16,7 @@
 namespace memwall {
 namespace {
 
-constexpr uint64_t kA = 1, kB = 2, kC = 3;
+constexpr uint64_t kA = 1, kB = 2, kC = 3, kPartial = 4;
 // Each consumer warp group computes a 64 x 128 slice of the output tile and reads its A rows and
 // B columns from the scratchpad once per step.
 constexpr int kWarpM = 64, kWarpN = 128;
@@ -25,7 +29,12 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Tiling {
   int bm, bn, bk, stages;
+  int splits = 1;  ///< work groups along K per output tile (split-K); 1: none
 };
+// Split-K factors the heuristic considers, and the fewest K steps a split keeps (a shorter loop
+// cannot fill its own pipeline).
+constexpr int kSplits[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
+constexpr int kMinStepsPerSplit = 8;
 
 class GemmProgram : public TileProgram {
  public:
@@ -36,9 +45,11 @@ class GemmProgram : public TileProgram {
         sparse_(g.sparse_b && c.skips_sparse_zeros(g.dtype)) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
+    // Each split covers a whole number of BK steps; the last may be shorter.
+    kspan_ = ceil_div(ceil_div(g.k, t.bk), t.splits) * t.bk;
     // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
     // and MACs are the same, and a long K loop costs a bounded number of events.
-    int64_t ksteps = ceil_div(g.k, t.bk);
+    int64_t ksteps = ceil_div(kspan_, t.bk);
     chunk_ = static_cast<int>(ceil_div(ksteps, kMaxEventsPerTile));
     ksteps_ = static_cast<int>(ceil_div(ksteps, chunk_));
     e_ = dtype_bytes(g.dtype);
@@ -50,29 +61,42 @@ class GemmProgram : public TileProgram {
   }
   std::string name() const override { return "gemm"; }
   std::string mapping() const override {
-    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}{}{}", t_.bm,
-                       t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_,
+    return fmt::format("tile {}x{}x{}, {} stages, {} groups, swizzle {}, multicast {}{}{}{}",
+                       t_.bm, t_.bn, t_.bk, t_.stages, groups(), kSwizzle, cluster_,
+                       t_.splits > 1 ? fmt::format(", split-K {} (fp32 partials)", t_.splits)
+                                     : "",
                        matrix_rate_ < 1 ? fmt::format(", unaligned (matrix rate x {})",
                                                       matrix_rate_)
                                         : "",
                        sparse_ ? ", 2:4-sparse B (zeros skipped)" : "");
   }
-  long groups() const override { return static_cast<long>(tm_ * tn_ * g_.batch); }
-  int steps(long) const override { return ksteps_; }
+  long groups() const override {
+    return static_cast<long>(tm_ * tn_ * g_.batch * t_.splits);
+  }
+  int steps(long g) const override {
+    // The last split's K range may be short, or (for a small K) empty of whole chunks.
+    int64_t span = int64_t(t_.bk) * chunk_;
+    int64_t left = g_.k - split_of(g) * kspan_;
+    return static_cast<int>(std::clamp<int64_t>(ceil_div(left, span), 1, ksteps_));
+  }
 
   void step(long g, int s, Step& out) const override {
     auto [b, im, in] = coords(g);
+    const int64_t split = split_of(g);
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
     int64_t span = int64_t(t_.bk) * chunk_;
-    int64_t depth = std::min<int64_t>(span, g_.k - int64_t(s) * span);
+    int64_t depth = std::min<int64_t>(span, g_.k - split * kspan_ - int64_t(s) * span);
+    // The K step's index over the whole product: splits read disjoint operand panels.
+    const int64_t ks = split * ksteps_ + s;
     // Operand tiles go straight to the scratchpad (cp.async.cg / TMA), bypassing L1.
-    out.loads.push_back({block_key(kA, b, im, s), Bytes(rows * depth * e_), 1, false});
+    out.loads.push_back({block_key(kA, b, im, ks), Bytes(rows * depth * e_), 1, false});
     // A cluster of work groups along M receives each B block by one multicast read.
-    out.loads.push_back({block_key(kB, b, s, in), Bytes(depth * cols * eb_),
+    out.loads.push_back({block_key(kB, b, ks, in), Bytes(depth * cols * eb_),
                          static_cast<int>(std::min<int64_t>(cluster_, tm_)), false});
-    // Accumulating into an fp32 C: the last step also reads the C tile.
-    if (g_.accumulate_fp32 && s == ksteps_ - 1)
+    // Accumulating into an fp32 C: the last step also reads the C tile (with split-K, the
+    // reduction kernel does).
+    if (g_.accumulate_fp32 && t_.splits == 1 && s == ksteps_ - 1)
       out.loads.push_back({block_key(kC, b, im, in), Bytes(rows * cols * 4.0), 1, false});
     // Tensor cores process whole tiles: a partial edge tile costs a full tile of MACs. Unaligned
     // rows leave the library a slower kernel: the matrix pipe delivers a fraction of its rate.
@@ -88,6 +112,14 @@ class GemmProgram : public TileProgram {
     auto [b, im, in] = coords(g);
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
+    if (t_.splits > 1) {
+      // A split stores its fp32 partial tile to the workspace, unconverted.
+      out.phases.push_back({{{Pipe::Vector, double(t_.bm) * t_.bn, DType::FP32},
+                             {Pipe::Scratchpad, 2.0 * rows * cols * 4.0, g_.dtype}}});
+      out.stores.push_back({block_key(kPartial, b * t_.splits + split_of(g), im, in),
+                            Bytes(rows * cols * 4.0)});
+      return;
+    }
     // Convert fp32 accumulators and stage them through the scratchpad to the output.
     const double c = g_.accumulate_fp32 ? 4.0 : e_;
     out.phases.push_back({{{Pipe::Vector, (g_.accumulate_fp32 ? 3.0 : 2.0) * t_.bm * t_.bn,
@@ -114,12 +146,17 @@ class GemmProgram : public TileProgram {
     return f;
   }
 
+  int64_t tiles() const { return tm_ * tn_ * g_.batch; }
+
  private:
-  // Launch order: within a batch, bands of kSwizzle tile rows; inside a band, column-major, so
-  // consecutive groups reuse the same B panel and a band's A panels.
+  // Launch order: the splits one after the other (the grid's slowest dimension); within a split
+  // and a batch, bands of kSwizzle tile rows; inside a band, column-major, so consecutive groups
+  // reuse the same B panel and a band's A panels.
+  int64_t split_of(long g) const { return int64_t(g) / tiles(); }
   std::tuple<int64_t, int64_t, int64_t> coords(long g) const {
     int64_t per_batch = tm_ * tn_;
-    int64_t b = g / per_batch, r = g % per_batch;
+    int64_t t = int64_t(g) % tiles();
+    int64_t b = t / per_batch, r = t % per_batch;
     int64_t band_rows = kSwizzle;
     int64_t band = r / (band_rows * tn_);
     int64_t first_row = band * band_rows;
@@ -135,7 +172,7 @@ class GemmProgram : public TileProgram {
   bool direct_;
   double matrix_rate_;
   bool sparse_;
-  int64_t tm_, tn_;
+  int64_t tm_, tn_, kspan_;
   int ksteps_, chunk_;
   double e_, eb_;
   int warps_m_, warps_n_;
@@ -143,8 +180,9 @@ class GemmProgram : public TileProgram {
 
 // Library-style heuristic: among tilings that fit the unit, pick the one with the least estimated
 // time, counting wave quantisation on the units, the matrix pipe at the sustained clock and the
-// operand traffic the tile shape implies.
-Tiling choose_tiling(const GemmOp& g, const Device& dev) {
+// operand traffic the tile shape implies. A split-K tiling adds its partials' round trip through
+// memory and the reduction kernel.
+Tiling choose_tiling(const GemmOp& g, const Device& dev, bool split_k) {
   const ComputeSpec& c = dev.compute();
   double e = dtype_bytes(g.dtype);
   const bool sparse = g.sparse_b && c.skips_sparse_zeros(g.dtype);
@@ -157,6 +195,7 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
   for (const auto& l : dev.caches())
     if (l->scope() == CacheScope::Shared) { shared_bw = l->bandwidth(); break; }
   if (shared_bw.is_infinite()) shared_bw = dev.sustained_memory_bandwidth();
+  const double mem_bps = dev.sustained_memory_bandwidth().bps();
 
   Tiling best{64, 64, 32, 2};
   double best_t = std::numeric_limits<double>::infinity();
@@ -169,22 +208,41 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
           GemmProgram p(g, t, c);
           int occ = occupancy(c, p.footprint());
           if (occ < 1) continue;
-          double tiles = double(p.groups());
-          double per_unit_tiles = std::ceil(tiles / c.units);
-          double kpad = std::ceil(double(g.k) / bk) * bk;
-          double t_compute = per_unit_tiles * double(bm) * bn * kpad / rate;
+          const double tiles = double(p.tiles());
+          const double ksteps = std::ceil(double(g.k) / bk);
           double traffic = g.batch * (double(g.m) * g.k * std::ceil(double(g.n) / bn) * e +
                                       double(g.n) * g.k * std::ceil(double(g.m) / bm) /
                                           c.multicast_cluster * eb);
           double t_mem = traffic / shared_bw.bps();
-          // Shallow pipelines expose latency: prefer more stages when they fit.
-          double est = std::max(t_compute, t_mem) * (1.0 + 0.02 / stages);
-          // On a tie prefer the larger tile: fewer groups, less operand traffic.
-          bool better = est < best_t * 0.999 ||
-                        (est <= best_t * 1.001 && bm * bn > best.bm * best.bn);
-          if (better) {
-            best_t = est;
-            best = t;
+          // The operands from memory at least once.
+          const double mn = double(g.batch) * g.m * g.n;
+          const double compulsory = g.batch * (double(g.m) * g.k * e + double(g.k) * g.n * eb);
+          for (int splits : kSplits) {
+            if (splits > 1 && (!split_k || ksteps < double(splits) * kMinStepsPerSplit)) break;
+            t.splits = splits;
+            double per_unit_tiles = std::ceil(tiles * splits / c.units);
+            double kpad = std::ceil(ksteps / splits) * bk;
+            double t_compute = per_unit_tiles * double(bm) * bn * kpad / rate;
+            // A split's fp32 partials are written back to memory behind its work.
+            double partials = splits > 1 ? mn * 4.0 * splits : 0.0;
+            double t_dram = (compulsory + partials) / mem_bps;
+            // Shallow pipelines expose latency: prefer more stages when they fit.
+            double est = std::max({t_compute, t_mem, t_dram}) * (1.0 + 0.02 / stages);
+            if (splits > 1) {
+              // The reduction kernel: its launch, the partials read back (and an accumulated
+              // C) and the output written, at memory bandwidth (each kernel starts with cold
+              // caches).
+              const double out = g.accumulate_fp32 ? 4.0 : e;
+              est += dev.launch_overhead().sec() +
+                     (partials + mn * (g.accumulate_fp32 ? 4.0 : 0.0) + mn * out) / mem_bps;
+            }
+            // On a tie prefer the larger tile (fewer groups, less operand traffic), then no split.
+            bool better = est < best_t * 0.999 ||
+                          (est <= best_t * 1.001 && bm * bn > best.bm * best.bn);
+            if (better) {
+              best_t = est;
+              best = t;
+            }
           }
         }
   return best;
@@ -192,8 +250,24 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev) {
 
 }  // namespace
 
-std::unique_ptr<TileProgram> map_gemm(const GemmOp& g, const Device& device) {
-  return std::make_unique<GemmProgram>(g, choose_tiling(g, device), device.compute());
+std::vector<std::unique_ptr<TileProgram>> map_gemm(const GemmOp& g, const Device& device,
+                                                   bool split_k) {
+  Tiling t = choose_tiling(g, device, split_k);
+  std::vector<std::unique_ptr<TileProgram>> out;
+  out.push_back(std::make_unique<GemmProgram>(g, t, device.compute()));
+  if (t.splits > 1) {
+    // The reduction kernel: reads every split's fp32 partial (and an accumulated C), sums them
+    // and writes C in its type.
+    StreamOp r;
+    r.kind = "splitk_reduce";
+    r.elements = g.batch * g.m * g.n;
+    r.in_bytes.assign(t.splits + (g.accumulate_fp32 ? 1 : 0), 4.0);
+    r.out_bytes = {g.accumulate_fp32 ? 4.0 : dtype_bytes(g.dtype)};
+    r.vector_flops = g.accumulate_fp32 ? t.splits : t.splits - 1;
+    r.dtype = DType::FP32;
+    out.push_back(map_stream(r, device));
+  }
+  return out;
 }
 
 }  // namespace memwall

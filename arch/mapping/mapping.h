@@ -15,11 +15,17 @@
 
 namespace memwall {
 
-/// The kernels that implement `op` on `device`, in execution order.
-std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device);
+/// The kernels that implement `op` on `device`, in execution order. `split_k`: whether a GEMM
+/// may split its K loop over work groups, a choice against wave quantisation that only the tile
+/// fidelity sees (the roofline counts no reduction kernel it would not gain from).
+std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device,
+                                                 bool split_k = true);
 
-std::unique_ptr<TileProgram> map_gemm(const GemmOp& g, const Device& device);
-std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& device);
+/// The GEMM kernel, and with split-K the reduction kernel after it.
+std::vector<std::unique_ptr<TileProgram>> map_gemm(const GemmOp& g, const Device& device,
+                                                   bool split_k = true);
+std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& device,
+                                                        bool split_k = true);
 std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device);
 
 }  // namespace memwall

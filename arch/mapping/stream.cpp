@@ -83,10 +83,12 @@ std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device)
   return std::make_unique<StreamProgram>(s, regs, device.compute().units);
 }
 
-std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device) {
+std::vector<std::unique_ptr<TileProgram>> map_op(const Op& op, const Device& device,
+                                                 bool split_k) {
   std::vector<std::unique_ptr<TileProgram>> out;
-  if (const auto* g = std::get_if<GemmOp>(&op.body)) out.push_back(map_gemm(*g, device));
-  else if (const auto* a = std::get_if<AttentionOp>(&op.body)) out = map_attention(*a, device);
+  if (const auto* g = std::get_if<GemmOp>(&op.body)) out = map_gemm(*g, device, split_k);
+  else if (const auto* a = std::get_if<AttentionOp>(&op.body))
+    out = map_attention(*a, device, split_k);
   else out.push_back(map_stream(std::get<StreamOp>(op.body), device));
   return out;
 }

@@ -161,7 +161,7 @@ OpResult OpSimulator::simulate_analytical(const Op& op) const {
     t_compute = std::max(t_compute, double(s->elements) * s->instructions /
                                         (c.issue_per_cycle * c.units * clock.hz()));
   double t_mem = r.min_bytes.count() / device_.sustained_memory_bandwidth().bps();
-  int kernels = static_cast<int>(map_op(op, device_).size()) + extra_kernels(op);
+  int kernels = static_cast<int>(map_op(op, device_, /*split_k=*/false).size()) + extra_kernels(op);
   r.kernels = kernels;
   r.time = Time(std::max(t_compute, t_mem)) + device_.launch_overhead() * kernels;
   r.memory_read = r.min_bytes;  // the roofline does not split reads from writes
