@@ -169,6 +169,9 @@ TEST_F(ClusterCli, UlyssesContextParallelismNeedsWholeHeadsAndFlashAttention) {
   // 32 heads over tp 2 leave 16, which 32 context-parallel ranks cannot split.
   expect_bad(base + "--gpus 64 --cp 32 --tp 2 --sequence-parallel true", "training.cp_comm_type",
              "divisible by cp");
+  // a2a+p2p: all-to-all groups that do not divide cp are refused.
+  expect_bad(base + "--gpus 8 --cp 8 -p training.cp_comm_type=a2a+p2p -p training.cp_a2a_size=3",
+             "training.cp_a2a_size", "must divide cp");
   expect_bad(base + "--gpus 8 --cp 8 -p training.flash_attention=false", "training.cp_comm_type",
              "flash_attention");
 }

@@ -500,6 +500,32 @@ TEST(ClusterRun, ExpertTensorParallelOneKeepsTheExpertGroupInANode) {
             1.5 * split.stages[0].memory[int(TensorClass::Weights)]);
 }
 
+// Hierarchical context parallelism on two DGX H100 nodes (cp 16, tp 1): all-to-alls inside
+// each node's 8 ranks and a ring of 2 across the nodes, against Ulysses over all 16, whose
+// all-to-alls cross InfiniBand. The sub-groups stay in their nodes, so the blocking
+// all-to-alls take far less time; the ring adds exchanges beside the attention. The FLOPs
+// are the same.
+TEST(ClusterRun, HierarchicalContextParallelKeepsItsAllToAllsInANode) {
+  auto run = [](const std::string& cp) {
+    Job j;
+    j.model = load_model("llama3-8b", {"layers=2", "seq_len=16384"});
+    j.device = load_device("h100-sxm5-80gb");
+    j.system = load_system("dgx-h100");
+    j.setup = load_training_string("micro_batch: 1\nglobal_batch: 1\ncp: 16\n" + cp,
+                                   "training.yaml");
+    j.gpus = 16;
+    return j.run();
+  };
+  ClusterResult flat = run("cp_comm_type: a2a"),
+                hier = run("cp_comm_type: a2a+p2p\ncp_a2a_size: 8");
+  const GroupComm &a = flat.comm[int(ParallelGroup::CP)], &b = hier.comm[int(ParallelGroup::CP)];
+  ASSERT_GT(a.exposed.sec(), 0);
+  EXPECT_LT(b.exposed.sec(), 0.5 * a.exposed.sec());
+  EXPECT_GT(b.algorithms.size(), 0u);
+  EXPECT_GT(b.count, a.count);  // the ring's exchanges besides the all-to-alls
+  EXPECT_DOUBLE_EQ(hier.model_flops, flat.model_flops);
+}
+
 // The allgather token dispatcher at ep 1 (tp 8 on one DGX H100): each token crosses the tp group
 // once instead of top_k times, so the tensor-parallel group moves fewer bytes and takes less
 // time; the experts' work, and so the model FLOPs, are the same.

@@ -573,6 +573,58 @@ TEST(WorkloadParallel, UlyssesContextParallelTradesTokensForHeads) {
   EXPECT_THROW(check_parallel_layout(m, setup("cp: 64\ncp_comm_type: a2a")), ConfigError);
 }
 
+// Hierarchical context parallelism (cp_comm_type a2a+p2p, Megatron-core's hierarchical sizes):
+// cp 8 as all-to-all groups of 2 consecutive ranks and a ring of 4 across them. The
+// all-to-alls trade tokens for heads inside a group (span 2), the ring passes the keys and
+// values of the group's tokens and half the key/value heads round every 2nd rank (span -2),
+// 3 steps, beside the attention; the attention runs heads / 2 over the group's s / 4 tokens,
+// load-balanced, the same FLOPs as the plain ring's.
+TEST(WorkloadParallel, HierarchicalContextParallelAllToAllsInsideAGroupAndARingAcross) {
+  TransformerModel m = load_model("llama3-8b");
+  m.layers = 2;
+  StepGraph g = build_step_graph(
+      m, setup("micro_batch: 1\ncp: 8\ncp_comm_type: a2a+p2p\ncp_a2a_size: 2"));
+  StepGraph ring = build_step_graph(m, setup("micro_batch: 1\ncp: 8"));
+  expect_well_formed(g);
+  const double tokens = double(m.seq_len / 8);
+  const double qkv = tokens * (m.heads + 2 * m.kv_heads) * m.head_dim * 2;
+  const double out = tokens * m.heads * m.head_dim * 2;
+  // Keys and values of the group's 2 x tokens, for kv_heads / 2 heads.
+  const double kv = 2.0 * (2 * tokens) * (m.kv_heads / 2) * m.head_dim * 2;
+  auto c = comms(g);
+  EXPECT_EQ(c["fwd all-to-all cp"].n, 2 * 2);
+  EXPECT_DOUBLE_EQ(c["fwd all-to-all cp"].bytes, 2 * (qkv + out));
+  EXPECT_EQ(c["fwd send-recv cp async"].n, 2);
+  EXPECT_DOUBLE_EQ(c["fwd send-recv cp async"].bytes, 2 * 3 * kv);
+  EXPECT_DOUBLE_EQ(c["bwd_input send-recv cp async"].bytes, 2 * 2 * 3 * kv);
+  EXPECT_EQ(find(g, "layer0.attn.core.fwd.cp_a2a_qkv")->comm->span, 2);
+  EXPECT_EQ(find(g, "layer0.attn.core.fwd.cp_exchange")->comm->span, -2);
+  const auto& a = std::get<AttentionOp>(find(g, "layer0.attn.core.fwd")->op->body);
+  EXPECT_EQ(a.heads, m.heads / 2);
+  EXPECT_EQ(a.seq_q, m.seq_len / 4);
+  EXPECT_EQ(a.seq_kv, m.seq_len / 2);
+  EXPECT_FALSE(a.causal);
+  const Op hier{"a", a};
+  EXPECT_NEAR(hier.flops() / find(ring, "layer0.attn.core.fwd")->op->flops(), 1.0, 1e-9);
+  // The all-to-all before the attention feeds the ring; the one after waits for its join.
+  int in = index_of(g, "layer1.attn.core.fwd.cp_a2a_qkv"),
+      x = index_of(g, "layer1.attn.core.fwd.cp_exchange"),
+      core = index_of(g, "layer1.attn.core.fwd"), j = index_of(g, "layer1.attn.core.fwd.cp_join"),
+      back = index_of(g, "layer1.attn.core.fwd.cp_a2a_out");
+  ASSERT_GE(x, 0);
+  ASSERT_GE(j, 0);
+  EXPECT_TRUE(reaches(g, in, x));
+  EXPECT_FALSE(reaches(g, x, core));
+  EXPECT_TRUE(reaches(g, x, back));
+  EXPECT_TRUE(reaches(g, core, back));
+  // Bad sizes are refused: not dividing cp, the whole group (that is a2a), or missing.
+  for (const char* bad : {"cp: 8\ncp_comm_type: a2a+p2p\ncp_a2a_size: 3",
+                          "cp: 8\ncp_comm_type: a2a+p2p\ncp_a2a_size: 8",
+                          "cp: 8\ncp_comm_type: a2a+p2p", "cp: 8\ncp_a2a_size: 2",
+                          "cp: 2\ncp_comm_type: a2a+p2p\ncp_a2a_size: 2"})
+    EXPECT_THROW(check_parallel_layout(m, setup(bad)), ConfigError) << bad;
+}
+
 TEST(WorkloadParallel, MixtureOfExpertsLayers) {
   TransformerModel m = load_model("mixtral-8x7b");
   // The whole model on one device: 6 x active (non-lookup) parameters x tokens + attention.

@@ -898,14 +898,14 @@ class ClusterSim {
 
   const CollectiveResult& collective(ParallelGroup g, CollectiveKind kind, double bytes, int s,
                                      int to, Time start, bool copy_engine = false,
-                                     bool once_per_node = false) {
+                                     bool once_per_node = false, int span = 0) {
     // A send-recv outside the pipeline is a shift round each group's ring (tensor-parallel ring
     // exchange): every member sends to the next, all at once.
     const bool shift = kind == CollectiveKind::SendRecv && g != ParallelGroup::PP;
-    auto key = std::make_tuple(int(g), s, to, shift);
+    auto key = std::make_tuple(int(g), s, to, shift, span);
     auto it = groups_.find(key);
     if (it == groups_.end()) {
-      auto groups = layout_.concurrent(g, s, to);
+      auto groups = split_groups(layout_.concurrent(g, s, to), span);
       if (shift) {
         std::vector<std::vector<int>> pairs;
         for (const auto& grp : groups)
@@ -954,6 +954,25 @@ class ClusterSim {
     gc.bytes += bytes;
     gc.algorithms[copy_engine ? "copy-engine" : collective_algorithm_name(last_.algorithm)]++;
     return last_;
+  }
+
+  // The sub-groups of `span` (CommSpec::span): n > 0, runs of n consecutive members; n < 0,
+  // every |n|-th member; 0, the groups themselves.
+  static std::vector<std::vector<int>> split_groups(std::vector<std::vector<int>> groups,
+                                                    int span) {
+    if (span == 0) return groups;
+    const size_t n = size_t(std::abs(span));
+    std::vector<std::vector<int>> out;
+    for (const auto& grp : groups) {
+      const size_t parts = span > 0 ? grp.size() / n : n;
+      for (size_t p = 0; p < parts; ++p) {
+        std::vector<int> sub;
+        for (size_t i = 0; i < grp.size(); ++i)
+          if ((span > 0 ? i / n : i % n) == p) sub.push_back(grp[i]);
+        out.push_back(std::move(sub));
+      }
+    }
+    return out;
   }
 
   void span(int s, const std::string& track, const std::string& name, Time start, Time dur) {
@@ -1184,7 +1203,7 @@ class ClusterSim {
                                                : 0;
       if (cm.blocking) {
         const CollectiveResult& cr = collective(cm.group, cm.kind, cm.bytes, s, peer, c.t,
-                                                cm.copy_engine, cm.once_per_node);
+                                                cm.copy_engine, cm.once_per_node, cm.span);
         Time d = cr.end - c.t;
         span(s, parallel_group_name(cm.group), k.name, c.t, d);
         result_->comm[g].total += d / double(p_.pp);
@@ -1197,7 +1216,7 @@ class ClusterSim {
         Time start = max(ready, rs.stream_free[g]);
         const CollectiveResult& cr =
             collective(cm.group, cm.kind, cm.bytes, s, peer, start, cm.copy_engine,
-                       cm.once_per_node);
+                       cm.once_per_node, cm.span);
         span(s, parallel_group_name(cm.group), k.name, start, cr.end - start);
         result_->comm[g].total += (cr.end - start) / double(p_.pp);
         rs.stream_free[g] = cr.end;
@@ -1772,9 +1791,9 @@ class ClusterSim {
   std::vector<std::shared_ptr<ChunkModel>> chunk_of_;
   std::vector<RankState> states_;
   std::vector<Time> arrival_, transfer_start_;
-  std::map<std::tuple<int, int, int, bool>, std::vector<std::vector<int>>> groups_;
+  std::map<std::tuple<int, int, int, bool, int>, std::vector<std::vector<int>>> groups_;
   /// DeepEP's share of a group's copies that cross the network (0: a plain exchange).
-  std::map<std::tuple<int, int, int, bool>, double> network_fraction_;
+  std::map<std::tuple<int, int, int, bool, int>, double> network_fraction_;
   CollectiveResult last_;
   long collectives_ = 0;
   ClusterResult* result_ = nullptr;

@@ -55,15 +55,23 @@ void check_parallel_layout(const TransformerModel& m, const TrainingSetup& t) {
   if (m.shared_expert() && m.shared_expert_ffn_hidden % p.tp != 0)
     fail("tp", fmt::format("the shared expert's ffn width ({}) must be divisible by tp ({})",
                            m.shared_expert_ffn_hidden, p.tp));
+  // (A graph without context parallelism, built to count FLOPs, keeps the setup's size.)
+  if (t.cp_a2a_size != 0 && p.cp > 1 &&
+      (t.cp_a2a_size < 2 || p.cp % t.cp_a2a_size != 0 || t.cp_a2a_size > p.cp / 2))
+    fail("cp_a2a_size",
+         fmt::format("the all-to-all groups of a2a+p2p ({} ranks) must divide cp ({}) and leave "
+                     "a ring of at least 2 groups: between 2 and cp / 2 (a2a or p2p for the rest)",
+                     t.cp_a2a_size, p.cp));
   if (t.cp_a2a && p.cp > 1) {
+    const int a2a = t.cp_a2a_size > 0 ? t.cp_a2a_size : p.cp;
     if (!t.flash_attention)
       fail("cp_comm_type", "a2a (Ulysses) context parallelism runs a fused attention kernel on "
                            "each rank's heads: it needs flash_attention");
-    if ((m.heads / p.tp) % p.cp != 0)
+    if ((m.heads / p.tp) % a2a != 0)
       fail("cp_comm_type",
            fmt::format("a2a (Ulysses) gives each context-parallel rank whole heads: heads / tp "
-                       "({}) must be divisible by cp ({})",
-                       m.heads / p.tp, p.cp));
+                       "({}) must be divisible by {} ({})",
+                       m.heads / p.tp, a2a == p.cp ? "cp" : "cp_a2a_size", a2a));
     if (m.mla())
       fail("cp_comm_type", "a2a (Ulysses) is not modelled for latent attention: use p2p");
     if (t.attn_out_e5m6)

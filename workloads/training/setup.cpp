@@ -124,9 +124,19 @@ const Schema& training_schema() {
         "blocking all-to-all before the attention trades each rank's sequence shard of Q, K and "
         "V for all the tokens of heads / cp heads, and one after it trades the output back "
         "(backward: the output gradient and Q, K, V's gradients); needs flash attention and "
-        "heads / tp divisible by cp.");
-    cp_comm.choices = {"p2p", "a2a"};
+        "heads / tp divisible by cp. a2a+p2p: both, hierarchically: all-to-alls inside groups "
+        "of cp_a2a_size ranks (heads / cp_a2a_size heads each), and a ring of cp / cp_a2a_size "
+        "steps across the groups passes the keys and values of those heads.");
+    cp_comm.choices = {"p2p", "a2a", "a2a+p2p"};
     x.params.push_back(cp_comm);
+    ParamSpec a2a_size = param(
+        "cp_a2a_size", ParamType::Int, "count", "0",
+        "With cp_comm_type a2a+p2p: ranks in each all-to-all group, consecutive context-parallel "
+        "ranks (Megatron-core's --hierarchical-context-parallel-sizes A cp/A); it must divide cp "
+        "and lie between 2 and cp / 2. Keep a group inside a node: its all-to-alls then cross "
+        "the scale-up fabric and only the ring crosses the network.");
+    a2a_size.min = 0;
+    x.params.push_back(a2a_size);
     x.params.push_back(degree("ep", "Expert-parallel degree (MoE experts over the dp ranks)."));
     ParamSpec etp = param("etp", ParamType::Int, "ranks", "0",
                           "Expert tensor-parallel degree (Megatron-core's "
@@ -618,7 +628,18 @@ TrainingSetup training_from_config(const Config& c) {
     c.fail("moe_act_input_fp8",
            "keeps the experts' activation input in FP8 for its recomputation: it needs "
            "precision fp8 and recompute_modules moe_act");
-  t.cp_a2a = c.get_string("cp_comm_type") == "a2a";
+  const std::string cp_comm_type = c.get_string("cp_comm_type");
+  t.cp_a2a = cp_comm_type != "p2p";
+  t.cp_a2a_size = static_cast<int>(c.get_int("cp_a2a_size"));
+  if ((cp_comm_type == "a2a+p2p") != (t.cp_a2a_size != 0))
+    c.fail(t.cp_a2a_size != 0 ? "cp_a2a_size" : "cp_comm_type",
+           "cp_a2a_size (the all-to-all groups' size) goes with cp_comm_type a2a+p2p, and only "
+           "with it");
+  if (t.cp_a2a_size != 0 && t.parallel.cp < 4)
+    c.fail("cp_a2a_size", fmt::format("a2a+p2p splits the context-parallel ranks into all-to-all "
+                                      "groups and a ring across them: it needs cp of 4 or more "
+                                      "(cp is {})",
+                                      t.parallel.cp));
   t.attn_out_e5m6 = c.get_bool("attn_out_e5m6");
   if (t.attn_out_e5m6 && (t.precision != Precision::FP8 || t.recompute == Recompute::Full))
     c.fail("attn_out_e5m6",

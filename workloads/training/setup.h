@@ -124,6 +124,9 @@ struct TrainingSetup {
   /// ring exchange of keys and values beside the attention; true, a2a (DeepSpeed-Ulysses):
   /// all-to-alls before and after the attention trade the sequence shard for a head shard.
   bool cp_a2a = false;
+  /// With cp_a2a: the all-to-all (Ulysses) group's size; cp / it ranks form a ring (p2p)
+  /// across those groups (Megatron-core's a2a+p2p). 0: the whole cp group (plain a2a).
+  int cp_a2a_size = 0;
   /// Fraction of the optimizer state (master weights, moments) held in host memory and updated
   /// by the host CPU: gradients copied to the host, CPU Adam, 16-bit weights copied back
   /// (ZeRO-Offload, Megatron-core's --optimizer-cpu-offload). 0: none.

@@ -246,7 +246,11 @@ class Builder {
     g_.chunk = c_;
     tp_ = p_.tp;
     cp_ = p_.cp;
-    a2a_ = t.cp_a2a && cp_ > 1;
+    // Ulysses all-to-alls inside groups of a2a_size_ ranks, a ring of ring_ steps across them
+    // (plain p2p: groups of 1; plain a2a: one group).
+    a2a_size_ = !t.cp_a2a || cp_ == 1 ? 1 : t.cp_a2a_size > 0 ? t.cp_a2a_size : cp_;
+    ring_ = cp_ / a2a_size_;
+    a2a_ = a2a_size_ > 1;
     ep_ = p_.ep;
     etp_ = p_.expert_tp();
     zero_ = p_.zero_stage;
@@ -1067,15 +1071,18 @@ class Builder {
     a.pass = pass;
     a.dtype = attn_dt_;
     if (a2a_) {
-      // Ulysses: every token of heads / cp heads (key/value heads replicated below cp).
-      a.heads = heads_r_ / cp_;
-      a.kv_heads = std::max<int64_t>(1, kv_r_ / cp_);
-      a.seq_q = s_;
-    } else if (cp_ > 1 && a.causal && t_.flash_attention) {
+      // Ulysses: heads / a2a heads (key/value heads replicated below that) over the tokens of
+      // the all-to-all group: every token with plain a2a, s / ring with a ring across groups.
+      a.heads = heads_r_ / a2a_size_;
+      a.kv_heads = std::max<int64_t>(1, kv_r_ / a2a_size_);
+      a.seq_q = s_ / ring_;
+    }
+    if (ring_ > 1 && a.causal && t_.flash_attention) {
       // Ring attention with Megatron's load-balanced causal split: a rank holds chunks i and
       // 2cp-1-i of 2cp, whose causal blocks together are exactly half of its queries against
       // every key, s^2 / (2 cp) scores on every rank. As that work: its queries against half
-      // the keys, unmasked (the diagonal chunks' masking is not charged).
+      // the keys, unmasked (the diagonal chunks' masking is not charged). Hierarchically, the
+      // all-to-all group's queries gather such pairs of chunks, with the same balance.
       a.seq_kv = s_ / 2;
       a.causal = false;
     }
@@ -1083,20 +1090,24 @@ class Builder {
   }
   // Elements of b a s_q s_kv (this rank's heads and queries).
   double scores() const { return double(b_) * heads_r_ * sq_ * s_; }
-  // Bytes of this rank's keys and values.
+  // Bytes of the keys and values a ring step passes: this rank's tokens of its key/value
+  // heads, or with all-to-alls first, its group's tokens of its share of them.
   double kv_bytes() const {
-    return double(b_) * sq_ * kv_r_ * double(m_.head_dim + m_.value_dim()) * e_;
+    return double(b_) * (s_ / ring_) * std::max<int64_t>(1, kv_r_ / a2a_size_) *
+           double(m_.head_dim + m_.value_dim()) * e_;
   }
 
   // Context parallelism: the ring exchange of keys and values (and in the backward their
   // gradients) runs on its own stream beside the attention kernel; returns its receive buffer
   // (double-buffered blocks), which the join after the kernel reads.
   TensorId cp_exchange(const std::string& name, Pass pass, int l, TensorId qkv, bool backward) {
-    if (cp_ == 1 || a2a_) return -1;
+    if (ring_ == 1) return -1;
     const double msg = (backward ? 2 : 1) * kv_bytes();
     TensorId recv = tensor(name + ".cp_recv", 2 * msg, TensorClass::Workspace);
-    comm(name + ".cp_exchange", CollectiveKind::SendRecv, ParallelGroup::CP, (cp_ - 1) * msg,
-         false, false, pass, l, {qkv}, {recv});
+    StepVertex v = comm(name + ".cp_exchange", CollectiveKind::SendRecv, ParallelGroup::CP,
+                        (ring_ - 1) * msg, false, false, pass, l, {qkv}, {recv});
+    // Across the all-to-all groups: every a2a_size-th context-parallel rank.
+    g_.dag[v].comm->span = a2a_ ? -a2a_size_ : 0;
     return recv;
   }
   // a2a context parallelism: a blocking all-to-all over the CP group that trades this rank's
@@ -1104,8 +1115,10 @@ class Builder {
   // layout, of the same size; returns the traded tensor.
   TensorId cp_a2a(const std::string& name, Pass pass, int l, TensorId in, double elements) {
     TensorId out = act(name + ".out", elements);
-    comm(name, CollectiveKind::AllToAll, ParallelGroup::CP, elements * e_, true, false, pass, l,
-         {in}, {out});
+    StepVertex v = comm(name, CollectiveKind::AllToAll, ParallelGroup::CP, elements * e_, true,
+                        false, pass, l, {in}, {out});
+    // Inside its group of consecutive context-parallel ranks, with a ring across the groups.
+    g_.dag[v].comm->span = ring_ > 1 ? a2a_size_ : 0;
     return out;
   }
   // A zero-cost node after the attention that waits for the exchange too: later readers of
@@ -1121,17 +1134,20 @@ class Builder {
   void attention_core(int l, const char* suffix, Pass pass, LayerActs& a) {
     AttentionOp op = attention(AttentionPass::Forward);
     std::string name = nm(l, "attn.core", suffix);
-    TensorId recv = cp_exchange(name, pass, l, a.qkv, false);
     if (a2a_) {
-      // Ulysses: Q, K and V by heads over the whole sequence; the attention's output back by
-      // tokens for the projection. The backward reads both layouts' tensors.
+      // Ulysses: Q, K and V by heads over the group's tokens (with a ring across the groups,
+      // its keys and values passed beside the kernel); the attention's output back by tokens
+      // for the projection. The backward reads both layouts' tensors.
       a.qkv = cp_a2a(name + ".cp_a2a_qkv", pass, l, a.qkv, double(T_) * qkvw_r_);
+      TensorId ring = cp_exchange(name, pass, l, a.qkv, false);
       a.attn_heads = act(name + ".out_heads", double(T_) * attnw_r_);
       a.lse = act(name + ".lse", double(b_) * heads_r_ * sq_, 4);
       node(name, Op{"attention", op}, pass, l, {a.qkv}, {a.attn_heads, a.lse});
+      cp_join(name, pass, l, ring, {a.attn_heads});
       a.attn_out = cp_a2a(name + ".cp_a2a_out", pass, l, a.attn_heads, double(T_) * attnw_r_);
       return;
     }
+    TensorId recv = cp_exchange(name, pass, l, a.qkv, false);
     if (t_.flash_attention) {
       a.attn_out = act(name + ".out", double(T_) * attnw_r_);
       a.lse = act(name + ".lse", double(b_) * heads_r_ * sq_, 4);
@@ -1733,8 +1749,10 @@ class Builder {
       // back by tokens.
       const std::string name = nm(l, "attn.core", "bwd");
       TensorId d_heads = cp_a2a(name + ".cp_a2a_dout", BI, l, d_attn, double(T_) * attnw_r_);
+      TensorId ring = cp_exchange(name, BI, l, core.qkv, true);
       node(name, Op{"attention", attention(AttentionPass::Backward)}, BI, l,
            {core.qkv, core.attn_heads, d_heads, core.lse}, {d_qkv});
+      cp_join(name, BI, l, ring, {d_qkv});
       d_qkv = cp_a2a(name + ".cp_a2a_dqkv", BI, l, d_qkv, double(T_) * qkvw_r_);
     } else {
       std::vector<TensorId> in = {core.qkv, core.attn_kept, d_attn};
@@ -2479,6 +2497,8 @@ class Builder {
   StepGraph g_;
   int tp_ = 1, cp_ = 1, ep_ = 1, zero_ = 0;
   bool a2a_ = false;  // context parallelism by all-to-all (Ulysses), not the ring
+  int a2a_size_ = 1;  // ranks per all-to-all group (1: none)
+  int ring_ = 1;      // ring steps across the all-to-all groups (1: none)
   bool sp_ = false;
   int64_t dpcp_ = 1, edp_ = 1;
   int64_t b_, s_, sq_, T_, Tn_;

@@ -84,6 +84,10 @@ struct CommSpec {
   /// the network once per token and node (hierarchical, with the share the model's routing
   /// gives for the nodes the group spans).
   bool once_per_node = false;
+  /// A part of the group only (hierarchical context parallelism, Megatron-core's a2a+p2p):
+  /// 0: the whole group; n > 0: sub-groups of n consecutive members (the all-to-alls inside
+  /// each); n < 0: sub-groups of every |n|-th member (the ring across them).
+  int span = 0;
 };
 
 struct StepNode {
