@@ -578,6 +578,51 @@ TEST(Knobs, SplitKFillsTheUnitsWhenOutputTilesAreFew) {
   EXPECT_EQ(square.mapping.find("split-K"), std::string::npos) << square.mapping;
 }
 
+// A cache level shared by a group of units (an MI300X XCD's L2: 8 instances of 4 MiB, one per
+// 38 CUs). One group of every unit is the shared level, exactly. Split into the XCDs, the L2
+// keeps less: work groups sharing operand panels land on different instances (AMD deals
+// workgroups round-robin over the XCDs: unit_order interleaved), so each fetches them from the
+// Infinity Cache below; with consecutive units per XCD (blocked) neighbours share more. Dirty
+// blocks an XCD's L2 evicts go into the Infinity Cache, a memory-side cache, not around it, so
+// FlashAttention's fp32 dQ accumulators do not stream to HBM.
+TEST(Knobs, AGroupLevelIsTheSharedLevelWhenOneGroupHoldsEveryUnit) {
+  const std::vector<std::string> merged = {"caches.l2.size=32MiB", "caches.l2.bandwidth=34TB/s",
+                                           "caches.l2.slices=128"};
+  auto with = [&](std::vector<std::string> o) {
+    o.insert(o.end(), merged.begin(), merged.end());
+    return load_device("mi300x", o);
+  };
+  auto shared = with({"caches.l2.scope=shared"});
+  auto one = with({"caches.l2.units_per_instance=304"});
+  auto xcds = load_device("mi300x");
+  auto blocked = load_device("mi300x", {"caches.l2.unit_order=blocked"});
+  ASSERT_EQ(xcds->caches()[1]->instances(), 8);
+  ASSERT_EQ(one->caches()[1]->instances(), 1);
+  OpSimulator s_shared(*shared, Fidelity::Tile), s_one(*one, Fidelity::Tile),
+      s_xcds(*xcds, Fidelity::Tile), s_blocked(*blocked, Fidelity::Tile);
+  for (const Op& op : {gemm(8192, 8192, 8192), attention(true)}) {
+    SCOPED_TRACE(op.name);
+    OpResult a = s_shared.run(op), b = s_one.run(op);
+    EXPECT_EQ(a.time, b.time);
+    EXPECT_EQ(a.memory_read, b.memory_read);
+    EXPECT_EQ(a.memory_written, b.memory_written);
+    EXPECT_EQ(level(a, "l2")->hit_rate, level(b, "l2")->hit_rate);
+  }
+  Op big = gemm(8192, 8192, 8192);
+  OpResult merged_l2 = s_shared.run(big), per_xcd = s_xcds.run(big), near = s_blocked.run(big);
+  EXPECT_LT(level(per_xcd, "l2")->hit_rate, level(near, "l2")->hit_rate);
+  EXPECT_LT(level(near, "l2")->hit_rate, level(merged_l2, "l2")->hit_rate);
+  EXPECT_GT(level(per_xcd, "infinity_cache")->lookups, level(merged_l2, "infinity_cache")->lookups);
+  // dQ's accumulators, evicted from the 4 MiB L2s, stay in the 256 MiB Infinity Cache.
+  OpResult fa_xcds = s_xcds.run(attention(true)), fa_merged = s_shared.run(attention(true));
+  EXPECT_LT(fa_xcds.memory_written.count(), 1.5 * fa_merged.memory_written.count());
+  // A group must divide the units, and a level may not be split finer than the one above it.
+  EXPECT_THROW(load_device("mi300x", {"caches.l2.units_per_instance=39"}), ConfigError);
+  EXPECT_THROW(load_device("mi300x", {"caches.infinity_cache.scope=group",
+                                      "caches.infinity_cache.units_per_instance=19"}),
+               ConfigError);
+}
+
 // --- Fidelity ladder and memoisation -------------------------------------------------------------
 
 TEST(Fidelity, AnalyticalAgreesWithTileWithinFactorTwo) {

@@ -2,8 +2,9 @@
 //
 // Role: decide whether a block is resident and charge the level's bandwidth for the bytes that
 // pass through it. A level is private (one instance per compute unit, each with `size` bytes and
-// `bandwidth`) or shared (one instance of `size` bytes split into `slices`, each slice with
-// bandwidth / slices). Contract for lookup(): given the requesting unit, the time the request may
+// `bandwidth`), shared by a group of units (one instance per group, each with `size` bytes and
+// `bandwidth` split into `slices`: an MI300X XCD's L2), or shared by all (one instance of `size`
+// bytes split into `slices`, each slice with bandwidth / slices). Contract for lookup(): given the requesting unit, the time the request may
 // start, a block key and its size, it returns whether the block hit and the time the level has
 // passed the bytes (throughput only; the hierarchy adds the latency). Misses are filled by the
 // hierarchy, which calls lookup() level by level.
@@ -11,12 +12,14 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "sim/units/units.h"
 
 namespace memwall {
 
-enum class CacheScope { Private, Shared };
+enum class CacheScope { Private, Group, Shared };
 
 struct CacheStats {
   double hits = 0, misses = 0;  ///< block accesses
@@ -44,6 +47,9 @@ class CacheLevel {
   /// Writes a block into this level (write-back: it is marked dirty and allocated). Dirty bytes
   /// evicted to make room are added to `*evicted_dirty`, for the caller to write below.
   virtual Time write(int unit, Time earliest, uint64_t key, Bytes bytes, Bytes* evicted_dirty) = 0;
+  /// The dirty blocks (key, bytes) the last lookup() or write() evicted, for a level below to
+  /// take; valid until the next call.
+  virtual const std::vector<std::pair<uint64_t, double>>& last_victims() const = 0;
   /// Dirty bytes still held (clears them): what a write-back at a kernel boundary must move.
   virtual Bytes flush() = 0;
   virtual void reset(Time now) = 0;
@@ -52,7 +58,11 @@ class CacheLevel {
   virtual int level() const = 0;
   virtual CacheScope scope() const = 0;
   virtual Bytes size() const = 0;  ///< per instance
-  virtual Bandwidth bandwidth() const = 0;  ///< per instance (private) or total (shared)
+  virtual Bandwidth bandwidth() const = 0;  ///< per instance (private, group) or total (shared)
+  /// Instances: one per unit (private), per group of units (group), one (shared).
+  virtual int instances() const = 0;
+  /// Bandwidth of every instance together.
+  Bandwidth total_bandwidth() const { return bandwidth() * double(instances()); }
   virtual Time latency() const = 0;
   virtual bool inclusive() const = 0;
   virtual const CacheStats& stats() const = 0;

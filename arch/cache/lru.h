@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <list>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace memwall {
 
@@ -18,8 +20,9 @@ class LruBytes {
 
   /// True on a hit (and refreshes recency); on a miss, inserts the block. `dirty` marks the
   /// block as modified (write-back). Bytes of dirty blocks evicted to make room are added to
-  /// `*evicted_dirty` when given.
-  bool access(uint64_t key, double bytes, bool dirty = false, double* evicted_dirty = nullptr) {
+  /// `*evicted_dirty` when given, and the blocks (key, bytes) appended to `*victims`.
+  bool access(uint64_t key, double bytes, bool dirty = false, double* evicted_dirty = nullptr,
+              std::vector<std::pair<uint64_t, double>>* victims = nullptr) {
     auto it = index_.find(key);
     if (it != index_.end()) {
       order_.splice(order_.begin(), order_, it->second);
@@ -28,6 +31,7 @@ class LruBytes {
     }
     if (bytes > capacity_) {
       if (dirty && evicted_dirty) *evicted_dirty += bytes;  // streams straight through
+      if (dirty && victims) victims->emplace_back(key, bytes);
       return false;
     }
     order_.push_front({key, bytes, dirty});
@@ -37,6 +41,7 @@ class LruBytes {
       auto& victim = order_.back();
       resident_ -= victim.bytes;
       if (victim.dirty && evicted_dirty) *evicted_dirty += victim.bytes;
+      if (victim.dirty && victims) victims->emplace_back(victim.key, victim.bytes);
       index_.erase(victim.key);
       order_.pop_back();
     }

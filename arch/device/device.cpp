@@ -95,24 +95,23 @@ Device::Device(const Config& cfg)
                                            std::to_string(caches_[i]->level()));
     }
   }
-  // Physical consistency: a private level may not follow a shared one, and an inclusive level
-  // must hold everything above it.
+  // Physical consistency: levels widen downwards (private, then group, then shared), and an
+  // inclusive level must hold everything above it.
   first_shared_ = caches_.size();
   for (size_t i = 0; i < caches_.size(); ++i) {
     const auto& c = caches_[i];
     Config& cc = std::find_if(levels.begin(), levels.end(),
                               [&](const auto& l) { return l.first == c->name(); })->second;
-    if (c->scope() == CacheScope::Shared && first_shared_ == caches_.size()) first_shared_ = i;
-    if (c->scope() == CacheScope::Private && first_shared_ < i)
-      cc.fail("scope", "a private level cannot sit below the shared level '" +
-                           caches_[first_shared_]->name() + "'");
+    if (c->scope() != CacheScope::Private && first_shared_ == caches_.size()) first_shared_ = i;
+    if (i > 0 && c->instances() > caches_[i - 1]->instances())
+      cc.fail("scope", "a level cannot have more instances than the level '" +
+                           caches_[i - 1]->name() + "' above it (private, then group, then "
+                           "shared, each serving at least the units of the one before)");
     if (c->inclusive() && i > 0) {
-      // A private level holds what its own unit's levels above hold; a shared level holds what
-      // every unit's levels above hold.
-      const double copies = c->scope() == CacheScope::Private ? 1 : compute_.units;
+      // An instance holds what the instances above it that serve its units hold.
       Bytes above(0);
       for (size_t j = 0; j < i; ++j)
-        above += caches_[j]->size() * (caches_[j]->scope() == CacheScope::Private ? copies : 1);
+        above += caches_[j]->size() * (double(caches_[j]->instances()) / c->instances());
       if (above > c->size())
         cc.fail("size", "an inclusive level must hold the levels above it: " +
                             to_string(c->size()) + " is smaller than the " + to_string(above) +
@@ -141,9 +140,9 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
       latency += noc_latency_;
     }
     CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true, share);
-    // A dirty victim of this fill is written back below it (only shared levels hold dirty data).
-    if (r.evicted_dirty > Bytes(0))
-      to_memory(earliest, key ^ 0x5bd1e995ULL, r.evicted_dirty, true);
+    // A dirty victim of this fill is written back below it (only levels past the units' own
+    // hold dirty data).
+    if (r.evicted_dirty > Bytes(0)) write_below(i, unit, earliest, key, r.evicted_dirty);
     passed = max(passed, r.passed);
     latency += caches_[i]->latency();
     if (r.hit) return passed + latency;
@@ -165,8 +164,23 @@ Time Device::write(int unit, Time earliest, uint64_t key, Bytes bytes) {
     return max(passed, to_memory(earliest, key, bytes, true));
   Bytes victims(0);
   passed = max(passed, caches_[first_shared_]->write(unit, earliest, key, bytes, &victims));
-  if (victims > Bytes(0)) to_memory(earliest, key ^ 0x5bd1e995ULL, victims, true);
+  if (victims > Bytes(0)) write_below(first_shared_, unit, earliest, key, victims);
   return passed;
+}
+
+void Device::write_below(size_t level, int unit, Time earliest, uint64_t key, Bytes evicted) {
+  if (level + 1 == caches_.size()) {
+    to_memory(earliest, key ^ 0x5bd1e995ULL, evicted, true);
+    return;
+  }
+  // Into the next level (a memory-side cache takes what the levels above write back), whose
+  // own dirty victims go further down. The list is copied: the next write replaces it.
+  const auto victims = caches_[level]->last_victims();
+  for (const auto& [k, b] : victims) {
+    Bytes more(0);
+    caches_[level + 1]->write(unit, earliest, k, Bytes(b), &more);
+    if (more > Bytes(0)) write_below(level + 1, unit, earliest, k, more);
+  }
 }
 
 Time Device::write_back(Time earliest) {

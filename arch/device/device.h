@@ -72,6 +72,9 @@ class Device {
   Time write(int unit, Time earliest, uint64_t key, Bytes bytes);
   /// Writes every dirty block back to memory (a kernel boundary); returns when done.
   Time write_back(Time earliest);
+  /// Dirty bytes level `level` evicted for an access to `key`: written into the level below it,
+  /// or to memory from the last level.
+  void write_below(size_t level, int unit, Time earliest, uint64_t key, Bytes evicted);
   /// Bytes moved to and from memory since the last reset (fills, write-throughs, victims and
   /// write-backs).
   Bytes memory_traffic() const { return memory_traffic_; }

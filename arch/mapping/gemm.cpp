@@ -193,7 +193,7 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev, bool split_k) {
   rate *= c.sustained_clock.hz();
   Bandwidth shared_bw = Bandwidth::infinite();
   for (const auto& l : dev.caches())
-    if (l->scope() == CacheScope::Shared) { shared_bw = l->bandwidth(); break; }
+    if (l->scope() != CacheScope::Private) { shared_bw = l->total_bandwidth(); break; }
   if (shared_bw.is_infinite()) shared_bw = dev.sustained_memory_bandwidth();
   const double mem_bps = dev.sustained_memory_bandwidth().bps();
 

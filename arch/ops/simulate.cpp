@@ -242,8 +242,9 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   double cache_util = 0;
   for (size_t i = 0; i < device_.caches().size(); ++i) {
     const auto& level = device_.caches()[i];
-    if (level->scope() != CacheScope::Shared || level->bandwidth().is_infinite()) continue;
-    cache_util = std::max(cache_util, r.levels[i].bytes.count() / (t * level->bandwidth().bps()));
+    if (level->scope() == CacheScope::Private || level->bandwidth().is_infinite()) continue;
+    cache_util =
+        std::max(cache_util, r.levels[i].bytes.count() / (t * level->total_bandwidth().bps()));
   }
   r.cache_utilisation = cache_util;
   r.bound = classify(compute_util, mem_util, cache_util);
@@ -271,9 +272,7 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
         .add("port_utilisation",
              level->bandwidth().is_infinite()
                  ? 0.0
-                 : level_bytes[i].count() /
-                       (t * level->bandwidth().bps() *
-                        (level->scope() == CacheScope::Private ? c.units : 1)),
+                 : level_bytes[i].count() / (t * level->total_bandwidth().bps()),
              "fraction", "bytes / (time x bandwidth of all instances)");
   }
   dev.group("noc").add("bytes", noc_bytes.count(), "B", "bytes across the on-chip network");

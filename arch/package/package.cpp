@@ -124,7 +124,8 @@ PackageResult package_of(const Device& d) {
   r.units = p->unit_area * double(units + p->spare_units);
   double mib = 0;
   for (const auto& c : d.caches())
-    if (c->scope() == CacheScope::Shared) mib += c->size().count() / (1024.0 * 1024.0);
+    if (c->scope() != CacheScope::Private)
+      mib += c->size().count() * c->instances() / (1024.0 * 1024.0);
   r.caches = p->cache_area_per_mib * mib;
   // The die has at least one interface per HBM stack, and may have unused ones (H100 SXM: 6
   // built, 5 stacks fitted).
