@@ -510,3 +510,31 @@ TEST(TrainingRun, ShippedTrainingExperimentsLoad) {
 
 }  // namespace
 }  // namespace memwall
+
+namespace memwall {
+namespace {
+
+// The step's cache figures name every shared level: one L2 on an A100; on an MI300X the L2 of
+// each XCD and the Infinity Cache behind them, in that order. `l2_hit_rate` stays the last
+// level's (the one in front of memory), and a level's rate is a fraction.
+TEST(TrainingRun, CacheHitsNameEverySharedLevel) {
+  const TrainingSetup t = setup("micro_batch: 2\nglobal_batch: 2\n");
+  SimRun a100 = simulate(small_gpt2(), t, Fidelity::Tile);
+  ASSERT_EQ(a100.result.cache_hits.names, std::vector<std::string>({"l2"}));
+  EXPECT_NEAR(a100.result.l2_hit_rate, a100.result.cache_hits.rate(0), 1e-12);
+  EXPECT_EQ(a100.result.cache_hits.summary().rfind("L2 hit ", 0), 0u);
+  SimRun mi = simulate(small_gpt2(), t, Fidelity::Tile, {}, "mi300x");
+  const CacheTally& c = mi.result.cache_hits;
+  ASSERT_EQ(c.names, std::vector<std::string>({"l2", "infinity_cache"}));
+  EXPECT_NEAR(mi.result.l2_hit_rate, c.rate(1), 1e-12);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_GT(c.lookups[i], 0);
+    EXPECT_GE(c.rate(i), 0.0);
+    EXPECT_LE(c.rate(i), 1.0);
+  }
+  // Every lookup at the Infinity Cache is an L2 miss (writes go to the L2 first).
+  EXPECT_LE(c.lookups[1], c.lookups[0] * (1 - c.rate(0)) + 1e-6 * c.lookups[0]);
+}
+
+}  // namespace
+}  // namespace memwall

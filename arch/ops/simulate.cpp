@@ -3,6 +3,7 @@
 #include "arch/power/power.h"
 
 #include <algorithm>
+#include <cctype>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -225,7 +226,8 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   for (size_t i = 0; i < device_.caches().size(); ++i)
     r.levels.push_back({device_.caches()[i]->name(),
                         level_total[i] > 0 ? level_hits[i] / level_total[i] : 0, level_total[i],
-                        level_bytes[i]});
+                        level_bytes[i],
+                        device_.caches()[i]->scope() != CacheScope::Private});
   double t = r.time.sec();
   r.memory_utilisation =
       (r.memory_read + r.memory_written).count() / (t * device_.memory().peak_bandwidth().bps());
@@ -297,6 +299,44 @@ OpResult with_host_access(OpResult o, double read, double write, const Device& d
     o.bound = host_access_bound(read, write, host);
   }
   return o;
+}
+
+void CacheTally::add(const std::vector<LevelResult>& levels, double runs) {
+  size_t k = 0;
+  for (const LevelResult& l : levels) {
+    if (!l.shared) continue;
+    if (k == names.size()) {
+      names.push_back(l.name);
+      hits.push_back(0);
+      lookups.push_back(0);
+    }
+    hits[k] += l.hit_rate * l.lookups * runs;
+    lookups[k] += l.lookups * runs;
+    ++k;
+  }
+}
+
+void CacheTally::add(const CacheTally& other) {
+  for (size_t i = 0; i < other.names.size(); ++i) {
+    if (i == names.size()) {
+      names.push_back(other.names[i]);
+      hits.push_back(0);
+      lookups.push_back(0);
+    }
+    hits[i] += other.hits[i];
+    lookups[i] += other.lookups[i];
+  }
+}
+
+std::string CacheTally::summary() const {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    // "l2" -> "L2", as the hardware is named; other levels keep their file's name.
+    std::string n = names[i];
+    if (n.size() == 2 && n[0] == 'l' && std::isdigit(static_cast<unsigned char>(n[1]))) n[0] = 'L';
+    out += fmt::format("{}{} hit {:.0f}%", i ? ", " : "", n, 100 * rate(i));
+  }
+  return out;
 }
 
 }  // namespace memwall

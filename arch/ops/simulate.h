@@ -32,6 +32,23 @@ struct LevelResult {
   double hit_rate = 0;  ///< block hit rate of lookups at this level
   double lookups = 0;   ///< block lookups; 0 when every access bypassed the level
   Bytes bytes{0};       ///< bytes its ports moved
+  bool shared = false;  ///< past the units' own levels (shared by a group or by all)
+};
+
+/// Hits and lookups of the shared cache levels summed over many ops (a training step's), in
+/// the device's order: an H100's L2, an MI300X's L2 per XCD and then its Infinity Cache.
+struct CacheTally {
+  std::vector<std::string> names;
+  std::vector<double> hits, lookups;
+  /// Adds one op's levels, `runs` times.
+  void add(const std::vector<LevelResult>& levels, double runs);
+  void add(const CacheTally& other);
+  bool empty() const { return names.empty(); }
+  double rate(size_t i) const { return lookups[i] > 0 ? hits[i] / lookups[i] : 0; }
+  /// The last shared level's hit rate (the one in front of memory); -1 without caches.
+  double last_rate() const { return empty() ? -1 : rate(names.size() - 1); }
+  /// "L2 hit 41%, infinity_cache hit 98%".
+  std::string summary() const;
 };
 
 struct OpResult {

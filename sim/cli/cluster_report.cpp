@@ -158,8 +158,8 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
     out += fmt::format(" {} {}", top[i].first, pct(top[i].second / step)) +
            (i + 1 < std::min<size_t>(8, top.size()) ? "," : "");
   out += "   (stage 0, share of the step)\n";
-  out += fmt::format("hardware  L2 hit {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   (mean rank)\n",
-                     r.l2_hit_rate >= 0 ? pct(r.l2_hit_rate) : "- (no caches at analytical fidelity)",
+  out += fmt::format("hardware  {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   (mean rank)\n",
+                     cache_hits_text(r.cache_hits),
                      r.memory_utilisation * r.peak_memory_bandwidth * 1e-12,
                      r.peak_memory_bandwidth * 1e-12, pct(r.memory_utilisation));
   out += "links    ";
@@ -284,6 +284,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
           {"host_bound_s", r.host_stall().sec()},
           {"delayed_update_s", r.delayed_update.sec()},
           {"l2_hit_rate", r.l2_hit_rate >= 0 ? nlohmann::json(r.l2_hit_rate) : nlohmann::json()},
+          {"cache_hit_rates", cache_hits_json(r.cache_hits)},
           {"memory_utilisation", r.memory_utilisation},
           {"links", r.link_utilisation},
           {"links_busiest", r.link_peak},

@@ -263,4 +263,15 @@ nlohmann::json device_json(const Device& d) {
           {"package", package_json(d)}};
 }
 
+nlohmann::json cache_hits_json(const CacheTally& t) {
+  if (t.empty()) return nullptr;
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t i = 0; i < t.names.size(); ++i) j[t.names[i]] = t.rate(i);
+  return j;
+}
+
+std::string cache_hits_text(const CacheTally& t) {
+  return t.empty() ? "L2 hit - (no caches at analytical fidelity)" : t.summary();
+}
+
 }  // namespace memwall

@@ -28,6 +28,12 @@ void write_ops_run_csv(const std::vector<OpResult>& results, const Device& d,
                        const std::string& dir);
 /// The device's area and cost (arch/package), or null without a `package:` section.
 nlohmann::json package_json(const Device& d);
+
+/// The shared cache levels' hit rates by name ({"l2": 0.41, "infinity_cache": 0.98}); null
+/// without caches (analytical fidelity).
+nlohmann::json cache_hits_json(const CacheTally& t);
+/// "L2 hit 41%, infinity_cache hit 98%", or "L2 hit -" without caches.
+std::string cache_hits_text(const CacheTally& t);
 /// Adds what a training or cluster result does not know of its device to its JSON: `package`
 /// and `sustained_clock_hz` (the clock its matrix work ran at, power-limited or the preset's).
 void add_device_figures(nlohmann::json& doc, const Device& d);

@@ -80,8 +80,8 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
     out += fmt::format(" {} {}", top[i].first, pct(top[i].second / step)) +
            (i + 1 < std::min<size_t>(10, top.size()) ? "," : "");
   out += "\n";
-  out += fmt::format("hardware  L2 hit {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   {} distinct ops simulated\n",
-                     pct(r.l2_hit_rate),
+  out += fmt::format("hardware  {}   HBM {:.2f} of {:.2f} TB/s peak, busy {}   {} distinct ops simulated\n",
+                     cache_hits_text(r.cache_hits),
                      r.memory_utilisation * d.memory().peak_bandwidth().bps() * 1e-12,
                      d.memory().peak_bandwidth().bps() * 1e-12, pct(r.memory_utilisation),
                      r.distinct_ops);
@@ -153,6 +153,7 @@ nlohmann::json training_json(const TrainingResult& r, const StepGraph& g) {
             {"peak_node", g.node(r.memory.peak_vertex).name},
             {"fits", r.fits()}}},
           {"l2_hit_rate", r.l2_hit_rate},
+          {"cache_hit_rates", cache_hits_json(r.cache_hits)},
           {"memory_utilisation", r.memory_utilisation},
           {"peaks", peaks_json(r.peak_flops, r.peak_memory_bandwidth)},
           {"ops", ops}};

@@ -259,7 +259,8 @@ struct ChunkModel {
   HostTraffic host_traffic;    // the device's own host-memory traffic (cache mode, host_resident)
   // Per step, over its compute operators: lookups and hits of the last shared cache level, and
   // device-memory bytes (the hardware line's L2 hit rate and HBM utilisation).
-  double l2_lookups = 0, l2_hits = 0, memory_bytes = 0;
+  CacheTally cache_hits;
+  double memory_bytes = 0;
 };
 
 OpClass classify(const StepNode& n) {
@@ -339,10 +340,7 @@ void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool
       NodeTiming t{n.name, n.pass, n.layer, cls, o.flops, o.memory_read + o.memory_written,
                    o.time, o.bound, runs};
       c.memory_bytes += t.bytes.count() * runs;
-      if (!o.levels.empty()) {
-        c.l2_lookups += o.levels.back().lookups * runs;
-        c.l2_hits += o.levels.back().hit_rate * o.levels.back().lookups * runs;
-      }
+      c.cache_hits.add(o.levels, runs);
       t.kernels = std::max(1, o.kernels);
       t.energy = o.energy;
       c.nodes.push_back(std::move(t));
@@ -808,13 +806,12 @@ class ClusterSim {
     }
     {
       // The mean rank's cache and memory figures: every chunk, over the pipeline's ranks.
-      double lookups = 0, hits = 0, bytes = 0;
+      double bytes = 0;
       for (const auto& c : chunk_of_) {
-        lookups += c->l2_lookups;
-        hits += c->l2_hits;
+        r.cache_hits.add(c->cache_hits);
         bytes += c->memory_bytes;
       }
-      r.l2_hit_rate = lookups > 0 ? hits / lookups : -1;
+      r.l2_hit_rate = r.cache_hits.last_rate();
       r.memory_utilisation = bytes / p_.pp / (r.step_time.sec() * r.peak_memory_bandwidth);
     }
     r.distinct_ops = int(sim_.memo_size());

@@ -105,6 +105,7 @@ struct ClusterResult {
   /// simulated, at analytical fidelity), and device-memory bytes over the step at peak
   /// bandwidth.
   double l2_hit_rate = -1, memory_utilisation = 0;
+  CacheTally cache_hits;  ///< the mean rank's shared cache levels; empty at analytical fidelity
   /// ZeRO-Offload's delayed update: the host's part of the optimizer (CPU Adam, weights back),
   /// which runs beside the next step; a step takes no less.
   Time delayed_update;

@@ -94,7 +94,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
       model_flops_per_micro_batch(g.model, g.setup) * double(g.accumulation_steps);
 
   OpSimulator sim(device, fidelity);
-  double l2_hits = 0, l2_lookups = 0, mem_bytes = 0;
+  double mem_bytes = 0;
   Time device_time, clock;
   // Device time, kernel count and whether it skips the first micro-batch, of each operator in
   // issue order.
@@ -135,11 +135,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
     if (n.pass != Pass::Optimizer) r.hardware_flops += o.flops * runs;
     r.launch_time += device.launch_overhead() * (o.kernels * runs);
     mem_bytes += t.bytes.count() * runs;
-    if (!o.levels.empty()) {
-      const LevelResult& last = o.levels.back();
-      l2_hits += last.hit_rate * last.lookups * runs;
-      l2_lookups += last.lookups * runs;
-    }
+    r.cache_hits.add(o.levels, runs);
     if (trace) {
       trace->span(device.name(), "stream 0", n.name, clock, o.time,
                   {{"pass", pass_name(n.pass)}, {"bound", o.bound}});
@@ -182,7 +178,7 @@ TrainingResult simulate_training(const StepGraph& g, Device& device, Fidelity fi
   } else {
     r.power = PowerSummary{};
   }
-  r.l2_hit_rate = l2_lookups > 0 ? l2_hits / l2_lookups : 0;
+  r.l2_hit_rate = std::max(0.0, r.cache_hits.last_rate());
   r.memory_utilisation = mem_bytes / (r.step_time.sec() * device.memory().peak_bandwidth().bps());
   r.distinct_ops = static_cast<int>(r.nodes.size()) - static_cast<int>(sim.cache_hits());
   return r;

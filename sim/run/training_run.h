@@ -96,6 +96,7 @@ struct TrainingResult {
   Time peak_memory_time;      ///< offset into the step of the memory peak (first micro-batch)
   std::vector<NodeTiming> nodes;  ///< in execution order (one micro-batch, then the optimizer)
   double l2_hit_rate = 0;         ///< of the last shared cache level, weighted by lookups
+  CacheTally cache_hits;          ///< every shared level's hits and lookups
   double memory_utilisation = 0;  ///< memory bytes / (step time x peak bandwidth)
   int distinct_ops = 0;           ///< operators actually simulated (after memoisation)
   /// The step's energy (idle power over the step included) against the board's limit; empty
