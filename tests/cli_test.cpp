@@ -66,6 +66,15 @@ TEST_F(Cli, UnknownKeySuggestsTheNearOne) {
       "ops[0].dtpye", "did you mean 'dtype'");
 }
 
+// A key written as a dotted path in a file shares its path with the nested key the model preset
+// defines (configs/models/llama3-8b.yaml's seq_len); the message still names the user's line
+// and says how to write it.
+TEST_F(Cli, ADottedKeyInAFileIsLocatedWhereItWasWritten) {
+  expect_bad_input("device: h100-sxm5-80gb\nmodel: llama3-8b\ntraining:\n  micro_batch: 1\n"
+                   "model.seq_len: 4096\n",
+                   5, "model.seq_len", "nest it (model: {seq_len: ...})");
+}
+
 TEST_F(Cli, UnknownDeviceKeySuggestsTheNearOne) {
   expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwith: 4 TB/s\nops:\n" +
                        std::string(kGemm),

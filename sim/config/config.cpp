@@ -71,6 +71,7 @@ void SourceMap::record(const YAML::Node& node, const std::string& prefix, const 
       std::string key = it->first.as<std::string>();
       std::string path = join(prefix, key);
       locs_[path] = SourceLoc{file, it->first.Mark().line + 1};
+      if (key.find('.') != std::string::npos) literal_[path] = locs_[path];
       record(it->second, path, file);
     }
   } else if (node.IsSequence()) {
@@ -82,7 +83,14 @@ void SourceMap::record(const YAML::Node& node, const std::string& prefix, const 
   }
 }
 
+SourceLoc SourceMap::find_literal(const std::string& path) const {
+  auto it = literal_.find(path);
+  return it != literal_.end() ? it->second : find(path);
+}
+
 void SourceMap::erase_below(const std::string& prefix) {
+  // (literal_ keeps its entries: a preset expanded at "model" replaces the keys below it, not a
+  // key written "model.seq_len" beside it, whose path only looks the same.)
   for (auto it = locs_.begin(); it != locs_.end();) {
     const std::string& k = it->first;
     bool below = k == prefix || (k.size() > prefix.size() && k.compare(0, prefix.size(), prefix) == 0 &&
@@ -445,6 +453,10 @@ void validate(const YAML::Node& node, const Schema& schema_in, const std::string
     std::string key = it->first.as<std::string>();
     std::string kp = join(path, key);
     SourceLoc at = sources.find(kp);
+    // A key written with a dot ("model.seq_len" at the top of a file) has the path of the nested
+    // key a preset may define: locate it where it was written.
+    const bool dotted = key.find('.') != std::string::npos;
+    if (dotted) at = sources.find_literal(kp);
     if (key == schema.impl_key && !schema_in.interface.empty()) continue;
     if (std::find(schema.reserved_keys.begin(), schema.reserved_keys.end(), key) !=
         schema.reserved_keys.end())
@@ -472,6 +484,12 @@ void validate(const YAML::Node& node, const Schema& schema_in, const std::string
         validate(it->second[i], *sub, kp + "[" + std::to_string(i) + "]", sources);
     } else {
       std::string near = suggest(key, schema.all_keys());
+      if (dotted)
+        throw ConfigError(at, kp,
+                          "unknown key in '" + schema.name + "': a dotted path is for -p and "
+                          "sweep parameters; in a file, nest it (" +
+                              key.substr(0, key.find('.')) + ": {" + key.substr(key.find('.') + 1) +
+                              ": ...})");
       throw ConfigError(at, kp,
                         "unknown key in '" + schema.name + "'" +
                             (near.empty() ? "; see `memwall describe " + schema.name + "`"

@@ -27,6 +27,9 @@ class SourceMap {
  public:
   void set(const std::string& path, SourceLoc loc) { locs_[path] = std::move(loc); }
   SourceLoc find(const std::string& path) const;
+  /// Where a key written with a dot (`model.seq_len: 4096`) was: its path is also the nested
+  /// key's, which a preset may have recorded since; falls back to find().
+  SourceLoc find_literal(const std::string& path) const;
   /// Records every key below `node`, prefixed with `prefix`, as coming from `file`.
   void record(const YAML::Node& node, const std::string& prefix, const std::string& file);
   /// Drops every entry at or below `prefix` (a replaced list or scalar).
@@ -34,6 +37,7 @@ class SourceMap {
 
  private:
   std::map<std::string, SourceLoc> locs_;
+  std::map<std::string, SourceLoc> literal_;  ///< keys that contain a dot, by path
 };
 
 /// A parsed tree with the provenance of its keys.
