@@ -623,6 +623,32 @@ TEST(Knobs, AGroupLevelIsTheSharedLevelWhenOneGroupHoldsEveryUnit) {
                ConfigError);
 }
 
+// A B200's L2 is one level over two dies, addresses interleaved: half of every unit's L2 traffic
+// crosses the 10 TB/s NV-HBI. A one-die device has no such traffic. The link never carries
+// more than its bandwidth; narrowed to 2 TB/s it binds a product (cache-bound) and slows it, and
+// it never speeds anything.
+TEST(Knobs, HalfOfATwoDieL2sTrafficCrossesTheDieLink) {
+  auto b200 = load_device("b200-sxm-180gb");
+  auto narrow = load_device("b200-sxm-180gb", {"noc.die_link_bandwidth=2TB/s"});
+  auto h100 = load_device("h100-sxm5-80gb");
+  OpSimulator wide_sim(*b200, Fidelity::Tile), narrow_sim(*narrow, Fidelity::Tile),
+      h100_sim(*h100, Fidelity::Tile);
+  for (const Op& op : {gemm(8192, 8192, 8192), attention(true)}) {
+    SCOPED_TRACE(op.name);
+    OpResult w = wide_sim.run(op), n = narrow_sim.run(op);
+    const double noc = w.stats.value("noc.bytes"), link = w.stats.value("noc.die_link_bytes");
+    EXPECT_GT(noc, 0);
+    EXPECT_NEAR(link, 0.5 * noc, 1e-6 * noc);
+    EXPECT_LE(link / w.time.sec(), 10e12 * (1 + 1e-9));
+    EXPECT_LE(n.stats.value("noc.die_link_bytes") / n.time.sec(), 2e12 * (1 + 1e-9));
+    EXPECT_GE(n.time.sec(), w.time.sec());
+    EXPECT_EQ(h100_sim.run(op).stats.value("noc.die_link_bytes"), 0);
+  }
+  OpResult slow = narrow_sim.run(gemm(8192, 8192, 8192));
+  EXPECT_GT(slow.time.sec(), 1.02 * wide_sim.run(gemm(8192, 8192, 8192)).time.sec());
+  EXPECT_EQ(slow.bound, "cache");
+}
+
 // --- Fidelity ladder and memoisation -------------------------------------------------------------
 
 TEST(Fidelity, AnalyticalAgreesWithTileWithinFactorTwo) {

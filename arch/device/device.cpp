@@ -73,6 +73,9 @@ Device::Device(const Config& cfg)
   NocSpec ns = NocSpec::from_config(noc);
   noc_ = Server("noc", ns.bandwidth);
   noc_latency_ = ns.latency;
+  die_link_ = Server("die_link", ns.die_link_bandwidth);
+  far_fraction_ = ns.far_fraction();
+  die_link_latency_ = far_fraction_ > 0 ? ns.die_link_latency : Time::zero();
   memory_ = Registry<MemoryModel>::instance().create(cfg.section("memory"));
   if (cfg.node()["host"]) host_ = HostSpec::from_config(cfg.section("host"));
   if (cfg.node()["power"]) power_ = PowerSpec::from_config(cfg.section("power"));
@@ -138,6 +141,10 @@ Time Device::read(int unit, Time earliest, uint64_t key, Bytes bytes, int fanout
       share = 1.0 / fanout;
       passed = max(passed, noc_.transfer(earliest, bytes * share));
       latency += noc_latency_;
+      if (far_fraction_ > 0) {
+        passed = max(passed, die_link_.transfer(earliest, bytes * (share * far_fraction_)));
+        latency += die_link_latency_;
+      }
     }
     CacheLevel::Result r = caches_[i]->lookup(unit, earliest, key, bytes, true, share);
     // A dirty victim of this fill is written back below it (only levels past the units' own
@@ -162,6 +169,8 @@ Time Device::write(int unit, Time earliest, uint64_t key, Bytes bytes) {
   Time passed = max(earliest, noc_.transfer(earliest, bytes));
   if (first_shared_ == caches_.size())
     return max(passed, to_memory(earliest, key, bytes, true));
+  if (far_fraction_ > 0)
+    passed = max(passed, die_link_.transfer(earliest, bytes * far_fraction_));
   Bytes victims(0);
   passed = max(passed, caches_[first_shared_]->write(unit, earliest, key, bytes, &victims));
   if (victims > Bytes(0)) write_below(first_shared_, unit, earliest, key, victims);
@@ -201,6 +210,7 @@ void Device::reset(Time now) {
   memory_traffic_ = Bytes(0);
   for (auto& c : caches_) c->reset(now);
   noc_.reset(now);
+  die_link_.reset(now);
   memory_->reset(now);
 }
 

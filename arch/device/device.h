@@ -43,6 +43,8 @@ class Device {
   const MemoryModel& memory() const { return *memory_; }
   const std::vector<std::unique_ptr<CacheLevel>>& caches() const { return caches_; }
   const Server& noc() const { return noc_; }
+  /// The die-to-die link (a server of infinite bandwidth on a one-die device).
+  const Server& die_link() const { return die_link_; }
   /// The host tier behind the device, or nullptr where its file has no `host:` section.
   const HostSpec* host() const { return host_ ? &*host_ : nullptr; }
   /// Power limit and energy figures, or nullptr where its file has no `power:` section.
@@ -93,6 +95,9 @@ class Device {
   std::vector<std::unique_ptr<CacheLevel>> caches_;  // ordered by level, closest first
   Server noc_;
   Time noc_latency_;
+  Server die_link_;
+  double far_fraction_ = 0;
+  Time die_link_latency_;
   size_t first_shared_ = 0;  // index of the first shared level (== caches_.size() if none)
   Bytes memory_traffic_{0};
   Time to_memory(Time earliest, uint64_t key, Bytes bytes, bool write) {

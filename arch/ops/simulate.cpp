@@ -197,7 +197,7 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
   std::vector<double> level_hits(device_.caches().size()), level_total(device_.caches().size());
   std::vector<Bytes> level_bytes(device_.caches().size(), Bytes(0));
   Time matrix_busy, vector_busy, sfu_busy, smem_busy, issue_busy;
-  Bytes noc_bytes(0);
+  Bytes noc_bytes(0), die_link_bytes(0);
   Time op_start(sc_core::sc_time_stamp().to_seconds());
   for (const auto& k : kernels) {
     KernelStats ks = exec.execute(*k);
@@ -209,6 +209,7 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
     smem_busy += ks.pipe_busy[static_cast<int>(Pipe::Scratchpad)];
     issue_busy += ks.pipe_busy[static_cast<int>(Pipe::Issue)];
     noc_bytes += device_.noc().bytes();
+    die_link_bytes += device_.die_link().bytes();
     r.memory_read += device_.memory().bytes_read();
     r.memory_written += device_.memory().bytes_written();
     for (size_t i = 0; i < device_.caches().size(); ++i) {
@@ -248,6 +249,12 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
     cache_util =
         std::max(cache_util, r.levels[i].bytes.count() / (t * level->total_bandwidth().bps()));
   }
+  // The on-chip network and the die-to-die link carry the same traffic towards the shared
+  // levels; either may be what binds.
+  for (auto [bytes, server] : {std::pair{noc_bytes, &device_.noc()},
+                               std::pair{die_link_bytes, &device_.die_link()}})
+    if (!server->bandwidth().is_infinite())
+      cache_util = std::max(cache_util, bytes.count() / (t * server->bandwidth().bps()));
   r.cache_utilisation = cache_util;
   r.bound = classify(compute_util, mem_util, cache_util);
 
@@ -277,7 +284,10 @@ OpResult OpSimulator::simulate_tile(const Op& op) {
                  : level_bytes[i].count() / (t * level->total_bandwidth().bps()),
              "fraction", "bytes / (time x bandwidth of all instances)");
   }
-  dev.group("noc").add("bytes", noc_bytes.count(), "B", "bytes across the on-chip network");
+  dev.group("noc")
+      .add("bytes", noc_bytes.count(), "B", "bytes across the on-chip network")
+      .add("die_link_bytes", die_link_bytes.count(), "B",
+           "bytes across the die-to-die link (0 on a one-die device)");
   dev.group("memory")
       .add("read", r.memory_read.count(), "B", "bytes read from the memory tier")
       .add("written", r.memory_written.count(), "B", "bytes written to the memory tier")
