@@ -618,7 +618,6 @@ TEST(Knobs, AGroupLevelIsTheSharedLevelWhenOneGroupHoldsEveryUnit) {
   EXPECT_LT(fa_xcds.memory_written.count(), 1.5 * fa_merged.memory_written.count());
   // A group must divide the units, and a level may not be split finer than the one above it.
   EXPECT_THROW(load_device("mi300x", {"caches.l2.units_per_instance=39"}), ConfigError);
-  EXPECT_THROW(load_device("h100-sxm5-80gb", {"caches.l2.units_per_instance=4"}), ConfigError);
   EXPECT_THROW(load_device("mi300x", {"caches.infinity_cache.scope=group",
                                       "caches.infinity_cache.units_per_instance=19"}),
                ConfigError);

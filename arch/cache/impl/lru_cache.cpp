@@ -32,9 +32,6 @@ class LruCacheLevel : public CacheLevel {
         inclusive_(c.get_bool("inclusive")),
         access_energy_(c.get_energy("access_energy")) {
     int instances = scope_ == CacheScope::Private ? units : 1;
-    if (scope_ != CacheScope::Group && c.get_int("units_per_instance") != 0)
-      c.fail("units_per_instance", "applies to scope group only (this level's scope is " +
-                                       c.get_string("scope") + ")");
     if (scope_ == CacheScope::Group) {
       const int per = static_cast<int>(c.get_int("units_per_instance"));
       if (per <= 0 || units % per != 0)
