@@ -178,7 +178,8 @@ const Schema& lru_cache_schema() {
     scope.choices = {"private", "group", "shared"};
     ParamSpec per = param("units_per_instance", ParamType::Int, "count", "0",
                           "With scope group: the compute units one instance serves; it must "
-                          "divide the device's units.");
+                          "divide the device's units. Ignored by other scopes, so that a "
+                          "preset's group level can be made shared with one override.");
     per.min = 0;
     ParamSpec order = param(
         "unit_order", ParamType::Enum, "", "interleaved",
