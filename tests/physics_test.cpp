@@ -578,6 +578,36 @@ TEST(Knobs, SplitKFillsTheUnitsWhenOutputTilesAreFew) {
   EXPECT_EQ(square.mapping.find("split-K"), std::string::npos) << square.mapping;
 }
 
+// Split-K conserves the product: over every K (each split a whole number of K steps, the last
+// shorter, and splits that rounding leaves empty not launched), the matrix work of all work
+// groups is exactly m n k MACs, and no group loads an empty or negative block.
+TEST(Conservation, SplitKDoesEveryMacOnceWhateverK) {
+  for (const char* name : {"h100-sxm5-80gb", "h200-sxm-141gb"}) {
+    auto dev = load_device(name);
+    int split_shapes = 0;
+    for (int64_t k = 4096; k <= 12288; k += 96) {
+      const GemmOp g{768, 3072, k, 1, DType::BF16};
+      auto ks = map_gemm(g, *dev, true);
+      if (ks.size() > 1) ++split_shapes;
+      const TileProgram& p = *ks[0];
+      double macs = 0;
+      Step st;
+      for (long grp = 0; grp < p.groups(); ++grp)
+        for (int s = 0; s < p.steps(grp); ++s) {
+          st.clear();
+          p.step(grp, s, st);
+          for (const Block& b : st.loads) ASSERT_GT(b.bytes.count(), 0) << name << " k " << k;
+          for (const Phase& ph : st.phases)
+            for (const PipeWork& w : ph.work)
+              if (w.pipe == Pipe::Matrix) macs += w.amount;
+        }
+      EXPECT_NEAR(macs, 768.0 * 3072.0 * double(k), 1e-9 * macs) << name << " k " << k << ": "
+                                                                 << p.mapping();
+    }
+    EXPECT_GT(split_shapes, 0) << name;  // the sweep exercised split-K at all
+  }
+}
+
 // A cache level shared by a group of units (an MI300X XCD's L2: 8 instances of 4 MiB, one per
 // 38 CUs). One group of every unit is the shared level, exactly. Split into the XCDs, the L2
 // keeps less: work groups sharing operand panels land on different instances (AMD deals

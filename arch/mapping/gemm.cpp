@@ -45,8 +45,12 @@ class GemmProgram : public TileProgram {
         sparse_(g.sparse_b && c.skips_sparse_zeros(g.dtype)) {
     tm_ = ceil_div(g.m, t.bm);
     tn_ = ceil_div(g.n, t.bn);
-    // Each split covers a whole number of BK steps; the last may be shorter.
-    kspan_ = ceil_div(ceil_div(g.k, t.bk), t.splits) * t.bk;
+    // Each split covers a whole number of BK steps; the last may be shorter. Rounding up can
+    // leave the last splits nothing to do (129 steps over 16: 9 each, 15 splits cover them):
+    // those are not launched.
+    const int64_t all_steps = ceil_div(g.k, t.bk);
+    kspan_ = ceil_div(all_steps, t.splits) * t.bk;
+    t_.splits = static_cast<int>(ceil_div(all_steps, kspan_ / t.bk));
     // Events are chunks of consecutive K steps (at most kMaxEventsPerTile per tile): the traffic
     // and MACs are the same, and a long K loop costs a bounded number of events.
     int64_t ksteps = ceil_div(kspan_, t.bk);
@@ -74,10 +78,9 @@ class GemmProgram : public TileProgram {
     return static_cast<long>(tm_ * tn_ * g_.batch * t_.splits);
   }
   int steps(long g) const override {
-    // The last split's K range may be short, or (for a small K) empty of whole chunks.
-    int64_t span = int64_t(t_.bk) * chunk_;
-    int64_t left = g_.k - split_of(g) * kspan_;
-    return static_cast<int>(std::clamp<int64_t>(ceil_div(left, span), 1, ksteps_));
+    // Chunks of the group's own K range (the last split's may be shorter).
+    auto [k0, k1] = k_range(g);
+    return static_cast<int>(ceil_div(k1 - k0, int64_t(t_.bk) * chunk_));
   }
 
   void step(long g, int s, Step& out) const override {
@@ -86,7 +89,8 @@ class GemmProgram : public TileProgram {
     int64_t rows = std::min<int64_t>(t_.bm, g_.m - im * t_.bm);
     int64_t cols = std::min<int64_t>(t_.bn, g_.n - in * t_.bn);
     int64_t span = int64_t(t_.bk) * chunk_;
-    int64_t depth = std::min<int64_t>(span, g_.k - split * kspan_ - int64_t(s) * span);
+    // Never past the split's own range: rounding chunks up must not reach into the next one's.
+    int64_t depth = std::min<int64_t>(span, k_range(g).second - split * kspan_ - int64_t(s) * span);
     // The K step's index over the whole product: splits read disjoint operand panels.
     const int64_t ks = split * ksteps_ + s;
     // Operand tiles go straight to the scratchpad (cp.async.cg / TMA), bypassing L1.
@@ -147,12 +151,19 @@ class GemmProgram : public TileProgram {
   }
 
   int64_t tiles() const { return tm_ * tn_ * g_.batch; }
+  /// Work groups along K per output tile, as launched (1: no split).
+  int splits() const { return t_.splits; }
 
  private:
   // Launch order: the splits one after the other (the grid's slowest dimension); within a split
   // and a batch, bands of kSwizzle tile rows; inside a band, column-major, so consecutive groups
   // reuse the same B panel and a band's A panels.
   int64_t split_of(long g) const { return int64_t(g) / tiles(); }
+  // The K elements [begin, end) group g's split covers.
+  std::pair<int64_t, int64_t> k_range(long g) const {
+    const int64_t k0 = split_of(g) * kspan_;
+    return {k0, std::min<int64_t>(g_.k, k0 + kspan_)};
+  }
   std::tuple<int64_t, int64_t, int64_t> coords(long g) const {
     int64_t per_batch = tm_ * tn_;
     int64_t t = int64_t(g) % tiles();
@@ -252,18 +263,20 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev, bool split_k) {
 
 std::vector<std::unique_ptr<TileProgram>> map_gemm(const GemmOp& g, const Device& device,
                                                    bool split_k) {
-  Tiling t = choose_tiling(g, device, split_k);
+  auto gemm = std::make_unique<GemmProgram>(g, choose_tiling(g, device, split_k),
+                                            device.compute());
+  const int splits = gemm->splits();
   std::vector<std::unique_ptr<TileProgram>> out;
-  out.push_back(std::make_unique<GemmProgram>(g, t, device.compute()));
-  if (t.splits > 1) {
+  out.push_back(std::move(gemm));
+  if (splits > 1) {
     // The reduction kernel: reads every split's fp32 partial (and an accumulated C), sums them
     // and writes C in its type.
     StreamOp r;
     r.kind = "splitk_reduce";
     r.elements = g.batch * g.m * g.n;
-    r.in_bytes.assign(t.splits + (g.accumulate_fp32 ? 1 : 0), 4.0);
+    r.in_bytes.assign(splits + (g.accumulate_fp32 ? 1 : 0), 4.0);
     r.out_bytes = {g.accumulate_fp32 ? 4.0 : dtype_bytes(g.dtype)};
-    r.vector_flops = g.accumulate_fp32 ? t.splits : t.splits - 1;
+    r.vector_flops = g.accumulate_fp32 ? splits : splits - 1;
     r.dtype = DType::FP32;
     out.push_back(map_stream(r, device));
   }
