@@ -75,6 +75,14 @@ TEST_F(Cli, ADottedKeyInAFileIsLocatedWhereItWasWritten) {
                    5, "model.seq_len", "nest it (model: {seq_len: ...})");
 }
 
+// A fused attention op on a CPU core, whose registers hold no 4-warp work group, is refused at
+// the op's `fused` key rather than failing inside the simulation.
+TEST_F(Cli, AFusedAttentionNoUnitCanHoldIsRefusedAtItsKey) {
+  expect_bad_input("device: grace\nops:\n  - {op: attention, batch: 1, heads: 8, seq_len: 1024, "
+                   "head_dim: 64}\n",
+                   3, "ops[0].fused", "run it unfused");
+}
+
 TEST_F(Cli, UnknownDeviceKeySuggestsTheNearOne) {
   expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwith: 4 TB/s\nops:\n" +
                        std::string(kGemm),

@@ -291,4 +291,24 @@ std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, co
   return out;
 }
 
+std::string fused_attention_misfit(const Device& device, int64_t head_dim, int64_t value_dim) {
+  AttentionOp a;
+  a.batch = a.heads = a.kv_heads = 1;
+  a.seq_q = a.seq_kv = 256;
+  a.head_dim = head_dim;
+  a.v_head_dim = value_dim == head_dim ? 0 : value_dim;
+  a.fused = true;
+  a.pass = AttentionPass::ForwardBackward;
+  for (const auto& k : map_attention(a, device)) {
+    const GroupFootprint f = k->footprint();
+    if (occupancy(device.compute(), f) < 1)
+      return fmt::format("kernel '{}' needs {} of scratchpad and {} of registers per work group, "
+                         "more than a unit of '{}' has ({} and {})",
+                         k->name(), to_string(f.scratchpad), to_string(f.registers),
+                         device.name(), to_string(device.compute().shared_memory),
+                         to_string(device.compute().register_file));
+  }
+  return "";
+}
+
 }  // namespace memwall

@@ -26,6 +26,10 @@ std::vector<std::unique_ptr<TileProgram>> map_gemm(const GemmOp& g, const Device
                                                    bool split_k = true);
 std::vector<std::unique_ptr<TileProgram>> map_attention(const AttentionOp& a, const Device& device,
                                                         bool split_k = true);
+/// Empty when a fused (FlashAttention) kernel's work group fits a unit of `device` for heads of
+/// `head_dim` (values `value_dim`); else what does not fit (a CPU core's registers hold no
+/// 4-warp work group).
+std::string fused_attention_misfit(const Device& device, int64_t head_dim, int64_t value_dim);
 std::unique_ptr<TileProgram> map_stream(const StreamOp& s, const Device& device);
 
 }  // namespace memwall

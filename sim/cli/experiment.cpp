@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "arch/mapping/mapping.h"
 #include "arch/network/topology.h"
 #include "sim/run/cluster_run.h"
 #include "sim/run/stragglers.h"
@@ -118,7 +119,14 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
   e.fidelity = parse_fidelity(root.get_string("fidelity"));
   e.device = std::make_unique<Device>(root.section("device"));
   apply_power_limit(*e.device);
-  for (const Config& c : root.list("ops")) e.ops.push_back(op_from_config(c));
+  for (const Config& c : root.list("ops")) {
+    e.ops.push_back(op_from_config(c));
+    // A fused attention whose work group fits no unit of the device (a CPU core) cannot run.
+    if (const auto* a = std::get_if<AttentionOp>(&e.ops.back().body); a && a->fused) {
+      const std::string misfit = fused_attention_misfit(*e.device, a->head_dim, a->value_dim());
+      if (!misfit.empty()) c.fail("fused", misfit + ": run it unfused (fused: false)");
+    }
+  }
   if (doc.root["model"]) {
     e.model = model_from_config(root.section("model"));
     Config t = root.section("training");
@@ -182,6 +190,14 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     }
     // A layout that cannot run is a configuration error at the training key that causes it.
     check_parallel_layout(*e.model, e.training);
+    if (e.training.flash_attention) {
+      const std::string misfit =
+          fused_attention_misfit(*e.device, e.model->head_dim, e.model->value_dim());
+      if (!misfit.empty())
+        throw ConfigError(doc.sources->find("training.flash_attention"), "training.flash_attention",
+                          "FlashAttention's " + misfit +
+                              ": run the attention unfused (training.flash_attention: false)");
+    }
     if (e.system) {
       // The job runs at its slowest device's clock, set before any operator is simulated.
       slow_to_straggler(*e.device, stragglers(e.system->reliability.clock_spread, e.gpus));
