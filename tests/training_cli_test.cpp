@@ -136,14 +136,17 @@ TEST_F(TrainingCli, ExperimentFileRunsAndFlagsOverrideIt) {
 
 // ---- bad input: exit status 2 and a message naming the key -------------------------------------
 
-// A CPU core's registers hold no 4-warp FlashAttention work group: the run is refused at
-// training.flash_attention (exit 2), and runs with the attention unfused.
+// A CPU core's registers hold no 4-warp FlashAttention work group: a tile-fidelity run is
+// refused at training.flash_attention (exit 2), and runs with the attention unfused.
 TEST_F(TrainingCli, FusedAttentionThatFitsNoUnitIsRefusedAtItsKey) {
   const std::string cpu = "run --device grace --model gpt2-124m -p model.layers=2 --seq-len 256 "
                           "--micro-batch 1 --global-batch 1";
   expect_bad(cpu, "training.flash_attention", "training.flash_attention: false");
   Result ok = run(cpu + " -p training.flash_attention=false");
   EXPECT_EQ(ok.status, 0) << ok.err;
+  // The roofline has no work group to fit: an analytical run keeps the fused attention.
+  Result roofline = run(cpu + " --fidelity analytical");
+  EXPECT_EQ(roofline.status, 0) << roofline.err;
 }
 
 TEST_F(TrainingCli, HeadsNotDivisibleByKvHeads) {

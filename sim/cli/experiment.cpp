@@ -121,8 +121,10 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
   apply_power_limit(*e.device);
   for (const Config& c : root.list("ops")) {
     e.ops.push_back(op_from_config(c));
-    // A fused attention whose work group fits no unit of the device (a CPU core) cannot run.
-    if (const auto* a = std::get_if<AttentionOp>(&e.ops.back().body); a && a->fused) {
+    // A fused attention whose work group fits no unit of the device (a CPU core) cannot run its
+    // tiles (the roofline of analytical fidelity has none to fit).
+    if (const auto* a = std::get_if<AttentionOp>(&e.ops.back().body);
+        a && a->fused && e.fidelity != Fidelity::Analytical) {
       const std::string misfit = fused_attention_misfit(*e.device, a->head_dim, a->value_dim());
       if (!misfit.empty()) c.fail("fused", misfit + ": run it unfused (fused: false)");
     }
@@ -190,7 +192,7 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& overrid
     }
     // A layout that cannot run is a configuration error at the training key that causes it.
     check_parallel_layout(*e.model, e.training);
-    if (e.training.flash_attention) {
+    if (e.training.flash_attention && e.fidelity != Fidelity::Analytical) {
       const std::string misfit =
           fused_attention_misfit(*e.device, e.model->head_dim, e.model->value_dim());
       if (!misfit.empty())

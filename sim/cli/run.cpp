@@ -61,6 +61,8 @@ std::vector<std::string> workload_overrides(const RunOptions& o) {
   flag("training.sparse_weights", o.sparse_weights);
   flag("training.combined_1f1b", o.combined_1f1b);
   flag("system.preset", o.system);
+  // The experiment loads at the fidelity it will run at (what it checks depends on it).
+  flag("fidelity", o.fidelity);
   count("system.gpus_per_node", o.gpus_per_node);
   if (o.node_nic_gbps != kNotGivenGbps) overrides.push_back(fmt::format("node_nic_gbps={}", o.node_nic_gbps));
   for (const auto& x : o.overrides) overrides.push_back(x);
