@@ -4,13 +4,14 @@ python3-matplotlib (the pyenv python3 on PATH does not).
 
 usage: plot_sweep.py results.csv out.png [--metric NAME] [--pareto X Y [--higher-x]]
                      [--stack F1,F2,... [--total FIELD] [--label KEY]] [--roofline [--label KEY]]
-                     [--where KEY=VALUE]...
+                     [--label KEY] [--where KEY=VALUE]...
 
 The swept keys are the columns between `point` and `status`; the metric is the first after
 `status` unless --metric names another. One key: the metric against it. Two keys: a heatmap of
 the metric, the first key down and the second across, each cell annotated (points that did not
 run, or ran over a sweep limit, are blank; points whose memory.fits is false are marked "OOM").
-More keys: the metric against the last key, one line per combination of the others.
+More keys: the metric against the last key, one line per combination of the others (with
+--label KEY, each line named by that key's value and the keys that vary among its rows).
 
 --pareto X Y: every point that ran, Y against X, each labelled with its swept values, and the
 Pareto front (the points no other point beats on both: lower X, higher Y; with --higher-x, higher
@@ -283,10 +284,32 @@ def main(argv):
     else:
         x_key = axes[-1]
         xs = ordered(r[x_key] for r in rows)
+        # A key by the shortest tail of its path no other key ends with (size=4MiB, not
+        # device.caches.l2.size=4MiB; host_link.bandwidth beside nic.bandwidth); keys a row
+        # leaves empty are not shown.
+        def tail(k):
+            parts = k.split(".")
+            for n in range(1, len(parts) + 1):
+                t = ".".join(parts[-n:])
+                if not any(o != k and (o == t or o.endswith("." + t)) for o in axes):
+                    return t
+            return k
+
+        name = {k: tail(k) for k in axes[:-1]}
+
+        def line_label(r):
+            ks = [k for k in axes[:-1] if r[k] != ""]
+            head = []
+            if a.label:
+                # --label KEY: its value, then only the keys that vary among its rows.
+                same = [x for x in ok if x[a.label] == r[a.label]]
+                ks = [k for k in ks if k != a.label and len({x[k] for x in same}) > 1]
+                head = [r[a.label]]
+            return ", ".join(head + [f"{name[k]}={r[k]}" for k in ks]) or metric
+
         groups = {}
         for r in ok:
-            label = ", ".join(f"{k}={r[k]}" for k in axes[:-1]) or metric
-            groups.setdefault(label, []).append(r)
+            groups.setdefault(line_label(r), []).append(r)
         # Many lines: the legend goes below the axes, where it hides none of them.
         below = len(groups) > 4
         fig, ax = plt.subplots(figsize=(8, 5 + (0.2 * len(groups) if below else 0)))
