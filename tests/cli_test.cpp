@@ -83,6 +83,13 @@ TEST_F(Cli, AFusedAttentionNoUnitCanHoldIsRefusedAtItsKey) {
                    3, "ops[0].fused", "run it unfused");
 }
 
+// A group-scoped cache level whose group does not divide the units: file, line and key.
+TEST_F(Cli, ACacheGroupThatDoesNotDivideTheUnitsIsRefused) {
+  expect_bad_input("device:\n  preset: mi300x\n  caches:\n    l2:\n      units_per_instance: 39\n"
+                   "ops:\n" + std::string(kGemm),
+                   5, "device.caches.l2.units_per_instance", "a divisor of the device's 304 units");
+}
+
 TEST_F(Cli, UnknownDeviceKeySuggestsTheNearOne) {
   expect_bad_input("device:\n  preset: h100-sxm5-80gb\n  memory:\n    bandwith: 4 TB/s\nops:\n" +
                        std::string(kGemm),

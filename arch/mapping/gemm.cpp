@@ -207,6 +207,9 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev, bool split_k) {
     if (l->scope() != CacheScope::Private) { shared_bw = l->total_bandwidth(); break; }
   if (shared_bw.is_infinite()) shared_bw = dev.sustained_memory_bandwidth();
   const double mem_bps = dev.sustained_memory_bandwidth().bps();
+  // The output's elements, and the operands from memory at least once: the same for every tiling.
+  const double mn = double(g.batch) * g.m * g.n;
+  const double compulsory = g.batch * (double(g.m) * g.k * e + double(g.k) * g.n * eb);
 
   Tiling best{64, 64, 32, 2};
   double best_t = std::numeric_limits<double>::infinity();
@@ -225,9 +228,6 @@ Tiling choose_tiling(const GemmOp& g, const Device& dev, bool split_k) {
                                       double(g.n) * g.k * std::ceil(double(g.m) / bm) /
                                           c.multicast_cluster * eb);
           double t_mem = traffic / shared_bw.bps();
-          // The operands from memory at least once.
-          const double mn = double(g.batch) * g.m * g.n;
-          const double compulsory = g.batch * (double(g.m) * g.k * e + double(g.k) * g.n * eb);
           for (int splits : kSplits) {
             if (splits > 1 && (!split_k || ksteps < double(splits) * kMinStepsPerSplit)) break;
             t.splits = splits;
