@@ -174,6 +174,36 @@ TEST_F(Cli, BadOverrideValueNamesTheCommandLine) {
   EXPECT_NE(r.err.find("fast"), std::string::npos) << r.err;
 }
 
+// `-p device=NAME` and `-p device.preset=NAME` name another preset: the run uses it, whether the
+// file wrote the device as a name or as a section (whose other keys stay). It used to be expanded
+// after the file's preset, so `device.preset` was ignored without a word.
+TEST_F(Cli, AnOverrideNamingAnotherPresetReplacesIt) {
+  const std::string ops = "ops:\n" + std::string(kGemm);
+  fs::path named = write("named.yaml", "device: h100-sxm5-80gb\n" + ops);
+  fs::path section = write("section.yaml",
+                           "device: {preset: h100-sxm5-80gb, memory: {bandwidth: 1TB/s}}\n" + ops);
+  fs::path mi300x = write("mi300x.yaml", "device: mi300x\n" + ops);
+  const std::string want = load_experiment(mi300x.string(), {}).device->fingerprint();
+  for (const std::string o : {"device=mi300x", "device.preset=mi300x"})
+    EXPECT_EQ(load_experiment(named.string(), {o}).device->fingerprint(), want) << o;
+  Experiment kept = load_experiment(section.string(), {"device.preset=mi300x"});
+  EXPECT_EQ(kept.device->name(), "mi300x");
+  EXPECT_DOUBLE_EQ(kept.device->memory().peak_bandwidth().bps(), 1e12);
+
+  fs::path model = write("model.yaml", "device: h100-sxm5-80gb\nmodel: gpt3-125m\n");
+  EXPECT_EQ(load_experiment(model.string(), {"model.preset=gpt3-1.3b"}).model->hidden, 2048);
+
+  // --device with a file is the same replacement (it used to be refused).
+  Result flag = run("run " + quote(named.string()) + " --device mi300x");
+  EXPECT_EQ(flag.status, 0) << flag.err;
+  EXPECT_EQ(flag.out.rfind("memwall · mi300x ·", 0), 0u) << flag.out;
+
+  // A name that is no preset is reported as the user wrote it.
+  Result r = run("run " + quote(named.string()) + " -p device.preset=no-such-gpu");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("-p device.preset=no-such-gpu"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, OverrideWithoutAValueIsRejected) {
   fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
   Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth");

@@ -93,10 +93,37 @@ void derive_layout(Document& doc, const std::string& device_preset) {
   }
 }
 
+// `-p device=mi300x` or `-p device.preset=mi300x` (and the same for model and system) names
+// another preset. Applied after the presets expand it would sit unused in the expanded section,
+// so it is applied before, as a sweep axis over `device` is; keys written beside the preset in
+// the file stay. Returns whether `assignment` was such an override.
+bool apply_preset_override(Document& doc, const std::string& assignment) {
+  const std::string path = assignment.substr(0, assignment.find('='));
+  for (const std::string section : {"device", "model", "system"}) {
+    if (path == section) {
+      apply_override(doc, assignment);
+      return true;
+    }
+    if (path == section + ".preset") {
+      if (doc.root.IsMap() && doc.root[section].IsMap()) {
+        apply_override(doc, assignment);
+      } else {  // `device: h100-sxm5-80gb` in the file: the name itself is replaced
+        apply_override(doc, section + assignment.substr(path.size()));
+        doc.sources->set(section, SourceLoc{"command line (-p " + assignment + ")", 0});
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
-Experiment load_experiment(Document doc, const std::vector<std::string>& overrides) {
+Experiment load_experiment(Document doc, const std::vector<std::string>& all_overrides) {
   const std::string file = doc.file;
+  std::vector<std::string> overrides;
+  for (const auto& o : all_overrides)
+    if (!apply_preset_override(doc, o)) overrides.push_back(o);
   if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "an experiment is a map of keys");
   if (!doc.root["device"])
     throw ConfigError(SourceLoc{file, 1}, "device",

@@ -70,12 +70,11 @@ std::vector<std::string> workload_overrides(const RunOptions& o) {
 }
 
 Experiment load_from_options(const RunOptions& o) {
-  const std::vector<std::string> overrides = workload_overrides(o);
+  std::vector<std::string> overrides = workload_overrides(o);
   if (!o.file.empty()) {
-    if (!o.device.empty() || !o.model.empty())
-      throw ConfigError(SourceLoc{"command line", 0}, "",
-                        "--device and --model build an experiment without a file; with a file, "
-                        "write them in it or override keys with -p");
+    // With a file, --device and --model replace the file's sections, as -p device=NAME does.
+    if (!o.model.empty()) overrides.insert(overrides.begin(), "model=" + o.model);
+    if (!o.device.empty()) overrides.insert(overrides.begin(), "device=" + o.device);
     return load_experiment(o.file, overrides);
   }
   if (o.device.empty() || o.model.empty())
@@ -200,8 +199,8 @@ int run(const RunOptions& o) {
 
 void add_workload_flags(CLI::App* cmd, RunOptions& o, bool device_flag) {
   if (device_flag)
-    cmd->add_option("--device", o.device, "Device preset or file (training run without a file)");
-  cmd->add_option("--model", o.model, "Model preset or file, e.g. gpt3-1.3b");
+    cmd->add_option("--device", o.device, "Device preset or file (with an experiment file: replaces its device)");
+  cmd->add_option("--model", o.model, "Model preset or file, e.g. gpt3-1.3b (with an experiment file: replaces its model)");
   cmd->add_option("--micro-batch", o.micro_batch, "Sequences per forward/backward pass");
   cmd->add_option("--global-batch", o.global_batch, "Sequences per optimizer step");
   cmd->add_option("--precision", o.precision, "bf16, fp16, fp32, fp8 or fp4");
