@@ -19,8 +19,6 @@ constexpr double kGiB = 1024.0 * 1024 * 1024;
 constexpr ParallelGroup kGroups[] = {ParallelGroup::TP, ParallelGroup::CP, ParallelGroup::DP,
                                      ParallelGroup::EP, ParallelGroup::PP, ParallelGroup::EDP};
 
-std::string pct(double x) { return fmt::format("{:.0f}%", 100 * x); }
-
 std::string layout(const Parallelism& p) {
   std::string s = fmt::format("tp {} pp {} dp {}", p.tp, p.pp, p.dp);
   if (p.vpp > 1) s += fmt::format(" vpp {}", p.vpp);
@@ -82,9 +80,9 @@ std::string cluster_summary(const ClusterResult& r, const TransformerModel& m,
       r.micro_batches, t.global_batch, t.flash_attention ? "flash" : "unfused",
       options_label(t), fidelity_name(r.fidelity));
   const double step = r.step_time.sec();
-  out += fmt::format("step      {}    {:.4g}k tokens/s ({:.4g} per GPU)    MFU {}   HFU {}\n",
-                     to_string(r.step_time), r.tokens_per_s() * 1e-3,
-                     r.tokens_per_s() / r.gpus, pct(r.mfu()), pct(r.hfu()));
+  out += fmt::format("step      {}    {} tokens/s ({} per GPU)    MFU {}   HFU {}\n",
+                     to_string(r.step_time), rate_text(r.tokens_per_s()),
+                     rate_text(r.tokens_per_s() / r.gpus), pct(r.mfu()), pct(r.hfu()));
   // Stage 0's compute split, then what the average rank lost to communication and the bubble.
   auto cls = [&](OpClass c) { return r.time_by_class[int(c)].sec() / step; };
   std::string exposed;

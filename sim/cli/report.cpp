@@ -9,6 +9,14 @@
 
 namespace memwall {
 
+std::string pct(double fraction) { return fmt::format("{:.0f}%", 100 * fraction); }
+
+std::string rate_text(double per_s, int digits) {
+  if (per_s >= 1e6) return fmt::format("{:.{}g}M", per_s * 1e-6, digits);
+  if (per_s >= 1e3) return fmt::format("{:.{}g}k", per_s * 1e-3, digits);
+  return fmt::format("{:.{}g}", per_s, digits);
+}
+
 std::string device_line(const Device& d, Fidelity f) {
   const ComputeSpec& c = d.compute();
   return fmt::format(

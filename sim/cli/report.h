@@ -11,6 +11,11 @@
 
 namespace memwall {
 
+/// "41%": a fraction as a whole percentage.
+std::string pct(double fraction);
+/// A count per second to `digits` figures with a k or M: "665", "54.49k", "1.234M".
+std::string rate_text(double per_s, int digits = 4);
+
 /// Header line describing the device and fidelity.
 std::string device_line(const Device& d, Fidelity f);
 /// One row per op plus a total: time, achieved FLOP/s and memory bandwidth against peak, bound,

@@ -15,8 +15,6 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024 * 1024;
 
-std::string pct(double x) { return fmt::format("{:.0f}%", 100 * x); }
-
 }  // namespace
 
 std::string op_role(const std::string& name) {
@@ -46,8 +44,8 @@ std::string training_summary(const TrainingResult& r, const StepGraph& g, const 
       precision_name(t.precision), recompute_name(t.recompute),
       t.flash_attention ? "flash" : "unfused", options_label(t), fidelity_name(r.fidelity));
   double step = r.step_time.sec();
-  out += fmt::format("step      {}    {:.3g}k tokens/s    MFU {}   HFU {}\n", to_string(r.step_time),
-                     r.tokens_per_s() * 1e-3, pct(r.mfu()), pct(r.hfu()));
+  out += fmt::format("step      {}    {} tokens/s    MFU {}   HFU {}\n", to_string(r.step_time),
+                     rate_text(r.tokens_per_s(), 3), pct(r.mfu()), pct(r.hfu()));
   auto share = [&](OpClass c) { return r.time_by_class[static_cast<int>(c)].sec() / step; };
   out += fmt::format(
       "time      matrix {}  attention {}  memory-bound {}  optimizer {}  host-bound {} ({:.0f} "
