@@ -30,8 +30,10 @@ const char* pass_name(AttentionPass p) {
   return "?";
 }
 
-Op stream(const std::string& kind, int64_t elements, std::vector<double> in,
-          std::vector<double> out, double vflops, double sfu, double useful, DType dt) {
+}  // namespace
+
+Op make_stream(const std::string& kind, int64_t elements, std::vector<double> in,
+               std::vector<double> out, double vflops, double sfu, double useful, DType dt) {
   StreamOp s;
   s.kind = kind;
   s.elements = elements;
@@ -43,7 +45,6 @@ Op stream(const std::string& kind, int64_t elements, std::vector<double> in,
   s.dtype = dt == DType::BF16 || dt == DType::FP16 || dt == DType::FP8 ? DType::FP32 : dt;
   return Op{kind, s};
 }
-}  // namespace
 
 std::string Op::kind() const {
   return std::visit(overloaded{[](const GemmOp&) { return std::string("gemm"); },
@@ -184,18 +185,18 @@ Op with_instructions(Op op, double per_element) {
 Op make_elementwise(const std::string& kind, int64_t n, DType dt) {
   double e = dtype_bytes(dt);
   if (kind == "gelu")  // tanh form
-    return with_instructions(stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);
+    return with_instructions(make_stream(kind, n, {e}, {e}, 16, 1, 8, dt), 26.0);
   if (kind == "gelu_bwd")
-    return with_instructions(stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
+    return with_instructions(make_stream(kind, n, {e, e}, {e}, 24, 1, 12, dt), 33.5);
   if (kind == "swiglu")  // silu(a) * b: eager PyTorch's silu kernel (23.75) and multiply (6.25)
-    return with_instructions(stream(kind, n, {e, e}, {e}, 10, 1, 5, dt), 30.0);
-  if (kind == "swiglu_bwd") return stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
+    return with_instructions(make_stream(kind, n, {e, e}, {e}, 10, 1, 5, dt), 30.0);
+  if (kind == "swiglu_bwd") return make_stream(kind, n, {e, e, e}, {e, e}, 20, 1, 10, dt);
   if (kind == "dropout")  // Philox + mask
-    return with_instructions(stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt), 27.8);
+    return with_instructions(make_stream(kind, n, {e}, {e, 1}, 12, 0, 2, dt), 27.8);
   if (kind == "dropout_bwd")
-    return with_instructions(stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt), 10.9);
-  if (kind == "add") return with_instructions(stream(kind, n, {e, e}, {e}, 2, 0, 1, dt), 6.4);
-  if (kind == "cast") return stream(kind, n, {e}, {e}, 2, 0, 0, dt);
+    return with_instructions(make_stream(kind, n, {e, 1}, {e}, 4, 0, 1, dt), 10.9);
+  if (kind == "add") return with_instructions(make_stream(kind, n, {e, e}, {e}, 2, 0, 1, dt), 6.4);
+  if (kind == "cast") return make_stream(kind, n, {e}, {e}, 2, 0, 0, dt);
   throw std::invalid_argument("unknown elementwise kind '" + kind + "'");
 }
 
@@ -215,16 +216,17 @@ Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dt, bool
   // vectorized_layer_norm_kernel: 37.7 per element at 4096 columns, 64.7 at 1024, 100.7 at 512;
   // its RMSNorm instance: 12.7 at 8192, 26.3 at 1024.
   if (!backward)
-    return with_instructions(stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt),
-                             rms ? row_instructions(10.75, 15917, cols)
-                                 : row_instructions(28.7, 36864, cols));
+    return with_instructions(
+        make_stream(kind, rows * cols, {e}, {e}, rms ? 10 : 16, 0, rms ? 5 : 8, dt),
+        rms ? row_instructions(10.75, 15917, cols) : row_instructions(28.7, 36864, cols));
   // Two kernels, each reading the output gradient and the input: the input gradient (PyTorch's
   // layer_norm_grad_input_kernel, apex's cuComputeGradInput) and the weight (and bias) gradient
   // as column sums over the rows (GammaBetaBackward, cuComputePartGradGammaBeta).
   // LayerNorm: input gradient 25 + 17900 / cols instructions per element (42.5 at 1024
   // columns), column sums about 17. RMSNorm: 20.7 + 14634 / cols, column sums about 14.
   Op op = with_instructions(
-      stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12, dt),
+      make_stream(kind + "_bwd", rows * cols, {e, e, e, e}, {e}, rms ? 16 : 24, 0, rms ? 8 : 12,
+                  dt),
       rms ? row_instructions(20.7 + 14, 14634, cols) : row_instructions(25 + 17, 17900, cols));
   std::get<StreamOp>(op.body).kernels = 2;
   return op;
@@ -235,13 +237,13 @@ Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
   // softmax_warp_backward: 14.0 per element at 1024 columns, 17.9 at 256; the block kernel
   // above 1024, 12.8.
   if (backward)
-    return with_instructions(stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt),
+    return with_instructions(make_stream("softmax_bwd", rows * cols, {e, e}, {e}, 8, 0, 4, dt),
                              row_instructions(12.7, 1331, cols));
   // One warp per row while a row fits its registers (up to 2048 columns and 4 KiB): 39.4 per
   // element at 1024 columns, 43.5 at 256; above, one block per row that reads it again
   // (cunn_SoftMaxForward): 79.5 at 4096, 77.4 at 8192.
   bool warp = cols <= 2048 && double(cols) * e <= 4096;
-  return with_instructions(stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt),
+  return with_instructions(make_stream("softmax", rows * cols, {e}, {e}, 10, 1, 5, dt),
                            warp ? row_instructions(38.0, 1404, cols)
                                 : row_instructions(75.5, 16384, cols));
 }
@@ -249,7 +251,7 @@ Op make_softmax(int64_t rows, int64_t cols, DType dt, bool backward) {
 Op make_embedding(int64_t tokens, int64_t hidden, DType dt) {
   double e = dtype_bytes(dt);
   // Gathered rows are contiguous hidden-sized runs: the traffic of a stream of the same size.
-  return stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
+  return make_stream("embedding", tokens * hidden, {e}, {e}, 2, 0, 0, dt);
 }
 
 Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt, bool fused, bool backward) {
@@ -258,13 +260,13 @@ Op make_cross_entropy(int64_t tokens, int64_t vocab, DType dt, bool fused, bool 
   // Fused: the forward kernel reads the logits once (online max and sum of exponentials; a
   // log-sum-exp per token out), the backward kernel reads them again, recomputes the
   // probabilities and writes the gradient over them. The exponential runs in both.
-  if (fused) return stream("cross_entropy", n, {e, e}, {e}, 12, 2, 6, dt);
+  if (fused) return make_stream("cross_entropy", n, {e, e}, {e}, 12, 2, 6, dt);
   // Megatron's _VocabParallelCrossEntropy on output.float(): forward = cast to fp32 (read e,
   // write 4), row max (read 4), subtract in place, exp in place, row sum (read 4), divide in
   // place (read 4, write 4 each); the fp32 softmax is kept for the backward. Backward = multiply
   // by the incoming gradient in place, cast back to 16 bit.
-  Op op = backward ? stream("cross_entropy_fp32_bwd", n, {4, 4}, {4, e}, 2, 0, 1, DType::FP32)
-                   : stream("cross_entropy_fp32", n, {e, 4, 4, 4, 4, 4}, {4, 4, 4, 4}, 8, 1, 5,
+  Op op = backward ? make_stream("cross_entropy_fp32_bwd", n, {4, 4}, {4, e}, 2, 0, 1, DType::FP32)
+                   : make_stream("cross_entropy_fp32", n, {e, 4, 4, 4, 4, 4}, {4, 4, 4, 4}, 8, 1, 5,
                             DType::FP32);
   std::get<StreamOp>(op.body).kernels = backward ? 2 : 6;  // one per pass over the logits above
   return op;
@@ -274,7 +276,7 @@ Op make_adam(int64_t params, DType grad, double moment_bytes) {
   // Reads fp32 master weight, both moments and the gradient; writes master, moments and the
   // low-precision weight copy.
   double g = dtype_bytes(grad), m = moment_bytes;
-  return stream("adam", params, {4, m, m, g}, {4, m, m, 2}, 24, 1, 12, DType::FP32);
+  return make_stream("adam", params, {4, m, m, g}, {4, m, m, 2}, 24, 1, 12, DType::FP32);
 }
 
 const char* host_work_name(HostWork w) {
@@ -298,14 +300,15 @@ double HostOp::bytes() const {
 
 Op make_host_copy(const std::string& kind, HostWork direction, int64_t elements,
                   double bytes_per_element) {
-  Op op = stream(kind, elements, {bytes_per_element}, {bytes_per_element}, 0, 0, 0, DType::FP32);
+  Op op =
+      make_stream(kind, elements, {bytes_per_element}, {bytes_per_element}, 0, 0, 0, DType::FP32);
   return Op{kind, HostOp{direction, std::get<StreamOp>(op.body)}};
 }
 
 Op make_host_adam(int64_t params, double grad_bytes, double weight_bytes) {
   // As make_adam: master weight, moments and gradient read; master, moments and the low-
   // precision weight copy written; the same arithmetic, on the CPU's vector units.
-  Op op = stream("cpu_adam", params, {4, 4, 4, grad_bytes}, {4, 4, 4, weight_bytes}, 24, 1, 12,
+  Op op = make_stream("cpu_adam", params, {4, 4, 4, grad_bytes}, {4, 4, 4, weight_bytes}, 24, 1, 12,
                  DType::FP32);
   return Op{"cpu_adam", HostOp{HostWork::Compute, std::get<StreamOp>(op.body)}};
 }
@@ -327,13 +330,14 @@ Op make_host_adam_round_trip(int64_t params, double grad_bytes, double weight_by
 }
 
 Op make_memcopy(Bytes bytes) {
-  return stream("memcopy", static_cast<int64_t>(bytes.count()), {1}, {1}, 0, 0, 0, DType::FP32);
+  return make_stream("memcopy", static_cast<int64_t>(bytes.count()), {1}, {1}, 0, 0, 0,
+                     DType::FP32);
 }
 
 Op make_stream_triad(Bytes bytes_per_array, DType dt) {
   double e = dtype_bytes(dt);
   int64_t n = static_cast<int64_t>(bytes_per_array.count() / e);
-  return stream("stream_triad", n, {e, e}, {e}, 2, 0, 2, dt);
+  return make_stream("stream_triad", n, {e, e}, {e}, 2, 0, 2, dt);
 }
 
 // ---- schemas -------------------------------------------------------------------------------

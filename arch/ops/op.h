@@ -136,6 +136,11 @@ struct Op {
 };
 
 // Named constructors for the streaming kernels; `elements` counts the op's primary tensor.
+/// A streaming kernel from its per-element costs: bytes read and written per input and output
+/// tensor, vector FLOPs (FMA = 2), special-function operations and useful FLOPs per element. Its
+/// arithmetic runs in fp32 for 16-bit and fp8 data, else in `dtype`.
+Op make_stream(const std::string& kind, int64_t elements, std::vector<double> in,
+               std::vector<double> out, double vflops, double sfu, double useful, DType dtype);
 Op make_elementwise(const std::string& kind, int64_t elements, DType dtype);
 Op make_norm(const std::string& kind, int64_t rows, int64_t cols, DType dtype, bool backward);
 Op make_softmax(int64_t rows, int64_t cols, DType dtype, bool backward);

@@ -27,18 +27,12 @@ namespace memwall {
 namespace step_builder {
 
 // A kernel the arch vocabulary has no named constructor for, built from per-element costs
-// (same conventions as arch/ops/op.cpp: FMA = 2 vector FLOPs).
+// (same conventions as arch/ops/op.cpp: FMA = 2 vector FLOPs), its arithmetic in fp32 (fp64 for
+// fp64 data) whatever the data type.
 inline Op stream_op(const std::string& kind, int64_t n, std::vector<double> in,
                     std::vector<double> out, double vflops, double useful, DType dt) {
-  StreamOp s;
-  s.kind = kind;
-  s.elements = n;
-  s.in_bytes = std::move(in);
-  s.out_bytes = std::move(out);
-  s.vector_flops = vflops;
-  s.useful_flops = useful;
-  s.dtype = dt == DType::FP64 ? DType::FP64 : DType::FP32;
-  return Op{kind, s};
+  return make_stream(kind, n, std::move(in), std::move(out), vflops, 0, useful,
+                     dt == DType::FP64 ? DType::FP64 : DType::FP32);
 }
 
 // A product over tokens: `rows` names the token dimension, m (forward and input gradient) or k
