@@ -165,6 +165,22 @@ TEST_F(Cli, NoOpsIsRejected) {
   EXPECT_NE(r.err.find("'ops'"), std::string::npos) << r.err;
 }
 
+// A section written as a value, or a preset named by a list, is refused at its line (the first
+// ended in an uncaught yaml-cpp error, exit 1; found by fuzzing the experiment files).
+TEST_F(Cli, ASectionWrittenAsAValueIsRefusedAtItsLine) {
+  expect_bad_input("device: h100-sxm5-80gb\nmodel: gpt3-125m\ntraining: 0.5\n", 3, "training",
+                   "expected a map");
+  expect_bad_input("device: {preset: [1]}\nops:\n" + std::string(kGemm), 1, "device.preset",
+                   "preset name");
+}
+
+// Offloading every layer's activations is refused at the key, with the file's line (it was
+// reported by the step graph, naming the model but no line).
+TEST_F(Cli, OffloadingEveryLayerIsRefusedAtItsLine) {
+  expect_bad_input("device: gh200\nmodel: gpt3-125m\ntraining:\n  activation_offload_layers: 12\n",
+                   4, "training.activation_offload_layers", "12 of the model's 12 layers");
+}
+
 TEST_F(Cli, BadOverrideValueNamesTheCommandLine) {
   fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
   Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth=fast");

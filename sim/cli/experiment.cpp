@@ -61,7 +61,7 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
 namespace {
 
 int64_t int_at(const YAML::Node& n, const char* key, int64_t fallback) {
-  if (!n || !n[key]) return fallback;
+  if (!n || !n.IsMap() || !n[key]) return fallback;  // validation reports a non-map section
   try {
     return n[key].as<int64_t>();
   } catch (const YAML::Exception&) {
@@ -80,6 +80,7 @@ void derive_layout(Document& doc, const std::string& device_preset) {
   if (doc.root["system"]) resolve_preset(doc, "system", "systems");
   YAML::Node t = doc.root["training"];
   int64_t tp = int_at(t, "tp", 1), pp = int_at(t, "pp", 1), cp = int_at(t, "cp", 1);
+  if (t && !t.IsMap()) return;  // validation reports it at its line
   bool has_dp = t && t["dp"];
   if (doc.root["gpus"] && !has_dp) {
     int64_t gpus = int_at(doc.root, "gpus", 1);
@@ -121,16 +122,18 @@ bool apply_preset_override(Document& doc, const std::string& assignment) {
 
 Experiment load_experiment(Document doc, const std::vector<std::string>& all_overrides) {
   const std::string file = doc.file;
+  if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "an experiment is a map of keys");
   std::vector<std::string> overrides;
   for (const auto& o : all_overrides)
     if (!apply_preset_override(doc, o)) overrides.push_back(o);
-  if (!doc.root.IsMap()) throw ConfigError(SourceLoc{file, 1}, "", "an experiment is a map of keys");
   if (!doc.root["device"])
     throw ConfigError(SourceLoc{file, 1}, "device",
                       "is required: a preset name (e.g. h100-sxm5-80gb) or a device section");
   std::string device_preset;
-  if (doc.root["device"].IsScalar()) device_preset = doc.root["device"].as<std::string>();
-  else if (doc.root["device"]["preset"]) device_preset = doc.root["device"]["preset"].as<std::string>();
+  const YAML::Node written = doc.root["device"];
+  if (written.IsScalar()) device_preset = written.as<std::string>();
+  else if (written.IsMap() && written["preset"] && written["preset"].IsScalar())
+    device_preset = written["preset"].as<std::string>();
   resolve_preset(doc, "device", "devices");
   if (doc.root["model"]) resolve_preset(doc, "model", "models");
   // A system named by string resolves before the overrides too, so that
@@ -180,6 +183,12 @@ Experiment load_experiment(Document doc, const std::vector<std::string>& all_ove
                         "so every tensor already lives in host memory: placing or offloading "
                         "tensors needs memory_mode flat");
     }
+    // (activation offload runs with pp 1: every layer is on the device)
+    if (e.training.activation_offload_layers >= e.model->layers)
+      t.fail("activation_offload_layers",
+             fmt::format("offloads {} of the model's {} layers: the last layer's activations are "
+                         "used at once and must stay on the device",
+                         e.training.activation_offload_layers, e.model->layers));
     if (e.training.weight_offload_nvme && e.device->host() && !e.device->host()->has_storage())
       t.fail("weight_offload_target",
              "the device '" + e.device->name() + "' has a host without drives; give its `host:` "

@@ -266,9 +266,11 @@ void resolve_preset(Document& doc, const std::string& key_path, const std::strin
   // Expand presets recursively (a preset may be based on another), guarding against cycles.
   std::vector<std::string> seen;
   while (target["preset"]) {
-    std::string name = target["preset"].as<std::string>();
     std::string pkey = join(key_path, "preset");
     SourceLoc at = doc.sources->find(pkey);
+    if (!target["preset"].IsScalar())
+      throw ConfigError(at, pkey, "expected a preset name or a file name");
+    std::string name = target["preset"].as<std::string>();
     if (std::find(seen.begin(), seen.end(), name) != seen.end())
       throw ConfigError(at, pkey, "preset '" + name + "' refers back to itself");
     seen.push_back(name);
