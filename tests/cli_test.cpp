@@ -181,6 +181,28 @@ TEST_F(Cli, OffloadingEveryLayerIsRefusedAtItsLine) {
                    4, "training.activation_offload_layers", "12 of the model's 12 layers");
 }
 
+// Sizes memwall cannot simulate in reasonable time or memory are refused with exit 2, never a
+// crash or a hang (found by setting every integer of a device and a model to 2^31 - 1: a cache
+// with 2^40 slices divided by zero, 2^31 units ran out of memory, 2^31 HBM channels or layers or
+// micro-batches did not finish).
+TEST_F(Cli, SizesBeyondWhatIsSimulatedAreRefused) {
+  expect_bad_input("device: {preset: h100-sxm5-80gb, caches: {l2: {slices: 1099511627776}}}\n"
+                   "ops:\n" + std::string(kGemm), 1, "device.caches.l2.slices", "out of range");
+  expect_bad_input("device: {preset: h100-sxm5-80gb, caches: {l2: {slices: 100000}}}\n"
+                   "ops:\n" + std::string(kGemm), 1, "device.caches.l2.slices", "maximum");
+  expect_bad_input("device: h100-sxm5-80gb\nmodel: gpt3-125m\ntraining:\n  micro_batch: 1\n"
+                   "  global_batch: 1000000\n", 5, "training.global_batch", "micro-batches");
+  // A kernel of 2^32 work groups at tile fidelity: refused when it is reached, naming the kernel.
+  fs::path f = write("huge.yaml", "device: h100-sxm5-80gb\nops:\n"
+                                  "  - {op: gemm, m: 2147483647, n: 65536, k: 64}\n");
+  Result r = run("run " + quote(f.string()));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("work groups"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--fidelity analytical"), std::string::npos) << r.err;
+  Result a = run("run " + quote(f.string()) + " --fidelity analytical");
+  EXPECT_EQ(a.status, 0) << a.err;
+}
+
 TEST_F(Cli, BadOverrideValueNamesTheCommandLine) {
   fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
   Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth=fast");

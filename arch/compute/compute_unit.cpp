@@ -58,6 +58,7 @@ const Schema& simt_schema() {
         "pipes, a register file and a scratchpad.";
     ParamSpec units = required("units", ParamType::Int, "count", "Compute units on the device.");
     units.positive = true;
+    units.max = 16384;  // the tile executor runs each unit's resident groups as processes
     ParamSpec boost = required("boost_clock", ParamType::Frequency, "Hz",
                                "Datasheet boost clock; used only to report datasheet peaks.");
     boost.positive = true;

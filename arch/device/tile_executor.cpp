@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <systemc>
 
+#include "sim/config/error.h"
 #include "sim/trace/trace.h"
 
 namespace memwall {
@@ -280,6 +281,13 @@ class KernelRun {
 
 KernelStats TileExecutor::execute(const TileProgram& program) {
   const ComputeSpec& c = device_.compute();
+  // Every work group is simulated: about 20 s per million (a 262144 x 262144 x 8192 product).
+  constexpr long kMaxGroups = 1L << 22;
+  if (program.groups() > kMaxGroups)
+    throw LimitError(fmt::format(
+        "kernel '{}' ({}) has {} work groups; tile fidelity simulates at most {} per kernel: "
+        "shrink the operator or run it with --fidelity analytical",
+        program.name(), program.mapping(), program.groups(), kMaxGroups));
   int occ = occupancy(c, program.footprint());
   if (occ < 1)
     throw std::runtime_error(fmt::format(

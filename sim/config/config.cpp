@@ -1,6 +1,7 @@
 #include "sim/config/config.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -371,6 +372,9 @@ double parse_param_value(const ParamSpec& spec, const std::string& text) {
       }
       if (used != text.size() || text.empty())
         throw std::invalid_argument("'" + text + "' is not an integer");
+      // Counts are held in 32-bit integers.
+      if (i > std::numeric_limits<int32_t>::max() || i < std::numeric_limits<int32_t>::min())
+        throw std::invalid_argument("'" + text + "' is out of range (at most 2147483647)");
       v = static_cast<double>(i);
       break;
     }

@@ -41,4 +41,12 @@ class ConfigError : public std::runtime_error {
   std::string message_;
 };
 
+/// Input the simulator refuses for its size rather than its form: a kernel with more work groups
+/// than tile fidelity simulates. The command line prints what() and exits with status 2, as for
+/// a ConfigError.
+class LimitError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace memwall

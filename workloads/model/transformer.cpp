@@ -155,7 +155,11 @@ const Schema& model_schema() {
         param("name", ParamType::String, "", "custom-model", "Name shown in reports."),
         param("description", ParamType::String, "", "", "Free text: what the preset models."),
         param("source", ParamType::String, "", "", "Where the shape was published."),
-        count("layers", "Transformer layers."),
+        [] {
+          ParamSpec p = count("layers", "Transformer layers.");
+          p.max = 4096;  // one graph node set per layer (GPT-3 has 96, Llama 3 405B 126)
+          return p;
+        }(),
         count("hidden", "Model width h."),
         optional_count("ffn_hidden", "MLP inner width f; absent: 4 x hidden."),
         count("heads", "Query heads."),

@@ -206,6 +206,7 @@ const Schema& lru_cache_schema() {
                              "Independently ported slices of a shared level (or of each "
                              "instance of a group level); blocks are hashed across them.");
     slices.positive = true;
+    slices.max = 4096;  // one server per slice
     ParamSpec incl = param("inclusive", ParamType::Bool, "", "false",
                            "Whether this level holds a copy of everything in the levels above "
                            "it (then it must be at least as large as all of them together).");

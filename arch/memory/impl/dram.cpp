@@ -255,6 +255,7 @@ std::vector<ParamSpec> dram_params(const char* generation_default,
                                 "Independent channels (HBM: pseudo-channels count as channels "
                                 "when they are scheduled independently).");
   channels.positive = true;
+  channels.max = 4096;  // HBM4: 32 channels x 16 stacks = 512
   ParamSpec capacity = required("capacity", ParamType::Bytes, "B", "Usable capacity of the tier.");
   capacity.positive = true;
   ParamSpec bw = required("bandwidth", ParamType::Bandwidth, "B/s",
