@@ -91,6 +91,7 @@ TEST(NetworkPresets, SystemForCase) {
   EXPECT_EQ(standard_system_for_device("mi300x"), "mi300x-node");
   EXPECT_EQ(standard_system_for_device("h100-pcie-80gb"), "pcie-node");
   EXPECT_EQ(standard_system_for_device("gh200"), "gh200-cluster");
+  EXPECT_EQ(standard_system_for_device("tpu-v4"), "tpu-v4-torus");
   SystemSpec s = system_for_case("a100-sxm4-40gb", 4, 800);
   EXPECT_EQ(s.device, "a100-sxm4-40gb");
   EXPECT_EQ(s.gpus_per_node, 4);

@@ -239,6 +239,35 @@ TEST_P(NoOpBeatsPeak, FlopsBandwidthRooflineAndTraffic) {
 
 INSTANTIATE_TEST_SUITE_P(Presets, NoOpBeatsPeak, ::testing::ValuesIn(peak_cases()), case_name);
 
+// --- A systolic chip: the TPU v4-like preset -----------------------------------------------------
+
+// The preset's peak is its source's (275 TFLOPS bf16 [S36]: 2 cores x 4 MXUs x 128 x 128 MACs at
+// the derived 1.049 GHz), its operators stay under its peaks and roofline, a large product is
+// compute-bound on it, and FlashAttention-2's GPU work group is refused there (attention runs
+// unfused, as XLA ran it on TPU v4).
+TEST(TpuV4, TheSystolicPresetStaysUnderItsPeaks) {
+  auto dev = load_device("tpu-v4");
+  const ComputeSpec& c = dev->compute();
+  EXPECT_NEAR(c.peak_matrix(DType::BF16).per_s(), 275e12, 0.5e12);
+  EXPECT_NEAR(dev->memory().peak_bandwidth().bps(), 1.2e12, 1e6);
+  Op unfused = attention(true);
+  std::get<AttentionOp>(unfused.body).fused = false;
+  OpSimulator sim(*dev, Fidelity::Tile);
+  for (const Op& op : {gemm(8192, 8192, 8192), gemm(16384, 64, 8192), unfused,
+                       make_norm("layernorm", 16384, 8192, DType::BF16, false),
+                       make_memcopy(Bytes::mib(256)), make_adam(64 * 1024 * 1024, DType::BF16)}) {
+    SCOPED_TRACE(op.name);
+    OpResult r = sim.run(op);
+    EXPECT_LE(r.achieved().per_s(), c.peak(r.dtype_for_peak).per_s());
+    EXPECT_LE(r.memory_bandwidth().bps(), dev->memory().peak_bandwidth().bps());
+    EXPECT_GE(r.time, roofline_bound(op, *dev));
+  }
+  OpResult big = sim.run(gemm(8192, 8192, 8192));
+  EXPECT_EQ(big.bound, "compute");
+  EXPECT_GT(big.achieved().per_s(), 0.7 * 275e12);
+  EXPECT_FALSE(fused_attention_misfit(*dev, 128, 128).empty());
+}
+
 // --- Idealised devices match their roofline ----------------------------------------------------
 
 TEST(Roofline, LargeGemmOnIdealDeviceMatchesComputePeak) {

@@ -475,6 +475,7 @@ std::string standard_system_for_device(const std::string& device) {
   if (starts("gb200")) return "gb200-nvl72";
   if (starts("mi300x")) return "mi300x-node";
   if (starts("gh200")) return "gh200-cluster";
+  if (starts("tpu-v4")) return "tpu-v4-torus";
   return "pcie-node";
 }
 

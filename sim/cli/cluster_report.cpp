@@ -47,13 +47,18 @@ std::string long_time(Time t) {
 
 std::string goodput_line(const ClusterResult& r) {
   const Goodput& g = r.goodput;
+  const std::string snapshot =
+      g.snapshot_timed
+          ? fmt::format("each rank stalling {} to copy {:.3g} GiB to host memory",
+                        to_string(g.snapshot), g.checkpoint_bytes / kGiB)
+          : fmt::format("each rank's {:.3g} GiB copied to host memory untimed (the device has "
+                        "no host tier)",
+                        g.checkpoint_bytes / kGiB);
   return fmt::format(
       "goodput   {} of the step rate over a long run: the job stops every {} ({} devices); a "
-      "checkpoint every {} steps ({}), each rank stalling {} to copy {:.3g} GiB to host memory, "
-      "its node writing for {}   (system reliability)\n",
+      "checkpoint every {} steps ({}), {}, its node writing for {}   (system reliability)\n",
       fmt::format("{:.1f}%", 100 * g.fraction), long_time(g.job_mtbf), r.gpus, g.interval_steps,
-      long_time(g.interval), to_string(g.snapshot), g.checkpoint_bytes / kGiB,
-      long_time(g.write));
+      long_time(g.interval), snapshot, long_time(g.write));
 }
 
 std::string stragglers_line(const ClusterResult& r) {
@@ -297,6 +302,7 @@ nlohmann::json cluster_json(const ClusterResult& r, const TransformerModel& m,
             {"job_mtbf_s", r.goodput.job_mtbf.sec()},
             {"checkpoint_bytes_per_rank", r.goodput.checkpoint_bytes},
             {"snapshot_s", r.goodput.snapshot.sec()},
+            {"snapshot_timed", r.goodput.snapshot_timed},
             {"write_s", r.goodput.write.sec()},
             {"interval_steps", r.goodput.interval_steps},
             {"checkpoint_loss", r.goodput.checkpoint_loss},

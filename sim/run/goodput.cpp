@@ -10,7 +10,8 @@ Goodput goodput(const ReliabilitySpec& r, Time step, double checkpoint_bytes, Ba
   Goodput g;
   g.job_mtbf = Time::seconds(r.device_mtbf.sec() / std::max(1, devices));
   g.checkpoint_bytes = checkpoint_bytes;
-  g.snapshot = Time::seconds(host_link.bps() > 0 ? checkpoint_bytes / host_link.bps() : 0.0);
+  g.snapshot_timed = host_link.bps() > 0;
+  g.snapshot = Time::seconds(g.snapshot_timed ? checkpoint_bytes / host_link.bps() : 0.0);
   g.write = Time::seconds(checkpoint_bytes * std::min(per_node, devices) /
                           r.checkpoint_write.bps());
   const double M = g.job_mtbf.sec(), C = g.snapshot.sec(), S = step.sec();

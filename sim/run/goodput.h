@@ -32,6 +32,7 @@ struct Goodput {
   Time job_mtbf;             ///< mean time between the job's stops
   double checkpoint_bytes = 0;  ///< one rank's share of a checkpoint (the largest rank's)
   Time snapshot;             ///< the rank's stall: its share copied to host memory
+  bool snapshot_timed = true;  ///< false: the device has no host tier, the stall is not known
   Time write;                ///< its node's share written to storage, in the background
   int64_t interval_steps = 1;  ///< a checkpoint every this many steps
   Time interval;             ///< of progress between checkpoints

@@ -36,6 +36,7 @@ std::pair<double, std::string> split_number(const std::string& text, const char*
 double parse_with(const std::string& text, const std::vector<Suffix>& suffixes, const char* what,
                   const char* accepted) {
   auto [v, unit] = split_number(text, what, accepted);
+  if (unit.empty() && v == 0) return 0;  // zero is zero in every unit
   for (const auto& s : suffixes) {
     if (unit == s.text) return v * s.factor;
   }
