@@ -22,6 +22,16 @@ TEST(Units, RejectsWordsAndWrongUnits) {
   EXPECT_THROW(parse_bytes("3 GHz"), UnitError);
 }
 
+// Zero is zero in every unit (`-p training.host_overhead=0`); any other bare number still needs
+// its unit.
+TEST(Units, ZeroNeedsNoUnit) {
+  EXPECT_EQ(parse_time("0").sec(), 0);
+  EXPECT_EQ(parse_bandwidth("0").bps(), 0);
+  EXPECT_EQ(parse_bytes("0.0").count(), 0);
+  EXPECT_THROW(parse_time("5"), UnitError);
+  EXPECT_THROW(parse_bandwidth("1"), UnitError);
+}
+
 TEST(Units, ArithmeticKeepsDimensions) {
   Time t = Bytes(1e9) / Bandwidth::gb_per_s(100);
   EXPECT_DOUBLE_EQ(t.sec(), 0.01);
