@@ -1,6 +1,7 @@
 // Collectives on the links: alpha-beta physics, contention, algorithm choice, bad input, and
 // the nccl-tests all-reduce cases of validation/cases.csv.
 #include <gtest/gtest.h>
+#include <set>
 
 #include <chrono>
 #include <cmath>
@@ -55,14 +56,16 @@ TEST(CollectiveRing, MatchesAlphaBetaOnADirectRing) {
       auto r = net.run(request(CollectiveKind::AllReduce, {iota_group(n)}, bytes,
                                CollectiveAlgorithm::Ring, Protocol::Simple),
                        Time::zero());
-      double B = 50e9;
+      // On a torus the ring runs both ways round at once (Network::Impl::torus_phases): each
+      // direction carries half the buffer, so the ring's bandwidth B is both directions' 2 x 50
+      // GB/s (two chips have one ring, their link in each direction). A torus is not NCCL's:
+      // the steps run once, not in NCCL's loops.
+      double B = n > 2 ? 2 * 50e9 : 50e9;
       double alpha = std::max(1e-6, protocol_step_latency(LinkFamily::ScaleUp, LatencyTable::Ring,
                                                           Protocol::Simple)
                                         .sec());
       double base = protocol_base_latency(LatencyTable::Ring, Protocol::Simple).sec();
-      // NCCL runs the ring in loops of channels (32 by default) x n x 2 MiB (Simple), each
-      // loop paying the 2(n-1) step latencies.
-      int loops = int(std::ceil(bytes / (32.0 * n * 2 * 1024 * 1024)));
+      int loops = 1;
       double expect = base + 2.0 * (n - 1) / n * bytes / B + 2.0 * (n - 1) * loops * alpha;
       EXPECT_NEAR(r.duration().sec(), expect, 0.01 * expect);
       EXPECT_EQ(r.algorithm, CollectiveAlgorithm::Ring);
@@ -70,6 +73,44 @@ TEST(CollectiveRing, MatchesAlphaBetaOnADirectRing) {
       EXPECT_EQ(r.steps, 2 * (n - 1) * loops);
     }
   }
+}
+
+// A torus group gets two rings per dimension it spans, both ways round, each a chain of torus
+// neighbours (Topology::torus_rings). A block of the torus all-reduces over the lines of one
+// dimension at a time, one share of the buffer per dimension (Network::Impl::torus_phases), as
+// TPU collectives over ICI use all of a chip's links: a large all-reduce over the 4x4x4 cube
+// moves nearly six links' worth of bus bandwidth per chip (one NCCL-style ring moved one), and
+// never more than its six links.
+TEST(CollectiveRing, ATorusBlockUsesEveryLinkOfAChip) {
+  SystemSpec s = load_system("tpu-v4-torus");
+  Network net(s, 64);
+  const Topology& torus = net.topology();
+  std::vector<int> all = iota_group(64), line = iota_group(4), plane;
+  for (int i = 0; i < 16; ++i) plane.push_back(4 * i);  // x = 0: the y-z plane, strided
+  const double link = s.scale_up.link.effective_bandwidth().bps();
+  struct Case {
+    std::vector<int> group;
+    size_t rings;
+  };
+  for (const Case& c : {Case{all, 6}, Case{line, 2}, Case{plane, 4}}) {
+    SCOPED_TRACE("group of " + std::to_string(c.group.size()));
+    auto rs = torus.torus_rings(c.group);
+    ASSERT_EQ(rs.size(), c.rings);
+    for (const auto& r : rs) {
+      EXPECT_EQ(std::set<int>(r.begin(), r.end()), std::set<int>(c.group.begin(), c.group.end()));
+      for (size_t i = 0; i < r.size(); ++i)
+        EXPECT_EQ(torus.route(r[i], r[(i + 1) % r.size()]).size(), 1u);
+    }
+    net.reset();
+    auto res = net.run(request(CollectiveKind::AllReduce, {c.group}, 1024.0 * 1024 * 1024,
+                               CollectiveAlgorithm::Ring, Protocol::Simple),
+                       Time::zero());
+    EXPECT_EQ(res.channels, int(c.rings));
+    const double bus = res.bus_bandwidth_gbps() * 1e9;
+    EXPECT_GT(bus, 0.9 * c.rings * link);  // 241 GB/s over the cube, 6 x 40.5 the ideal
+    EXPECT_LE(bus, c.rings * link * 1.0001);
+  }
+  EXPECT_TRUE(torus.torus_rings({0, 1}).empty());  // two chips: one plain ring
 }
 
 TEST(CollectiveRing, PaysStepLatenciesOncePerNcclLoop) {

@@ -315,11 +315,13 @@ struct Network::Impl {
 
   /// Channel rings of one group (each a permutation of the group), the way NCCL builds them: on
   /// several nodes one ring per NIC rail, each entering every node at a different member; on a
-  /// full mesh one ring per stride coprime with the group size; otherwise one ring.
+  /// full mesh one ring per stride coprime with the group size; on a torus two per dimension the
+  /// group spans (Topology::torus_rings); otherwise one ring.
   std::vector<std::vector<int>> rings_of(const std::vector<int>& group) const {
     GroupShape sh = shape_of(topo, group);
     const SystemSpec& sys = topo.system();
-    std::vector<std::vector<int>> rings;
+    std::vector<std::vector<int>> rings = topo.torus_rings(group);
+    if (!rings.empty()) return rings;
     if (sh.nodes > 1) {
       int nics = std::max(1, sys.scale_out.nics_per_node);
       int k = sh.max_per_node;
@@ -347,6 +349,62 @@ struct Network::Impl {
     }
     rings.push_back(base);
     return rings;
+  }
+
+  /// A reduce-scatter, all-gather or all-reduce over blocks of a scale-up torus
+  /// (Topology::torus_block), dimension by dimension: a reduce-scatter along the lines of one
+  /// spanned dimension, both ways round, then along the next on the scattered shard, and the
+  /// all-gathers back in reverse order. The buffer is cut into one share per spanned dimension,
+  /// each share starting at a different dimension (x-y-z, y-z-x, z-x-y), so that in every phase
+  /// each dimension's links carry one share and all of a chip's links are busy. Returns false,
+  /// and runs nothing, for groups that are not all blocks of one shape.
+  bool torus_phases(const CollectiveRequest& req, SendCtx c, Time base, CollectiveResult& res) {
+    if (req.kind != CollectiveKind::AllReduce && req.kind != CollectiveKind::ReduceScatter &&
+        req.kind != CollectiveKind::AllGather)
+      return false;
+    std::vector<Topology::TorusBlock> blocks;
+    for (const auto& g : req.groups) {
+      blocks.push_back(topo.torus_block(g));
+      const auto& b = blocks.back();
+      if (b.lines.empty() || b.extent != blocks.front().extent ||
+          b.lines.size() != blocks.front().lines.size())
+        return false;
+    }
+    const int e = blocks.front().extent, m = int(blocks.front().lines.size());
+    const int dirs = e > 2 ? 2 : 1;
+    std::vector<Time> at(topo.devices(), base);
+    auto phase = [&](int p, double buffer) {
+      std::vector<std::vector<int>> rings;
+      for (const auto& b : blocks)
+        for (int share = 0; share < m; ++share)
+          for (const auto& line : b.lines[(share + p) % m]) {
+            rings.push_back(line);
+            if (dirs == 2) rings.emplace_back(line.rbegin(), line.rend());
+          }
+      std::vector<std::vector<Time>> ready;
+      for (const auto& r : rings) {
+        ready.emplace_back();
+        for (int d : r) ready.back().push_back(at[d]);
+      }
+      // Each ring carries its share's buffer one way round: e - 1 steps of 1 / e of it.
+      ring_steps(rings, e - 1, buffer / m / dirs / e, c, ready);
+      for (size_t r = 0; r < rings.size(); ++r)
+        for (size_t i = 0; i < rings[r].size(); ++i)
+          at[rings[r][i]] = max(at[rings[r][i]], ready[r][i]);
+    };
+    const bool scatter = req.kind != CollectiveKind::AllGather;
+    const bool gather = req.kind != CollectiveKind::ReduceScatter;
+    // Phase p works on the buffer after p scatters: S / e^p.
+    auto shard = [&](int p) { return req.bytes / std::pow(double(e), p); };
+    if (scatter)
+      for (int p = 0; p < m; ++p) phase(p, shard(p));
+    if (gather)
+      for (int p = m - 1; p >= 0; --p) phase(p, shard(p));
+    res.channels = m * dirs;
+    res.steps = (int(scatter) + int(gather)) * m * (e - 1);
+    for (const auto& g : req.groups)
+      for (int d : g) res.end = max(res.end, at[d]);
+    return true;
   }
 
   /// `steps` ring steps over every ring; each member sends `bytes` to its successor per step.
@@ -1166,6 +1224,9 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
   int k = sh.max_per_node;
   int channels = net ? std::max(1, std::min(std::max(1, sys.scale_out.nics_per_node), k)) : 1;
   Bandwidth up = scale_up_rate(sys, k);
+  // A torus group that is no block runs its rings on overlapping links: about both directions
+  // of one link's worth (a block runs dimension by dimension: below).
+  if (torus && !topo_.torus_rings(group).empty()) up = up * 2.0;
   Bandwidth bus = up;
   if (net) {
     Bandwidth across = nic_rate(sys) * double(channels);
@@ -1177,8 +1238,23 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
     return lat + Bytes(step_bytes * steps) / capped(b);
   };
 
+  const Topology::TorusBlock block = torus ? topo_.torus_block(group) : Topology::TorusBlock{};
   switch (a) {
     case CollectiveAlgorithm::Ring:
+      if (!block.lines.empty() && kind != CollectiveKind::Broadcast) {
+        // Network::Impl::torus_phases: per phase e - 1 steps over a line of e chips, both ways
+        // round, on the phase's shard of each share.
+        if (kind == CollectiveKind::AllToAll || kind == CollectiveKind::SendRecv) return inf;
+        const int e = block.extent, m = int(block.lines.size()), dirs = e > 2 ? 2 : 1;
+        const int passes = kind == CollectiveKind::AllReduce ? 2 : 1;
+        Time t = base;
+        for (int p = 0; p < m; ++p)
+          t += double(passes) *
+               (alpha_up * double(e - 1) +
+                Bytes(bytes / std::pow(double(e), p) / m / dirs / e * (e - 1)) /
+                    capped(scale_up_rate(sys, k)));
+        return t;
+      }
       switch (kind) {
         case CollectiveKind::AllReduce:
           return base + ring_time(n, sh.nodes, 2 * (n - 1), bytes / n, bus);
@@ -1193,7 +1269,7 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
         default: return inf;
       }
     case CollectiveAlgorithm::Tree: {
-      if (kind != CollectiveKind::AllReduce) return inf;
+      if (kind != CollectiveKind::AllReduce || torus) return inf;
       Time lat = 2.0 * ((alpha_up * double(k - 1)) + alpha_net * double(log2i(sh.nodes)));
       return base + lat + Bytes(2 * bytes) / capped(bus);
     }
@@ -1224,7 +1300,9 @@ Time Network::estimate(CollectiveKind kind, const std::vector<int>& group, doubl
         Time intra = Bytes(bytes * (k - 1) / k) / capped(up);
         return base + alpha_net + (k > 1 ? alpha_up : Time::zero()) + max(inter, intra);
       }
-      if (kind != CollectiveKind::AllReduce || !multi || !sh.uniform || k < 2) return inf;
+      // (a torus all-reduces over its own rings, a pair per dimension: Topology::torus_rings)
+      if (kind != CollectiveKind::AllReduce || !multi || !sh.uniform || k < 2 || torus)
+        return inf;
       Time intra = ring_time(k, 1, k - 1, bytes / k, up);
       Time inter = ring_time(sh.nodes, sh.nodes, 2 * (sh.nodes - 1), bytes / k / sh.nodes,
                              torus ? up : nic_rate(sys));
@@ -1467,6 +1545,9 @@ CollectiveResult Network::run(const CollectiveRequest& req, Time start) {
           for (const auto& tr : chains) res.end = max(res.end, tr.finish);
           break;
         }
+        // On a torus, a block of chips all-reduces dimension by dimension, as TPU collectives
+        // over ICI do (torus_phases).
+        if (im.torus_phases(req, ctx, base, res)) break;
         // NCCL's kernel runs the ring's steps once per loop of channels x n x chunk bytes
         // (ring_loops): loops run back to back, each step of each loop a message of
         // S / (n x loops) over the group's rings, each paying the protocol's step latency.

@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <deque>
+#include <map>
+#include <set>
 #include <stdexcept>
 
 namespace memwall {
@@ -247,6 +250,101 @@ bool Topology::append(int from, int to, std::vector<int>& out) const {
   if (id < 0) return false;
   out.push_back(id);
   return true;
+}
+
+std::vector<std::vector<int>> Topology::torus_rings(const std::vector<int>& group) const {
+  const ScaleUpSpec& up = system_.scale_up;
+  std::vector<std::vector<int>> rings;
+  if (up.kind != ScaleUpKind::Torus || group.size() < 3) return rings;
+  const std::vector<int>& dims = up.dims;
+  for (int d : group)
+    if (d >= std::min(devices_, product(dims))) return rings;  // beyond the torus
+  const size_t D = dims.size();
+  // Each member's position along each dimension, as the rank of its coordinate among the
+  // group's coordinates there (a sub-block or a strided group packs to 0..extent-1).
+  std::vector<std::vector<int>> pos(group.size(), std::vector<int>(D));
+  std::vector<int> extent(D);
+  for (size_t k = 0; k < D; ++k) {
+    std::vector<int> values;
+    for (int d : group) values.push_back(coords(d, dims)[k]);
+    std::sort(values.begin(), values.end());
+    values.erase(std::unique(values.begin(), values.end()), values.end());
+    extent[k] = int(values.size());
+    for (size_t m = 0; m < group.size(); ++m)
+      pos[m][k] = int(std::lower_bound(values.begin(), values.end(), coords(group[m], dims)[k]) -
+                      values.begin());
+  }
+  for (size_t fast = 0; fast < D; ++fast) {
+    if (extent[fast] < 2) continue;
+    // Dimensions from slowest to fastest: the others in their order, then `fast`.
+    std::vector<size_t> order;
+    for (size_t k = D; k-- > 0;)
+      if (k != fast) order.push_back(k);
+    order.push_back(fast);
+    // Boustrophedon key: each dimension runs backwards when the position so far is odd.
+    std::vector<std::pair<std::vector<int>, int>> keyed;
+    for (size_t m = 0; m < group.size(); ++m) {
+      std::vector<int> key;
+      long so_far = 0;
+      for (size_t k : order) {
+        int p = so_far % 2 == 0 ? pos[m][k] : extent[k] - 1 - pos[m][k];
+        key.push_back(p);
+        so_far = so_far * extent[k] + p;
+      }
+      keyed.emplace_back(std::move(key), group[m]);
+    }
+    std::sort(keyed.begin(), keyed.end());
+    std::vector<int> ring;
+    for (const auto& [key, d] : keyed) ring.push_back(d);
+    rings.push_back(ring);
+    std::reverse(ring.begin(), ring.end());
+    rings.push_back(std::move(ring));
+  }
+  return rings;
+}
+
+Topology::TorusBlock Topology::torus_block(const std::vector<int>& group) const {
+  TorusBlock b;
+  const ScaleUpSpec& up = system_.scale_up;
+  if (up.kind != ScaleUpKind::Torus || group.size() < 2) return b;
+  const std::vector<int>& dims = up.dims;
+  for (int d : group)
+    if (d >= std::min(devices_, product(dims))) return b;
+  std::vector<std::vector<int>> c;
+  for (int d : group) c.push_back(coords(d, dims));
+  std::vector<size_t> spanned;
+  long members = 1;
+  int extent = 0;
+  for (size_t k = 0; k < dims.size(); ++k) {
+    std::set<int> values;
+    for (const auto& x : c) values.insert(x[k]);
+    if (values.size() < 2) continue;
+    if (extent != 0 && int(values.size()) != extent) return b;  // not a cube of its dimensions
+    extent = int(values.size());
+    spanned.push_back(k);
+    members *= extent;
+  }
+  if (spanned.empty() || members != long(group.size())) return b;
+  if (std::set<int>(group.begin(), group.end()).size() != group.size()) return b;
+  b.extent = extent;
+  for (size_t k : spanned) {
+    // Members keyed by their coordinates off dimension k: one line per key.
+    std::map<std::vector<int>, std::vector<std::pair<int, int>>> by_rest;
+    for (size_t m = 0; m < group.size(); ++m) {
+      std::vector<int> rest = c[m];
+      rest[k] = 0;
+      by_rest[rest].emplace_back(c[m][k], group[m]);
+    }
+    std::vector<std::vector<int>> lines;
+    for (auto& [rest, line] : by_rest) {
+      std::sort(line.begin(), line.end());
+      std::vector<int> l;
+      for (const auto& [x, d] : line) l.push_back(d);
+      lines.push_back(std::move(l));
+    }
+    b.lines.push_back(std::move(lines));
+  }
+  return b;
 }
 
 bool Topology::route_torus(const std::vector<int>& dims, int from_index, int to_index, int limit,

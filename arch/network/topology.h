@@ -73,6 +73,23 @@ class Topology {
   std::string vertex_name(int v) const;
   std::string link_name(int id) const;
 
+  /// Rings over a group of chips on a scale-up torus: for each torus dimension the group spans,
+  /// its members in boustrophedon order with that dimension fastest, and the reverse of that
+  /// order. Up to 2 x dims rings that together use every link of a chip in both directions, as
+  /// TPU all-reduces over ICI run (consecutive members are torus neighbours on a full torus or a
+  /// sub-block of one). Empty for a group of fewer than 3 chips or without a scale-up torus.
+  std::vector<std::vector<int>> torus_rings(const std::vector<int>& group) const;
+
+  /// A group of chips on a scale-up torus that is a block of it: the product of one set of
+  /// coordinates per dimension, every spanned dimension the same size `extent`. `lines[k]` are
+  /// its lines along its k-th spanned dimension: the members that differ only there, in
+  /// coordinate order. Empty (`lines` empty) for any other group.
+  struct TorusBlock {
+    int extent = 0;
+    std::vector<std::vector<std::vector<int>>> lines;  ///< [spanned dimension][line][member]
+  };
+  TorusBlock torus_block(const std::vector<int>& group) const;
+
   /// Links from device `src` to device `dst` in order; empty when src == dst. Cached. Throws
   /// std::invalid_argument naming both devices when there is no route.
   const std::vector<int>& route(int src, int dst) const;
