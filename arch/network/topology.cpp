@@ -252,13 +252,28 @@ bool Topology::append(int from, int to, std::vector<int>& out) const {
   return true;
 }
 
+namespace {
+
+// The torus coordinates of a group's members, or false when one lies beyond the torus's `chips`.
+bool torus_coords(const std::vector<int>& group, const std::vector<int>& dims, int chips,
+                  std::vector<std::vector<int>>& out) {
+  out.clear();
+  for (int d : group) {
+    if (d >= chips) return false;
+    out.push_back(coords(d, dims));
+  }
+  return true;
+}
+
+}  // namespace
+
 std::vector<std::vector<int>> Topology::torus_rings(const std::vector<int>& group) const {
   const ScaleUpSpec& up = system_.scale_up;
   std::vector<std::vector<int>> rings;
   if (up.kind != ScaleUpKind::Torus || group.size() < 3) return rings;
   const std::vector<int>& dims = up.dims;
-  for (int d : group)
-    if (d >= std::min(devices_, product(dims))) return rings;  // beyond the torus
+  std::vector<std::vector<int>> c;
+  if (!torus_coords(group, dims, std::min(devices_, product(dims)), c)) return rings;
   const size_t D = dims.size();
   // Each member's position along each dimension, as the rank of its coordinate among the
   // group's coordinates there (a sub-block or a strided group packs to 0..extent-1).
@@ -266,13 +281,12 @@ std::vector<std::vector<int>> Topology::torus_rings(const std::vector<int>& grou
   std::vector<int> extent(D);
   for (size_t k = 0; k < D; ++k) {
     std::vector<int> values;
-    for (int d : group) values.push_back(coords(d, dims)[k]);
+    for (const auto& x : c) values.push_back(x[k]);
     std::sort(values.begin(), values.end());
     values.erase(std::unique(values.begin(), values.end()), values.end());
     extent[k] = int(values.size());
     for (size_t m = 0; m < group.size(); ++m)
-      pos[m][k] = int(std::lower_bound(values.begin(), values.end(), coords(group[m], dims)[k]) -
-                      values.begin());
+      pos[m][k] = int(std::lower_bound(values.begin(), values.end(), c[m][k]) - values.begin());
   }
   for (size_t fast = 0; fast < D; ++fast) {
     if (extent[fast] < 2) continue;
@@ -308,10 +322,8 @@ Topology::TorusBlock Topology::torus_block(const std::vector<int>& group) const 
   const ScaleUpSpec& up = system_.scale_up;
   if (up.kind != ScaleUpKind::Torus || group.size() < 2) return b;
   const std::vector<int>& dims = up.dims;
-  for (int d : group)
-    if (d >= std::min(devices_, product(dims))) return b;
   std::vector<std::vector<int>> c;
-  for (int d : group) c.push_back(coords(d, dims));
+  if (!torus_coords(group, dims, std::min(devices_, product(dims)), c)) return b;
   std::vector<size_t> spanned;
   long members = 1;
   int extent = 0;
