@@ -203,6 +203,23 @@ TEST_F(Cli, SizesBeyondWhatIsSimulatedAreRefused) {
   EXPECT_EQ(a.status, 0) << a.err;
 }
 
+// A run built from --device and --model reports errors at the flag, not at a line of the YAML
+// document memwall assembled (which said "command line:3"), and a flag's value is a name, never
+// parsed as YAML.
+TEST_F(Cli, ErrorsInARunFromFlagsNameTheFlag) {
+  Result r = run("run --device no-such-gpu --model gpt3-125m");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("command line (--device no-such-gpu): key 'device.preset'"),
+            std::string::npos) << r.err;
+  Result y = run("run --device h100-sxm5-80gb --model 'a: b'");
+  EXPECT_EQ(y.status, 2) << y.err;
+  EXPECT_NE(y.err.find("no preset named 'a: b'"), std::string::npos) << y.err;
+  Result t = run("run --device tpu-v4 --model gpt3-125m");
+  EXPECT_EQ(t.status, 2) << t.err;
+  EXPECT_NE(t.err.find("error: command line: key 'training.flash_attention'"), std::string::npos)
+      << t.err;
+}
+
 TEST_F(Cli, BadOverrideValueNamesTheCommandLine) {
   fs::path f = write("ok.yaml", "device: h100-sxm5-80gb\nops:\n" + std::string(kGemm));
   Result r = run("run " + quote(f.string()) + " -p device.memory.bandwidth=fast");

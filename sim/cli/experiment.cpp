@@ -53,6 +53,19 @@ const Schema& experiment_schema() {
   return s;
 }
 
+Document flags_document(const std::string& device, const std::string& model) {
+  Document doc;
+  doc.file = "command line";
+  doc.root = YAML::Node(YAML::NodeType::Map);
+  doc.root["device"] = device;
+  doc.root["model"] = model;
+  doc.root["training"] = YAML::Node(YAML::NodeType::Map);
+  doc.sources->set("device", SourceLoc{"command line (--device " + device + ")", 0});
+  doc.sources->set("model", SourceLoc{"command line (--model " + model + ")", 0});
+  doc.sources->set("training", SourceLoc{"command line", 0});
+  return doc;
+}
+
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides) {
   Document doc = load_yaml_file(file);
   return load_experiment(std::move(doc), overrides);

@@ -38,5 +38,9 @@ struct Experiment {
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides);
 /// The same from an already parsed document (an experiment assembled from command-line flags).
 Experiment load_experiment(Document doc, const std::vector<std::string>& overrides);
+/// The experiment `--device DEVICE --model MODEL` name without a file: a training run with the
+/// default setup, its keys attributed to the flags (an error names the flag, not a line of a
+/// document the user never wrote).
+Document flags_document(const std::string& device, const std::string& model);
 
 }  // namespace memwall

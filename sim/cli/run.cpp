@@ -81,8 +81,7 @@ Experiment load_from_options(const RunOptions& o) {
     throw ConfigError(SourceLoc{"command line", 0}, "",
                       "give an experiment file, or both --device and --model (e.g. memwall run "
                       "--device h100-sxm5-80gb --model gpt3-1.3b)");
-  std::string yaml = "device: " + o.device + "\nmodel: " + o.model + "\ntraining: {}\n";
-  return load_experiment(load_yaml_string(yaml, "command line"), overrides);
+  return load_experiment(flags_document(o.device, o.model), overrides);
 }
 
 namespace {

@@ -536,9 +536,7 @@ void add_compare_command(CLI::App& app) {
                         "compare needs two devices or more: a design and --baseline a,b");
     SweepSpec spec;
     spec.name = "compare";
-    spec.experiment = load_yaml_string(
-        fmt::format("device: {}\nmodel: {}\ntraining: {{}}\n", devices.front(), o->run.model),
-        "command line");
+    spec.experiment = flags_document(devices.front(), o->run.model);
     for (const auto& d : devices) spec.points.push_back({{"device", d}});
     const std::vector<std::string> metrics = {
         "step_time_s", "tokens_per_s_per_gpu", "mfu",         "memory.peak_gib",
