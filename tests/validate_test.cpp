@@ -244,6 +244,34 @@ TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {
   EXPECT_FALSE(std::ifstream(d.file("pred.csv")).good()) << "no predictions for a malformed file";
 }
 
+// Sizes memwall cannot simulate (found by fuzzing the cases file: a row of 2^31 - 1 layers ran
+// out of memory): a count past 32 bits is a malformed cell, exit 2 naming it; more layers or
+// micro-batches than memwall simulates make that row an error with its reason, and the rest run.
+TEST(ValidateCommand, SizesBeyondWhatIsSimulatedAreRefused) {
+  TempDir d;
+  write(d.file("huge.csv"),
+        "id,kind,device,bytes,metric,measured\n"
+        "a_1,stream_triad,a100-sxm4-80gb,99999999999,gbps,100\n");
+  CommandRun big = run_memwall(d, "validate --cases '" + d.file("huge.csv") + "' --out '" +
+                                      d.file("p1.csv") + "'");
+  EXPECT_EQ(big.status, 2) << big.err;
+  EXPECT_NE(big.err.find("huge.csv:2"), std::string::npos) << big.err;
+  EXPECT_NE(big.err.find("too large"), std::string::npos) << big.err;
+  write(d.file("rows.csv"),
+        "id,kind,device,num_gpus,layers,hidden,heads,seq_len,global_batch,metric,measured\n"
+        "deep,training,a100-sxm4-80gb,1,5000,256,4,128,1,iteration_time_s,1\n"
+        "long,training,a100-sxm4-80gb,1,2,256,4,128,100000,iteration_time_s,1\n"
+        "ok,training,a100-sxm4-80gb,1,2,256,4,128,1,iteration_time_s,1\n");
+  CommandRun r = run_memwall(d, "validate --cases '" + d.file("rows.csv") + "' --out '" +
+                                    d.file("p2.csv") + "' --fidelity analytical");
+  const std::string pred = read(d.file("p2.csv"));
+  EXPECT_NE(pred.find("error,layers 5000 is more than memwall simulates"), std::string::npos)
+      << pred;
+  EXPECT_NE(pred.find("100000 micro-batches is more than memwall simulates"), std::string::npos)
+      << pred;
+  EXPECT_NE(pred.find("ok,training,iteration_time_s,1,"), std::string::npos) << pred;
+}
+
 TEST(ValidateCommand, MissingRequiredColumnExitsTwo) {
   TempDir d;
   write(d.file("no_measured.csv"), "id,kind,device,bytes,metric\na_1,memcopy,a100-sxm4-80gb,1048576,gbps\n");

@@ -273,7 +273,7 @@ void check_cell(const std::string& file, int line, const std::string& col, int c
     case CellType::Count:
       if (v != std::floor(v)) fail("is not a whole number");
       if (v < 1) fail("must be at least 1");
-      if (v > 9.0e18) fail("is too large");
+      if (v > 2147483647.0) fail("is too large (at most 2147483647)");
       break;
     case CellType::Flag:
       if (v != 0 && v != 1) fail("must be 0 or 1");
@@ -483,6 +483,9 @@ TransformerModel training_model(const Case& c) {
   TransformerModel m;
   m.name = c.id();
   m.layers = need_count(c, "layers");
+  if (m.layers > kMaxLayers)
+    throw CaseError(fmt::format("layers {} is more than memwall simulates ({})", m.layers,
+                                kMaxLayers));
   m.hidden = need_count(c, "hidden");
   m.ffn_hidden = c.blank("ffn_hidden") ? 4 * m.hidden : c.count("ffn_hidden");
   m.heads = need_count(c, "heads");
@@ -547,6 +550,9 @@ void predict_training(const Case& c, DevicePool& pool, Prediction& p) {
       throw CaseError(fmt::format("column '{}' is {} but num_gpus is 1", col, c.get(col)));
   TransformerModel m = training_model(c);
   TrainingSetup t = training_setup(c);
+  if (t.global_batch / t.micro_batch > kMaxMicroBatches)
+    throw CaseError(fmt::format("{} micro-batches is more than memwall simulates ({})",
+                                t.global_batch / t.micro_batch, kMaxMicroBatches));
   pool.apply(t);
   Device& device = pool.device(c.get("device"));
   DType mm = t.matmul_dtype();
@@ -609,6 +615,10 @@ void predict_cluster_training(const Case& c, DevicePool& pool, Prediction& p) {
   if (t.global_batch % (t.micro_batch * t.parallel.dp) != 0)
     throw CaseError(fmt::format("global_batch {} is not a multiple of micro_batch x dp ({} x {})",
                                 t.global_batch, t.micro_batch, t.parallel.dp));
+  if (t.global_batch / (t.micro_batch * t.parallel.dp) > kMaxMicroBatches)
+    throw CaseError(fmt::format("{} micro-batches per pipeline is more than memwall simulates ({})",
+                                t.global_batch / (t.micro_batch * t.parallel.dp),
+                                kMaxMicroBatches));
   OpSimulator& ops = pool.simulator(c.get("device"));
   DType mm = t.matmul_dtype();
   if (!ops.device().compute().supports(mm))

@@ -157,7 +157,7 @@ const Schema& model_schema() {
         param("source", ParamType::String, "", "", "Where the shape was published."),
         [] {
           ParamSpec p = count("layers", "Transformer layers.");
-          p.max = 4096;  // one graph node set per layer (GPT-3 has 96, Llama 3 405B 126)
+          p.max = double(kMaxLayers);
           return p;
         }(),
         count("hidden", "Model width h."),

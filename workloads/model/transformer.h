@@ -22,6 +22,10 @@ enum class MlpType { Gelu, SwiGlu };
 enum class NormType { LayerNorm, RmsNorm };
 enum class PositionType { Learned, Rotary };
 
+/// The most layers a model may have: the step graph holds every layer's nodes (GPT-3 has 96,
+/// Llama 3 405B 126).
+constexpr int64_t kMaxLayers = 4096;
+
 struct TransformerModel {
   std::string name = "custom-model";
   std::string source;  ///< where the shape was published
