@@ -247,11 +247,12 @@ TEST(ValidateCommand, MalformedNumberExitsTwoNamingFileLineAndColumn) {
 // Sizes memwall cannot simulate (found by fuzzing the cases file: a row of 2^31 - 1 layers ran
 // out of memory): a count past 32 bits is a malformed cell, exit 2 naming it; more layers or
 // micro-batches than memwall simulates make that row an error with its reason, and the rest run.
+// (A buffer's bytes may pass 32 bits, up to a petabyte: the baselines copy 4 GiB.)
 TEST(ValidateCommand, SizesBeyondWhatIsSimulatedAreRefused) {
   TempDir d;
   write(d.file("huge.csv"),
         "id,kind,device,bytes,metric,measured\n"
-        "a_1,stream_triad,a100-sxm4-80gb,99999999999,gbps,100\n");
+        "a_1,stream_triad,a100-sxm4-80gb,9999999999999999,gbps,100\n");
   CommandRun big = run_memwall(d, "validate --cases '" + d.file("huge.csv") + "' --out '" +
                                       d.file("p1.csv") + "'");
   EXPECT_EQ(big.status, 2) << big.err;

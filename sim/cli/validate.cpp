@@ -273,7 +273,9 @@ void check_cell(const std::string& file, int line, const std::string& col, int c
     case CellType::Count:
       if (v != std::floor(v)) fail("is not a whole number");
       if (v < 1) fail("must be at least 1");
-      if (v > 2147483647.0) fail("is too large (at most 2147483647)");
+      // Counts are held in 32-bit integers; a buffer's bytes in 64 (up to a petabyte here).
+      if (col == "bytes" ? v > 1e15 : v > 2147483647.0)
+        fail(col == "bytes" ? "is too large (at most 1e15)" : "is too large (at most 2147483647)");
       break;
     case CellType::Flag:
       if (v != 0 && v != 1) fail("must be 0 or 1");
