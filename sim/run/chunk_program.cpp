@@ -46,14 +46,6 @@ double weight_gradient_bytes(const StepGraph& g) {
 
 }  // namespace
 
-OpClass classify(const StepNode& n) {
-  if (n.pass == Pass::Optimizer) return OpClass::Optimizer;
-  std::string k = n.op->kind();
-  if (k == "gemm") return OpClass::Matrix;
-  if (k == "attention") return OpClass::Attention;
-  return OpClass::MemoryBound;
-}
-
 
 void build_programs(ChunkModel& c, OpSimulator& sim, int64_t micro_batches, bool split_backward) {
   const StepGraph& g = c.graph;

@@ -75,8 +75,6 @@ struct ChunkModel {
   double memory_bytes = 0;
 };
 
-/// The operator class a node's time is reported under.
-OpClass classify(const StepNode& n);
 /// Simulates every operator of the chunk's graph on `sim` and fills its programs. With
 /// `split_backward`, edges from the input-gradient half into the weight-gradient half are not
 /// waits: the schedule runs W after its B on the same stream.

@@ -16,8 +16,6 @@ const char* op_class_name(OpClass c) {
   return "?";
 }
 
-namespace {
-
 OpClass classify(const StepNode& n) {
   if (n.pass == Pass::Optimizer) return OpClass::Optimizer;
   std::string k = n.op->kind();
@@ -25,8 +23,6 @@ OpClass classify(const StepNode& n) {
   if (k == "attention") return OpClass::Attention;
   return OpClass::MemoryBound;
 }
-
-}  // namespace
 
 double kernels_per_step(const std::vector<NodeTiming>& nodes) {
   double k = 0;

@@ -25,6 +25,8 @@ class TraceWriter;
 /// What an operator node is, for the time split.
 enum class OpClass { Matrix, Attention, MemoryBound, Optimizer };
 const char* op_class_name(OpClass c);
+/// The class an operator node's time is reported under: the optimizer's pass, else by its kind.
+OpClass classify(const StepNode& n);
 
 /// Host memory a rank keeps (offloaded optimizer state and its gradient copies) against the
 /// device's share of its host (HostSpec::device_capacity).
