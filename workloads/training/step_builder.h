@@ -544,6 +544,11 @@ class Builder {
                          int gi, TensorId Wt, int64_t width = 0);
 
   // Returns the gradient of the layer input.
+  // The gradient a residual branch ("mlp", "attn") receives from the stream's `dy`: under
+  // autocast its own 16-bit copy, then back through the branch's dropout (`mask`) when the
+  // model has dropout.
+  TensorId branch_gradient(int l, const std::string& branch, TensorId dy, TensorId mask);
+
   TensorId layer_backward(int l, const LayerActs& a, TensorId dy);
   // recompute_modules layernorm (Megatron-core's): a norm's output again, from its kept input,
   // just before the backward's products need it (the first norm's, `first`, before QKV's or

@@ -414,6 +414,17 @@ TensorId Builder::norm_backward(const std::string& name, int l, TensorId dy, Ten
   return d;
 }
 
+TensorId Builder::branch_gradient(int l, const std::string& branch, TensorId dy, TensorId mask) {
+  const double Tnh = double(Tn_) * m_.hidden;
+  const Pass BI = Pass::BackwardInput;
+  TensorId d = cast(nm(l, branch + ".residual", "bwd_cast"), BI, l, dy, Tnh, true);
+  if (!m_.dropout) return d;
+  TensorId out = act(nm(l, branch + ".dropout", "bwd") + ".grad", Tnh);
+  node(nm(l, branch + ".dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * m_.hidden, ad_),
+       BI, l, {d, mask}, {out});
+  return out;
+}
+
 TensorId Builder::layer_backward(int l, const LayerActs& a, TensorId dy) {
   const int64_t h = m_.hidden;
   const double Tnh = double(Tn_) * h;
@@ -421,14 +432,7 @@ TensorId Builder::layer_backward(int l, const LayerActs& a, TensorId dy) {
   const TensorId Wt = W(gi);
   const Pass BI = Pass::BackwardInput;
 
-  // Autocast: the branch gets its own 16-bit copy of the fp32 stream's gradient.
-  TensorId d_fc2 = cast(nm(l, "mlp.residual", "bwd_cast"), BI, l, dy, Tnh, true);
-  if (m_.dropout) {
-    TensorId d_branch = d_fc2;
-    d_fc2 = act(nm(l, "mlp.dropout", "bwd") + ".grad", Tnh);
-    node(nm(l, "mlp.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
-         {d_branch, a.mask2}, {d_fc2});
-  }
+  TensorId d_fc2 = branch_gradient(l, "mlp", dy, a.mask2);
   // recompute_modules layernorm: the second norm's output (and its FP8 copy) again.
   LayerActs n2 = a;
   if (t_.recompute_modules.layernorm) recompute_norm(l, false, n2);
@@ -438,13 +442,7 @@ TensorId Builder::layer_backward(int l, const LayerActs& a, TensorId dy) {
   TensorId d_mid = act(nm(l, "mlp.residual", "bwd") + ".grad", Tnh, re_);
   node(nm(l, "mlp.residual", "bwd"), residual_add(true), BI, l, {dy, d_ln2_in}, {d_mid});
 
-  TensorId d_proj = cast(nm(l, "attn.residual", "bwd_cast"), BI, l, d_mid, Tnh, true);
-  if (m_.dropout) {
-    TensorId d_branch = d_proj;
-    d_proj = act(nm(l, "attn.dropout", "bwd") + ".grad", Tnh);
-    node(nm(l, "attn.dropout", "bwd"), make_elementwise("dropout_bwd", Tn_ * h, ad_), BI, l,
-         {d_branch, a.mask1}, {d_proj});
-  }
+  TensorId d_proj = branch_gradient(l, "attn", d_mid, a.mask1);
   TensorId d_attn = act(nm(l, "attn.proj", "bwd_input") + ".grad", double(T_) * attnw_r_);
   d_proj = lp_grad(nm(l, "attn.proj", lp_kind("grad").c_str()), l, d_proj, Tnh);
   std::vector<TensorId> d_proj_full = gathered_gemm(nm(l, "attn.proj", "bwd_input"), BI, l,
